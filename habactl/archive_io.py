@@ -1,0 +1,144 @@
+"""Building a complete .haba archive from its parts (used by every objective)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from habactl import __version__
+
+DEFAULT_PROTOCOL: dict[str, Any] = {
+    "arch": "convnet",
+    "epochs": 1000,
+    "batch_size": 256,
+    "lr": 0.01,
+    "momentum": 0.9,
+    "weight_decay": 0.0005,
+    "lr_decay_at": 0.5,
+    "augmentation": "dsa",
+}
+
+
+def created_timestamp() -> str:
+    """UTC creation time; `SOURCE_DATE_EPOCH` pins it so that rebuilds are byte-identical."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = (
+        _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
+        if epoch
+        else _dt.datetime.now(tz=_dt.timezone.utc).replace(microsecond=0)
+    )
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def per_class_counts(labels: Tensor, num_classes: int) -> list[int]:
+    hard = labels if labels.dim() == 1 else labels.argmax(dim=1)
+    return [int(c) for c in torch.bincount(hard.long(), minlength=num_classes)]
+
+
+def build_manifest(
+    *,
+    source_name: str,
+    source_fingerprint: str,
+    classes: list[str],
+    image_shape: tuple[int, int, int],
+    bases: Tensor,
+    labels: Tensor,
+    pipeline: list[dict[str, Any]],
+    normalization: Mapping[str, Any],
+    objective: str,
+    hyperparameters: Mapping[str, Any],
+    iterations: int,
+    seed: int,
+    ipc: int,
+    counts: str = "all",
+    learned_lr: float | None = None,
+    protocol: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything but `tensors` and `content_digest`, which the writer fills in."""
+    channels, height, width = image_shape
+    recommended = dict(protocol or DEFAULT_PROTOCOL)
+    if learned_lr is not None:
+        recommended["lr"] = float(learned_lr)
+    return {
+        "format": "haba",
+        "format_version": "1.0",
+        "classes": list(classes),
+        "image": {"channels": channels, "height": height, "width": width},
+        "bases": {
+            "count": int(bases.shape[0]),
+            "per_class": per_class_counts(labels, len(classes)),
+            "shape": [int(s) for s in bases.shape[1:]],
+        },
+        "labels": {"kind": "hard" if labels.dim() == 1 else "soft"},
+        "pipeline": list(pipeline),
+        "normalization": dict(normalization),
+        "training": {
+            "learned_lr": None if learned_lr is None else float(learned_lr),
+            "recommended": recommended,
+        },
+        "provenance": {
+            "dataset": {"name": source_name, "fingerprint": source_fingerprint},
+            "objective": objective,
+            "hyperparameters": dict(hyperparameters),
+            "iterations": int(iterations),
+            "seed": int(seed),
+            "library": f"habactl {__version__}",
+            "created": created_timestamp(),
+        },
+        "storage": {"ipc": int(ipc), "counts": counts},
+    }
+
+
+def write_haba(
+    path: str | os.PathLike[str],
+    *,
+    source: Any,
+    bases: Tensor,
+    labels: Tensor,
+    pipeline: Any,
+    normalization: Mapping[str, Any],
+    objective: str,
+    hyperparameters: Mapping[str, Any],
+    iterations: int,
+    seed: int,
+    ipc: int,
+    counts: str = "all",
+    learned_lr: float | None = None,
+    zca: Tensor | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write an archive atomically. `source` is a `habactl.data.DataSource`,
+    `pipeline` a `habactl.codecs.Pipeline` (its tensors are stored as `pipeline.*`)."""
+    from habactl.format import save_archive
+
+    image_shape = (source.channels, source.height, source.width)
+    manifest = build_manifest(
+        source_name=source.name,
+        source_fingerprint=source.fingerprint,
+        classes=list(source.classes),
+        image_shape=image_shape,
+        bases=bases,
+        labels=labels,
+        pipeline=pipeline.to_manifest(),
+        normalization=normalization,
+        objective=objective,
+        hyperparameters=hyperparameters,
+        iterations=iterations,
+        seed=seed,
+        ipc=ipc,
+        counts=counts,
+        learned_lr=learned_lr,
+    )
+    tensors: dict[str, Tensor] = {
+        "bases": bases.detach().float().cpu().contiguous(),
+        "labels": labels.detach().cpu().contiguous(),
+    }
+    tensors.update({k: v.detach().float().cpu().contiguous() for k, v in pipeline.named_tensors().items()})
+    if zca is not None:
+        tensors["normalization.zca"] = zca.detach().float().cpu().contiguous()
+    return save_archive(path, tensors, manifest, overwrite=overwrite)

@@ -1,0 +1,1 @@
+"""The `habactl` command line: one module per subcommand, sharing `app.py`."""

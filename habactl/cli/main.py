@@ -1,0 +1,52 @@
+"""Entry point: builds the app from the subcommand modules."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+from habactl import __version__
+from habactl.cli.app import app
+
+# Each module registers its command on `app` when imported; a missing one is skipped
+# so that partial checkouts still give a working CLI.
+COMMAND_MODULES = (
+    "compress",
+    "inspect_cmd",
+    "verify",
+    "expand",
+    "preview",
+    "evaluate",
+    "experts",
+)
+
+for _name in COMMAND_MODULES:
+    try:
+        importlib.import_module(f"habactl.cli.{_name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"habactl.cli.{_name}":
+            raise
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"habactl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Dataset compression by distillation into .haba archives."""
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
