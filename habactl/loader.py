@@ -1,0 +1,176 @@
+"""`HabaDataset`: a .haba archive as an ordinary map-style torch Dataset.
+
+Each item is one (basis, variant) pair decoded on the fly: with a `hallucinate` stage of
+K hallucinators, B bases give B·K items (item i = basis i // K through hallucinator
+i % K). Batched fetching (`__getitems__`, used by DataLoader) decodes a whole batch in
+one vectorised call. The object pickles without its tensors, so each DataLoader worker
+opens the archive itself, lazily, on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from habactl.errors import HabaError
+
+MODES = ("all-pairs", "random-pair")
+
+
+class _Decoded:
+    """What one process needs to decode items: bases, labels and the built pipeline."""
+
+    def __init__(self, path: Path, verify: bool) -> None:
+        from habactl.codecs import Pipeline
+        from habactl.format import open_archive
+
+        with open_archive(path, verify=verify) as archive:
+            tensors = archive.tensors()
+            manifest = archive.manifest
+        self.bases = tensors["bases"]
+        self.labels = tensors["labels"]
+        self.pipeline = Pipeline.from_manifest(manifest["pipeline"], tuple(self.bases.shape[1:]))
+        self.pipeline.load_tensors({k: v for k, v in tensors.items() if k.startswith("pipeline.")})
+        self.pipeline.eval().requires_grad_(False)
+        self.zca = tensors.get("normalization.zca")
+        self.pid = os.getpid()
+
+
+class HabaDataset(Dataset):
+    """Training images expanded from a .haba archive.
+
+    Args:
+        path: the archive.
+        mode: ``"all-pairs"`` (every basis through every hallucinator, B·K items) or
+            ``"random-pair"`` (B items; each basis through one random hallucinator,
+            drawn afresh every epoch — the reference code's behaviour).
+        seed: with ``random-pair`` and :meth:`set_epoch`, the draw is a function of
+            (seed, epoch); without ``set_epoch`` it uses torch's global RNG, which
+            DataLoader reseeds in every worker every epoch.
+        verify: check every tensor's sha256 and values when the archive is opened.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], mode: str = "all-pairs", *, seed: int = 0,
+                 verify: bool = True) -> None:
+        from habactl.format import open_archive
+
+        if mode not in MODES:
+            raise HabaError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+        self.path = Path(path)
+        self.mode = mode
+        self.seed = seed
+        self.verify = verify
+        self.epoch: int | None = None
+        # Only the header is read here: cheap, and checks the file before any worker starts.
+        with open_archive(self.path, verify=verify) as archive:
+            self.manifest: dict[str, Any] = archive.manifest
+        self.num_bases = int(self.manifest["bases"]["count"])
+        self.expansion = self._expansion()
+        self._decoded: _Decoded | None = None
+
+    # -- what a training script needs to know -------------------------------------------
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.manifest["classes"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        image = self.manifest["image"]
+        return (image["channels"], image["height"], image["width"])
+
+    @property
+    def soft_labels(self) -> bool:
+        return self.manifest["labels"]["kind"] == "soft"
+
+    @property
+    def recommended_lr(self) -> float:
+        """The learned learning rate when the objective made one, else the protocol's."""
+        training = self.manifest["training"]
+        if training.get("learned_lr") is not None:
+            return float(training["learned_lr"])
+        return float(training["recommended"]["lr"])
+
+    @property
+    def protocol(self) -> dict[str, Any]:
+        return dict(self.manifest["training"]["recommended"])
+
+    def test_transform(self):
+        """The transform real test images in [0, 1] need to match the training images."""
+        from habactl.normalization import Normalizer
+
+        zca = self._state().zca if self.manifest["normalization"]["kind"] == "zca" else None
+        return Normalizer(self.manifest["normalization"], zca)
+
+    # -- Dataset protocol ----------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.num_bases * (self.expansion if self.mode == "all-pairs" else 1)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Tensor, Tensor]]:
+        images, labels = self.fetch(torch.as_tensor(list(indices), dtype=torch.long))
+        return list(zip(images.unbind(0), labels.unbind(0)))
+
+    def fetch(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        """Decode a batch of items at once: (images (N, C, H, W), labels)."""
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} items")
+        state = self._state()
+        basis, variant = self._resolve(indices)
+        with torch.no_grad():
+            images = state.pipeline.decode(state.bases[basis], variant)
+        return images, state.labels[basis]
+
+    def tensors(self) -> tuple[Tensor, Tensor]:
+        """The whole expanded data set in one call (all pairs, item order as indexed)."""
+        return self.fetch(torch.arange(self.num_bases * self.expansion)) if self.mode == "all-pairs" \
+            else self.fetch(torch.arange(self.num_bases))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the random-pair draw a function of (seed, epoch), as DistributedSampler does."""
+        self.epoch = int(epoch)
+
+    # -- internals -----------------------------------------------------------------------
+    def _expansion(self) -> int:
+        from habactl.codecs import describe_pipeline
+
+        spec = describe_pipeline(self.manifest["pipeline"], tuple(self.manifest["bases"]["shape"]))
+        return int(spec.expansion)
+
+    def _state(self) -> _Decoded:
+        # Reopen after a fork: a worker must never share the parent's decoded state lazily
+        # built after the fork, and a pickled copy arrives without any.
+        if self._decoded is None or self._decoded.pid != os.getpid():
+            self._decoded = _Decoded(self.path, self.verify)
+        return self._decoded
+
+    def _resolve(self, indices: Tensor) -> tuple[Tensor, Tensor]:
+        if self.mode == "all-pairs":
+            return indices // self.expansion, indices % self.expansion
+        if self.epoch is None:
+            variant = torch.randint(self.expansion, (indices.numel(),))
+        else:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            table = torch.randint(self.expansion, (self.num_bases,), generator=generator)
+            variant = table[indices]
+        return indices, variant
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_decoded"] = None  # tensors stay behind; each worker reads the file itself
+        return state
+
+    def __repr__(self) -> str:
+        c, h, w = self.image_shape
+        return (f"HabaDataset({str(self.path)!r}, mode={self.mode!r}: {len(self)} items of "
+                f"{c}x{h}x{w}, {self.num_classes} classes)")
