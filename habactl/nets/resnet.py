@@ -1,0 +1,68 @@
+"""ResNet-18 with instance norm, as in the DD cross-architecture evaluation."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from habactl.nets.base import Net, can_pool, make_norm, scaled
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with a shortcut (1x1 conv + norm when the shape changes)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, norm: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.norm1 = make_norm(norm, out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, kernel_size=3, stride=1, padding=1, bias=False)
+        self.norm2 = make_norm(norm, out_ch)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False),
+                make_norm(norm, out_ch),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(Net):
+    """Stem conv -> 4 stages x 2 BasicBlocks (64/128/256/512) -> global average -> Linear.
+
+    A stage downsamples (stride 2) only while the map stays at least 2x2, because
+    instance norm on 1x1 maps discards the input; 32x32 follows the reference exactly.
+    """
+
+    def __init__(self, channels: int, height: int, width: int, num_classes: int, *,
+                 width_mult: float = 1.0, norm: str = "instance") -> None:
+        super().__init__()
+        widths = [scaled(c, width_mult) for c in (64, 128, 256, 512)]
+        self.stem = nn.Sequential(
+            nn.Conv2d(channels, widths[0], kernel_size=3, stride=1, padding=1, bias=False),
+            make_norm(norm, widths[0]),
+            nn.ReLU(),
+        )
+        blocks: list[nn.Module] = []
+        h, w, in_ch = height, width, widths[0]
+        for i, out_ch in enumerate(widths):
+            stride = 2 if i > 0 and can_pool(h) and can_pool(w) else 1
+            if stride == 2:
+                h, w = (h + 1) // 2, (w + 1) // 2  # a stride-2 3x3 conv with padding 1 rounds up
+            blocks += [BasicBlock(in_ch, out_ch, stride, norm), BasicBlock(out_ch, out_ch, 1, norm)]
+            in_ch = out_ch
+        self.layers = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.feature_dim = in_ch
+        self.classifier = nn.Linear(in_ch, num_classes)
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self.pool(self.layers(self.stem(x))).flatten(1)
+
+
+def build_resnet18(channels: int, height: int, width: int, num_classes: int, *,
+                   width_mult: float = 1.0, norm: str = "instance") -> ResNet18:
+    return ResNet18(channels, height, width, num_classes, width_mult=width_mult, norm=norm)
