@@ -1,0 +1,54 @@
+"""Shared fixtures: small real archives made through the public API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+import pytest
+import torch
+
+from habactl.archive_io import write_haba
+from habactl.normalization import mean_std
+
+
+def fake_source(shape=(1, 8, 8), classes=3) -> SimpleNamespace:
+    channels, height, width = shape
+    return SimpleNamespace(name="fixture", fingerprint="sha256:" + "ab" * 32,
+                           classes=[f"class-{c}" for c in range(classes)],
+                           channels=channels, height=height, width=width)
+
+
+def hallucinate_stage(count: int = 3, arch: str = "channel-affine") -> dict:
+    return {"name": "hallucinate", "version": 1,
+            "configuration": {"arch": arch, "count": count, "hidden": 3, "kernel": 3}}
+
+
+@pytest.fixture
+def make_archive(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: an archive of `per_class` random bases per class, with or without hallucinators."""
+    from habactl.codecs import Pipeline
+
+    def build(name: str = "a.haba", *, shape=(1, 8, 8), classes: int = 3, per_class: int = 2,
+              stages: list[dict] | None = None, learned_lr: float | None = None,
+              mean: float = 0.5, std: float = 0.25, seed: int = 0) -> Path:
+        generator = torch.Generator().manual_seed(seed)
+        base_shape = shape
+        stages = [] if stages is None else stages
+        if stages and stages[0]["name"] == "upsample":
+            factor = stages[0]["configuration"]["factor"]
+            base_shape = (shape[0], shape[1] // factor, shape[2] // factor)
+        bases = torch.randn(classes * per_class, *base_shape, generator=generator)
+        labels = torch.arange(classes).repeat_interleave(per_class)
+        pipeline = Pipeline.from_manifest(stages, base_shape)
+        with torch.no_grad():
+            for parameter in pipeline.parameters():
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+        return write_haba(tmp_path / name, source=fake_source(shape, classes), bases=bases,
+                          labels=labels, pipeline=pipeline,
+                          normalization=mean_std([mean] * shape[0], [std] * shape[0]),
+                          objective="random", hyperparameters={"per_class": per_class},
+                          iterations=0, seed=seed, ipc=per_class, learned_lr=learned_lr)
+
+    return build

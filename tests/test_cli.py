@@ -1,0 +1,134 @@
+"""Every CLI command through typer's CliRunner: exit codes, one-line errors, JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import habactl.cli.main  # noqa: F401  (registers the subcommands)
+from conftest import hallucinate_stage
+from habactl.cli.app import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("habactl: error: ")
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def digits_archive(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "digits.haba"
+    result = run("compress", "digits", "--objective", "random", "--ipc", "2", "-o", path)
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_version_and_usage_errors():
+    result = run("--version")
+    assert result.exit_code == 0 and result.stdout.startswith("habactl ")
+    assert run("inspect").exit_code == 2  # missing argument is a usage error
+    assert run("compress", "--ipc", "zero").exit_code == 2
+
+
+def test_compress_random_writes_an_honest_raw_archive(digits_archive):
+    result = run("inspect", digits_archive, "--json")
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)  # stdout holds nothing but the JSON
+    manifest = report["manifest"]
+    assert manifest["provenance"]["dataset"]["name"] == "digits"
+    assert manifest["bases"]["count"] == 20 and manifest["pipeline"] == []
+    assert report["account"]["ratio"] == pytest.approx(1.0)
+    assert report["expanded_items"] == 20
+
+
+def test_inspect_human_summary(digits_archive):
+    result = run("inspect", digits_archive)
+    assert result.exit_code == 0
+    for text in ("digits", "storage account", "1.00×", "raw images", "1×8×8"):
+        assert text in result.stdout
+
+
+def test_compress_refuses_to_overwrite_and_bad_input(tmp_path, digits_archive):
+    before = digits_archive.read_bytes()
+    result = run("compress", "digits", "--ipc", "2", "-o", digits_archive)
+    assert result.exit_code == 1 and "--force" in one_error_line(result)
+    assert digits_archive.read_bytes() == before
+
+    result = run("compress", "no-such-set", "-o", tmp_path / "x.haba")
+    assert result.exit_code == 1 and "no-such-set" in one_error_line(result)
+    result = run("compress", "digits", "--ipc", "1000", "-o", tmp_path / "y.haba")
+    assert result.exit_code == 1
+    one_error_line(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_verify_names_the_damaged_tensor(tmp_path, digits_archive):
+    assert run("verify", digits_archive).exit_code == 0
+    broken = tmp_path / "broken.haba"
+    data = bytearray(digits_archive.read_bytes())
+    data[-5] ^= 0xFF  # a data byte near the end of the last tensor
+    broken.write_bytes(bytes(data))
+    result = run("verify", broken)
+    assert result.exit_code == 1
+    assert "sha256" in result.stderr or "digest" in result.stderr
+    assert "'" in result.stderr  # the part is named
+
+    missing = run("verify", tmp_path / "nope.haba")
+    assert missing.exit_code == 1
+    one_error_line(missing)
+
+
+def test_expand_to_png_folders_hdf5_and_npz(tmp_path, digits_archive):
+    folder = tmp_path / "images"
+    assert run("expand", digits_archive, "-o", folder).exit_code == 0
+    class_folders = sorted(folder.iterdir())
+    assert len(class_folders) == 10
+    pngs = list(folder.rglob("*.png"))
+    assert len(pngs) == 20 and Image.open(pngs[0]).size == (8, 8)
+
+    assert run("expand", digits_archive, "-o", tmp_path / "x.h5").exit_code == 0
+    with h5py.File(tmp_path / "x.h5") as handle:
+        assert handle["images"].shape == (20, 1, 8, 8) and handle["labels"].shape == (20,)
+
+    assert run("expand", digits_archive, "-o", tmp_path / "x.npz", "--pixels").exit_code == 0
+    with np.load(tmp_path / "x.npz") as data:
+        assert data["images"].min() >= 0 and data["images"].max() <= 1
+
+    again = run("expand", digits_archive, "-o", folder)
+    assert again.exit_code == 1 and "--force" in one_error_line(again)
+    assert run("expand", digits_archive, "-o", tmp_path / "x.txt").exit_code == 1
+
+
+def test_preview_grid_has_a_row_per_basis_and_a_column_per_hallucinator(tmp_path, make_archive):
+    path = make_archive(stages=[hallucinate_stage(count=4)], classes=3, per_class=2)
+    grid = tmp_path / "grid.png"
+    result = run("preview", path, "-o", grid, "--scale", "2")
+    assert result.exit_code == 0, result.output
+    width, height = Image.open(grid).size
+    cell = 8 * 2 + 2
+    assert width == 5 * cell + 2 and height == 3 * cell + 2  # 1 plain + 4 hallucinated columns
+
+
+def test_errors_are_one_line_and_debug_shows_traceback(tmp_path, monkeypatch):
+    garbage = tmp_path / "garbage.haba"
+    garbage.write_bytes(b"not an archive at all")
+    result = run("inspect", garbage)
+    assert result.exit_code == 1
+    assert "garbage.haba" in one_error_line(result)
+    monkeypatch.setenv("HABACTL_DEBUG", "1")
+    assert run("inspect", garbage).exception is not None

@@ -1,0 +1,117 @@
+"""HabaDataset: what a training script relies on."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from conftest import hallucinate_stage
+from habactl import HabaDataset, HabaError
+from habactl.codecs import Pipeline
+from habactl.format import open_archive
+
+
+def decoded_reference(path):
+    """Every item decoded the slow, obvious way: basis by basis, hallucinator by hallucinator."""
+    with open_archive(path) as archive:
+        tensors = archive.tensors()
+        manifest = archive.manifest
+    pipeline = Pipeline.from_manifest(manifest["pipeline"], tuple(tensors["bases"].shape[1:]))
+    pipeline.load_tensors({k: v for k, v in tensors.items() if k.startswith("pipeline.")})
+    images, labels = [], []
+    with torch.no_grad():
+        for b, basis in enumerate(tensors["bases"]):
+            for v in range(pipeline.expansion):
+                images.append(pipeline.decode(basis[None], torch.tensor([v]))[0])
+                labels.append(tensors["labels"][b])
+    return torch.stack(images), torch.stack(labels)
+
+
+def test_length_and_items_are_every_basis_through_every_hallucinator(make_archive):
+    path = make_archive(stages=[hallucinate_stage(count=4)], per_class=2, classes=3)
+    dataset = HabaDataset(path)
+    assert len(dataset) == 6 * 4
+    images, labels = decoded_reference(path)
+    for i in (0, 1, 5, 23):
+        image, label = dataset[i]
+        torch.testing.assert_close(image, images[i], atol=1e-5, rtol=1e-5)
+        assert int(label) == int(labels[i]) == i // 4 // 2
+
+
+def test_batched_fetch_equals_item_by_item(make_archive):
+    dataset = HabaDataset(make_archive(stages=[hallucinate_stage(count=3, arch="pixel-affine")]))
+    indices = [5, 0, 17, 3, 3]
+    batch = dataset.__getitems__(indices)
+    for index, (image, label) in zip(indices, batch):
+        single_image, single_label = dataset[index]
+        torch.testing.assert_close(image, single_image, atol=1e-5, rtol=1e-5)
+        assert int(label) == int(single_label)
+
+
+def test_raw_archive_gives_its_bases_back(make_archive):
+    path = make_archive(stages=[], per_class=3)
+    dataset = HabaDataset(path)
+    with open_archive(path) as archive:
+        bases = archive.tensor("bases")
+    assert len(dataset) == 9
+    torch.testing.assert_close(dataset.tensors()[0], bases)
+
+
+def test_shuffled_two_worker_dataloader_sees_every_item_once(make_archive):
+    path = make_archive(stages=[hallucinate_stage(count=3)], per_class=4)
+    dataset = HabaDataset(path)
+    expected_images, expected_labels = decoded_reference(path)
+    loader = DataLoader(dataset, batch_size=5, shuffle=True, num_workers=2)
+    images, labels = map(torch.cat, zip(*loader))
+    assert images.shape == expected_images.shape
+    assert not torch.equal(labels, expected_labels)  # shuffled...
+    assert torch.equal(labels.sort().values, expected_labels.sort().values)  # ...but complete
+    # Same multiset of images: compare per-image sums, sorted.
+    torch.testing.assert_close(images.flatten(1).sum(1).sort().values,
+                               expected_images.flatten(1).sum(1).sort().values, atol=1e-4, rtol=1e-4)
+
+
+def test_pickles_without_tensors(make_archive):
+    dataset = HabaDataset(make_archive(stages=[hallucinate_stage()], per_class=50))
+    dataset[0]  # decode state exists in this process now
+    clone = pickle.loads(pickle.dumps(dataset))
+    assert len(pickle.dumps(dataset)) < 20_000
+    torch.testing.assert_close(clone[7][0], dataset[7][0])
+
+
+def test_random_pair_mode_draws_one_hallucinator_per_basis_per_epoch(make_archive):
+    path = make_archive(stages=[hallucinate_stage(count=5)], per_class=20)
+    dataset = HabaDataset(path, mode="random-pair", seed=3)
+    full = HabaDataset(path)
+    assert len(dataset) == 60
+    all_images = full.tensors()[0].view(60, 5, -1)
+
+    def variants(epoch: int) -> torch.Tensor:
+        dataset.set_epoch(epoch)
+        images = dataset.tensors()[0].view(60, 1, -1)
+        return ((all_images - images).abs().sum(-1) < 1e-4).float().argmax(1)
+
+    first, again, second = variants(0), variants(0), variants(1)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, second)
+    assert len(set(first.tolist())) > 1
+
+
+def test_test_transform_and_recommended_lr(make_archive):
+    dataset = HabaDataset(make_archive(mean=0.5, std=0.25, learned_lr=0.03))
+    real = torch.full((2, 1, 8, 8), 0.75)
+    torch.testing.assert_close(dataset.test_transform()(real), torch.ones(2, 1, 8, 8))
+    assert dataset.recommended_lr == pytest.approx(0.03)
+    assert HabaDataset(make_archive("b.haba")).recommended_lr == pytest.approx(0.01)
+
+
+def test_bad_input_is_a_haba_error(tmp_path, make_archive):
+    with pytest.raises(HabaError):
+        HabaDataset(tmp_path / "missing.haba")
+    with pytest.raises(HabaError):
+        HabaDataset(make_archive(), mode="every-other")
+    with pytest.raises(IndexError):
+        HabaDataset(make_archive("c.haba"))[10_000]
