@@ -42,7 +42,8 @@ def preview(
     state = dataset._state()
     bases = preview_rows(dataset, per_class)
     columns = [plain_decode(state.pipeline, state.bases[bases])]
-    for variant in range(dataset.expansion):
+    # A raw or IDC archive has nothing to hallucinate: its one column is the decoded basis.
+    for variant in range(dataset.expansion if dataset.expansion > 1 else 0):
         index = bases * dataset.expansion + variant
         columns.append(dataset.fetch(index)[0])
     cells = torch.stack(columns, dim=1).flatten(0, 1)
@@ -53,7 +54,7 @@ def preview(
     array = (grid.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     with atomic_path(output) as temp:
         Image.fromarray(array).save(temp, format="PNG")
-    print(f"wrote {output}: {len(bases)} bases × (1 + {dataset.expansion}) columns", file=sys.stderr)
+    print(f"wrote {output}: {len(bases)} bases × {len(columns)} columns", file=sys.stderr)
 
 
 def plain_decode(pipeline, bases: torch.Tensor) -> torch.Tensor:
