@@ -1,0 +1,97 @@
+"""torchvision data sets read from a local folder (download only when asked)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from habactl.data.arrays import images_from_array, labels_from_array
+from habactl.data.base import DataError, DataSource, LabeledImages, make_source
+
+ROOT_ENV = "HABACTL_DATA"
+DIGIT_CLASSES = [str(d) for d in range(10)]
+
+# What torchvision and its readers raise on missing, truncated or corrupt files, and on
+# failed downloads (urllib errors are OSErrors).
+_LOAD_ERRORS = (
+    RuntimeError, OSError, ValueError, TypeError, AssertionError, EOFError, KeyError,
+    IndexError, pickle.UnpicklingError,
+)
+
+
+@dataclass(frozen=True)
+class TorchvisionSpec:
+    """How one registry name maps onto a torchvision class and its files."""
+
+    name: str
+    class_name: str
+    is_digits: bool
+    folder: Callable[[Path], Path]    # where the files must lie, for the error message
+    digit_classes: bool               # "0".."9" instead of the dataset's own names
+
+
+def _mnist_folder(class_name: str) -> Callable[[Path], Path]:
+    return lambda root: root / class_name / "raw"
+
+
+SPECS: dict[str, TorchvisionSpec] = {
+    s.name: s
+    for s in (
+        TorchvisionSpec("mnist", "MNIST", True, _mnist_folder("MNIST"), True),
+        TorchvisionSpec("fashion-mnist", "FashionMNIST", False, _mnist_folder("FashionMNIST"), False),
+        # Characters, not digits, but a flipped character is as wrong as a flipped digit.
+        TorchvisionSpec("kmnist", "KMNIST", True, _mnist_folder("KMNIST"), False),
+        TorchvisionSpec("cifar10", "CIFAR10", False, lambda r: r / "cifar-10-batches-py", False),
+        TorchvisionSpec("cifar100", "CIFAR100", False, lambda r: r / "cifar-100-python", False),
+        # torchvision maps SVHN's label 10 to digit 0, so labels are the digits themselves.
+        TorchvisionSpec("svhn", "SVHN", True, lambda r: r, True),
+    )
+}
+
+
+def default_root() -> Path:
+    """``$HABACTL_DATA`` if set, else ``~/.cache/habactl/data``."""
+    env = os.environ.get(ROOT_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "habactl" / "data"
+
+
+def load_torchvision(name: str, root: str | os.PathLike | None = None, download: bool = False) -> DataSource:
+    """Train and test splits of the torchvision data set registered as ``name``."""
+    spec = SPECS[name]
+    root_path = Path(root).expanduser() if root is not None else default_root()
+    folder = spec.folder(root_path)
+    if not download and not folder.is_dir():
+        raise DataError(
+            f"{name}: no data at {folder}; put the torchvision files there "
+            f"(or choose another root), or pass --download to fetch them"
+        )
+    import torchvision.datasets as tvd
+
+    dataset_class = getattr(tvd, spec.class_name)
+    splits = {}
+    for split in ("train", "test"):
+        kwargs = {"split": split} if name == "svhn" else {"train": split == "train"}
+        try:
+            dataset = dataset_class(str(root_path), download=download, **kwargs)
+        except _LOAD_ERRORS as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            hint = "" if download else "; pass --download to fetch them"
+            raise DataError(f"{name}: cannot load the {split} split from {folder} ({reason}){hint}") from exc
+        splits[split] = dataset
+    train, test = (_to_split(name, splits[s], s) for s in ("train", "test"))
+    classes = DIGIT_CLASSES if spec.digit_classes else list(splits["train"].classes)
+    return make_source(name, classes, train, test, is_digits=spec.is_digits)
+
+
+def _to_split(name: str, dataset, split: str) -> LabeledImages:
+    where = f"{name} ({split})"
+    data = dataset.data
+    data = data.numpy() if hasattr(data, "numpy") else np.asarray(data)
+    targets = dataset.labels if hasattr(dataset, "labels") else dataset.targets
+    targets = targets.numpy() if hasattr(targets, "numpy") else np.asarray(targets)
+    return LabeledImages(images_from_array(data, where), labels_from_array(targets, where))
