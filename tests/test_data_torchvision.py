@@ -1,0 +1,97 @@
+"""torchvision sources read from fake raw IDX files written in a temporary folder."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from habactl.data import DataError, load_source
+from test_data_contract import SourceContract
+
+TRAIN_PER_CLASS, TEST_PER_CLASS = 3, 1
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """IDX: magic 0x0000 08 <ndim> (ubyte data), then each dimension as big-endian uint32."""
+    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def write_fake_mnist(root: Path, folder: str = "MNIST", size: int = 28) -> Path:
+    """The four uncompressed raw files torchvision's MNIST family reads, 10 classes."""
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, per_class in (("train", TRAIN_PER_CLASS), ("t10k", TEST_PER_CLASS)):
+        labels = np.repeat(np.arange(10, dtype=np.uint8), per_class)
+        images = rng.integers(0, 256, size=(labels.size, size, size), dtype=np.uint8)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return raw
+
+
+class TestMnist(SourceContract):
+    classes, shape, is_digits = 10, (1, 28, 28), True
+    train_size, test_size = 10 * TRAIN_PER_CLASS, 10 * TEST_PER_CLASS
+
+    def write(self, folder):
+        write_fake_mnist(folder)
+        return str(folder)
+
+    def load(self, spec):
+        return load_source("mnist", root=spec)
+
+    def test_names_and_pixels(self, source, spec):
+        assert source.name == "mnist"
+        assert source.classes == [str(d) for d in range(10)]
+        raw = (Path(spec) / "MNIST" / "raw" / "train-images-idx3-ubyte").read_bytes()
+        first_pixel = raw[16]  # after the 4-byte magic and three 4-byte dimensions
+        assert float(source.train.images[0, 0, 0, 0]) == pytest.approx(first_pixel / 255)
+
+
+class TestFashionMnist(SourceContract):
+    classes, shape, is_digits = 10, (1, 28, 28), False
+    train_size, test_size = 10 * TRAIN_PER_CLASS, 10 * TEST_PER_CLASS
+
+    def write(self, folder):
+        write_fake_mnist(folder, "FashionMNIST")
+        return str(folder)
+
+    def load(self, spec):
+        return load_source("fashion-mnist", root=spec)
+
+    def test_class_names_come_from_torchvision(self, source):
+        assert source.classes[0] == "T-shirt/top"
+
+
+def test_missing_root_names_the_expected_folder(tmp_path):
+    with pytest.raises(DataError, match=rf"{tmp_path / 'MNIST' / 'raw'}.*--download"):
+        load_source("mnist", root=tmp_path)
+
+
+def test_missing_cifar_names_its_folder(tmp_path):
+    with pytest.raises(DataError, match="cifar-10-batches-py"):
+        load_source("cifar10", root=tmp_path)
+
+
+def test_missing_file_in_existing_folder(tmp_path):
+    raw = write_fake_mnist(tmp_path)
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match=r"mnist: cannot load the \w+ split from .*MNIST/raw"):
+        load_source("mnist", root=tmp_path)
+
+
+def test_corrupt_idx_file(tmp_path):
+    raw = write_fake_mnist(tmp_path)
+    (raw / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x0f\x07garbage")
+    with pytest.raises(DataError, match=r"mnist: cannot load the train split .*\(.*\)"):
+        load_source("mnist", root=tmp_path)
+
+
+def test_torchvision_sources_take_no_options(tmp_path):
+    write_fake_mnist(tmp_path)
+    with pytest.raises(DataError, match="unknown option"):
+        load_source("mnist", root=tmp_path, images_key="x")
