@@ -1,0 +1,72 @@
+"""The storage account: values and bytes per part against the claimed IPC budget.
+
+Derived from the manifest's ``tensors`` table only, so it cannot disagree with the
+file. It is honest by construction: every stored synthetic value is counted, whatever
+the archive claims (METHOD.md §2: the reference code stores 1.91x its budget).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from habactl.format.errors import ArchiveError, quote
+from habactl.format.reader import DTYPE_SIZES
+
+PARTS = ("bases", "hallucinators", "labels", "normalization")
+
+
+def _part(name: str) -> str:
+    if name == "bases":
+        return "bases"
+    if name.startswith("pipeline."):
+        return "hallucinators"
+    if name == "labels":
+        return "labels"
+    if name.startswith("normalization."):
+        return "normalization"
+    raise ArchiveError(f"tensor {quote(name)}: belongs to no part of the account")
+
+
+def storage_account(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """Values and bytes per part, the counted total, and its ratio to the budget.
+
+    Counted: bases, hallucinators (every ``pipeline.*`` tensor) and soft labels.
+    Not counted: hard labels (class-sorted, so they carry nothing beyond
+    ``bases.per_class``; their bytes are shown) and normalisation (it describes the
+    real data, not the synthetic set).
+    """
+    soft = manifest["labels"]["kind"] == "soft"
+    counted = {"bases": True, "hallucinators": True, "labels": soft, "normalization": False}
+    parts = {p: {"values": 0, "bytes": 0, "counted": counted[p]} for p in PARTS}
+    for name, entry in manifest["tensors"].items():
+        values = math.prod(entry["shape"])
+        part = parts[_part(name)]
+        part["values"] += values
+        part["bytes"] += values * DTYPE_SIZES[entry["dtype"]]
+    image = manifest["image"]
+    budget = (
+        manifest["storage"]["ipc"] * len(manifest["classes"])
+        * image["channels"] * image["height"] * image["width"]
+    )
+    stored = sum(p["values"] for p in parts.values() if p["counted"])
+    counts = manifest["storage"]["counts"]
+    claim = parts["bases"]["values"] if counts == "bases" else stored
+    account: dict[str, Any] = {
+        "parts": parts,
+        "stored_values": stored,
+        "stored_bytes": sum(p["bytes"] for p in parts.values()),
+        "budget_values": budget,
+        "ratio": stored / budget,
+        "counts": counts,
+        "claim_values": claim,
+        "claim_ratio": claim / budget,
+    }
+    if counts == "bases":
+        account["note"] = (
+            "the claim counts bases only (as the reference code does): hallucinators"
+            + (" and soft labels" if soft else "")
+            + " are not counted against it"
+        )
+    return account

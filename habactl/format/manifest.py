@@ -1,0 +1,504 @@
+"""Canonical JSON, version rules and validation of the manifest (format/SPEC.md §3-4).
+
+``validate_manifest`` checks every field and returns a ``Plan``: the tensors the
+manifest implies (name -> dtype, shape) and the size of the decoded data set. It is
+pure: nothing is allocated and no decoder is built, so it can run on a hostile header.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from habactl.format.errors import ArchiveError, quote
+from habactl.format.limits import Limits
+
+FORMAT_NAME = "haba"
+FORMAT_VERSION = "1.0"
+_READER_MAJOR, _READER_MINOR = 1, 0
+
+_VERSION_RE = re.compile(r"(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})")
+_HEX64_RE = re.compile(r"[0-9a-f]{64}")
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_CREATED_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?Z")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_MAX_TEXT = 1024  # characters in one name or label: they end up on terminals
+
+WRITER_FIELDS = ("tensors", "content_digest")
+
+
+# --- canonical JSON ---------------------------------------------------------------
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no spaces, UTF-8 (not \\u escapes), no NaN/Infinity."""
+    try:
+        text = json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+        text.encode("utf-8")  # lone surrogates cannot be stored
+    except (TypeError, ValueError) as error:
+        raise ArchiveError(f"manifest: not representable as canonical JSON: {error}") from None
+    return text
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # JSON parsers disagree on duplicate keys (first wins / last wins), which would let
+    # one file mean two things to two readers: refuse them.
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(f"duplicate key {quote(key)}")
+        result[key] = value
+    return result
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # "1e400" parses to inf
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def parse_json(text: str | bytes, part: str) -> Any:
+    """Strict JSON: no duplicate keys, no NaN/Infinity, no overflowing numbers."""
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_pairs_without_duplicates,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+        )
+    except (ValueError, RecursionError, UnicodeDecodeError) as error:
+        message = str(error) if not isinstance(error, RecursionError) else "nested too deeply"
+        raise ArchiveError(f"{part}: not valid JSON: {message}") from None
+
+
+# --- versions ------------------------------------------------------------------------
+
+
+def check_version(manifest: Mapping[str, Any]) -> tuple[int, int]:
+    """Check ``format`` and ``format_version``; return (major, minor).
+
+    Runs before any other field is looked at, so that a 2.x file gets the "newer
+    habactl" message and not a list of fields this reader does not know.
+    """
+    name = manifest.get("format")
+    if name != FORMAT_NAME:
+        raise ArchiveError(f"manifest: format is {quote(name)}, expected 'haba' (not a .haba archive)")
+    version = manifest.get("format_version")
+    match = _VERSION_RE.fullmatch(version) if isinstance(version, str) else None
+    if match is None:
+        raise ArchiveError(f"manifest: format_version {quote(version)} is not of the form 'MAJOR.MINOR'")
+    major, minor = int(match.group(1)), int(match.group(2))
+    if major > _READER_MAJOR:
+        raise ArchiveError(
+            f"manifest: format_version {version}: was written by a newer habactl (format "
+            f"{major}.x); this reader understands {_READER_MAJOR}.x, upgrade habactl to read it"
+        )
+    if major < _READER_MAJOR:
+        raise ArchiveError(f"manifest: format_version {version} is not a released version")
+    return major, minor
+
+
+# --- the plan ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a valid manifest implies."""
+
+    tensors: dict[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, shape)
+    classes: int
+    per_class: tuple[int, ...]
+    label_kind: str
+    image_shape: tuple[int, int, int]
+    expansion: int
+    expanded_items: int  # bases.count * expansion
+
+
+# --- field checks --------------------------------------------------------------------
+
+
+class _Checker:
+    """Field checks that share the limits and the version (for better messages)."""
+
+    def __init__(self, limits: Limits, minor: int) -> None:
+        self.limits = limits
+        self.minor = minor
+
+    def fail(self, path: str, what: str) -> ArchiveError:
+        return ArchiveError(f"manifest: {path}: {what}")
+
+    def obj(
+        self,
+        value: Any,
+        path: str,
+        required: Mapping[str, Callable[[Any, str], Any]],
+        optional: Mapping[str, Callable[[Any, str], Any]] | None = None,
+    ) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"must be an object, got {_kind(value)}")
+        optional = optional or {}
+        for key in value:
+            if key in required or key in optional or key.startswith("x-"):
+                continue
+            hint = ""
+            if self.minor > _READER_MINOR:
+                hint = (
+                    f" (format 1.{self.minor} is newer than this reader's {FORMAT_VERSION}, and "
+                    "the field is not marked ignorable with an 'x-' prefix: upgrade habactl)"
+                )
+            where = f"{path}: " if path else ""
+            raise ArchiveError(f"manifest: {where}unknown field {quote(key)}{hint}")
+        for key, check in required.items():
+            if key not in value:
+                raise self.fail(_join(path, key), "missing")
+            check(value[key], _join(path, key))
+        for key, check in optional.items():
+            if key in value:
+                check(value[key], _join(path, key))
+        return value
+
+    def text(self, value: Any, path: str) -> str:
+        if not isinstance(value, str):
+            raise self.fail(path, f"must be a string, got {_kind(value)}")
+        if not value or len(value) > _MAX_TEXT:
+            raise self.fail(path, f"must have 1 to {_MAX_TEXT} characters")
+        if _CONTROL_RE.search(value):
+            raise self.fail(path, "must not contain control characters")
+        return value
+
+    def integer(self, value: Any, path: str, low: int = 0, high: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(path, f"must be an integer, got {_kind(value)}")
+        if value < low or (high is not None and value > high):
+            bound = f"{low} to {high}" if high is not None else f">= {low}"
+            raise self.fail(path, f"{value} is out of range ({bound})")
+        return value
+
+    def number(self, value: Any, path: str, *, positive: bool = False) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(path, f"must be a number, got {_kind(value)}")
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise self.fail(path, f"{value} must be {'> 0' if positive else '>= 0'}")
+        return float(value)
+
+    def signed_number(self, value: Any, path: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(path, f"must be a finite number, got {_kind(value)}")
+        return float(value)
+
+    def choice(self, value: Any, path: str, choices: tuple[str, ...]) -> str:
+        if value not in choices:
+            raise self.fail(path, f"{quote(value)} is not one of {', '.join(choices)}")
+        return value
+
+    def pattern(self, value: Any, path: str, regex: re.Pattern[str], what: str) -> str:
+        if not isinstance(value, str) or not regex.fullmatch(value):
+            raise self.fail(path, f"{quote(value)} is not {what}")
+        return value
+
+    def array(self, value: Any, path: str, length: int | None = None) -> list[Any]:
+        if not isinstance(value, list):
+            raise self.fail(path, f"must be a list, got {_kind(value)}")
+        if length is not None and len(value) != length:
+            raise self.fail(path, f"has {len(value)} entries, expected {length}")
+        return value
+
+    def free_object(self, value: Any, path: str) -> dict[str, Any]:
+        # Objective hyperparameters: their keys are not manifest fields.
+        if not isinstance(value, dict):
+            raise self.fail(path, f"must be an object, got {_kind(value)}")
+        return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _prod(shape: tuple[int, ...] | list[int]) -> int:
+    return math.prod(shape)
+
+
+def validate_manifest(manifest: Any, limits: Limits, *, written: bool = True) -> Plan:
+    """Check every field of ``manifest``; return what it implies.
+
+    ``written=False`` is the writer's check of the manifest it was given: the fields the
+    writer fills in (``tensors``, ``content_digest``) may then be absent.
+    """
+    if not isinstance(manifest, dict):
+        raise ArchiveError(f"manifest: must be a JSON object, got {_kind(manifest)}")
+    _, minor = check_version(manifest)
+    c = _Checker(limits, minor)
+    lim = limits
+
+    def classes(value: Any, path: str) -> None:
+        c.array(value, path)
+        if not 1 <= len(value) <= lim.max_classes:
+            raise c.fail(path, f"has {len(value)} classes, allowed 1 to {lim.max_classes}")
+        for i, name in enumerate(value):
+            c.text(name, f"{path}[{i}]")
+        seen: set[str] = set()
+        for name in value:
+            if name in seen:
+                raise c.fail(path, f"class {quote(name)} appears twice")
+            seen.add(name)
+
+    def side(value: Any, path: str) -> None:
+        c.integer(value, path, 1, lim.max_image_side)
+
+    def channels(value: Any, path: str) -> None:
+        c.integer(value, path, 1, lim.max_channels)
+
+    def chw(value: Any, path: str) -> None:
+        c.array(value, path, 3)
+        channels(value[0], f"{path}[0]")
+        side(value[1], f"{path}[1]")
+        side(value[2], f"{path}[2]")
+
+    def per_class(value: Any, path: str) -> None:
+        c.array(value, path, len(manifest["classes"]))
+        for i, n in enumerate(value):
+            c.integer(n, f"{path}[{i}]")
+
+    def stage(value: Any, path: str) -> None:
+        c.obj(value, path, {
+            "name": c.text,
+            "version": lambda v, p: c.integer(v, p, 1),
+            "configuration": c.free_object,
+        })
+
+    def pipeline(value: Any, path: str) -> None:
+        c.array(value, path)
+        if len(value) > lim.max_stages:
+            raise c.fail(path, f"has {len(value)} stages, allowed {lim.max_stages}")
+        for i, entry in enumerate(value):
+            stage(entry, f"{path}[{i}]")
+
+    def float_list(value: Any, path: str, positive: bool) -> None:
+        c.array(value, path, manifest["image"]["channels"])
+        for i, x in enumerate(value):
+            if positive:
+                c.number(x, f"{path}[{i}]", positive=True)
+            else:
+                c.signed_number(x, f"{path}[{i}]")
+
+    def normalization(value: Any, path: str) -> None:
+        if not isinstance(value, dict):
+            raise c.fail(path, f"must be an object, got {_kind(value)}")
+        kind = c.choice(value.get("kind"), f"{path}.kind", ("none", "mean-std", "zca"))
+        fields: dict[str, Callable[[Any, str], Any]] = {"kind": lambda v, p: None}
+        if kind in ("mean-std", "zca"):
+            fields["mean"] = lambda v, p: float_list(v, p, positive=False)
+            fields["std"] = lambda v, p: float_list(v, p, positive=True)
+        if kind == "zca":
+            fields["eps"] = lambda v, p: c.number(v, p, positive=True)
+        c.obj(value, path, fields)
+
+    def learned_lr(value: Any, path: str) -> None:
+        if value is not None:
+            c.number(value, path, positive=True)
+
+    def training(value: Any, path: str) -> None:
+        c.obj(value, path, {
+            "learned_lr": learned_lr,
+            "recommended": lambda v, p: c.obj(v, p, {
+                "arch": c.text,
+                "epochs": lambda x, q: c.integer(x, q, 1),
+                "batch_size": lambda x, q: c.integer(x, q, 1),
+                "lr": lambda x, q: c.number(x, q, positive=True),
+                "momentum": c.number,
+                "weight_decay": c.number,
+                "augmentation": c.text,
+            }),
+        })
+
+    def provenance(value: Any, path: str) -> None:
+        c.obj(value, path, {
+            "dataset": lambda v, p: c.obj(v, p, {
+                "name": c.text,
+                "fingerprint": lambda x, q: c.pattern(x, q, _DIGEST_RE, "'sha256:' and 64 hex digits"),
+            }),
+            "objective": c.text,
+            "hyperparameters": c.free_object,
+            "iterations": c.integer,
+            "seed": lambda v, p: c.integer(v, p, 0, 2**64 - 1),
+            "library": c.text,
+            "created": lambda v, p: c.pattern(v, p, _CREATED_RE, "a UTC time like 2026-11-24T12:00:00Z"),
+        })
+
+    def storage(value: Any, path: str) -> None:
+        c.obj(value, path, {
+            "ipc": lambda v, p: c.integer(v, p, 1),
+            "counts": lambda v, p: c.choice(v, p, ("all", "bases")),
+            "budget_values": c.integer,
+        })
+
+    def tensor_entry(value: Any, path: str) -> None:
+        c.obj(value, path, {
+            "dtype": c.text,
+            "shape": lambda v, p: [c.integer(d, f"{p}[{i}]") for i, d in enumerate(c.array(v, p))],
+            "sha256": lambda v, p: c.pattern(v, p, _HEX64_RE, "64 lowercase hex digits"),
+        })
+
+    def tensors(value: Any, path: str) -> None:
+        if not isinstance(value, dict):
+            raise c.fail(path, f"must be an object, got {_kind(value)}")
+        if len(value) > lim.max_tensors:
+            raise c.fail(path, f"lists {len(value)} tensors, allowed {lim.max_tensors}")
+        for name, entry in value.items():
+            tensor_entry(entry, f"{path}[{quote(name)}]")
+
+    fields: dict[str, Callable[[Any, str], Any]] = {
+        "format": lambda v, p: None,  # checked by check_version
+        "format_version": lambda v, p: None,
+        "classes": classes,
+        "image": lambda v, p: c.obj(v, p, {"channels": channels, "height": side, "width": side}),
+        "bases": lambda v, p: c.obj(v, p, {
+            "count": lambda x, q: c.integer(x, q, 1),
+            "per_class": per_class,
+            "shape": chw,
+        }),
+        "labels": lambda v, p: c.obj(v, p, {"kind": lambda x, q: c.choice(x, q, ("hard", "soft"))}),
+        "pipeline": pipeline,
+        "normalization": normalization,
+        "training": training,
+        "provenance": provenance,
+        "storage": storage,
+    }
+    writer_fields: dict[str, Callable[[Any, str], Any]] = {
+        "tensors": tensors,
+        "content_digest": lambda v, p: c.pattern(v, p, _DIGEST_RE, "'sha256:' and 64 hex digits"),
+    }
+    if written:
+        c.obj(manifest, "", {**fields, **writer_fields})
+    else:
+        c.obj(manifest, "", fields, writer_fields)
+    return _plan(manifest, c)
+
+
+def _plan(m: dict[str, Any], c: _Checker) -> Plan:
+    """Cross-field rules, and the tensors the manifest implies."""
+    lim = c.limits
+    n_classes = len(m["classes"])
+    count = m["bases"]["count"]
+    per_class = tuple(m["bases"]["per_class"])
+    if sum(per_class) != count:
+        raise c.fail("bases.per_class", f"sums to {sum(per_class)}, but bases.count is {count}")
+    image = (m["image"]["channels"], m["image"]["height"], m["image"]["width"])
+    base_shape = tuple(m["bases"]["shape"])
+    image_values = _prod(image)
+
+    budget = m["storage"]["ipc"] * n_classes * image_values
+    if m["storage"]["budget_values"] != budget:
+        raise c.fail(
+            "storage.budget_values",
+            f"is {m['storage']['budget_values']}, but ipc x classes x C*H*W = {budget}",
+        )
+
+    expected: dict[str, tuple[str, tuple[int, ...]]] = {"bases": ("F32", (count, *base_shape))}
+    if m["labels"]["kind"] == "hard":
+        expected["labels"] = ("I64", (count,))
+    else:
+        expected["labels"] = ("F32", (count, n_classes))
+    if m["normalization"]["kind"] == "zca":
+        if image_values > lim.max_zca_dim:
+            raise c.fail(
+                "normalization",
+                f"a ZCA matrix of dimension {image_values} exceeds the limit {lim.max_zca_dim}",
+            )
+        expected["normalization.zca"] = ("F32", (image_values, image_values))
+
+    out_shape, expansion, params = describe(m["pipeline"], base_shape)
+    for name, shape in params.items():
+        if _prod(shape) > lim.max_stage_params:
+            raise c.fail("pipeline", f"parameter {quote(name)} has {_prod(shape)} values, "
+                         f"allowed {lim.max_stage_params}")
+        expected[name] = ("F32", shape)
+    if len(expected) > lim.max_tensors:
+        raise c.fail("pipeline", f"implies {len(expected)} tensors, allowed {lim.max_tensors}")
+    if out_shape != image:
+        raise c.fail("pipeline", f"decodes bases {list(base_shape)} to {list(out_shape)}, "
+                     f"but the image shape is {list(image)}")
+    expanded_values = count * expansion * image_values
+    if expanded_values > lim.max_expanded_values:
+        raise c.fail(
+            "pipeline",
+            f"expands {count} bases x {expansion} variants to {expanded_values} values, "
+            f"more than the limit {lim.max_expanded_values} (expansion bomb?)",
+        )
+    return Plan(
+        tensors=expected,
+        classes=n_classes,
+        per_class=per_class,
+        label_kind=m["labels"]["kind"],
+        image_shape=image,
+        expansion=expansion,
+        expanded_items=count * expansion,
+    )
+
+
+def _strip_ignorable(entry: Mapping[str, Any]) -> dict[str, Any]:
+    # Codecs validate their own configuration; 'x-' keys are ignorable everywhere,
+    # so they are removed before a codec sees them.
+    configuration = {k: v for k, v in entry["configuration"].items() if not k.startswith("x-")}
+    return {"name": entry["name"], "version": entry["version"], "configuration": configuration}
+
+
+def describe(
+    pipeline: list[dict[str, Any]], base_shape: tuple[int, ...]
+) -> tuple[tuple[int, ...], int, dict[str, tuple[int, ...]]]:
+    """(out_shape, expansion, params) of a validated pipeline, built by the codecs."""
+    if not pipeline:  # a raw archive needs no codec
+        return tuple(base_shape), 1, {}
+    from habactl.codecs.registry import describe_pipeline  # lazy: codecs import torch.nn
+
+    entries = [_strip_ignorable(e) for e in pipeline]
+    try:
+        spec = describe_pipeline(entries, tuple(base_shape))
+        out_shape = tuple(int(d) for d in spec.out_shape)
+        expansion = int(spec.expansion)
+        params = {str(k): tuple(int(d) for d in v) for k, v in spec.params.items()}
+    except Exception as error:  # hostile configurations must not escape as raw errors
+        raise _stage_error(entries, base_shape, error) from None
+    if expansion < 1:
+        raise ArchiveError(f"manifest: pipeline: expansion {expansion} is not positive")
+    return out_shape, expansion, params
+
+
+def _stage_error(entries: list[dict[str, Any]], base_shape: tuple[int, ...], error: Exception) -> ArchiveError:
+    """Name the first stage whose prefix of the pipeline fails to describe."""
+    from habactl.codecs.registry import describe_pipeline
+
+    index = len(entries) - 1
+    for i in range(len(entries)):
+        try:
+            describe_pipeline(entries[: i + 1], tuple(base_shape))
+        except Exception as prefix_error:
+            index, error = i, prefix_error
+            break
+    from habactl.codecs.errors import CodecError
+
+    name = entries[index]["name"]
+    detail = str(error) if isinstance(error, CodecError) else f"{type(error).__name__}: {error}"
+    return ArchiveError(f"manifest: pipeline[{index}] (stage {quote(name)}): {detail}")

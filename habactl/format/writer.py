@@ -1,0 +1,200 @@
+"""save_archive: deterministic bytes, checked like a reader would, written atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from habactl.format.digest import DTYPE_NAMES, tensor_sha256, tensors_content_digest
+from habactl.format.errors import ArchiveError, quote
+from habactl.format.limits import DEFAULT_LIMITS, Limits
+from habactl.format.manifest import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    WRITER_FIELDS,
+    canonical_json,
+    parse_json,
+    validate_manifest,
+)
+from habactl.format.reader import (
+    Entry,
+    check_manifest,
+    check_tensor_set,
+    check_values,
+    header_length,
+    parse_header,
+)
+
+_CHUNK = 1 << 20
+
+
+def save_archive(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    manifest: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Validate, then write ``path`` atomically; return it.
+
+    ``manifest`` holds every field except ``tensors`` and ``content_digest``, which are
+    computed here (values given for them are ignored). ``format`` and
+    ``format_version`` default to this writer's ("haba", "1.0").
+    """
+    path = Path(path)
+    try:
+        data = archive_bytes(tensors, manifest)
+        _write_atomically(path, data, overwrite)
+    except ArchiveError as error:
+        raise error.at(path.name or str(path)) from None
+    return path
+
+
+def archive_bytes(
+    tensors: Mapping[str, torch.Tensor], manifest: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS
+) -> bytes:
+    """The archive's bytes: a pure function of (tensors, manifest)."""
+    if not isinstance(manifest, Mapping):
+        raise ArchiveError(f"manifest: must be a mapping, got {type(manifest).__name__}")
+    # A canonical-JSON round trip: a deep copy with tuples as lists, and the proof
+    # that the manifest is representable at all.
+    m = parse_json(canonical_json(dict(manifest)), "manifest")
+    for field in WRITER_FIELDS:
+        m.pop(field, None)
+    m.setdefault("format", FORMAT_NAME)
+    m.setdefault("format_version", FORMAT_VERSION)
+    if m["format_version"] != FORMAT_VERSION:
+        # Writers emit the lowest version that can express the archive: this one.
+        raise ArchiveError(
+            f"manifest: format_version {quote(m['format_version'])}: this writer writes {FORMAT_VERSION}"
+        )
+    plan = validate_manifest(m, limits, written=False)
+
+    stored = _prepare(tensors)
+    check_tensor_set(plan, {name: _entry_of(t) for name, t in stored.items()})
+    for name, tensor in stored.items():
+        check_values(name, tensor, plan)
+    m["tensors"] = {
+        name: {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "sha256": tensor_sha256(t)}
+        for name, t in stored.items()
+    }
+    m["content_digest"] = tensors_content_digest(stored)
+    text = canonical_json(m)
+
+    from safetensors.torch import save
+
+    data = save(stored, metadata={"haba": text})
+    _self_check(data, text, m, limits)
+    return data
+
+
+def _prepare(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if not isinstance(tensors, Mapping):
+        raise ArchiveError(f"tensors: must be a mapping of name to tensor, got {type(tensors).__name__}")
+    stored: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise ArchiveError(f"tensor {quote(name)}: must be a torch.Tensor named by a string")
+        # A private contiguous CPU copy: no shared storage for safetensors to refuse,
+        # and the caller cannot change it between hashing and writing.
+        stored[name] = tensor.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+    return stored
+
+
+def _entry_of(tensor: torch.Tensor) -> Entry:
+    return Entry(DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype)), tuple(tensor.shape))
+
+
+def _self_check(data: bytes, text: str, manifest: dict[str, Any], limits: Limits) -> None:
+    """Run the reader's header checks on our own output and hash the bytes as stored,
+    so the writer can never produce a file the reader refuses."""
+    length = header_length(data[:8], len(data), limits)
+    parsed_text, entries = parse_header(data[8 : 8 + length], len(data) - 8 - length, limits)
+    if parsed_text != text:
+        raise ArchiveError("internal: safetensors altered the manifest")
+    check_manifest(parsed_text, entries, limits)
+    start = 8 + length
+    for name, entry in entries.items():
+        digest = hashlib.sha256(memoryview(data)[start + entry.begin : start + entry.end]).hexdigest()
+        if not hmac.compare_digest(digest, manifest["tensors"][name]["sha256"]):
+            raise ArchiveError(f"internal: tensor {quote(name)} was stored differently than hashed")
+
+
+# --- atomic write ----------------------------------------------------------------------
+
+
+def _write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
+    """Temp file in the target folder, fsync, rename, fsync the folder.
+
+    On any exception the temp file is removed and the target is untouched. A process
+    killed outright (SIGKILL, power loss) can leave ``.<name>.<hex>.tmp`` beside the
+    target, never a partial file at the target path.
+    """
+    folder = path.parent
+    if not folder.is_dir():
+        raise ArchiveError(f"folder {str(folder)!r} does not exist")
+    if not overwrite and os.path.lexists(path):
+        raise ArchiveError("already exists; pass overwrite=True to replace it")
+    temp = folder / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    try:
+        # os.open with 0o666 lets the umask decide the mode, as for any new file.
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            os.replace(temp, path)
+        else:
+            _place_without_clobbering(temp, path)
+        _fsync_folder(folder)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        if isinstance(error, OSError):
+            raise ArchiveError(f"cannot write: {error.strerror or error}") from None
+        raise
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view[:_CHUNK])
+        view = view[written:]
+
+
+def _place_without_clobbering(temp: Path, path: Path) -> None:
+    # A hard link fails atomically if the target appeared since our check.
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        raise ArchiveError("already exists; pass overwrite=True to replace it") from None
+    except OSError:  # a file system without hard links: check, then rename
+        if os.path.lexists(path):
+            raise ArchiveError("already exists; pass overwrite=True to replace it") from None
+        os.replace(temp, path)
+        return
+    os.unlink(temp)
+
+
+def _fsync_folder(folder: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform (Windows).
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
