@@ -95,3 +95,40 @@ def test_torchvision_sources_take_no_options(tmp_path):
     write_fake_mnist(tmp_path)
     with pytest.raises(DataError, match="unknown option"):
         load_source("mnist", root=tmp_path, images_key="x")
+
+
+
+class _FakeCifar:
+    """Stands in for torchvision's CIFAR10, whose real files carry md5 checks."""
+
+    classes = ["airplane", "automobile", "bird"]
+
+    def __init__(self, root, download=False, train=True):
+        n = 6 if train else 3
+        self.data = np.full((n, 32, 32, 3), 255, np.uint8)  # NHWC, as torchvision keeps it
+        self.targets = (np.arange(n) % 3).tolist()
+
+
+class _FakeSvhn:
+    """Stands in for torchvision's SVHN: NCHW data and a `labels` array."""
+
+    def __init__(self, root, download=False, split="train"):
+        n = 20 if split == "train" else 10
+        self.data = np.full((n, 3, 32, 32), 255, np.uint8)
+        self.labels = np.arange(n) % 10
+
+
+@pytest.mark.parametrize("name, fake, classes, digits", [
+    ("cifar10", ("CIFAR10", _FakeCifar), ["airplane", "automobile", "bird"], False),
+    ("svhn", ("SVHN", _FakeSvhn), [str(d) for d in range(10)], True),
+])
+def test_rgb_sources_convert_layout_and_names(tmp_path, monkeypatch, name, fake, classes, digits):
+    import torchvision.datasets
+
+    monkeypatch.setattr(torchvision.datasets, *fake)
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    source = load_source(name, root=tmp_path)
+    assert source.classes == classes and source.is_digits is digits
+    assert tuple(source.train.images.shape[1:]) == (3, 32, 32)
+    assert (len(source.train), len(source.test)) == ((6, 3) if name == "cifar10" else (20, 10))
+    assert float(source.train.images.min()) == 1.0
