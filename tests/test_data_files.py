@@ -99,8 +99,9 @@ def test_hdf5_missing_key_lists_what_is_there(tmp_path):
 def test_hdf5_not_hdf5(tmp_path):
     path = tmp_path / "f.h5"
     path.write_bytes(b"definitely not hdf5")
-    with pytest.raises(DataError, match=r"f\.h5: cannot read HDF5 file \(.+\)"):
+    with pytest.raises(DataError, match=r"f\.h5: cannot read HDF5 file \(.+\)") as raised:
         load_source(str(path))
+    assert "\n" not in str(raised.value)  # the CLI prints one line
 
 
 def test_npz_nan_is_rejected(tmp_path):
@@ -124,8 +125,9 @@ def test_npz_corrupt_file(tmp_path):
     path = tmp_path / "cut.npz"
     np.savez(path, images=x, labels=y)
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(DataError, match=r"cut\.npz: cannot read \.npz file"):
+    with pytest.raises(DataError, match=r"cut\.npz: cannot read \.npz file") as raised:
         load_source(str(path))
+    assert "\n" not in str(raised.value)
 
 
 def test_npz_missing_key(tmp_path):

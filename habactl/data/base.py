@@ -25,6 +25,11 @@ class DataError(HabaError):
     """A data set that cannot be read or does not meet the data contract."""
 
 
+def reason(exc: BaseException) -> str:
+    """An exception as one line, for wrapping third-party errors in a DataError."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 @dataclass(frozen=True, eq=False)
 class LabeledImages:
     """One split: images (N, C, H, W) float32 in [0, 1] and labels (N,) int64."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from habactl.data.base import DataError, DataSource, LabeledImages, make_source
+from habactl.data.base import DataError, DataSource, LabeledImages, make_source, reason
 from habactl.data.split import split_per_class
 
 DIGIT_CLASSES = [str(d) for d in range(10)]
@@ -36,7 +36,7 @@ def mnist_5k() -> DataSource:
     try:
         table = np.loadtxt(path, delimiter=",", dtype=np.int64)
     except (OSError, ValueError, EOFError) as exc:
-        raise DataError(f"mnist-5k: cannot parse {path} ({exc})") from exc
+        raise DataError(f"mnist-5k: cannot parse {path} ({reason(exc)})") from exc
     if table.shape != (5000, 785) or table[:, -1].min() < 0 or table[:, -1].max() > 9:
         raise DataError(f"mnist-5k: {path} has an unexpected layout {table.shape}")
     pixels = torch.from_numpy(table[:, :-1].astype(np.uint8)).reshape(-1, 1, 28, 28)

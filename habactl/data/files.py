@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from habactl.data.arrays import class_names, images_from_array, labels_from_array, num_labels
-from habactl.data.base import DataError, DataSource, LabeledImages, make_source
+from habactl.data.base import DataError, DataSource, LabeledImages, make_source, reason
 from habactl.data.split import split_per_class
 
 DEFAULT_IMAGES_KEY = "images"
@@ -43,7 +43,7 @@ def load_hdf5(
     except DataError:
         raise
     except (OSError, ValueError, TypeError, KeyError) as exc:
-        raise DataError(f"{path}: cannot read HDF5 file ({exc})") from exc
+        raise DataError(f"{path}: cannot read HDF5 file ({reason(exc)})") from exc
     return _build(path, raw_classes, train, test)
 
 
@@ -85,7 +85,7 @@ def load_npz(
     except DataError:
         raise
     except _NPZ_ERRORS as exc:
-        raise DataError(f"{path}: cannot read .npz file ({exc})") from exc
+        raise DataError(f"{path}: cannot read .npz file ({reason(exc)})") from exc
     return _build(path, raw_classes, train, test)
 
 

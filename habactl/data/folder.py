@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from habactl.data.base import DataError, DataSource, LabeledImages, make_source
+from habactl.data.base import DataError, DataSource, LabeledImages, make_source, reason
 from habactl.data.split import split_per_class
 
 IMAGE_SUFFIXES = frozenset(
@@ -96,7 +96,7 @@ class _Reader:
         except DataError:
             raise
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise DataError(f"{file}: cannot read image ({exc})") from exc
+            raise DataError(f"{file}: cannot read image ({reason(exc)})") from exc
         if self.reference is None:
             self.reference = (file, size, mode)
         elif (size, mode) != self.reference[1:]:

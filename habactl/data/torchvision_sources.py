@@ -11,10 +11,10 @@ from typing import Callable
 import numpy as np
 
 from habactl.data.arrays import images_from_array, labels_from_array
-from habactl.data.base import DataError, DataSource, LabeledImages, make_source
+from habactl.data.base import DataError, DataSource, LabeledImages, make_source, reason
+from habactl.data.embedded import DIGIT_CLASSES
 
 ROOT_ENV = "HABACTL_DATA"
-DIGIT_CLASSES = [str(d) for d in range(10)]
 
 # What torchvision and its readers raise on missing, truncated or corrupt files, and on
 # failed downloads (urllib errors are OSErrors).
@@ -79,9 +79,8 @@ def load_torchvision(name: str, root: str | os.PathLike | None = None, download:
         try:
             dataset = dataset_class(str(root_path), download=download, **kwargs)
         except _LOAD_ERRORS as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             hint = "" if download else "; pass --download to fetch them"
-            raise DataError(f"{name}: cannot load the {split} split from {folder} ({reason}){hint}") from exc
+            raise DataError(f"{name}: cannot load the {split} split from {folder} ({reason(exc)}){hint}") from exc
         splits[split] = dataset
     train, test = (_to_split(name, splits[s], s) for s in ("train", "test"))
     classes = DIGIT_CLASSES if spec.digit_classes else list(splits["train"].classes)
