@@ -362,7 +362,7 @@ def test_sigkill_mid_write_never_leaves_a_partial_target(saved):
     assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-2000:]
     assert path.read_bytes() == before
     leftovers = [p.name for p in path.parent.iterdir() if p != path]
-    assert len(leftovers) == 1 and leftovers[0].startswith(".toy.haba.") and leftovers[0].endswith(".tmp")
+    assert len(leftovers) == 1 and leftovers[0].startswith(".toy.haba.tmp-")
 
 
 # --- the file and its header -------------------------------------------------------------
@@ -398,6 +398,9 @@ def test_manifest_too_big_for_the_limits(saved):
     (b"[1, 2]", "does not start with '{'"),
     (b'{"\xff": 1}', "not UTF-8"),
     (b'{"a": 1, "a": 2}', "duplicate key 'a'"),
+    (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "header: not valid JSON"),
+    (b'{"a": 1' + b"0" * 100_000 + b"}", "header: not valid JSON"),
+    (b'{"a": 1e400}', "number 1e400 is out of range"),
     (b"{}", "no __metadata__"),
     (b'{"__metadata__": {"haba": "{}", "other": "x"}}', "exactly one key 'haba'"),
     (b'{"__metadata__": {"haba": "{\\"format\\": NaN}"}}', "NaN is not allowed"),
@@ -423,6 +426,12 @@ def test_trailing_bytes_and_overlapping_offsets(saved):
     header["bases"]["data_offsets"] = [0, 384]  # bases aliasing the labels bytes
     path.write_bytes(craft(header, body))
     rejects(path, "overlapping or gapped data")
+
+
+def test_writer_needs_an_existing_folder(tmp_path):
+    manifest = make_manifest()
+    with pytest.raises(ArchiveError, match="x.haba: folder .* does not exist"):
+        save_archive(tmp_path / "absent" / "x.haba", make_tensors(manifest), manifest)
 
 
 def test_missing_file_directory_and_plain_safetensors(tmp_path):

@@ -135,7 +135,7 @@ def _write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
     """Temp file in the target folder, fsync, rename, fsync the folder.
 
     On any exception the temp file is removed and the target is untouched. A process
-    killed outright (SIGKILL, power loss) can leave ``.<name>.<hex>.tmp`` beside the
+    killed outright (SIGKILL, power loss) can leave ``.<name>.tmp-<hex>`` beside the
     target, never a partial file at the target path.
     """
     folder = path.parent
@@ -143,7 +143,9 @@ def _write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
         raise ArchiveError(f"folder {str(folder)!r} does not exist")
     if not overwrite and os.path.lexists(path):
         raise ArchiveError("already exists; pass overwrite=True to replace it")
-    temp = folder / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    # Hidden, beside the target (same file system, so the rename is atomic); the name
+    # matches the repository's ignore pattern ``*.haba.tmp*``.
+    temp = folder / f".{path.name}.tmp-{secrets.token_hex(8)}"
     try:
         # os.open with 0o666 lets the umask decide the mode, as for any new file.
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
