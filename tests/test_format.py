@@ -220,6 +220,31 @@ def test_bytes_are_deterministic(tmp_path):
     assert a == b
 
 
+def test_pinned_bytes_of_a_tiny_archive():
+    """Any change to the byte layout (ours or safetensors') breaks this on purpose:
+    old archives must keep being reproduced byte for byte (SPEC.md §7)."""
+    from habactl.format.writer import archive_bytes
+
+    manifest = make_manifest(classes=2, per_class=1, shape=(1, 2, 2))
+    tensors = {"bases": torch.arange(8.0).reshape(2, 1, 2, 2) / 8, "labels": torch.tensor([0, 1])}
+    data = archive_bytes(tensors, manifest)
+    assert len(data) == 1432
+    assert hashlib.sha256(data).hexdigest() == "92504d1c5889e4ecbb00926b78e1d48335e2e4673d3ab8374b74d15765453470"
+
+
+def test_content_digest_framing_is_the_spec(saved):
+    path, tensors, _ = saved
+    u64 = lambda n: struct.pack("<Q", n)  # noqa: E731
+    stream = b"haba-content-digest-v1\x00" + u64(2)
+    for name, dtype in (("bases", b"F32"), ("labels", b"I64")):  # name order
+        data = tensors[name].numpy().tobytes()
+        shape = tensors[name].shape
+        stream += u64(len(name)) + name.encode() + u64(3) + dtype
+        stream += u64(len(shape)) + b"".join(u64(d) for d in shape) + u64(len(data)) + data
+    expected = "sha256:" + hashlib.sha256(stream).hexdigest()
+    assert open_archive(path).manifest["content_digest"] == expected
+
+
 def test_lazy_tensor_access_and_errors(saved):
     path, tensors, _ = saved
     archive = open_archive(path)

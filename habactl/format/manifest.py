@@ -41,7 +41,7 @@ def canonical_json(value: Any) -> str:
             value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         )
         text.encode("utf-8")  # lone surrogates cannot be stored
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RecursionError) as error:
         raise ArchiveError(f"manifest: not representable as canonical JSON: {error}") from None
     return text
 
