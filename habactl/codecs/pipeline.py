@@ -1,0 +1,86 @@
+"""Pipeline: an ordered list of stages turning stored bases into training images."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from habactl.codecs.base import Shape, Stage
+from habactl.codecs.errors import CodecError, quote
+from habactl.codecs.registry import PipelineSpec, describe_pipeline, get_stage
+
+
+class Pipeline(nn.Module):
+    """Stages in order; stage i's input shape is stage i-1's output shape.
+
+    The empty pipeline is the raw archive: bases are the images (expansion 1).
+    Item order of the expanded set: item b·E + v is basis b through variant v.
+    """
+
+    def __init__(self, spec: PipelineSpec, stages: list[Stage], base_shape: Shape) -> None:
+        super().__init__()
+        self.spec = spec
+        self.stages = nn.ModuleList(stages)
+        self.base_shape = base_shape
+        self.out_shape = spec.out_shape
+        self.expansion = spec.expansion
+
+    @classmethod
+    def from_manifest(cls, pipeline: list[dict[str, Any]], base_shape: Any, *,
+                      generator: torch.Generator | None = None, noise: float = 0.0) -> Pipeline:
+        """Build every stage with its default initialisation (plus optional noise);
+        stored parameters come in through `load_tensors`."""
+        spec = describe_pipeline(pipeline, base_shape)
+        stages = [get_stage(s.name).from_config(s.configuration, s.in_shape,
+                                                generator=generator, noise=noise)
+                  for s in spec.stages]
+        return cls(spec, stages, tuple(int(d) for d in base_shape))  # type: ignore[arg-type]
+
+    def to_manifest(self) -> list[dict[str, Any]]:
+        return [{"name": s.name, "version": s.version, "configuration": s.to_config()}
+                for s in self.stages]
+
+    def decode(self, bases: Tensor, variant: Tensor | None = None) -> Tensor:
+        """Basis n through variant[n]: (N, *base_shape) -> (N, *out_shape)."""
+        self._check(bases)
+        out = bases
+        for stage in self.stages:
+            out = stage(out, variant)
+        return out
+
+    def decode_all(self, bases: Tensor) -> Tensor:
+        """Every basis through every variant: (N·E, *out_shape), item b·E + v."""
+        self._check(bases)
+        out = bases
+        for stage in self.stages:
+            # Stages after the expanding one see N·E items, each already expanded.
+            out = stage.forward_all(out)
+        return out
+
+    def named_tensors(self) -> dict[str, Tensor]:
+        return {f"pipeline.{i}.{name}": t
+                for i, stage in enumerate(self.stages)
+                for name, t in stage.named_tensors().items()}
+
+    def load_tensors(self, tensors: Mapping[str, Tensor]) -> None:
+        """Load every `pipeline.{i}.{param}`; names and shapes must match exactly."""
+        expected = self.spec.params
+        missing = sorted(set(expected) - set(tensors))
+        extra = sorted(set(tensors) - set(expected))
+        if missing or extra:
+            raise CodecError(f"pipeline tensors do not match the manifest "
+                             f"(missing {missing}, unexpected {[quote(k) for k in extra]})")
+        for i, stage in enumerate(self.stages):
+            prefix = f"pipeline.{i}."
+            stage.load_tensors({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+
+    def parameter_count(self) -> int:
+        return sum(stage.parameter_count() for stage in self.stages)
+
+    def _check(self, bases: Tensor) -> None:
+        if not isinstance(bases, Tensor) or bases.dim() != 4 or tuple(bases.shape[1:]) != self.base_shape:
+            got = list(bases.shape) if isinstance(bases, Tensor) else type(bases).__name__
+            raise CodecError(f"bases must be (N, {', '.join(map(str, self.base_shape))}), got {got}")
