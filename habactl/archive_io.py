@@ -90,7 +90,8 @@ def build_manifest(
             "library": f"habactl {__version__}",
             "created": created_timestamp(),
         },
-        "storage": {"ipc": int(ipc), "counts": counts},
+        "storage": {"ipc": int(ipc), "counts": counts,
+                    "budget_values": int(ipc) * len(classes) * channels * height * width},
     }
 
 

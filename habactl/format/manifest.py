@@ -330,6 +330,9 @@ def validate_manifest(manifest: Any, limits: Limits, *, written: bool = True) ->
                 "momentum": c.number,
                 "weight_decay": c.number,
                 "augmentation": c.text,
+            }, {
+                # Fraction of the epochs after which the lr drops ×0.1 (the protocol: 0.5).
+                "lr_decay_at": lambda x, q: c.number(x, q, positive=True),
             }),
         })
 

@@ -1,0 +1,146 @@
+"""Write the golden archives of format v1 and their expected decoded output.
+
+    python format/golden/make_golden.py [--check]
+
+Run once per released format version; the files are then kept forever and read by
+`tests/test_golden.py`. `--check` regenerates into a temporary folder and compares
+bytes instead of writing (the writer must reproduce every golden file exactly).
+Values are spelled out by closed-form arithmetic (no RNG), so any implementation
+can regenerate them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save
+
+HERE = Path(__file__).resolve().parent / "v1"
+CREATED = "2026-11-24T00:00:00Z"
+
+
+def wave(*shape: int, phase: float = 0.0) -> torch.Tensor:
+    """Deterministic, non-trivial values: sin of the flat index."""
+    count = math.prod(shape)
+    values = [math.sin(0.7 * i + phase) for i in range(count)]
+    return torch.tensor(values, dtype=torch.float32).reshape(shape)
+
+
+def manifest(*, classes, image, bases, labels_kind, pipeline, normalization, learned_lr=None,
+             objective="random", ipc=1, counts="all") -> dict:
+    return {
+        "format": "haba",
+        "format_version": "1.0",
+        "classes": classes,
+        "image": dict(zip(("channels", "height", "width"), image)),
+        "bases": {"count": int(bases.shape[0]),
+                  "per_class": [int(bases.shape[0]) // len(classes)] * len(classes),
+                  "shape": list(bases.shape[1:])},
+        "labels": {"kind": labels_kind},
+        "pipeline": pipeline,
+        "normalization": normalization,
+        "training": {"learned_lr": learned_lr,
+                     "recommended": {"arch": "convnet", "epochs": 1000, "batch_size": 256,
+                                     "lr": 0.01 if learned_lr is None else learned_lr,
+                                     "momentum": 0.9, "weight_decay": 0.0005,
+                                     "lr_decay_at": 0.5, "augmentation": "dsa"}},
+        "provenance": {"dataset": {"name": "golden", "fingerprint": "sha256:" + "0" * 64},
+                       "objective": objective, "hyperparameters": {}, "iterations": 0,
+                       "seed": 0, "library": "habactl 0.1.0", "created": CREATED},
+        "storage": {"ipc": ipc, "counts": counts,
+                    "budget_values": ipc * len(classes) * math.prod(image)},
+    }
+
+
+def hallucinate(arch: str, count: int) -> dict:
+    return {"name": "hallucinate", "version": 1,
+            "configuration": {"arch": arch, "count": count, "hidden": 3, "kernel": 3}}
+
+
+def stage_tensors(pipeline: list[dict], base_shape) -> dict[str, torch.Tensor]:
+    from habactl.codecs import describe_pipeline
+
+    spec = describe_pipeline(pipeline, tuple(base_shape))
+    tensors = {}
+    for phase, (name, shape) in enumerate(sorted(spec.params.items())):
+        values = 0.2 * wave(*shape, phase=phase)
+        if name.endswith(".scale"):
+            values = 1.0 + values  # near-identity hallucinators, as trained ones are
+        tensors[name] = values
+    return tensors
+
+
+def cases() -> dict[str, tuple[dict, dict[str, torch.Tensor]]]:
+    out = {}
+    # 1. A raw archive: images kept as they are.
+    bases = wave(6, 1, 6, 6)
+    out["raw"] = (manifest(classes=["a", "b", "c"], image=(1, 6, 6), bases=bases,
+                           labels_kind="hard", pipeline=[],
+                           normalization={"kind": "mean-std", "mean": [0.5], "std": [0.25]}),
+                  {"bases": bases, "labels": torch.tensor([0, 0, 1, 1, 2, 2])})
+    # 2. IDC + HaBa: half-resolution bases, upsampled, through 3 channel-affine hallucinators.
+    pipeline = [{"name": "upsample", "version": 1, "configuration": {"factor": 2, "mode": "bilinear"}},
+                hallucinate("channel-affine", 3)]
+    bases = wave(4, 1, 4, 4, phase=1.0)
+    out["idc-haba"] = (manifest(classes=["zero", "one"], image=(1, 8, 8), bases=bases,
+                                labels_kind="hard", pipeline=pipeline, ipc=2,
+                                normalization={"kind": "mean-std", "mean": [0.1307], "std": [0.3081]}),
+                       {"bases": bases, "labels": torch.tensor([0, 0, 1, 1]),
+                        **stage_tensors(pipeline, (1, 4, 4))})
+    # 3. RGB, the reference pixel-affine hallucinators, soft labels and a learned lr.
+    pipeline = [hallucinate("pixel-affine", 2)]
+    bases = wave(2, 3, 6, 6, phase=2.0)
+    soft = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    out["rgb-pixel-affine-soft"] = (
+        manifest(classes=["cat", "dog"], image=(3, 6, 6), bases=bases, labels_kind="soft",
+                 pipeline=pipeline, learned_lr=0.02, objective="mtt",
+                 normalization={"kind": "mean-std", "mean": [0.49, 0.48, 0.45],
+                                "std": [0.25, 0.24, 0.26]}),
+        {"bases": bases, "labels": soft, **stage_tensors(pipeline, (3, 6, 6))})
+    # 4. ZCA whitening: the matrix travels as a tensor.
+    bases = wave(2, 1, 4, 4, phase=3.0)
+    zca = torch.eye(16) + 0.05 * wave(16, 16, phase=4.0)
+    out["zca"] = (manifest(classes=["x", "y"], image=(1, 4, 4), bases=bases, labels_kind="hard",
+                           pipeline=[], normalization={"kind": "zca", "mean": [0.5], "std": [0.5],
+                                                       "eps": 0.1}),
+                  {"bases": bases, "labels": torch.tensor([0, 1]), "normalization.zca": zca})
+    return out
+
+
+def write(folder: Path) -> list[Path]:
+    from habactl.format import save_archive
+    from habactl.loader import HabaDataset
+
+    written = []
+    for name, (manifest_, tensors) in cases().items():
+        path = save_archive(folder / f"{name}.haba", tensors, manifest_, overwrite=True)
+        images, labels = HabaDataset(path).tensors()
+        expected = folder / f"{name}.expected.safetensors"
+        expected.write_bytes(save({"images": images.contiguous(), "labels": labels.contiguous()}))
+        written += [path, expected]
+    return written
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    args = parser.parse_args()
+    if not args.check:
+        for path in write(HERE):
+            print(f"wrote {path.relative_to(HERE.parent.parent)}")
+        return 0
+    with tempfile.TemporaryDirectory() as temp:
+        mismatched = [p.name for p in write(Path(temp))
+                      if not filecmp.cmp(p, HERE / p.name, shallow=False)]
+    print("golden files reproduced" if not mismatched else f"differ: {mismatched}")
+    return 1 if mismatched else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

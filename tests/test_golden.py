@@ -1,0 +1,38 @@
+"""Golden archives of every released format version: read forever, written byte for byte."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from habactl import HabaDataset
+from habactl.format import open_archive, save_archive
+
+GOLDEN = Path(__file__).resolve().parent.parent / "format" / "golden"
+ARCHIVES = sorted(GOLDEN.glob("v*/*.haba"))
+
+
+def test_there_are_golden_archives_for_v1():
+    assert len([p for p in ARCHIVES if p.parent.name == "v1"]) >= 4
+
+
+@pytest.mark.parametrize("path", ARCHIVES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_golden_archive_decodes_to_its_expected_output(path: Path):
+    expected = load_file(path.with_name(path.stem + ".expected.safetensors"))
+    images, labels = HabaDataset(path).tensors()
+    torch.testing.assert_close(images, expected["images"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(labels, expected["labels"])
+
+
+@pytest.mark.parametrize("path", [p for p in ARCHIVES if p.parent.name == "v1"],
+                         ids=lambda p: p.stem)
+def test_writer_reproduces_golden_bytes(path: Path, tmp_path: Path):
+    with open_archive(path) as archive:
+        manifest = {k: v for k, v in archive.manifest.items()
+                    if k not in ("tensors", "content_digest")}
+        tensors = archive.tensors()
+    copy = save_archive(tmp_path / path.name, tensors, manifest)
+    assert copy.read_bytes() == path.read_bytes()
