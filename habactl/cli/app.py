@@ -26,7 +26,7 @@ app = typer.Typer(
 
 # Machine output (--json) goes to stdout; everything for humans goes to stderr.
 stdout = Console(soft_wrap=True, highlight=False)
-stderr = Console(stderr=True, highlight=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DEBUG_VARIABLE = "HABACTL_DEBUG"
 
