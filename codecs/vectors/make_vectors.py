@@ -1,0 +1,189 @@
+"""Regenerate the codec test vectors in this folder (run from anywhere).
+
+    python codecs/vectors/make_vectors.py [OUT_DIR]
+
+Every value is a small multiple of 1/8 drawn from a fixed integer generator (no RNG
+library), chosen so that float32 arithmetic on them is exact: any correct
+implementation, summing in any order, reproduces the expected outputs bit for bit.
+The expected outputs come from the plain float64 reference below, written from the
+spec pages (not from habactl), and habactl's float32 result must equal them exactly.
+
+Each file is plain safetensors with one metadata key, "stage": the pipeline entry
+{"name", "version", "configuration"} as canonical JSON (one key, so the bytes are
+reproducible). Tensors: "input" (N, C, H, W) F32; "output" F32; hallucinate files add
+"variant" (N,) I64, "output_all" (N*K, C, H, W) F32 (item b*K + v) and the stage
+parameters under their own names ("encoder.weight", ...).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+class Dyadic:
+    """A 31-bit LCG (the classic ANSI C constants) mapped to multiples of 1/8."""
+
+    def __init__(self, seed: int) -> None:
+        self.state = seed
+
+    def take(self, shape: tuple[int, ...], low: float = -1.0, high: float = 1.0) -> np.ndarray:
+        steps = round((high - low) * 8)
+        out = []
+        for _ in range(math.prod(shape)):
+            self.state = (1103515245 * self.state + 12345) % 2**31
+            out.append(low + ((self.state >> 16) % (steps + 1)) / 8)
+        return np.array(out, dtype=np.float64).reshape(shape)
+
+
+# -- references, straight from codecs/upsample.md and codecs/hallucinate.md ----------
+def _cubic(d: float, a: float = -0.75) -> float:
+    d = abs(d)
+    if d <= 1:
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+    if d < 2:
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return 0.0
+
+
+def _taps(mode: str, i: int, size: int, f: int) -> list[tuple[int, float]]:
+    """(source index, weight) pairs for output index i along one axis."""
+    if mode == "nearest":
+        return [(i // f, 1.0)]
+    src = (i + 0.5) / f - 0.5
+    if mode == "bilinear":
+        src = max(src, 0.0)
+        i0 = math.floor(src)
+        lam = src - i0
+        return [(i0, 1 - lam), (min(i0 + 1, size - 1), lam)]
+    i0 = math.floor(src)
+    t = src - i0
+    return [(min(max(i0 + m, 0), size - 1), _cubic(t - m)) for m in (-1, 0, 1, 2)]
+
+
+def upsample_reference(x: np.ndarray, factor: int, mode: str) -> np.ndarray:
+    n, c, h, w = x.shape
+    y = np.zeros((n, c, h * factor, w * factor))
+    for r in range(h * factor):
+        for s in range(w * factor):
+            for ri, wr in _taps(mode, r, h, factor):
+                for si, ws in _taps(mode, s, w, factor):
+                    y[:, :, r, s] += wr * ws * x[:, :, ri, si]
+    return y
+
+
+def hallucinate_reference(x: np.ndarray, p: dict[str, np.ndarray], v: int) -> np.ndarray:
+    """One sample (C, H, W) through hallucinator v, by the spec's sums."""
+    c, h, w = x.shape
+    ew, eb, dw, db = p["encoder.weight"][v], p["encoder.bias"][v], p["decoder.weight"][v], p["decoder.bias"][v]
+    hidden, k = ew.shape[0], ew.shape[-1]
+    z = np.zeros((hidden, h - k + 1, w - k + 1))
+    for j in range(hidden):
+        for r in range(h - k + 1):
+            for s in range(w - k + 1):
+                z[j, r, s] = eb[j] + np.sum(ew[j] * x[:, r:r + k, s:s + k])
+    u = z * p["scale"][v] + p["shift"][v]  # (hidden, 1, 1) broadcasts per channel
+    y = np.zeros((c, h, w)) + db[:, None, None]
+    for j in range(hidden):
+        for r in range(h - k + 1):
+            for s in range(w - k + 1):
+                y[:, r:r + k, s:s + k] += dw[j] * u[j, r, s]  # scatter: the transposed conv
+    return y
+
+
+# -- the cases -----------------------------------------------------------------------
+UPSAMPLE = {  # case -> (configuration, input shape)
+    "bilinear": ({"factor": 2, "mode": "bilinear"}, (2, 1, 3, 4)),
+    "nearest": ({"factor": 3, "mode": "nearest"}, (2, 2, 2, 3)),
+    "bicubic": ({"factor": 2, "mode": "bicubic"}, (2, 1, 4, 3)),
+}
+HALLUCINATE = {
+    "pixel-affine": ({"arch": "pixel-affine", "count": 2, "hidden": 2, "kernel": 3}, (2, 1, 6, 6)),
+    "channel-affine": ({"arch": "channel-affine", "count": 2, "hidden": 3, "kernel": 3}, (2, 3, 5, 5)),
+}
+
+
+def _exact32(a: np.ndarray, what: str) -> np.ndarray:
+    b = a.astype(np.float32)
+    if not np.array_equal(b.astype(np.float64), a):
+        raise AssertionError(f"{what}: reference is not exact in float32; pick smaller values")
+    return b
+
+
+def build_cases() -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
+    """File stem -> (pipeline entry, tensors), with the expected outputs filled in."""
+    from habactl.codecs.hallucinate import Hallucinate
+    from habactl.codecs.registry import describe_entry
+
+    cases = {}
+    for seed, (case, (config, shape)) in enumerate(UPSAMPLE.items(), start=1):
+        x = Dyadic(seed).take(shape)
+        y = upsample_reference(x, config["factor"], config["mode"])
+        cases[f"upsample-{case}"] = ({"name": "upsample", "version": 1, "configuration": config},
+                                     {"input": x, "output": y})
+    for seed, (case, (config, shape)) in enumerate(HALLUCINATE.items(), start=11):
+        n, rng = shape[0], Dyadic(seed)
+        spec = describe_entry({"name": "hallucinate", "version": 1, "configuration": config}, shape[1:])
+        x = rng.take(shape)
+        params = {}
+        for name in sorted(spec.params):
+            low, high = (0.5, 1.5) if name == "scale" else (-1.0, 1.0)
+            params[name] = rng.take(spec.params[name], low, high)
+        variant = np.array([1, 0][:n], dtype=np.int64)
+        count = spec.expansion
+        y = np.stack([hallucinate_reference(x[b], params, int(variant[b])) for b in range(n)])
+        y_all = np.stack([hallucinate_reference(x[b], params, v) for b in range(n) for v in range(count)])
+        assert Hallucinate.name == spec.name
+        cases[f"hallucinate-{case}"] = (
+            {"name": "hallucinate", "version": 1, "configuration": config},
+            {"input": x, "variant": variant, "output": y, "output_all": y_all, **params})
+    return cases
+
+
+def decode_with_habactl(entry: dict, tensors: dict) -> dict:
+    """habactl's outputs for a vector file's content (used by the generator and the tests)."""
+    import torch
+
+    from habactl.codecs import get_stage
+
+    x = torch.as_tensor(tensors["input"], dtype=torch.float32)
+    stage = get_stage(entry["name"]).from_config(entry["configuration"], tuple(x.shape[1:]))
+    stage.load_tensors({k: torch.as_tensor(v) for k, v in tensors.items()
+                        if k in stage.spec.params})
+    out = {}
+    with torch.no_grad():
+        if stage.expansion > 1:
+            out["output"] = stage(x, torch.as_tensor(tensors["variant"])).numpy()
+        else:
+            out["output"] = stage(x).numpy()
+        if "output_all" in tensors:
+            out["output_all"] = stage.forward_all(x).numpy()
+    return out
+
+
+def main(out_dir: Path = HERE) -> list[Path]:
+    from safetensors.numpy import save_file
+
+    written = []
+    for stem, (entry, tensors) in build_cases().items():
+        stored = {k: v if v.dtype == np.int64 else _exact32(v, f"{stem}:{k}") for k, v in tensors.items()}
+        for key, got in decode_with_habactl(entry, stored).items():
+            if not np.array_equal(got, stored[key]):
+                diff = float(np.abs(got - stored[key]).max())
+                raise AssertionError(f"{stem}: habactl's {key} differs from the reference by {diff}")
+        path = Path(out_dir) / f"{stem}.safetensors"
+        meta = {"stage": json.dumps(entry, sort_keys=True, separators=(",", ":"))}
+        save_file({k: np.ascontiguousarray(v) for k, v in stored.items()}, str(path), metadata=meta)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for p in main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE):
+        print(f"wrote {p} ({p.stat().st_size} bytes)")
