@@ -300,3 +300,11 @@ def test_empty_pipeline_is_the_raw_archive():
     pipeline.load_tensors({})
     with pytest.raises(CodecError, match="bases must be"):
         pipeline.decode(torch.zeros(3, 1, 9, 8))
+
+
+def test_pipeline_errors_name_the_stage_index():
+    with pytest.raises(CodecError) as caught:
+        describe_pipeline([entry("upsample", factor=2), entry("hallucinate", **{**HALLUCINATE, "count": 0})], (1, 4, 4))
+    assert caught.value.index == 1
+    assert caught.value.detail == "stage 'hallucinate': configuration 'count' must be 1..4096, got 0"
+    assert str(caught.value) == "pipeline[1]: " + caught.value.detail

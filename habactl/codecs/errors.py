@@ -10,7 +10,14 @@ class CodecError(HabaError):
 
     Messages name the stage and the key, e.g.
     ``stage 'hallucinate': configuration 'count' must be 1..4096, got 0``.
+    Raised from a pipeline, it is prefixed ``pipeline[i]: ``; ``detail`` and ``index``
+    keep the two apart for callers that add their own context (the format reader).
     """
+
+    def __init__(self, detail: str, index: int | None = None) -> None:
+        self.detail = detail
+        self.index = index
+        super().__init__(detail if index is None else f"pipeline[{index}]: {detail}")
 
 
 def quote(value: object, limit: int = 60) -> str:

@@ -68,10 +68,10 @@ def describe_pipeline(pipeline: Any, base_shape: Any) -> PipelineSpec:
         try:
             spec = describe_entry(entry, shape)
         except CodecError as error:
-            raise CodecError(f"pipeline[{i}]: {error}") from None
+            raise CodecError(error.detail, index=i) from None
         if spec.expansion > 1 and expansion > 1:
-            raise CodecError(f"pipeline[{i}]: at most one stage may expand the data set "
-                             f"(stage {quote(spec.name)} would multiply {expansion} by {spec.expansion})")
+            raise CodecError(f"at most one stage may expand the data set (stage {quote(spec.name)} "
+                             f"would multiply {expansion} by {spec.expansion})", index=i)
         expansion *= spec.expansion
         stages.append(spec)
         params.update({f"pipeline.{i}.{name}": s for name, s in spec.params.items()})
