@@ -308,3 +308,14 @@ def test_pipeline_errors_name_the_stage_index():
     assert caught.value.index == 1
     assert caught.value.detail == "stage 'hallucinate': configuration 'count' must be 1..4096, got 0"
     assert str(caught.value) == "pipeline[1]: " + caught.value.detail
+
+
+def test_variants_go_to_the_expanding_stage_only():
+    manifest = [entry("hallucinate", arch="channel-affine", count=3),
+                entry("hallucinate", arch="channel-affine", count=1)]
+    pipeline = Pipeline.from_manifest(manifest, (1, 6, 6))
+    assert pipeline.expansion == 3
+    bases = torch.randn(2, 1, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(pipeline.decode(bases, torch.tensor([2, 1])),
+                                   pipeline.decode_all(bases)[torch.tensor([2, 4])])

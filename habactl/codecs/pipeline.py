@@ -48,7 +48,9 @@ class Pipeline(nn.Module):
         self._check(bases)
         out = bases
         for stage in self.stages:
-            out = stage(out, variant)
+            # Variants index the one expanding stage; the others must not see them
+            # (a count-1 hallucinator after it would read them as out of range).
+            out = stage(out, variant if stage.expansion > 1 else None)
         return out
 
     def decode_all(self, bases: Tensor) -> Tensor:
