@@ -503,5 +503,6 @@ def _stage_error(entries: list[dict[str, Any]], base_shape: tuple[int, ...], err
     from habactl.codecs.errors import CodecError
 
     name = entries[index]["name"]
-    detail = str(error) if isinstance(error, CodecError) else f"{type(error).__name__}: {error}"
+    detail = (getattr(error, "detail", None) or str(error)) if isinstance(error, CodecError) \
+        else f"{type(error).__name__}: {error}"
     return ArchiveError(f"manifest: pipeline[{index}] (stage {quote(name)}): {detail}")
