@@ -1,0 +1,422 @@
+"""The distillation loop: one loop for every pipeline and every objective.
+
+It learns the stored tensors of a decode pipeline (bases at any resolution, hallucinator
+weights) against one objective, optionally with HaBa's adversarial contrastive term,
+and writes the result as a .haba archive. Around the loop: the budget planner, HaBa's
+initialisation, checkpoints (periodic, on Ctrl-C, ``resume``), a non-finite-loss stop,
+progress and a metrics log.
+
+Reproducibility: every random draw comes from an explicit CPU ``torch.Generator`` (one
+stream for initialisation, one for the objective, one for the contrastive term), never
+from the global RNG, so a seed gives the same run on any device, and the generator
+states in a checkpoint make a resumed run continue the very same random sequence.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from habactl.distill import checkpoint as ckpt
+from habactl.distill.contrastive import AdversarialContrast
+from habactl.distill.errors import DistillError, Interrupted, NonFiniteLoss
+from habactl.distill.objectives import Context, get_objective
+from habactl.distill.planner import Plan, plan_budget
+from habactl.distill.progress import MetricsLog, Reporter
+from habactl.distill.sets import RealSet, SyntheticSet
+
+# Fault injection for the crash-recovery test: SIGKILL this process right after the
+# given iteration (and its checkpoint, if one falls due) - a real kill, not an exception.
+KILL_AFTER_VARIABLE = "HABACTL_FAULT_KILL_AFTER"
+
+DEVICES = ("auto", "cpu", "cuda")
+INITS = ("real", "noise")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Every choice of a run; all of them end up in the archive's provenance.
+
+    The defaults are the `habactl compress` defaults: HaBa + IDC with distribution
+    matching at IPC 1, sized to finish on a 2-core CPU in a few minutes.
+    """
+
+    objective: str = "dm"
+    objective_settings: Mapping[str, Any] = field(default_factory=dict)
+    # budget and codec
+    codec: str = "haba+idc"
+    ipc: int = 1
+    counts: str = "all"
+    factor: int | None = None
+    hallucinators: int = 5
+    hallucinator_arch: str = "channel-affine"
+    hidden: int = 3
+    kernel: int = 3
+    leftover: str = "bases"
+    # optimisation
+    iterations: int = 400
+    lr_bases: float = 1.0
+    lr_hallucinators: float = 0.01
+    momentum: float = 0.5
+    # initialisation
+    init: str = "real"
+    hallucinator_noise: float = 0.01
+    # augmentation (DSA strategy or "none"; flip is dropped for digit data)
+    augment: str = "color_crop_cutout_flip_scale_rotate"
+    # adversarial contrastive term: None = on for codecs with hallucinators
+    contrastive: bool | None = None
+    contrastive_settings: Mapping[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 50
+
+
+@dataclass
+class DistillResult:
+    path: Path
+    plan: Plan
+    iterations: int
+    resumed_from: int
+    seconds: float
+    final_loss: float | None
+    device: str
+
+
+def resolve_device(name: str) -> torch.device:
+    if name not in DEVICES:
+        raise DistillError(f"unknown device {name!r} (known: {', '.join(DEVICES)})")
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise DistillError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def stream(seed: int, name: str) -> torch.Generator:
+    """An independent CPU generator per purpose, derived from the run's seed."""
+    digest = hashlib.sha256(f"habactl-distill:{int(seed)}:{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def class_spread(images: Tensor, labels: Tensor, num_classes: int) -> list[float]:
+    """Mean squared distance of a class's images to their class mean."""
+    flat = images.reshape(images.shape[0], -1).double()
+    out = []
+    for k in range(num_classes):
+        members = flat[labels == k]
+        out.append(float((members - members.mean(0)).square().sum(1).mean()) if len(members) else 0.0)
+    return out
+
+
+def _check_number(name: str, value: float, *, low: float = 0.0, strict: bool = True,
+                  high: float | None = None) -> float:
+    value = float(value)
+    if not math.isfinite(value) or (value <= low if strict else value < low) or (
+            high is not None and value >= high):
+        bound = f"> {low}" if strict else f">= {low}"
+        if high is not None:
+            bound += f" and < {high}"
+        raise DistillError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+class Distiller:
+    """One run: built from a data source and a config, then ``run`` to an archive."""
+
+    def __init__(self, source: Any, config: DistillConfig) -> None:
+        from habactl.augment import SiameseAugment
+        from habactl.codecs import Pipeline
+        from habactl.normalization import Normalizer, mean_std
+
+        self.source = source
+        self.config = config
+        c = config
+        if c.init not in INITS:
+            raise DistillError(f"unknown init {c.init!r} (known: {', '.join(INITS)})")
+        if c.iterations < 0:
+            raise DistillError(f"--iterations must be 0 or more, got {c.iterations}")
+        if c.checkpoint_every < 1:
+            raise DistillError(f"--checkpoint-every must be at least 1, got {c.checkpoint_every}")
+        _check_number("--lr-bases", c.lr_bases)
+        _check_number("--lr-hallucinators", c.lr_hallucinators, strict=False)
+        _check_number("--momentum", c.momentum, strict=False, high=1.0)
+        _check_number("hallucinator noise", c.hallucinator_noise, strict=False)
+        self.device = resolve_device(c.device)
+        classes = len(source.classes)
+        image_shape = (source.channels, source.height, source.width)
+        self.image_shape = image_shape
+
+        self.normalization = mean_std(source.mean(), source.std())
+        normalise = Normalizer(self.normalization)
+        train_images = normalise(source.train.images.float())
+        train_labels = source.train.labels.long()
+        if len(train_labels) == 0:
+            raise DistillError(f"data set {source.name} has no training images")
+
+        # Leftover budget buys extra bases for the most varied classes first.
+        spread = class_spread(train_images, train_labels, classes)
+        self.plan = plan_budget(
+            c.codec, image_shape, classes, c.ipc, counts=c.counts, factor=c.factor,
+            hallucinators=c.hallucinators, arch=c.hallucinator_arch, hidden=c.hidden,
+            kernel=c.kernel, leftover=c.leftover,
+            class_priority=sorted(range(classes), key=lambda k: (-spread[k], k)),
+        )
+        self.real = RealSet(train_images.to(self.device), train_labels.to(self.device), classes)
+        empty = [k for k, n in enumerate(self.real.counts) if n == 0]
+        if empty:
+            raise DistillError(f"class {source.classes[empty[0]]!r} has no training images")
+        smallest = min(self.real.counts)
+        if c.ipc >= smallest:
+            k = self.real.counts.index(smallest)
+            raise DistillError(f"--ipc {c.ipc} is no compression: class {source.classes[k]!r} has only "
+                               f"{smallest} training images; use --ipc {max(1, smallest - 1)} or less")
+
+        self.generators = {name: stream(c.seed, name) for name in ("init", "objective", "contrast")}
+        init = self.generators["init"]
+        bases = self._initial_bases(train_images, train_labels, init)
+        pipeline = Pipeline.from_manifest(self.plan.pipeline, self.plan.base_shape, generator=init,
+                                          noise=c.hallucinator_noise if self.plan.expansion > 1 else 0.0)
+        self.synthetic = SyntheticSet(bases, self.plan.per_class, pipeline).to(self.device)
+
+        self.augment = SiameseAugment(c.augment, flip=not source.is_digits)
+        objective_class = get_objective(c.objective)
+        context = Context(real=self.real, image_shape=image_shape, num_classes=classes,
+                          device=self.device, augment=self.augment, init_generator=init)
+        self.objective = objective_class(context, dict(c.objective_settings))
+
+        use_contrast = (self.plan.expansion > 1) if c.contrastive is None else bool(c.contrastive)
+        if use_contrast and self.plan.expansion < 2:
+            raise DistillError("the contrastive term needs at least 2 hallucinators "
+                               "(codec haba or haba+idc); drop --contrastive")
+        self.contrast = (AdversarialContrast(image_shape, classes, device=self.device, generator=init,
+                                             settings=dict(c.contrastive_settings))
+                         if use_contrast else None)
+
+        groups: list[dict[str, Any]] = [{"params": [self.synthetic.bases], "lr": c.lr_bases}]
+        hallucinator_params = self.synthetic.hallucinator_parameters()
+        if hallucinator_params:
+            groups.append({"params": hallucinator_params, "lr": c.lr_hallucinators})
+        groups += self.objective.param_groups()
+        self.optimizer = torch.optim.SGD(groups, lr=c.lr_bases, momentum=c.momentum)
+        self.learnable = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.hyperparameters = self._hyperparameters()
+        self.fingerprint = ckpt.settings_fingerprint({
+            "hyperparameters": self.hyperparameters, "seed": c.seed,
+            "dataset": source.fingerprint})
+        self.iteration = 0
+
+    # -- initialisation ---------------------------------------------------------------
+    def _initial_bases(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
+        """Bases start as real images of their class, downsampled for an `upsample` stage
+        (area average, the inverse of what bilinear upsampling blurs least)."""
+        plan = self.plan
+        if self.config.init == "noise":
+            return torch.randn(plan.bases, *plan.base_shape, generator=generator)
+        chosen = []
+        for k, n in enumerate(plan.per_class):
+            members = torch.nonzero(labels == k).flatten()
+            order = torch.randperm(len(members), generator=generator)
+            picks = members[order[torch.arange(n) % len(members)]]
+            part = images[picks].clone()
+            if n > len(members):  # more bases than images: repeats start slightly apart
+                repeat = (torch.arange(n) >= len(members)).view(-1, 1, 1, 1).float()
+                part = part + repeat * 0.01 * torch.randn(part.shape, generator=generator)
+            chosen.append(part)
+        bases = torch.cat(chosen)
+        c, h, w = plan.base_shape
+        if (h, w) != tuple(self.image_shape[1:]):
+            bases = F.adaptive_avg_pool2d(bases, (h, w))
+        return bases.contiguous()
+
+    def _hyperparameters(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "objective": {"name": c.objective, **self.objective.hyperparameters()},
+            "budget": self.plan.describe(),
+            "pipeline": {"hallucinators": c.hallucinators if self.plan.expansion > 1 else 0,
+                         "hallucinator_arch": c.hallucinator_arch if self.plan.expansion > 1 else None,
+                         "hidden": c.hidden, "kernel": c.kernel,
+                         "factor": self.plan.image_shape[1] // self.plan.base_shape[1]},
+            "optimizer": {"name": "sgd", "lr_bases": float(c.lr_bases),
+                          "lr_hallucinators": float(c.lr_hallucinators),
+                          "momentum": float(c.momentum)},
+            "init": {"bases": c.init, "downsample": "area",
+                     "hallucinators": "near-identity", "hallucinator_noise": float(c.hallucinator_noise)},
+            "augmentation": self.augment.to_config(),
+            "contrastive": None if self.contrast is None else self.contrast.hyperparameters(),
+            "device": self.device.type,
+        }
+
+    # -- checkpoints ------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint,
+            "iteration": self.iteration,
+            "bases": self.synthetic.bases.detach().cpu().clone(),
+            "pipeline": {k: v.detach().cpu().clone() for k, v in self.synthetic.pipeline.named_tensors().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "objective": self.objective.state_dict(),
+            "contrast": None if self.contrast is None else self.contrast.state_dict(),
+            "rng": {**{name: g.get_state() for name, g in self.generators.items()},
+                    "torch": torch.get_rng_state()},
+        }
+
+    def _restore(self, state: Mapping[str, Any]) -> None:
+        with torch.no_grad():
+            self.synthetic.bases.copy_(state["bases"])
+            self.synthetic.pipeline.load_tensors(state["pipeline"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.objective.load_state_dict(state["objective"])
+        if self.contrast is not None:
+            self.contrast.load_state_dict(state["contrast"])
+        for name, g in self.generators.items():
+            g.set_state(state["rng"][name])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.iteration = int(state["iteration"])
+
+    # -- the loop -----------------------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        """One iteration: loss, gradients of the stored tensors, one optimiser step."""
+        loss, metrics = self.objective.loss(self.synthetic, self.generators["objective"])
+        total = loss
+        record: dict[str, float] = {f"{self.config.objective}": float(loss.detach()), **metrics}
+        if self.contrast is not None:
+            penalty, contrast_metrics = self.contrast.penalty(self.synthetic, self.generators["contrast"])
+            total = loss + penalty
+            record.update(contrast_metrics)
+        value = float(total.detach())
+        record["loss"] = value
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"the loss became {value} at iteration {self.iteration + 1}")
+        grads = torch.autograd.grad(total, self.learnable, allow_unused=True)
+        for p, g in zip(self.learnable, grads):
+            p.grad = torch.zeros_like(p) if g is None else g
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.contrast is not None:
+            self.contrast.step()
+        self.objective.after_step(self.synthetic, self.generators["objective"])
+        self.iteration += 1
+        return record
+
+    def run(self, output: Path, *, force: bool = False, resume: bool = False,
+            checkpoint_path: Path | None = None, log: Path | None = None,
+            reporter: Reporter | None = None) -> DistillResult:
+        from habactl.archive_io import write_haba
+
+        output = Path(output)
+        reporter = reporter or Reporter()
+        checkpoint_path = Path(checkpoint_path) if checkpoint_path else ckpt.default_path(output)
+        if output.exists() and not force:
+            raise DistillError(f"{output} exists; pass --force to replace it")
+        if not output.parent.is_dir():
+            raise DistillError(f"cannot write {output}: folder {output.parent} does not exist")
+        started_at = self.iteration
+        if resume:
+            self._restore(ckpt.load(checkpoint_path, self.fingerprint))
+            started_at = self.iteration
+        elif checkpoint_path.exists() and not force:
+            raise DistillError(f"{checkpoint_path} holds an unfinished run; pass --resume to continue "
+                               f"it, or --force to start over")
+        total = self.config.iterations
+        if self.iteration > total:
+            raise DistillError(f"the checkpoint is at iteration {self.iteration}, beyond "
+                               f"--iterations {total}")
+        metrics_log = MetricsLog(log)
+        metrics_log.write({"event": "resume" if resume else "start", "iteration": self.iteration,
+                           "iterations": total, "plan": self.plan.describe()})
+        kill_after = int(os.environ.get(KILL_AFTER_VARIABLE, "0") or 0)
+        stop = _StopFlag()
+        clock = time.perf_counter()
+        last: dict[str, float] = {}
+        reporter.start(total, self.iteration, f"{self.config.objective} {self.plan.codec}")
+        try:
+            with stop.installed():
+                while self.iteration < total:
+                    try:
+                        last = self.step()
+                    except NonFiniteLoss as error:
+                        kept = (f"; the last good checkpoint is {checkpoint_path}"
+                                if checkpoint_path.exists() else "")
+                        raise NonFiniteLoss(f"{error}: nothing was written; lower the learning rates "
+                                            f"(--lr-bases, --lr-hallucinators){kept}") from None
+                    metrics_log.write({"event": "iteration", "iteration": self.iteration, **last})
+                    reporter.update(self.iteration, last)
+                    due = self.iteration % self.config.checkpoint_every == 0
+                    if stop.requested or (due and self.iteration < total):
+                        ckpt.save(checkpoint_path, self._state())
+                    if kill_after and self.iteration == kill_after:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    if stop.requested:
+                        metrics_log.write({"event": "interrupted", "iteration": self.iteration})
+                        raise Interrupted(self.iteration, str(checkpoint_path))
+        finally:
+            reporter.close()
+        bases = self.synthetic.bases.detach().cpu()
+        if not bool(torch.isfinite(bases).all()) or not all(
+                bool(torch.isfinite(p).all()) for p in self.synthetic.pipeline.parameters()):
+            raise NonFiniteLoss("the stored tensors are no longer finite; nothing was written; "
+                                "lower the learning rates (--lr-bases, --lr-hallucinators)")
+        path = write_haba(
+            output, source=self.source, bases=bases, labels=self.synthetic.labels.cpu(),
+            pipeline=self.synthetic.pipeline, normalization=self.normalization,
+            objective=self.config.objective, hyperparameters=self.hyperparameters,
+            iterations=total, seed=self.config.seed, ipc=self.config.ipc,
+            counts=self.config.counts, learned_lr=self.objective.learned_lr(), overwrite=force,
+        )
+        ckpt.remove(checkpoint_path)
+        seconds = time.perf_counter() - clock
+        metrics_log.write({"event": "end", "iteration": self.iteration, "path": str(path)})
+        metrics_log.close()
+        return DistillResult(path=Path(path), plan=self.plan, iterations=total,
+                             resumed_from=started_at, seconds=seconds,
+                             final_loss=last.get("loss"), device=self.device.type)
+
+
+class _StopFlag:
+    """Ctrl-C asks the loop to stop at the end of the iteration (after a checkpoint);
+    a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    class _Installed:
+        def __init__(self, flag: "_StopFlag") -> None:
+            self.flag = flag
+            self.previous: Any = None
+
+        def __enter__(self) -> None:
+            if threading.current_thread() is threading.main_thread():
+                self.previous = signal.signal(signal.SIGINT, self.flag._handle)
+
+        def __exit__(self, *exc: Any) -> None:
+            if self.previous is not None:
+                signal.signal(signal.SIGINT, self.previous)
+
+    def installed(self) -> "_StopFlag._Installed":
+        return _StopFlag._Installed(self)
+
+
+def distill(source: Any, config: DistillConfig, output: Path, **run_options: Any) -> DistillResult:
+    """Plan, initialise, optimise and write ``output``; see ``Distiller.run`` for options."""
+    return Distiller(source, config).run(output, **run_options)
+
+
+def config_dict(config: DistillConfig) -> dict[str, Any]:
+    return asdict(config)

@@ -1,0 +1,60 @@
+"""Networks the engine draws afresh: the DM embedder and the contrastive extractor.
+
+Architectures come from ``habactl.nets``; only their initial weights are drawn here, from
+an explicit CPU generator, so that a run is reproducible from its seed alone (PyTorch's
+own init would read the global RNG) and identical on every device. The distribution is
+PyTorch's default: conv and linear weights and biases uniform on ±1/sqrt(fan_in)
+(kaiming_uniform with a = sqrt(5)); norm layers weight 1, bias 0.
+
+A DM iteration needs a new random network: re-drawing the weights of one module in
+place costs a few hundred thousand random numbers and no module construction.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def redraw(module: nn.Module, generator: torch.Generator) -> None:
+    """Re-initialise every parameter of ``module`` in place, in module order."""
+    for sub in module.modules():
+        if isinstance(sub, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)):
+            weight = sub.weight
+            fan_in = weight.shape[1] * math.prod(weight.shape[2:])
+            if isinstance(sub, nn.ConvTranspose2d):
+                fan_in = weight.shape[0] * math.prod(weight.shape[2:])
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            _uniform(weight, bound, generator)
+            if sub.bias is not None:
+                _uniform(sub.bias, bound, generator)
+        elif isinstance(sub, (nn.GroupNorm, nn.BatchNorm2d)):
+            if getattr(sub, "weight", None) is not None:
+                sub.weight.fill_(1.0)
+            if getattr(sub, "bias", None) is not None:
+                sub.bias.zero_()
+            if isinstance(sub, nn.BatchNorm2d):
+                sub.reset_running_stats()
+
+
+def _uniform(tensor: torch.Tensor, bound: float, generator: torch.Generator) -> None:
+    values = torch.rand(tensor.shape, generator=generator, dtype=torch.float32)
+    tensor.copy_(values.mul_(2 * bound).sub_(bound))
+
+
+def build(arch: str, image_shape: tuple[int, int, int], num_classes: int, *,
+          width_mult: float = 1.0, device: torch.device, generator: torch.Generator,
+          trainable: bool) -> nn.Module:
+    """A network from ``habactl.nets`` with weights drawn from ``generator``."""
+    from habactl.nets import build_net
+
+    # Construction draws PyTorch's default init from the global RNG; fork it so that
+    # building a network leaves the caller's random state untouched.
+    with torch.random.fork_rng(devices=[]):
+        net = build_net(arch, *image_shape, num_classes, width_mult=width_mult)
+    redraw(net, generator)
+    net.requires_grad_(trainable)
+    return net.to(device)

@@ -1,0 +1,21 @@
+"""Distillation objectives, by name. Each lives in its own module behind `base.Objective`."""
+
+from __future__ import annotations
+
+from habactl.distill.errors import DistillError
+from habactl.distill.objectives.base import Context, Objective
+from habactl.distill.objectives.dm import DistributionMatching
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    DistributionMatching.name: DistributionMatching,
+}
+
+
+def get_objective(name: str) -> type[Objective]:
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise DistillError(f"unknown objective {name!r} (known: {', '.join(OBJECTIVES)})") from None
+
+
+__all__ = ["OBJECTIVES", "Context", "Objective", "get_objective"]

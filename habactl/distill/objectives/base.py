@@ -1,0 +1,76 @@
+"""The interface every distillation objective implements.
+
+The engine owns everything around the objective: the stored tensors and their
+optimiser, checkpoints, RNG streams, the contrastive term, progress and the archive.
+An objective only says, once per iteration, how far the synthetic set is from the real
+one. Objectives that train networks of their own (gradient matching) keep them as
+state and update them in ``after_step``; objectives that learn something besides the
+stored tensors (trajectory matching's learning rate) add optimiser groups through
+``param_groups`` and report it in ``learned_lr``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import Tensor
+
+from habactl.distill.errors import DistillError
+from habactl.distill.sets import RealSet, SyntheticSet
+
+
+@dataclass
+class Context:
+    """What an objective may know about the problem."""
+
+    real: RealSet
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    device: torch.device
+    augment: Any            # habactl.augment.SiameseAugment
+    init_generator: torch.Generator   # for drawing initial state at construction
+
+
+class Objective:
+    """One distillation objective (see the module doc for the division of labour)."""
+
+    name: ClassVar[str]
+    # Every setting the objective reads, with its default; all of them are recorded.
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, context: Context, settings: Mapping[str, Any] | None = None) -> None:
+        unknown = sorted(set(settings or {}) - set(self.defaults))
+        if unknown:
+            raise DistillError(f"objective {self.name}: unknown setting(s) {', '.join(unknown)} "
+                               f"(known: {', '.join(sorted(self.defaults)) or 'none'})")
+        self.context = context
+        self.settings: dict[str, Any] = {**self.defaults, **dict(settings or {})}
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Every value the objective uses, JSON-ready, for the archive's provenance."""
+        return dict(self.settings)
+
+    def loss(self, synthetic: SyntheticSet, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        """The objective's loss for this iteration (a scalar with a graph to the stored
+        tensors) and any metrics worth logging. Draw all randomness from ``generator``."""
+        raise NotImplementedError
+
+    def after_step(self, synthetic: SyntheticSet, generator: torch.Generator) -> None:
+        """Called after the stored tensors were updated (e.g. to train an inner network)."""
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Extra optimiser groups for things the objective learns besides the stored tensors."""
+        return []
+
+    def learned_lr(self) -> float | None:
+        """A learned training learning rate to store in the archive, if the objective has one."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """State that must survive a checkpoint (tensors, numbers, nested dicts)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass

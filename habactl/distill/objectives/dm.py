@@ -1,0 +1,96 @@
+"""Distribution matching (DM, Zhao & Bilen 2023; METHOD.md §4).
+
+Each iteration draws a fresh random embedding network and, per class, minimises
+``|| mean emb(aug(real)) - mean emb(aug(synthetic)) ||^2`` (summed over classes, as in
+the reference), with the same augmentation parameters on both sides of a class.
+
+Where the time goes on a CPU, and what is done about it:
+- the real side is most of the work and needs no gradient: every class's images go
+  through the network in a few large no-grad batches (inference mode), not class by class;
+- real images of all classes are picked with one generator call (``RealSet.sample``);
+- the network's weights are re-drawn in place, never rebuilt, and need no gradient, so
+  the synthetic backward pass computes input gradients only;
+- with hallucinators, ``views`` bounds how many hallucinations of each basis are
+  decoded per iteration (0: all of them).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from habactl.distill import networks
+from habactl.distill.errors import DistillError
+from habactl.distill.objectives.base import Context, Objective
+from habactl.distill.sets import SyntheticSet
+
+# Real images per no-grad forward: batches of ~128-320 run fastest on a 2-core CPU
+# (METHOD.md §7: very large batches are memory-bound).
+REAL_CHUNK = 320
+
+
+class DistributionMatching(Objective):
+    name = "dm"
+    defaults: dict[str, Any] = {
+        "real_per_class": 64,     # real images per class per iteration (reference: 256)
+        "views": 0,               # hallucinations per basis per iteration; 0 = all
+        "embed_arch": "convnet",  # the randomly initialised embedder
+        "embed_width": 1.0,       # its width multiplier (1.0 = 128 channels)
+        "siamese": "class",       # one augmentation draw per class ("class") or per iteration
+    }
+
+    def __init__(self, context: Context, settings: Mapping[str, Any] | None = None) -> None:
+        super().__init__(context, settings)
+        s = self.settings
+        for key in ("real_per_class", "views"):
+            if isinstance(s[key], bool) or not isinstance(s[key], int):
+                raise DistillError(f"dm: {key} must be an integer, got {s[key]!r}")
+        if s["views"] < 0:
+            raise DistillError(f"dm: views must be 0 (all) or more, got {s['views']}")
+        if s["siamese"] not in ("class", "iteration"):
+            raise DistillError(f"dm: siamese must be 'class' or 'iteration', got {s['siamese']!r}")
+        s["embed_width"] = float(s["embed_width"])
+        context.real.check_per_class(s["real_per_class"])
+        self.net = networks.build(s["embed_arch"], context.image_shape, context.num_classes,
+                                  width_mult=s["embed_width"], device=context.device,
+                                  generator=context.init_generator, trainable=False)
+        self.net.eval()
+
+    def _augment_params(self, generator: torch.Generator) -> list[Any]:
+        augment = self.context.augment
+        if self.settings["siamese"] == "iteration":
+            return [augment.sample(generator)] * self.context.num_classes
+        return [augment.sample(generator) for _ in range(self.context.num_classes)]
+
+    def loss(self, synthetic: SyntheticSet, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        context = self.context
+        classes = context.num_classes
+        per = self.settings["real_per_class"]
+        # Fixed order of draws: network, real indices, hallucinations, augmentation.
+        networks.redraw(self.net, generator)
+        real = context.real.sample(per, generator)                       # (classes, per, C, H, W)
+        basis, variant = synthetic.draw(self.settings["views"], generator)
+        params = self._augment_params(generator)
+
+        syn = synthetic.decode(basis, variant)                           # (M, C, H, W), class-sorted
+        items = torch.bincount(synthetic.labels[basis.to(synthetic.labels.device)],
+                               minlength=classes).tolist()
+        augment = context.augment
+        syn = torch.cat([augment.apply(part, p) for part, p in zip(syn.split(items), params)])
+
+        with torch.inference_mode():
+            real = torch.cat([augment.apply(real[c], params[c]) for c in range(classes)])
+            embedded = torch.cat([self.net.embed(chunk) for chunk in real.split(REAL_CHUNK)])
+            real_mean = embedded.view(classes, per, -1).mean(dim=1)
+        real_mean = real_mean.clone()  # an ordinary tensor, usable next to autograd ones
+
+        embedded = self.net.embed(syn)
+        labels = synthetic.labels[basis.to(synthetic.labels.device)]
+        sums = torch.zeros(classes, embedded.shape[1], device=embedded.device, dtype=embedded.dtype)
+        sums = sums.index_add(0, labels, embedded)
+        counts = torch.tensor(items, device=embedded.device, dtype=embedded.dtype).unsqueeze(1)
+        syn_mean = sums / counts
+        loss = (real_mean - syn_mean).square().sum()
+        return loss, {}

@@ -1,0 +1,118 @@
+"""The two sides of every objective: the real training set and the learnable synthetic set."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from habactl.distill.errors import DistillError
+
+
+class RealSet:
+    """Normalised real training images, class-sorted, on the run's device.
+
+    ``sample`` draws images of every class with one generator call, so the cost of
+    picking a batch does not grow with the number of classes.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, num_classes: int) -> None:
+        order = torch.sort(labels, stable=True).indices
+        self.images = images[order].contiguous()
+        self.labels = labels[order].contiguous()
+        counts = torch.bincount(self.labels.cpu(), minlength=num_classes)
+        self.counts: list[int] = [int(n) for n in counts]
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])[:-1]
+        self.num_classes = num_classes
+
+    @property
+    def smallest_class(self) -> int:
+        return min(self.counts)
+
+    def check_per_class(self, per_class: int, option: str = "--real-per-class") -> None:
+        if per_class < 1:
+            raise DistillError(f"{option} must be at least 1, got {per_class}")
+        small = self.smallest_class
+        if per_class > small:
+            worst = self.counts.index(small)
+            raise DistillError(f"{option} {per_class} asks for more real images than class "
+                               f"{worst} has ({small} training images); use {option} {small} or fewer")
+
+    def sample_indices(self, per_class: int, generator: torch.Generator) -> Tensor:
+        """(classes * per_class,) indices, ``per_class`` distinct images of each class in order."""
+        longest = max(self.counts)
+        keys = torch.rand(self.num_classes, longest, generator=generator)
+        position = torch.arange(longest).unsqueeze(0)
+        keys = keys.masked_fill(position >= torch.tensor(self.counts).unsqueeze(1), 2.0)
+        picked = keys.argsort(dim=1)[:, :per_class]
+        return (picked + self.offsets.unsqueeze(1)).flatten()
+
+    def sample(self, per_class: int, generator: torch.Generator) -> Tensor:
+        """(classes, per_class, C, H, W) random real images."""
+        index = self.sample_indices(per_class, generator).to(self.images.device)
+        return self.images[index].view(self.num_classes, per_class, *self.images.shape[1:])
+
+    def class_images(self, k: int) -> Tensor:
+        start = int(self.offsets[k])
+        return self.images[start : start + self.counts[k]]
+
+
+class SyntheticSet(nn.Module):
+    """The stored tensors being learned: class-sorted bases and the decode pipeline.
+
+    Objectives read it through ``draw`` (which hallucinations to look at) and ``decode``;
+    the engine optimises ``bases`` and the pipeline's parameters.
+    """
+
+    def __init__(self, bases: Tensor, per_class: Sequence[int], pipeline: nn.Module) -> None:
+        super().__init__()
+        self.bases = nn.Parameter(bases.detach().clone())
+        self.pipeline = pipeline
+        self.per_class = [int(n) for n in per_class]
+        labels = torch.repeat_interleave(torch.arange(len(self.per_class)), torch.tensor(self.per_class))
+        self.register_buffer("labels", labels, persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.per_class)
+
+    @property
+    def expansion(self) -> int:
+        return int(self.pipeline.expansion)
+
+    def hallucinator_parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in sorted(self.pipeline.named_parameters())]
+
+    def draw(self, views: int, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """Which (basis, variant) pairs to decode: ``views`` distinct variants of every
+        basis (all of them when ``views`` is 0 or at least the expansion).
+
+        Returns basis indices (M,), class-sorted (basis-major), and the variants (M,), or
+        None for "every variant of every basis", which ``decode`` does in one batched call.
+        """
+        n, e = self.bases.shape[0], self.expansion
+        if views <= 0 or views >= e:
+            return torch.arange(n).repeat_interleave(e), None
+        variant = torch.rand(n, e, generator=generator).argsort(dim=1)[:, :views].flatten()
+        return torch.arange(n).repeat_interleave(views), variant
+
+    def decode(self, basis: Tensor | None = None, variant: Tensor | None = None) -> Tensor:
+        """Images of the given (basis, variant) pairs, differentiable w.r.t. everything stored.
+
+        ``variant`` None means every variant of every basis (item b·E + v), as ``draw``
+        returns it; ``basis`` is then only checked."""
+        device = self.bases.device
+        if variant is None and self.expansion > 1:
+            if basis is not None and basis.numel() != self.bases.shape[0] * self.expansion:
+                raise ValueError("variant None decodes every variant of every basis")
+            return self.pipeline.decode_all(self.bases)
+        if basis is None:
+            return self.pipeline.decode(self.bases)
+        x = self.bases[basis.to(device)]
+        if self.expansion == 1:
+            return self.pipeline.decode(x)
+        return self.pipeline.decode(x, variant.to(device))
+
+    def item_labels(self, basis: Tensor) -> Tensor:
+        return self.labels[basis.to(self.labels.device)]
