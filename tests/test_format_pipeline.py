@@ -46,6 +46,8 @@ def fake_describe_pipeline(pipeline, base_shape):
 
 @pytest.fixture
 def fake_codecs(monkeypatch):
+    import habactl.codecs  # noqa: F401  (the real package first: it imports from its registry)
+
     module = types.ModuleType("habactl.codecs.registry")
     module.describe_pipeline = fake_describe_pipeline
     monkeypatch.setitem(sys.modules, "habactl.codecs.registry", module)
