@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -12,7 +13,13 @@ from habactl.cli.app import app, guarded, stderr
 from habactl.errors import HabaError
 
 DEFAULT_SOURCE = "mnist-5k"
-OBJECTIVES = ("random",)
+OBJECTIVES = ("dm", "random")
+DEFAULT_OBJECTIVE = "dm"
+DEFAULT_CODEC = "haba+idc"
+
+_DISTILL = "Distillation"
+_BUDGET = "Budget and codec"
+_RUN = "Run control"
 
 
 @app.command()
@@ -28,35 +35,172 @@ def compress(
         None, "-o", "--output", help="Archive to write [default: <data>.haba in the current folder]."
     ),
     objective: str = typer.Option(
-        "random", "--objective", help="How the synthetic set is made: random (real images)."
-    ),
-    ipc: int = typer.Option(1, "--ipc", min=1, help="Budget: images per class, in stored values."),
+        DEFAULT_OBJECTIVE, "--objective",
+        help="How the synthetic set is made: dm (distribution matching) or random (real images)."),
+    ipc: int = typer.Option(1, "--ipc", min=1, help="Budget: images per class, in stored values.",
+                            rich_help_panel=_BUDGET),
+    codec: Optional[str] = typer.Option(
+        None, "--codec", help="What is stored: raw images, idc (low-resolution bases), haba "
+        "(bases x hallucinators) or haba+idc [default: haba+idc; raw for --objective random].",
+        rich_help_panel=_BUDGET),
+    budget_counts: str = typer.Option(
+        "all", "--budget-counts", help="What the budget is charged with: all stored values, or "
+        "bases only (the reference code's counting; hallucinators ride free).",
+        rich_help_panel=_BUDGET),
+    factor: Optional[int] = typer.Option(
+        None, "--factor", min=1, help="IDC downsampling factor of the bases [default: 2].",
+        rich_help_panel=_BUDGET),
+    hallucinators: int = typer.Option(5, "--hallucinators", min=1, help="Number of hallucinators.",
+                                      rich_help_panel=_BUDGET),
+    hallucinator_arch: str = typer.Option(
+        "channel-affine", "--hallucinator-arch",
+        help="channel-affine (a few dozen values each) or pixel-affine (the reference design).",
+        rich_help_panel=_BUDGET),
+    hallucinator_hidden: int = typer.Option(3, "--hallucinator-hidden", min=1,
+                                            help="Hidden channels of a hallucinator.",
+                                            rich_help_panel=_BUDGET),
+    hallucinator_kernel: int = typer.Option(3, "--hallucinator-kernel", min=1,
+                                            help="Kernel size of a hallucinator (odd).",
+                                            rich_help_panel=_BUDGET),
+    leftover: str = typer.Option(
+        "bases", "--leftover", help="Budget left after equal bases per class: bases (one more "
+        "basis for the most varied classes) or none.", rich_help_panel=_BUDGET),
+    iterations: Optional[int] = typer.Option(
+        None, "--iterations", min=0, help="Distillation iterations [default: 400].",
+        rich_help_panel=_DISTILL),
+    real_per_class: int = typer.Option(64, "--real-per-class", min=1,
+                                       help="Real images per class per iteration.",
+                                       rich_help_panel=_DISTILL),
+    views: int = typer.Option(0, "--views", min=0,
+                              help="Hallucinations per basis per iteration (0: all).",
+                              rich_help_panel=_DISTILL),
+    lr_bases: Optional[float] = typer.Option(None, "--lr-bases", help="SGD learning rate of the bases.",
+                                             rich_help_panel=_DISTILL),
+    lr_hallucinators: Optional[float] = typer.Option(
+        None, "--lr-hallucinators", help="SGD learning rate of the hallucinators.",
+        rich_help_panel=_DISTILL),
+    momentum: Optional[float] = typer.Option(None, "--momentum", help="SGD momentum.",
+                                             rich_help_panel=_DISTILL),
+    init: str = typer.Option("real", "--init", help="Bases start as real images or noise.",
+                             rich_help_panel=_DISTILL),
+    augment: str = typer.Option(
+        "color_crop_cutout_flip_scale_rotate", "--augment",
+        help="Siamese augmentation ops joined by _ (no flip on digit data), or none.",
+        rich_help_panel=_DISTILL),
+    contrastive: Optional[bool] = typer.Option(
+        None, "--contrastive/--no-contrastive",
+        help="HaBa's adversarial contrastive term [default: on when there are hallucinators].",
+        rich_help_panel=_DISTILL),
+    contrast_weight: float = typer.Option(0.1, "--contrast-weight",
+                                          help="Weight of the cosine penalty on the synthetic side.",
+                                          rich_help_panel=_DISTILL),
+    extractor_lr: float = typer.Option(1e-3, "--extractor-lr",
+                                       help="SGD learning rate of the contrastive feature extractor.",
+                                       rich_help_panel=_DISTILL),
+    contrast_batch: int = typer.Option(32, "--contrast-batch", min=0,
+                                       help="Bases per iteration in the contrastive term (0: all).",
+                                       rich_help_panel=_DISTILL),
     seed: int = typer.Option(0, "--seed", help="Seed for every random choice."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda.", rich_help_panel=_RUN),
+    checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1,
+                                         help="Iterations between checkpoints.", rich_help_panel=_RUN),
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", help="Checkpoint file [default: <output>.ckpt].", rich_help_panel=_RUN),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint.",
+                                rich_help_panel=_RUN),
+    log: bool = typer.Option(False, "--log", help="Write a JSONL metrics log next to the output.",
+                             rich_help_panel=_RUN),
+    log_file: Optional[Path] = typer.Option(None, "--log-file",
+                                            help="Write the JSONL metrics log here (implies --log).",
+                                            rich_help_panel=_RUN),
     root: Optional[Path] = typer.Option(None, "--root", help="Folder holding torchvision data sets."),
     download: bool = typer.Option(False, "--download", help="Let torchvision download (needs a network)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
 ) -> None:
-    """Compress DATA into a .haba archive (default: the embedded mnist-5k set)."""
-    from habactl.archive_io import write_haba
-    from habactl.baselines import random_per_class
-    from habactl.codecs import Pipeline
+    """Compress DATA into a .haba archive (default: HaBa + distribution matching on mnist-5k, IPC 1)."""
     from habactl.data import load_source
-    from habactl.normalization import Normalizer, mean_std
 
     if objective not in OBJECTIVES:
         raise HabaError(f"unknown objective {objective!r} (known: {', '.join(OBJECTIVES)})")
     target = output or Path(f"{Path(data).stem if Path(data).suffix else data}.haba")
     if target.exists() and not force:
         raise HabaError(f"{target} exists; pass --force to replace it")
+    if not target.parent.is_dir():
+        raise HabaError(f"cannot write {target}: folder {target.parent} does not exist")
     started = time.perf_counter()
+
+    if objective == "random":
+        if codec not in (None, "raw"):
+            raise HabaError("--objective random keeps real images as they are: only --codec raw applies")
+        source = load_source(data, root=str(root) if root else None, download=download)
+        path = _random_selection(source, target, ipc=ipc, seed=seed, force=force)
+        if not quiet:
+            report_written(path, time.perf_counter() - started)
+        return
+
+    from habactl.distill import DistillConfig, Distiller, Interrupted
+    from habactl.distill.progress import RichReporter
+
+    defaults = DistillConfig()
+    config = DistillConfig(
+        objective=objective,
+        objective_settings={"real_per_class": real_per_class, "views": views},
+        codec=codec or DEFAULT_CODEC,
+        ipc=ipc,
+        counts=budget_counts,
+        factor=factor,
+        hallucinators=hallucinators,
+        hallucinator_arch=hallucinator_arch,
+        hidden=hallucinator_hidden,
+        kernel=hallucinator_kernel,
+        leftover=leftover,
+        iterations=defaults.iterations if iterations is None else iterations,
+        lr_bases=defaults.lr_bases if lr_bases is None else lr_bases,
+        lr_hallucinators=defaults.lr_hallucinators if lr_hallucinators is None else lr_hallucinators,
+        momentum=defaults.momentum if momentum is None else momentum,
+        init=init,
+        augment=augment,
+        contrastive=contrastive,
+        contrastive_settings={"weight": contrast_weight, "lr": extractor_lr, "batch": contrast_batch},
+        seed=seed,
+        device=device,
+        checkpoint_every=checkpoint_every,
+    )
     source = load_source(data, root=str(root) if root else None, download=download)
+    distiller = Distiller(source, config)
+    header = [f"[bold]{source.name}[/]: {distiller.plan.summary()}",
+              f"{objective}, {config.iterations} iterations, {real_per_class} real images per class, "
+              f"contrastive term {'on' if distiller.contrast else 'off'}, device {distiller.device.type}"]
+    metrics = log_file if log_file is not None else (target.with_name(target.name + ".jsonl") if log else None)
+    try:
+        result = distiller.run(target, force=force, resume=resume, checkpoint_path=checkpoint,
+                               log=metrics, reporter=None if quiet else RichReporter(stderr, header))
+    except Interrupted as stop:
+        print(f"habactl: interrupted after iteration {stop.iteration}; checkpoint: {stop.checkpoint}; "
+              f"run the same command with --resume to continue", file=sys.stderr)
+        raise typer.Exit(130) from None
+    if not quiet:
+        if result.resumed_from:
+            stderr.print(f"resumed at iteration {result.resumed_from}")
+        if metrics is not None:
+            stderr.print(f"metrics: {metrics}")
+        report_written(result.path, time.perf_counter() - started)
+
+
+def _random_selection(source: Any, target: Path, *, ipc: int, seed: int, force: bool) -> Path:
+    """The coreset baseline: `ipc` random real images per class, stored as they are."""
+    from habactl.archive_io import write_haba
+    from habactl.baselines import random_per_class
+    from habactl.codecs import Pipeline
+    from habactl.normalization import Normalizer, mean_std
+
     normalization = mean_std(source.mean(), source.std())
     indices = random_per_class(source.train.labels, ipc, source.num_classes, seed)
     bases = Normalizer(normalization)(source.train.images[indices])
     labels = source.train.labels[indices].long()
     pipeline = Pipeline.from_manifest([], tuple(bases.shape[1:]))
-    path = write_haba(
+    return write_haba(
         target,
         source=source,
         bases=bases,
@@ -70,8 +214,6 @@ def compress(
         ipc=ipc,
         overwrite=force,
     )
-    if not quiet:
-        report_written(path, time.perf_counter() - started)
 
 
 def report_written(path: Path, seconds: float) -> None:
@@ -80,11 +222,17 @@ def report_written(path: Path, seconds: float) -> None:
 
     with open_archive(path) as archive:
         account = storage_account(archive.manifest)
+    parts = account["parts"]
+    split = (f"bases {parts['bases']['values']:,} + hallucinators {parts['hallucinators']['values']:,}; "
+             if parts["hallucinators"]["values"] else "")
     stderr.print(
         f"[bold green]wrote[/] {path}  "
-        f"({account['stored_values']:,} stored values = {account['ratio']:.2f}× the budget "
+        f"({account['stored_values']:,} stored values = {split}{account['ratio']:.2f}× the budget "
         f"of {account['budget_values']:,}; {path.stat().st_size:,} bytes; {seconds:.1f} s)"
     )
+    if account["counts"] == "bases":
+        stderr.print(f"note: {account['note']}; claimed {account['claim_ratio']:.2f}×, "
+                     f"true {account['ratio']:.2f}×")
     stderr.print(
         f"next: habactl inspect {path}  ·  habactl preview {path} -o {path.with_suffix('.png')}"
         f"  ·  habactl evaluate {path} --fast"

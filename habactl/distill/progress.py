@@ -28,14 +28,18 @@ class Reporter:
 class RichReporter(Reporter):
     """A progress bar on stderr: iteration, loss, iterations/s and ETA."""
 
-    def __init__(self, console: Any = None) -> None:
+    def __init__(self, console: Any = None, header: list[str] | None = None) -> None:
         from rich.console import Console
 
         self.console = console or Console(stderr=True, highlight=False)
+        self.header = list(header or [])
         self.progress: Any = None
         self.task: Any = None
 
     def start(self, total: int, done: int, description: str) -> None:
+        # The header waits until the run really starts, so that a refusal stays one line.
+        for line in self.header:
+            self.console.print(line)
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
 
