@@ -1,0 +1,128 @@
+"""`habactl evaluate`: train networks on an archive and test them on the real test split."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from habactl.cli.app import app, guarded, stderr, stdout
+
+
+@app.command()
+@guarded
+def evaluate(
+    archive: Path = typer.Argument(..., help="The .haba archive."),
+    data: Optional[str] = typer.Option(
+        None, "--data", help="Data set to test on [default: the one in the archive's provenance]."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Folder holding torchvision data sets."),
+    arch: Optional[list[str]] = typer.Option(
+        None, "--arch", help="Architectures, comma-separated or repeated: convnet, mlp, alexnet, "
+        "vgg11, resnet18 [default: convnet]."),
+    models: Optional[int] = typer.Option(
+        None, "--models", min=1, help="Networks trained per architecture [default: 5; --fast: 3]."),
+    epochs: Optional[int] = typer.Option(
+        None, "--epochs", min=1, help="Training epochs [default: 1000; --fast: 300]."),
+    fast: bool = typer.Option(False, "--fast", help="Quick look: 300 epochs, 3 models."),
+    lr: Optional[float] = typer.Option(
+        None, "--lr",
+        help="Learning rate [default: the archive's learned lr, else its recommended 0.01]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Batch size [default: 256]."),
+    seed: int = typer.Option(0, "--seed", help="Model i uses seed + i."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    baseline: Optional[list[str]] = typer.Option(
+        None, "--baseline", help="Also train on: full (the whole real training set, epochs // 20 "
+        "epochs) and/or random (random real images at the archive's true budget)."),
+    full_epochs: Optional[int] = typer.Option(
+        None, "--full-epochs", min=1, help="Epochs of the full-data baseline [default: epochs // 20]."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout, nothing else."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress or warnings on stderr."),
+) -> None:
+    """Train networks from scratch on ARCHIVE and report their real test accuracy.
+
+    The standard protocol (METHOD.md §5): SGD momentum 0.9, weight decay 5e-4, batch 256,
+    lr × 0.1 at half, DSA augmentation, final-epoch accuracy, mean ± std over models.
+    """
+    from habactl.evaluation import FAST, STANDARD, evaluate_archive
+
+    protocol = (FAST if fast else STANDARD).with_(epochs=epochs, models=models,
+                                                  batch_size=batch_size, seed=seed)
+
+    def warn(message: str) -> None:
+        if not quiet:
+            print(f"habactl: warning: {message}", file=sys.stderr)
+
+    with _progress(quiet) as report:
+        result = evaluate_archive(archive, protocol=protocol, archs=arch or ["convnet"], data=data,
+                                  root=root, lr=lr, baselines=baseline or [],
+                                  full_epochs=full_epochs, device=device, progress=report,
+                                  warn=warn)
+    if as_json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print_result(result)
+
+
+class _progress:
+    """A rich progress bar on stderr driven by evaluate_archive's progress callback."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.bar: Progress | None = None if quiet else Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("epochs"), TimeElapsedColumn(), console=stderr, transient=True)
+        self.task: Any = None
+
+    def __enter__(self) -> Any:
+        if self.bar is None:
+            return None
+        self.bar.__enter__()
+        self.task = self.bar.add_task("", total=None)
+        return self
+
+    def __call__(self, arm: str, arch: str, model: int, models: int, epoch: int, epochs: int) -> None:
+        assert self.bar is not None
+        self.bar.update(self.task, description=f"{arm} · {arch} · model {model + 1}/{models}",
+                        completed=epoch, total=epochs)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+def print_result(result: dict[str, Any]) -> None:
+    archive, data, protocol = result["archive"], result["data"], result["protocol"]
+    stdout.print(
+        f"[bold]{archive['path']}[/]: {archive['training_images']:,} training images from "
+        f"{archive['stored_values']:,} stored values (budget {archive['budget_values']:,}); "
+        f"tested on {data['name']} ({data['test_images']:,} test images)")
+    table = Table(show_edge=False)
+    for name, justify in (("arm", "left"), ("arch", "left"), ("images", "right"),
+                          ("epochs", "right"), ("lr", "right"), ("accuracy %", "right"),
+                          ("models", "right"), ("time", "right")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    arms = [("archive", archive["training_images"], protocol["epochs"],
+             _lr_text(protocol["lr"], protocol["lr_source"]), result["results"])]
+    arms += [(name, b["training_images"], b["epochs"], f"{b['lr']:g}", b["results"])
+             for name, b in result["baselines"].items()]
+    for arm, images, epochs, lr, results in arms:
+        for arch_name, r in results.items():
+            table.add_row(arm, arch_name, f"{images:,}", str(epochs), lr,
+                          f"{r['mean']:.2f} ± {r['std']:.2f}", str(r["models"]),
+                          f"{r['seconds']:.0f} s")
+    stdout.print(table)
+    stdout.print(f"final-epoch accuracy, mean ± std over models; batch {protocol['batch_size']}, "
+                 f"lr × {protocol['lr_decay']:g} at epoch {int(protocol['epochs'] * protocol['lr_decay_at'])}, "
+                 f"{protocol['augmentation']} augmentation, seed {protocol['seed']}, {protocol['device']}; "
+                 f"{result['seconds']:.0f} s in all")
+    for name, b in result["baselines"].items():
+        if b.get("note"):
+            stdout.print(f"{name}: {b['note']}")
+
+
+def _lr_text(lr: float, source: str) -> str:
+    return f"{lr:g}" + {"learned": " (learned)", "option": " (--lr)"}.get(source, "")

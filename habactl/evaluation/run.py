@@ -1,0 +1,313 @@
+"""Evaluate an archive (and, on request, the full-data and random baselines).
+
+For each architecture, `protocol.models` networks are trained from scratch (model i
+seeded with seed + i, for its initialisation, shuffling and augmentation) and scored on
+the real test split by their final-epoch accuracy. The result is one JSON-ready dict.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from habactl.errors import HabaError
+from habactl.evaluation.protocol import DEFAULT_LR, Protocol, full_data_epochs
+from habactl.evaluation.score import accuracy, summarize
+from habactl.evaluation.train import make_augment, train_net
+
+BASELINES = ("full", "random")
+DEVICES = ("auto", "cpu", "cuda")
+
+# progress(arm, arch, model, models, epoch, epochs): model and epoch are 0-based and
+# epoch == epochs once a model is trained and scored.
+Progress = Callable[[str, str, int, int, int, int], None]
+Warn = Callable[[str], None]
+
+
+@dataclass
+class TrainingSet:
+    """One arm of the comparison: images already in the network's input space."""
+
+    name: str
+    images: Tensor
+    labels: Tensor
+    protocol: Protocol
+    lr: float
+    lr_source: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in DEVICES:
+        raise HabaError(f"unknown device {device!r} (known: {', '.join(DEVICES)})")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HabaError("--device cuda: no CUDA device is available")
+    return torch.device(device)
+
+
+def parse_names(values: Iterable[str] | None, known: Sequence[str], what: str) -> list[str]:
+    """Names given repeated and/or comma-separated, checked and deduplicated in order."""
+    names: list[str] = []
+    for value in values or ():
+        for name in value.split(","):
+            name = name.strip().lower()
+            if not name:
+                continue
+            if name not in known:
+                raise HabaError(f"unknown {what} {name!r} (known: {', '.join(known)})")
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def archive_lr(dataset: Any, lr: float | None) -> tuple[float, str]:
+    """The lr the archive is trained with: --lr, else the learned lr, else the recommended."""
+    if lr is not None:
+        return float(lr), "option"
+    if dataset.manifest["training"].get("learned_lr") is not None:
+        return float(dataset.recommended_lr), "learned"
+    return float(dataset.recommended_lr), "archive"
+
+
+def load_test_source(dataset: Any, data: str | None = None, root: str | os.PathLike[str] | None = None,
+                     warn: Optional[Warn] = None) -> Any:
+    """The real data set to test on: `data`, else the one named in the archive's provenance."""
+    from habactl.data import load_source
+
+    recorded = dataset.manifest["provenance"]["dataset"]
+    name = data or recorded["name"]
+    try:
+        source = load_source(name, root=str(root) if root is not None else None)
+    except HabaError as error:
+        if data is None:
+            raise HabaError(f"cannot load the archive's data set {name!r} ({error}); "
+                            "point to it with --data/--root") from None
+        raise
+    check_compatible(dataset, source)
+    if source.fingerprint != recorded["fingerprint"] and warn is not None:
+        warn(f"data set {name!r} is not the one the archive was made from "
+             f"(fingerprint {source.fingerprint[:19]}… vs {recorded['fingerprint'][:19]}…): "
+             "its test split may overlap the archive's training images")
+    return source
+
+
+def check_compatible(dataset: Any, source: Any) -> None:
+    if tuple(dataset.image_shape) != tuple(source.image_shape):
+        raise HabaError(f"the archive's images are {_shape(dataset.image_shape)} but data set "
+                        f"{source.name!r} has {_shape(source.image_shape)}")
+    if len(dataset.classes) != source.num_classes:
+        raise HabaError(f"the archive has {len(dataset.classes)} classes but data set "
+                        f"{source.name!r} has {source.num_classes}")
+
+
+def prepare_test_images(dataset: Any, source: Any) -> tuple[Tensor, Tensor]:
+    """The real test split in the archive's normalised space (mean/std or ZCA).
+
+    Always goes through the archive's own transform; an archive whose transform cannot
+    be built (a ZCA archive without its matrix) raises instead of testing raw pixels.
+    """
+    check_compatible(dataset, source)
+    normalize = dataset.test_transform()
+    return normalize(source.test.images), source.test.labels
+
+
+def budget_per_class(manifest: dict[str, Any]) -> int:
+    """Real images per class that fit in the archive's true storage: stored values ÷
+    values per image ÷ classes, rounded down, at least 1."""
+    from habactl.format import storage_account
+
+    account = storage_account(manifest)
+    image = manifest["image"]
+    per_image = image["channels"] * image["height"] * image["width"]
+    return max(1, int(account["stored_values"]) // per_image // len(manifest["classes"]))
+
+
+def archive_training_set(dataset: Any, protocol: Protocol, lr: float | None = None) -> TrainingSet:
+    images, labels = dataset.tensors()
+    used_lr, source = archive_lr(dataset, lr)
+    return TrainingSet("archive", images.float(), labels, protocol, used_lr, source,
+                       {"training_images": int(images.shape[0])})
+
+
+def full_training_set(dataset: Any, source: Any, protocol: Protocol, *, lr: float | None = None,
+                      epochs: int | None = None) -> TrainingSet:
+    normalize = dataset.test_transform()
+    images = normalize(source.train.images)
+    full = protocol.full_data(epochs)
+    note = (f"whole real training set, {full.epochs} epochs "
+            f"(epochs // 20 of the archive's {protocol.epochs})" if epochs is None
+            else f"whole real training set, {full.epochs} epochs")
+    return TrainingSet("full", images, source.train.labels, full,
+                       DEFAULT_LR if lr is None else float(lr), "protocol" if lr is None else "option",
+                       {"training_images": int(images.shape[0]), "note": note})
+
+
+def random_training_set(dataset: Any, source: Any, protocol: Protocol, *,
+                        lr: float | None = None) -> TrainingSet:
+    from habactl.baselines import random_per_class
+
+    per_class = budget_per_class(dataset.manifest)
+    indices = random_per_class(source.train.labels, per_class, source.num_classes, protocol.seed)
+    images = dataset.test_transform()(source.train.images[indices])
+    return TrainingSet("random", images, source.train.labels[indices], protocol,
+                       DEFAULT_LR if lr is None else float(lr), "protocol" if lr is None else "option",
+                       {"training_images": int(images.shape[0]), "per_class": per_class,
+                        "note": f"{per_class} random real image(s) per class (seed "
+                                f"{protocol.seed}): the archive's true storage budget"})
+
+
+def evaluate_training_set(
+    training: TrainingSet,
+    test_images: Tensor,
+    test_labels: Tensor,
+    archs: Sequence[str],
+    *,
+    num_classes: int,
+    flip: bool,
+    device: torch.device,
+    progress: Optional[Progress] = None,
+) -> dict[str, dict[str, Any]]:
+    """Train `protocol.models` nets per architecture on `training`; accuracies in percent."""
+    from habactl.nets import build_net
+
+    protocol = training.protocol
+    channels, height, width = (int(s) for s in training.images.shape[1:])
+    images = training.images.to(device)
+    labels = training.labels.to(device)
+    augment = make_augment(protocol, flip=flip)
+    results: dict[str, dict[str, Any]] = {}
+    for arch in archs:
+        started = time.perf_counter()
+        scores: list[float] = []
+        for model in range(protocol.models):
+            seed = protocol.seed + model
+            torch.manual_seed(seed)
+            net = build_net(arch, channels, height, width, num_classes).to(device)
+            generator = torch.Generator().manual_seed(seed)
+            on_epoch = None
+            if progress is not None:
+                def on_epoch(epoch: int, _optimizer: Any, model: int = model, arch: str = arch) -> None:
+                    progress(training.name, arch, model, protocol.models, epoch, protocol.epochs)
+            train_net(net, images, labels, protocol, lr=training.lr, augment=augment,
+                      generator=generator, on_epoch=on_epoch)
+            scores.append(100.0 * accuracy(net, test_images, test_labels,
+                                           batch_size=protocol.test_batch_size, device=device))
+            if progress is not None:
+                progress(training.name, arch, model, protocol.models, protocol.epochs, protocol.epochs)
+        mean, std = summarize(scores)
+        seconds = time.perf_counter() - started
+        results[arch] = {"accuracies": [round(s, 4) for s in scores], "mean": round(mean, 4),
+                         "std": round(std, 4), "models": protocol.models,
+                         "seconds": round(seconds, 2),
+                         "seconds_per_model": round(seconds / protocol.models, 2)}
+    return results
+
+
+def evaluate_archive(
+    path: str | os.PathLike[str],
+    *,
+    protocol: Protocol,
+    archs: Sequence[str] = ("convnet",),
+    data: str | None = None,
+    root: str | os.PathLike[str] | None = None,
+    lr: float | None = None,
+    baselines: Sequence[str] = (),
+    full_epochs: int | None = None,
+    device: str = "auto",
+    progress: Optional[Progress] = None,
+    warn: Optional[Warn] = None,
+) -> dict[str, Any]:
+    """Evaluate the archive at `path`; see the module docstring. Returns the result dict."""
+    from habactl.format import storage_account
+    from habactl.loader import HabaDataset
+    from habactl.nets import ARCHITECTURES
+
+    started = time.perf_counter()
+    if lr is not None and not lr > 0:
+        raise HabaError(f"lr must be positive, got {lr!r}")
+    archs = parse_names(archs, ARCHITECTURES, "architecture") or ["convnet"]
+    baselines = parse_names(baselines, BASELINES, "baseline")
+    target = resolve_device(device)
+    warnings: list[str] = []
+
+    def note(message: str) -> None:
+        warnings.append(message)
+        if warn is not None:
+            warn(message)
+
+    path = Path(path)
+    if not path.is_file():
+        raise HabaError(f"{path}: no such archive")
+    dataset = HabaDataset(path)
+    source = load_test_source(dataset, data, root, note)
+    test_images, test_labels = prepare_test_images(dataset, source)
+    manifest = dataset.manifest
+    account = storage_account(manifest)
+
+    arms = [archive_training_set(dataset, protocol, lr)]
+    if "full" in baselines:
+        arms.append(full_training_set(dataset, source, protocol, lr=lr, epochs=full_epochs))
+    if "random" in baselines:
+        arms.append(random_training_set(dataset, source, protocol, lr=lr))
+    evaluated = {arm.name: (arm, evaluate_training_set(arm, test_images, test_labels, archs,
+                                                       num_classes=source.num_classes,
+                                                       flip=not source.is_digits, device=target,
+                                                       progress=progress))
+                 for arm in arms}
+
+    archive_arm, archive_results = evaluated["archive"]
+    provenance = manifest["provenance"]
+    return {
+        "archive": {
+            "path": str(path),
+            "content_digest": manifest.get("content_digest"),
+            "objective": provenance["objective"],
+            "bases": int(manifest["bases"]["count"]),
+            "expansion": int(dataset.expansion),
+            "training_images": archive_arm.details["training_images"],
+            "labels": manifest["labels"]["kind"],
+            "normalization": manifest["normalization"]["kind"],
+            "ipc": manifest["storage"]["ipc"],
+            "stored_values": int(account["stored_values"]),
+            "budget_values": int(account["budget_values"]),
+        },
+        "data": {
+            "name": source.name,
+            "fingerprint": source.fingerprint,
+            "matches_archive": source.fingerprint == provenance["dataset"]["fingerprint"],
+            "train_images": len(source.train),
+            "test_images": int(test_images.shape[0]),
+        },
+        "protocol": {**protocol.to_dict(), "lr": archive_arm.lr, "lr_source": archive_arm.lr_source,
+                     "device": str(target), "flip": not source.is_digits,
+                     "score": "final-epoch test accuracy, mean and population std over models"},
+        "accuracy_unit": "percent",
+        "results": archive_results,
+        "baselines": {
+            name: {"training_images": arm.details["training_images"],
+                   "epochs": arm.protocol.epochs, "lr": arm.lr,
+                   **{k: v for k, v in arm.details.items() if k != "training_images"},
+                   "results": results}
+            for name, (arm, results) in evaluated.items() if name != "archive"
+        },
+        "warnings": warnings,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "×".join(str(s) for s in shape)
+
+
+__all__ = ["BASELINES", "DEVICES", "TrainingSet", "archive_lr", "archive_training_set",
+           "budget_per_class", "evaluate_archive", "evaluate_training_set",
+           "full_training_set", "load_test_source", "parse_names", "prepare_test_images",
+           "random_training_set", "resolve_device"]
