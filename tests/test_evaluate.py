@@ -41,6 +41,15 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The batches here are tiny: on a shared 2-core machine one thread is many times faster.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def digits():
     from habactl.data import load_source
@@ -151,8 +160,11 @@ def test_learned_lr_is_used_unless_overridden(write):
     assert archive_lr(plain, None) == (0.01, "archive")
     assert archive_lr(learned, None) == (0.05, "learned")
     assert archive_lr(learned, 0.2) == (0.2, "option")
-    result = evaluate_archive(learned.path, protocol=TINY, archs=["mlp"], device="cpu")
+    torch.set_num_threads(2)
+    result = evaluate_archive(learned.path, protocol=TINY, archs=["mlp"], device="cpu", threads=1)
     assert result["protocol"]["lr"] == 0.05 and result["protocol"]["lr_source"] == "learned"
+    assert result["protocol"]["threads"] == 1 and torch.get_num_threads() == 2
+    torch.set_num_threads(1)
 
 
 def test_test_images_get_the_archives_mean_std(write, digits):

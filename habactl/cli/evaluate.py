@@ -35,6 +35,9 @@ def evaluate(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Batch size [default: 256]."),
     seed: int = typer.Option(0, "--seed", help="Model i uses seed + i."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, help="CPU threads for torch [default: torch's]. On a busy "
+        "machine 1 is often several times faster: the training batches are tiny."),
     baseline: Optional[list[str]] = typer.Option(
         None, "--baseline", help="Also train on: full (the whole real training set, epochs // 20 "
         "epochs) and/or random (random real images at the archive's true budget)."),
@@ -60,7 +63,8 @@ def evaluate(
     with _progress(quiet) as report:
         result = evaluate_archive(archive, protocol=protocol, archs=arch or ["convnet"], data=data,
                                   root=root, lr=lr, baselines=baseline or [],
-                                  full_epochs=full_epochs, device=device, progress=report,
+                                  full_epochs=full_epochs, device=device, threads=threads,
+                                  progress=report,
                                   warn=warn)
     if as_json:
         print(json.dumps(result, sort_keys=True))
@@ -117,7 +121,8 @@ def print_result(result: dict[str, Any]) -> None:
     stdout.print(table)
     stdout.print(f"final-epoch accuracy, mean ± std over models; batch {protocol['batch_size']}, "
                  f"lr × {protocol['lr_decay']:g} at epoch {int(protocol['epochs'] * protocol['lr_decay_at'])}, "
-                 f"{protocol['augmentation']} augmentation, seed {protocol['seed']}, {protocol['device']}; "
+                 f"{protocol['augmentation']} augmentation, seed {protocol['seed']}, {protocol['device']} "
+                 f"({protocol['threads']} thread{'s' if protocol['threads'] != 1 else ''}); "
                  f"{result['seconds']:.0f} s in all")
     for name, b in result["baselines"].items():
         if b.get("note"):

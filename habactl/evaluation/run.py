@@ -222,10 +222,41 @@ def evaluate_archive(
     baselines: Sequence[str] = (),
     full_epochs: int | None = None,
     device: str = "auto",
+    threads: int | None = None,
     progress: Optional[Progress] = None,
     warn: Optional[Warn] = None,
 ) -> dict[str, Any]:
-    """Evaluate the archive at `path`; see the module docstring. Returns the result dict."""
+    """Evaluate the archive at `path`; see the module docstring. Returns the result dict.
+
+    `threads` sets torch's CPU threads for the duration of the call (restored after).
+    """
+    if threads is not None and threads < 1:
+        raise HabaError(f"threads must be a positive integer, got {threads!r}")
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _evaluate_archive(path, protocol=protocol, archs=archs, data=data, root=root, lr=lr,
+                                 baselines=baselines, full_epochs=full_epochs, device=device,
+                                 progress=progress, warn=warn)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _evaluate_archive(
+    path: str | os.PathLike[str],
+    *,
+    protocol: Protocol,
+    archs: Sequence[str],
+    data: str | None,
+    root: str | os.PathLike[str] | None,
+    lr: float | None,
+    baselines: Sequence[str],
+    full_epochs: int | None,
+    device: str,
+    progress: Optional[Progress],
+    warn: Optional[Warn],
+) -> dict[str, Any]:
     from habactl.format import storage_account
     from habactl.loader import HabaDataset
     from habactl.nets import ARCHITECTURES
@@ -287,7 +318,8 @@ def evaluate_archive(
             "test_images": int(test_images.shape[0]),
         },
         "protocol": {**protocol.to_dict(), "lr": archive_arm.lr, "lr_source": archive_arm.lr_source,
-                     "device": str(target), "flip": not source.is_digits,
+                     "device": str(target), "threads": torch.get_num_threads(),
+                     "flip": not source.is_digits,
                      "score": "final-epoch test accuracy, mean and population std over models"},
         "accuracy_unit": "percent",
         "results": archive_results,
