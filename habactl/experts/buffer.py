@@ -1,0 +1,174 @@
+"""The experts buffer: a folder of expert trajectories for trajectory matching (MTT).
+
+Layout::
+
+    buffer/
+      index.json                  settings, data set, architecture, finished experts
+      expert-0000.safetensors     one tensor "trajectory": (epochs + 1, parameters) float32,
+      expert-0001.safetensors     row e = the flat parameters after epoch e (row 0: init)
+
+No pickles: trajectories are safetensors, the index is JSON. Each file is written
+beside its target and renamed into place, and an expert counts only once the index
+lists it with its sha256, so a run killed at any moment leaves a buffer whose listed
+experts are all complete; ``habactl experts`` on the same folder resumes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from habactl.atomic import atomic_path
+from habactl.errors import HabaError
+
+KIND = "habactl-experts"
+VERSION = 1
+INDEX = "index.json"
+TENSOR = "trajectory"
+# Index fields that must agree for a folder to be resumed or used: everything but the
+# list of finished experts and the library that wrote it.
+SETTINGS_KEYS = ("dataset", "normalization", "arch", "parameters", "training")
+
+
+class ExpertsError(HabaError):
+    """An experts buffer that is missing, damaged or made for something else."""
+
+
+def expert_file(i: int) -> str:
+    return f"expert-{i:04d}.safetensors"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def write_json_atomic(path: Path, value: Mapping[str, Any]) -> None:
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def write_trajectory(path: Path, trajectory: Tensor, metadata: Mapping[str, str]) -> str:
+    """Write one trajectory atomically; returns its sha256."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as temporary:
+        save_file({TENSOR: trajectory.detach().float().cpu().contiguous()}, str(temporary),
+                  metadata={"kind": KIND, **{k: str(v) for k, v in metadata.items()}})
+    return sha256_file(path)
+
+
+def read_index(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / INDEX
+    if not Path(folder).is_dir():
+        raise ExpertsError(f"experts buffer {folder}: no such folder (make one with: habactl experts DATA -o {folder})")
+    if not path.is_file():
+        raise ExpertsError(f"experts buffer {folder}: no {INDEX} (make one with: habactl experts DATA -o {folder})")
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ExpertsError(f"experts buffer {folder}: {INDEX} cannot be read ({' '.join(str(error).split())})") from None
+    if not isinstance(index, dict) or index.get("kind") != KIND:
+        raise ExpertsError(f"experts buffer {folder}: {INDEX} is not a habactl experts index")
+    if index.get("version") != VERSION:
+        raise ExpertsError(f"experts buffer {folder}: index version {index.get('version')!r}, "
+                           f"this habactl reads version {VERSION}")
+    missing = [k for k in (*SETTINGS_KEYS, "experts") if k not in index]
+    if missing:
+        raise ExpertsError(f"experts buffer {folder}: {INDEX} lacks {', '.join(missing)}")
+    return index
+
+
+def settings_of(index: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: index[k] for k in SETTINGS_KEYS}
+
+
+def differing(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields where two settings records differ."""
+    out = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += differing(x, y, f"{prefix}{key}.")
+        elif x != y:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+class ExpertBuffer:
+    """A finished (or partly finished) buffer, opened for trajectory matching."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self.index = read_index(self.folder)
+        self.experts: list[dict[str, Any]] = list(self.index["experts"])
+        if not self.experts:
+            raise ExpertsError(f"experts buffer {self.folder}: no finished expert yet; "
+                               f"run habactl experts to train some")
+        self.epochs = int(self.index["training"]["epochs"])
+        self.parameter_count = int(self.index["parameters"]["count"])
+        self._verified: set[str] = set()
+        self.digest = "sha256:" + hashlib.sha256((self.folder / INDEX).read_bytes()).hexdigest()
+
+    def __len__(self) -> int:
+        return len(self.experts)
+
+    def check_source(self, name: str, fingerprint: str, image_shape: tuple[int, int, int],
+                     num_classes: int) -> None:
+        """Refuse a buffer trained on other data (compared by content fingerprint)."""
+        data = self.index["dataset"]
+        if data.get("fingerprint") != fingerprint:
+            raise ExpertsError(f"experts buffer {self.folder} was trained on {data.get('name')!r} "
+                               f"({data.get('fingerprint', '?')[:19]}…), not on this data set {name!r} "
+                               f"({fingerprint[:19]}…); train experts on it with habactl experts")
+        image = data.get("image", {})
+        shape = (image.get("channels"), image.get("height"), image.get("width"))
+        if shape != tuple(image_shape) or len(data.get("classes", [])) != num_classes:
+            raise ExpertsError(f"experts buffer {self.folder}: images {shape} with "
+                               f"{len(data.get('classes', []))} classes, the data set has "
+                               f"{tuple(image_shape)} with {num_classes}")
+
+    def check_layout(self, layout: list[list[Any]]) -> None:
+        """Refuse a buffer whose parameters are not the network's (architecture, width)."""
+        if self.index["parameters"].get("layout") != layout:
+            arch = self.index["arch"]
+            raise ExpertsError(f"experts buffer {self.folder}: its trajectories are of "
+                               f"{arch.get('name')} width {arch.get('width')}, whose parameters "
+                               f"differ from the student network's")
+
+    def trajectory_rows(self, expert: int, rows: list[int]) -> Tensor:
+        """Rows (epochs) of one expert's trajectory: (len(rows), parameters)."""
+        from safetensors import safe_open
+
+        entry = self.experts[expert]
+        path = self.folder / entry["file"]
+        where = f"experts buffer {self.folder}: {entry['file']}"
+        if not path.is_file():
+            raise ExpertsError(f"{where} is missing; rerun habactl experts on this folder")
+        if entry["file"] not in self._verified:
+            if sha256_file(path) != entry.get("sha256"):
+                raise ExpertsError(f"{where} is corrupt (sha256 differs from the index); delete it "
+                                   f"and rerun habactl experts on this folder")
+            self._verified.add(entry["file"])
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                part = handle.get_slice(TENSOR)
+                shape = tuple(part.get_shape())
+                if shape != (self.epochs + 1, self.parameter_count):
+                    raise ExpertsError(f"{where}: trajectory of shape {shape}, expected "
+                                       f"{(self.epochs + 1, self.parameter_count)}")
+                return torch.stack([part[r] for r in rows]).float()
+        except ExpertsError:
+            raise
+        except Exception as error:  # safetensors raises its own types for damaged files
+            raise ExpertsError(f"{where} cannot be read ({' '.join(str(error).split())[:200]})") from None

@@ -1,0 +1,192 @@
+"""Training expert trajectories on the real training set (MTT's buffer; METHOD.md §4).
+
+Reference settings: SGD lr 0.01, no momentum, no weight decay, batch 256, DSA
+augmentation (one draw per image) on every batch, ConvNet-3, 50 epochs. Images are
+normalised exactly as ``habactl compress`` normalises them (per-channel mean and std of
+the training split), so a student trained on the synthetic set lives in the same space.
+
+Expert ``i`` draws everything (initial weights, batch order, augmentation) from its own
+generator derived from (seed, i): a resumed buffer is the same as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from habactl.experts.buffer import (INDEX, KIND, VERSION, ExpertsError, differing, expert_file,
+                                    read_index, settings_of, sha256_file, write_json_atomic,
+                                    write_trajectory)
+from habactl.experts.flat import FlatNet
+
+
+@dataclass(frozen=True)
+class ExpertSettings:
+    experts: int = 5
+    epochs: int = 50
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    arch: str = "convnet"
+    width: float = 1.0
+    augment: str = "color_crop_cutout_flip_scale_rotate"
+    seed: int = 0
+    device: str = "auto"
+
+
+def expert_generator(seed: int, i: int) -> torch.Generator:
+    digest = hashlib.sha256(f"habactl-experts:{int(seed)}:{int(i)}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def _check(s: ExpertSettings) -> None:
+    if s.experts < 1 or s.epochs < 1 or s.batch_size < 1:
+        raise ExpertsError("--experts, --epochs and --batch-size must be at least 1")
+    if not (s.lr > 0 and s.momentum >= 0 and s.weight_decay >= 0 and s.width > 0):
+        raise ExpertsError("--lr and --width must be positive, momentum and weight decay >= 0")
+
+
+# progress(expert, epoch, epochs, metrics) after every epoch; note(text) for messages
+Progress = Callable[[int, int, int, dict[str, float]], None]
+
+
+def train_experts(source: Any, folder: str | Path, settings: ExpertSettings, *,
+                  force: bool = False, progress: Progress | None = None,
+                  note: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train experts 0..N-1 into ``folder`` (created if needed), skipping finished ones.
+
+    Returns the final index. ``force`` starts over in a folder made with other settings.
+    """
+    from habactl import __version__
+    from habactl.augment import SiameseAugment
+    from habactl.distill import networks
+    from habactl.distill.engine import resolve_device
+    from habactl.normalization import Normalizer, mean_std
+
+    _check(settings)
+    folder = Path(folder)
+    note = note or (lambda text: None)
+    if folder.exists() and not folder.is_dir():
+        raise ExpertsError(f"{folder} exists and is not a folder")
+    if not folder.parent.is_dir():
+        raise ExpertsError(f"cannot write {folder}: folder {folder.parent} does not exist")
+    device = resolve_device(settings.device)
+    shape = (source.channels, source.height, source.width)
+    classes = len(source.classes)
+    normalization = mean_std(source.mean(), source.std())
+    images = Normalizer(normalization)(source.train.images.float()).to(device)
+    labels = source.train.labels.long().to(device)
+    augment = SiameseAugment(settings.augment, flip=not source.is_digits)
+
+    with torch.random.fork_rng(devices=[]):
+        probe = FlatNet(networks.build(settings.arch, shape, classes, width_mult=settings.width,
+                                       device=torch.device("cpu"), generator=torch.Generator(),
+                                       trainable=True))
+    index: dict[str, Any] = {
+        "kind": KIND, "version": VERSION, "library": f"habactl {__version__}",
+        "dataset": {"name": source.name, "fingerprint": source.fingerprint,
+                    "classes": list(source.classes),
+                    "image": {"channels": shape[0], "height": shape[1], "width": shape[2]},
+                    "train": int(labels.shape[0])},
+        "normalization": dict(normalization),
+        "arch": {"name": settings.arch, "width": float(settings.width), "norm": "instance"},
+        "parameters": {"count": probe.count, "layout": probe.describe()},
+        "training": {"epochs": settings.epochs, "lr": float(settings.lr),
+                     "momentum": float(settings.momentum),
+                     "weight_decay": float(settings.weight_decay),
+                     "batch_size": settings.batch_size, "augmentation": augment.to_config(),
+                     "seed": settings.seed, "optimizer": "sgd", "loss": "cross-entropy"},
+        "experts": [],
+    }
+    finished: dict[str, dict[str, Any]] = {}
+    if (folder / INDEX).exists():
+        try:
+            old = read_index(folder)
+        except ExpertsError:
+            if not force:
+                raise
+            old = None
+        if old is not None:
+            changed = differing(settings_of(old), settings_of(index))
+            if changed and not force:
+                raise ExpertsError(f"{folder} holds experts made with other settings "
+                                   f"({', '.join(changed[:4])}); use another folder, or --force to "
+                                   f"start over")
+            if not changed:
+                for entry in old["experts"]:
+                    path = folder / entry["file"]
+                    if path.is_file() and sha256_file(path) == entry.get("sha256"):
+                        finished[entry["file"]] = entry
+                    else:
+                        note(f"{entry['file']} is missing or damaged; training it again")
+    folder.mkdir(exist_ok=True)
+
+    def save_index() -> None:
+        index["experts"] = [finished[k] for k in sorted(finished)]
+        write_json_atomic(folder / INDEX, index)
+
+    save_index()
+    for i in range(settings.experts):
+        name = expert_file(i)
+        if name in finished:
+            if progress:
+                progress(i, settings.epochs, settings.epochs, {"skipped": 1.0})
+            continue
+        started = time.perf_counter()
+        trajectory, accuracy = _train_one(i, settings, shape, classes, images, labels, augment,
+                                          device, progress)
+        sha = write_trajectory(folder / name, trajectory,
+                               {"expert": str(i), "epochs": str(settings.epochs),
+                                "parameters": str(probe.count)})
+        finished[name] = {"file": name, "expert": i, "sha256": sha,
+                          "train_accuracy": round(accuracy, 4),
+                          "seconds": round(time.perf_counter() - started, 1)}
+        save_index()
+    return index
+
+
+def _train_one(i: int, s: ExpertSettings, shape: tuple[int, int, int], classes: int,
+               images: torch.Tensor, labels: torch.Tensor, augment: Any, device: torch.device,
+               progress: Progress | None) -> tuple[torch.Tensor, float]:
+    from habactl.distill import networks
+
+    generator = expert_generator(s.seed, i)
+    net = networks.build(s.arch, shape, classes, width_mult=s.width, device=device,
+                         generator=generator, trainable=True)
+    net.train()
+    flat = FlatNet(net)
+    optimizer = torch.optim.SGD(net.parameters(), lr=s.lr, momentum=s.momentum,
+                                weight_decay=s.weight_decay)
+    rows = [flat.flatten()]
+    n = labels.shape[0]
+    accuracy = 0.0
+    for epoch in range(1, s.epochs + 1):
+        order = torch.randperm(n, generator=generator).to(device)
+        correct, total_loss = 0, 0.0
+        for batch in order.split(s.batch_size):
+            x = augment(images[batch], generator, per_sample=True)
+            logits = net(x)
+            loss = F.cross_entropy(logits, labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            correct += int((logits.argmax(1) == labels[batch]).sum())
+            total_loss += float(loss.detach()) * len(batch)
+        if not torch.isfinite(torch.tensor(total_loss)):
+            raise ExpertsError(f"expert {i}: the loss became non-finite in epoch {epoch}; lower --lr")
+        rows.append(flat.flatten())
+        accuracy = correct / n
+        if progress:
+            progress(i, epoch, s.epochs, {"loss": total_loss / n, "accuracy": accuracy})
+    return torch.stack(rows), accuracy
+
+
+def settings_dict(settings: ExpertSettings) -> dict[str, Any]:
+    return asdict(settings)
