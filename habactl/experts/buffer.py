@@ -64,7 +64,9 @@ def write_trajectory(path: Path, trajectory: Tensor, metadata: Mapping[str, str]
 
     with atomic_path(path) as temporary:
         save_file({TENSOR: trajectory.detach().float().cpu().contiguous()}, str(temporary),
-                  metadata={"kind": KIND, **{k: str(v) for k, v in metadata.items()}})
+                  # One key: safetensors writes a metadata map in no fixed order, and the
+                  # same expert must give the same bytes.
+                  metadata={KIND: json.dumps(dict(metadata), sort_keys=True)})
     return sha256_file(path)
 
 
