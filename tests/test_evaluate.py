@@ -95,7 +95,7 @@ def test_presets_follow_the_standard_protocol():
     assert (STANDARD.lr, STANDARD.momentum, STANDARD.weight_decay) == (0.01, 0.9, 0.0005)
     assert STANDARD.augmentation == "dsa" and STANDARD.decay_epoch == 500
     assert (FAST.epochs, FAST.models) == (300, 3)
-    assert STANDARD.full_data().epochs == 50 and FAST.full_data().epochs == 15
+    assert STANDARD.full_data().epochs == 20 and FAST.full_data().epochs == 6
     assert Protocol(epochs=3).full_data().epochs == 1
     with pytest.raises(HabaError):
         Protocol(epochs=0)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from habactl.errors import HabaError
-from habactl.evaluation.protocol import DEFAULT_LR, Protocol, full_data_epochs
+from habactl.evaluation.protocol import DEFAULT_LR, FULL_DATA_EPOCH_DIVISOR, Protocol
 from habactl.evaluation.score import accuracy, summarize
 from habactl.evaluation.train import make_augment, train_net
 
@@ -143,7 +143,7 @@ def full_training_set(dataset: Any, source: Any, protocol: Protocol, *, lr: floa
     images = normalize(source.train.images)
     full = protocol.full_data(epochs)
     note = (f"whole real training set, {full.epochs} epochs "
-            f"(epochs // 20 of the archive's {protocol.epochs})" if epochs is None
+            f"(epochs // {FULL_DATA_EPOCH_DIVISOR} of the archive's {protocol.epochs})" if epochs is None
             else f"whole real training set, {full.epochs} epochs")
     return TrainingSet("full", images, source.train.labels, full,
                        DEFAULT_LR if lr is None else float(lr), "protocol" if lr is None else "option",
