@@ -86,7 +86,7 @@ class _progress:
         if self.bar is None:
             return None
         self.bar.__enter__()
-        self.task = self.bar.add_task("", total=None)
+        self.task = self.bar.add_task("loading the archive and the test data", total=None)
         return self
 
     def __call__(self, arm: str, arch: str, model: int, models: int, epoch: int, epochs: int) -> None:
