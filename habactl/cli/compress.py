@@ -102,6 +102,9 @@ def compress(
                                        rich_help_panel=_DISTILL),
     seed: int = typer.Option(0, "--seed", help="Seed for every random choice."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda.", rich_help_panel=_RUN),
+    threads: int = typer.Option(
+        0, "--threads", min=0, help="CPU threads for torch (0: torch's default, one per core). "
+        "On a CPU busy with other work, 1 is often faster.", rich_help_panel=_RUN),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1,
                                          help="Iterations between checkpoints.", rich_help_panel=_RUN),
     checkpoint: Optional[Path] = typer.Option(
@@ -139,6 +142,8 @@ def compress(
             report_written(path, time.perf_counter() - started)
         return
 
+    import torch
+
     from habactl.distill import DistillConfig, Distiller, Interrupted
     from habactl.distill.progress import RichReporter
 
@@ -167,6 +172,8 @@ def compress(
         device=device,
         checkpoint_every=checkpoint_every,
     )
+    if threads:
+        torch.set_num_threads(threads)
     source = load_source(data, root=str(root) if root else None, download=download)
     distiller = Distiller(source, config)
     header = [f"[bold]{source.name}[/]: {distiller.plan.summary()}",

@@ -100,7 +100,7 @@ class AdversarialContrast:
         views = torch.cat([synthetic.decode(basis, pair[0].expand(len(basis))),
                            synthetic.decode(basis, pair[1].expand(len(basis)))])
         labels = synthetic.item_labels(basis)
-        features = self.net.embed(views)
+        features = networks.embed(self.net, views, networks.chunk_size(views.device))
         fa, fb = features.chunk(2)
         similarity = F.cosine_similarity(fa, fb, dim=1).mean()
 

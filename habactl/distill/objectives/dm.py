@@ -26,10 +26,6 @@ from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective
 from habactl.distill.sets import SyntheticSet
 
-# Real images per no-grad forward: batches of ~128-320 run fastest on a 2-core CPU
-# (METHOD.md §7: very large batches are memory-bound).
-REAL_CHUNK = 320
-
 
 class DistributionMatching(Objective):
     name = "dm"
@@ -57,6 +53,7 @@ class DistributionMatching(Objective):
                                   width_mult=s["embed_width"], device=context.device,
                                   generator=context.init_generator, trainable=False)
         self.net.eval()
+        self.chunk = networks.chunk_size(context.device)
 
     def _augment_params(self, generator: torch.Generator) -> list[Any]:
         augment = self.context.augment
@@ -82,11 +79,11 @@ class DistributionMatching(Objective):
 
         with torch.inference_mode():
             real = torch.cat([augment.apply(real[c], params[c]) for c in range(classes)])
-            embedded = torch.cat([self.net.embed(chunk) for chunk in real.split(REAL_CHUNK)])
+            embedded = networks.embed(self.net, real, self.chunk)
             real_mean = embedded.view(classes, per, -1).mean(dim=1)
         real_mean = real_mean.clone()  # an ordinary tensor, usable next to autograd ones
 
-        embedded = self.net.embed(syn)
+        embedded = networks.embed(self.net, syn, self.chunk)
         labels = synthetic.labels[basis.to(synthetic.labels.device)]
         sums = torch.zeros(classes, embedded.shape[1], device=embedded.device, dtype=embedded.dtype)
         sums = sums.index_add(0, labels, embedded)
@@ -94,3 +91,4 @@ class DistributionMatching(Objective):
         syn_mean = sums / counts
         loss = (real_mean - syn_mean).square().sum()
         return loss, {}
+
