@@ -204,3 +204,30 @@ def test_existing_output_needs_force(tmp_path):
     assert run("digits", "-o", out, *TINY, "--force", "-q").exit_code == 0
     with open_archive(out) as archive:
         assert archive.manifest["provenance"]["objective"] == "dm"
+
+
+def test_ctrl_c_checkpoints_and_resume_finishes(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "c.haba"
+    log = tmp_path / "c.jsonl"
+    code = "import habactl.cli.compress, habactl.cli.inspect_cmd; from habactl.cli.app import app; app()"
+    args = ["compress", "digits", "-o", str(out), "--iterations", "20", "--real-per-class", "4",
+            "--contrast-batch", "8", "--log-file", str(log), "-q"]
+    process = subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.exists() and '"event": "iteration"' in log.read_text()):
+        time.sleep(0.02)  # Ctrl-C once the first iteration is done
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "--resume" in err and "checkpoint" in err
+    assert not out.exists() and (tmp_path / "c.haba.ckpt").exists()
+    stopped = [json.loads(line) for line in log.read_text().splitlines()][-1]
+    assert stopped["event"] == "interrupted" and 0 < stopped["iteration"] < 20
+    result = run("digits", "-o", out, "--iterations", "20", "--real-per-class", "4",
+                 "--contrast-batch", "8", "--resume", "-q")
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "c.haba.ckpt").exists()
