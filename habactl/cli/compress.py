@@ -13,7 +13,7 @@ from habactl.cli.app import app, guarded, stderr
 from habactl.errors import HabaError
 
 DEFAULT_SOURCE = "mnist-5k"
-OBJECTIVES = ("dm", "random")
+OBJECTIVES = ("dm", "dc", "dsa", "mtt", "random")
 DEFAULT_OBJECTIVE = "dm"
 DEFAULT_CODEC = "haba+idc"
 
@@ -36,7 +36,9 @@ def compress(
     ),
     objective: str = typer.Option(
         DEFAULT_OBJECTIVE, "--objective",
-        help="How the synthetic set is made: dm (distribution matching) or random (real images)."),
+        help="How the synthetic set is made: dm (distribution matching), dc (gradient matching), "
+        "dsa (gradient matching with Siamese augmentation), mtt (trajectory matching; needs "
+        "--experts) or random (real images)."),
     ipc: int = typer.Option(1, "--ipc", min=1, help="Budget: images per class, in stored values.",
                             rich_help_panel=_BUDGET),
     codec: Optional[str] = typer.Option(
@@ -74,7 +76,33 @@ def compress(
     views: int = typer.Option(0, "--views", min=0,
                               help="Hallucinations per basis per iteration (0: all).",
                               rich_help_panel=_DISTILL),
-    lr_bases: Optional[float] = typer.Option(None, "--lr-bases", help="SGD learning rate of the bases.",
+    outer_loop: Optional[int] = typer.Option(
+        None, "--outer-loop", min=1, help="dc/dsa: matches per network [default: by IPC, as the reference].",
+        rich_help_panel=_DISTILL),
+    inner_loop: Optional[int] = typer.Option(
+        None, "--inner-loop", min=0, help="dc/dsa: network epochs on the synthetic set between matches "
+        "[default: by IPC].", rich_help_panel=_DISTILL),
+    experts: Optional[Path] = typer.Option(
+        None, "--experts", help="mtt: the experts buffer (make one with habactl experts).",
+        rich_help_panel=_DISTILL),
+    syn_steps: Optional[int] = typer.Option(None, "--syn-steps", min=1,
+                                            help="mtt: student steps per iteration [default: 20].",
+                                            rich_help_panel=_DISTILL),
+    expert_epochs: Optional[int] = typer.Option(None, "--expert-epochs", min=1,
+                                                help="mtt: expert epochs to match (M) [default: 2].",
+                                                rich_help_panel=_DISTILL),
+    max_start_epoch: Optional[int] = typer.Option(
+        None, "--max-start-epoch", min=1, help="mtt: students start below this epoch "
+        "[default: min(20, buffer epochs - M + 1)].", rich_help_panel=_DISTILL),
+    lr_lr: Optional[float] = typer.Option(None, "--lr-lr", help="mtt: learning rate of the learned "
+                                          "learning rate [default: 1e-5].", rich_help_panel=_DISTILL),
+    batch_syn: Optional[int] = typer.Option(None, "--batch-syn", min=0, help="mtt: bases per student "
+                                            "step (0: all) [default: 0].", rich_help_panel=_DISTILL),
+    unroll: Optional[str] = typer.Option(
+        None, "--unroll", help="mtt: recompute (one step's graph in memory at a time) or full "
+        "[default: recompute].", rich_help_panel=_DISTILL),
+    lr_bases: Optional[float] = typer.Option(None, "--lr-bases", help="SGD learning rate of the bases "
+                                             "[default: 1.0 for dm, 0.1 for dc/dsa, 100 for mtt].",
                                              rich_help_panel=_DISTILL),
     lr_hallucinators: Optional[float] = typer.Option(
         None, "--lr-hallucinators", help="SGD learning rate of the hallucinators.",
@@ -83,9 +111,10 @@ def compress(
                                              rich_help_panel=_DISTILL),
     init: str = typer.Option("real", "--init", help="Bases start as real images or noise.",
                              rich_help_panel=_DISTILL),
-    augment: str = typer.Option(
-        "color_crop_cutout_flip_scale_rotate", "--augment",
-        help="Siamese augmentation ops joined by _ (no flip on digit data), or none.",
+    augment: Optional[str] = typer.Option(
+        None, "--augment",
+        help="Siamese augmentation ops joined by _ (no flip on digit data), or none "
+        "[default: color_crop_cutout_flip_scale_rotate; none for dc].",
         rich_help_panel=_DISTILL),
     contrastive: Optional[bool] = typer.Option(
         None, "--contrastive/--no-contrastive",
@@ -147,10 +176,23 @@ def compress(
     from habactl.distill import DistillConfig, Distiller, Interrupted
     from habactl.distill.progress import RichReporter
 
-    defaults = DistillConfig()
+    from habactl.distill.objectives import get_objective
+
+    objective_class = get_objective(objective)
+    defaults = DistillConfig(**getattr(objective_class, "engine_defaults", {}))
+    if experts is not None and objective != "mtt":
+        raise HabaError("--experts applies to --objective mtt only")
+    # Each objective gets the options it knows; the rest are left to its defaults.
+    candidates = {"real_per_class": real_per_class, "views": views, "outer_loop": outer_loop,
+                  "inner_loop": inner_loop, "experts": None if experts is None else str(experts),
+                  "syn_steps": syn_steps, "expert_epochs": expert_epochs,
+                  "max_start_epoch": max_start_epoch, "lr_lr": lr_lr, "batch_syn": batch_syn,
+                  "unroll": unroll}
+    settings = {k: v for k, v in candidates.items()
+                if k in objective_class.defaults and (v is not None or k == "experts")}
     config = DistillConfig(
         objective=objective,
-        objective_settings={"real_per_class": real_per_class, "views": views},
+        objective_settings=settings,
         codec=codec or DEFAULT_CODEC,
         ipc=ipc,
         counts=budget_counts,
@@ -165,7 +207,7 @@ def compress(
         lr_hallucinators=defaults.lr_hallucinators if lr_hallucinators is None else lr_hallucinators,
         momentum=defaults.momentum if momentum is None else momentum,
         init=init,
-        augment=augment,
+        augment=defaults.augment if augment is None else augment,
         contrastive=contrastive,
         contrastive_settings={"weight": contrast_weight, "lr": extractor_lr, "batch": contrast_batch},
         seed=seed,
@@ -177,7 +219,9 @@ def compress(
     source = load_source(data, root=str(root) if root else None, download=download)
     distiller = Distiller(source, config)
     header = [f"[bold]{source.name}[/]: {distiller.plan.summary()}",
-              f"{objective}, {config.iterations} iterations, {real_per_class} real images per class, "
+              f"{objective}, {config.iterations} iterations, "
+              + (f"{distiller.objective.settings['syn_steps']} student steps per iteration, "
+                 if objective == "mtt" else f"{real_per_class} real images per class, ") +
               f"contrastive term {'on' if distiller.contrast else 'off'}, device {distiller.device.type}"]
     metrics = log_file if log_file is not None else (target.with_name(target.name + ".jsonl") if log else None)
     try:

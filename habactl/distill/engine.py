@@ -192,7 +192,8 @@ class Distiller:
         self.augment = SiameseAugment(c.augment, flip=not source.is_digits)
         objective_class = get_objective(c.objective)
         context = Context(real=self.real, image_shape=image_shape, num_classes=classes,
-                          device=self.device, augment=self.augment, init_generator=init)
+                          device=self.device, augment=self.augment, init_generator=init,
+                          ipc=c.ipc, dataset={"name": source.name, "fingerprint": source.fingerprint})
         self.objective = objective_class(context, dict(c.objective_settings))
 
         use_contrast = (self.plan.expansion > 1) if c.contrastive is None else bool(c.contrastive)

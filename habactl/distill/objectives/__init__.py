@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective
+from habactl.distill.objectives.dc import DifferentiableSiameseGradientMatching, GradientMatching
 from habactl.distill.objectives.dm import DistributionMatching
+from habactl.distill.objectives.mtt import TrajectoryMatching
 
 OBJECTIVES: dict[str, type[Objective]] = {
     DistributionMatching.name: DistributionMatching,
+    GradientMatching.name: GradientMatching,
+    DifferentiableSiameseGradientMatching.name: DifferentiableSiameseGradientMatching,
+    TrajectoryMatching.name: TrajectoryMatching,
 }
 
 

@@ -31,6 +31,8 @@ class Context:
     device: torch.device
     augment: Any            # habactl.augment.SiameseAugment
     init_generator: torch.Generator   # for drawing initial state at construction
+    ipc: int = 1                      # the budget's images per class (gradient matching's loops)
+    dataset: Mapping[str, str] | None = None   # {"name", "fingerprint"} of the source
 
 
 class Objective:
