@@ -76,3 +76,55 @@ def embed(net: nn.Module, images: Tensor, chunk: int) -> Tensor:
     if images.shape[0] <= chunk:
         return net.embed(images)
     return torch.cat([net.embed(part) for part in images.split(chunk)])
+
+
+def _plain_layers(net: nn.Module) -> list[nn.Module] | None:
+    """The layers of a ConvNet-style body (conv, group norm, ReLU, 2x2 average pool), or
+    None for any other network."""
+    from habactl.nets.convnet import ConvNet
+
+    if type(net) is not ConvNet or not isinstance(net.features, nn.Sequential):
+        return None
+    layers = list(net.features)
+    for m in layers:
+        if isinstance(m, (nn.Conv2d, nn.GroupNorm, nn.ReLU)):
+            continue
+        if (isinstance(m, nn.AvgPool2d) and m.kernel_size in (2, (2, 2)) and m.stride in (2, (2, 2))
+                and m.padding in (0, (0, 0)) and not m.ceil_mode):
+            continue
+        return None
+    return layers
+
+
+def _pool2(x: Tensor) -> Tensor:
+    """2x2 average pool, stride 2, as two pairwise sums over contiguous memory: about 3x
+    faster than ``F.avg_pool2d`` on a contiguous (N, C, H, W) tensor on a CPU."""
+    n, c, h, w = x.shape
+    if h % 2 or w % 2 or not x.is_contiguous():
+        return torch.nn.functional.avg_pool2d(x, 2)
+    pairs = x.view(n * c * h, w // 2, 2)
+    rows = (pairs[:, :, 0] + pairs[:, :, 1]).view(n * c * h // 2, 2, w // 2)
+    return ((rows[:, 0] + rows[:, 1]) * 0.25).view(n, c, h // 2, w // 2)
+
+
+def embed_no_grad(net: nn.Module, images: Tensor, chunk: int) -> Tensor:
+    """``embed`` for a side that needs no gradient (call it under ``torch.inference_mode``).
+
+    For ConvNet bodies it runs the same layers with an in-place ReLU and a faster 2x2
+    pool (values equal to ``net.embed`` up to float rounding); other networks go through
+    ``net.embed``."""
+    layers = _plain_layers(net) if images.device.type == "cpu" else None
+    if layers is None:
+        return embed(net, images, chunk)
+    outputs = []
+    for part in images.split(chunk):
+        h = part
+        for m in layers:
+            if isinstance(m, nn.ReLU):
+                h = h.relu_()
+            elif isinstance(m, nn.AvgPool2d):
+                h = _pool2(h)
+            else:
+                h = m(h)
+        outputs.append(h.flatten(1))
+    return torch.cat(outputs)

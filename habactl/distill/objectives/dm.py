@@ -79,7 +79,7 @@ class DistributionMatching(Objective):
 
         with torch.inference_mode():
             real = torch.cat([augment.apply(real[c], params[c]) for c in range(classes)])
-            embedded = networks.embed(self.net, real, self.chunk)
+            embedded = networks.embed_no_grad(self.net, real, self.chunk)
             real_mean = embedded.view(classes, per, -1).mean(dim=1)
         real_mean = real_mean.clone()  # an ordinary tensor, usable next to autograd ones
 
