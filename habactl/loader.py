@@ -20,6 +20,8 @@ from torch.utils.data import Dataset
 from habactl.errors import HabaError
 
 MODES = ("all-pairs", "random-pair")
+# Decoding is deterministic, so a small expanded set is decoded once per process and kept.
+AUTO_CACHE_BYTES = 256 * 2**20
 
 
 class _Decoded:
@@ -39,6 +41,15 @@ class _Decoded:
         self.pipeline.eval().requires_grad_(False)
         self.zca = tensors.get("normalization.zca")
         self.pid = os.getpid()
+        self.expanded: Tensor | None = None
+
+    def expand_all(self, chunk: int = 256) -> Tensor:
+        """Every (basis, variant) pair, item b*E + v, decoded in batches of `chunk` bases."""
+        if self.expanded is None:
+            with torch.no_grad():
+                parts = [self.pipeline.decode_all(b) for b in self.bases.split(chunk)]
+            self.expanded = torch.cat(parts)
+        return self.expanded
 
 
 class HabaDataset(Dataset):
@@ -53,10 +64,14 @@ class HabaDataset(Dataset):
             (seed, epoch); without ``set_epoch`` it uses torch's global RNG, which
             DataLoader reseeds in every worker every epoch.
         verify: check every tensor's sha256 and values when the archive is opened.
+        cache: keep the decoded images in memory after their first use in a process
+            (decoding is deterministic, so this changes speed, not results). ``None``
+            (default) caches when the expanded set takes at most 256 MiB; ``False``
+            always decodes on the fly, batch by batch.
     """
 
     def __init__(self, path: str | os.PathLike[str], mode: str = "all-pairs", *, seed: int = 0,
-                 verify: bool = True) -> None:
+                 verify: bool = True, cache: bool | None = None) -> None:
         from habactl.format import open_archive
 
         if mode not in MODES:
@@ -71,6 +86,9 @@ class HabaDataset(Dataset):
             self.manifest: dict[str, Any] = archive.manifest
         self.num_bases = int(self.manifest["bases"]["count"])
         self.expansion = self._expansion()
+        c, h, w = self.image_shape
+        expanded_bytes = self.num_bases * self.expansion * c * h * w * 4
+        self.cache = expanded_bytes <= AUTO_CACHE_BYTES if cache is None else bool(cache)
         self._decoded: _Decoded | None = None
 
     # -- what a training script needs to know -------------------------------------------
@@ -127,8 +145,11 @@ class HabaDataset(Dataset):
             raise IndexError(f"index out of range for {len(self)} items")
         state = self._state()
         basis, variant = self._resolve(indices)
-        with torch.no_grad():
-            images = state.pipeline.decode(state.bases[basis], variant)
+        if self.cache:
+            images = state.expand_all()[basis * self.expansion + variant]
+        else:
+            with torch.no_grad():
+                images = state.pipeline.decode(state.bases[basis], variant)
         return images, state.labels[basis]
 
     def tensors(self) -> tuple[Tensor, Tensor]:

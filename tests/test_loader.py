@@ -30,9 +30,10 @@ def decoded_reference(path):
     return torch.stack(images), torch.stack(labels)
 
 
-def test_length_and_items_are_every_basis_through_every_hallucinator(make_archive):
+@pytest.mark.parametrize("cache", [False, True])
+def test_length_and_items_are_every_basis_through_every_hallucinator(make_archive, cache):
     path = make_archive(stages=[hallucinate_stage(count=4)], per_class=2, classes=3)
-    dataset = HabaDataset(path)
+    dataset = HabaDataset(path, cache=cache)
     assert len(dataset) == 6 * 4
     images, labels = decoded_reference(path)
     for i in (0, 1, 5, 23):
@@ -41,8 +42,10 @@ def test_length_and_items_are_every_basis_through_every_hallucinator(make_archiv
         assert int(label) == int(labels[i]) == i // 4 // 2
 
 
-def test_batched_fetch_equals_item_by_item(make_archive):
-    dataset = HabaDataset(make_archive(stages=[hallucinate_stage(count=3, arch="pixel-affine")]))
+@pytest.mark.parametrize("cache", [False, True])
+def test_batched_fetch_equals_item_by_item(make_archive, cache):
+    dataset = HabaDataset(make_archive(stages=[hallucinate_stage(count=3, arch="pixel-affine")]),
+                          cache=cache)
     indices = [5, 0, 17, 3, 3]
     batch = dataset.__getitems__(indices)
     for index, (image, label) in zip(indices, batch):
@@ -60,9 +63,10 @@ def test_raw_archive_gives_its_bases_back(make_archive):
     torch.testing.assert_close(dataset.tensors()[0], bases)
 
 
-def test_shuffled_two_worker_dataloader_sees_every_item_once(make_archive):
+@pytest.mark.parametrize("cache", [False, True])
+def test_shuffled_two_worker_dataloader_sees_every_item_once(make_archive, cache):
     path = make_archive(stages=[hallucinate_stage(count=3)], per_class=4)
-    dataset = HabaDataset(path)
+    dataset = HabaDataset(path, cache=cache)
     expected_images, expected_labels = decoded_reference(path)
     loader = DataLoader(dataset, batch_size=5, shuffle=True, num_workers=2)
     images, labels = map(torch.cat, zip(*loader))
@@ -82,9 +86,10 @@ def test_pickles_without_tensors(make_archive):
     torch.testing.assert_close(clone[7][0], dataset[7][0])
 
 
-def test_random_pair_mode_draws_one_hallucinator_per_basis_per_epoch(make_archive):
+@pytest.mark.parametrize("cache", [False, True])
+def test_random_pair_mode_draws_one_hallucinator_per_basis_per_epoch(make_archive, cache):
     path = make_archive(stages=[hallucinate_stage(count=5)], per_class=20)
-    dataset = HabaDataset(path, mode="random-pair", seed=3)
+    dataset = HabaDataset(path, mode="random-pair", seed=3, cache=cache)
     full = HabaDataset(path)
     assert len(dataset) == 60
     all_images = full.tensors()[0].view(60, 5, -1)
@@ -115,3 +120,9 @@ def test_bad_input_is_a_haba_error(tmp_path, make_archive):
         HabaDataset(make_archive(), mode="every-other")
     with pytest.raises(IndexError):
         HabaDataset(make_archive("c.haba"))[10_000]
+
+
+def test_cache_is_automatic_for_small_sets_and_can_be_turned_off(make_archive):
+    path = make_archive(stages=[hallucinate_stage()])
+    assert HabaDataset(path).cache is True
+    assert HabaDataset(path, cache=False).cache is False
