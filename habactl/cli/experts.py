@@ -26,6 +26,8 @@ def experts(
                                 help="DSA ops joined by _ (no flip on digit data), or none."),
     seed: int = typer.Option(0, "--seed", help="Seed for every random choice."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads for torch (0: torch's default). "
+                                "On a CPU busy with other work, 1 is often much faster."),
     root: Optional[Path] = typer.Option(None, "--root", help="Folder holding torchvision data sets."),
     force: bool = typer.Option(False, "--force", help="Start over in a folder made with other settings."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
@@ -36,6 +38,10 @@ def experts(
 
     settings = ExpertSettings(experts=count, epochs=epochs, lr=lr, batch_size=batch_size, arch=arch,
                               width=width, augment=augment, seed=seed, device=device)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     source = load_source(data, root=str(root) if root else None)
     started = time.perf_counter()
     bar: dict = {}
