@@ -30,8 +30,10 @@ def preview(
                               help="Pixel zoom; 0 picks one that makes cells at least 64 px."),
     force: bool = typer.Option(False, "--force", help="Replace an existing file."),
 ) -> None:
-    """Rows are bases; the first column is the basis decoded without hallucination,
-    the others are its hallucinations."""
+    """Draw a PNG grid: one row per basis, its hallucinations in the columns.
+
+    The first column is the basis decoded without hallucination (e.g. only upsampled).
+    """
     from PIL import Image
     from torchvision.utils import make_grid
 
