@@ -231,3 +231,17 @@ def test_ctrl_c_checkpoints_and_resume_finishes(tmp_path):
                  "--contrast-batch", "8", "--resume", "-q")
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "c.haba.ckpt").exists()
+
+
+def test_counting_bases_only_is_recorded_and_the_account_stays_true(tmp_path):
+    out = tmp_path / "b.haba"
+    result = run("digits", "-o", out, *TINY, "--budget-counts", "bases")
+    assert result.exit_code == 0, result.output
+    assert "bases only" in result.stderr
+    with open_archive(out) as archive:
+        account = storage_account(archive.manifest)
+        assert archive.manifest["storage"]["counts"] == "bases"
+    # 4x4 bases: 4 per class fill the 64-value budget; the 5 hallucinators come on top.
+    assert archive.manifest["bases"]["per_class"] == [4] * 10
+    assert account["claim_ratio"] == pytest.approx(1.0)
+    assert account["ratio"] == pytest.approx((640 + 320) / 640)
