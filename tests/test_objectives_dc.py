@@ -110,3 +110,13 @@ def test_compress_command_with_dc_and_dsa(tmp_path):
         assert hyper["augmentation"]["strategy"] == ("none" if objective == "dc" else
                                                      "color_crop_cutout_flip_scale_rotate")
         assert (hyper["objective"]["outer_loop"], hyper["objective"]["inner_loop"]) == (2, 1)
+
+
+def test_per_class_loop_and_vmap_agree():
+    results = []
+    for mode in ("loop", "vmap"):
+        distiller = Distiller(tiny_mnist(), config("dsa", "haba", 2, per_class=mode))
+        loss, _ = distiller.objective.loss(distiller.synthetic, torch.Generator().manual_seed(3))
+        results.append((loss, torch.autograd.grad(loss, [distiller.synthetic.bases])[0]))
+    assert float(results[0][0].detach()) == pytest.approx(float(results[1][0].detach()), rel=1e-4)
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-3, atol=1e-5 * float(results[0][1].abs().max()))

@@ -12,12 +12,15 @@ augmentation parameters and applies it to both sides of its match (the augmenter
 the engine's, shared with ``dm``); the inner loop trains with per-image draws, as the
 reference does.
 
-Cost: every class's gradients come from one batched call (``torch.func.vmap`` over the
-class axis of ``grad``), on the real side without a graph and on the synthetic side
-with one to the stored tensors (double backward). Classes with fewer synthetic items
-than the largest are padded with zero-weighted images. Only weights of two or more
-dimensions are matched (the reference's distance ignores biases and norm parameters),
-so their gradients alone are computed.
+Cost: one batch per class and side (``per_class: loop``, the default), or every
+class's gradients from one batched call (``per_class: vmap``: ``torch.func.vmap`` over
+the class axis of ``grad``, classes with fewer synthetic items padded with
+zero-weighted images). Both give the same loss; on a 2-core CPU the loop is ~2.5x
+faster (vmap turns the per-class weight gradients into grouped convolutions), hence
+the default. The real side needs no graph; the synthetic side keeps one to the stored
+tensors (double backward). Only weights of two or more dimensions are matched (the
+reference's distance ignores biases and norm parameters), so their gradients alone
+are computed.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class GradientMatching(Objective):
         "batch_train": 256,       # the network's batch size in the inner loop
         "net_arch": "convnet",
         "net_width": 1.0,
+        "per_class": "loop",      # "loop": a batch per class; "vmap": all classes in one call
     }
     # Engine settings the reference uses with this objective (the CLI's defaults).
     engine_defaults: dict[str, Any] = {"lr_bases": 0.1, "momentum": 0.5, "augment": "none"}
@@ -83,6 +87,8 @@ class GradientMatching(Objective):
         for key in ("real_per_class", "views", "batch_train"):
             if isinstance(s[key], bool) or not isinstance(s[key], int):
                 raise DistillError(f"{self.name}: {key} must be an integer, got {s[key]!r}")
+        if s["per_class"] not in ("loop", "vmap"):
+            raise DistillError(f"{self.name}: per_class must be 'loop' or 'vmap', got {s['per_class']!r}")
         if s["views"] < 0 or s["batch_train"] < 1:
             raise DistillError(f"{self.name}: views must be >= 0 and batch_train >= 1")
         outer, inner = loops_for_ipc(int(getattr(context, "ipc", 1) or 1))
@@ -147,6 +153,8 @@ class GradientMatching(Objective):
             parts = [augment.apply(part, p) for part, p in zip(parts, params)]
             with torch.no_grad():
                 real = torch.stack([augment.apply(real[c], params[c]) for c in range(classes)])
+        if self.settings["per_class"] == "loop":
+            return self._loop_loss(real, parts), {}
         syn_batch, mask = _pad_classes(parts)
         class_labels = torch.arange(classes, device=real.device)
 
@@ -155,6 +163,18 @@ class GradientMatching(Objective):
         g_syn = self._gradients(syn_batch, class_labels.unsqueeze(1).expand(mask.shape), mask)
         loss = sum(layer_distance(g_real[k], g_syn[k]) for k in g_real)
         return loss, {}
+
+    def _loop_loss(self, real: Tensor, parts: list[Tensor]) -> Tensor:
+        weights = [p for p in self.net.parameters() if p.dim() > 1]
+        loss = real.new_zeros(())
+        for c, part in enumerate(parts):
+            target = torch.full((real.shape[1],), c, device=real.device, dtype=torch.long)
+            g_real = torch.autograd.grad(F.cross_entropy(self.net(real[c]), target), weights)
+            target = torch.full((part.shape[0],), c, device=part.device, dtype=torch.long)
+            g_syn = torch.autograd.grad(F.cross_entropy(self.net(part), target), weights, create_graph=True)
+            loss = loss + sum(layer_distance(r.detach().unsqueeze(0), s.unsqueeze(0))
+                              for r, s in zip(g_real, g_syn))
+        return loss
 
     # -- the inner loop -----------------------------------------------------------------
     def after_step(self, synthetic: SyntheticSet, generator: torch.Generator) -> None:
