@@ -24,7 +24,8 @@ def config(objective: str, codec: str, ipc: int, iterations: int = 0, **settings
 
 
 @pytest.mark.parametrize("objective, codec, ipc", [
-    ("dc", "raw", 1), ("dc", "idc", 1), ("dc", "haba", 2), ("dsa", "raw", 1), ("dsa", "haba", 2)])
+    ("dc", "raw", 1), ("dc", "idc", 1), ("dc", "haba", 2), ("dsa", "raw", 1), ("dsa", "haba", 2),
+    ("dsa", "haba+idc", 1)])
 def test_the_loss_goes_down(objective, codec, ipc):
     # The same network, real batch and augmentation every step: what remains is the
     # optimisation of the stored tensors, which must reduce the matching distance.

@@ -33,7 +33,7 @@ def config(buffer, codec: str = "raw", ipc: int = 1, iterations: int = 0, **sett
                          objective_settings={"experts": str(buffer), "syn_steps": 3, **settings})
 
 
-@pytest.mark.parametrize("codec, ipc", [("raw", 1), ("haba", 2), ("haba+idc", 1)])
+@pytest.mark.parametrize("codec, ipc", [("raw", 1), ("idc", 1), ("haba", 2), ("haba+idc", 1)])
 def test_the_loss_goes_down(buffer, codec, ipc):
     distiller = Distiller(tiny_mnist(), config(buffer, codec, ipc))
     fixed = distiller.generators["objective"].get_state()
