@@ -138,3 +138,13 @@ def test_compress_command_with_mtt(tmp_path, buffer):
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 1 and len(lines) == 1 and "not on this data set 'digits'" in lines[0]
     assert not (tmp_path / "x.haba").exists()
+
+
+def test_the_learned_lr_never_goes_below_its_floor(buffer):
+    distiller = Distiller(tiny_mnist(), config(buffer, lr_min=1e-4))
+    with torch.no_grad():
+        distiller.objective.syn_lr.fill_(-0.5)
+    distiller.objective.after_step(distiller.synthetic, torch.Generator())
+    assert distiller.objective.learned_lr() == pytest.approx(1e-4)
+    with pytest.raises(DistillError, match="lr_min <= lr_init"):
+        Distiller(tiny_mnist(), config(buffer, lr_min=0.5))

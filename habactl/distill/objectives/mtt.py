@@ -65,6 +65,7 @@ class TrajectoryMatching(Objective):
         "lr_init": None,           # initial learned lr; None: the experts' lr
         "lr_lr": 1e-5,             # SGD lr of the learned lr
         "lr_momentum": 0.5,
+        "lr_min": 1e-6,            # floor of the learned lr (a step with lr <= 0 means nothing)
         "batch_syn": 0,            # items per student step; 0 = all
         "variants": "one-per-step",
         "unroll": "recompute",
@@ -117,8 +118,11 @@ class TrajectoryMatching(Objective):
         s["lr_init"] = float(training["lr"] if s["lr_init"] is None else s["lr_init"])
         s["lr_lr"] = float(s["lr_lr"])
         s["lr_momentum"] = float(s["lr_momentum"])
-        if not (s["lr_init"] > 0 and s["lr_lr"] >= 0 and s["lr_momentum"] >= 0):
-            raise DistillError("mtt: lr_init must be positive, lr_lr and lr_momentum >= 0")
+        s["lr_min"] = float(s["lr_min"])
+        if not (s["lr_init"] > 0 and s["lr_lr"] >= 0 and s["lr_momentum"] >= 0
+                and 0 < s["lr_min"] <= s["lr_init"]):
+            raise DistillError("mtt: lr_init must be positive, lr_lr and lr_momentum >= 0, "
+                               "0 < lr_min <= lr_init")
         self.syn_lr = nn.Parameter(torch.tensor(s["lr_init"], device=context.device))
 
     def hyperparameters(self) -> dict[str, Any]:
@@ -139,6 +143,13 @@ class TrajectoryMatching(Objective):
             raise DistillError(f"the learned learning rate became {value:g}; nothing was written; "
                                f"lower lr_lr (--lr-lr)")
         return value
+
+    def after_step(self, synthetic: SyntheticSet, generator: torch.Generator) -> None:
+        # The reference lets the learned lr go where its gradient takes it; a step of
+        # lr_lr too large can push it through zero, after which the student climbs the
+        # loss. Keeping it above a floor keeps the run (and the archive) meaningful.
+        with torch.no_grad():
+            self.syn_lr.clamp_(min=self.settings["lr_min"])
 
     def state_dict(self) -> dict[str, Any]:
         return {"syn_lr": self.syn_lr.detach().cpu().clone()}
