@@ -92,6 +92,7 @@ def test_manifest_records_every_hyperparameter(tmp_path):
     assert hyper["pipeline"]["hallucinators"] == 3 and hyper["pipeline"]["factor"] == 2
     assert hyper["init"]["bases"] == "real" and hyper["init"]["hallucinators"] == "near-identity"
     assert hyper["budget"]["counts"] == "all" and hyper["device"] == "cpu"
+    assert hyper["threads"] == torch.get_num_threads()
     # Every field of the config is accounted for somewhere in the record.
     recorded = json.dumps(hyper)
     for name in ("lr_bases", "lr_hallucinators", "momentum", "hallucinator_noise", "leftover",

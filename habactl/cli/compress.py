@@ -68,12 +68,12 @@ def compress(
         "bases", "--leftover", help="Budget left after equal bases per class: bases (one more "
         "basis for the most varied classes) or none.", rich_help_panel=_BUDGET),
     iterations: Optional[int] = typer.Option(
-        None, "--iterations", min=0, help="Distillation iterations [default: 400].",
+        None, "--iterations", min=0, help="Distillation iterations [default: 300].",
         rich_help_panel=_DISTILL),
-    real_per_class: int = typer.Option(64, "--real-per-class", min=1,
+    real_per_class: int = typer.Option(32, "--real-per-class", min=1,
                                        help="Real images per class per iteration.",
                                        rich_help_panel=_DISTILL),
-    views: int = typer.Option(0, "--views", min=0,
+    views: int = typer.Option(1, "--views", min=0,
                               help="Hallucinations per basis per iteration (0: all).",
                               rich_help_panel=_DISTILL),
     outer_loop: Optional[int] = typer.Option(
@@ -132,8 +132,9 @@ def compress(
     seed: int = typer.Option(0, "--seed", help="Seed for every random choice."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda.", rich_help_panel=_RUN),
     threads: int = typer.Option(
-        0, "--threads", min=0, help="CPU threads for torch (0: torch's default, one per core). "
-        "On a CPU busy with other work, 1 is often faster.", rich_help_panel=_RUN),
+        0, "--threads", min=0, help="CPU threads for torch (0: torch's default, one per core). Results "
+        "depend on it (it is recorded); on a CPU busy with other work, 1 is often much faster.",
+        rich_help_panel=_RUN),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1,
                                          help="Iterations between checkpoints.", rich_help_panel=_RUN),
     checkpoint: Optional[Path] = typer.Option(

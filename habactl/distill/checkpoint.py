@@ -79,8 +79,8 @@ def load(path: Path, fingerprint: str) -> dict[str, Any]:
         raise DistillError(f"checkpoint {path} has version {state.get('version')}, "
                            f"this habactl reads version {VERSION}")
     if state.get("fingerprint") != fingerprint:
-        raise DistillError(f"checkpoint {path} was made with other settings (data, seed, codec or "
-                           f"hyperparameters); rerun with the same options, or without --resume "
+        raise DistillError(f"checkpoint {path} was made with other settings (data, seed, codec, "
+                           f"hyperparameters or --threads); rerun with the same options, or without --resume "
                            f"and with --force to start over")
     return state
 

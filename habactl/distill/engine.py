@@ -65,9 +65,9 @@ class DistillConfig:
     kernel: int = 3
     leftover: str = "bases"
     # optimisation
-    iterations: int = 400
+    iterations: int = 300
     lr_bases: float = 1.0
-    lr_hallucinators: float = 0.01
+    lr_hallucinators: float = 0.001
     momentum: float = 0.5
     # initialisation
     init: str = "real"
@@ -257,6 +257,8 @@ class Distiller:
             "augmentation": self.augment.to_config(),
             "contrastive": None if self.contrast is None else self.contrast.hyperparameters(),
             "device": self.device.type,
+            # Float results depend on the CPU thread count: same seed + same threads = same archive.
+            "threads": torch.get_num_threads(),
         }
 
     # -- checkpoints ------------------------------------------------------------------

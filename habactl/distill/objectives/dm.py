@@ -30,8 +30,8 @@ from habactl.distill.sets import SyntheticSet
 class DistributionMatching(Objective):
     name = "dm"
     defaults: dict[str, Any] = {
-        "real_per_class": 64,     # real images per class per iteration (reference: 256)
-        "views": 0,               # hallucinations per basis per iteration; 0 = all
+        "real_per_class": 32,     # real images per class per iteration (reference: 256)
+        "views": 1,               # hallucinations per basis per iteration; 0 = all
         "embed_arch": "convnet",  # the randomly initialised embedder
         "embed_width": 1.0,       # its width multiplier (1.0 = 128 channels)
         "siamese": "class",       # one augmentation draw per class ("class") or per iteration
