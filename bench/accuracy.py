@@ -1,6 +1,6 @@
 """Accuracy versus TRUE storage budget on mnist-5k, for every codec (issue 4 §2).
 
-    .venv/bin/python bench/accuracy.py [--ipc 1 10] [--iterations 400] [--epochs 300]
+    .venv/bin/python bench/accuracy.py [--ipc 1 10] [--iterations 300] [--epochs 300]
         [--models 3] [--jobs 2] [--arms random,dm-raw,...] [--out bench/results/accuracy.json]
 
 Every arm is distilled with the same DM settings and seed, then scored with the same
@@ -53,6 +53,19 @@ def machine() -> str:
 
     return (f"{platform.machine()} · {os.cpu_count()} CPUs · torch {torch.__version__} · "
             f"Python {platform.python_version()}")
+
+
+def distill_settings() -> dict[str, Any]:
+    """The DM settings every distilled arm shares (engine and objective defaults)."""
+    import dataclasses
+
+    from habactl.distill.engine import DistillConfig
+    from habactl.distill.objectives.dm import DistributionMatching
+
+    shared = {f.name: f.default for f in dataclasses.fields(DistillConfig)
+              if f.name in ("lr_bases", "lr_hallucinators", "momentum", "init", "hallucinators",
+                            "hallucinator_arch", "augment", "leftover")}
+    return {**shared, **DistributionMatching.defaults}
 
 
 def run_arm(name: str, ipc: int, args: dict[str, Any], folder: str) -> dict[str, Any]:
@@ -188,13 +201,14 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ipc", type=int, nargs="+", default=[1, 10])
-    parser.add_argument("--iterations", type=int, default=400)
+    parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--models", type=int, default=3)
     parser.add_argument("--full-epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--arms", default=None, help="comma list (default: all at IPC 1, main arms at IPC 10)")
+    parser.add_argument("--arms", default=None, help="comma list, run in this order; ARM@IPC limits an arm to one IPC "
+                        "(default: all arms at IPC 1, the main ones at IPC 10)")
     parser.add_argument("--no-full", action="store_true", help="skip the full-data ceiling")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "accuracy.json")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "archives")
@@ -207,17 +221,26 @@ def main() -> None:
     done = {(r["arm"], r["ipc"]) for r in results}
     chosen = args.arms.split(",") if args.arms else None
     tasks = []
-    for ipc in args.ipc:
-        for name in chosen or (DEFAULT_IPC1 if ipc == 1 else DEFAULT_IPC10):
-            if (name, ipc) not in done:
-                tasks.append((name, ipc))
+    if chosen:  # in the order given; "arm@IPC" limits an arm to one IPC
+        for entry in chosen:
+            name, _, only = entry.partition("@")
+            if name not in ARMS:
+                parser.error(f"unknown arm {name!r} (known: {', '.join(ARMS)})")
+            tasks += [(name, ipc) for ipc in args.ipc
+                      if (not only or int(only) == ipc) and (name, ipc) not in done]
+    else:
+        for ipc in args.ipc:
+            for name in DEFAULT_IPC1 if ipc == 1 else DEFAULT_IPC10:
+                if (name, ipc) not in done:
+                    tasks.append((name, ipc))
     # The identity ablation reuses the HaBa + IDC archive: schedule it after that arm.
     tasks.sort(key=lambda t: t[0] == "ablate-identity")
     print(f"machine: {machine()}")
     print(f"settings: {settings}; {len(tasks)} arms to run, {len(done)} already done")
 
     def save() -> None:
-        payload = {"machine": machine(), "settings": settings, "results": results,
+        payload = {"machine": machine(), "settings": settings, "dm": distill_settings(),
+                   "results": results,
                    "command": "python bench/accuracy.py " + " ".join(
                        f"--{k.replace('_', '-')} {v}" for k, v in settings.items())}
         args.out.write_text(json.dumps(payload, indent=2))
