@@ -70,6 +70,19 @@ def test_each_codec_end_to_end(tmp_path, codec, ipc, expansion):
     assert not (tmp_path / "a.haba.ckpt").exists()  # the checkpoint goes once the archive is written
 
 
+def test_options_left_out_take_each_objectives_own_defaults(tmp_path):
+    """dm and dc have different defaults for --real-per-class and --views; the CLI must
+    not impose dm's on dc."""
+    for objective, expected in (("dm", (32, 1)), ("dc", (64, 0))):
+        out = tmp_path / f"{objective}.haba"
+        result = run("digits", "-o", out, "--objective", objective, "--codec", "raw",
+                     "--iterations", "1", "-q")
+        assert result.exit_code == 0, result.output
+        with open_archive(out) as archive:
+            recorded = archive.manifest["provenance"]["hyperparameters"]["objective"]
+        assert (recorded["real_per_class"], recorded["views"]) == expected, objective
+
+
 def test_manifest_records_every_hyperparameter(tmp_path):
     out = tmp_path / "h.haba"
     result = run("digits", "-o", out, "--iterations", "2", "--real-per-class", "3", "--views", "2",

@@ -70,12 +70,14 @@ def compress(
     iterations: Optional[int] = typer.Option(
         None, "--iterations", min=0, help="Distillation iterations [default: 300].",
         rich_help_panel=_DISTILL),
-    real_per_class: int = typer.Option(32, "--real-per-class", min=1,
-                                       help="Real images per class per iteration.",
-                                       rich_help_panel=_DISTILL),
-    views: int = typer.Option(1, "--views", min=0,
-                              help="Hallucinations per basis per iteration (0: all).",
-                              rich_help_panel=_DISTILL),
+    real_per_class: Optional[int] = typer.Option(
+        None, "--real-per-class", min=1,
+        help="Real images per class per iteration [default: dm 32; dc, dsa 64].",
+        rich_help_panel=_DISTILL),
+    views: Optional[int] = typer.Option(
+        None, "--views", min=0,
+        help="Hallucinations per basis per iteration, 0 = all [default: dm 1; dc, dsa 0].",
+        rich_help_panel=_DISTILL),
     outer_loop: Optional[int] = typer.Option(
         None, "--outer-loop", min=1, help="dc/dsa: matches per network [default: by IPC, as the reference].",
         rich_help_panel=_DISTILL),
@@ -222,7 +224,8 @@ def compress(
     header = [f"[bold]{source.name}[/]: {distiller.plan.summary()}",
               f"{objective}, {config.iterations} iterations, "
               + (f"{distiller.objective.settings['syn_steps']} student steps per iteration, "
-                 if objective == "mtt" else f"{real_per_class} real images per class, ") +
+                 if objective == "mtt"
+                 else f"{distiller.objective.settings['real_per_class']} real images per class, ") +
               f"contrastive term {'on' if distiller.contrast else 'off'}, device {distiller.device.type}"]
     metrics = log_file if log_file is not None else (target.with_name(target.name + ".jsonl") if log else None)
     try:
