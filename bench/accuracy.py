@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -43,8 +44,16 @@ ARMS: dict[str, tuple[str, dict[str, Any], str]] = {
                               "ablation: HaBa + IDC, contrastive term off"),
     "ablate-identity": ("identity", {"codec": "haba+idc", "factor": 2},
                         "ablation: the HaBa + IDC bases with identity hallucinators"),
+    # The other objectives (issue 5), IPC 1, with settings scaled to this CPU (see --help).
+    "dc-raw": ("dc", {"codec": "raw"}, "DC, raw images"),
+    "dc-haba-idc": ("dc", {"codec": "haba+idc", "factor": 2}, "DC, HaBa + IDC"),
+    "dsa-raw": ("dsa", {"codec": "raw"}, "DSA, raw images"),
+    "dsa-haba-idc": ("dsa", {"codec": "haba+idc", "factor": 2}, "DSA, HaBa + IDC"),
+    "mtt-raw": ("mtt", {"codec": "raw"}, "MTT, raw images"),
+    "mtt-haba-idc": ("mtt", {"codec": "haba+idc", "factor": 2}, "MTT, HaBa + IDC"),
 }
-DEFAULT_IPC1 = list(ARMS)
+OBJECTIVE_ARMS = [name for name, (objective, _, _) in ARMS.items() if objective in ("dc", "dsa", "mtt")]
+DEFAULT_IPC1 = [name for name in ARMS if name not in OBJECTIVE_ARMS]
 DEFAULT_IPC10 = ["random", "dm-raw", "dm-idc", "dm-haba-channel", "dm-haba-idc"]
 
 
@@ -91,10 +100,7 @@ def run_arm(name: str, ipc: int, args: dict[str, Any], folder: str) -> dict[str,
         if objective == "identity" and base_path.exists():
             pass
         else:
-            config = DistillConfig(objective="dm", ipc=ipc, iterations=args["iterations"],
-                                   seed=args["seed"], device="cpu", checkpoint_every=10**9,
-                                   **overrides)
-            distill(source, config, base_path, force=True)
+            distill(source, arm_config(objective, ipc, overrides, args, folder), base_path, force=True)
         if objective == "identity":
             identity_copy(source, base_path, path)
     distill_seconds = time.perf_counter() - started
@@ -109,6 +115,40 @@ def run_arm(name: str, ipc: int, args: dict[str, Any], folder: str) -> dict[str,
             "training_images": expanded, "accuracy_mean": score["mean"], "accuracy_std": score["std"],
             "accuracies": score["accuracies"], "distill_seconds": round(distill_seconds, 1),
             "eval_seconds": score["seconds"]}
+
+
+def arm_config(objective: str, ipc: int, overrides: dict[str, Any], args: dict[str, Any],
+               folder: str) -> Any:
+    """The DistillConfig of one arm: DM at the shared settings, or another objective with
+    its own engine defaults (as `habactl compress --objective X` uses) and scaled counts."""
+    from habactl.distill.engine import DistillConfig
+    from habactl.distill.objectives import get_objective
+
+    common = {"ipc": ipc, "seed": args["seed"], "device": "cpu", "checkpoint_every": 10**9}
+    if objective in ("dm", "identity"):
+        return DistillConfig(objective="dm", iterations=args["iterations"], **common, **overrides)
+    settings: dict[str, Any] = {}
+    if objective == "mtt":
+        settings = {"experts": str(Path(folder) / "experts"), "syn_steps": args["syn_steps"]}
+    engine_defaults = getattr(get_objective(objective), "engine_defaults", {})
+    return DistillConfig(**{**engine_defaults, **common, **overrides}, objective=objective,
+                         objective_settings=settings, iterations=args["objective_iterations"])
+
+
+def train_buffer(folder: Path, args: dict[str, Any]) -> None:
+    """The experts the mtt arms match (resumable; skipped when already there)."""
+    import torch
+
+    from habactl.data import load_source
+    from habactl.experts import ExpertSettings, train_experts
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    train_experts(load_source("mnist-5k"), folder / "experts",
+                  ExpertSettings(experts=args["experts"], epochs=args["expert_epochs"],
+                                 seed=args["seed"], device="cpu"))
+    print(f"experts buffer ready ({args['experts']} x {args['expert_epochs']} epochs, "
+          f"{time.perf_counter() - started:.0f} s)", flush=True)
 
 
 def make_random(source: Any, ipc: int, path: Path) -> None:
@@ -212,12 +252,28 @@ def main() -> None:
     parser.add_argument("--no-full", action="store_true", help="skip the full-data ceiling")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "accuracy.json")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "archives")
+    parser.add_argument("--objective-iterations", type=int, default=60,
+                        help="iterations of the dc, dsa and mtt arms (each costs 10-30 s here)")
+    parser.add_argument("--syn-steps", type=int, default=10, help="mtt student steps per iteration")
+    parser.add_argument("--experts", type=int, default=2, help="mtt: experts in the buffer")
+    parser.add_argument("--expert-epochs", type=int, default=10, help="mtt: epochs per expert")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[],
+                        help="add the results of other runs' JSON files (same settings) and re-plot")
     args = parser.parse_args()
-    settings = {k: getattr(args, k) for k in ("iterations", "epochs", "models", "full_epochs", "seed")}
+    keys = ["iterations", "epochs", "models", "full_epochs", "seed"]
+    if args.arms and any(a.partition("@")[0] in OBJECTIVE_ARMS for a in args.arms.split(",")):
+        keys += ["objective_iterations", "syn_steps", "experts", "expert_epochs"]
+    settings = {k: getattr(args, k) for k in keys}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results = [r for r in previous.get("results", []) if previous.get("settings") == settings]
+    results = [r for r in previous.get("results", []) if same_settings(previous.get("settings"), settings)]
+    for extra in args.merge:
+        other = json.loads(extra.read_text())
+        if not same_settings(other.get("settings"), settings):
+            parser.error(f"{extra}: made with other settings ({other.get('settings')})")
+        seen = {(r["arm"], r["ipc"]) for r in results}
+        results += [r for r in other["results"] if (r["arm"], r["ipc"]) not in seen]
     done = {(r["arm"], r["ipc"]) for r in results}
     chosen = args.arms.split(",") if args.arms else None
     tasks = []
@@ -241,12 +297,13 @@ def main() -> None:
     def save() -> None:
         payload = {"machine": machine(), "settings": settings, "dm": distill_settings(),
                    "results": results,
-                   "command": "python bench/accuracy.py " + " ".join(
-                       f"--{k.replace('_', '-')} {v}" for k, v in settings.items())}
+                   "command": " ".join(["python", "bench/accuracy.py", *sys.argv[1:]])}
         args.out.write_text(json.dumps(payload, indent=2))
         if any(r["arm"] != "full" for r in results):
             plot(results, args.out.with_suffix(".png"))
 
+    if any(name in ("mtt-raw", "mtt-haba-idc") for name, _ in tasks):
+        train_buffer(args.work, settings)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = {}
         if not args.no_full and ("full", None) not in done:
@@ -273,6 +330,11 @@ def main() -> None:
                 break
     save()
     print_table(results)
+
+
+def same_settings(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
+    """Runs agree on every setting both of them record (the objective arms add some)."""
+    return a is not None and all(a[k] == b[k] for k in a.keys() & b.keys())
 
 
 def print_table(results: list[dict[str, Any]]) -> None:

@@ -1,0 +1,41 @@
+"""bench/accuracy.py in a smoke configuration: every kind of arm runs end to end, the
+JSON and the plot appear, a second run resumes instead of redoing finished arms, and an
+arm the planner refuses is reported without sinking the run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--ipc", "1", "--iterations", "1", "--epochs", "1", "--models", "1", "--no-full",
+        "--jobs", "2", "--objective-iterations", "1"]
+
+
+def bench(tmp_path: Path, arms: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "accuracy.py"), *TINY, "--arms", arms,
+         "--out", str(tmp_path / "acc.json"), "--work", str(tmp_path / "archives")],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def test_smoke_run_writes_results_plot_and_resumes(tmp_path):
+    result = bench(tmp_path, "random,dm-haba-idc,ablate-identity,dc-raw,dm-haba-channel")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads((tmp_path / "acc.json").read_text())
+    arms = {r["arm"]: r for r in payload["results"]}
+    assert set(arms) == {"random", "dm-haba-idc", "ablate-identity", "dc-raw"}
+    # HaBa without IDC does not fit IPC 1 at the true budget: refused, named, run goes on.
+    assert "FAILED dm-haba-channel ipc 1: DistillError: budget too small" in result.stdout
+    for record in arms.values():
+        assert record["stored_values"] <= record["budget_values"] == 7840
+        assert 0.0 <= record["accuracy_mean"] <= 100.0
+    assert arms["dm-haba-idc"]["training_images"] == arms["ablate-identity"]["training_images"] > 10
+    assert payload["dm"]["real_per_class"] == 32 and "command" in payload
+    assert (tmp_path / "acc.png").stat().st_size > 1000
+
+    again = bench(tmp_path, "random,dc-raw")
+    assert again.returncode == 0, again.stderr
+    assert "0 arms to run, 4 already done" in again.stdout
