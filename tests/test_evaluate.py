@@ -274,3 +274,27 @@ def test_bad_input_is_one_line_and_exit_1(write, tmp_path, args, expected):
     result = run("evaluate", *args, "--epochs", "1", "--models", "1")
     assert result.exit_code == 1, result.output
     assert expected in one_error_line(result)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_chunked_backward_gives_the_whole_batch_gradient(soft):
+    """Training steps go through the net in cache-sized chunks on a CPU; the gradient must
+    be the one of the whole batch (hard and soft labels), and batch norm is never chunked."""
+    from habactl.evaluation.train import backward_in_chunks, chunk_size
+
+    torch.manual_seed(0)
+    net = build_net("convnet", 1, 8, 8, 3)
+    images = torch.randn(70, 1, 8, 8)
+    labels = torch.randint(0, 3, (70,))
+    targets = torch.softmax(torch.randn(70, 3), dim=1) if soft else labels
+
+    def gradient(chunk):
+        net.zero_grad(set_to_none=True)
+        backward_in_chunks(net, images, targets, chunk)
+        return torch.cat([p.grad.flatten() for p in net.parameters()])
+
+    whole, chunked = gradient(None), gradient(32)
+    assert torch.allclose(whole, chunked, rtol=1e-4, atol=1e-6)
+    assert whole.abs().sum() > 0
+    assert chunk_size(net, torch.device("cpu")) == 32
+    assert chunk_size(build_net("convnet", 1, 8, 8, 3, norm="batch"), torch.device("cpu")) is None

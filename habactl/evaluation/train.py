@@ -66,6 +66,7 @@ def train_net(
     optimizer = torch.optim.SGD(net.parameters(), lr=base_lr, momentum=protocol.momentum,
                                 weight_decay=protocol.weight_decay)
     count = images.shape[0]
+    chunk = chunk_size(net, images.device)
     net.train()
     for epoch in range(protocol.epochs):
         for group in optimizer.param_groups:
@@ -78,11 +79,37 @@ def train_net(
             batch = images[index]
             if augment is not None:
                 batch = augment_batch(augment, batch, generator)
-            loss = loss_of(net(batch), labels[index])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            backward_in_chunks(net, batch, labels[index], chunk)
             optimizer.step()
     return net.eval()
+
+
+# Images per forward/backward on a CPU: ConvNet-3's 128x32x32 maps of 32 images (16 MiB)
+# keep the elementwise layers (norm, ReLU, pool and their backward) in cache: a 190-image
+# step ran 1.15-1.49x faster than the whole batch in three runs of `bench/train_step.py`
+# (1 thread, busy 2-core machine).
+CPU_CHUNK = 32
+
+
+def chunk_size(net: nn.Module, device: torch.device) -> int | None:
+    """Chunk the batch on a CPU when no layer mixes images (no batch norm); else None."""
+    if device.type != "cpu" or any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        return None
+    return CPU_CHUNK
+
+
+def backward_in_chunks(net: nn.Module, batch: Tensor, targets: Tensor, chunk: int | None) -> None:
+    """Accumulate the gradient of the batch's mean loss, ``chunk`` images at a time.
+
+    Each chunk's mean loss is weighted by its share of the batch, so the sum of the
+    chunks' gradients is the whole batch's gradient (up to float rounding)."""
+    total = batch.shape[0]
+    if chunk is None or total <= chunk:
+        loss_of(net(batch), targets).backward()
+        return
+    for part, target in zip(batch.split(chunk), targets.split(chunk)):
+        (loss_of(net(part), target) * (part.shape[0] / total)).backward()
 
 
 def augment_batch(augment: Any, batch: Tensor, generator: torch.Generator) -> Tensor:
@@ -92,4 +119,4 @@ def augment_batch(augment: Any, batch: Tensor, generator: torch.Generator) -> Te
         return augment.apply(batch, params)
 
 
-__all__ = ["EpochCallback", "augment_batch", "loss_of", "make_augment", "train_net"]
+__all__ = ["EpochCallback", "augment_batch", "backward_in_chunks", "loss_of", "make_augment", "train_net"]
