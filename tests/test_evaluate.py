@@ -258,6 +258,39 @@ def test_other_data_warns_and_unknown_provenance_fails(write, digits):
     assert not report["data"]["matches_archive"] and report["warnings"]
 
 
+def test_networks_trained_side_by_side_give_the_same_numbers(write):
+    path = write("parallel.haba")
+    protocol = Protocol(epochs=3, models=2, batch_size=64)
+    one_by_one = evaluate_archive(path, protocol=protocol, archs=["mlp"], baselines=["random"],
+                                  device="cpu", threads=1, jobs=1)
+    events: list[tuple] = []
+    side_by_side = evaluate_archive(path, protocol=protocol, archs=["mlp"], baselines=["random"],
+                                    device="cpu", threads=1, jobs=2,
+                                    progress=lambda *event: events.append(event))
+    assert side_by_side["protocol"]["jobs"] == 2 and one_by_one["protocol"]["jobs"] == 1
+    for report in (one_by_one, side_by_side):
+        assert len(report["results"]["mlp"]["accuracies"]) == 2
+    assert side_by_side["results"] == {
+        "mlp": {**one_by_one["results"]["mlp"], "seconds": side_by_side["results"]["mlp"]["seconds"],
+                "seconds_per_model": side_by_side["results"]["mlp"]["seconds_per_model"]}}
+    assert (side_by_side["baselines"]["random"]["results"]["mlp"]["accuracies"]
+            == one_by_one["baselines"]["random"]["results"]["mlp"]["accuracies"])
+    # Progress: every network announced at epoch 0, finished at epoch 3, never going back.
+    networks = {(arm, arch, model) for arm, arch, model, *_ in events}
+    assert networks == {(arm, "mlp", m) for arm in ("archive", "random") for m in (0, 1)}
+    for network in networks:
+        epochs = [epoch for arm, arch, model, _, epoch, _ in events if (arm, arch, model) == network]
+        assert epochs[0] == 0 and epochs[-1] == 3 and epochs == sorted(epochs)
+
+
+def test_jobs_must_be_positive(write):
+    path = write("jobs.haba")
+    result = run("evaluate", path, "--jobs", "0")
+    assert result.exit_code == 2
+    with pytest.raises(HabaError, match="jobs"):
+        evaluate_archive(path, protocol=TINY, device="cpu", jobs=0)
+
+
 @pytest.mark.parametrize("args, expected", [
     (["missing.haba"], "no such archive"),
     (["{archive}", "--arch", "lenet"], "unknown architecture"),

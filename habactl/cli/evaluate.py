@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
 
 from habactl.cli.app import app, guarded, stderr, stdout
@@ -35,10 +36,14 @@ def evaluate(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Batch size [default: 256]."),
     seed: int = typer.Option(0, "--seed", help="Model i uses seed + i."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    jobs: Optional[int] = typer.Option(
+        None, "--jobs", "-j", min=1, help="Networks trained at a time, each in its own process "
+        "[default: one per CPU core, at most one per network; 1 on a GPU]. The results do "
+        "not depend on it."),
     threads: int = typer.Option(
-        1, "--threads", min=1, help="CPU threads for torch. The batches are tiny: on a busy "
-        "2-core machine one thread trained 3.5x faster than two. Results are reproducible "
-        "for a given thread count."),
+        1, "--threads", min=1, help="CPU threads for torch in each process. The batches are "
+        "tiny: on a busy 2-core machine one thread trained 3.5x faster than two, so use "
+        "--jobs for the cores. Results are reproducible for a given thread count."),
     baseline: Optional[list[str]] = typer.Option(
         None, "--baseline", help="Also train on: full (the whole real training set, epochs // 50 "
         "epochs) and/or random (random real images at the archive's true budget)."),
@@ -65,8 +70,7 @@ def evaluate(
         result = evaluate_archive(archive, protocol=protocol, archs=arch or ["convnet"], data=data,
                                   root=root, lr=lr, baselines=baseline or [],
                                   full_epochs=full_epochs, device=device, threads=threads,
-                                  progress=report,
-                                  warn=warn)
+                                  jobs=jobs, progress=report, warn=warn)
     if as_json:
         print(json.dumps(result, sort_keys=True))
     else:
@@ -74,13 +78,16 @@ def evaluate(
 
 
 class _progress:
-    """A rich progress bar on stderr driven by evaluate_archive's progress callback."""
+    """A rich progress bar on stderr: epochs trained over all networks of the evaluation
+    (they may train several at a time), naming the networks in training."""
 
     def __init__(self, quiet: bool) -> None:
         self.bar: Progress | None = None if quiet else Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("epochs"), TimeElapsedColumn(), console=stderr, transient=True)
+            TextColumn("epochs"), TimeElapsedColumn(), TimeRemainingColumn(), console=stderr,
+            transient=True)
         self.task: Any = None
+        self.networks: dict[tuple[str, str, int], tuple[int, int, int]] = {}
 
     def __enter__(self) -> Any:
         if self.bar is None:
@@ -91,8 +98,16 @@ class _progress:
 
     def __call__(self, arm: str, arch: str, model: int, models: int, epoch: int, epochs: int) -> None:
         assert self.bar is not None
-        self.bar.update(self.task, description=f"{arm} · {arch} · model {model + 1}/{models}",
-                        completed=epoch, total=epochs)
+        self.networks[(arm, arch, model)] = (epoch, epochs, models)
+        training = [f"{a} {n} {m + 1}/{total}" for (a, n, m), (e, es, total) in self.networks.items()
+                    if 0 < e < es]
+        done = sum(1 for e, es, _ in self.networks.values() if e >= es)
+        description = f"{done}/{len(self.networks)} networks" + (
+            f" · training {', '.join(training[:3])}" + (" …" if len(training) > 3 else "")
+            if training else "")
+        self.bar.update(self.task, description=description,
+                        completed=sum(e for e, _, _ in self.networks.values()),
+                        total=sum(es for _, es, _ in self.networks.values()))
 
     def __exit__(self, *exc: Any) -> None:
         if self.bar is not None:
@@ -123,7 +138,8 @@ def print_result(result: dict[str, Any]) -> None:
     stdout.print(f"final-epoch accuracy, mean ± std over models; batch {protocol['batch_size']}, "
                  f"lr × {protocol['lr_decay']:g} at epoch {int(protocol['epochs'] * protocol['lr_decay_at'])}, "
                  f"{protocol['augmentation']} augmentation, seed {protocol['seed']}, {protocol['device']} "
-                 f"({protocol['threads']} thread{'s' if protocol['threads'] != 1 else ''}); "
+                 f"({protocol['jobs']} at a time, {protocol['threads']} thread{'s' if protocol['threads'] != 1 else ''} "
+                 f"each); "
                  f"{result['seconds']:.0f} s in all")
     for name, b in result["baselines"].items():
         if b.get("note"):

@@ -18,15 +18,12 @@ from torch import Tensor
 
 from habactl.errors import HabaError
 from habactl.evaluation.protocol import DEFAULT_LR, FULL_DATA_EPOCH_DIVISOR, Protocol
-from habactl.evaluation.score import accuracy, summarize
-from habactl.evaluation.train import make_augment, train_net
+from habactl.evaluation.score import summarize
+from habactl.evaluation.parallel import ModelScore, ModelTask, Progress, default_jobs, run_tasks
 
 BASELINES = ("full", "random")
 DEVICES = ("auto", "cpu", "cuda")
 
-# progress(arm, arch, model, models, epoch, epochs): model and epoch are 0-based and
-# epoch == epochs once a model is trained and scored.
-Progress = Callable[[str, str, int, int, int, int], None]
 Warn = Callable[[str], None]
 
 
@@ -164,6 +161,30 @@ def random_training_set(dataset: Any, source: Any, protocol: Protocol, *,
                                 f"{protocol.seed}): the archive's true storage budget"})
 
 
+def model_tasks(training: TrainingSet, test_images: Tensor, test_labels: Tensor,
+                archs: Sequence[str], *, num_classes: int, flip: bool,
+                device: torch.device) -> list[ModelTask]:
+    """The networks to train for one arm: `protocol.models` per architecture."""
+    protocol = training.protocol
+    return [ModelTask(training.name, arch, model, protocol.models, training.images, training.labels,
+                      protocol, training.lr, test_images, test_labels, num_classes, flip, str(device))
+            for arch in archs for model in range(protocol.models)]
+
+
+def summarize_arm(tasks: Sequence[ModelTask], scores: Sequence[ModelScore]) -> dict[str, dict[str, Any]]:
+    """Per architecture: accuracies in percent, mean, std, and training seconds."""
+    results: dict[str, dict[str, Any]] = {}
+    for arch in dict.fromkeys(task.arch for task in tasks):
+        mine = [score for task, score in zip(tasks, scores) if task.arch == arch]
+        accuracies = [score.accuracy for score in mine]
+        seconds = sum(score.seconds for score in mine)
+        mean, std = summarize(accuracies)
+        results[arch] = {"accuracies": [round(a, 4) for a in accuracies], "mean": round(mean, 4),
+                         "std": round(std, 4), "models": len(mine), "seconds": round(seconds, 2),
+                         "seconds_per_model": round(seconds / len(mine), 2)}
+    return results
+
+
 def evaluate_training_set(
     training: TrainingSet,
     test_images: Tensor,
@@ -173,42 +194,14 @@ def evaluate_training_set(
     num_classes: int,
     flip: bool,
     device: torch.device,
+    jobs: int = 1,
     progress: Optional[Progress] = None,
 ) -> dict[str, dict[str, Any]]:
     """Train `protocol.models` nets per architecture on `training`; accuracies in percent."""
-    from habactl.nets import build_net
-
-    protocol = training.protocol
-    channels, height, width = (int(s) for s in training.images.shape[1:])
-    images = training.images.to(device)
-    labels = training.labels.to(device)
-    augment = make_augment(protocol, flip=flip)
-    results: dict[str, dict[str, Any]] = {}
-    for arch in archs:
-        started = time.perf_counter()
-        scores: list[float] = []
-        for model in range(protocol.models):
-            seed = protocol.seed + model
-            torch.manual_seed(seed)
-            net = build_net(arch, channels, height, width, num_classes).to(device)
-            generator = torch.Generator().manual_seed(seed)
-            on_epoch = None
-            if progress is not None:
-                def on_epoch(epoch: int, _optimizer: Any, model: int = model, arch: str = arch) -> None:
-                    progress(training.name, arch, model, protocol.models, epoch, protocol.epochs)
-            train_net(net, images, labels, protocol, lr=training.lr, augment=augment,
-                      generator=generator, on_epoch=on_epoch)
-            scores.append(100.0 * accuracy(net, test_images, test_labels,
-                                           batch_size=protocol.test_batch_size, device=device))
-            if progress is not None:
-                progress(training.name, arch, model, protocol.models, protocol.epochs, protocol.epochs)
-        mean, std = summarize(scores)
-        seconds = time.perf_counter() - started
-        results[arch] = {"accuracies": [round(s, 4) for s in scores], "mean": round(mean, 4),
-                         "std": round(std, 4), "models": protocol.models,
-                         "seconds": round(seconds, 2),
-                         "seconds_per_model": round(seconds / protocol.models, 2)}
-    return results
+    tasks = model_tasks(training, test_images, test_labels, archs, num_classes=num_classes,
+                        flip=flip, device=device)
+    return summarize_arm(tasks, run_tasks(tasks, jobs=jobs, threads=torch.get_num_threads(),
+                                          progress=progress))
 
 
 def evaluate_archive(
@@ -223,22 +216,28 @@ def evaluate_archive(
     full_epochs: int | None = None,
     device: str = "auto",
     threads: int | None = None,
+    jobs: int | None = 1,
     progress: Optional[Progress] = None,
     warn: Optional[Warn] = None,
 ) -> dict[str, Any]:
     """Evaluate the archive at `path`; see the module docstring. Returns the result dict.
 
-    `threads` sets torch's CPU threads for the duration of the call (restored after).
+    `threads` sets torch's CPU threads for the duration of the call (restored after), in
+    this process and in each worker; `jobs` > 1 trains that many networks at a time in
+    worker processes (None: one per CPU core, one on a GPU). The numbers do not depend
+    on `jobs`.
     """
     if threads is not None and threads < 1:
         raise HabaError(f"threads must be a positive integer, got {threads!r}")
+    if jobs is not None and jobs < 1:
+        raise HabaError(f"jobs must be a positive integer, got {jobs!r}")
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         return _evaluate_archive(path, protocol=protocol, archs=archs, data=data, root=root, lr=lr,
                                  baselines=baselines, full_epochs=full_epochs, device=device,
-                                 progress=progress, warn=warn)
+                                 jobs=jobs, progress=progress, warn=warn)
     finally:
         torch.set_num_threads(previous)
 
@@ -254,6 +253,7 @@ def _evaluate_archive(
     baselines: Sequence[str],
     full_epochs: int | None,
     device: str,
+    jobs: int | None,
     progress: Optional[Progress],
     warn: Optional[Warn],
 ) -> dict[str, Any]:
@@ -288,10 +288,15 @@ def _evaluate_archive(
         arms.append(full_training_set(dataset, source, protocol, lr=lr, epochs=full_epochs))
     if "random" in baselines:
         arms.append(random_training_set(dataset, source, protocol, lr=lr))
-    evaluated = {arm.name: (arm, evaluate_training_set(arm, test_images, test_labels, archs,
-                                                       num_classes=source.num_classes,
-                                                       flip=not source.is_digits, device=target,
-                                                       progress=progress))
+    # Every network of every arm in one queue, so parallel workers never wait on an arm.
+    tasks = {arm.name: model_tasks(arm, test_images, test_labels, archs,
+                                   num_classes=source.num_classes, flip=not source.is_digits,
+                                   device=target)
+             for arm in arms}
+    queue = [task for arm_tasks in tasks.values() for task in arm_tasks]
+    workers = default_jobs(target, len(queue)) if jobs is None else min(jobs, len(queue))
+    scores = iter(run_tasks(queue, jobs=workers, threads=torch.get_num_threads(), progress=progress))
+    evaluated = {arm.name: (arm, summarize_arm(tasks[arm.name], [next(scores) for _ in tasks[arm.name]]))
                  for arm in arms}
 
     archive_arm, archive_results = evaluated["archive"]
@@ -318,7 +323,7 @@ def _evaluate_archive(
             "test_images": int(test_images.shape[0]),
         },
         "protocol": {**protocol.to_dict(), "lr": archive_arm.lr, "lr_source": archive_arm.lr_source,
-                     "device": str(target), "threads": torch.get_num_threads(),
+                     "device": str(target), "threads": torch.get_num_threads(), "jobs": workers,
                      "flip": not source.is_digits,
                      "score": "final-epoch test accuracy, mean and population std over models"},
         "accuracy_unit": "percent",
