@@ -326,8 +326,8 @@ def test_chunked_backward_gives_the_whole_batch_gradient(soft):
         backward_in_chunks(net, images, targets, chunk)
         return torch.cat([p.grad.flatten() for p in net.parameters()])
 
-    whole, chunked = gradient(None), gradient(32)
+    whole, chunked = gradient(None), gradient(16)
     assert torch.allclose(whole, chunked, rtol=1e-4, atol=1e-6)
     assert whole.abs().sum() > 0
-    assert chunk_size(net, torch.device("cpu")) == 32
+    assert chunk_size(net, torch.device("cpu")) == 16
     assert chunk_size(build_net("convnet", 1, 8, 8, 3, norm="batch"), torch.device("cpu")) is None

@@ -85,11 +85,12 @@ def train_net(
     return net.eval()
 
 
-# Images per forward/backward on a CPU: ConvNet-3's 128x32x32 maps of 32 images (16 MiB)
-# keep the elementwise layers (norm, ReLU, pool and their backward) in cache: a 190-image
-# step ran 1.15-1.49x faster than the whole batch in three runs of `bench/train_step.py`
-# (1 thread, busy 2-core machine).
-CPU_CHUNK = 32
+# Images per forward/backward on a CPU: ConvNet-3's 128x32x32 maps of 16 images (8 MiB)
+# keep the elementwise layers (norm, ReLU, pool and their backward) in cache. With
+# `bench/train_step.py` (1 thread, the other core busy), a 190-image step ran 1.39x
+# faster than the whole batch in chunks of 16, 1.10x in chunks of 32; a 256-image step
+# 1.13x and 1.10x.
+CPU_CHUNK = 16
 
 
 def chunk_size(net: nn.Module, device: torch.device) -> int | None:
