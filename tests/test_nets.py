@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.func import functional_call
 
 from habactl.errors import HabaError
@@ -97,3 +98,31 @@ def test_gradient_matching_double_backward_through_functional_call():
     match = sum((g ** 2).sum() for g in grads)
     (gx,) = torch.autograd.grad(match, x)
     assert torch.isfinite(gx).all() and gx.abs().sum() > 0
+
+
+def test_fast_pool_is_avg_pool_in_value_gradient_and_second_order():
+    from torch.func import grad, vmap
+
+    from habactl.nets.pool import Pool2x2
+
+    torch.manual_seed(0)
+    pool = Pool2x2()
+    x = torch.randn(3, 4, 6, 8, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(pool, (x,)) and torch.autograd.gradgradcheck(pool, (x,))
+    assert torch.allclose(pool(x), F.avg_pool2d(x, 2))
+    assert torch.equal(pool(x[..., :5, :7]), F.avg_pool2d(x[..., :5, :7], 2))  # odd: avg_pool2d
+    weight = torch.randn(5, 4, 3, 3, dtype=torch.double, requires_grad=True)
+
+    def loss(w, images, pooling):
+        return pooling(F.conv2d(images, w, padding=1)).tanh().square().sum()
+
+    reference = lambda t: F.avg_pool2d(t, 2)  # noqa: E731
+    # Gradient matching differentiates a weight gradient again, w.r.t. the images.
+    first = [torch.autograd.grad(loss(weight, x, p), weight, create_graph=True)[0]
+             for p in (pool, reference)]
+    second = [torch.autograd.grad(g.square().sum(), x)[0] for g in first]
+    assert torch.allclose(first[0], first[1]) and torch.allclose(second[0], second[1])
+    # dc's per_class=vmap mode: per-sample gradients through torch.func.
+    per_sample = [vmap(grad(loss), in_dims=(None, 0, None))(weight, x.unsqueeze(1), p)
+                  for p in (pool, reference)]
+    assert torch.allclose(per_sample[0], per_sample[1])

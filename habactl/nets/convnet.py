@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from habactl.nets.base import Net, can_pool, make_norm, scaled
+from habactl.nets.pool import Pool2x2
 
 
 class ConvNet(Net):
@@ -30,7 +31,7 @@ class ConvNet(Net):
             ]
             last = d == depth - 1
             if can_pool(h, last=last) and can_pool(w, last=last):
-                layers.append(nn.AvgPool2d(kernel_size=2, stride=2))
+                layers.append(Pool2x2())
                 h, w = h // 2, w // 2
             in_ch = net_width
         self.features = nn.Sequential(*layers)
