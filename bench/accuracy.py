@@ -54,7 +54,8 @@ ARMS: dict[str, tuple[str, dict[str, Any], str]] = {
 }
 OBJECTIVE_ARMS = [name for name, (objective, _, _) in ARMS.items() if objective in ("dc", "dsa", "mtt")]
 DEFAULT_IPC1 = [name for name in ARMS if name not in OBJECTIVE_ARMS]
-DEFAULT_IPC10 = ["random", "dm-raw", "dm-idc", "dm-haba-channel", "dm-haba-idc"]
+DEFAULT_IPC10 = ["dm-haba-idc", "dm-idc", "dm-haba-channel", "dm-haba-pixel", "dm-raw", "random",
+                 "dm-haba-idc-refcount"]
 
 
 def machine() -> str:

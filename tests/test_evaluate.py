@@ -94,8 +94,8 @@ def test_presets_follow_the_standard_protocol():
     assert (STANDARD.epochs, STANDARD.models, STANDARD.batch_size) == (1000, 5, 256)
     assert (STANDARD.lr, STANDARD.momentum, STANDARD.weight_decay) == (0.01, 0.9, 0.0005)
     assert STANDARD.augmentation == "dsa" and STANDARD.decay_epoch == 500
-    assert (FAST.epochs, FAST.models) == (300, 3)
-    assert STANDARD.full_data().epochs == 20 and FAST.full_data().epochs == 6
+    assert (FAST.epochs, FAST.models) == (150, 2)
+    assert STANDARD.full_data().epochs == 20 and FAST.full_data().epochs == 3
     assert Protocol(epochs=3).full_data().epochs == 1
     with pytest.raises(HabaError):
         Protocol(epochs=0)

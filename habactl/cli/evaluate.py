@@ -26,10 +26,12 @@ def evaluate(
         None, "--arch", help="Architectures, comma-separated or repeated: convnet, mlp, alexnet, "
         "vgg11, resnet18 [default: convnet]."),
     models: Optional[int] = typer.Option(
-        None, "--models", min=1, help="Networks trained per architecture [default: 5; --fast: 3]."),
+        None, "--models", min=1, help="Networks trained per architecture [default: 5; --fast: 2]."),
     epochs: Optional[int] = typer.Option(
-        None, "--epochs", min=1, help="Training epochs [default: 1000; --fast: 300]."),
-    fast: bool = typer.Option(False, "--fast", help="Quick look: 300 epochs, 3 models."),
+        None, "--epochs", min=1, help="Training epochs [default: 1000; --fast: 150]."),
+    fast: bool = typer.Option(
+        False, "--fast", help="Quick look: 150 epochs, 2 models (a few minutes for the default "
+        "archive on 2 cores)."),
     lr: Optional[float] = typer.Option(
         None, "--lr",
         help="Learning rate [default: the archive's learned lr, else its recommended 0.01]."),
