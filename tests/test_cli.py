@@ -45,6 +45,17 @@ def test_version_and_usage_errors():
     assert run("compress", "--ipc", "zero").exit_code == 2
 
 
+@pytest.mark.parametrize("command, shown", [
+    ("compress", "[default: 300]"),  # our own "[default: ...]" texts, not eaten as markup
+    ("evaluate", "[default: 1000; --fast: 150]"),
+    ("experts", "--experts"),
+])
+def test_help_explains_every_option_with_its_default(command, shown):
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert shown in result.stdout
+
+
 def test_compress_random_writes_an_honest_raw_archive(digits_archive):
     result = run("inspect", digits_archive, "--json")
     assert result.exit_code == 0

@@ -32,7 +32,7 @@ def compress(
         "an ImageFolder directory, or an .h5/.npz file.",
     ),
     output: Optional[Path] = typer.Option(
-        None, "-o", "--output", help="Archive to write [default: <data>.haba in the current folder]."
+        None, "-o", "--output", help="Archive to write \\[default: <data>.haba in the current folder]."
     ),
     objective: str = typer.Option(
         DEFAULT_OBJECTIVE, "--objective",
@@ -43,14 +43,14 @@ def compress(
                             rich_help_panel=_BUDGET),
     codec: Optional[str] = typer.Option(
         None, "--codec", help="What is stored: raw images, idc (low-resolution bases), haba "
-        "(bases x hallucinators) or haba+idc [default: haba+idc; raw for --objective random].",
+        "(bases x hallucinators) or haba+idc \\[default: haba+idc; raw for --objective random].",
         rich_help_panel=_BUDGET),
     budget_counts: str = typer.Option(
         "all", "--budget-counts", help="What the budget is charged with: all stored values, or "
         "bases only (the reference code's counting; hallucinators ride free).",
         rich_help_panel=_BUDGET),
     factor: Optional[int] = typer.Option(
-        None, "--factor", min=1, help="IDC downsampling factor of the bases [default: 2].",
+        None, "--factor", min=1, help="IDC downsampling factor of the bases \\[default: 2].",
         rich_help_panel=_BUDGET),
     hallucinators: int = typer.Option(5, "--hallucinators", min=1, help="Number of hallucinators.",
                                       rich_help_panel=_BUDGET),
@@ -68,43 +68,43 @@ def compress(
         "bases", "--leftover", help="Budget left after equal bases per class: bases (one more "
         "basis for the most varied classes) or none.", rich_help_panel=_BUDGET),
     iterations: Optional[int] = typer.Option(
-        None, "--iterations", min=0, help="Distillation iterations [default: 300].",
+        None, "--iterations", min=0, help="Distillation iterations \\[default: 300].",
         rich_help_panel=_DISTILL),
     real_per_class: Optional[int] = typer.Option(
         None, "--real-per-class", min=1,
-        help="Real images per class per iteration [default: dm 32; dc, dsa 64].",
+        help="Real images per class per iteration \\[default: dm 32; dc, dsa 64].",
         rich_help_panel=_DISTILL),
     views: Optional[int] = typer.Option(
         None, "--views", min=0,
-        help="Hallucinations per basis per iteration, 0 = all [default: dm 1; dc, dsa 0].",
+        help="Hallucinations per basis per iteration, 0 = all \\[default: dm 1; dc, dsa 0].",
         rich_help_panel=_DISTILL),
     outer_loop: Optional[int] = typer.Option(
-        None, "--outer-loop", min=1, help="dc/dsa: matches per network [default: by IPC, as the reference].",
+        None, "--outer-loop", min=1, help="dc/dsa: matches per network \\[default: by IPC, as the reference].",
         rich_help_panel=_DISTILL),
     inner_loop: Optional[int] = typer.Option(
         None, "--inner-loop", min=0, help="dc/dsa: network epochs on the synthetic set between matches "
-        "[default: by IPC].", rich_help_panel=_DISTILL),
+        "\\[default: by IPC].", rich_help_panel=_DISTILL),
     experts: Optional[Path] = typer.Option(
         None, "--experts", help="mtt: the experts buffer (make one with habactl experts).",
         rich_help_panel=_DISTILL),
     syn_steps: Optional[int] = typer.Option(None, "--syn-steps", min=1,
-                                            help="mtt: student steps per iteration [default: 20].",
+                                            help="mtt: student steps per iteration \\[default: 20].",
                                             rich_help_panel=_DISTILL),
     expert_epochs: Optional[int] = typer.Option(None, "--expert-epochs", min=1,
-                                                help="mtt: expert epochs to match (M) [default: 2].",
+                                                help="mtt: expert epochs to match (M) \\[default: 2].",
                                                 rich_help_panel=_DISTILL),
     max_start_epoch: Optional[int] = typer.Option(
         None, "--max-start-epoch", min=1, help="mtt: students start below this epoch "
-        "[default: min(20, buffer epochs - M + 1)].", rich_help_panel=_DISTILL),
+        "\\[default: min(20, buffer epochs - M + 1)].", rich_help_panel=_DISTILL),
     lr_lr: Optional[float] = typer.Option(None, "--lr-lr", help="mtt: learning rate of the learned "
-                                          "learning rate [default: 1e-5].", rich_help_panel=_DISTILL),
+                                          "learning rate \\[default: 1e-5].", rich_help_panel=_DISTILL),
     batch_syn: Optional[int] = typer.Option(None, "--batch-syn", min=0, help="mtt: bases per student "
-                                            "step (0: all) [default: 0].", rich_help_panel=_DISTILL),
+                                            "step (0: all) \\[default: 0].", rich_help_panel=_DISTILL),
     unroll: Optional[str] = typer.Option(
         None, "--unroll", help="mtt: recompute (one step's graph in memory at a time) or full "
-        "[default: recompute].", rich_help_panel=_DISTILL),
+        "\\[default: recompute].", rich_help_panel=_DISTILL),
     lr_bases: Optional[float] = typer.Option(None, "--lr-bases", help="SGD learning rate of the bases "
-                                             "[default: 1.0 for dm, 0.1 for dc/dsa, 100 for mtt].",
+                                             "\\[default: 1.0 for dm, 0.1 for dc/dsa, 100 for mtt].",
                                              rich_help_panel=_DISTILL),
     lr_hallucinators: Optional[float] = typer.Option(
         None, "--lr-hallucinators", help="SGD learning rate of the hallucinators.",
@@ -116,11 +116,11 @@ def compress(
     augment: Optional[str] = typer.Option(
         None, "--augment",
         help="Siamese augmentation ops joined by _ (no flip on digit data), or none "
-        "[default: color_crop_cutout_flip_scale_rotate; none for dc].",
+        "\\[default: color_crop_cutout_flip_scale_rotate; none for dc].",
         rich_help_panel=_DISTILL),
     contrastive: Optional[bool] = typer.Option(
         None, "--contrastive/--no-contrastive",
-        help="HaBa's adversarial contrastive term [default: on when there are hallucinators].",
+        help="HaBa's adversarial contrastive term \\[default: on when there are hallucinators].",
         rich_help_panel=_DISTILL),
     contrast_weight: float = typer.Option(0.1, "--contrast-weight",
                                           help="Weight of the cosine penalty on the synthetic side.",
@@ -140,7 +140,7 @@ def compress(
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1,
                                          help="Iterations between checkpoints.", rich_help_panel=_RUN),
     checkpoint: Optional[Path] = typer.Option(
-        None, "--checkpoint", help="Checkpoint file [default: <output>.ckpt].", rich_help_panel=_RUN),
+        None, "--checkpoint", help="Checkpoint file \\[default: <output>.ckpt].", rich_help_panel=_RUN),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint.",
                                 rich_help_panel=_RUN),
     log: bool = typer.Option(False, "--log", help="Write a JSONL metrics log next to the output.",

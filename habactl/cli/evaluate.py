@@ -20,27 +20,27 @@ from habactl.cli.app import app, guarded, stderr, stdout
 def evaluate(
     archive: Path = typer.Argument(..., help="The .haba archive."),
     data: Optional[str] = typer.Option(
-        None, "--data", help="Data set to test on [default: the one in the archive's provenance]."),
+        None, "--data", help="Data set to test on \\[default: the one in the archive's provenance]."),
     root: Optional[Path] = typer.Option(None, "--root", help="Folder holding torchvision data sets."),
     arch: Optional[list[str]] = typer.Option(
         None, "--arch", help="Architectures, comma-separated or repeated: convnet, mlp, alexnet, "
-        "vgg11, resnet18 [default: convnet]."),
+        "vgg11, resnet18 \\[default: convnet]."),
     models: Optional[int] = typer.Option(
-        None, "--models", min=1, help="Networks trained per architecture [default: 5; --fast: 2]."),
+        None, "--models", min=1, help="Networks trained per architecture \\[default: 5; --fast: 2]."),
     epochs: Optional[int] = typer.Option(
-        None, "--epochs", min=1, help="Training epochs [default: 1000; --fast: 150]."),
+        None, "--epochs", min=1, help="Training epochs \\[default: 1000; --fast: 150]."),
     fast: bool = typer.Option(
         False, "--fast", help="Quick look: 150 epochs, 2 models (a few minutes for the default "
         "archive on 2 cores)."),
     lr: Optional[float] = typer.Option(
         None, "--lr",
-        help="Learning rate [default: the archive's learned lr, else its recommended 0.01]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Batch size [default: 256]."),
+        help="Learning rate \\[default: the archive's learned lr, else its recommended 0.01]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Batch size \\[default: 256]."),
     seed: int = typer.Option(0, "--seed", help="Model i uses seed + i."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     jobs: Optional[int] = typer.Option(
         None, "--jobs", "-j", min=1, help="Networks trained at a time, each in its own process "
-        "[default: one per CPU core, at most one per network; 1 on a GPU]. The results do "
+        "\\[default: one per CPU core, at most one per network; 1 on a GPU]. The results do "
         "not depend on it."),
     threads: int = typer.Option(
         1, "--threads", min=1, help="CPU threads for torch in each process. The batches are "
@@ -50,7 +50,7 @@ def evaluate(
         None, "--baseline", help="Also train on: full (the whole real training set, epochs // 50 "
         "epochs) and/or random (random real images at the archive's true budget)."),
     full_epochs: Optional[int] = typer.Option(
-        None, "--full-epochs", min=1, help="Epochs of the full-data baseline [default: epochs // 50]."),
+        None, "--full-epochs", min=1, help="Epochs of the full-data baseline \\[default: epochs // 50]."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout, nothing else."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress or warnings on stderr."),
 ) -> None:
