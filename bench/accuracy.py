@@ -78,8 +78,13 @@ def distill_settings() -> dict[str, Any]:
     return {**shared, **DistributionMatching.defaults}
 
 
-def run_arm(name: str, ipc: int, args: dict[str, Any], folder: str) -> dict[str, Any]:
-    """Distil (or select) one arm and evaluate it; runs in a worker process."""
+def run_arm(name: str, ipc: int, args: dict[str, Any], folder: str,
+            reuse: bool = False) -> dict[str, Any]:
+    """Distil (or select) one arm and evaluate it; runs in a worker process.
+
+    With `reuse`, an archive already in `folder` is evaluated as it is (distillation is
+    byte-reproducible with the same settings and seed, so this only skips repeated work);
+    its distillation time is then unknown and recorded as None."""
     import torch
 
     torch.set_num_threads(1)
@@ -93,7 +98,10 @@ def run_arm(name: str, ipc: int, args: dict[str, Any], folder: str) -> dict[str,
     source = load_source("mnist-5k")
     path = Path(folder) / f"{name}-ipc{ipc}.haba"
     started = time.perf_counter()
-    if objective == "random":
+    reused = reuse and path.exists()
+    if reused:
+        pass
+    elif objective == "random":
         make_random(source, ipc, path)
     else:
         based_on = "dm-haba-idc" if objective == "identity" else name
@@ -104,7 +112,7 @@ def run_arm(name: str, ipc: int, args: dict[str, Any], folder: str) -> dict[str,
             distill(source, arm_config(objective, ipc, overrides, args, folder), base_path, force=True)
         if objective == "identity":
             identity_copy(source, base_path, path)
-    distill_seconds = time.perf_counter() - started
+    distill_seconds = None if reused else round(time.perf_counter() - started, 1)
     protocol = Protocol(epochs=args["epochs"], models=args["models"], seed=args["seed"])
     result = evaluate_archive(path, protocol=protocol, archs=("convnet",), threads=1)
     with open_archive(path) as archive:
@@ -114,7 +122,7 @@ def run_arm(name: str, ipc: int, args: dict[str, Any], folder: str) -> dict[str,
     return {"arm": name, "ipc": ipc, "label": label, "stored_values": account["stored_values"],
             "budget_values": account["budget_values"], "ratio": round(account["ratio"], 4),
             "training_images": expanded, "accuracy_mean": score["mean"], "accuracy_std": score["std"],
-            "accuracies": score["accuracies"], "distill_seconds": round(distill_seconds, 1),
+            "accuracies": score["accuracies"], "distill_seconds": distill_seconds,
             "eval_seconds": score["seconds"]}
 
 
@@ -258,6 +266,9 @@ def main() -> None:
     parser.add_argument("--syn-steps", type=int, default=10, help="mtt student steps per iteration")
     parser.add_argument("--experts", type=int, default=2, help="mtt: experts in the buffer")
     parser.add_argument("--expert-epochs", type=int, default=10, help="mtt: epochs per expert")
+    parser.add_argument("--reuse-archives", action="store_true",
+                        help="evaluate archives already in --work instead of distilling them again "
+                             "(only valid when they were made with the same settings)")
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
                         help="add the results of other runs' JSON files (same settings) and re-plot")
     args = parser.parse_args()
@@ -311,7 +322,8 @@ def main() -> None:
             futures[pool.submit(full_data, settings)] = ("full", None)
         identity_tasks = [t for t in tasks if t[0] == "ablate-identity"]
         for name, ipc in (t for t in tasks if t[0] != "ablate-identity"):
-            futures[pool.submit(run_arm, name, ipc, settings, str(args.work))] = (name, ipc)
+            futures[pool.submit(run_arm, name, ipc, settings, str(args.work),
+                                 args.reuse_archives)] = (name, ipc)
         pending_identity = list(identity_tasks)
         while futures:
             for future in as_completed(list(futures)):
@@ -327,7 +339,8 @@ def main() -> None:
                 for task in list(pending_identity):
                     if name == "dm-haba-idc" and task[1] == ipc:
                         pending_identity.remove(task)
-                        futures[pool.submit(run_arm, *task, settings, str(args.work))] = task
+                        futures[pool.submit(run_arm, *task, settings, str(args.work),
+                                             args.reuse_archives)] = task
                 break
     save()
     print_table(results)
