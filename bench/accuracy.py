@@ -221,7 +221,8 @@ def full_data(args: dict[str, Any]) -> dict[str, Any]:
             "accuracy_mean": round(score, 2), "seconds": round(time.perf_counter() - started, 1)}
 
 
-def plot(results: list[dict[str, Any]], path: Path) -> None:
+def plot(results: list[dict[str, Any]], path: Path, note: str = "") -> None:
+    """Accuracy versus stored values, one line per arm; `note` goes under the title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -236,11 +237,12 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name)
     for r in results:
         if r["arm"] == "full":
-            ax.axhline(r["accuracy_mean"], color="gray", linestyle="--", label="full data")
+            ax.axhline(r["accuracy_mean"], color="gray", linestyle="--",
+                       label=r.get("label", "full data"))
     ax.set_xscale("log")
     ax.set_xlabel("stored values (every tensor counted)")
     ax.set_ylabel("ConvNet-3 test accuracy on mnist-5k (%)")
-    ax.set_title("accuracy vs true storage")
+    ax.set_title("accuracy vs true storage" + (f"\n{note}" if note else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -4,7 +4,7 @@
         -o bench/results/accuracy-all.png
 
 Runs at different IPCs may use different evaluation settings (the IPC-10 run here used
-fewer epochs and models to fit the CPU); the legend names each file's settings.
+fewer epochs and models to fit the CPU); the title names each file's settings.
 """
 
 from __future__ import annotations
@@ -26,14 +26,17 @@ def main() -> None:
     args = parser.parse_args()
     wanted = set(args.arms.split(",")) if args.arms else None
     results = []
+    notes = []
     for path in args.results:
         payload = json.loads(path.read_text())
         s = payload["settings"]
         for record in payload["results"]:
             if wanted is None or record["arm"] in wanted:
                 results.append(record)
+        ipcs = sorted({r["ipc"] for r in payload["results"] if r["ipc"] is not None})
+        notes.append(f"IPC {'/'.join(map(str, ipcs))}: {s['epochs']} epochs, {s['models']} model(s)")
         print(f"{path}: {len(payload['results'])} results ({s['epochs']} epochs, {s['models']} models)")
-    plot(results, args.out)
+    plot(results, args.out, note="evaluation — " + "; ".join(notes))
     print(f"wrote {args.out}")
 
 
