@@ -42,6 +42,12 @@ ARMS: dict[str, tuple[str, dict[str, Any], str]] = {
                   "ablation: HaBa + IDC with K = 1"),
     "ablate-no-contrastive": ("dm", {"codec": "haba+idc", "factor": 2, "contrastive": False},
                               "ablation: HaBa + IDC, contrastive term off"),
+    "explore-k3": ("dm", {"codec": "haba+idc", "factor": 2, "hallucinators": 3},
+                   "HaBa + IDC with K = 3 (more bases)"),
+    "explore-k10": ("dm", {"codec": "haba+idc", "factor": 2, "hallucinators": 10},
+                    "HaBa + IDC with K = 10 (fewer bases)"),
+    "explore-k20": ("dm", {"codec": "haba+idc", "factor": 2, "hallucinators": 20},
+                    "HaBa + IDC with K = 20 (fewer bases)"),
     "ablate-identity": ("identity", {"codec": "haba+idc", "factor": 2},
                         "ablation: the HaBa + IDC bases with identity hallucinators"),
     # The other objectives (issue 5), IPC 1, with settings scaled to this CPU (see --help).
