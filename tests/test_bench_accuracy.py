@@ -39,3 +39,23 @@ def test_smoke_run_writes_results_plot_and_resumes(tmp_path):
     again = bench(tmp_path, "random,dc-raw")
     assert again.returncode == 0, again.stderr
     assert "0 arms to run, 4 already done" in again.stdout
+
+    # --reuse-archives evaluates the archive already there (no distillation time known).
+    reused = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "accuracy.py"), *TINY, "--arms", "dm-haba-idc",
+         "--reuse-archives", "--out", str(tmp_path / "reused.json"),
+         "--work", str(tmp_path / "archives")],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert reused.returncode == 0, reused.stderr
+    record = json.loads((tmp_path / "reused.json").read_text())["results"][0]
+    assert record["distill_seconds"] is None
+    assert record["stored_values"] == arms["dm-haba-idc"]["stored_values"]
+
+    # Several result files make one plot, each file's evaluation settings named.
+    plotted = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "plot_accuracy.py"), str(tmp_path / "acc.json"),
+         str(tmp_path / "reused.json"), "-o", str(tmp_path / "all.png"), "--arms", "random,dm-haba-idc"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert plotted.returncode == 0, plotted.stderr
+    assert "1 epochs, 1 models" in plotted.stdout
+    assert (tmp_path / "all.png").stat().st_size > 1000
