@@ -94,31 +94,18 @@ def run_arm(name: str, ipc: int, args: dict[str, Any], folder: str,
     import torch
 
     torch.set_num_threads(1)
-    from habactl.data import load_source
-    from habactl.distill.engine import DistillConfig, distill
     from habactl.evaluation.protocol import Protocol
     from habactl.evaluation.run import evaluate_archive
     from habactl.format import open_archive, storage_account
 
-    objective, overrides, label = ARMS[name]
-    source = load_source("mnist-5k")
+    label = ARMS[name][2]
     path = Path(folder) / f"{name}-ipc{ipc}.haba"
-    started = time.perf_counter()
-    reused = reuse and path.exists()
-    if reused:
-        pass
-    elif objective == "random":
-        make_random(source, ipc, path)
+    if reuse and path.exists():
+        distill_seconds = None
     else:
-        based_on = "dm-haba-idc" if objective == "identity" else name
-        base_path = Path(folder) / f"{based_on}-ipc{ipc}.haba"
-        if objective == "identity" and base_path.exists():
-            pass
-        else:
-            distill(source, arm_config(objective, ipc, overrides, args, folder), base_path, force=True)
-        if objective == "identity":
-            identity_copy(source, base_path, path)
-    distill_seconds = None if reused else round(time.perf_counter() - started, 1)
+        started = time.perf_counter()
+        make_arm(name, ipc, args, folder, path)
+        distill_seconds = round(time.perf_counter() - started, 1)
     protocol = Protocol(epochs=args["epochs"], models=args["models"], seed=args["seed"])
     result = evaluate_archive(path, protocol=protocol, archs=("convnet",), threads=1)
     with open_archive(path) as archive:
@@ -130,6 +117,25 @@ def run_arm(name: str, ipc: int, args: dict[str, Any], folder: str,
             "training_images": expanded, "accuracy_mean": score["mean"], "accuracy_std": score["std"],
             "accuracies": score["accuracies"], "distill_seconds": distill_seconds,
             "eval_seconds": score["seconds"]}
+
+
+def make_arm(name: str, ipc: int, args: dict[str, Any], folder: str, path: Path) -> None:
+    """Write arm `name`'s archive at `path`: random selection, a distillation, or (the
+    identity ablation) the HaBa + IDC archive with its hallucinators reset."""
+    from habactl.data import load_source
+    from habactl.distill.engine import distill
+
+    objective, overrides, _ = ARMS[name]
+    source = load_source("mnist-5k")
+    if objective == "random":
+        make_random(source, ipc, path)
+        return
+    based_on = "dm-haba-idc" if objective == "identity" else name
+    base_path = Path(folder) / f"{based_on}-ipc{ipc}.haba"
+    if not (objective == "identity" and base_path.exists()):
+        distill(source, arm_config(objective, ipc, overrides, args, folder), base_path, force=True)
+    if objective == "identity":
+        identity_copy(source, base_path, path)
 
 
 def arm_config(objective: str, ipc: int, overrides: dict[str, Any], args: dict[str, Any],
