@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from habactl.distill import networks
+from habactl.nets import seeded as networks
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8)])

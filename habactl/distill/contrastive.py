@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from habactl.distill import networks
+from habactl.nets import seeded as networks
 from habactl.distill.errors import DistillError
 from habactl.distill.sets import SyntheticSet
 

@@ -14,7 +14,6 @@ states in a checkpoint make a resumed run continue the very same random sequence
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import signal
@@ -35,12 +34,12 @@ from habactl.distill.objectives import Context, get_objective
 from habactl.distill.planner import Plan, plan_budget
 from habactl.distill.progress import MetricsLog, Reporter
 from habactl.distill.sets import RealSet, SyntheticSet
+from habactl.runtime import derived_generator, resolve_device
 
 # Fault injection for the crash-recovery test: SIGKILL this process right after the
 # given iteration (and its checkpoint, if one falls due) - a real kill, not an exception.
 KILL_AFTER_VARIABLE = "HABACTL_FAULT_KILL_AFTER"
 
-DEVICES = ("auto", "cpu", "cuda")
 INITS = ("real", "noise")
 
 
@@ -93,20 +92,9 @@ class DistillResult:
     device: str
 
 
-def resolve_device(name: str) -> torch.device:
-    if name not in DEVICES:
-        raise DistillError(f"unknown device {name!r} (known: {', '.join(DEVICES)})")
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise DistillError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def stream(seed: int, name: str) -> torch.Generator:
     """An independent CPU generator per purpose, derived from the run's seed."""
-    digest = hashlib.sha256(f"habactl-distill:{int(seed)}:{name}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return derived_generator("distill", seed, name)
 
 
 def class_spread(images: Tensor, labels: Tensor, num_classes: int) -> list[float]:

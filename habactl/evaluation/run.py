@@ -20,9 +20,9 @@ from habactl.errors import HabaError
 from habactl.evaluation.protocol import DEFAULT_LR, FULL_DATA_EPOCH_DIVISOR, Protocol
 from habactl.evaluation.score import summarize
 from habactl.evaluation.parallel import ModelScore, ModelTask, Progress, default_jobs, run_tasks
+from habactl.runtime import DEVICES, resolve_device
 
 BASELINES = ("full", "random")
-DEVICES = ("auto", "cpu", "cuda")
 
 Warn = Callable[[str], None]
 
@@ -38,16 +38,6 @@ class TrainingSet:
     lr: float
     lr_source: str
     details: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device not in DEVICES:
-        raise HabaError(f"unknown device {device!r} (known: {', '.join(DEVICES)})")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise HabaError("--device cuda: no CUDA device is available")
-    return torch.device(device)
 
 
 def parse_names(values: Iterable[str] | None, known: Sequence[str], what: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Training expert trajectories on the real training set (MTT's buffer; METHOD.md §4).
+"""Training expert trajectories on the real training set (MTT's buffer; docs/method.md).
 
 Reference settings: SGD lr 0.01, no momentum, no weight decay, batch 256, DSA
 augmentation (one draw per image) on every batch, ConvNet-3, 50 epochs. Images are
@@ -11,7 +11,6 @@ generator derived from (seed, i): a resumed buffer is the same as an uninterrupt
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ from habactl.experts.buffer import (INDEX, KIND, VERSION, ExpertsError, differin
                                     read_index, settings_of, sha256_file, write_json_atomic,
                                     write_trajectory)
 from habactl.experts.flat import FlatNet
+from habactl.nets import seeded
+from habactl.runtime import derived_generator, resolve_device
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,8 @@ class ExpertSettings:
 
 
 def expert_generator(seed: int, i: int) -> torch.Generator:
-    digest = hashlib.sha256(f"habactl-experts:{int(seed)}:{int(i)}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    """Expert ``i``'s own stream: its weights, batch order and augmentation."""
+    return derived_generator("experts", seed, int(i))
 
 
 def _check(s: ExpertSettings) -> None:
@@ -66,8 +67,6 @@ def train_experts(source: Any, folder: str | Path, settings: ExpertSettings, *,
     """
     from habactl import __version__
     from habactl.augment import SiameseAugment
-    from habactl.distill import networks
-    from habactl.distill.engine import resolve_device
     from habactl.normalization import Normalizer, mean_std
 
     _check(settings)
@@ -86,9 +85,9 @@ def train_experts(source: Any, folder: str | Path, settings: ExpertSettings, *,
     augment = SiameseAugment(settings.augment, flip=not source.is_digits)
 
     with torch.random.fork_rng(devices=[]):
-        probe = FlatNet(networks.build(settings.arch, shape, classes, width_mult=settings.width,
-                                       device=torch.device("cpu"), generator=torch.Generator(),
-                                       trainable=True))
+        probe = FlatNet(seeded.build(settings.arch, shape, classes, width_mult=settings.width,
+                                     device=torch.device("cpu"), generator=torch.Generator(),
+                                     trainable=True))
     index: dict[str, Any] = {
         "kind": KIND, "version": VERSION, "library": f"habactl {__version__}",
         "dataset": {"name": source.name, "fingerprint": source.fingerprint,
@@ -155,11 +154,9 @@ def train_experts(source: Any, folder: str | Path, settings: ExpertSettings, *,
 def _train_one(i: int, s: ExpertSettings, shape: tuple[int, int, int], classes: int,
                images: torch.Tensor, labels: torch.Tensor, augment: Any, device: torch.device,
                progress: Progress | None) -> tuple[torch.Tensor, float]:
-    from habactl.distill import networks
-
     generator = expert_generator(s.seed, i)
-    net = networks.build(s.arch, shape, classes, width_mult=s.width, device=device,
-                         generator=generator, trainable=True)
+    net = seeded.build(s.arch, shape, classes, width_mult=s.width, device=device,
+                       generator=generator, trainable=True)
     net.train()
     flat = FlatNet(net)
     optimizer = torch.optim.SGD(net.parameters(), lr=s.lr, momentum=s.momentum,

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
-from habactl.distill import networks
+from habactl.nets import seeded as networks
 from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective
 from habactl.distill.sets import SyntheticSet

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from habactl.distill import networks
+from habactl.nets import seeded as networks
 from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective
 from habactl.distill.sets import SyntheticSet

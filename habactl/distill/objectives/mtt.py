@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from habactl.distill import networks
+from habactl.nets import seeded as networks
 from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective
 from habactl.distill.sets import SyntheticSet

@@ -1,8 +1,9 @@
-"""Networks the engine draws afresh: the DM embedder and the contrastive extractor.
+"""Networks drawn afresh from an explicit generator: DM's embedder, the contrastive
+extractor, the networks of gradient and trajectory matching, MTT's experts.
 
-Architectures come from ``habactl.nets``; only their initial weights are drawn here, from
-an explicit CPU generator, so that a run is reproducible from its seed alone (PyTorch's
-own init would read the global RNG) and identical on every device. The distribution is
+Architectures come from ``habactl.nets.registry``; only their initial weights are drawn
+here, from an explicit CPU generator, so that a run is reproducible from its seed alone
+(PyTorch's own init would read the global RNG) and identical on every device. The distribution is
 PyTorch's default: conv and linear weights and biases uniform on ±1/sqrt(fan_in)
 (kaiming_uniform with a = sqrt(5)); norm layers weight 1, bias 0.
 
@@ -17,7 +18,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from habactl.nets.convnet import ConvNet
 from habactl.nets.pool import pool2
+from habactl.nets.registry import build_net
 
 # Images per forward on a CPU. ConvNet-3's first block makes a 128x32x32 map per image
 # (512 KiB); in batches of 32 the elementwise layers (norm, ReLU, pool) stay in cache, and
@@ -56,8 +59,6 @@ def build(arch: str, image_shape: tuple[int, int, int], num_classes: int, *,
           width_mult: float = 1.0, device: torch.device, generator: torch.Generator,
           trainable: bool) -> nn.Module:
     """A network from ``habactl.nets`` with weights drawn from ``generator``."""
-    from habactl.nets import build_net
-
     # Construction draws PyTorch's default init from the global RNG; fork it so that
     # building a network leaves the caller's random state untouched.
     with torch.random.fork_rng(devices=[]):
@@ -83,8 +84,6 @@ def embed(net: nn.Module, images: Tensor, chunk: int) -> Tensor:
 def _plain_layers(net: nn.Module) -> list[nn.Module] | None:
     """The layers of a ConvNet-style body (conv, group norm, ReLU, 2x2 average pool), or
     None for any other network."""
-    from habactl.nets.convnet import ConvNet
-
     if type(net) is not ConvNet or not isinstance(net.features, nn.Sequential):
         return None
     layers = list(net.features)
