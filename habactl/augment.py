@@ -13,7 +13,9 @@ pair equal).
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -221,3 +223,81 @@ def _warp(x: Tensor, theta: Tensor) -> Tensor:
     if grid.size(0) != n:
         grid = grid.expand(n, -1, -1, -1)  # one grid for all: computed once
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+class BatchAugment:
+    """A training recipe's DSA as a plain batch transform, reproducible from a seed.
+
+    ``aug(images)`` augments a batch (N, C, H, W) on whatever device it lives on: one op
+    group per call, its values drawn per image (as ``habactl evaluate`` trains). The
+    values are drawn on the CPU from the transform's own generator, so a seed gives the
+    same augmentation on a CPU and on a GPU, and the global RNG is never touched.
+
+    Two ways to use it (docs/training.md):
+
+    - in the training loop, on the batch after moving it to the device;
+    - in the DataLoader's workers: ``DataLoader(train, collate_fn=aug.collate, ...)``.
+
+    The stream of draws is a function of (seed, epoch, DataLoader worker, distributed
+    rank). In a worker it also follows the seed the DataLoader gives that worker, which
+    differs every epoch and is reproducible under ``torch.manual_seed`` or a seeded
+    DataLoader ``generator``; call :meth:`set_epoch` each epoch (as with
+    ``DistributedSampler``) to make the epoch explicit.
+    """
+
+    def __init__(self, augmenter: SiameseAugment, *, seed: int = 0, per_sample: bool = True) -> None:
+        self.augmenter = augmenter
+        self.seed = int(seed)
+        self.per_sample = per_sample
+        self.epoch = 0
+        self._key: tuple[int, ...] | None = None
+        self._generator: torch.Generator | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Restart the draws as a function of (seed, epoch)."""
+        self.epoch = int(epoch)
+        self._key = None
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """The augmented batch (a new tensor, same device and dtype; no gradient)."""
+        if images.dim() != 4:
+            raise ValueError(f"augmentation expects a batch (N, C, H, W), got shape {tuple(images.shape)}")
+        params = self.augmenter.sample(self._stream(), images.size(0) if self.per_sample else None)
+        with torch.no_grad():
+            return self.augmenter.apply(images, params)
+
+    def collate(self, items: list) -> tuple[Tensor, Tensor]:
+        """A DataLoader ``collate_fn``: stack (image, label) pairs, augment the images."""
+        from torch.utils.data import default_collate
+
+        images, labels = default_collate(items)
+        return self(images), labels
+
+    def _stream(self) -> torch.Generator:
+        # Re-derived whenever the epoch, the worker or the process changes: a copy pickled
+        # into a worker must not replay the parent's draws, nor the other workers'.
+        from torch.utils.data import get_worker_info
+
+        info = get_worker_info()
+        worker = (-1, -1) if info is None else (int(info.id), int(info.seed))
+        key = (self.seed, self.epoch, *worker, _rank(), os.getpid())
+        if key != self._key or self._generator is None:
+            mixed = hashlib.sha256(repr(key[:-1]).encode()).digest()
+            self._generator = torch.Generator().manual_seed(int.from_bytes(mixed[:8], "little") >> 1)
+            self._key = key
+        return self._generator
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_generator"], state["_key"] = None, None  # each process derives its own
+        return state
+
+    def __repr__(self) -> str:
+        ops = "_".join(self.augmenter.ops) or "none"
+        return f"BatchAugment({ops}, seed={self.seed}, epoch={self.epoch}, per_sample={self.per_sample})"
+
+
+def _rank() -> int:
+    """This process's rank in torch.distributed (0 when it is not initialised)."""
+    dist = torch.distributed
+    return int(dist.get_rank()) if dist.is_available() and dist.is_initialized() else 0

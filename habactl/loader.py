@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from habactl.errors import HabaError
+from habactl.recipe import Recipe
 
 MODES = ("all-pairs", "random-pair")
 # Decoding is deterministic, so a small expanded set is decoded once per process and kept.
@@ -120,6 +121,13 @@ class HabaDataset(Dataset):
     @property
     def protocol(self) -> dict[str, Any]:
         return dict(self.manifest["training"]["recommended"])
+
+    @property
+    def recipe(self) -> Recipe:
+        """The archive's whole training recipe: network, epochs, batch size, lr (the learned
+        one when there is one), momentum, weight decay, schedule, augmentation, loss and
+        normalisation, with helpers that build them (see habactl.recipe)."""
+        return Recipe.from_manifest(self.manifest)
 
     def test_transform(self):
         """The transform real test images in [0, 1] need to match the training images."""
