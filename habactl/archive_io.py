@@ -11,17 +11,8 @@ import torch
 from torch import Tensor
 
 from habactl import __version__
-
-DEFAULT_PROTOCOL: dict[str, Any] = {
-    "arch": "convnet",
-    "epochs": 1000,
-    "batch_size": 256,
-    "lr": 0.01,
-    "momentum": 0.9,
-    "weight_decay": 0.0005,
-    "lr_decay_at": 0.5,
-    "augmentation": "dsa",
-}
+from habactl.evaluation.protocol import STANDARD
+from habactl.format.account import budget_values
 
 
 def created_timestamp() -> str:
@@ -61,7 +52,7 @@ def build_manifest(
 ) -> dict[str, Any]:
     """Everything but `tensors` and `content_digest`, which the writer fills in."""
     channels, height, width = image_shape
-    recommended = dict(protocol or DEFAULT_PROTOCOL)
+    recommended = dict(protocol or STANDARD.recommended())
     if learned_lr is not None:
         recommended["lr"] = float(learned_lr)
     return {
@@ -91,7 +82,7 @@ def build_manifest(
             "created": created_timestamp(),
         },
         "storage": {"ipc": int(ipc), "counts": counts,
-                    "budget_values": int(ipc) * len(classes) * channels * height * width},
+                    "budget_values": budget_values(ipc, len(classes), image_shape)},
     }
 
 
@@ -139,7 +130,8 @@ def write_haba(
         "bases": bases.detach().float().cpu().contiguous(),
         "labels": labels.detach().cpu().contiguous(),
     }
-    tensors.update({k: v.detach().float().cpu().contiguous() for k, v in pipeline.named_tensors().items()})
+    tensors.update({name: value.detach().float().cpu().contiguous()
+                    for name, value in pipeline.named_tensors().items()})
     if zca is not None:
         tensors["normalization.zca"] = zca.detach().float().cpu().contiguous()
     return save_archive(path, tensors, manifest, overwrite=overwrite)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from habactl.errors import HabaError
+from habactl.errors import HabaError, quote
 
 
 class CodecError(HabaError):
@@ -20,8 +20,4 @@ class CodecError(HabaError):
         super().__init__(detail if index is None else f"pipeline[{index}]: {detail}")
 
 
-def quote(value: object, limit: int = 60) -> str:
-    """Quote untrusted text for a message: repr escapes control characters and long
-    values are cut, so a hostile manifest cannot flood or corrupt a terminal."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+__all__ = ["CodecError", "quote"]

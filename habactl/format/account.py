@@ -2,19 +2,32 @@
 
 Derived from the manifest's ``tensors`` table only, so it cannot disagree with the
 file. It is honest by construction: every stored synthetic value is counted, whatever
-the archive claims (METHOD.md §2: the reference code stores 1.91x its budget).
+the archive claims (docs/method.md, "Counting the budget": the reference code stores
+1.91x its budget). The budget formula itself lives here and nowhere else; the manifest
+check, the archive builder and the planner all call ``budget_values``. Torch-free.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from habactl.format.errors import ArchiveError, quote
-from habactl.format.reader import DTYPE_SIZES
 
 PARTS = ("bases", "hallucinators", "labels", "normalization")
+
+# Bytes per element of every dtype safetensors can declare (the reader refuses others).
+DTYPE_SIZES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8,
+}
+
+
+def budget_values(ipc: int, classes: int, image_shape: Sequence[int]) -> int:
+    """The budget in stored values: the size of ``ipc`` real images per class,
+    ``ipc x classes x C x H x W``."""
+    return int(ipc) * int(classes) * math.prod(int(s) for s in image_shape)
 
 
 def _part(name: str) -> str:
@@ -46,10 +59,8 @@ def storage_account(manifest: Mapping[str, Any]) -> dict[str, Any]:
         part["values"] += values
         part["bytes"] += values * DTYPE_SIZES[entry["dtype"]]
     image = manifest["image"]
-    budget = (
-        manifest["storage"]["ipc"] * len(manifest["classes"])
-        * image["channels"] * image["height"] * image["width"]
-    )
+    budget = budget_values(manifest["storage"]["ipc"], len(manifest["classes"]),
+                           (image["channels"], image["height"], image["width"]))
     stored = sum(p["values"] for p in parts.values() if p["counted"])
     counts = manifest["storage"]["counts"]
     claim = parts["bases"]["values"] if counts == "bases" else stored

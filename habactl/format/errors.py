@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from habactl.errors import HabaError
+from habactl.errors import HabaError, quote
 
 
 class ArchiveError(HabaError):
@@ -25,8 +25,4 @@ class ArchiveError(HabaError):
         return ArchiveError(self.detail, file)
 
 
-def quote(value: object, limit: int = 80) -> str:
-    """Quote untrusted text for a message: repr escapes control characters (no
-    terminal escape injection from a hostile file) and long names are cut."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+__all__ = ["ArchiveError", "quote"]
