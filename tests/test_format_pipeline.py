@@ -1,15 +1,13 @@
 """Archives with decode stages: parameter tensors, stage errors, expansion bombs.
 
-The container asks ``habactl.codecs.registry.describe_pipeline`` what a pipeline
-implies. The first tests stand in a tiny fake registry, so the container's own logic is
+The container asks the stage lookup it is given (the reader and the writer pass
+``habactl.codecs.registry.describe_pipeline``) what a pipeline implies. The first tests stand in a tiny fake registry, so the container's own logic is
 tested whatever state the codecs are in; the last ones run against the real codecs.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-import types
 from typing import NamedTuple
 
 import pytest
@@ -46,11 +44,13 @@ def fake_describe_pipeline(pipeline, base_shape):
 
 @pytest.fixture
 def fake_codecs(monkeypatch):
-    import habactl.codecs  # noqa: F401  (the real package first: it imports from its registry)
+    # The container takes its stage lookup as an argument; the reader and the writer
+    # pass the codec registry's, which is what is swapped here.
+    import habactl.format.reader as reader
+    import habactl.format.writer as writer
 
-    module = types.ModuleType("habactl.codecs.registry")
-    module.describe_pipeline = fake_describe_pipeline
-    monkeypatch.setitem(sys.modules, "habactl.codecs.registry", module)
+    monkeypatch.setattr(reader, "describe_pipeline", fake_describe_pipeline)
+    monkeypatch.setattr(writer, "describe_pipeline", fake_describe_pipeline)
 
 
 def tiled(count=4, grow=False, counts="all"):

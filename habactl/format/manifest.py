@@ -14,8 +14,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from habactl.errors import HabaError
 from habactl.format.errors import ArchiveError, quote
 from habactl.format.limits import Limits
+
+# (pipeline entries, bases shape) -> an object with out_shape, expansion and params
+# (name -> shape); raises for an unknown stage or an invalid configuration.
+StageLookup = Callable[[list[dict[str, Any]], tuple[int, ...]], Any]
 
 FORMAT_NAME = "haba"
 FORMAT_VERSION = "1.0"
@@ -68,18 +73,37 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# Python refuses to parse integers above 4300 digits itself; the bound here is lower and
+# explicit so that every reader behaves the same: a double holds at most 309 digits.
+_MAX_INT_DIGITS = 400
+
+
+def _bounded_int(text: str) -> int:
+    digits = len(text) - (1 if text.startswith("-") else 0)
+    if digits > _MAX_INT_DIGITS:
+        raise ValueError(f"integer of {digits} digits is out of range")
+    value = int(text)
+    try:
+        float(value)  # the spec: numbers a double cannot hold are refused, integers too
+    except OverflowError:
+        raise ValueError(f"integer {text[:40]}... is out of range (a double cannot hold it)") from None
+    return value
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
 def parse_json(text: str | bytes, part: str) -> Any:
-    """Strict JSON: no duplicate keys, no NaN/Infinity, no overflowing numbers."""
+    """Strict JSON: no duplicate keys, no NaN/Infinity, no number (integer or not) that
+    overflows a double."""
     try:
         return json.loads(
             text,
             object_pairs_hook=_pairs_without_duplicates,
             parse_constant=_reject_constant,
             parse_float=_finite_float,
+            parse_int=_bounded_int,
         )
     except (ValueError, RecursionError, UnicodeDecodeError) as error:
         message = str(error) if not isinstance(error, RecursionError) else "nested too deeply"
@@ -240,11 +264,15 @@ def _prod(shape: tuple[int, ...] | list[int]) -> int:
     return math.prod(shape)
 
 
-def validate_manifest(manifest: Any, limits: Limits, *, written: bool = True) -> Plan:
+def validate_manifest(
+    manifest: Any, limits: Limits, *, stages: StageLookup, written: bool = True
+) -> Plan:
     """Check every field of ``manifest``; return what it implies.
 
-    ``written=False`` is the writer's check of the manifest it was given: the fields the
-    writer fills in (``tensors``, ``content_digest``) may then be absent.
+    ``stages`` describes a pipeline (``habactl.codecs.describe_pipeline`` in habactl):
+    passed in, so that this module depends on no codec and a caller can bring its own
+    registry. ``written=False`` is the writer's check of the manifest it was given: the
+    fields the writer fills in (``tensors``, ``content_digest``) may then be absent.
     """
     if not isinstance(manifest, dict):
         raise ArchiveError(f"manifest: must be a JSON object, got {_kind(manifest)}")
@@ -397,10 +425,10 @@ def validate_manifest(manifest: Any, limits: Limits, *, written: bool = True) ->
         c.obj(manifest, "", {**fields, **writer_fields})
     else:
         c.obj(manifest, "", fields, writer_fields)
-    return _plan(manifest, c)
+    return _plan(manifest, c, stages)
 
 
-def _plan(m: dict[str, Any], c: _Checker) -> Plan:
+def _plan(m: dict[str, Any], c: _Checker, stages: StageLookup) -> Plan:
     """Cross-field rules, and the tensors the manifest implies."""
     lim = c.limits
     n_classes = len(m["classes"])
@@ -432,7 +460,7 @@ def _plan(m: dict[str, Any], c: _Checker) -> Plan:
             )
         expected["normalization.zca"] = ("F32", (image_values, image_values))
 
-    out_shape, expansion, params = describe(m["pipeline"], base_shape)
+    out_shape, expansion, params = describe(m["pipeline"], base_shape, stages)
     for name, shape in params.items():
         if _prod(shape) > lim.max_stage_params:
             raise c.fail("pipeline", f"parameter {quote(name)} has {_prod(shape)} values, "
@@ -469,40 +497,36 @@ def _strip_ignorable(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def describe(
-    pipeline: list[dict[str, Any]], base_shape: tuple[int, ...]
+    pipeline: list[dict[str, Any]], base_shape: tuple[int, ...], stages: StageLookup
 ) -> tuple[tuple[int, ...], int, dict[str, tuple[int, ...]]]:
-    """(out_shape, expansion, params) of a validated pipeline, built by the codecs."""
+    """(out_shape, expansion, params) of a validated pipeline, as ``stages`` describes it."""
     if not pipeline:  # a raw archive needs no codec
         return tuple(base_shape), 1, {}
-    from habactl.codecs.registry import describe_pipeline  # lazy: codecs import torch.nn
-
     entries = [_strip_ignorable(e) for e in pipeline]
     try:
-        spec = describe_pipeline(entries, tuple(base_shape))
+        spec = stages(entries, tuple(base_shape))
         out_shape = tuple(int(d) for d in spec.out_shape)
         expansion = int(spec.expansion)
         params = {str(k): tuple(int(d) for d in v) for k, v in spec.params.items()}
     except Exception as error:  # hostile configurations must not escape as raw errors
-        raise _stage_error(entries, base_shape, error) from None
+        raise _stage_error(entries, base_shape, error, stages) from None
     if expansion < 1:
         raise ArchiveError(f"manifest: pipeline: expansion {expansion} is not positive")
     return out_shape, expansion, params
 
 
-def _stage_error(entries: list[dict[str, Any]], base_shape: tuple[int, ...], error: Exception) -> ArchiveError:
+def _stage_error(entries: list[dict[str, Any]], base_shape: tuple[int, ...], error: Exception,
+                 stages: StageLookup) -> ArchiveError:
     """Name the first stage whose prefix of the pipeline fails to describe."""
-    from habactl.codecs.registry import describe_pipeline
-
     index = len(entries) - 1
     for i in range(len(entries)):
         try:
-            describe_pipeline(entries[: i + 1], tuple(base_shape))
+            stages(entries[: i + 1], tuple(base_shape))
         except Exception as prefix_error:
             index, error = i, prefix_error
             break
-    from habactl.codecs.errors import CodecError
-
     name = entries[index]["name"]
-    detail = (getattr(error, "detail", None) or str(error)) if isinstance(error, CodecError) \
+    # Codec errors are HabaErrors with a ``detail``; anything else is a bug worth naming.
+    detail = (getattr(error, "detail", None) or str(error)) if isinstance(error, HabaError) \
         else f"{type(error).__name__}: {error}"
     return ArchiveError(f"manifest: pipeline[{index}] (stage {quote(name)}): {detail}")

@@ -24,7 +24,8 @@ from habactl.format.manifest import (
     parse_json,
     validate_manifest,
 )
-from habactl.format.reader import (
+from habactl.codecs.registry import describe_pipeline
+from habactl.format.checks import (
     Entry,
     check_manifest,
     check_tensor_set,
@@ -76,7 +77,7 @@ def archive_bytes(
         raise ArchiveError(
             f"manifest: format_version {quote(m['format_version'])}: this writer writes {FORMAT_VERSION}"
         )
-    plan = validate_manifest(m, limits, written=False)
+    plan = validate_manifest(m, limits, stages=describe_pipeline, written=False)
 
     stored = _prepare(tensors)
     check_tensor_set(plan, {name: _entry_of(t) for name, t in stored.items()})
@@ -120,7 +121,7 @@ def _self_check(data: bytes, text: str, manifest: dict[str, Any], limits: Limits
     parsed_text, entries = parse_header(data[8 : 8 + length], len(data) - 8 - length, limits)
     if parsed_text != text:
         raise ArchiveError("internal: safetensors altered the manifest")
-    check_manifest(parsed_text, entries, limits)
+    check_manifest(parsed_text, entries, limits, describe_pipeline)
     start = 8 + length
     for name, entry in entries.items():
         digest = hashlib.sha256(memoryview(data)[start + entry.begin : start + entry.end]).hexdigest()
