@@ -11,7 +11,7 @@ stored tensors (trajectory matching's learning rate) add optimiser groups throug
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Mapping
 
 import torch
@@ -35,12 +35,42 @@ class Context:
     dataset: Mapping[str, str] | None = None   # {"name", "fingerprint"} of the source
 
 
+def setting(default: Any, flag: str | None = None, help: str = "") -> Any:
+    """One field of an objective's ``Settings``: its default and, when the command line
+    offers it, its flag (``habactl compress`` builds its routing from these)."""
+    return field(default=default, metadata={"flag": flag, "help": help})
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """An objective without settings of its own."""
+
+
 class Objective:
-    """One distillation objective (see the module doc for the division of labour)."""
+    """One distillation objective (see the module doc for the division of labour).
+
+    A subclass declares its surface: ``name``, a one-line ``summary``, ``Settings`` (a
+    dataclass of every setting it reads, made with ``setting()``), and
+    ``engine_defaults`` (the engine settings it works best with, e.g. ``lr_bases``).
+    """
 
     name: ClassVar[str]
-    # Every setting the objective reads, with its default; all of them are recorded.
+    summary: ClassVar[str] = ""
+    Settings: ClassVar[type] = NoSettings
+    # Engine (DistillConfig) values this objective uses unless the user says otherwise.
+    engine_defaults: ClassVar[dict[str, Any]] = {}
+    # Every setting the objective reads, with its default (derived from ``Settings``).
     defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.defaults = {f.name: None if f.default is MISSING else f.default
+                        for f in fields(cls.Settings)}
+
+    @classmethod
+    def options(cls) -> dict[str, str]:
+        """Command-line flag -> setting name, for the settings the command line offers."""
+        return {f.metadata["flag"]: f.name for f in fields(cls.Settings) if f.metadata.get("flag")}
 
     def __init__(self, context: Context, settings: Mapping[str, Any] | None = None) -> None:
         unknown = sorted(set(settings or {}) - set(self.defaults))

@@ -25,6 +25,7 @@ are computed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -34,7 +35,7 @@ from torch.func import functional_call, grad, vmap
 
 from habactl.nets import seeded as networks
 from habactl.distill.errors import DistillError
-from habactl.distill.objectives.base import Context, Objective
+from habactl.distill.objectives.base import Context, Objective, setting
 from habactl.distill.sets import SyntheticSet
 
 # The reference's (outer_loop, inner_loop) by images per class; an IPC between two
@@ -66,18 +67,24 @@ def layer_distance(real: Tensor, syn: Tensor) -> Tensor:
 
 class GradientMatching(Objective):
     name = "dc"
+    summary = "gradient matching"
     siamese_augmentation = False
-    defaults: dict[str, Any] = {
-        "real_per_class": 64,     # real images per class per match (reference: 256)
-        "views": 0,               # hallucinations per basis per match; 0 = all
-        "outer_loop": None,       # matches per network; None = by IPC (reference table)
-        "inner_loop": None,       # network epochs on the synthetic set between matches
-        "lr_net": 0.01,           # the network's SGD learning rate (no momentum)
-        "batch_train": 256,       # the network's batch size in the inner loop
-        "net_arch": "convnet",
-        "net_width": 1.0,
-        "per_class": "loop",      # "loop": a batch per class; "vmap": all classes in one call
-    }
+
+    @dataclass(frozen=True)
+    class Settings:
+        # real images per class per match (reference: 256)
+        real_per_class: int = setting(64, "--real-per-class")
+        views: int = setting(0, "--views")   # hallucinations per basis per match; 0 = all
+        # matches per network; None = by IPC (reference table)
+        outer_loop: int | None = setting(None, "--outer-loop")
+        # network epochs on the synthetic set between matches
+        inner_loop: int | None = setting(None, "--inner-loop")
+        lr_net: float = setting(0.01)        # the network's SGD learning rate (no momentum)
+        batch_train: int = setting(256)      # the network's batch size in the inner loop
+        net_arch: str = setting("convnet")
+        net_width: float = setting(1.0)
+        # "loop": a batch per class; "vmap": all classes in one call
+        per_class: str = setting("loop")
     # Engine settings the reference uses with this objective (the CLI's defaults).
     engine_defaults: dict[str, Any] = {"lr_bases": 0.1, "momentum": 0.5, "augment": "none"}
 
@@ -215,6 +222,7 @@ class GradientMatching(Objective):
 
 class DifferentiableSiameseGradientMatching(GradientMatching):
     name = "dsa"
+    summary = "gradient matching with Siamese augmentation"
     siamese_augmentation = True
     engine_defaults: dict[str, Any] = {"lr_bases": 0.1, "momentum": 0.5}
 

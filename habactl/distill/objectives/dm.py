@@ -16,6 +16,7 @@ Where the time goes on a CPU, and what is done about it:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -23,19 +24,24 @@ from torch import Tensor
 
 from habactl.nets import seeded as networks
 from habactl.distill.errors import DistillError
-from habactl.distill.objectives.base import Context, Objective
+from habactl.distill.objectives.base import Context, Objective, setting
 from habactl.distill.sets import SyntheticSet
 
 
 class DistributionMatching(Objective):
     name = "dm"
-    defaults: dict[str, Any] = {
-        "real_per_class": 32,     # real images per class per iteration (reference: 256)
-        "views": 1,               # hallucinations per basis per iteration; 0 = all
-        "embed_arch": "convnet",  # the randomly initialised embedder
-        "embed_width": 1.0,       # its width multiplier (1.0 = 128 channels)
-        "siamese": "class",       # one augmentation draw per class ("class") or per iteration
-    }
+    summary = "distribution matching"
+
+    @dataclass(frozen=True)
+    class Settings:
+        # real images per class per iteration (reference: 256)
+        real_per_class: int = setting(32, "--real-per-class")
+        # hallucinations per basis per iteration; 0 = all
+        views: int = setting(1, "--views")
+        embed_arch: str = setting("convnet")      # the randomly initialised embedder
+        embed_width: float = setting(1.0)         # its width multiplier (1.0 = 128 channels)
+        # one augmentation draw per class ("class") or per iteration
+        siamese: str = setting("class")
 
     def __init__(self, context: Context, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(context, settings)

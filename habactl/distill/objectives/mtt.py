@@ -27,6 +27,7 @@ step's graph; the price is one more forward and backward per step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 
 from habactl.nets import seeded as networks
 from habactl.distill.errors import DistillError
-from habactl.distill.objectives.base import Context, Objective
+from habactl.distill.objectives.base import Context, Objective, setting
 from habactl.distill.sets import SyntheticSet
 
 UNROLLS = ("recompute", "full")
@@ -57,19 +58,24 @@ class _Precomputed(torch.autograd.Function):
 
 class TrajectoryMatching(Objective):
     name = "mtt"
-    defaults: dict[str, Any] = {
-        "experts": None,           # the buffer folder (habactl experts)
-        "syn_steps": 20,           # student steps per iteration (reference: 30 at IPC 10)
-        "expert_epochs": 2,        # M
-        "max_start_epoch": None,   # None: min(20, buffer epochs − M)
-        "lr_init": None,           # initial learned lr; None: the experts' lr
-        "lr_lr": 1e-5,             # SGD lr of the learned lr
-        "lr_momentum": 0.5,
-        "lr_min": 1e-6,            # floor of the learned lr (a step with lr <= 0 means nothing)
-        "batch_syn": 0,            # items per student step; 0 = all
-        "variants": "one-per-step",
-        "unroll": "recompute",
-    }
+    summary = "trajectory matching (needs --experts)"
+
+    @dataclass(frozen=True)
+    class Settings:
+        experts: str | None = setting(None, "--experts")   # the buffer folder (habactl experts)
+        # student steps per iteration (reference: 30 at IPC 10)
+        syn_steps: int = setting(20, "--syn-steps")
+        expert_epochs: int = setting(2, "--expert-epochs")    # M
+        # None: min(20, buffer epochs − M)
+        max_start_epoch: int | None = setting(None, "--max-start-epoch")
+        lr_init: float | None = setting(None)   # initial learned lr; None: the experts' lr
+        lr_lr: float = setting(1e-5, "--lr-lr")    # SGD lr of the learned lr
+        lr_momentum: float = setting(0.5)
+        # floor of the learned lr (a step with lr <= 0 means nothing)
+        lr_min: float = setting(1e-6)
+        batch_syn: int = setting(0, "--batch-syn")  # items per student step; 0 = all
+        variants: str = setting("one-per-step")
+        unroll: str = setting("recompute", "--unroll")
     engine_defaults: dict[str, Any] = {"lr_bases": 100.0, "momentum": 0.5}
 
     def __init__(self, context: Context, settings: Mapping[str, Any] | None = None) -> None:
