@@ -15,6 +15,7 @@ import it when called.
 from __future__ import annotations
 
 import dataclasses
+import textwrap
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -173,11 +174,13 @@ class Recipe:
             aug = ["augmentation  none"]
         else:
             p = self.dsa.params
+            params = ", ".join(f"{k} {v:g}" for k, v in p.items()
+                               if self.dsa.flip or k != "flip_prob")
             aug = [f"augmentation  DSA, one op per batch, drawn per image, "
                    f"{'with' if self.dsa.flip else 'no'} flip",
                    f"  ops         {', '.join(self.dsa.ops)}",
-                   f"  params      " + ", ".join(f"{k} {v:g}" for k, v in p.items()
-                                                   if self.dsa.flip or k != "flip_prob")]
+                   *textwrap.wrap(params, 88, initial_indent="  params      ",
+                                  subsequent_indent=" " * 14)]
         return [
             f"network       {self.arch} (the archive was distilled with it; any network works)",
             f"epochs        {self.epochs}, batch {self.batch_size}",
