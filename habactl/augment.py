@@ -1,4 +1,4 @@
-"""Differentiable Siamese augmentation (DSA, Zhao & Bilen 2021; METHOD.md §4).
+"""Differentiable Siamese augmentation (DSA, Zhao & Bilen 2021; docs/method.md).
 
 Each call picks ONE op group of the strategy at random and draws its values; the same
 ``AugmentParams`` then transform the real and the synthetic batch identically, which is

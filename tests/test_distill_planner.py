@@ -54,7 +54,7 @@ def test_counting_bases_only_reproduces_the_reference_claim():
     # The reference CIFAR-10 setting: 1 basis of 3x32x32 per class, 5 pixel-affine hallucinators.
     ref = plan_budget("haba", CIFAR, 10, 1, counts="bases", arch="pixel-affine")
     assert ref.per_class == [1] * 10
-    assert ref.pipeline_values == 5 * 5568 == 27840  # METHOD.md §2
+    assert ref.pipeline_values == 5 * 5568 == 27840  # docs/method.md, "HaBa"
     assert ref.stored_values / ref.budget_values == pytest.approx(1.906, abs=1e-3)
 
 

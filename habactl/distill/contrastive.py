@@ -1,4 +1,4 @@
-"""The adversarial contrastive constraint of HaBa (METHOD.md §2).
+"""The adversarial contrastive constraint of HaBa (docs/method.md).
 
 A feature extractor F (ConvNet-3 body + linear head) persists across iterations and
 takes one SGD step per iteration on

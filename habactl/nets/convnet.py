@@ -1,4 +1,4 @@
-"""ConvNet-3, the standard network of dataset distillation (METHOD.md §5)."""
+"""ConvNet-3, the standard network of dataset distillation (docs/method.md)."""
 
 from __future__ import annotations
 

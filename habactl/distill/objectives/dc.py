@@ -1,4 +1,4 @@
-"""Gradient matching: DC (Zhao et al. 2021) and DSA (Zhao & Bilen 2021); METHOD.md §4.
+"""Gradient matching: DC (Zhao et al. 2021) and DSA (Zhao & Bilen 2021); docs/method.md.
 
 One engine iteration is one *outer step* of the reference: per class, the gradient of
 the classification loss w.r.t. the network's weights on a real batch is matched to the

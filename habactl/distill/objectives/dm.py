@@ -1,4 +1,4 @@
-"""Distribution matching (DM, Zhao & Bilen 2023; METHOD.md §4).
+"""Distribution matching (DM, Zhao & Bilen 2023; docs/method.md).
 
 Each iteration draws a fresh random embedding network and, per class, minimises
 ``|| mean emb(aug(real)) - mean emb(aug(synthetic)) ||^2`` (summed over classes, as in

@@ -1,4 +1,4 @@
-"""Trajectory matching (MTT, Cazenavette et al. 2022; METHOD.md §4).
+"""Trajectory matching (MTT, Cazenavette et al. 2022; docs/method.md).
 
 Each iteration picks an expert of the buffer (``habactl experts``) and a start epoch
 t < max_start_epoch, starts a student at θ_expert(t), takes ``syn_steps`` SGD steps on
