@@ -107,7 +107,7 @@ def test_verify_names_the_damaged_tensor(tmp_path, digits_archive):
 def test_expand_to_png_folders_hdf5_and_npz(tmp_path, digits_archive):
     folder = tmp_path / "images"
     assert run("expand", digits_archive, "-o", folder).exit_code == 0
-    class_folders = sorted(folder.iterdir())
+    class_folders = sorted(p for p in folder.iterdir() if p.is_dir())  # beside habactl's marker
     assert len(class_folders) == 10
     pngs = list(folder.rglob("*.png"))
     assert len(pngs) == 20 and Image.open(pngs[0]).size == (8, 8)
@@ -130,9 +130,12 @@ def test_preview_grid_has_a_row_per_basis_and_a_column_per_hallucinator(tmp_path
     grid = tmp_path / "grid.png"
     result = run("preview", path, "-o", grid, "--scale", "2")
     assert result.exit_code == 0, result.output
-    width, height = Image.open(grid).size
-    cell = 8 * 2 + 2
-    assert width == 5 * cell + 2 and height == 3 * cell + 2  # 1 plain + 4 hallucinated columns
+    with Image.open(grid) as picture:
+        rows = json.loads(picture.text["habactl:rows"])
+        columns = json.loads(picture.text["habactl:columns"])
+    # Every basis, labelled by class; 1 plain + 4 hallucinated columns.
+    assert rows == ["class-0", "class-0", "class-1", "class-1", "class-2", "class-2"]
+    assert columns[0] == "basis" and [c.split()[-1] for c in columns[1:]] == ["1", "2", "3", "4"]
 
 
 def test_errors_are_one_line_and_debug_shows_traceback(tmp_path, monkeypatch):
