@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-from torch import nn
-
 from habactl.errors import HabaError
 from habactl.nets.alexnet import build_alexnet
 from habactl.nets.base import NORMS, Net, check_shape
@@ -26,7 +24,7 @@ ARCHITECTURES: tuple[str, ...] = tuple(_BUILDERS)
 
 
 def build_net(arch: str, channels: int, height: int, width: int, num_classes: int, *,
-              width_mult: float = 1.0, norm: str = "instance") -> nn.Module:
+              width_mult: float = 1.0, norm: str = "instance") -> Net:
     """A freshly initialised network (PyTorch default init, seeded by torch.manual_seed).
 
     Every network maps (N, channels, height, width) to (N, num_classes) logits and

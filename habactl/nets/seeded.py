@@ -18,6 +18,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from habactl.nets.base import Net
 from habactl.nets.convnet import ConvNet
 from habactl.nets.pool import pool2
 from habactl.nets.registry import build_net
@@ -57,7 +58,7 @@ def _uniform(tensor: torch.Tensor, bound: float, generator: torch.Generator) -> 
 
 def build(arch: str, image_shape: tuple[int, int, int], num_classes: int, *,
           width_mult: float = 1.0, device: torch.device, generator: torch.Generator,
-          trainable: bool) -> nn.Module:
+          trainable: bool) -> Net:
     """A network from ``habactl.nets`` with weights drawn from ``generator``."""
     # Construction draws PyTorch's default init from the global RNG; fork it so that
     # building a network leaves the caller's random state untouched.
@@ -73,7 +74,7 @@ def chunk_size(device: torch.device) -> int:
     return CPU_CHUNK if device.type == "cpu" else 1 << 16
 
 
-def embed(net: nn.Module, images: Tensor, chunk: int) -> Tensor:
+def embed(net: Net, images: Tensor, chunk: int) -> Tensor:
     """``net.embed`` in batches of ``chunk`` (per-image results are the same as one batch:
     every layer of these networks treats images independently)."""
     if images.shape[0] <= chunk:
@@ -97,7 +98,7 @@ def _plain_layers(net: nn.Module) -> list[nn.Module] | None:
     return layers
 
 
-def embed_no_grad(net: nn.Module, images: Tensor, chunk: int) -> Tensor:
+def embed_no_grad(net: Net, images: Tensor, chunk: int) -> Tensor:
     """``embed`` for a side that needs no gradient (call it under ``torch.inference_mode``).
 
     For ConvNet bodies it runs the same layers with an in-place ReLU and a faster 2x2
