@@ -1,11 +1,26 @@
-"""The .haba container: one safetensors file whose metadata is one JSON manifest."""
+"""The .haba container: one safetensors file whose metadata is one JSON manifest.
 
-from habactl.format.account import storage_account
-from habactl.format.errors import ArchiveError
-from habactl.format.limits import DEFAULT_LIMITS, Limits
-from habactl.format.manifest import FORMAT_VERSION, canonical_json
-from habactl.format.reader import Archive, open_archive, verify_archive
-from habactl.format.writer import save_archive
+The names below load on first use, so that reading a header (`habactl inspect`) never
+imports the writer, and with it torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "save_archive": "writer", "open_archive": "reader", "verify_archive": "reader",
+    "Archive": "reader", "ArchiveError": "errors", "Limits": "limits",
+    "DEFAULT_LIMITS": "limits", "storage_account": "account", "FORMAT_VERSION": "manifest",
+    "canonical_json": "manifest",
+}
 
 __all__ = ["save_archive", "open_archive", "verify_archive", "Archive", "ArchiveError", "Limits",
            "DEFAULT_LIMITS", "storage_account", "FORMAT_VERSION", "canonical_json"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"habactl.format.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'habactl.format' has no attribute {name!r}")

@@ -1,36 +1,61 @@
-"""Per-tensor sha256 and the content digest (framing in format/SPEC.md §5)."""
+"""Per-tensor sha256 and the content digest (framing in format/SPEC.md §5).
+
+Torch-free: the functions take numpy arrays or torch tensors, so that `habactl verify`
+checks an archive with the standard library and numpy alone.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable, Sequence
-
-import numpy as np
-import torch
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 # Domain separation: a content digest can never equal the sha256 of some other
 # byte string that happens to share the framing.
 _CONTENT_TAG = b"haba-content-digest-v1\x00"
 
-# safetensors dtype names of the torch dtypes an archive may hold.
-DTYPE_NAMES: dict[torch.dtype, str] = {torch.float32: "F32", torch.int64: "I64"}
+# safetensors dtype names of the element types an archive may hold, keyed by the
+# dtype's text in numpy ("float32") and in torch ("torch.float32").
+_NAMES = {"float32": "F32", "int64": "I64"}
+
+
+def dtype_name(tensor: Any) -> str | None:
+    """The safetensors dtype name of a numpy array or torch tensor; None if not storable."""
+    text = str(tensor.dtype)
+    return _NAMES.get(text.removeprefix("torch."))
+
+
+def __getattr__(name: str) -> Any:
+    # DTYPE_NAMES (torch dtype -> name) for callers that hold torch tensors; built on
+    # first use so that importing this module never imports torch.
+    if name == "DTYPE_NAMES":
+        import torch
+
+        return {torch.float32: "F32", torch.int64: "I64"}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _u64(value: int) -> bytes:
     return struct.pack("<Q", value)
 
 
-def raw_bytes(tensor: torch.Tensor) -> memoryview:
-    """The tensor's bytes as stored: C order, little-endian (no copy on x86/ARM)."""
-    array = np.ascontiguousarray(tensor.detach().cpu().numpy())
+def raw_bytes(tensor: Any) -> memoryview:
+    """The bytes as stored: C order, little-endian (no copy on x86/ARM).
+
+    `tensor` is a numpy array or a torch tensor (on any device)."""
+    import numpy as np
+
+    if hasattr(tensor, "detach"):  # a torch tensor
+        tensor = tensor.detach().cpu().numpy()
+    array = np.ascontiguousarray(tensor)
     array = array.astype(array.dtype.newbyteorder("<"), copy=False)
     # A flat uint8 view: memoryview.cast refuses zero-size arrays.
     return memoryview(array.reshape(-1).view(np.uint8))
 
 
-def tensor_sha256(tensor: torch.Tensor) -> str:
-    """Lowercase hex sha256 of the tensor's stored bytes."""
+def tensor_sha256(tensor: Any) -> str:
+    """Lowercase hex sha256 of the stored bytes of a numpy array or torch tensor."""
     return hashlib.sha256(raw_bytes(tensor)).hexdigest()
 
 
@@ -54,8 +79,12 @@ def content_digest(items: Iterable[tuple[str, str, Sequence[int], bytes | memory
     return "sha256:" + hasher.hexdigest()
 
 
-def tensors_content_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """content_digest of a name -> tensor mapping (F32 / I64 tensors only)."""
-    return content_digest(
-        (name, DTYPE_NAMES[t.dtype], tuple(t.shape), raw_bytes(t)) for name, t in tensors.items()
-    )
+def tensors_content_digest(tensors: Mapping[str, Any]) -> str:
+    """content_digest of a name -> array (or tensor) mapping (F32 / I64 only)."""
+    items = []
+    for name, t in tensors.items():
+        dtype = dtype_name(t)
+        if dtype is None:
+            raise KeyError(f"{name}: dtype {t.dtype} cannot be stored")
+        items.append((name, dtype, tuple(t.shape), raw_bytes(t)))
+    return content_digest(items)

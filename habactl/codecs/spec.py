@@ -1,0 +1,241 @@
+"""The pure side of the codecs: stage configurations, shapes and parameter shapes.
+
+Nothing here imports torch, so the format reader can validate a manifest (and
+`habactl inspect` can describe an archive) without loading it. The stage modules
+(`upsample.py`, `hallucinate.py`) add the torch code that decodes; their `describe`
+is the function of the same stage here.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from habactl.codecs.errors import CodecError, quote
+
+Shape = tuple[int, int, int]
+
+# Far above any real image side (the format allows 4096), low enough that shape
+# arithmetic in describe() can never produce absurd numbers from a hostile manifest.
+MAX_SIDE = 1 << 16
+MAX_CHANNELS = 4096
+
+_REQUIRED = object()
+
+
+class StageSpec(NamedTuple):
+    """What a stage will do, computed without allocating anything."""
+
+    name: str
+    version: int
+    configuration: dict[str, Any]  # normalised: defaults filled in, `x-` keys kept
+    in_shape: Shape
+    out_shape: Shape
+    expansion: int  # outputs per input: 1, or the number of hallucinators
+    params: dict[str, tuple[int, ...]]  # parameter name -> shape, all float32
+
+
+def check_shape(stage: str, shape: Any, what: str = "input shape") -> Shape:
+    """A (C, H, W) of positive Python ints within the sanity bounds."""
+    if not isinstance(shape, Sequence) or isinstance(shape, (str, bytes)) or len(shape) != 3:
+        raise CodecError(f"stage {quote(stage)}: {what} must be (C, H, W), got {quote(shape)}")
+    out = []
+    for i, d in enumerate(shape):
+        if isinstance(d, bool) or not isinstance(d, int):
+            raise CodecError(f"stage {quote(stage)}: {what} must hold integers, got {quote(shape)}")
+        bound = MAX_CHANNELS if i == 0 else MAX_SIDE
+        if not 1 <= d <= bound:
+            raise CodecError(f"stage {quote(stage)}: {what} {list(shape)} is out of range "
+                             f"(channels 1..{MAX_CHANNELS}, sides 1..{MAX_SIDE})")
+        out.append(int(d))
+    return (out[0], out[1], out[2])
+
+
+class ConfigReader:
+    """Reads one stage configuration key by key; `finish()` rejects what was not read.
+
+    Unknown keys are fatal unless they start with ``x-`` (vendor keys, kept as they are).
+    Integers must be JSON integers: a bool or a float is refused, not coerced.
+    """
+
+    def __init__(self, stage: str, configuration: Any) -> None:
+        if not isinstance(configuration, Mapping):
+            raise CodecError(f"stage {quote(stage)}: configuration must be an object, "
+                             f"got {type(configuration).__name__}")
+        for key in configuration:
+            if not isinstance(key, str):
+                raise CodecError(f"stage {quote(stage)}: configuration key {quote(key)} is not a string")
+        self.stage = stage
+        self.source = configuration
+        self.out: dict[str, Any] = {}
+
+    def _fail(self, key: str, message: str) -> CodecError:
+        return CodecError(f"stage {quote(self.stage)}: configuration {quote(key)} {message}")
+
+    def _get(self, key: str, default: Any) -> Any:
+        if key in self.source:
+            return self.source[key]
+        if default is _REQUIRED:
+            raise self._fail(key, "is required")
+        return default
+
+    def integer(self, key: str, low: int, high: int, default: Any = _REQUIRED,
+                odd: bool = False) -> int:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._fail(key, f"must be an integer, got {quote(value)}")
+        if not low <= value <= high:
+            raise self._fail(key, f"must be {low}..{high}, got {value}")
+        if odd and value % 2 == 0:
+            raise self._fail(key, f"must be odd, got {value}")
+        self.out[key] = int(value)
+        return int(value)
+
+    def choice(self, key: str, options: Sequence[str], default: Any = _REQUIRED) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str) or value not in options:
+            raise self._fail(key, f"must be one of {', '.join(options)}; got {quote(value)}")
+        self.out[key] = value
+        return value
+
+    def finish(self) -> dict[str, Any]:
+        for key, value in self.source.items():
+            if key.startswith("x-"):
+                self.out[key] = copy.deepcopy(value)
+            elif key not in self.out:
+                raise self._fail(key, "is not a known key (vendor keys start with 'x-')")
+        return dict(sorted(self.out.items()))
+
+
+# --- upsample (IDC) ------------------------------------------------------------------
+
+UPSAMPLE_MODES = ("bilinear", "nearest", "bicubic")
+UPSAMPLE_MAX_FACTOR = 16
+
+
+def describe_upsample(configuration: Any, in_shape: Any) -> StageSpec:
+    """(C, h, w) -> (C, h·f, w·f); no parameters, expansion 1."""
+    reader = ConfigReader("upsample", configuration)
+    factor = reader.integer("factor", 1, UPSAMPLE_MAX_FACTOR)
+    reader.choice("mode", UPSAMPLE_MODES, default="bilinear")
+    config = reader.finish()
+    c, h, w = check_shape("upsample", in_shape)
+    if h * factor > MAX_SIDE or w * factor > MAX_SIDE:
+        raise CodecError(f"stage 'upsample': output sides {h * factor}x{w * factor} exceed {MAX_SIDE}")
+    return StageSpec("upsample", 1, config, (c, h, w), (c, h * factor, w * factor), 1, {})
+
+
+# --- hallucinate (HaBa) --------------------------------------------------------------
+
+HALLUCINATE_ARCHS = ("pixel-affine", "channel-affine")
+HALLUCINATE_MAX_COUNT = 4096
+HALLUCINATE_MAX_HIDDEN = 256
+HALLUCINATE_MAX_KERNEL = 7
+
+
+def describe_hallucinate(configuration: Any, in_shape: Any) -> StageSpec:
+    """(C, H, W) -> (C, H, W) through one of `count` hallucinators; expansion `count`."""
+    reader = ConfigReader("hallucinate", configuration)
+    arch = reader.choice("arch", HALLUCINATE_ARCHS)
+    count = reader.integer("count", 1, HALLUCINATE_MAX_COUNT)
+    hidden = reader.integer("hidden", 1, HALLUCINATE_MAX_HIDDEN, default=3)
+    k = reader.integer("kernel", 1, HALLUCINATE_MAX_KERNEL, default=3, odd=True)
+    config = reader.finish()
+    c, h, w = check_shape("hallucinate", in_shape)
+    if k > h or k > w:
+        raise CodecError(f"stage 'hallucinate': kernel {k} is larger than the input "
+                         f"{c}x{h}x{w} (the encoder does not pad)")
+    affine = (count, hidden, h - k + 1, w - k + 1) if arch == "pixel-affine" else (count, hidden, 1, 1)
+    params = {
+        "encoder.weight": (count, hidden, c, k, k),
+        "encoder.bias": (count, hidden),
+        "scale": affine,
+        "shift": affine,
+        "decoder.weight": (count, hidden, c, k, k),  # ConvTranspose layout: (in=hidden, out=C)
+        "decoder.bias": (count, c),
+    }
+    return StageSpec("hallucinate", 1, config, (c, h, w), (c, h, w), count, params)
+
+
+# --- the registry of descriptions and whole pipelines --------------------------------
+
+
+class Description(NamedTuple):
+    """A stage's name, its newest version and its pure describe function."""
+
+    name: str
+    version: int
+    describe: Callable[[Any, Any], StageSpec]
+
+
+DESCRIPTIONS: dict[str, Description] = {
+    d.name: d for d in (Description("upsample", 1, describe_upsample),
+                        Description("hallucinate", 1, describe_hallucinate))
+}
+
+ENTRY_KEYS = ("name", "version", "configuration")
+
+
+class PipelineSpec(NamedTuple):
+    """What a pipeline decodes to, computed without allocating anything."""
+
+    stages: list[StageSpec]
+    out_shape: Shape
+    expansion: int
+    params: dict[str, tuple[int, ...]]  # "pipeline.{i}.{param}" -> shape
+
+
+def get_description(name: Any) -> Description:
+    """The description registered under `name`; CodecError for an unknown name."""
+    if isinstance(name, str) and name in DESCRIPTIONS:
+        return DESCRIPTIONS[name]
+    raise CodecError(f"unknown stage {quote(name)} (known: {', '.join(sorted(DESCRIPTIONS))})")
+
+
+def describe_entry(entry: Any, in_shape: Any) -> StageSpec:
+    """Validate one `{"name", "version", "configuration"}` entry and describe its stage."""
+    if not isinstance(entry, Mapping):
+        raise CodecError(f"a pipeline entry must be an object, got {type(entry).__name__}")
+    for key in entry:
+        if not isinstance(key, str) or (key not in ENTRY_KEYS and not key.startswith("x-")):
+            raise CodecError(f"pipeline entry key {quote(key)} is not known "
+                             "(vendor keys start with 'x-')")
+    for key in ENTRY_KEYS:
+        if key not in entry:
+            raise CodecError(f"pipeline entry lacks {quote(key)}")
+    stage = get_description(entry["name"])
+    version = entry["version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CodecError(f"stage {quote(stage.name)}: version must be a positive integer, got {quote(version)}")
+    if version > stage.version:
+        raise CodecError(f"stage {quote(stage.name)} version {version} is newer than this habactl "
+                         f"supports ({stage.version}); upgrade habactl to read it")
+    return stage.describe(entry["configuration"], in_shape)
+
+
+def describe_pipeline(pipeline: Any, base_shape: Any) -> PipelineSpec:
+    """Validate a manifest pipeline and report shapes, expansion and parameter shapes.
+
+    Pure: nothing is allocated, so the format reader can check tensor shapes and the
+    expanded size against its limits before reading a byte of tensor data.
+    """
+    if not isinstance(pipeline, (list, tuple)):
+        raise CodecError(f"the pipeline must be a list, got {type(pipeline).__name__}")
+    shape = check_shape("pipeline", base_shape, "base shape")
+    stages: list[StageSpec] = []
+    params: dict[str, tuple[int, ...]] = {}
+    expansion = 1
+    for i, entry in enumerate(pipeline):
+        try:
+            spec = describe_entry(entry, shape)
+        except CodecError as error:
+            raise CodecError(error.detail, index=i) from None
+        if spec.expansion > 1 and expansion > 1:
+            raise CodecError(f"at most one stage may expand the data set (stage {quote(spec.name)} "
+                             f"would multiply {expansion} by {spec.expansion})", index=i)
+        expansion *= spec.expansion
+        stages.append(spec)
+        params.update({f"pipeline.{i}.{name}": s for name, s in spec.params.items()})
+        shape = spec.out_shape
+    return PipelineSpec(stages, shape, expansion, params)
