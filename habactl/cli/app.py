@@ -1,4 +1,9 @@
-"""The typer application and what every subcommand shares: consoles and error policy."""
+"""The typer application and what every subcommand shares: consoles, help, error policy.
+
+Start-up matters here: every command imports this module, so it imports typer and rich
+only. Anything heavier (torch, numpy, the data sources) is imported inside the command
+functions, so that `habactl --help`, `--version` and `inspect` answer at once.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,110 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from habactl.errors import HabaError
 
-app = typer.Typer(
+# Shown under each command's --help. A command may pass its own `epilog` instead.
+EXAMPLES: dict[str, list[str]] = {
+    "compress": [
+        "habactl compress                              # embedded mnist-5k -> mnist-5k.haba",
+        "habactl compress digits --objective random --ipc 10 -o digits.haba",
+        "habactl compress data.npz --codec haba+idc --ipc 1 -o small.haba",
+    ],
+    "inspect": [
+        "habactl inspect mnist-5k.haba                 # header only, nothing decoded",
+        "habactl inspect mnist-5k.haba --json | jq .manifest.training",
+    ],
+    "verify": [
+        "habactl verify mnist-5k.haba && echo intact   # exit 1 names each damaged part",
+    ],
+    "expand": [
+        "habactl expand mnist-5k.haba -o images/        # class folders of PNGs",
+        "habactl expand mnist-5k.haba -o images.npz     # or .h5",
+    ],
+    "preview": [
+        "habactl preview mnist-5k.haba -o grid.png",
+        "habactl preview mnist-5k.haba -o grid.png --per-class 2",
+    ],
+    "evaluate": [
+        "habactl evaluate mnist-5k.haba --fast          # a few minutes on 2 cores",
+        "habactl evaluate mnist-5k.haba --arch convnet,resnet18 --baseline random --json",
+    ],
+    "experts": [
+        "habactl experts digits -o experts/ --experts 5 --epochs 20",
+        "habactl compress digits --objective mtt --experts experts/",
+    ],
+    "import": [
+        "habactl import --help                          # formats other tools write",
+    ],
+    "export": [
+        "habactl export --help                          # formats other tools read",
+    ],
+}
+
+
+# The last line of every epilog. Unindented on purpose: typer dedents the epilog by the
+# smallest indentation of its lines, and the examples above it keep theirs.
+EXIT_LINE = "Exit status: 0 success, 1 error (one line on stderr), 2 usage error."
+
+
+def examples_epilog(lines: list[str]) -> str:
+    """An epilog of indented example lines, as HabaCommand shows them."""
+    return "\n".join(["Examples:", *(f"  {line}" for line in lines), EXIT_LINE])
+
+
+def _tidy_params(command: Any, ctx: Any) -> None:
+    for param in command.get_params(ctx):
+        if param.metavar is not None:
+            continue
+        if isinstance(param, TyperOption) and param.is_flag:
+            param.metavar = ""  # a flag takes no value: no `<bool>` placeholder
+        elif isinstance(param, TyperArgument) and param.name:
+            param.metavar = param.name.upper()
+
+
+class HabaCommand(TyperCommand):
+    """A command whose --help shows no value placeholder on flags and ends with examples."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _tidy_params(self, ctx)
+        if self.epilog is None and self.name in EXAMPLES:
+            self.epilog = examples_epilog(EXAMPLES[self.name])
+        super().format_help(ctx, formatter)
+
+
+class HabaGroup(TyperGroup):
+    """The root command, with the same tidy --help."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _tidy_params(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+class HabaTyper(typer.Typer):
+    """typer.Typer whose commands are HabaCommand unless a command asks otherwise."""
+
+    def command(self, *args: Any, cls: Any = None, **kwargs: Any) -> Any:
+        return super().command(*args, cls=cls or HabaCommand, **kwargs)
+
+
+app = HabaTyper(
     name="habactl",
     help=(
         "Dataset compression by distillation: turn a data set into a small, versioned "
         ".haba archive of bases and hallucinators, and train on it as a torch Dataset."
     ),
-    no_args_is_help=True,
+    cls=HabaGroup,
+    epilog=examples_epilog([
+        "habactl compress && habactl inspect mnist-5k.haba",
+        "habactl evaluate mnist-5k.haba --fast",
+        "habactl COMMAND --help                         # each command's options",
+    ]),
+    # `habactl` alone prints this help and exits 0 (the root callback does it):
+    # typer's no_args_is_help exits 2, as for a usage error.
+    invoke_without_command=True,
+    no_args_is_help=False,
     add_completion=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -31,6 +130,11 @@ stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 DEBUG_VARIABLE = "HABACTL_DEBUG"
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """`1 expert`, `2 experts`, `1,000 iterations` (thousands separated)."""
+    return f"{count:,} {word if count == 1 else (many or word + 's')}"
 
 
 def debug_enabled() -> bool:

@@ -1,4 +1,8 @@
-"""Entry point: builds the app from the subcommand modules."""
+"""Entry point: builds the app from the subcommand modules.
+
+Importing a command module must stay cheap (typer only): heavy imports live inside the
+command functions, so that --help, --version and inspect do not load torch.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ COMMAND_MODULES = (
     "preview",
     "evaluate",
     "experts",
+    "import_cmd",
+    "export",
 )
 
 for _name in COMMAND_MODULES:
@@ -37,11 +43,16 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
     """Dataset compression by distillation into .haba archives."""
+    if ctx.invoked_subcommand is None:
+        # `habactl` alone: the help, and success (it is not a usage error).
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
 
 
 def main() -> None:
