@@ -1,0 +1,72 @@
+"""Rebuild the ZCA whitening of trajectory-matching code from real training data.
+
+MTT (and HaBa, DATM, built on it) fit ``kornia.enhance.ZCAWhitening(eps=0.1)`` on the
+training images as ``ToTensor`` gives them (pixels in [0, 1], no mean/std step) and
+whiten every image as ``(x - mu) @ T``: ``mu`` is the per-pixel mean image, and
+``T = U diag(1 / sqrt(S + eps)) U^T`` from the SVD of the unbiased (N - 1) covariance,
+so ``T`` is symmetric. This module computes the same ``T`` (in float64, stored as
+float32) without kornia.
+
+A .haba archive stores ``Z`` and a per-channel ``mean``/``std`` and maps a real image
+``x`` to ``Z · ((x - mean) / std)`` (format/SPEC.md §3.3): there is no per-pixel offset.
+With ``std = 1`` and ``Z = T`` the two agree up to the constant vector ``T (m - mu)``;
+``mean`` is chosen per channel to make that vector as small as possible (least
+squares), and its size is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+MTT_EPS = 0.1
+_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class ZcaFit:
+    matrix: Tensor  # (D, D) float32, symmetric
+    mean_image: Tensor  # (D,) float64, the per-pixel mean kornia subtracts
+    channel_mean: list[float]  # the per-channel mean the archive stores
+    residual: float  # max |T (m - mu)|: what the archive's transform leaves out
+    eps: float
+
+
+def fit_zca(images: Tensor, eps: float = MTT_EPS) -> ZcaFit:
+    """``images`` (N, C, H, W) in [0, 1]; the fit kornia's ZCAWhitening makes."""
+    n, c, h, w = images.shape
+    if n < 2:
+        raise ValueError("a ZCA fit needs at least two images")
+    flat = images.reshape(n, -1)
+    mean = flat.sum(0, dtype=torch.float64) / n
+    cov = torch.zeros(c * h * w, c * h * w, dtype=torch.float64)
+    for chunk in flat.split(_CHUNK):
+        centred = chunk.to(torch.float64) - mean
+        cov += centred.T @ centred
+    cov /= n - 1  # kornia's default: unbiased
+    # kornia takes the SVD of the covariance; for a symmetric positive semi-definite
+    # matrix that is its eigendecomposition with |eigenvalues| (eigh is faster).
+    values, vectors = torch.linalg.eigh(cov)
+    scale = (values.abs() + eps).rsqrt()
+    matrix = (vectors * scale) @ vectors.T
+    channel_mean, residual = _best_channel_mean(matrix, mean, c, h * w)
+    return ZcaFit(matrix.to(torch.float32).contiguous(), mean, channel_mean, residual, eps)
+
+
+def _best_channel_mean(matrix: Tensor, mean: Tensor, channels: int, pixels: int) -> tuple[list[float], float]:
+    # Minimise |T (P m - mu)| over the per-channel m; P spreads channel c over its pixels.
+    spread = torch.zeros(channels * pixels, channels, dtype=torch.float64)
+    for ch in range(channels):
+        spread[ch * pixels:(ch + 1) * pixels, ch] = 1.0
+    a, b = matrix @ spread, matrix @ mean
+    m = torch.linalg.lstsq(a, b.unsqueeze(1)).solution.squeeze(1)
+    residual = float((a @ m - b).abs().max())
+    return [float(v) for v in m], residual
+
+
+def whiten_like_kornia(images: Tensor, fit: ZcaFit) -> Tensor:
+    """``(x - mu) @ T``: what the trajectory-matching code feeds its networks."""
+    flat = images.reshape(images.shape[0], -1).to(torch.float64) - fit.mean_image
+    return (flat @ fit.matrix.to(torch.float64)).to(torch.float32).reshape(images.shape)
