@@ -3,106 +3,38 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, NamedTuple
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from habactl.codecs.errors import CodecError, quote
-
-Shape = tuple[int, int, int]
-
-# Far above any real image side (the format allows 4096), low enough that shape
-# arithmetic in describe() can never produce absurd numbers from a hostile manifest.
-MAX_SIDE = 1 << 16
-MAX_CHANNELS = 4096
-
-_REQUIRED = object()
-
-
-class StageSpec(NamedTuple):
-    """What a stage will do, computed without allocating anything."""
-
-    name: str
-    version: int
-    configuration: dict[str, Any]  # normalised: defaults filled in, `x-` keys kept
-    in_shape: Shape
-    out_shape: Shape
-    expansion: int  # outputs per input: 1, or the number of hallucinators
-    params: dict[str, tuple[int, ...]]  # parameter name -> shape, all float32
+# The pure description lives in spec.py (torch-free); re-exported here for the stages.
+from habactl.codecs.spec import (  # noqa: F401
+    MAX_CHANNELS,
+    MAX_SIDE,
+    ConfigReader,
+    Shape,
+    StageSpec,
+    check_shape,
+)
 
 
-def check_shape(stage: str, shape: Any, what: str = "input shape") -> Shape:
-    """A (C, H, W) of positive Python ints within the sanity bounds."""
-    if not isinstance(shape, Sequence) or isinstance(shape, (str, bytes)) or len(shape) != 3:
-        raise CodecError(f"stage {quote(stage)}: {what} must be (C, H, W), got {quote(shape)}")
-    out = []
-    for i, d in enumerate(shape):
-        if isinstance(d, bool) or not isinstance(d, int):
-            raise CodecError(f"stage {quote(stage)}: {what} must hold integers, got {quote(shape)}")
-        bound = MAX_CHANNELS if i == 0 else MAX_SIDE
-        if not 1 <= d <= bound:
-            raise CodecError(f"stage {quote(stage)}: {what} {list(shape)} is out of range "
-                             f"(channels 1..{MAX_CHANNELS}, sides 1..{MAX_SIDE})")
-        out.append(int(d))
-    return (out[0], out[1], out[2])
+@dataclass(frozen=True)
+class StageOption:
+    """One configuration key of a stage as `habactl compress` offers it.
 
-
-class ConfigReader:
-    """Reads one stage configuration key by key; `finish()` rejects what was not read.
-
-    Unknown keys are fatal unless they start with ``x-`` (vendor keys, kept as they are).
-    Integers must be JSON integers: a bool or a float is refused, not coerced.
+    A declaration for the planner and the command line; decoding never reads it.
+    ``flag`` is None for keys the command line does not offer (a recipe file still can).
     """
 
-    def __init__(self, stage: str, configuration: Any) -> None:
-        if not isinstance(configuration, Mapping):
-            raise CodecError(f"stage {quote(stage)}: configuration must be an object, "
-                             f"got {type(configuration).__name__}")
-        for key in configuration:
-            if not isinstance(key, str):
-                raise CodecError(f"stage {quote(stage)}: configuration key {quote(key)} is not a string")
-        self.stage = stage
-        self.source = configuration
-        self.out: dict[str, Any] = {}
-
-    def _fail(self, key: str, message: str) -> CodecError:
-        return CodecError(f"stage {quote(self.stage)}: configuration {quote(key)} {message}")
-
-    def _get(self, key: str, default: Any) -> Any:
-        if key in self.source:
-            return self.source[key]
-        if default is _REQUIRED:
-            raise self._fail(key, "is required")
-        return default
-
-    def integer(self, key: str, low: int, high: int, default: Any = _REQUIRED,
-                odd: bool = False) -> int:
-        value = self._get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self._fail(key, f"must be an integer, got {quote(value)}")
-        if not low <= value <= high:
-            raise self._fail(key, f"must be {low}..{high}, got {value}")
-        if odd and value % 2 == 0:
-            raise self._fail(key, f"must be odd, got {value}")
-        self.out[key] = int(value)
-        return int(value)
-
-    def choice(self, key: str, options: Sequence[str], default: Any = _REQUIRED) -> str:
-        value = self._get(key, default)
-        if not isinstance(value, str) or value not in options:
-            raise self._fail(key, f"must be one of {', '.join(options)}; got {quote(value)}")
-        self.out[key] = value
-        return value
-
-    def finish(self) -> dict[str, Any]:
-        for key, value in self.source.items():
-            if key.startswith("x-"):
-                self.out[key] = copy.deepcopy(value)
-            elif key not in self.out:
-                raise self._fail(key, "is not a known key (vendor keys start with 'x-')")
-        return dict(sorted(self.out.items()))
+    key: str
+    default: Any
+    flag: str | None = None
+    help: str = ""
 
 
 class Stage(nn.Module):
@@ -114,6 +46,9 @@ class Stage(nn.Module):
 
     name: ClassVar[str]
     version: ClassVar[int]
+    # What the compress side needs (the planner and the command line); see StageOption.
+    summary: ClassVar[str] = ""
+    options: ClassVar[tuple[StageOption, ...]] = ()
 
     def __init__(self, spec: StageSpec) -> None:
         super().__init__()
@@ -134,6 +69,24 @@ class Stage(nn.Module):
         if noise:
             stage.init_noise(noise, generator)
         return stage
+
+    # -- declarations for the compress side (planner, command line) ------------------
+    @classmethod
+    def configure(cls, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A configuration from option values by key, the declared defaults for the rest."""
+        values = dict(values or {})
+        return {opt.key: values.get(opt.key, opt.default) for opt in cls.options}
+
+    @classmethod
+    def input_shape_for(cls, configuration: dict[str, Any], out_shape: Shape) -> Shape:
+        """The input shape that decodes to `out_shape` (the planner walks the pipeline
+        backwards from the image shape); shape-preserving stages keep it."""
+        return tuple(out_shape)  # type: ignore[return-value]
+
+    @classmethod
+    def parameter_values(cls, configuration: dict[str, Any], in_shape: Any) -> int:
+        """Stored float values of the stage's parameters for this configuration."""
+        return sum(math.prod(shape) for shape in cls.describe(configuration, in_shape).params.values())
 
     def to_config(self) -> dict[str, Any]:
         return copy.deepcopy(self.spec.configuration)

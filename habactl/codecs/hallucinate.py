@@ -19,13 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from habactl.codecs.base import ConfigReader, Stage, StageSpec, check_shape
+from habactl.codecs.base import Stage, StageOption, StageSpec
 from habactl.codecs.errors import CodecError
-
-ARCHS = ("pixel-affine", "channel-affine")
-MAX_COUNT = 4096
-MAX_HIDDEN = 256
-MAX_KERNEL = 7
+from habactl.codecs.spec import describe_hallucinate
 
 
 class Hallucinate(Stage):
@@ -33,29 +29,15 @@ class Hallucinate(Stage):
 
     name = "hallucinate"
     version = 1
+    summary = "HaBa: K hallucinators turn each basis into K images"
+    options = (StageOption("arch", "channel-affine", "--hallucinator-arch"),
+               StageOption("count", 5, "--hallucinators"),
+               StageOption("hidden", 3, "--hallucinator-hidden"),
+               StageOption("kernel", 3, "--hallucinator-kernel"))
 
     @classmethod
     def describe(cls, configuration: dict[str, Any], in_shape: Any) -> StageSpec:
-        reader = ConfigReader(cls.name, configuration)
-        arch = reader.choice("arch", ARCHS)
-        count = reader.integer("count", 1, MAX_COUNT)
-        hidden = reader.integer("hidden", 1, MAX_HIDDEN, default=3)
-        k = reader.integer("kernel", 1, MAX_KERNEL, default=3, odd=True)
-        config = reader.finish()
-        c, h, w = check_shape(cls.name, in_shape)
-        if k > h or k > w:
-            raise CodecError(f"stage 'hallucinate': kernel {k} is larger than the input "
-                             f"{c}x{h}x{w} (the encoder does not pad)")
-        affine = (count, hidden, h - k + 1, w - k + 1) if arch == "pixel-affine" else (count, hidden, 1, 1)
-        params = {
-            "encoder.weight": (count, hidden, c, k, k),
-            "encoder.bias": (count, hidden),
-            "scale": affine,
-            "shift": affine,
-            "decoder.weight": (count, hidden, c, k, k),  # ConvTranspose layout: (in=hidden, out=C)
-            "decoder.bias": (count, c),
-        }
-        return StageSpec(cls.name, cls.version, config, (c, h, w), (c, h, w), count, params)
+        return describe_hallucinate(configuration, in_shape)  # pure: codecs/spec.py
 
     def __init__(self, spec: StageSpec) -> None:
         super().__init__(spec)

@@ -1,27 +1,34 @@
-"""Stage names -> classes, and the pure description of a whole pipeline."""
+"""Stage names -> classes; the pure description of a whole pipeline is in spec.py."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
-from habactl.codecs.base import Shape, Stage, StageSpec, check_shape
+from habactl.codecs.base import Stage
 from habactl.codecs.errors import CodecError, quote
 from habactl.codecs.hallucinate import Hallucinate
+from habactl.codecs.spec import (  # noqa: F401  (re-exported: the torch-free description)
+    DESCRIPTIONS,
+    ENTRY_KEYS,
+    PipelineSpec,
+    describe_entry,
+    describe_pipeline,
+)
 from habactl.codecs.upsample import Upsample
 
 STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (Upsample, Hallucinate)}
 
-ENTRY_KEYS = ("name", "version", "configuration")
-
-
-class PipelineSpec(NamedTuple):
-    """What a pipeline decodes to, computed without allocating anything."""
-
-    stages: list[StageSpec]
-    out_shape: Shape
-    expansion: int
-    params: dict[str, tuple[int, ...]]  # "pipeline.{i}.{param}" -> shape
+# The compress side's codec names: each one is a list of stages, configured from the
+# stages' declared options (`Stage.options`). An archive stores only the entries.
+PRESETS: dict[str, tuple[str, ...]] = {
+    "raw": (),
+    "idc": ("upsample",),
+    "haba": ("hallucinate",),
+    "haba+idc": ("upsample", "hallucinate"),
+}
+# The torch stages and the pure descriptions must name the same stages and versions.
+assert {n: c.version for n, c in STAGES.items()} == {n: d.version for n, d in DESCRIPTIONS.items()}
 
 
 def get_stage(name: str) -> type[Stage]:
@@ -31,49 +38,20 @@ def get_stage(name: str) -> type[Stage]:
     raise CodecError(f"unknown stage {quote(name)} (known: {', '.join(sorted(STAGES))})")
 
 
-def describe_entry(entry: Any, in_shape: Any) -> StageSpec:
-    """Validate one `{"name", "version", "configuration"}` entry and describe its stage."""
-    if not isinstance(entry, Mapping):
-        raise CodecError(f"a pipeline entry must be an object, got {type(entry).__name__}")
-    for key in entry:
-        if not isinstance(key, str) or (key not in ENTRY_KEYS and not key.startswith("x-")):
-            raise CodecError(f"pipeline entry key {quote(key)} is not known "
-                             "(vendor keys start with 'x-')")
-    for key in ENTRY_KEYS:
-        if key not in entry:
-            raise CodecError(f"pipeline entry lacks {quote(key)}")
-    cls = get_stage(entry["name"])
-    version = entry["version"]
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise CodecError(f"stage {quote(cls.name)}: version must be a positive integer, got {quote(version)}")
-    if version > cls.version:
-        raise CodecError(f"stage {quote(cls.name)} version {version} is newer than this habactl "
-                         f"supports ({cls.version}); upgrade habactl to read it")
-    return cls.describe(entry["configuration"], in_shape)
+def expand_preset(preset: str, values: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """A preset's manifest entries; `values` maps a stage name to option values by key."""
+    if preset not in PRESETS:
+        raise CodecError(f"unknown codec {quote(preset)} (known: {', '.join(PRESETS)})")
+    values = values or {}
+    return [{"name": name, "version": STAGES[name].version,
+             "configuration": STAGES[name].configure(values.get(name))}
+            for name in PRESETS[preset]]
 
 
-def describe_pipeline(pipeline: Any, base_shape: Any) -> PipelineSpec:
-    """Validate a manifest pipeline and report shapes, expansion and parameter shapes.
-
-    Pure: nothing is allocated, so the format reader can check tensor shapes and the
-    expanded size against its limits before reading a byte of tensor data.
-    """
-    if not isinstance(pipeline, (list, tuple)):
-        raise CodecError(f"the pipeline must be a list, got {type(pipeline).__name__}")
-    shape = check_shape("pipeline", base_shape, "base shape")
-    stages: list[StageSpec] = []
-    params: dict[str, tuple[int, ...]] = {}
-    expansion = 1
-    for i, entry in enumerate(pipeline):
-        try:
-            spec = describe_entry(entry, shape)
-        except CodecError as error:
-            raise CodecError(error.detail, index=i) from None
-        if spec.expansion > 1 and expansion > 1:
-            raise CodecError(f"at most one stage may expand the data set (stage {quote(spec.name)} "
-                             f"would multiply {expansion} by {spec.expansion})", index=i)
-        expansion *= spec.expansion
-        stages.append(spec)
-        params.update({f"pipeline.{i}.{name}": s for name, s in spec.params.items()})
-        shape = spec.out_shape
-    return PipelineSpec(stages, shape, expansion, params)
+def preset_name(pipeline: Any) -> str:
+    """The preset whose stages `pipeline` has, in order; else the stage names joined by +."""
+    names = tuple(entry["name"] for entry in pipeline)
+    for preset, stages in PRESETS.items():
+        if stages == names:
+            return preset
+    return "+".join(names)

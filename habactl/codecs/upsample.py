@@ -10,11 +10,9 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from habactl.codecs.base import MAX_SIDE, ConfigReader, Stage, StageSpec, check_shape
+from habactl.codecs.base import Stage, StageOption, StageSpec
 from habactl.codecs.errors import CodecError
-
-MODES = ("bilinear", "nearest", "bicubic")
-MAX_FACTOR = 16
+from habactl.codecs.spec import describe_upsample
 
 
 class Upsample(Stage):
@@ -22,17 +20,24 @@ class Upsample(Stage):
 
     name = "upsample"
     version = 1
+    summary = "IDC: bases stored at 1/factor resolution"
+    options = (StageOption("factor", 2, "--factor", "Downsampling factor of the bases."),
+               StageOption("mode", "bilinear"))
+
+    @classmethod
+    def input_shape_for(cls, configuration: dict[str, Any], out_shape: Any) -> Any:
+        c, h, w = out_shape
+        f = configuration.get("factor")
+        if isinstance(f, bool) or not isinstance(f, int) or f < 1:
+            raise CodecError(f"stage 'upsample': factor must be at least 1, got {f!r}")
+        if h % f or w % f:
+            raise CodecError(f"factor {f} does not divide the image size {h}x{w}; "
+                             f"pick a factor that divides both sides")
+        return (c, h // f, w // f)
 
     @classmethod
     def describe(cls, configuration: dict[str, Any], in_shape: Any) -> StageSpec:
-        reader = ConfigReader(cls.name, configuration)
-        factor = reader.integer("factor", 1, MAX_FACTOR)
-        reader.choice("mode", MODES, default="bilinear")
-        config = reader.finish()
-        c, h, w = check_shape(cls.name, in_shape)
-        if h * factor > MAX_SIDE or w * factor > MAX_SIDE:
-            raise CodecError(f"stage 'upsample': output sides {h * factor}x{w * factor} exceed {MAX_SIDE}")
-        return StageSpec(cls.name, cls.version, config, (c, h, w), (c, h * factor, w * factor), 1, {})
+        return describe_upsample(configuration, in_shape)  # pure: codecs/spec.py
 
     def forward(self, x: Tensor, variant: Tensor | None = None) -> Tensor:
         self.check_input(x)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,8 +31,8 @@ from torch import Tensor
 from habactl.distill import checkpoint as ckpt
 from habactl.distill.contrastive import AdversarialContrast
 from habactl.distill.errors import DistillError, Interrupted, NonFiniteLoss
-from habactl.distill.objectives import Context, get_objective
-from habactl.distill.planner import Plan, plan_budget
+from habactl.distill.objectives import Context, Objective, get_objective
+from habactl.distill.planner import Plan, plan_pipeline, preset_pipeline
 from habactl.distill.progress import MetricsLog, Reporter
 from habactl.distill.sets import RealSet, SyntheticSet
 from habactl.runtime import derived_generator, resolve_device
@@ -53,7 +54,10 @@ class DistillConfig:
 
     objective: str = "dm"
     objective_settings: Mapping[str, Any] = field(default_factory=dict)
-    # budget and codec
+    # budget and codec: `pipeline` (manifest entries, [{"name", "version",
+    # "configuration"}]) when given; otherwise the `codec` preset configured from
+    # factor / hallucinators / hallucinator_arch / hidden / kernel.
+    pipeline: tuple[Mapping[str, Any], ...] | None = None
     codec: str = "haba+idc"
     ipc: int = 1
     counts: str = "all"
@@ -119,91 +123,178 @@ def _check_number(name: str, value: float, *, low: float = 0.0, strict: bool = T
     return value
 
 
+def check_config(c: DistillConfig) -> None:
+    """The engine's own settings (the planner, the objective and the contrastive term
+    check theirs)."""
+    if c.init not in INITS:
+        raise DistillError(f"unknown init {c.init!r} (known: {', '.join(INITS)})")
+    if c.iterations < 0:
+        raise DistillError(f"--iterations must be 0 or more, got {c.iterations}")
+    if c.checkpoint_every < 1:
+        raise DistillError(f"--checkpoint-every must be at least 1, got {c.checkpoint_every}")
+    _check_number("--lr-bases", c.lr_bases)
+    _check_number("--lr-hallucinators", c.lr_hallucinators, strict=False)
+    _check_number("--momentum", c.momentum, strict=False, high=1.0)
+    _check_number("hallucinator noise", c.hallucinator_noise, strict=False)
+
+
+def pipeline_entries(c: DistillConfig) -> list[dict[str, Any]]:
+    """The run's decode pipeline as manifest entries: `pipeline`, else the codec preset."""
+    if c.pipeline is not None:
+        return [dict(entry) for entry in c.pipeline]
+    return preset_pipeline(c.codec, factor=c.factor, hallucinators=c.hallucinators,
+                           arch=c.hallucinator_arch, hidden=c.hidden, kernel=c.kernel)
+
+
+def _writable_folder(path: Path, what: str) -> None:
+    """Refuse now, not after the run, a target whose folder is missing or unwritable."""
+    folder = path.parent
+    if path.is_dir():
+        raise DistillError(f"cannot write {what} {path}: it is a folder; name a file")
+    if not folder.is_dir():
+        raise DistillError(f"cannot write {what} {path}: folder {folder} does not exist")
+    try:  # a real probe: permission bits say nothing for root or a read-only mount
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".habactl-probe-")
+    except OSError as error:
+        raise DistillError(f"cannot write {what} {path}: folder {folder} is not writable "
+                           f"({error.strerror or error})") from None
+    os.close(handle)
+    os.unlink(probe)
+
+
+def check_outputs(output: Path, *, checkpoint: Path | None = None, log: Path | None = None,
+                  force: bool = False, resume: bool = False) -> Path:
+    """Every place a run will write, checked before it starts; the checkpoint path.
+
+    The archive must be new (or ``force``), the checkpoint must not hold another
+    unfinished run (unless ``resume`` or ``force``), and every folder must take a file.
+    """
+    output = Path(output)
+    checkpoint = Path(checkpoint) if checkpoint else ckpt.default_path(output)
+    if output.exists() and not output.is_dir() and not force:
+        raise DistillError(f"{output} exists; pass --force to replace it")
+    _writable_folder(output, "the archive")
+    if checkpoint.is_dir():
+        raise DistillError(f"cannot write the checkpoint {checkpoint}: it is a folder; name a file")
+    if resume and not checkpoint.is_file():
+        raise DistillError(f"no checkpoint to resume at {checkpoint}")
+    if not resume and checkpoint.exists() and not force:
+        raise DistillError(f"{checkpoint} holds an unfinished run; pass --resume to continue "
+                           f"it, or --force to start over")
+    _writable_folder(checkpoint, "the checkpoint")
+    if log is not None:
+        _writable_folder(Path(log), "the metrics log")
+    return checkpoint
+
+
 class Distiller:
-    """One run: built from a data source and a config, then ``run`` to an archive."""
+    """One run: built from a data source and a config, then ``run`` to an archive.
+
+    Construction is a fixed sequence of named steps (the order matters: the ``init``
+    random stream is drawn by the bases, the pipeline, the objective and the
+    contrastive term, in that order, and a seed must keep giving the same archive).
+    """
 
     def __init__(self, source: Any, config: DistillConfig) -> None:
-        from habactl.augment import SiameseAugment
-        from habactl.codecs import Pipeline
-        from habactl.normalization import Normalizer, mean_std
-
         self.source = source
         self.config = config
-        c = config
-        if c.init not in INITS:
-            raise DistillError(f"unknown init {c.init!r} (known: {', '.join(INITS)})")
-        if c.iterations < 0:
-            raise DistillError(f"--iterations must be 0 or more, got {c.iterations}")
-        if c.checkpoint_every < 1:
-            raise DistillError(f"--checkpoint-every must be at least 1, got {c.checkpoint_every}")
-        _check_number("--lr-bases", c.lr_bases)
-        _check_number("--lr-hallucinators", c.lr_hallucinators, strict=False)
-        _check_number("--momentum", c.momentum, strict=False, high=1.0)
-        _check_number("hallucinator noise", c.hallucinator_noise, strict=False)
-        self.device = resolve_device(c.device)
-        classes = len(source.classes)
-        image_shape = (source.channels, source.height, source.width)
-        self.image_shape = image_shape
+        check_config(config)
+        self.device = resolve_device(config.device)
+        self.image_shape = (source.channels, source.height, source.width)
+        self.normalization, train_images, train_labels = self._training_set()
+        self.plan = self._plan(train_images, train_labels)
+        self.real = self._real_set(train_images, train_labels)
+        self.generators = {name: stream(config.seed, name) for name in ("init", "objective", "contrast")}
+        self.synthetic = self._synthetic_set(train_images, train_labels)
+        self.augment = self._augmenter()
+        self.objective = self._objective()
+        self.contrast = self._contrast()
+        self.optimizer = self._optimizer()
+        self.learnable = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.hyperparameters = self._hyperparameters()
+        self.fingerprint = ckpt.settings_fingerprint({
+            "hyperparameters": self.hyperparameters, "seed": config.seed,
+            "dataset": source.fingerprint})
+        self.iteration = 0
 
-        self.normalization = mean_std(source.mean(), source.std())
-        normalise = Normalizer(self.normalization)
-        train_images = normalise(source.train.images.float())
-        train_labels = source.train.labels.long()
-        if len(train_labels) == 0:
-            raise DistillError(f"data set {source.name} has no training images")
+    # -- construction steps -----------------------------------------------------------
+    def _training_set(self) -> tuple[dict[str, Any], Tensor, Tensor]:
+        """The normalisation the archive records, and the real training set in it."""
+        from habactl.normalization import Normalizer, mean_std
 
-        # Leftover budget buys extra bases for the most varied classes first.
-        spread = class_spread(train_images, train_labels, classes)
-        self.plan = plan_budget(
-            c.codec, image_shape, classes, c.ipc, counts=c.counts, factor=c.factor,
-            hallucinators=c.hallucinators, arch=c.hallucinator_arch, hidden=c.hidden,
-            kernel=c.kernel, leftover=c.leftover,
-            class_priority=sorted(range(classes), key=lambda k: (-spread[k], k)),
-        )
-        self.real = RealSet(train_images.to(self.device), train_labels.to(self.device), classes)
-        empty = [k for k, n in enumerate(self.real.counts) if n == 0]
+        normalization = mean_std(self.source.mean(), self.source.std())
+        images = Normalizer(normalization)(self.source.train.images.float())
+        labels = self.source.train.labels.long()
+        if len(labels) == 0:
+            raise DistillError(f"data set {self.source.name} has no training images")
+        return normalization, images, labels
+
+    def _plan(self, images: Tensor, labels: Tensor) -> Plan:
+        """The budget plan; leftover budget buys extra bases for the most varied classes."""
+        c = self.config
+        classes = len(self.source.classes)
+        spread = class_spread(images, labels, classes)
+        return plan_pipeline(pipeline_entries(c), self.image_shape, classes, c.ipc, counts=c.counts,
+                             leftover=c.leftover,
+                             class_priority=sorted(range(classes), key=lambda k: (-spread[k], k)),
+                             codec=None if c.pipeline is not None else c.codec)
+
+    def _real_set(self, images: Tensor, labels: Tensor) -> RealSet:
+        real = RealSet(images.to(self.device), labels.to(self.device), len(self.source.classes))
+        empty = [k for k, n in enumerate(real.counts) if n == 0]
         if empty:
-            raise DistillError(f"class {source.classes[empty[0]]!r} has no training images")
-        smallest = min(self.real.counts)
-        if c.ipc >= smallest:
-            k = self.real.counts.index(smallest)
-            raise DistillError(f"--ipc {c.ipc} is no compression: class {source.classes[k]!r} has only "
-                               f"{smallest} training images; use --ipc {max(1, smallest - 1)} or less")
+            raise DistillError(f"class {self.source.classes[empty[0]]!r} has no training images")
+        smallest = min(real.counts)
+        ipc = self.config.ipc
+        if ipc >= smallest:
+            k = real.counts.index(smallest)
+            raise DistillError(f"--ipc {ipc} is no compression: class {self.source.classes[k]!r} has "
+                               f"only {smallest} training images; use --ipc {max(1, smallest - 1)} or less")
+        return real
 
-        self.generators = {name: stream(c.seed, name) for name in ("init", "objective", "contrast")}
+    def _synthetic_set(self, images: Tensor, labels: Tensor) -> SyntheticSet:
+        from habactl.codecs import Pipeline
+
         init = self.generators["init"]
-        bases = self._initial_bases(train_images, train_labels, init)
+        bases = self._initial_bases(images, labels, init)
+        noise = self.config.hallucinator_noise if self.plan.expansion > 1 else 0.0
         pipeline = Pipeline.from_manifest(self.plan.pipeline, self.plan.base_shape, generator=init,
-                                          noise=c.hallucinator_noise if self.plan.expansion > 1 else 0.0)
-        self.synthetic = SyntheticSet(bases, self.plan.per_class, pipeline).to(self.device)
+                                          noise=noise)
+        return SyntheticSet(bases, self.plan.per_class, pipeline).to(self.device)
 
-        self.augment = SiameseAugment(c.augment, flip=not source.is_digits)
-        objective_class = get_objective(c.objective)
-        context = Context(real=self.real, image_shape=image_shape, num_classes=classes,
-                          device=self.device, augment=self.augment, init_generator=init,
-                          ipc=c.ipc, dataset={"name": source.name, "fingerprint": source.fingerprint})
-        self.objective = objective_class(context, dict(c.objective_settings))
+    def _augmenter(self) -> Any:
+        from habactl.augment import SiameseAugment
 
-        use_contrast = (self.plan.expansion > 1) if c.contrastive is None else bool(c.contrastive)
-        if use_contrast and self.plan.expansion < 2:
+        return SiameseAugment(self.config.augment, flip=not self.source.is_digits)
+
+    def _objective(self) -> Objective:
+        c = self.config
+        context = Context(real=self.real, image_shape=self.image_shape,
+                          num_classes=len(self.source.classes), device=self.device,
+                          augment=self.augment, init_generator=self.generators["init"], ipc=c.ipc,
+                          dataset={"name": self.source.name, "fingerprint": self.source.fingerprint})
+        return get_objective(c.objective)(context, dict(c.objective_settings))
+
+    def _contrast(self) -> AdversarialContrast | None:
+        c = self.config
+        use = (self.plan.expansion > 1) if c.contrastive is None else bool(c.contrastive)
+        if not use:
+            return None
+        if self.plan.expansion < 2:
             raise DistillError("the contrastive term needs at least 2 hallucinators "
                                "(codec haba or haba+idc); drop --contrastive")
-        self.contrast = (AdversarialContrast(image_shape, classes, device=self.device, generator=init,
-                                             settings=dict(c.contrastive_settings))
-                         if use_contrast else None)
+        return AdversarialContrast(self.image_shape, len(self.source.classes), device=self.device,
+                                   generator=self.generators["init"],
+                                   settings=dict(c.contrastive_settings))
 
+    def _optimizer(self) -> torch.optim.Optimizer:
+        c = self.config
         groups: list[dict[str, Any]] = [{"params": [self.synthetic.bases], "lr": c.lr_bases}]
         hallucinator_params = self.synthetic.hallucinator_parameters()
         if hallucinator_params:
             groups.append({"params": hallucinator_params, "lr": c.lr_hallucinators})
         groups += self.objective.param_groups()
-        self.optimizer = torch.optim.SGD(groups, lr=c.lr_bases, momentum=c.momentum)
-        self.learnable = [p for group in self.optimizer.param_groups for p in group["params"]]
-        self.hyperparameters = self._hyperparameters()
-        self.fingerprint = ckpt.settings_fingerprint({
-            "hyperparameters": self.hyperparameters, "seed": c.seed,
-            "dataset": source.fingerprint})
-        self.iteration = 0
+        return torch.optim.SGD(groups, lr=c.lr_bases, momentum=c.momentum)
 
     # -- initialisation ---------------------------------------------------------------
     def _initial_bases(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
@@ -233,10 +324,7 @@ class Distiller:
         return {
             "objective": {"name": c.objective, **self.objective.hyperparameters()},
             "budget": self.plan.describe(),
-            "pipeline": {"hallucinators": c.hallucinators if self.plan.expansion > 1 else 0,
-                         "hallucinator_arch": c.hallucinator_arch if self.plan.expansion > 1 else None,
-                         "hidden": c.hidden, "kernel": c.kernel,
-                         "factor": self.plan.image_shape[1] // self.plan.base_shape[1]},
+            "pipeline": self._pipeline_record(),
             "optimizer": {"name": "sgd", "lr_bases": float(c.lr_bases),
                           "lr_hallucinators": float(c.lr_hallucinators),
                           "momentum": float(c.momentum)},
@@ -248,6 +336,19 @@ class Distiller:
             # Float results depend on the CPU thread count: same seed + same threads = same archive.
             "threads": torch.get_num_threads(),
         }
+
+    def _pipeline_record(self) -> dict[str, Any]:
+        """The provenance's summary of the pipeline (its shape predates pipeline entries:
+        hallucinator settings come from the `hallucinate` entry, else from the config)."""
+        c = self.config
+        expands = self.plan.expansion > 1
+        h = next((e["configuration"] for e in self.plan.pipeline if e["name"] == "hallucinate"),
+                 {"count": c.hallucinators, "arch": c.hallucinator_arch, "hidden": c.hidden,
+                  "kernel": c.kernel})
+        return {"hallucinators": h["count"] if expands else 0,
+                "hallucinator_arch": h["arch"] if expands else None,
+                "hidden": h.get("hidden", 3), "kernel": h.get("kernel", 3),
+                "factor": self.plan.image_shape[1] // self.plan.base_shape[1]}
 
     # -- checkpoints ------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -304,75 +405,92 @@ class Distiller:
     def run(self, output: Path, *, force: bool = False, resume: bool = False,
             checkpoint_path: Path | None = None, log: Path | None = None,
             reporter: Reporter | None = None) -> DistillResult:
-        from habactl.archive_io import write_haba
-
+        """Check the outputs, start (or resume), iterate, write the archive."""
         output = Path(output)
-        reporter = reporter or Reporter()
-        checkpoint_path = Path(checkpoint_path) if checkpoint_path else ckpt.default_path(output)
-        if output.exists() and not force:
-            raise DistillError(f"{output} exists; pass --force to replace it")
-        if not output.parent.is_dir():
-            raise DistillError(f"cannot write {output}: folder {output.parent} does not exist")
-        started_at = self.iteration
-        if resume:
-            self._restore(ckpt.load(checkpoint_path, self.fingerprint))
-            started_at = self.iteration
-        elif checkpoint_path.exists() and not force:
-            raise DistillError(f"{checkpoint_path} holds an unfinished run; pass --resume to continue "
-                               f"it, or --force to start over")
-        total = self.config.iterations
-        if self.iteration > total:
-            raise DistillError(f"the checkpoint is at iteration {self.iteration}, beyond "
-                               f"--iterations {total}")
+        checkpoint_path = check_outputs(output, checkpoint=checkpoint_path, log=log, force=force,
+                                        resume=resume)
+        started_at = self._start(checkpoint_path, resume)
         metrics_log = MetricsLog(log)
         metrics_log.write({"event": "resume" if resume else "start", "iteration": self.iteration,
-                           "iterations": total, "plan": self.plan.describe()})
-        kill_after = int(os.environ.get(KILL_AFTER_VARIABLE, "0") or 0)
-        stop = _StopFlag()
+                           "iterations": self.config.iterations, "plan": self.plan.describe()})
         clock = time.perf_counter()
+        last = self._loop(checkpoint_path, metrics_log, reporter or Reporter())
+        path = self._write(output, force)
+        ckpt.remove(checkpoint_path)
+        seconds = time.perf_counter() - clock
+        metrics_log.write({"event": "end", "iteration": self.iteration, "path": str(path)})
+        metrics_log.close()
+        return DistillResult(path=Path(path), plan=self.plan, iterations=self.config.iterations,
+                             resumed_from=started_at, seconds=seconds,
+                             final_loss=last.get("loss"), device=self.device.type)
+
+    # -- run steps ----------------------------------------------------------------------
+    def _start(self, checkpoint_path: Path, resume: bool) -> int:
+        """Restore the checkpoint when resuming; the iteration the run starts at."""
+        if resume:
+            self._restore(ckpt.load(checkpoint_path, self.fingerprint))
+        if self.iteration > self.config.iterations:
+            raise DistillError(f"the checkpoint is at iteration {self.iteration}, beyond "
+                               f"--iterations {self.config.iterations}")
+        return self.iteration
+
+    def _loop(self, checkpoint_path: Path, metrics_log: MetricsLog,
+              reporter: Reporter) -> dict[str, float]:
+        """Iterate to the end; checkpoint when due and on Ctrl-C (then stop)."""
+        total = self.config.iterations
+        stop = _StopFlag()
         last: dict[str, float] = {}
         reporter.start(total, self.iteration, f"{self.config.objective} {self.plan.codec}")
         try:
             with stop.installed():
                 while self.iteration < total:
-                    try:
-                        last = self.step()
-                    except NonFiniteLoss as error:
-                        kept = (f"; the last good checkpoint is {checkpoint_path}"
-                                if checkpoint_path.exists() else "")
-                        raise NonFiniteLoss(f"{error}: nothing was written; lower the learning rates "
-                                            f"(--lr-bases, --lr-hallucinators){kept}") from None
+                    last = self._checked_step(checkpoint_path)
                     metrics_log.write({"event": "iteration", "iteration": self.iteration, **last})
                     reporter.update(self.iteration, last)
                     due = self.iteration % self.config.checkpoint_every == 0
                     if stop.requested or (due and self.iteration < total):
                         ckpt.save(checkpoint_path, self._state())
-                    if kill_after and self.iteration == kill_after:
-                        os.kill(os.getpid(), signal.SIGKILL)
+                    _fault_injection(self.iteration)
                     if stop.requested:
                         metrics_log.write({"event": "interrupted", "iteration": self.iteration})
                         raise Interrupted(self.iteration, str(checkpoint_path))
         finally:
             reporter.close()
+        return last
+
+    def _checked_step(self, checkpoint_path: Path) -> dict[str, float]:
+        try:
+            return self.step()
+        except NonFiniteLoss as error:
+            kept = (f"; the last good checkpoint is {checkpoint_path}"
+                    if checkpoint_path.exists() else "")
+            raise NonFiniteLoss(f"{error}: nothing was written; lower the learning rates "
+                                f"(--lr-bases, --lr-hallucinators){kept}") from None
+
+    def _write(self, output: Path, force: bool) -> Path:
+        """The archive, once every stored tensor is known to be finite."""
+        from habactl.archive_io import write_haba
+
         bases = self.synthetic.bases.detach().cpu()
         if not bool(torch.isfinite(bases).all()) or not all(
                 bool(torch.isfinite(p).all()) for p in self.synthetic.pipeline.parameters()):
             raise NonFiniteLoss("the stored tensors are no longer finite; nothing was written; "
                                 "lower the learning rates (--lr-bases, --lr-hallucinators)")
-        path = write_haba(
+        c = self.config
+        return Path(write_haba(
             output, source=self.source, bases=bases, labels=self.synthetic.labels.cpu(),
             pipeline=self.synthetic.pipeline, normalization=self.normalization,
-            objective=self.config.objective, hyperparameters=self.hyperparameters,
-            iterations=total, seed=self.config.seed, ipc=self.config.ipc,
-            counts=self.config.counts, learned_lr=self.objective.learned_lr(), overwrite=force,
-        )
-        ckpt.remove(checkpoint_path)
-        seconds = time.perf_counter() - clock
-        metrics_log.write({"event": "end", "iteration": self.iteration, "path": str(path)})
-        metrics_log.close()
-        return DistillResult(path=Path(path), plan=self.plan, iterations=total,
-                             resumed_from=started_at, seconds=seconds,
-                             final_loss=last.get("loss"), device=self.device.type)
+            objective=c.objective, hyperparameters=self.hyperparameters,
+            iterations=c.iterations, seed=c.seed, ipc=c.ipc,
+            counts=c.counts, learned_lr=self.objective.learned_lr(), overwrite=force,
+        ))
+
+
+def _fault_injection(iteration: int) -> None:
+    """The crash-recovery test's real kill (see KILL_AFTER_VARIABLE)."""
+    kill_after = int(os.environ.get(KILL_AFTER_VARIABLE, "0") or 0)
+    if kill_after and iteration == kill_after:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _StopFlag:

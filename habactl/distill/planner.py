@@ -23,9 +23,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from habactl.codecs.registry import PRESETS
 from habactl.distill.errors import DistillError
+from habactl.format.account import budget_values  # the one home of the budget formula
 
-CODECS = ("raw", "idc", "haba", "haba+idc")
+CODECS = tuple(PRESETS)  # the codec names are the registry's presets
 HALLUCINATOR_ARCHS = ("channel-affine", "pixel-affine")
 COUNTS = ("all", "bases")
 LEFTOVER = ("bases", "none")
@@ -111,37 +113,60 @@ class Plan:
         return text
 
 
-def pipeline_for(codec: str, image_shape: Sequence[int], *, factor: int | None = None,
-                 hallucinators: int = 5, arch: str = "channel-affine", hidden: int = 3,
-                 kernel: int = 3) -> tuple[list[dict[str, Any]], tuple[int, int, int]]:
-    """The decode pipeline (manifest entries) and base shape of a codec choice."""
-    if codec not in CODECS:
-        raise DistillError(f"unknown codec {codec!r} (known: {', '.join(CODECS)})")
-    c, h, w = (int(s) for s in image_shape)
-    stages: list[dict[str, Any]] = []
-    base_shape = (c, h, w)
-    if codec in ("idc", "haba+idc"):
+def preset_pipeline(codec: str, *, factor: int | None = None, hallucinators: int = 5,
+                    arch: str = "channel-affine", hidden: int = 3,
+                    kernel: int = 3) -> list[dict[str, Any]]:
+    """The manifest entries of a codec preset (``raw``, ``idc``, ``haba``, ``haba+idc``)
+    configured from the command line's stage options."""
+    from habactl.codecs.registry import PRESETS, expand_preset
+
+    if codec not in PRESETS:
+        raise DistillError(f"unknown codec {codec!r} (known: {', '.join(PRESETS)})")
+    stages = PRESETS[codec]
+    if "upsample" in stages:
         f = DEFAULT_FACTOR if factor is None else int(factor)
         if f < 1:
             raise DistillError(f"--factor must be at least 1, got {f}")
-        if h % f or w % f:
-            raise DistillError(f"--factor {f} does not divide the image size {h}x{w}; "
-                               f"pick a factor that divides both sides")
-        base_shape = (c, h // f, w // f)
-        stages.append({"name": "upsample", "version": 1,
-                       "configuration": {"factor": f, "mode": "bilinear"}})
     elif factor not in (None, 1):
         raise DistillError(f"--factor applies to the idc and haba+idc codecs, not {codec!r}")
-    if codec in ("haba", "haba+idc"):
+    if "hallucinate" in stages:
         if arch not in HALLUCINATOR_ARCHS:
             raise DistillError(f"unknown hallucinator architecture {arch!r} "
                                f"(known: {', '.join(HALLUCINATOR_ARCHS)})")
         if hallucinators < 1:
             raise DistillError(f"--hallucinators must be at least 1, got {hallucinators}")
-        stages.append({"name": "hallucinate", "version": 1,
-                       "configuration": {"arch": arch, "count": int(hallucinators),
-                                         "hidden": int(hidden), "kernel": int(kernel)}})
-    return stages, base_shape
+    values = {"upsample": {} if factor is None else {"factor": int(factor)},
+              "hallucinate": {"arch": arch, "count": int(hallucinators), "hidden": int(hidden),
+                              "kernel": int(kernel)}}
+    return expand_preset(codec, values)
+
+
+def base_shape_for(pipeline: Sequence[dict[str, Any]],
+                   image_shape: Sequence[int]) -> tuple[int, int, int]:
+    """The stored bases' shape: the image shape walked back through every stage."""
+    from habactl.codecs.registry import get_stage
+    from habactl.errors import HabaError
+
+    shape = tuple(int(s) for s in image_shape)
+    for entry in reversed(list(pipeline)):
+        try:
+            stage = get_stage(entry["name"])
+            shape = tuple(stage.input_shape_for(dict(entry["configuration"]), shape))
+        except HabaError as error:
+            raise DistillError(str(error)) from None
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise DistillError(f"pipeline entry {entry!r} needs a name and a configuration "
+                               "object") from None
+    return shape  # type: ignore[return-value]
+
+
+def pipeline_for(codec: str, image_shape: Sequence[int], *, factor: int | None = None,
+                 hallucinators: int = 5, arch: str = "channel-affine", hidden: int = 3,
+                 kernel: int = 3) -> tuple[list[dict[str, Any]], tuple[int, int, int]]:
+    """The decode pipeline (manifest entries) and base shape of a codec choice."""
+    stages = preset_pipeline(codec, factor=factor, hallucinators=hallucinators, arch=arch,
+                             hidden=hidden, kernel=kernel)
+    return stages, base_shape_for(stages, image_shape)
 
 
 def plan_budget(codec: str, image_shape: Sequence[int], num_classes: int, ipc: int, *,
@@ -149,8 +174,21 @@ def plan_budget(codec: str, image_shape: Sequence[int], num_classes: int, ipc: i
                 arch: str = "channel-affine", hidden: int = 3, kernel: int = 3,
                 leftover: str = "bases",
                 class_priority: Sequence[int] | None = None) -> Plan:
-    """Turn a budget of ``ipc`` images per class into bases per class (see module doc)."""
-    from habactl.codecs.registry import describe_pipeline
+    """Turn a budget of ``ipc`` images per class into bases per class for a codec preset."""
+    stages = preset_pipeline(codec, factor=factor, hallucinators=hallucinators, arch=arch,
+                             hidden=hidden, kernel=kernel)
+    return plan_pipeline(stages, image_shape, num_classes, ipc, counts=counts, leftover=leftover,
+                         class_priority=class_priority, codec=codec)
+
+
+def plan_pipeline(pipeline: Sequence[dict[str, Any]], image_shape: Sequence[int],
+                  num_classes: int, ipc: int, *, counts: str = "all", leftover: str = "bases",
+                  class_priority: Sequence[int] | None = None,
+                  codec: str | None = None) -> Plan:
+    """Turn a budget of ``ipc`` images per class into bases per class for any pipeline
+    of manifest entries (see module doc). ``codec`` labels the plan; by default the
+    preset the entries match (``registry.preset_name``)."""
+    from habactl.codecs.registry import describe_pipeline, preset_name
     from habactl.errors import HabaError
 
     if counts not in COUNTS:
@@ -161,15 +199,22 @@ def plan_budget(codec: str, image_shape: Sequence[int], num_classes: int, ipc: i
         raise DistillError(f"--ipc must be at least 1, got {ipc}")
     if num_classes < 1:
         raise DistillError("the data set has no classes")
-    stages, base_shape = pipeline_for(codec, image_shape, factor=factor, hallucinators=hallucinators,
-                                      arch=arch, hidden=hidden, kernel=kernel)
+    stages = [dict(entry) for entry in pipeline]
     try:
+        label = codec or preset_name(stages)
+    except (KeyError, TypeError):
+        raise DistillError("a pipeline entry needs a name, a version and a configuration") from None
+    try:
+        base_shape = base_shape_for(stages, image_shape)
         spec = describe_pipeline(stages, base_shape)
     except HabaError as error:
-        raise DistillError(f"codec {codec}: {error}") from None
-    pipeline_values = sum(math.prod(shape) for shape in spec.params.values())
+        raise DistillError(f"codec {label}: {error}") from None
     c, h, w = (int(s) for s in image_shape)
-    budget = ipc * num_classes * c * h * w
+    if tuple(spec.out_shape) != (c, h, w):
+        raise DistillError(f"codec {label}: the pipeline decodes to {list(spec.out_shape)}, "
+                           f"not the images' {[c, h, w]}")
+    pipeline_values = sum(math.prod(shape) for shape in spec.params.values())
+    budget = budget_values(ipc, num_classes, (c, h, w))
     per_basis = math.prod(base_shape)
     fixed = pipeline_values if counts == "all" else 0
     available = budget - fixed
@@ -193,7 +238,7 @@ def plan_budget(codec: str, image_shape: Sequence[int], num_classes: int, ipc: i
         extra = sorted(order[:spare])
         for k in extra:
             per_class[k] += 1
-    return Plan(codec=codec, image_shape=(c, h, w), base_shape=base_shape, pipeline=stages,
+    return Plan(codec=label, image_shape=(c, h, w), base_shape=base_shape, pipeline=stages,
                 per_class=per_class, ipc=int(ipc), counts=counts, budget_values=budget,
                 pipeline_values=pipeline_values, expansion=int(spec.expansion),
                 leftover_policy=leftover, extra_classes=extra)
