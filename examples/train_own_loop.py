@@ -1,0 +1,64 @@
+"""Train your own network on a .haba archive with the archive's own training recipe.
+
+    python examples/train_own_loop.py mnist-5k.haba [--epochs N] [--net small|convnet|resnet18]
+"""
+import argparse
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from habactl import HabaDataset
+from habactl.data import load_source
+from habactl.nets import build_net
+
+
+def small_cnn(channels: int, classes: int) -> nn.Module:
+    """A network of the user's own, not one habactl distilled with."""
+    return nn.Sequential(nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes))
+
+
+def train_and_test(archive: str, net_name: str = "small", epochs: int | None = None,
+                   seed: int = 0, data: str | None = None) -> float:
+    torch.manual_seed(seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    train = HabaDataset(archive)
+    recipe = train.recipe.with_(epochs=epochs)        # None keeps the recorded epochs
+    c, h, w = train.image_shape
+    net = (small_cnn(c, train.num_classes) if net_name == "small"
+           else build_net(net_name, c, h, w, train.num_classes)).to(device)
+    loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True)
+    augment = recipe.augmentation(seed=seed)          # the recorded DSA (no flip for digits)
+    loss_fn, optimizer = recipe.loss(), recipe.optimizer(net.parameters())
+    scheduler = recipe.scheduler(optimizer)           # lr x 0.1 half-way, stepped per epoch
+    for epoch in range(recipe.epochs):
+        augment.set_epoch(epoch)
+        net.train()
+        for images, labels in loader:
+            images, labels = augment(images.to(device)), labels.to(device)
+            optimizer.zero_grad()
+            loss_fn(net(images), labels).backward()
+            optimizer.step()
+        scheduler.step()
+
+    test = load_source(data or recipe.dataset).test   # real test images in [0, 1]
+    normalise = train.test_transform()                # mean/std or ZCA, as the archive's
+    net.eval()
+    with torch.no_grad():
+        predicted = torch.cat([net(x.to(device)).argmax(1).cpu()
+                               for x in normalise(test.images).split(500)])
+    return 100.0 * (predicted == test.labels).float().mean().item()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("archive")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--net", default="small", help="small (below), convnet, resnet18, ...")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", help="real data set to test on (default: the archive's)")
+    args = parser.parse_args()
+    accuracy = train_and_test(args.archive, args.net, args.epochs, args.seed, args.data)
+    print(f"test accuracy {accuracy:.2f} %")
