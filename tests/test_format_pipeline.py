@@ -13,7 +13,14 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from habactl.format import ArchiveError, Limits, open_archive, save_archive, storage_account, verify_archive
+from habactl.format import (
+    ArchiveError,
+    Limits,
+    open_archive,
+    save_archive,
+    storage_account,
+    verify_archive,
+)
 from test_format import make_manifest, make_tensors, rejects, rewrite
 
 

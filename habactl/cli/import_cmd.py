@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -18,7 +17,7 @@ EXAMPLES = """Examples:
 
   habactl import mtt run/ --dataset cifar10 -o mtt.haba
 
-  habactl import mtt images_best.pt labels_best.pt --dataset cifar10 --zca-from cifar10 --root data -o zca.haba
+  habactl import mtt run/ --dataset cifar10 --zca-from cifar10 --root data -o zca.haba
 
   habactl import haba-official images_best.pt weights_best.pt --dataset cifar10 -o haba.haba
 
@@ -32,7 +31,7 @@ Files are read with torch.load(weights_only=True), safetensors or numpy without 
 a file that needs full unpickling is refused and nothing in it runs. See docs/interop.md."""
 
 
-def _floats(text: Optional[str], option: str) -> Optional[list[float]]:
+def _floats(text: str | None, option: str) -> list[float] | None:
     if text is None:
         return None
     try:
@@ -47,25 +46,37 @@ def import_(
     kind: str = typer.Argument(..., help=f"The layout. {_KINDS}."),
     files: list[Path] = typer.Argument(..., help="The files (or the folder holding them)."),
     output: Path = typer.Option(..., "-o", "--output", help="The .haba archive to write."),
-    dataset: Optional[str] = typer.Option(
-        None, "--dataset", help="Class names and the mean/std the public code normalises with: "
-        "mnist, fashion-mnist, cifar10, cifar100, svhn, tiny-imagenet."),
-    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean, e.g. 0.49,0.48,0.45."),
-    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std (with --mean)."),
-    zca_from: Optional[str] = typer.Option(
-        None, "--zca-from", help="Real training data (a data set name or file) to rebuild the ZCA "
-        "whitening from, as MTT does (kornia, eps 0.1, on [0,1] pixels)."),
-    root: Optional[Path] = typer.Option(None, "--root", help="Folder of the --zca-from data set."),
-    classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated class names."),
-    ipc: Optional[int] = typer.Option(
-        None, "--ipc", min=1, help="The images-per-class budget claimed; inspect shows the true "
-        "account. Default: what the stored bases take."),
+    dataset: str | None = typer.Option(
+        None,
+        "--dataset",
+        help="Class names and the mean/std the public code normalises with: "
+        "mnist, fashion-mnist, cifar10, cifar100, svhn, tiny-imagenet.",
+    ),
+    mean: str | None = typer.Option(None, "--mean", help="Per-channel mean, e.g. 0.49,0.48,0.45."),
+    std: str | None = typer.Option(None, "--std", help="Per-channel std (with --mean)."),
+    zca_from: str | None = typer.Option(
+        None,
+        "--zca-from",
+        help="Real training data (a data set name or file) to rebuild the ZCA "
+        "whitening from, as MTT does (kornia, eps 0.1, on [0,1] pixels).",
+    ),
+    root: Path | None = typer.Option(None, "--root", help="Folder of the --zca-from data set."),
+    classes: str | None = typer.Option(None, "--classes", help="Comma-separated class names."),
+    ipc: int | None = typer.Option(
+        None,
+        "--ipc",
+        min=1,
+        help="The images-per-class budget claimed; inspect shows the true "
+        "account. Default: what the stored bases take.",
+    ),
     factor: int = typer.Option(1, "--factor", min=1, help="idc: the multi-formation factor."),
-    experiment: Optional[int] = typer.Option(
-        None, "--experiment", min=0, help="dc: which experiment of res_*.pt (default: the last)."),
+    experiment: int | None = typer.Option(
+        None, "--experiment", min=0, help="dc: which experiment of res_*.pt (default: the last)."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
 ) -> None:
     """Import a distilled set saved by a public codebase, safely, into a .haba archive."""
+    from habactl.atomic import check_file_target
     from habactl.format import open_archive, storage_account
     from habactl.interop.build import Normalisation, build_archive
     from habactl.interop.common import Options
@@ -74,8 +85,7 @@ def import_(
 
     read = importer(kind)
     kind = kind.strip().lower()
-    if output.exists() and not force:
-        raise HabaError(f"{output} exists; pass --force to replace it")
+    check_file_target(output, force, example="out.haba")  # before any file is read
     chosen = find_preset(dataset, kind) if dataset else None
     names = [c.strip() for c in classes.split(",")] if classes else None
     if names is None and chosen is not None:
@@ -90,15 +100,27 @@ def import_(
         from habactl.data import load_source
 
         norm.zca_images = load_source(zca_from, root=root).train.images
-    imported = read(list(files), Options(classes=names, factor=factor, experiment=experiment,
-                                         dataset=dataset))
-    path = build_archive(imported, output, kind=kind, files=list(files), classes=names,
-                         preset=chosen, norm=norm, ipc=ipc, force=force)
+    imported = read(
+        list(files), Options(classes=names, factor=factor, experiment=experiment, dataset=dataset)
+    )
+    path = build_archive(
+        imported,
+        output,
+        kind=kind,
+        files=list(files),
+        classes=names,
+        preset=chosen,
+        norm=norm,
+        ipc=ipc,
+        force=force,
+    )
     for note in imported.notes + norm.notes:
         print(f"habactl: note: {note}", file=sys.stderr)
     with open_archive(path) as archive:
         account = storage_account(archive.manifest)
         count = archive.manifest["bases"]["count"] * archive.plan.expansion
-    print(f"wrote {path}: {count:,} training images; stores {account['stored_values']:,} values "
-          f"= {account['ratio']:.2f}x the budget of ipc {archive.manifest['storage']['ipc']}",
-          file=sys.stderr)
+    print(
+        f"wrote {path}: {count:,} training images; stores {account['stored_values']:,} values "
+        f"= {account['ratio']:.2f}x the budget of ipc {archive.manifest['storage']['ipc']}",
+        file=sys.stderr,
+    )

@@ -13,6 +13,15 @@ from typing import Any
 
 import torch
 
+from habactl.codecs.registry import describe_pipeline
+from habactl.format.checks import (
+    Entry,
+    check_manifest,
+    check_tensor_set,
+    check_values,
+    header_length,
+    parse_header,
+)
 from habactl.format.digest import DTYPE_NAMES, tensor_sha256, tensors_content_digest
 from habactl.format.errors import ArchiveError, quote
 from habactl.format.limits import DEFAULT_LIMITS, Limits
@@ -23,15 +32,6 @@ from habactl.format.manifest import (
     canonical_json,
     parse_json,
     validate_manifest,
-)
-from habactl.codecs.registry import describe_pipeline
-from habactl.format.checks import (
-    Entry,
-    check_manifest,
-    check_tensor_set,
-    check_values,
-    header_length,
-    parse_header,
 )
 
 _CHUNK = 1 << 20

@@ -31,8 +31,10 @@ def read(files: list[Path], options: Options) -> Imported:
         raise InteropError(f"{path.name}: expected named arrays (images, labels, optional lr)")
     unknown = sorted(set(content) - {"images", "labels", "lr"})
     if unknown or "images" not in content or "labels" not in content:
-        raise InteropError(f"{path.name}: expected the keys images, labels (and optional lr), "
-                           f"found {sorted(content)}")
+        raise InteropError(
+            f"{path.name}: expected the keys images, labels (and optional lr), "
+            f"found {sorted(content)}"
+        )
     notes: list[str] = []
     raw = content["images"]
     space = "normalised"

@@ -27,40 +27,62 @@ class Normalisation:
     notes: list[str] = field(default_factory=list)
 
 
-def normalisation_entry(imported: Imported, norm: Normalisation) -> tuple[dict[str, Any], Tensor | None]:
+def normalisation_entry(
+    imported: Imported, norm: Normalisation
+) -> tuple[dict[str, Any], Tensor | None]:
     """The manifest's ``normalization`` and ZCA matrix; pixel-space bases are mapped into
     the mean/std space here (every stage is linear and sums its weights to 1, so
     normalising before decoding equals normalising after)."""
     channels = int(imported.bases.shape[1])
     if norm.zca_images is not None:
         if imported.space == "pixels":
-            raise InteropError("--zca-from: these files hold pixels, not ZCA-whitened images "
-                               "(IDC and uint8 arrays do not whiten); use --dataset or --mean/--std")
+            raise InteropError(
+                "--zca-from: these files hold pixels, not ZCA-whitened images "
+                "(IDC and uint8 arrays do not whiten); use --dataset or --mean/--std"
+            )
         from habactl.interop.zca import fit_zca
 
         real = norm.zca_images
         if tuple(real.shape[1:]) != _image_shape(imported):
-            raise InteropError(f"--zca-from: real images are {list(real.shape[1:])}, the "
-                               f"imported ones {list(_image_shape(imported))}")
+            raise InteropError(
+                f"--zca-from: real images are {list(real.shape[1:])}, the "
+                f"imported ones {list(_image_shape(imported))}"
+            )
         fit = fit_zca(real, norm.zca_eps)
-        norm.notes.append(f"ZCA fitted on {real.shape[0]} real images, eps {fit.eps}; per-pixel "
-                          f"mean offset left out: max {fit.residual:.3g} in whitened units")
-        return ({"kind": "zca", "mean": fit.channel_mean, "std": [1.0] * channels,
-                 "eps": float(fit.eps)}, fit.matrix)
+        norm.notes.append(
+            f"ZCA fitted on {real.shape[0]} real images, eps {fit.eps}; per-pixel "
+            f"mean offset left out: max {fit.residual:.3g} in whitened units"
+        )
+        return (
+            {
+                "kind": "zca",
+                "mean": fit.channel_mean,
+                "std": [1.0] * channels,
+                "eps": float(fit.eps),
+            },
+            fit.matrix,
+        )
     if norm.mean is None:
-        norm.notes.append("no normalisation given (--dataset or --mean/--std): the archive says "
-                          "'none', so real test images are used as plain [0, 1] pixels")
+        norm.notes.append(
+            "no normalisation given (--dataset or --mean/--std): the archive says "
+            "'none', so real test images are used as plain [0, 1] pixels"
+        )
         return {"kind": "none"}, None
     assert norm.std is not None
     if len(norm.mean) != channels or len(norm.std) != channels:
-        raise InteropError(f"--mean/--std give {len(norm.mean)}/{len(norm.std)} values for "
-                           f"{channels}-channel images")
+        raise InteropError(
+            f"--mean/--std give {len(norm.mean)}/{len(norm.std)} values for "
+            f"{channels}-channel images"
+        )
     if imported.space == "pixels":
         mean = torch.tensor(norm.mean).view(1, -1, 1, 1)
         std = torch.tensor(norm.std).view(1, -1, 1, 1)
         imported.bases = ((imported.bases - mean) / std).contiguous()
-    return {"kind": "mean-std", "mean": [float(m) for m in norm.mean],
-            "std": [float(s) for s in norm.std]}, None
+    return {
+        "kind": "mean-std",
+        "mean": [float(m) for m in norm.mean],
+        "std": [float(s) for s in norm.std],
+    }, None
 
 
 def _image_shape(imported: Imported) -> tuple[int, ...]:
@@ -75,8 +97,9 @@ def _image_shape(imported: Imported) -> tuple[int, ...]:
 def fingerprint(files: list[Path]) -> str:
     """sha256 over the input files' names and bytes: which files this archive came from."""
     digest = hashlib.sha256(b"habactl-import-v1\0")
-    for path in sorted(p for f in files for p in ([f] if f.is_file() else sorted(f.iterdir()))
-                       if p.is_file()):
+    for path in sorted(
+        p for f in files for p in ([f] if f.is_file() else sorted(f.iterdir())) if p.is_file()
+    ):
         digest.update(path.name.encode() + b"\0")
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
@@ -106,29 +129,50 @@ def build_archive(
     if classes is None:
         classes = [str(c) for c in range(needed)]
     if labels.dim() == 2 and labels.shape[1] != len(classes):
-        raise InteropError(f"soft labels have {labels.shape[1]} classes, --dataset/--classes "
-                           f"name {len(classes)}")
+        raise InteropError(
+            f"soft labels have {labels.shape[1]} classes, --dataset/--classes name {len(classes)}"
+        )
     if needed > len(classes):
-        raise InteropError(f"labels go up to class {needed - 1}, but only {len(classes)} classes "
-                           "are named")
+        raise InteropError(
+            f"labels go up to class {needed - 1}, but only {len(classes)} classes are named"
+        )
     image = _image_shape(imported)
     if preset is not None and tuple(preset.shape) != image:
-        raise InteropError(f"--dataset {preset.name} has images {list(preset.shape)}, the files "
-                           f"decode to {list(image)}")
+        raise InteropError(
+            f"--dataset {preset.name} has images {list(preset.shape)}, the files "
+            f"decode to {list(image)}"
+        )
     per_image = math.prod(image)
     counts = imported.counts if ipc is None else "all"
     if ipc is None:
         ipc = max(1, math.ceil(imported.bases.numel() / (len(classes) * per_image)))
-    hyper = {"imported": kind, "files": sorted(p.name for p in files),
-             "notes": imported.notes + norm.notes}
+    hyper = {
+        "imported": kind,
+        "files": sorted(p.name for p in files),
+        "notes": imported.notes + norm.notes,
+    }
     manifest = build_manifest(
-        source_name=preset.name if preset is not None else "unknown", source_fingerprint=fingerprint(files),
-        classes=classes, image_shape=image, bases=imported.bases, labels=labels,
-        pipeline=imported.pipeline, normalization=normalization, objective=f"import:{kind}",
-        hyperparameters=hyper, iterations=0, seed=0, ipc=ipc, counts=counts,
-        learned_lr=imported.learned_lr)
-    tensors: dict[str, Tensor] = {"bases": imported.bases, "labels": labels,
-                                  **imported.stage_tensors}
+        source_name=preset.name if preset is not None else "unknown",
+        source_fingerprint=fingerprint(files),
+        classes=classes,
+        image_shape=image,
+        bases=imported.bases,
+        labels=labels,
+        pipeline=imported.pipeline,
+        normalization=normalization,
+        objective=f"import:{kind}",
+        hyperparameters=hyper,
+        iterations=0,
+        seed=0,
+        ipc=ipc,
+        counts=counts,
+        learned_lr=imported.learned_lr,
+    )
+    tensors: dict[str, Tensor] = {
+        "bases": imported.bases,
+        "labels": labels,
+        **imported.stage_tensors,
+    }
     if zca is not None:
         tensors["normalization.zca"] = zca
     return save_archive(output, tensors, manifest, overwrite=force)
@@ -144,14 +188,20 @@ def expanded(archive: Path) -> tuple[Tensor, Tensor, Any]:
 
 
 def write_folder(folder: Path, files: dict[str, Tensor | str], *, force: bool) -> list[str]:
-    """The files, written into a new folder atomically (nothing half-written)."""
-    from habactl.atomic import atomic_path, check_target
+    """The files, written into a new folder atomically (habactl/atomic.py: nothing
+    half-written, and a folder of the user's own files is never replaced)."""
+    import io
 
-    check_target(folder, force)
-    with atomic_path(folder, directory=True) as temp:
+    from habactl.atomic import atomic_folder, check_folder_target, write_new_file
+
+    check_folder_target(folder, force)
+    with atomic_folder(folder, kind="export") as temp:
         for name, value in files.items():
             if isinstance(value, str):
-                (temp / name).write_text(value, encoding="utf-8")
+                data = value.encode("utf-8")
             else:
-                torch.save(value.detach().cpu().clone(), temp / name)
+                buffer = io.BytesIO()
+                torch.save(value.detach().cpu().clone(), buffer)
+                data = buffer.getvalue()
+            write_new_file(temp / name, data)
     return sorted(files)

@@ -70,8 +70,10 @@ def as_labels(value: Any, count: int, name: str, notes: list[str]) -> Tensor:
             raise InteropError(f"{name}: negative class index {int(labels.min())}")
         return labels.contiguous()
     if value.dim() != 2 or not value.is_floating_point():
-        raise InteropError(f"{name}: expected (N,) class indices or (N, classes) soft labels, "
-                           f"found {value.dtype} {list(value.shape)}")
+        raise InteropError(
+            f"{name}: expected (N,) class indices or (N, classes) soft labels, "
+            f"found {value.dtype} {list(value.shape)}"
+        )
     soft = value.detach().to(torch.float32)
     if not bool(soft.isfinite().all()):
         raise InteropError(f"{name}: soft labels hold NaN or infinite values")
@@ -95,10 +97,14 @@ def scalar_lr(value: Any, name: str) -> float:
     """A learned learning rate from a scalar tensor or number (> 0)."""
     if isinstance(value, Tensor):
         if value.numel() != 1:
-            raise InteropError(f"{name}: a learning rate must be one number, found {list(value.shape)}")
+            raise InteropError(
+                f"{name}: a learning rate must be one number, found {list(value.shape)}"
+            )
         value = float(value.reshape(()).item())
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InteropError(f"{name}: a learning rate must be a number, found {type(value).__name__}")
+        raise InteropError(
+            f"{name}: a learning rate must be a number, found {type(value).__name__}"
+        )
     lr = float(value)
     if not lr > 0 or lr == float("inf"):
         raise InteropError(f"{name}: learning rate {lr} is not positive and finite")
@@ -114,6 +120,8 @@ def one_file(files: list[Path], kind: str, what: str) -> Path:
 def balanced_labels(count: int, classes: int, name: str) -> Tensor:
     """Labels of a class-major file that stores none: ``count / classes`` per class."""
     if count % classes:
-        raise InteropError(f"{name}: {count} images do not split evenly into {classes} classes "
-                           "(the layout stores no labels, so it must be class-major, equal per class)")
+        raise InteropError(
+            f"{name}: {count} images do not split evenly into {classes} classes "
+            "(the layout stores no labels, so it must be class-major, equal per class)"
+        )
     return torch.arange(classes).repeat_interleave(count // classes)

@@ -30,8 +30,9 @@ def read(files: list[Path], options: Options) -> Imported:
         raise InteropError(f"{path.name}: 'data' holds no experiment")
     index = len(experiments) - 1 if options.experiment is None else options.experiment
     if not 0 <= index < len(experiments):
-        raise InteropError(f"{path.name}: --experiment {index} is out of range "
-                           f"(0 to {len(experiments) - 1})")
+        raise InteropError(
+            f"{path.name}: --experiment {index} is out of range (0 to {len(experiments) - 1})"
+        )
     pair = experiments[index]
     if not isinstance(pair, (list, tuple)) or len(pair) != 2:
         raise InteropError(f"{path.name}: data[{index}] is not an [images, labels] pair")

@@ -34,9 +34,11 @@ def storage_note(manifest: dict) -> dict:
         "decoded_images": None,
         "classes": list(manifest["classes"]),
         "normalization": manifest["normalization"],
-        "note": ("images.pt is in the archive's normalised space; give DD-Ranking "
-                 "ipc_for_random_baseline as ipc so that its random baseline uses the same "
-                 "storage as this archive"),
+        "note": (
+            "images.pt is in the archive's normalised space; give DD-Ranking "
+            "ipc_for_random_baseline as ipc so that its random baseline uses the same "
+            "storage as this archive"
+        ),
     }
 
 
@@ -47,7 +49,10 @@ def export(archive: Path, folder: Path, *, force: bool = False) -> list[str]:
     images, labels, dataset = expanded(archive)
     note = storage_note(dataset.manifest)
     note["decoded_images"] = int(images.shape[0])
-    files = {"images.pt": images, "labels.pt": labels,
-             "lr.pt": torch.tensor(float(dataset.recommended_lr)),
-             "habactl-export.json": json.dumps(note, indent=2, sort_keys=True) + "\n"}
+    files = {
+        "images.pt": images,
+        "labels.pt": labels,
+        "lr.pt": torch.tensor(float(dataset.recommended_lr)),
+        "habactl-export.json": json.dumps(note, indent=2, sort_keys=True) + "\n",
+    }
     return write_folder(folder, files, force=force)

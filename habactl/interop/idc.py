@@ -20,7 +20,9 @@ from habactl.interop.common import Imported, InteropError, Options, as_images, a
 from habactl.interop.safe_load import load_torch
 
 
-def unpack(images: torch.Tensor, labels: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+def unpack(
+    images: torch.Tensor, labels: torch.Tensor, factor: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Bases (N·f², C, H/f, W/f) in IDC's decode order, and their labels."""
     n, c, h, w = images.shape
     if h % factor or w % factor:
@@ -32,11 +34,11 @@ def unpack(images: torch.Tensor, labels: torch.Tensor, factor: int) -> tuple[tor
     bases, out_labels = [], []
     start = 0
     for count in counts.tolist():
-        block = images[start:start + count]
+        block = images[start : start + count]
         for i in range(factor):
             for j in range(factor):
-                bases.append(block[:, :, i * s:(i + 1) * s, j * t:(j + 1) * t])
-                out_labels.append(labels[start:start + count])
+                bases.append(block[:, :, i * s : (i + 1) * s, j * t : (j + 1) * t])
+                out_labels.append(labels[start : start + count])
         start += count
     return torch.cat(bases).contiguous(), torch.cat(out_labels).contiguous()
 
@@ -59,8 +61,13 @@ def read(files: list[Path], options: Options) -> Imported:
     if factor == 1:
         return Imported(bases=images, labels=labels, space="pixels", notes=notes)
     bases, labels = unpack(images, labels, factor)
-    notes.append(f"multi-formation factor {factor}: {images.shape[0]} stored images -> "
-                 f"{bases.shape[0]} bases")
-    stage = {"name": "upsample", "version": 1,
-             "configuration": {"factor": factor, "mode": "bilinear"}}
+    notes.append(
+        f"multi-formation factor {factor}: {images.shape[0]} stored images -> "
+        f"{bases.shape[0]} bases"
+    )
+    stage = {
+        "name": "upsample",
+        "version": 1,
+        "configuration": {"factor": factor, "mode": "bilinear"},
+    }
     return Imported(bases=bases, labels=labels, space="pixels", pipeline=[stage], notes=notes)

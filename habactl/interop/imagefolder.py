@@ -1,4 +1,4 @@
-"""Class folders of PNGs: the same code path as ``habactl expand`` (cli/expand.py)."""
+"""Class folders of PNGs: exactly what ``habactl expand`` writes (habactl/expand.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,7 @@ from pathlib import Path
 
 
 def export(archive: Path, folder: Path, *, force: bool = False) -> list[str]:
-    from habactl.atomic import check_target
-    from habactl.cli.expand import write_png_folders
-    from habactl.loader import HabaDataset
+    from habactl.expand import expand_archive
 
-    check_target(folder, force)
-    dataset = HabaDataset(archive)
-    images, labels = dataset.tensors()
-    write_png_folders(folder, dataset.test_transform().to_pixels(images), labels, dataset.classes)
-    return sorted(p.name for p in folder.iterdir())
+    expand_archive(archive, folder, force=force, kind="png")
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))

@@ -49,8 +49,10 @@ def find_files(files: list[Path]) -> dict[str, Path]:
         role = _role(path)
         if role is None:
             if explicit:
-                raise InteropError(f"{path.name}: cannot tell whether it holds images, labels or "
-                                   "a learning rate (name it images*.pt, labels*.pt or *lr*.pt)")
+                raise InteropError(
+                    f"{path.name}: cannot tell whether it holds images, labels or "
+                    "a learning rate (name it images*.pt, labels*.pt or *lr*.pt)"
+                )
             continue
         best = path.stem.lower().endswith("_best")
         if role in found and not best:
@@ -68,15 +70,18 @@ def read(files: list[Path], options: Options) -> Imported:
     notes: list[str] = []
     images = as_images(load_torch(found["images"]), found["images"].name)
     if "labels" in found:
-        labels = as_labels(load_torch(found["labels"]), images.shape[0], found["labels"].name, notes)
+        labels = as_labels(
+            load_torch(found["labels"]), images.shape[0], found["labels"].name, notes
+        )
     else:
         raise InteropError(f"no labels file beside {found['images'].name} (labels_best.pt)")
     learned_lr = None
     if "lr" in found:
         learned_lr = scalar_lr(load_torch(found["lr"]), found["lr"].name)
     images, labels = class_order(images, labels, notes)
-    return Imported(bases=images, labels=labels, space="normalised", learned_lr=learned_lr,
-                    notes=notes)
+    return Imported(
+        bases=images, labels=labels, space="normalised", learned_lr=learned_lr, notes=notes
+    )
 
 
 def export(archive: Path, folder: Path, *, force: bool = False) -> list[str]:

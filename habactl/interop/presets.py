@@ -12,8 +12,18 @@ from dataclasses import dataclass
 
 from habactl.interop.safe_load import InteropError
 
-_CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-            "truck"]
+_CIFAR10 = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 _CIFAR100 = (
     "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus "
     "butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch "
@@ -24,8 +34,18 @@ _CIFAR100 = (
     "snail snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television "
     "tiger tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm"
 ).split()
-_FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-            "Bag", "Ankle boot"]
+_FASHION = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 _DIGITS = [str(d) for d in range(10)]
 
 
@@ -41,20 +61,38 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "mnist": Preset("mnist", tuple(_DIGITS), (1, 28, 28), (0.1307,), (0.3081,)),
     "fashion-mnist": Preset("fashion-mnist", tuple(_FASHION), (1, 28, 28), (0.2861,), (0.3530,)),
-    "svhn": Preset("svhn", tuple(_DIGITS), (3, 32, 32), (0.4377, 0.4438, 0.4728),
-                   (0.1980, 0.2010, 0.1970)),
-    "cifar10": Preset("cifar10", tuple(_CIFAR10), (3, 32, 32), (0.4914, 0.4822, 0.4465),
-                      (0.2023, 0.1994, 0.2010)),
-    "cifar100": Preset("cifar100", tuple(_CIFAR100), (3, 32, 32), (0.5071, 0.4866, 0.4409),
-                       (0.2673, 0.2564, 0.2762)),
+    "svhn": Preset(
+        "svhn", tuple(_DIGITS), (3, 32, 32), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
+    ),
+    "cifar10": Preset(
+        "cifar10", tuple(_CIFAR10), (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+    ),
+    "cifar100": Preset(
+        "cifar100",
+        tuple(_CIFAR100),
+        (3, 32, 32),
+        (0.5071, 0.4866, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+    ),
     # Class names are the WordNet ids of the folders, which habactl does not ship: the
     # preset names the classes by index and says so (docs/interop.md).
-    "tiny-imagenet": Preset("tiny-imagenet", tuple(f"class-{i:03d}" for i in range(200)),
-                            (3, 64, 64), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "tiny-imagenet": Preset(
+        "tiny-imagenet",
+        tuple(f"class-{i:03d}" for i in range(200)),
+        (3, 64, 64),
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+    ),
 }
-ALIASES = {"fashionmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist",
-           "cifar-10": "cifar10", "cifar-100": "cifar100", "tiny": "tiny-imagenet",
-           "tinyimagenet": "tiny-imagenet", "tiny_imagenet": "tiny-imagenet"}
+ALIASES = {
+    "fashionmnist": "fashion-mnist",
+    "fashion_mnist": "fashion-mnist",
+    "cifar-10": "cifar10",
+    "cifar-100": "cifar100",
+    "tiny": "tiny-imagenet",
+    "tinyimagenet": "tiny-imagenet",
+    "tiny_imagenet": "tiny-imagenet",
+}
 # Codebases that normalise CIFAR-100 with CIFAR-10's statistics.
 CIFAR10_STATS_FOR_CIFAR100 = ("mtt", "haba-official", "idc", "dd-ranking")
 

@@ -3,23 +3,40 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from habactl.errors import HabaError
 
 # kind -> (module, function, one line for --help)
 IMPORTERS: dict[str, tuple[str, str, str]] = {
-    "mtt": ("mtt", "read", "images_best.pt + labels_best.pt (+ syn_lr/lr_best.pt): MTT, DATM, FreD"),
-    "haba-official": ("haba_official", "read", "the HaBa authors' images_best.pt + weights_best.pt"),
+    "mtt": (
+        "mtt",
+        "read",
+        "images_best.pt + labels_best.pt (+ syn_lr/lr_best.pt): MTT, DATM, FreD",
+    ),
+    "haba-official": (
+        "haba_official",
+        "read",
+        "the HaBa authors' images_best.pt + weights_best.pt",
+    ),
     "dc": ("dc", "read", "res_*.pt of the DC / DSA / DM code: 'data' lists (images, labels)"),
     "idc": ("idc", "read", "IDC's data.pt, (images, targets); --factor f unpacks multi-formation"),
     "npz": ("arrays", "read", "your own .npz / .safetensors / .pt of images, labels, optional lr"),
     "dd-ranking": ("mtt", "read", "images.pt + labels.pt + lr.pt as DD-Ranking takes them"),
 }
 EXPORTERS: dict[str, tuple[str, str, str]] = {
-    "dd-ranking": ("ddranking", "export", "images.pt, labels.pt, lr.pt + the storage-equivalent IPC"),
+    "dd-ranking": (
+        "ddranking",
+        "export",
+        "images.pt, labels.pt, lr.pt + the storage-equivalent IPC",
+    ),
     "mtt": ("mtt", "export", "images_best.pt, labels_best.pt, lr_best.pt (expanded)"),
-    "imagefolder": ("imagefolder", "export", "class folders of PNGs (what `habactl expand` writes)"),
+    "imagefolder": (
+        "imagefolder",
+        "export",
+        "class folders of PNGs (what `habactl expand` writes)",
+    ),
 }
 
 

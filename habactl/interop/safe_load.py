@@ -21,7 +21,7 @@ class InteropError(HabaError):
     """A file of another codebase cannot be read, or does not have the expected layout."""
 
 
-_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+ ?[\w.]*)|Unsupported (?:global|operand)[^\n]*?: ([^\n]+)")
+_GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
 
 
 def load_torch(path: Path) -> Any:
@@ -46,8 +46,7 @@ def _refused_global(message: str) -> str:
     match = _GLOBAL_RE.search(message)
     if match is None:
         return "an object that is not plain data"
-    name = (match.group(1) or match.group(2) or "").strip()
-    return f"it names {name}" if name else "an object that is not plain data"
+    return f"it names {match.group(1)}"
 
 
 def load_safetensors(path: Path) -> dict[str, Any]:

@@ -55,11 +55,13 @@ def fit_zca(images: Tensor, eps: float = MTT_EPS) -> ZcaFit:
     return ZcaFit(matrix.to(torch.float32).contiguous(), mean, channel_mean, residual, eps)
 
 
-def _best_channel_mean(matrix: Tensor, mean: Tensor, channels: int, pixels: int) -> tuple[list[float], float]:
+def _best_channel_mean(
+    matrix: Tensor, mean: Tensor, channels: int, pixels: int
+) -> tuple[list[float], float]:
     # Minimise |T (P m - mu)| over the per-channel m; P spreads channel c over its pixels.
     spread = torch.zeros(channels * pixels, channels, dtype=torch.float64)
     for ch in range(channels):
-        spread[ch * pixels:(ch + 1) * pixels, ch] = 1.0
+        spread[ch * pixels : (ch + 1) * pixels, ch] = 1.0
     a, b = matrix @ spread, matrix @ mean
     m = torch.linalg.lstsq(a, b.unsqueeze(1)).solution.squeeze(1)
     residual = float((a @ m - b).abs().max())
