@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -10,8 +11,23 @@ import typer
 
 from habactl.cli.app import app, guarded, stderr
 
+EXAMPLES = """
 
-@app.command()
+Examples:
+
+  habactl experts digits -o digits-experts --experts 2 --epochs 10
+
+  habactl experts mnist-5k -o buf --threads 1   (rerun the same line to resume)
+
+  habactl compress mnist-5k --objective mtt --experts buf
+
+The folder must be new, empty or an experts buffer: habactl never writes into a folder
+of other files.
+"""
+
+
+@app.command(help="Train N expert networks on DATA and store their trajectories "
+                  "(safetensors + index.json)." + EXAMPLES)
 @guarded
 def experts(
     data: str = typer.Argument(..., help="Data set, as for compress (e.g. mnist-5k, digits)."),
@@ -33,8 +49,16 @@ def experts(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
 ) -> None:
     """Train N expert networks on DATA and store their trajectories (safetensors + index.json)."""
+    from habactl.atomic import OutputError, check_folder_writable, describe
     from habactl.data import load_source
     from habactl.experts import ExpertSettings, train_experts
+    from habactl.experts.buffer import check_buffer_folder
+
+    # Every check on the output before the data is loaded and training starts.
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"{output} exists and is not a folder; give a folder for the buffer")
+    check_buffer_folder(output)
+    check_folder_writable(output if output.is_dir() else output.parent)
 
     settings = ExpertSettings(experts=count, epochs=epochs, lr=lr, batch_size=batch_size, arch=arch,
                               width=width, augment=augment, seed=seed, device=device)
@@ -70,8 +94,15 @@ def experts(
         if not quiet:
             stderr.print(f"note: {text}")
 
+    created = not output.exists()
     try:
         index = train_experts(source, output, settings, force=force, progress=progress, note=note)
+    except OSError as error:  # e.g. the folder's own mkdir; the buffer's files say it themselves
+        remove_if_unused(output, created)
+        raise OutputError(describe(error, output)) from None
+    except OutputError:
+        remove_if_unused(output, created)
+        raise
     finally:
         if bar:
             bar["progress"].stop()
@@ -80,3 +111,21 @@ def experts(
                      f"{index['parameters']['count']:,} parameters × {epochs + 1} checkpoints each; "
                      f"{time.perf_counter() - started:.1f} s)")
         stderr.print(f"next: habactl compress {data} --objective mtt --experts {output}")
+
+
+def remove_if_unused(folder: Path, created: bool) -> None:
+    """A folder this run made and that holds no finished expert goes again on failure."""
+    import json
+
+    if not created or not folder.is_dir():
+        return
+    names = set(os.listdir(folder))
+    if not names <= {"index.json"}:
+        return
+    try:
+        if names and json.loads((folder / "index.json").read_text(encoding="utf-8"))["experts"]:
+            return
+        (folder / "index.json").unlink(missing_ok=True)
+        folder.rmdir()
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # leaving an empty buffer behind is harmless

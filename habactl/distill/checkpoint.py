@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -35,32 +33,18 @@ def default_path(output: Path) -> Path:
 
 
 def save(path: Path, state: Mapping[str, Any]) -> None:
-    """Write ``state`` atomically to ``path``."""
+    """Write ``state`` atomically to ``path`` (through habactl.atomic, like every output)."""
+    import io
+
+    from habactl.atomic import write_bytes
+
     path = Path(path)
     payload = {"kind": KIND, "version": VERSION, **state}
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        directory = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(directory)
-    except OSError:
-        pass
-    finally:
-        os.close(directory)
+    # Serialised in memory first: torch's own file writer reports a full disk as an
+    # internal assertion; the atomic writer says "no space left on device" and the folder.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_bytes(path, buffer.getbuffer())
 
 
 def load(path: Path, fingerprint: str) -> dict[str, Any]:

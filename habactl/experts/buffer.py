@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from habactl.atomic import atomic_path
+from habactl.atomic import OutputError, write_bytes, write_text
 from habactl.errors import HabaError
 
 KIND = "habactl-experts"
@@ -54,20 +54,51 @@ def sha256_file(path: Path) -> str:
 
 def write_json_atomic(path: Path, value: Mapping[str, Any]) -> None:
     text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    with atomic_path(path) as temporary:
-        temporary.write_text(text, encoding="utf-8")
+    write_text(path, text)
 
 
 def write_trajectory(path: Path, trajectory: Tensor, metadata: Mapping[str, str]) -> str:
     """Write one trajectory atomically; returns its sha256."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    with atomic_path(path) as temporary:
-        save_file({TENSOR: trajectory.detach().float().cpu().contiguous()}, str(temporary),
-                  # One key: safetensors writes a metadata map in no fixed order, and the
-                  # same expert must give the same bytes.
-                  metadata={KIND: json.dumps(dict(metadata), sort_keys=True)})
-    return sha256_file(path)
+    # Serialised in memory, so that the one atomic writer does the writing and a full
+    # disk is a clear error (safetensors' own file writer reports it in its own words).
+    data = save({TENSOR: trajectory.detach().float().cpu().contiguous()},
+                # One key: safetensors writes a metadata map in no fixed order, and the
+                # same expert must give the same bytes.
+                metadata={KIND: json.dumps(dict(metadata), sort_keys=True)})
+    write_bytes(path, data)
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def check_buffer_folder(folder: str | os.PathLike[str]) -> None:
+    """Refuse to train into a folder that is neither new, empty nor an experts buffer.
+
+    A buffer folder holds only ``index.json``, ``expert-NNNN.safetensors`` and the
+    hidden temporary files of an interrupted write; anything else means the folder is
+    someone's, and habactl never writes into it (not even with --force).
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise ExpertsError(f"{folder} exists and is not a folder")
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as error:
+        raise OutputError(f"cannot read folder {folder}: {' '.join(str(error.strerror).split())}") from None
+    foreign = [n for n in names if not _buffer_file(n)]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ExpertsError(f"{folder} is not an experts buffer and is not empty ({shown}); "
+                           f"give a new or empty folder")
+
+
+def _buffer_file(name: str) -> bool:
+    if name == INDEX or (name.startswith(".") and ".tmp-" in name):
+        return True
+    stem, _, suffix = name.partition(".")
+    return suffix == "safetensors" and stem.startswith("expert-") and stem[7:].isdigit()
 
 
 def read_index(folder: Path) -> dict[str, Any]:

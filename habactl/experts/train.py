@@ -19,7 +19,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from habactl.experts.buffer import (INDEX, KIND, VERSION, ExpertsError, differing, expert_file,
+from habactl.experts.buffer import (INDEX, KIND, VERSION, ExpertsError, check_buffer_folder,
+                                    differing, expert_file,
                                     read_index, settings_of, sha256_file, write_json_atomic,
                                     write_trajectory)
 from habactl.experts.flat import FlatNet
@@ -76,6 +77,7 @@ def train_experts(source: Any, folder: str | Path, settings: ExpertSettings, *,
         raise ExpertsError(f"{folder} exists and is not a folder")
     if not folder.parent.is_dir():
         raise ExpertsError(f"cannot write {folder}: folder {folder.parent} does not exist")
+    check_buffer_folder(folder)  # never writes into a folder of someone's files
     device = resolve_device(settings.device)
     shape = (source.channels, source.height, source.width)
     classes = len(source.classes)
