@@ -29,12 +29,24 @@ Data = Union[bytes, bytearray, memoryview]
 # is replaced by --force, so a folder of the user's own files is never deleted.
 MARKER = ".habactl-output.json"
 _CHUNK = 1 << 20
-# Indirection for tests: they replace it to simulate a full disk portably.
-_write = os.write
+
+
+def _write(fd: int, data: memoryview) -> int:
+    # Looked up at each call, so that a test may replace os.write (or this function)
+    # to simulate a full disk or a crash portably.
+    return os.write(fd, data)
 
 
 class OutputError(HabaError):
-    """An output that cannot be written where asked; the message names the place."""
+    """An output that cannot be written where asked; the message names the place.
+
+    ``reason`` is the system's words alone (e.g. ``No space left on device``) when the
+    cause was an OSError, for callers that phrase their own message.
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class OutputExists(OutputError):
@@ -50,8 +62,7 @@ def reason_of(error: OSError) -> str:
     """The system's words for an OSError (h5py and others wrap them in long texts)."""
     code = error.errno
     text = os.strerror(code) if code else (error.strerror or str(error) or type(error).__name__)
-    text = " ".join(text.split()).rstrip(".")
-    return text[:1].lower() + text[1:]
+    return " ".join(text.split()).rstrip(".")
 
 
 def folder_of(target: Path) -> Path:
@@ -80,7 +91,8 @@ def check_folder_writable(folder: Path) -> None:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(probe)
     except OSError as error:
-        raise OutputError(f"cannot write into folder {folder}: {reason_of(error)}") from None
+        raise OutputError(f"cannot write into folder {folder}: {reason_of(error)}",
+                          reason_of(error)) from None
 
 
 def check_file_target(target: Path, force: bool, *, example: str = "out.png") -> None:
@@ -123,7 +135,7 @@ def _entries(folder: Path) -> list[str]:
     try:
         return sorted(os.listdir(folder))
     except OSError as error:
-        raise OutputError(describe(error, folder)) from None
+        raise OutputError(describe(error, folder), reason_of(error)) from None
 
 
 def is_ours(folder: Path) -> bool:
@@ -160,7 +172,7 @@ def write_bytes(target: str | os.PathLike[str], data: Data, *, overwrite: bool =
         with contextlib.suppress(OSError):
             os.unlink(temp)
         if isinstance(error, OSError):
-            raise OutputError(describe(error, target)) from None
+            raise OutputError(describe(error, target), reason_of(error)) from None
         raise
     return target
 
@@ -248,7 +260,7 @@ def atomic_folder(target: str | os.PathLike[str], *, kind: str,
     except BaseException as error:
         shutil.rmtree(temp, ignore_errors=True)
         if isinstance(error, OSError):
-            raise OutputError(describe(error, target)) from None
+            raise OutputError(describe(error, target), reason_of(error)) from None
         raise
     finally:
         if old is not None:
@@ -272,5 +284,5 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         if isinstance(error, OSError):
-            raise OutputError(describe(error, target)) from None
+            raise OutputError(describe(error, target), reason_of(error)) from None
         raise

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import os
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,8 +31,6 @@ from habactl.format.manifest import (
     parse_json,
     validate_manifest,
 )
-
-_CHUNK = 1 << 20
 
 
 def save_archive(
@@ -133,71 +129,20 @@ def _self_check(data: bytes, text: str, manifest: dict[str, Any], limits: Limits
 
 
 def _write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
-    """Temp file in the target folder, fsync, rename, fsync the folder.
-
-    On any exception the temp file is removed and the target is untouched. A process
-    killed outright (SIGKILL, power loss) can leave ``.<name>.tmp-<hex>`` beside the
-    target, never a partial file at the target path.
+    """Through habactl.atomic, the one atomic writer: temp file in the target folder,
+    fsync, rename (a hard link when not overwriting), fsync the folder; mode from the
+    umask. On any exception the temp file is removed and the target is untouched. A
+    process killed outright (SIGKILL, power loss) can leave ``.<name>.tmp-<hex>``
+    beside the target, never a partial file at the target path.
     """
+    from habactl.atomic import OutputError, OutputExists, write_bytes
+
     folder = path.parent
     if not folder.is_dir():
         raise ArchiveError(f"folder {str(folder)!r} does not exist")
-    if not overwrite and os.path.lexists(path):
-        raise ArchiveError("already exists; pass overwrite=True to replace it")
-    # Hidden, beside the target (same file system, so the rename is atomic); the name
-    # matches the repository's ignore pattern ``*.haba.tmp*``.
-    temp = folder / f".{path.name}.tmp-{secrets.token_hex(8)}"
     try:
-        # os.open with 0o666 lets the umask decide the mode, as for any new file.
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if overwrite:
-            os.replace(temp, path)
-        else:
-            _place_without_clobbering(temp, path)
-        _fsync_folder(folder)
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        if isinstance(error, OSError):
-            raise ArchiveError(f"cannot write: {error.strerror or error}") from None
-        raise
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view[:_CHUNK])
-        view = view[written:]
-
-
-def _place_without_clobbering(temp: Path, path: Path) -> None:
-    # A hard link fails atomically if the target appeared since our check.
-    try:
-        os.link(temp, path)
-    except FileExistsError:
+        write_bytes(path, data, overwrite=overwrite)
+    except OutputExists:
         raise ArchiveError("already exists; pass overwrite=True to replace it") from None
-    except OSError:  # a file system without hard links: check, then rename
-        if os.path.lexists(path):
-            raise ArchiveError("already exists; pass overwrite=True to replace it") from None
-        os.replace(temp, path)
-        return
-    os.unlink(temp)
-
-
-def _fsync_folder(folder: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform (Windows).
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    except OutputError as error:
+        raise ArchiveError(f"cannot write: {error.reason} (folder {folder})") from None
