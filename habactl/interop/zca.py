@@ -9,9 +9,11 @@ float32) without kornia.
 
 A .haba archive stores ``Z`` and a per-channel ``mean``/``std`` and maps a real image
 ``x`` to ``Z · ((x - mean) / std)`` (format/SPEC.md §3.3): there is no per-pixel offset.
-With ``std = 1`` and ``Z = T`` the two agree up to the constant vector ``T (m - mu)``;
-``mean`` is chosen per channel to make that vector as small as possible (least
-squares), and its size is reported.
+With ``std = 1`` and ``Z = T`` the archive's space is MTT's shifted by one constant
+vector ``c = T (mu - mean)``: ``mean`` is chosen per channel to make ``c`` as small as
+possible (least squares), and the importer adds ``c`` to the stored synthetic images
+when no stage sits between them and the network, so that training and test images are
+shifted alike and the archive poses exactly MTT's problem, moved by ``c``.
 """
 
 from __future__ import annotations
@@ -30,8 +32,13 @@ class ZcaFit:
     matrix: Tensor  # (D, D) float32, symmetric
     mean_image: Tensor  # (D,) float64, the per-pixel mean kornia subtracts
     channel_mean: list[float]  # the per-channel mean the archive stores
-    residual: float  # max |T (m - mu)|: what the archive's transform leaves out
+    offset: Tensor  # (D,) float64: c = T (mu - m), the archive's space minus MTT's
     eps: float
+
+    @property
+    def residual(self) -> float:
+        """max |c|, in whitened units."""
+        return float(self.offset.abs().max())
 
 
 def fit_zca(images: Tensor, eps: float = MTT_EPS) -> ZcaFit:
@@ -51,21 +58,20 @@ def fit_zca(images: Tensor, eps: float = MTT_EPS) -> ZcaFit:
     values, vectors = torch.linalg.eigh(cov)
     scale = (values.abs() + eps).rsqrt()
     matrix = (vectors * scale) @ vectors.T
-    channel_mean, residual = _best_channel_mean(matrix, mean, c, h * w)
-    return ZcaFit(matrix.to(torch.float32).contiguous(), mean, channel_mean, residual, eps)
+    channel_mean, offset = _best_channel_mean(matrix, mean, c, h * w)
+    return ZcaFit(matrix.to(torch.float32).contiguous(), mean, channel_mean, offset, eps)
 
 
 def _best_channel_mean(
     matrix: Tensor, mean: Tensor, channels: int, pixels: int
-) -> tuple[list[float], float]:
-    # Minimise |T (P m - mu)| over the per-channel m; P spreads channel c over its pixels.
+) -> tuple[list[float], Tensor]:
+    # Minimise |T (mu - P m)| over the per-channel m; P spreads channel c over its pixels.
     spread = torch.zeros(channels * pixels, channels, dtype=torch.float64)
     for ch in range(channels):
         spread[ch * pixels : (ch + 1) * pixels, ch] = 1.0
     a, b = matrix @ spread, matrix @ mean
     m = torch.linalg.lstsq(a, b.unsqueeze(1)).solution.squeeze(1)
-    residual = float((a @ m - b).abs().max())
-    return [float(v) for v in m], residual
+    return [float(v) for v in m], b - a @ m
 
 
 def whiten_like_kornia(images: Tensor, fit: ZcaFit) -> Tensor:
