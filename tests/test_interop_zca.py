@@ -77,7 +77,9 @@ def test_zca_from_pixel_layouts_is_refused(tmp_path):
     images = real_digits()[:20]
     torch.save([images, torch.arange(10).repeat_interleave(2)], tmp_path / "data.pt")
     line = one_error_line(
-        run("import", "idc", tmp_path / "data.pt", "--zca-from", "digits", "-o", tmp_path / "x.haba")
+        run(
+            "import", "idc", tmp_path / "data.pt", "--zca-from", "digits", "-o", tmp_path / "x.haba"
+        )
     )
     assert "--zca-from" in line
     assert not (tmp_path / "x.haba").exists()
