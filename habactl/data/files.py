@@ -17,6 +17,11 @@ DEFAULT_LABELS_KEY = "labels"
 KERAS_KEYS = ("x_train", "y_train", "x_test", "y_test")
 # What numpy and zipfile raise on truncated, corrupt or pickled content.
 _NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error)
+# How the files start: an .npz is a zip archive (of .npy files); HDF5 has an 8-byte
+# signature at offset 0 (or 512, 1024, ... after a user block).
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+_NPY_MAGIC = b"\x93NUMPY"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 Pair = tuple[np.ndarray, np.ndarray]
 
@@ -31,6 +36,7 @@ def load_hdf5(
     import h5py
 
     path = Path(path)
+    _check_kind(path, "HDF5")
     try:
         with h5py.File(path, "r") as f:
             if isinstance(f.get("train"), h5py.Group):
@@ -71,6 +77,7 @@ def load_npz(
     from the optional array ``classes``.
     """
     path = Path(path)
+    _check_kind(path, "npz")
     try:
         # allow_pickle=False: an .npz from elsewhere must not run code when loaded.
         with np.load(path, allow_pickle=False) as npz:
@@ -84,6 +91,12 @@ def load_npz(
             raw_classes = npz["classes"] if "classes" in keys else None
     except DataError:
         raise
+    except ValueError as exc:
+        if "allow_pickle" in str(exc) or "pickled" in str(exc):
+            raise DataError(f"{path}: cannot read .npz file (an array holds Python objects, "
+                            f"i.e. pickled data, which habactl never loads; store numeric arrays: "
+                            f"uint8 or float images, integer labels)") from exc
+        raise DataError(f"{path}: cannot read .npz file ({reason(exc)})") from exc
     except _NPZ_ERRORS as exc:
         raise DataError(f"{path}: cannot read .npz file ({reason(exc)})") from exc
     return _build(path, raw_classes, train, test)
@@ -108,4 +121,44 @@ def _build(path: Path, raw_classes, train: Pair, test: Pair | None) -> DataSourc
 
 def _to_split(where: str, pair: Pair) -> LabeledImages:
     images, labels = pair
+    _check_lengths(where, images, labels)
     return LabeledImages(images_from_array(images, where), labels_from_array(labels, where))
+
+
+def _check_lengths(where: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """One label per image, checked before anything is split or indexed: a mismatch
+    would otherwise drop images silently or fail deep inside the split."""
+    n_images = int(images.shape[0]) if images.ndim else 0
+    n_labels = int(labels.shape[0]) if labels.ndim else 0
+    if n_images != n_labels:
+        raise DataError(f"{where}: {n_images:,} images but {n_labels:,} labels; "
+                        f"every image needs exactly one label")
+
+
+def _check_kind(path: Path, kind: str) -> None:
+    """Say what a file is when it is not the kind its name promises (before a library
+    gives a misleading reason, e.g. numpy's "pickled data" for a text file)."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not an {'.npz' if kind == 'npz' else kind} file")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if kind == "HDF5" and head != _HDF5_MAGIC:
+                # Look for the signature after a user block, as HDF5 allows.
+                offset = 512
+                size = path.stat().st_size
+                while offset + 8 <= size and head != _HDF5_MAGIC:
+                    handle.seek(offset)
+                    head = handle.read(8)
+                    offset *= 2
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({reason(exc)})") from exc
+    if kind == "npz" and not head.startswith(_ZIP_MAGICS):
+        if head.startswith(_NPY_MAGIC):
+            raise DataError(f"{path}: cannot read .npz file (it is a single .npy array; save "
+                            f"images and labels together: numpy.savez(path, images=..., "
+                            f"labels=...))")
+        raise DataError(f"{path}: cannot read .npz file (not an .npz at all: an .npz is a zip "
+                        f"archive of .npy arrays, as numpy.savez writes)")
+    if kind == "HDF5" and head != _HDF5_MAGIC:
+        raise DataError(f"{path}: cannot read HDF5 file (not an HDF5 file: no HDF5 signature)")

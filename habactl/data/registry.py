@@ -55,6 +55,9 @@ def load_source(
     loader = FILE_SUFFIXES.get(path.suffix.lower())
     if loader is not None:
         _check_options(text, options, FILE_OPTIONS)
+        if path.is_dir():
+            raise DataError(f"{path}: is a folder, not a {path.suffix.lower()} file; rename it "
+                            f"to use it as a folder of images")
         if not path.is_file():
             raise DataError(f"{path}: no such file")
         return loader(path, **options)
