@@ -54,3 +54,121 @@ def test_schema_accepts_written_manifests_and_refuses_broken_ones(tmp_path):
         broken = json.loads(json.dumps(manifests[0]))
         edit(broken)
         assert not validator.is_valid(broken), edit
+
+
+# --- the schema and the reader's validator agree --------------------------------------
+
+GOLDEN = sorted((Path(__file__).parents[1] / "format" / "golden").glob("v*/*.haba"))
+
+
+def golden_manifests() -> list[dict]:
+    manifests = []
+    for path in GOLDEN:
+        with open_archive(path) as archive:
+            manifests.append(archive.manifest)
+    return manifests
+
+
+def reader_accepts(manifest: dict) -> bool:
+    from habactl.codecs.registry import describe_pipeline
+    from habactl.format import DEFAULT_LIMITS, ArchiveError
+    from habactl.format.manifest import validate_manifest
+
+    try:
+        validate_manifest(manifest, DEFAULT_LIMITS, stages=describe_pipeline)
+    except ArchiveError:
+        return False
+    return True
+
+
+def edited(manifest: dict, edit) -> dict:
+    copy = json.loads(json.dumps(manifest))
+    edit(copy)
+    return copy
+
+
+def _set(path: str, value):
+    def edit(m: dict) -> None:
+        *parents, last = path.split(".")
+        for key in parents:
+            m = m[key]
+        m[last] = value
+    return edit
+
+
+# Both must refuse each of these; each is a rule the schema can express.
+HOSTILE = {
+    "unknown field": _set("comment", "x"),
+    "channels 0": _set("image.channels", 0),
+    "channels above the limit": _set("image.channels", 17),
+    "newer major": _set("format_version", "2.0"),
+    "leading zero": _set("format_version", "1.01"),
+    "seven-digit minor": _set("format_version", "1.1234567"),
+    "month 13": _set("provenance.created", "2026-13-01T00:00:00Z"),
+    "hour 24": _set("provenance.created", "2026-01-01T24:00:00Z"),
+    "ten fraction digits": _set("provenance.created", "2026-01-01T00:00:00.1234567890Z"),
+    "no Z": _set("provenance.created", "2026-01-01T00:00:00"),
+    "lr_decay_at above 1": _set("training.recommended.lr_decay_at", 1.5),
+    "lr_decay_at 0": _set("training.recommended.lr_decay_at", 0),
+    "fuzzy labels": _set("labels.kind", "fuzzy"),
+    "negative seed": _set("provenance.seed", -1),
+    "seed above 2^64-1": _set("provenance.seed", 2**64),
+    "boolean iterations": _set("provenance.iterations", True),
+    "no classes": _set("classes", []),
+    "bell in a class name": _set("classes", ["a\x07", "b"]),
+    "C1 control in a name": _set("provenance.library", "habactl\x85"),
+    "1025-character text": _set("provenance.library", "x" * 1025),
+    "empty text": _set("provenance.objective", ""),
+    "unknown counts": _set("storage.counts", "some"),
+    "zero learned lr": _set("training.learned_lr", 0),
+    "uppercase fingerprint": _set("provenance.dataset.fingerprint", "sha256:" + "A" * 64),
+    "stage version 0": lambda m: m["pipeline"].append(
+        {"name": "upsample", "version": 0, "configuration": {"factor": 1}}),
+    "unknown field in image": _set("image.depth", 1),
+    "string width": _set("image.width", "6"),
+}
+# Rules across fields, or of the calendar, that a JSON Schema cannot state: the reader
+# alone refuses them, and the schema's description says so.
+READER_ONLY = {
+    "per_class does not sum to count": _set("bases.count", 99),
+    "budget_values disagrees": _set("storage.budget_values", 1),
+    "mean of the wrong length": _set("normalization.mean", [0.5, 0.5]),
+    "30 February": _set("provenance.created", "2026-02-30T00:00:00Z"),
+    "29 February of a common year": _set("provenance.created", "2025-02-29T00:00:00Z"),
+    # JSON Schema counts 1.0 as an integer; the spec (and the reader) do not.
+    "1.0 for an int": _set("provenance.seed", 1.0),
+}
+
+
+def test_schema_and_reader_agree_on_every_golden_manifest():
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    manifests = golden_manifests()
+    assert len(manifests) >= 4
+    for manifest in manifests:
+        assert reader_accepts(manifest)
+        validator.validate(manifest)
+        ignorable = edited(manifest, _set("x-note", {"anything": [1, 2]}))
+        assert reader_accepts(ignorable) and validator.is_valid(ignorable)
+        leap = edited(manifest, _set("provenance.created", "2028-02-29T23:59:60.5Z"))
+        assert reader_accepts(leap) and validator.is_valid(leap)
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_schema_and_reader_both_refuse_hostile_manifests(case):
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    for manifest in golden_manifests():
+        broken = edited(manifest, HOSTILE[case])
+        assert not reader_accepts(broken), case
+        assert not validator.is_valid(broken), case
+
+
+@pytest.mark.parametrize("case", sorted(READER_ONLY))
+def test_cross_field_rules_are_the_readers(case):
+    jsonschema = pytest.importorskip("jsonschema")
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    manifest = golden_manifests()[0]
+    broken = edited(manifest, READER_ONLY[case])
+    assert not reader_accepts(broken)
+    assert validator.is_valid(broken)  # documented as outside the schema's reach

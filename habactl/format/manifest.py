@@ -29,8 +29,13 @@ _READER_MAJOR, _READER_MINOR = 1, 0
 _VERSION_RE = re.compile(r"(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})")
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
-_CREATED_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?Z")
+# 20 to 30 characters; the ranges here, the day of the month in _calendar_date.
+_CREATED_RE = re.compile(
+    r"[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]{1,9})?Z"
+)
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SURROGATE_RE = re.compile(r"[\ud800-\udfff]")  # only lone ones survive JSON decoding
 _MAX_TEXT = 1024  # characters in one name or label: they end up on terminals
 
 WRITER_FIELDS = ("tensors", "content_digest")
@@ -96,9 +101,9 @@ def _reject_constant(name: str) -> Any:
 
 def parse_json(text: str | bytes, part: str) -> Any:
     """Strict JSON: no duplicate keys, no NaN/Infinity, no number (integer or not) that
-    overflows a double."""
+    overflows a double, no lone surrogate in any string."""
     try:
-        return json.loads(
+        value = json.loads(
             text,
             object_pairs_hook=_pairs_without_duplicates,
             parse_constant=_reject_constant,
@@ -108,6 +113,8 @@ def parse_json(text: str | bytes, part: str) -> Any:
     except (ValueError, RecursionError, UnicodeDecodeError) as error:
         message = str(error) if not isinstance(error, RecursionError) else "nested too deeply"
         raise ArchiveError(f"{part}: not valid JSON: {message}") from None
+    _no_lone_surrogates(value, part)
+    return value
 
 
 # --- versions ------------------------------------------------------------------------
@@ -199,7 +206,7 @@ class _Checker:
     def text(self, value: Any, path: str) -> str:
         if not isinstance(value, str):
             raise self.fail(path, f"must be a string, got {_kind(value)}")
-        if not value or len(value) > _MAX_TEXT:
+        if not value or len(value) > _MAX_TEXT:  # characters = Unicode code points
             raise self.fail(path, f"must have 1 to {_MAX_TEXT} characters")
         if _CONTROL_RE.search(value):
             raise self.fail(path, "must not contain control characters")
@@ -219,6 +226,12 @@ class _Checker:
         if not math.isfinite(value) or value < 0 or (positive and value == 0):
             raise self.fail(path, f"{value} must be {'> 0' if positive else '>= 0'}")
         return float(value)
+
+    def fraction(self, value: Any, path: str) -> float:
+        number = self.number(value, path, positive=True)
+        if number > 1:
+            raise self.fail(path, f"{value} is out of range (> 0 and <= 1)")
+        return number
 
     def signed_number(self, value: Any, path: str) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -247,6 +260,33 @@ class _Checker:
         if not isinstance(value, dict):
             raise self.fail(path, f"must be an object, got {_kind(value)}")
         return value
+
+
+def _calendar_date(c: _Checker, value: str, path: str) -> str:
+    """The date of a ``created`` that matched the pattern must exist (2026-02-30 does not)."""
+    year, month, day = int(value[0:4]), int(value[5:7]), int(value[8:10])
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    days = (31, 29 if leap else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)[month - 1]
+    if day > days:
+        raise c.fail(path, f"{quote(value)} is not a calendar date")
+    return value
+
+
+def _no_lone_surrogates(value: Any, part: str) -> None:
+    # JSON lets "\ud800" through as an escape; it is no Unicode character, cannot be
+    # written as UTF-8 and breaks terminals and other parsers: refused anywhere.
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE_RE.search(item):
+                raise ArchiveError(f"{part}: not valid JSON: a string holds a lone surrogate "
+                                   f"({quote(item)})")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _join(path: str, key: str) -> str:
@@ -359,8 +399,9 @@ def validate_manifest(
                 "weight_decay": c.number,
                 "augmentation": c.text,
             }, {
-                # Fraction of the epochs after which the lr drops ×0.1 (the protocol: 0.5).
-                "lr_decay_at": lambda x, q: c.number(x, q, positive=True),
+                # Fraction of the epochs after which the lr drops ×0.1 (the protocol: 0.5);
+                # 1 means it never drops. The evaluation protocol refuses anything above 1.
+                "lr_decay_at": lambda x, q: c.fraction(x, q),
             }),
         })
 
@@ -375,7 +416,9 @@ def validate_manifest(
             "iterations": c.integer,
             "seed": lambda v, p: c.integer(v, p, 0, 2**64 - 1),
             "library": c.text,
-            "created": lambda v, p: c.pattern(v, p, _CREATED_RE, "a UTC time like 2026-11-24T12:00:00Z"),
+            "created": lambda v, p: _calendar_date(
+                c, c.pattern(v, p, _CREATED_RE, "a UTC time like 2026-11-24T12:00:00Z"), p
+            ),
         })
 
     def storage(value: Any, path: str) -> None:
