@@ -3,6 +3,7 @@
     python examples/train_own_loop.py mnist-5k.haba [--epochs N] [--net small|convnet|resnet18]
 """
 import argparse
+from functools import partial
 
 import torch
 from torch import nn
@@ -13,22 +14,21 @@ from habactl.data import load_source
 from habactl.nets import build_net
 
 
-def small_cnn(channels: int, classes: int) -> nn.Module:
+def small_cnn(channels: int, height: int, width: int, classes: int) -> nn.Module:
     """A network of the user's own, not one habactl distilled with."""
     return nn.Sequential(nn.Conv2d(channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes))
 
 
-def train_and_test(archive: str, net_name: str = "small", epochs: int | None = None,
+def train_and_test(archive: str, make_net=small_cnn, epochs: int | None = None,
                    seed: int = 0, data: str | None = None) -> float:
+    """Train make_net(channels, height, width, classes) on the archive; test accuracy in %."""
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     train = HabaDataset(archive)
     recipe = train.recipe.with_(epochs=epochs)        # None keeps the recorded epochs
-    c, h, w = train.image_shape
-    net = (small_cnn(c, train.num_classes) if net_name == "small"
-           else build_net(net_name, c, h, w, train.num_classes)).to(device)
+    net = make_net(*train.image_shape, train.num_classes).to(device)
     loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True)
     augment = recipe.augmentation(seed=seed)          # the recorded DSA (no flip for digits)
     loss_fn, optimizer = recipe.loss(), recipe.optimizer(net.parameters())
@@ -60,5 +60,6 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", help="real data set to test on (default: the archive's)")
     args = parser.parse_args()
-    accuracy = train_and_test(args.archive, args.net, args.epochs, args.seed, args.data)
+    make_net = small_cnn if args.net == "small" else partial(build_net, args.net)
+    accuracy = train_and_test(args.archive, make_net, args.epochs, args.seed, args.data)
     print(f"test accuracy {accuracy:.2f} %")
