@@ -177,3 +177,62 @@ def test_same_data_same_fingerprint_across_formats(tmp_path):
     with h5py.File(tmp_path / "a.h5", "w") as f:
         f["images"], f["labels"] = x, y
     assert load_source(str(tmp_path / "a.npz")).fingerprint == load_source(str(tmp_path / "a.h5")).fingerprint
+
+
+# --- images and labels that do not pair up; files that are not what their name says ------
+
+
+def _write_pair(path, images, labels):
+    if path.suffix == ".npz":
+        np.savez(path, images=images, labels=labels)
+    else:
+        with h5py.File(path, "w") as f:
+            f["images"], f["labels"] = images, labels
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+@pytest.mark.parametrize("images, labels", [(15, 12), (12, 15)], ids=["more-images", "fewer-images"])
+def test_one_label_per_image_is_checked_before_splitting(tmp_path, suffix, images, labels):
+    x, y = arrays(5)  # 15 of each
+    path = tmp_path / f"pairs{suffix}"
+    _write_pair(path, x[:images], y[:labels])
+    with pytest.raises(DataError, match=rf"{images} images but {labels} labels") as raised:
+        load_source(str(path))
+    assert "\n" not in str(raised.value) and path.name in str(raised.value)
+
+
+def test_keras_layout_test_split_lengths_are_checked(tmp_path):
+    x, y = arrays(5)
+    np.savez(tmp_path / "k.npz", x_train=x, y_train=y, x_test=x[:4], y_test=y[:5])
+    with pytest.raises(DataError, match=r"k\.npz \(test\): 4 images but 5 labels"):
+        load_source(str(tmp_path / "k.npz"))
+
+
+def test_a_folder_named_like_an_array_file_is_called_a_folder(tmp_path):
+    (tmp_path / "d.npz").mkdir()
+    with pytest.raises(DataError, match=r"d\.npz: is a folder") as raised:
+        load_source(str(tmp_path / "d.npz"))
+    assert "no such file" not in str(raised.value)
+
+
+@pytest.mark.parametrize("content, said", [
+    (b"images,labels\n1,2\n", "not an .npz at all"),
+    (None, "single .npy array"),
+])
+def test_a_file_that_is_not_an_npz_says_so_not_pickled(tmp_path, content, said):
+    path = tmp_path / "t.npz"
+    if content is None:
+        with open(path, "wb") as handle:
+            np.save(handle, arrays()[0])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=said) as raised:
+        load_source(str(path))
+    assert "pickled" not in str(raised.value)
+
+
+def test_a_text_file_named_h5_is_not_an_hdf5_file(tmp_path):
+    path = tmp_path / "t.h5"
+    path.write_text("hello")
+    with pytest.raises(DataError, match="not an HDF5 file"):
+        load_source(str(path))
