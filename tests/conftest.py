@@ -1,7 +1,13 @@
-"""Shared fixtures: small real archives made through the public API."""
+"""Shared helpers and fixtures: small real archives made through the public API, tiny
+real data, the one-line error check of the CLI, a one-thread torch.
+
+Test modules import the plain helpers by name (``from conftest import one_error_line``);
+fixtures need no import.
+"""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
@@ -10,7 +16,46 @@ import pytest
 import torch
 
 from habactl.archive_io import write_haba
+from habactl.data.base import LabeledImages, make_source
 from habactl.normalization import mean_std
+
+
+def one_error_line(result) -> str:
+    """The stderr of a failed command: exactly one line, ``habactl: error: ...``, and no
+    traceback anywhere in the output. Returns that line for the caller's own checks."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("habactl: error: ")
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny batches on a shared CPU run many times faster on one thread (no spinning
+    workers). Use per module: ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_mnist(classes: int = 3, train_per_class: int = 20, test_per_class: int = 5):
+    """The first `classes` digits of mnist-5k, `train_per_class` training images each."""
+    from habactl.data import load_source
+
+    full = load_source("mnist-5k")
+
+    def take(split: LabeledImages, per: int) -> LabeledImages:
+        picks = torch.cat([torch.nonzero(split.labels == k).flatten()[:per]
+                           for k in range(classes)])
+        return LabeledImages(images=split.images[picks].clone(),
+                             labels=split.labels[picks].clone())
+
+    return make_source(f"mnist-5k-{classes}", full.classes[:classes],
+                       take(full.train, train_per_class), take(full.test, test_per_class),
+                       is_digits=True)
 
 
 def fake_source(shape=(1, 8, 8), classes=3) -> SimpleNamespace:

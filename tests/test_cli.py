@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
-from conftest import hallucinate_stage
+from conftest import hallucinate_stage, one_error_line
 from habactl.cli.app import app
 
 runner = CliRunner()
@@ -20,14 +20,6 @@ runner = CliRunner()
 
 def run(*args: str):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def one_error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("habactl: error: ")
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +86,20 @@ def test_verify_names_the_damaged_tensor(tmp_path, digits_archive):
     data = bytearray(digits_archive.read_bytes())
     data[-5] ^= 0xFF  # a data byte near the end of the last tensor
     broken.write_bytes(bytes(data))
+    # Which tensor holds that byte, from the safetensors header (data offsets are relative
+    # to the end of the header).
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    at = len(data) - 5 - 8 - length
+    damaged = [name for name, entry in header.items() if name != "__metadata__"
+               and entry["data_offsets"][0] <= at < entry["data_offsets"][1]]
+    assert len(damaged) == 1
     result = run("verify", broken)
     assert result.exit_code == 1
     assert "sha256" in result.stderr or "digest" in result.stderr
-    assert "'" in result.stderr  # the part is named
+    assert f"'{damaged[0]}'" in result.stderr  # the damaged tensor is named
+    others = [name for name in header if name not in ("__metadata__", damaged[0])]
+    assert not any(f"'{name}'" in result.stderr for name in others)
 
     missing = run("verify", tmp_path / "nope.haba")
     assert missing.exit_code == 1

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from habactl.codecs import STAGES, CodecError, Pipeline, describe_pipeline, get_stage
 from habactl.errors import HabaError
+from stage_contract import StageContract
 
 HALLUCINATE = {"arch": "pixel-affine", "count": 2, "hidden": 3, "kernel": 3}
 
@@ -319,3 +320,30 @@ def test_variants_go_to_the_expanding_stage_only():
     with torch.no_grad():
         torch.testing.assert_close(pipeline.decode(bases, torch.tensor([2, 1])),
                                    pipeline.decode_all(bases)[torch.tensor([2, 4])])
+
+
+# -- the stage contract, for every stage and variant -----------------------------------
+class TestUpsampleBilinear(StageContract):
+    name, configuration, in_shape = "upsample", {"factor": 2}, (1, 7, 7)
+
+
+class TestUpsampleNearest(StageContract):
+    name, configuration, in_shape = "upsample", {"factor": 3, "mode": "nearest"}, (3, 4, 5)
+
+
+class TestUpsampleBicubic(StageContract):
+    name, configuration, in_shape = "upsample", {"factor": 2, "mode": "bicubic"}, (2, 5, 6)
+
+
+class TestHallucinatePixelAffine(StageContract):
+    name, configuration, in_shape = "hallucinate", {"arch": "pixel-affine", "count": 3}, (3, 8, 8)
+
+
+class TestHallucinateChannelAffine(StageContract):
+    name, in_shape = "hallucinate", (1, 9, 9)
+    configuration = {"arch": "channel-affine", "count": 4, "hidden": 2, "kernel": 5}
+
+
+class TestHallucinateOneHallucinator(StageContract):
+    # expansion 1: no variant is passed
+    name, configuration, in_shape = "hallucinate", {"arch": "channel-affine", "count": 1}, (2, 6, 7)

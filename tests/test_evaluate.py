@@ -15,12 +15,19 @@ import torch
 from typer.testing import CliRunner
 
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
+from conftest import one_error_line
 from habactl.archive_io import write_haba
 from habactl.cli.app import app
 from habactl.errors import HabaError
 from habactl.evaluation import FAST, STANDARD, Protocol, accuracy, summarize, train_net
-from habactl.evaluation.run import (archive_lr, budget_per_class, evaluate_archive,
-                                    parse_names, prepare_test_images, random_training_set)
+from habactl.evaluation.run import (
+    archive_lr,
+    budget_per_class,
+    evaluate_archive,
+    parse_names,
+    prepare_test_images,
+    random_training_set,
+)
 from habactl.loader import HabaDataset
 from habactl.nets import build_net
 from habactl.normalization import Normalizer, mean_std
@@ -33,21 +40,7 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def one_error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("habactl: error: ")
-    assert "Traceback" not in result.output
-    return lines[0]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The batches here are tiny: on a shared 2-core machine one thread is many times faster.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,11 @@ from typer.testing import CliRunner
 
 import habactl.cli.experts  # noqa: F401  (registers the command)
 import habactl.cli.inspect_cmd  # noqa: F401  (a second command: the app stays a group)
+from conftest import tiny_mnist
 from habactl.cli.app import app
-from habactl.experts import ExpertBuffer, ExpertSettings, ExpertsError, FlatNet, train_experts
-from objectives_data import one_thread, tiny_mnist  # noqa: F401  (fixture)
+from habactl.experts import ExpertBuffer, ExpertsError, ExpertSettings, FlatNet, train_experts
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ExpertSettings(experts=2, epochs=2, width=0.125, batch_size=32)
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import tiny_mnist
 from habactl.distill import DistillConfig, Distiller
 from habactl.distill import checkpoint as ckpt
 from habactl.distill.objectives import get_objective
 from habactl.distill.objectives.dc import layer_distance, loops_for_ipc
 from habactl.format import open_archive
 from habactl.loader import HabaDataset
-from objectives_data import one_thread, tiny_mnist  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SETTINGS = {"real_per_class": 8, "net_width": 0.25}
 

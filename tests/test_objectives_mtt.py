@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import tiny_mnist
 from habactl.distill import DistillConfig, Distiller
 from habactl.distill import checkpoint as ckpt
 from habactl.distill.errors import DistillError
@@ -16,7 +17,8 @@ from habactl.evaluation.run import archive_lr
 from habactl.experts import ExpertSettings, train_experts
 from habactl.format import open_archive
 from habactl.loader import HabaDataset
-from objectives_data import one_thread, tiny_mnist  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
