@@ -8,11 +8,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
-from rich.table import Table
 
-from habactl.cli.app import app, guarded, stderr, stdout
+from habactl.cli.app import app, guarded, plural, stderr, stdout
 
 
 @app.command()
@@ -21,7 +18,9 @@ def evaluate(
     archive: Path = typer.Argument(..., help="The .haba archive."),
     data: Optional[str] = typer.Option(
         None, "--data", help="Data set to test on \\[default: the one in the archive's provenance]."),
-    root: Optional[Path] = typer.Option(None, "--root", help="Folder holding torchvision data sets."),
+    root: Optional[Path] = typer.Option(
+        None, "--root", help="Folder holding torchvision data sets \\[default: none; the embedded "
+        "sets need none]."),
     arch: Optional[list[str]] = typer.Option(
         None, "--arch", help="Architectures, comma-separated or repeated: convnet, mlp, alexnet, "
         "vgg11, resnet18 \\[default: convnet]."),
@@ -56,9 +55,20 @@ def evaluate(
 ) -> None:
     """Train networks from scratch on ARCHIVE and report their real test accuracy.
 
-    The standard protocol (METHOD.md §5): SGD momentum 0.9, weight decay 5e-4, batch 256,
-    lr × 0.1 at half, DSA augmentation, final-epoch accuracy, mean ± std over models.
+    The standard protocol (docs/method.md, "The evaluation protocol"): SGD momentum 0.9,
+    weight decay 5e-4, batch 256, lr × 0.1 at half, DSA augmentation, final-epoch accuracy,
+    mean ± std over models.
     """
+    from habactl.errors import HabaError
+    from habactl.format import open_archive
+
+    # The archive first (header only, at once): a wrong path must not wait for torch.
+    if archive.is_dir():
+        raise HabaError(f"{archive}: is a folder, not a .haba archive (give the archive file)")
+    if not archive.exists():
+        raise HabaError(f"{archive}: no such archive")
+    open_archive(archive).close()
+
     from habactl.evaluation import FAST, STANDARD, evaluate_archive
 
     protocol = (FAST if fast else STANDARD).with_(epochs=epochs, models=models,
@@ -80,43 +90,44 @@ def evaluate(
 
 
 class _progress:
-    """A rich progress bar on stderr: epochs trained over all networks of the evaluation
-    (they may train several at a time), naming the networks in training."""
+    """Epochs trained over all networks of the evaluation (they may train several at a
+    time) on stderr, naming the networks in training; see habactl.distill.progress."""
 
     def __init__(self, quiet: bool) -> None:
-        self.bar: Progress | None = None if quiet else Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("epochs"), TimeElapsedColumn(), TimeRemainingColumn(), console=stderr,
-            transient=True)
-        self.task: Any = None
+        self.quiet = quiet
+        self.line: Any = None
         self.networks: dict[tuple[str, str, int], tuple[int, int, int]] = {}
 
     def __enter__(self) -> Any:
-        if self.bar is None:
+        if self.quiet:
             return None
-        self.bar.__enter__()
-        self.task = self.bar.add_task("loading the archive and the test data", total=None)
+        from habactl.distill.progress import ProgressLine
+
+        self.line = ProgressLine(stderr, unit="epochs", transient=True)
+        self.line.start(None, 0, "loading the archive and the test data")
         return self
 
     def __call__(self, arm: str, arch: str, model: int, models: int, epoch: int, epochs: int) -> None:
-        assert self.bar is not None
+        assert self.line is not None
         self.networks[(arm, arch, model)] = (epoch, epochs, models)
         training = [f"{a} {n} {m + 1}/{total}" for (a, n, m), (e, es, total) in self.networks.items()
                     if 0 < e < es]
         done = sum(1 for e, es, _ in self.networks.values() if e >= es)
-        description = f"{done}/{len(self.networks)} networks" + (
-            f" · training {', '.join(training[:3])}" + (" …" if len(training) > 3 else "")
-            if training else "")
-        self.bar.update(self.task, description=description,
-                        completed=sum(e for e, _, _ in self.networks.values()),
-                        total=sum(es for _, es, _ in self.networks.values()))
+        description = f"{done}/{plural(len(self.networks), 'network')}"
+        self.line.update(sum(e for e, _, _ in self.networks.values()),
+                         total=sum(es for _, es, _ in self.networks.values()),
+                         description=description,
+                         training=("training " + ", ".join(training[:3])
+                                   + (" …" if len(training) > 3 else "")) if training else "")
 
     def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
+        if self.line is not None:
+            self.line.stop()
 
 
 def print_result(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
     archive, data, protocol = result["archive"], result["data"], result["protocol"]
     stdout.print(
         f"[bold]{archive['path']}[/]: {archive['training_images']:,} training images from "
@@ -140,8 +151,7 @@ def print_result(result: dict[str, Any]) -> None:
     stdout.print(f"final-epoch accuracy, mean ± std over models; batch {protocol['batch_size']}, "
                  f"lr × {protocol['lr_decay']:g} at epoch {int(protocol['epochs'] * protocol['lr_decay_at'])}, "
                  f"{protocol['augmentation']} augmentation, seed {protocol['seed']}, {protocol['device']} "
-                 f"({protocol['jobs']} at a time, {protocol['threads']} thread{'s' if protocol['threads'] != 1 else ''} "
-                 f"each); "
+                 f"({protocol['jobs']} at a time, {plural(protocol['threads'], 'thread')} each); "
                  f"{result['seconds']:.0f} s in all")
     for name, b in result["baselines"].items():
         if b.get("note"):

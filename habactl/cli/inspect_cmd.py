@@ -1,15 +1,24 @@
-"""`habactl inspect`: what an archive holds, from its header alone."""
+"""`habactl inspect`: what an archive holds, from its header alone.
+
+Torch-free and numpy-free: it reads the JSON header, so it answers at once.
+"""
 
 from __future__ import annotations
 
 import json
+import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from habactl.cli.app import app, guarded, stdout
+from habactl.cli.app import app, guarded, plural, stdout
+
+# Width of the key column of the listings, and of a listing's lines (before the console
+# narrows it).
+KEY_WIDTH = 14
+MAX_WIDTH = 100
 
 
 def describe_stage(stage: dict[str, Any]) -> str:
@@ -17,38 +26,35 @@ def describe_stage(stage: dict[str, Any]) -> str:
     return f"{stage['name']}({settings})"
 
 
-def summary(path: Path, manifest: dict[str, Any], account: dict[str, Any],
-            expansion: int) -> list[tuple[str, str]]:
+def summary(manifest: dict[str, Any], expansion: int) -> list[tuple[str, str]]:
+    """(key, value) rows of the archive's one-screen summary."""
     image = manifest["image"]
     bases = manifest["bases"]
     prov = manifest["provenance"]
-    training = manifest["training"]
     per_class = sorted(set(bases["per_class"]))
     per_class_text = str(per_class[0]) if len(per_class) == 1 else f"{min(per_class)}–{max(per_class)}"
     pipeline = " → ".join(describe_stage(s) for s in manifest["pipeline"]) or "none (raw images)"
-    learned = training.get("learned_lr")
+    classes = manifest["classes"]
     return [
         ("format", f"{manifest['format']} {manifest['format_version']}"),
         ("data set", f"{prov['dataset']['name']}  ({prov['dataset']['fingerprint'][:23]}…)"),
-        ("classes", f"{len(manifest['classes'])}: {', '.join(manifest['classes'][:10])}"
-                    + (" …" if len(manifest["classes"]) > 10 else "")),
+        ("classes", f"{len(classes)}: {', '.join(classes[:10])}" + (" …" if len(classes) > 10 else "")),
         ("image", f"{image['channels']}×{image['height']}×{image['width']}"),
-        ("bases", f"{bases['count']} ({per_class_text} per class) at "
+        ("bases", f"{bases['count']:,} ({per_class_text} per class) at "
                   + "×".join(str(s) for s in bases["shape"])),
         ("pipeline", pipeline),
-        ("expands to", f"{bases['count'] * expansion:,} training images"),
+        ("expands to", plural(bases["count"] * expansion, "training image")),
         ("labels", manifest["labels"]["kind"]),
         ("normalisation", manifest["normalization"]["kind"]),
-        ("training", f"lr {training['recommended']['lr']}"
-                     + (" (learned)" if learned is not None else "")
-                     + f", {training['recommended']['arch']}, "
-                       f"{training['recommended']['epochs']} epochs"),
-        ("objective", f"{prov['objective']}, {prov['iterations']} iterations, seed {prov['seed']}"),
+        ("objective", f"{prov['objective']}, {plural(prov['iterations'], 'iteration')}, "
+                      f"seed {prov['seed']}"),
         ("made by", f"{prov['library']} at {prov['created']}"),
     ]
 
 
-def account_table(account: dict[str, Any], storage: dict[str, Any]) -> Table:
+def account_table(account: dict[str, Any], storage: dict[str, Any]) -> Any:
+    from rich.table import Table
+
     table = Table(title="storage account", title_justify="left", show_edge=False)
     table.add_column("part")
     table.add_column("values", justify="right")
@@ -67,32 +73,146 @@ def account_table(account: dict[str, Any], storage: dict[str, Any]) -> Table:
     return table
 
 
+def recipe_of(manifest: dict[str, Any]) -> Any:
+    """The archive's training recipe (habactl.recipe, torch-free), or None if it has none."""
+    from habactl.recipe import Recipe
+
+    try:
+        return Recipe.from_manifest(manifest)
+    except (KeyError, TypeError, ValueError):  # an older manifest without every field
+        return None
+
+
+def _text(value: Any) -> str:
+    """One value for people: lists joined, numbers short, no control characters."""
+    if isinstance(value, bool):
+        text = "yes" if value else "no"
+    elif value is None:
+        text = "none"
+    elif isinstance(value, int):
+        text = f"{value:,}"
+    elif isinstance(value, float):
+        text = f"{value:g}"
+    elif isinstance(value, (list, tuple)):
+        text = ", ".join(_text(v) for v in value) if value else "none"
+    elif isinstance(value, Mapping):
+        text = ", ".join(f"{k} {_text(v)}" for k, v in value.items())
+    else:
+        text = str(value)
+    # The manifest is untrusted: no terminal escapes, no line breaks.
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _numbers(value: Mapping[str, Any]) -> bool:
+    """A mapping of numbers only (augmentation parameters): shown on one line."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values())
+
+
+def listing(values: Mapping[str, Any], indent: int = 2, width: int = MAX_WIDTH) -> list[str]:
+    """An indented `key  value` listing of nested settings; long values wrap under
+    their value column, never mid-word."""
+    lines: list[str] = []
+    pad = " " * indent
+    # One value column per section, after its longest key.
+    column = max([len(_text(k)) + 2 for k in values] + [KEY_WIDTH - indent + 2])
+    for key in sorted(values):
+        value = values[key]
+        name = _text(key)
+        if isinstance(value, Mapping) and value and not _numbers(value):
+            lines.append(f"{pad}{name}")
+            lines.extend(listing(value, indent + 2, width))
+            continue
+        rows = wrap_items(_items(value), max(20, width - 1 - indent - column))
+        lines.append(f"{pad}{name:<{column}}{rows[0]}".rstrip())
+        lines.extend(" " * (indent + column) + row for row in rows[1:])
+    return lines
+
+
+def _items(value: Any) -> list[str]:
+    """The pieces a value may wrap between: list items, `key value` pairs, or words."""
+    if isinstance(value, (list, tuple)) and value:
+        return [_text(v) for v in value]
+    if isinstance(value, Mapping) and value:
+        return [f"{_text(k)} {_text(v)}" for k, v in value.items()]
+    return [_text(value)]
+
+
+def wrap_items(items: list[str], width: int) -> list[str]:
+    """Items joined by ", " into rows of at most `width` characters (an item longer than
+    that gets a row of its own, words wrapped); never breaks inside an item's word."""
+    if len(items) == 1:
+        return textwrap.wrap(items[0], width, break_long_words=False,
+                             break_on_hyphens=False) or [""]
+    rows: list[str] = []
+    row = ""
+    for i, item in enumerate(items):
+        piece = item + ("," if i < len(items) - 1 else "")
+        if row and len(row) + 1 + len(piece) > width:
+            rows.append(row)
+            row = piece
+        else:
+            row = f"{row} {piece}" if row else piece
+    rows.append(row)
+    return rows
+
+
+def _print_section(title: str, lines: list[str]) -> None:
+    from rich.markup import escape
+
+    stdout.print(f"[bold]{title}[/]")
+    for line in lines:
+        stdout.print(escape(line))
+
+
 @app.command("inspect")
 @guarded
 def inspect_archive(
     archive: Path = typer.Argument(..., help="The .haba archive."),
-    as_json: bool = typer.Option(False, "--json", help="Print the manifest and account as JSON on stdout."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the manifest, the storage account and the training recipe "
+        "as one JSON object on stdout."),
+    as_recipe: bool = typer.Option(
+        False, "--recipe", help="Print the compress recipe (TOML) that rebuilds the archive: "
+        "habactl compress --config it."),
 ) -> None:
-    """Summarise an archive: pipeline, shapes, storage account, provenance (header only)."""
-    from habactl.codecs import describe_pipeline
-    from habactl.format import open_archive, storage_account
+    """Summarise an archive: pipeline, shapes, storage account, training recipe and
+    provenance (reads the header only)."""
+    from habactl.format.account import storage_account
+    from habactl.format.reader import open_archive
 
     with open_archive(archive) as opened:
         manifest = opened.manifest
+        expansion = opened.plan.expansion
+    if as_recipe:
+        from habactl.distill.recipe_file import archive_recipe_toml
+
+        print(archive_recipe_toml(manifest, archive), end="")
+        return
     account = storage_account(manifest)
-    expansion = describe_pipeline(manifest["pipeline"], tuple(manifest["bases"]["shape"])).expansion
+    recipe = recipe_of(manifest)
     if as_json:
         print(json.dumps({"path": str(archive), "manifest": manifest, "account": account,
-                          "expanded_items": manifest["bases"]["count"] * expansion}, indent=2,
-                         sort_keys=True))
+                          "expanded_items": manifest["bases"]["count"] * expansion,
+                          "recipe": None if recipe is None else recipe.as_dict()},
+                         indent=2, sort_keys=True))
         return
-    stdout.print(f"[bold]{archive}[/]")
-    for key, value in summary(archive, manifest, account, expansion):
-        stdout.print(f"  [cyan]{key:<14}[/]{value}")
+    from rich.markup import escape
+
+    width = min(MAX_WIDTH, stdout.width)
+    stdout.print(f"[bold]{escape(str(archive))}[/]")
+    for key, value in summary(manifest, expansion):
+        # Wrapped here, between words: the console itself does not wrap (soft_wrap).
+        rows = wrap_items([_text(value)], max(20, width - 1 - 2 - KEY_WIDTH))
+        stdout.print(f"  [cyan]{key:<{KEY_WIDTH}}[/]{escape(rows[0])}")
+        for row in rows[1:]:
+            stdout.print(" " * (2 + KEY_WIDTH) + escape(row))
     if manifest["storage"].get("counts") == "bases":
         stdout.print("  [yellow]note[/]: the claim counts bases only (reference counting); "
                      "the account below counts every stored value.")
     stdout.print(account_table(account, manifest["storage"]))
+    if recipe is not None:
+        _print_section("training recipe (habactl.recipe; what `habactl evaluate` trains with)",
+                       [f"  {line}" for line in recipe.lines()])
     hyper = manifest["provenance"].get("hyperparameters") or {}
     if hyper:
-        stdout.print("  [cyan]hyperparameters[/] " + json.dumps(hyper, sort_keys=True))
+        _print_section("hyperparameters (how the archive was made)", listing(hyper, 2, width))

@@ -69,7 +69,7 @@ class Archive:
         manifest: dict[str, Any],
         plan: Plan,
         entries: dict[str, Entry],
-        handle: Any,
+        text: str,
         verify: bool,
     ) -> None:
         self.path = path
@@ -77,7 +77,9 @@ class Archive:
         self.plan = plan
         self.verify = verify
         self._entries = entries
-        self._handle = handle
+        self._text = text  # the manifest as read, to check safe_open sees the same file
+        self._handle: Any = None  # safe_open's, opened on the first tensor read
+        self._closed = False
         self._verified: set[str] = set()
         self._label = path.name or str(path)
 
@@ -96,8 +98,15 @@ class Archive:
         verify is on. Needs no torch."""
         if name not in self._entries:
             raise ArchiveError(f"tensor {quote(name)}: no such tensor in the archive", self._label)
-        if self._handle is None:
+        if self._closed:
             raise ArchiveError("archive is closed", self._label)
+        if self._handle is None:
+            # Opened here, not in open_archive: safetensors' numpy framework imports numpy,
+            # and reading a header (inspect) needs neither.
+            try:
+                self._handle = _safe_open(self.path, self._text, self._entries)
+            except ArchiveError as error:
+                raise error.at(self._label) from None
         try:
             tensor = self._handle.get_tensor(name)
         except Exception as error:  # safetensors raises its own types
@@ -132,6 +141,7 @@ class Archive:
 
     def close(self) -> None:
         self._handle = None  # safe_open unmaps when its last reference goes
+        self._closed = True
 
     def __enter__(self) -> Archive:
         return self
@@ -167,6 +177,8 @@ def _open(path: Path, verify: bool, limits: Limits) -> Archive:
         raise ArchiveError("no such file") from None
     except OSError as error:
         raise ArchiveError(f"cannot read: {error.strerror or error}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ArchiveError("is a folder, not a .haba archive (not a regular file)")
     if not stat.S_ISREG(info.st_mode):
         raise ArchiveError("not a regular file")
     try:
@@ -182,8 +194,7 @@ def _open(path: Path, verify: bool, limits: Limits) -> Archive:
         raise ArchiveError("header: file shrank while reading (truncated)")
     text, entries = parse_header(raw, size - 8 - length, limits)
     manifest, plan = check_manifest(text, entries, limits, describe_pipeline)
-    handle = _safe_open(path, text, entries)
-    return Archive(path, manifest, plan, entries, handle, verify)
+    return Archive(path, manifest, plan, entries, text, verify)
 
 
 def _safe_open(path: Path, text: str, entries: dict[str, Entry]) -> Any:
