@@ -29,10 +29,11 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -42,7 +43,8 @@ TARGET = 1.5  # points: the own loop must land this close to evaluate
 
 def example() -> Any:
     """examples/train_own_loop.py as a module (it is a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("train_own_loop", ROOT / "examples" / "train_own_loop.py")
+    path = ROOT / "examples" / "train_own_loop.py"
+    spec = importlib.util.spec_from_file_location("train_own_loop", path)
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(module)
@@ -179,8 +181,9 @@ def main() -> int:
     ok = all(r["within_target"] for r in rows)
     print(f"every row within {TARGET} points: {'yes' if ok else 'NO'}")
     if args.json:
-        args.json.write_text(json.dumps({"machine": header, "epochs": args.epochs,
-                                         "resnet_width": args.resnet_width, "rows": rows}, indent=2))
+        summary = {"machine": header, "epochs": args.epochs, "seeds": seeds,
+                   "resnet_width": args.resnet_width, "rows": rows}
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
     return 0 if ok else 1
 
 

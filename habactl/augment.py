@@ -128,7 +128,8 @@ class SiameseAugment:
             values = {"angle": (u() - 0.5) * 2 * math.radians(p["rotate"])}
         return AugmentParams(op, values, batch)
 
-    def __call__(self, x: Tensor, generator: torch.Generator, *, per_sample: bool = False) -> Tensor:
+    def __call__(self, x: Tensor, generator: torch.Generator, *,
+                 per_sample: bool = False) -> Tensor:
         """Sample and apply: Siamese by default, one draw per image with per_sample."""
         return self.apply(x, self.sample(generator, x.size(0) if per_sample else None))
 
@@ -147,7 +148,8 @@ class SiameseAugment:
             return self._crop(x, params.values)
         if op == "cutout":
             return self._cutout(x, params.values)
-        v = {k: t.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1) for k, t in params.values.items()}
+        v = {k: t.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+             for k, t in params.values.items()}
         if op == "color":
             x = x + v["brightness"]
             mean = x.mean(dim=1, keepdim=True)
@@ -161,12 +163,14 @@ class SiameseAugment:
         if op == "scale":
             sx, sy = v["sx"].flatten(), v["sy"].flatten()
             zero = torch.zeros_like(sx)
-            theta = torch.stack([torch.stack([sx, zero, zero], 1), torch.stack([zero, sy, zero], 1)], 1)
+            theta = torch.stack([torch.stack([sx, zero, zero], 1),
+                                 torch.stack([zero, sy, zero], 1)], 1)
             return _warp(x, theta)
         if op == "rotate":
             a = v["angle"].flatten()
             cos, sin, zero = torch.cos(a), torch.sin(a), torch.zeros_like(a)
-            theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+            theta = torch.stack([torch.stack([cos, -sin, zero], 1),
+                                 torch.stack([sin, cos, zero], 1)], 1)
             return _warp(x, theta)
         raise ValueError(f"unknown augmentation op {op!r}")
 
@@ -245,7 +249,8 @@ class BatchAugment:
     ``DistributedSampler``) to make the epoch explicit.
     """
 
-    def __init__(self, augmenter: SiameseAugment, *, seed: int = 0, per_sample: bool = True) -> None:
+    def __init__(self, augmenter: SiameseAugment, *, seed: int = 0,
+                 per_sample: bool = True) -> None:
         self.augmenter = augmenter
         self.seed = int(seed)
         self.per_sample = per_sample
@@ -261,7 +266,8 @@ class BatchAugment:
     def __call__(self, images: Tensor) -> Tensor:
         """The augmented batch (a new tensor, same device and dtype; no gradient)."""
         if images.dim() != 4:
-            raise ValueError(f"augmentation expects a batch (N, C, H, W), got shape {tuple(images.shape)}")
+            raise ValueError("augmentation expects a batch (N, C, H, W), got shape "
+                             f"{tuple(images.shape)}")
         params = self.augmenter.sample(self._stream(), images.size(0) if self.per_sample else None)
         with torch.no_grad():
             return self.augmenter.apply(images, params)
@@ -283,7 +289,8 @@ class BatchAugment:
         key = (self.seed, self.epoch, *worker, _rank(), os.getpid())
         if key != self._key or self._generator is None:
             mixed = hashlib.sha256(repr(key[:-1]).encode()).digest()
-            self._generator = torch.Generator().manual_seed(int.from_bytes(mixed[:8], "little") >> 1)
+            seed = int.from_bytes(mixed[:8], "little") >> 1  # manual_seed takes < 2**63
+            self._generator = torch.Generator().manual_seed(seed)
             self._key = key
         return self._generator
 
@@ -294,7 +301,8 @@ class BatchAugment:
 
     def __repr__(self) -> str:
         ops = "_".join(self.augmenter.ops) or "none"
-        return f"BatchAugment({ops}, seed={self.seed}, epoch={self.epoch}, per_sample={self.per_sample})"
+        return (f"BatchAugment({ops}, seed={self.seed}, epoch={self.epoch}, "
+                f"per_sample={self.per_sample})")
 
 
 def _rank() -> int:

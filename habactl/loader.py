@@ -10,8 +10,9 @@ opens the archive itself, lazily, on first use.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -162,8 +163,8 @@ class HabaDataset(Dataset):
 
     def tensors(self) -> tuple[Tensor, Tensor]:
         """The whole expanded data set in one call (all pairs, item order as indexed)."""
-        return self.fetch(torch.arange(self.num_bases * self.expansion)) if self.mode == "all-pairs" \
-            else self.fetch(torch.arange(self.num_bases))
+        count = self.num_bases * (self.expansion if self.mode == "all-pairs" else 1)
+        return self.fetch(torch.arange(count))
 
     def set_epoch(self, epoch: int) -> None:
         """Make the random-pair draw a function of (seed, epoch), as DistributedSampler does."""

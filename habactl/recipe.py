@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import textwrap
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # only for annotations: importing them would import torch
     import torch
@@ -167,7 +168,8 @@ class Recipe:
         if kind == "none":
             norm_text = "none (test images as they are, in [0, 1])"
         else:
-            norm_text = f"{kind}, mean {_numbers(norm.get('mean', []))}, std {_numbers(norm.get('std', []))}"
+            norm_text = (f"{kind}, mean {_numbers(norm.get('mean', []))}, "
+                         f"std {_numbers(norm.get('std', []))}")
             if kind == "zca":
                 norm_text += f", eps {norm.get('eps'):g} (whitening matrix stored in the archive)"
         if self.dsa is None:
@@ -241,7 +243,8 @@ class Recipe:
         """The step schedule; call ``.step()`` once at the end of every epoch."""
         import torch
 
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, _StepFactor(self.decay_epoch, self.lr_decay))
+        factor = _StepFactor(self.decay_epoch, self.lr_decay)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 class _StepFactor:

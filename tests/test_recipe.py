@@ -100,7 +100,7 @@ def test_no_recorded_augmentation_means_the_batch_is_left_alone():
 
 def test_the_recipe_module_is_torch_free():
     code = ("import json, sys; from habactl.recipe import Recipe; "
-            f"Recipe.from_manifest(json.loads(sys.stdin.read())).lines(); "
+            "Recipe.from_manifest(json.loads(sys.stdin.read())).lines(); "
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], input=json.dumps(golden_manifest("zca")),
                             capture_output=True, text=True, timeout=120)
@@ -171,9 +171,11 @@ def test_soft_label_loss_against_a_hand_computation():
     value = recipe.loss()(torch.tensor(logits), torch.tensor(probs))
     assert float(value) == pytest.approx(by_hand, rel=1e-6)
     assert float(value) == pytest.approx(float(loss_of(torch.tensor(logits), torch.tensor(probs))))
-    hard = Recipe.from_manifest(golden_manifest("raw")).loss()(torch.tensor(logits), torch.tensor([1, 2]))
+    hard_loss = Recipe.from_manifest(golden_manifest("raw")).loss()
+    hard = hard_loss(torch.tensor(logits), torch.tensor([1, 2]))
     z0, z1 = logits
-    expected = (-(2.0 - math.log(sum(map(math.exp, z0)))) - (3.0 - math.log(sum(map(math.exp, z1))))) / 2
+    expected = -((2.0 - math.log(sum(map(math.exp, z0))))
+                 + (3.0 - math.log(sum(map(math.exp, z1))))) / 2
     assert float(hard) == pytest.approx(expected, rel=1e-6)
 
 
