@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--ipc", "1", "--iterations", "1", "--epochs", "1", "--models", "1", "--no-full",
         "--jobs", "2", "--objective-iterations", "1"]
@@ -21,6 +23,7 @@ def bench(tmp_path: Path, arms: str) -> subprocess.CompletedProcess:
         capture_output=True, text=True, timeout=600, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_results_plot_and_resumes(tmp_path):
     result = bench(tmp_path, "random,dm-haba-idc,ablate-identity,dc-raw,dm-haba-channel")
     assert result.returncode == 0, result.stderr

@@ -166,6 +166,7 @@ def _compress_process(args: list[str], **env: str) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_gives_the_same_archive(tmp_path):
     args = ["digits", "--iterations", "5", "--real-per-class", "4", "--contrast-batch", "8",
             "--checkpoint-every", "2", "-q"]
@@ -186,6 +187,7 @@ def test_killed_and_resumed_run_gives_the_same_archive(tmp_path):
     assert out.read_bytes() == (tmp_path / "whole.haba").read_bytes()
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
     out = tmp_path / "r.haba"
     assert run("digits", "-o", out, *TINY, "--resume").exit_code == 1  # nothing to resume
@@ -236,6 +238,7 @@ def test_existing_output_needs_force(tmp_path):
         assert archive.manifest["provenance"]["objective"] == "dm"
 
 
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_and_resume_finishes(tmp_path):
     import signal
     import time

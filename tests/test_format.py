@@ -366,6 +366,7 @@ def test_interrupted_new_file_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_never_leaves_a_partial_target(saved):
     """A killed writer cannot clean up: it may leave a temp file, never a partial target."""
     path, _, _ = saved
