@@ -18,12 +18,12 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Union
 
 from habactl.errors import HabaError
 
-Data = Union[bytes, bytearray, memoryview]
+Data = bytes | bytearray | memoryview
 
 # Written into every folder habactl fills (expand's image folders): only such a folder
 # is replaced by --force, so a folder of the user's own files is never deleted.
@@ -122,7 +122,8 @@ def check_folder_target(target: Path, force: bool) -> None:
     if os.path.isdir(path):
         entries = _entries(path)
         if entries and not is_ours(path):
-            shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+            more = f" and {len(entries) - 3} more" if len(entries) > 3 else ""
+            shown = ", ".join(entries[:3]) + more
             raise OutputError(f"{target} is a folder habactl did not write and is not empty "
                               f"({shown}); it is never replaced: remove it yourself or give a new "
                               f"folder")

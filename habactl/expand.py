@@ -15,8 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from habactl.atomic import (OutputError, atomic_folder, check_file_target, check_folder_target,
-                            write_bytes, write_new_file)
+from habactl.atomic import (
+    OutputError,
+    atomic_folder,
+    check_file_target,
+    check_folder_target,
+    write_bytes,
+    write_new_file,
+)
 
 FORMATS = ("png", "h5", "npz")
 

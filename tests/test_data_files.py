@@ -81,7 +81,8 @@ class TestNpzImagesLabels(SourceContract):
     def write(self, folder):
         x, y = arrays(5)
         path = folder / "plain.npz"
-        np.savez_compressed(path, images=x[:, None] / 255.0, labels=y, classes=np.array(["a", "b", "c"]))
+        np.savez_compressed(path, images=x[:, None] / 255.0, labels=y,
+                            classes=np.array(["a", "b", "c"]))
         return str(path)
 
     def test_class_names(self, source):
@@ -176,7 +177,8 @@ def test_same_data_same_fingerprint_across_formats(tmp_path):
     np.savez(tmp_path / "a.npz", images=x, labels=y)
     with h5py.File(tmp_path / "a.h5", "w") as f:
         f["images"], f["labels"] = x, y
-    assert load_source(str(tmp_path / "a.npz")).fingerprint == load_source(str(tmp_path / "a.h5")).fingerprint
+    from_npz, from_h5 = load_source(str(tmp_path / "a.npz")), load_source(str(tmp_path / "a.h5"))
+    assert from_npz.fingerprint == from_h5.fingerprint
 
 
 # --- images and labels that do not pair up; files that are not what their name says ------
@@ -191,7 +193,8 @@ def _write_pair(path, images, labels):
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".h5"])
-@pytest.mark.parametrize("images, labels", [(15, 12), (12, 15)], ids=["more-images", "fewer-images"])
+@pytest.mark.parametrize("images, labels", [(15, 12), (12, 15)],
+                         ids=["more-images", "fewer-images"])
 def test_one_label_per_image_is_checked_before_splitting(tmp_path, suffix, images, labels):
     x, y = arrays(5)  # 15 of each
     path = tmp_path / f"pairs{suffix}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -104,11 +104,12 @@ def choose_rows(counts: list[int], per_class: int | None, budget_rows: int) -> i
 def preview(
     archive: Path = typer.Argument(..., help="The .haba archive."),
     output: Path = typer.Option(..., "-o", "--output", help="PNG file to write (ends in .png)."),
-    per_class: Optional[int] = typer.Option(
+    per_class: int | None = typer.Option(
         None, "--per-class", min=1, show_default="every basis that fits",
         help="Bases shown per class (rows)."),
-    scale: int = typer.Option(0, "--scale", min=0,
-                              help=f"Pixel zoom; 0 picks one that makes cells at least {AUTO_CELL} px."),
+    scale: int = typer.Option(
+        0, "--scale", min=0,
+        help=f"Pixel zoom; 0 picks one that makes cells at least {AUTO_CELL} px."),
     force: bool = typer.Option(False, "--force", help="Replace an existing file."),
 ) -> None:
     """Draw a PNG grid: one row per basis, its hallucinations in the columns."""

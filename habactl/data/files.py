@@ -42,7 +42,8 @@ def load_hdf5(
             if isinstance(f.get("train"), h5py.Group):
                 train = _h5_pair(path, f["train"], images_key, labels_key)
                 test_group = f.get("test")
-                test = _h5_pair(path, test_group, images_key, labels_key) if isinstance(test_group, h5py.Group) else None
+                has_test = isinstance(test_group, h5py.Group)
+                test = _h5_pair(path, test_group, images_key, labels_key) if has_test else None
             else:
                 train, test = _h5_pair(path, f, images_key, labels_key), None
             raw_classes = f.attrs.get("classes")
@@ -105,7 +106,8 @@ def load_npz(
 def _npz_pair(path: Path, npz, images_key: str, labels_key: str) -> Pair:
     for key in (images_key, labels_key):
         if key not in npz.files:
-            raise DataError(f"{path}: no array {key!r} (found: {', '.join(sorted(npz.files)) or 'nothing'})")
+            found = ", ".join(sorted(npz.files)) or "nothing"
+            raise DataError(f"{path}: no array {key!r} (found: {found})")
     return npz[images_key], npz[labels_key]
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from habactl.data import embedded, files, folder
 from habactl.data.base import DataError, DataSource
-from habactl.data.torchvision_sources import SPECS as TORCHVISION_SPECS, load_torchvision
+from habactl.data.torchvision_sources import SPECS as TORCHVISION_SPECS
+from habactl.data.torchvision_sources import load_torchvision
 
 EMBEDDED: dict[str, Callable[[], DataSource]] = {
     "mnist-5k": embedded.mnist_5k,

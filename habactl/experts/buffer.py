@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from habactl.atomic import OutputError, write_bytes, write_text
+from habactl.atomic import OutputError, reason_of, write_bytes, write_text
 from habactl.errors import HabaError
 
 KIND = "habactl-experts"
@@ -86,10 +87,11 @@ def check_buffer_folder(folder: str | os.PathLike[str]) -> None:
     try:
         names = sorted(os.listdir(folder))
     except OSError as error:
-        raise OutputError(f"cannot read folder {folder}: {' '.join(str(error.strerror).split())}") from None
+        raise OutputError(f"cannot read folder {folder}: {reason_of(error)}") from None
     foreign = [n for n in names if not _buffer_file(n)]
     if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        shown = ", ".join(foreign[:3]) + more
         raise ExpertsError(f"{folder} is not an experts buffer and is not empty ({shown}); "
                            f"give a new or empty folder")
 
@@ -103,14 +105,16 @@ def _buffer_file(name: str) -> bool:
 
 def read_index(folder: Path) -> dict[str, Any]:
     path = Path(folder) / INDEX
+    make = f"make one with: habactl experts DATA -o {folder}"
     if not Path(folder).is_dir():
-        raise ExpertsError(f"experts buffer {folder}: no such folder (make one with: habactl experts DATA -o {folder})")
+        raise ExpertsError(f"experts buffer {folder}: no such folder ({make})")
     if not path.is_file():
-        raise ExpertsError(f"experts buffer {folder}: no {INDEX} (make one with: habactl experts DATA -o {folder})")
+        raise ExpertsError(f"experts buffer {folder}: no {INDEX} ({make})")
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ExpertsError(f"experts buffer {folder}: {INDEX} cannot be read ({' '.join(str(error).split())})") from None
+        reason = " ".join(str(error).split())
+        raise ExpertsError(f"experts buffer {folder}: {INDEX} cannot be read ({reason})") from None
     if not isinstance(index, dict) or index.get("kind") != KIND:
         raise ExpertsError(f"experts buffer {folder}: {INDEX} is not a habactl experts index")
     if index.get("version") != VERSION:
@@ -162,8 +166,9 @@ class ExpertBuffer:
         data = self.index["dataset"]
         if data.get("fingerprint") != fingerprint:
             raise ExpertsError(f"experts buffer {self.folder} was trained on {data.get('name')!r} "
-                               f"({data.get('fingerprint', '?')[:19]}…), not on this data set {name!r} "
-                               f"({fingerprint[:19]}…); train experts on it with habactl experts")
+                               f"({data.get('fingerprint', '?')[:19]}…), not on this data set "
+                               f"{name!r} ({fingerprint[:19]}…); train experts on it with "
+                               f"habactl experts")
         image = data.get("image", {})
         shape = (image.get("channels"), image.get("height"), image.get("width"))
         if shape != tuple(image_shape) or len(data.get("classes", [])) != num_classes:
@@ -204,4 +209,5 @@ class ExpertBuffer:
         except ExpertsError:
             raise
         except Exception as error:  # safetensors raises its own types for damaged files
-            raise ExpertsError(f"{where} cannot be read ({' '.join(str(error).split())[:200]})") from None
+            reason = " ".join(str(error).split())[:200]
+            raise ExpertsError(f"{where} cannot be read ({reason})") from None
