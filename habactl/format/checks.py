@@ -61,10 +61,14 @@ def parse_header(raw: bytes, data_size: int, limits: Limits) -> tuple[str, dict[
         raise ArchiveError("header: not a JSON object")
     metadata = header.pop("__metadata__", None)
     if metadata is None:
-        raise ArchiveError("header: no __metadata__ (a plain safetensors file, not a .haba archive)")
+        raise ArchiveError(
+            "header: no __metadata__ (a plain safetensors file, not a .haba archive)"
+        )
     if not isinstance(metadata, dict) or set(metadata) != {"haba"}:
         keys = sorted(metadata) if isinstance(metadata, dict) else metadata
-        raise ArchiveError(f"header: __metadata__ must hold exactly one key 'haba', found {quote(keys)}")
+        raise ArchiveError(
+            f"header: __metadata__ must hold exactly one key 'haba', found {quote(keys)}"
+        )
     if not isinstance(metadata["haba"], str):
         raise ArchiveError("header: __metadata__['haba'] is not a string")
     if len(header) > limits.max_tensors:
@@ -81,8 +85,12 @@ def _entry(name: str, value: Any) -> Entry:
     dtype, shape, offsets = value["dtype"], value["shape"], value["data_offsets"]
     if dtype not in DTYPE_SIZES:
         raise ArchiveError(f"{where}: unknown dtype {quote(dtype)}")
-    if not (isinstance(shape, list) and len(shape) <= MAX_NDIM and all(_is_count(d) for d in shape)):
-        raise ArchiveError(f"{where}: shape {quote(shape)} is not a list of at most {MAX_NDIM} sizes")
+    if not (
+        isinstance(shape, list) and len(shape) <= MAX_NDIM and all(_is_count(d) for d in shape)
+    ):
+        raise ArchiveError(
+            f"{where}: shape {quote(shape)} is not a list of at most {MAX_NDIM} sizes"
+        )
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
         raise ArchiveError(f"{where}: data_offsets {quote(offsets)} is not [begin, end]")
     begin, end = offsets
@@ -132,7 +140,8 @@ def check_manifest(
         recorded = manifest["tensors"].get(name)
         if recorded is None:
             raise ArchiveError(f"manifest: tensors: no entry for tensor {quote(name)}")
-        if recorded["dtype"] != entries[name].dtype or tuple(recorded["shape"]) != entries[name].shape:
+        entry = entries[name]
+        if recorded["dtype"] != entry.dtype or tuple(recorded["shape"]) != entry.shape:
             raise ArchiveError(
                 f"tensor {quote(name)}: manifest records {recorded['dtype']} {recorded['shape']}, "
                 f"the file holds {entries[name].dtype} {list(entries[name].shape)}"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from habactl.errors import HabaError
+from habactl.format.account import budget_values
 from habactl.format.errors import ArchiveError, quote
 from habactl.format.limits import Limits
 
@@ -91,7 +92,9 @@ def _bounded_int(text: str) -> int:
     try:
         float(value)  # the spec: numbers a double cannot hold are refused, integers too
     except OverflowError:
-        raise ValueError(f"integer {text[:40]}... is out of range (a double cannot hold it)") from None
+        raise ValueError(
+            f"integer {text[:40]}... is out of range (a double cannot hold it)"
+        ) from None
     return value
 
 
@@ -128,11 +131,15 @@ def check_version(manifest: Mapping[str, Any]) -> tuple[int, int]:
     """
     name = manifest.get("format")
     if name != FORMAT_NAME:
-        raise ArchiveError(f"manifest: format is {quote(name)}, expected 'haba' (not a .haba archive)")
+        raise ArchiveError(
+            f"manifest: format is {quote(name)}, expected 'haba' (not a .haba archive)"
+        )
     version = manifest.get("format_version")
     match = _VERSION_RE.fullmatch(version) if isinstance(version, str) else None
     if match is None:
-        raise ArchiveError(f"manifest: format_version {quote(version)} is not of the form 'MAJOR.MINOR'")
+        raise ArchiveError(
+            f"manifest: format_version {quote(version)} is not of the form 'MAJOR.MINOR'"
+        )
     major, minor = int(match.group(1)), int(match.group(2))
     if major > _READER_MAJOR:
         raise ArchiveError(
@@ -234,7 +241,8 @@ class _Checker:
         return number
 
     def signed_number(self, value: Any, path: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
             raise self.fail(path, f"must be a finite number, got {_kind(value)}")
         return float(value)
 
@@ -409,7 +417,9 @@ def validate_manifest(
         c.obj(value, path, {
             "dataset": lambda v, p: c.obj(v, p, {
                 "name": c.text,
-                "fingerprint": lambda x, q: c.pattern(x, q, _DIGEST_RE, "'sha256:' and 64 hex digits"),
+                "fingerprint": lambda x, q: c.pattern(
+                    x, q, _DIGEST_RE, "'sha256:' and 64 hex digits"
+                ),
             }),
             "objective": c.text,
             "hyperparameters": c.free_object,
@@ -483,7 +493,7 @@ def _plan(m: dict[str, Any], c: _Checker, stages: StageLookup) -> Plan:
     base_shape = tuple(m["bases"]["shape"])
     image_values = _prod(image)
 
-    budget = m["storage"]["ipc"] * n_classes * image_values
+    budget = budget_values(m["storage"]["ipc"], n_classes, image)
     if m["storage"]["budget_values"] != budget:
         raise c.fail(
             "storage.budget_values",

@@ -56,7 +56,9 @@ def save_archive(
 
 
 def archive_bytes(
-    tensors: Mapping[str, torch.Tensor], manifest: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS
+    tensors: Mapping[str, torch.Tensor],
+    manifest: Mapping[str, Any],
+    limits: Limits = DEFAULT_LIMITS,
 ) -> bytes:
     """The archive's bytes: a pure function of (tensors, manifest)."""
     if not isinstance(manifest, Mapping):
@@ -71,7 +73,8 @@ def archive_bytes(
     if m["format_version"] != FORMAT_VERSION:
         # Writers emit the lowest version that can express the archive: this one.
         raise ArchiveError(
-            f"manifest: format_version {quote(m['format_version'])}: this writer writes {FORMAT_VERSION}"
+            f"manifest: format_version {quote(m['format_version'])}: "
+            f"this writer writes {FORMAT_VERSION}"
         )
     plan = validate_manifest(m, limits, stages=describe_pipeline, written=False)
 
@@ -95,7 +98,9 @@ def archive_bytes(
 
 def _prepare(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if not isinstance(tensors, Mapping):
-        raise ArchiveError(f"tensors: must be a mapping of name to tensor, got {type(tensors).__name__}")
+        raise ArchiveError(
+            f"tensors: must be a mapping of name to tensor, got {type(tensors).__name__}"
+        )
     stored: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
@@ -120,7 +125,8 @@ def _self_check(data: bytes, text: str, manifest: dict[str, Any], limits: Limits
     check_manifest(parsed_text, entries, limits, describe_pipeline)
     start = 8 + length
     for name, entry in entries.items():
-        digest = hashlib.sha256(memoryview(data)[start + entry.begin : start + entry.end]).hexdigest()
+        section = memoryview(data)[start + entry.begin : start + entry.end]
+        digest = hashlib.sha256(section).hexdigest()
         if not hmac.compare_digest(digest, manifest["tensors"][name]["sha256"]):
             raise ArchiveError(f"internal: tensor {quote(name)} was stored differently than hashed")
 
