@@ -24,6 +24,7 @@ EXAMPLES: dict[str, list[str]] = {
         "habactl compress                              # embedded mnist-5k -> mnist-5k.haba",
         "habactl compress digits --objective random --ipc 10 -o digits.haba",
         "habactl compress data.npz --codec haba+idc --ipc 1 -o small.haba",
+        "habactl compress --config recipe.toml          # settings from a file, flags override",
     ],
     "inspect": [
         "habactl inspect mnist-5k.haba                 # header only, nothing decoded",
@@ -49,10 +50,11 @@ EXAMPLES: dict[str, list[str]] = {
         "habactl compress digits --objective mtt --experts experts/",
     ],
     "import": [
-        "habactl import --help                          # formats other tools write",
+        "habactl import mtt images_best.pt labels_best.pt --dataset cifar10 -o mtt.haba",
+        "habactl import npz mine.npz --classes cat,dog --ipc 10 -o mine.haba",
     ],
     "export": [
-        "habactl export --help                          # formats other tools read",
+        "habactl export mnist-5k.haba --to dd-ranking -o ddr/",
     ],
 }
 

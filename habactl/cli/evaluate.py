@@ -47,7 +47,8 @@ def evaluate(
         "--jobs for the cores. Results are reproducible for a given thread count."),
     baseline: Optional[list[str]] = typer.Option(
         None, "--baseline", help="Also train on: full (the whole real training set, epochs // 50 "
-        "epochs) and/or random (random real images at the archive's true budget)."),
+        "epochs) and/or random (random real images at the archive's true budget) \\[default: "
+        "none]."),
     full_epochs: Optional[int] = typer.Option(
         None, "--full-epochs", min=1, help="Epochs of the full-data baseline \\[default: epochs // 50]."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout, nothing else."),
