@@ -7,24 +7,16 @@ from pathlib import Path
 
 import typer
 
-from habactl.cli.app import app, guarded
+from habactl.cli.app import app, examples_epilog, guarded
 
-EXAMPLES = """
-
-Examples:
-
-  habactl expand digits.haba -o digits-images      (class folders of PNGs)
-
-  habactl expand digits.haba -o digits.npz --pixels
-
-  habactl expand digits.haba -o digits.h5 --force   (replace an earlier output)
-
-An existing folder is replaced (with --force) only if habactl wrote it or it is empty;
-a folder holding other files is never deleted.
-"""
+EXAMPLES = [
+    "habactl expand digits.haba -o digits-images       # class folders of PNGs",
+    "habactl expand digits.haba -o digits.npz --pixels  # [0, 1] pixels, not normalised",
+    "habactl expand digits.haba -o digits.h5 --force    # replace an earlier output",
+]
 
 
-@app.command(help="Decode every (basis, hallucinator) pair and write the result." + EXAMPLES)
+@app.command(epilog=examples_epilog(EXAMPLES))
 @guarded
 def expand(
     archive: Path = typer.Argument(..., help="The .haba archive."),
@@ -37,7 +29,11 @@ def expand(
     force: bool = typer.Option(
         False, "--force", help="Replace an earlier output (a folder only if habactl wrote it)."),
 ) -> None:
-    """Decode every (basis, hallucinator) pair and write the result."""
+    """Decode every (basis, hallucinator) pair and write the result.
+
+    An existing folder is replaced (with --force) only if habactl wrote
+    it or it is empty; a folder holding other files is never deleted.
+    """
     from habactl.expand import expand_archive
 
     # It checks the output before decoding anything: a refusal costs nothing.

@@ -8,25 +8,16 @@ from pathlib import Path
 
 import typer
 
-from habactl.cli.app import app, guarded, stderr
+from habactl.cli.app import app, examples_epilog, guarded, stderr
 
-EXAMPLES = """
-
-Examples:
-
-  habactl experts digits -o digits-experts --experts 2 --epochs 10
-
-  habactl experts mnist-5k -o buf --threads 1   (rerun the same line to resume)
-
-  habactl compress mnist-5k --objective mtt --experts buf
-
-The folder must be new, empty or an experts buffer: habactl never writes into a folder
-of other files.
-"""
+EXAMPLES = [
+    "habactl experts digits -o digits-experts --experts 2 --epochs 10",
+    "habactl experts mnist-5k -o buf --threads 1   # rerun the same line to resume",
+    "habactl compress mnist-5k --objective mtt --experts buf",
+]
 
 
-@app.command(help="Train N expert networks on DATA and store their trajectories "
-                  "(safetensors + index.json)." + EXAMPLES)
+@app.command(epilog=examples_epilog(EXAMPLES))
 @guarded
 def experts(
     data: str = typer.Argument(..., help="Data set, as for compress (e.g. mnist-5k, digits)."),
@@ -54,7 +45,11 @@ def experts(
                                help="Start over in a folder made with other settings."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
 ) -> None:
-    """Train N expert networks on DATA and store their trajectories (safetensors + index.json)."""
+    """Train N expert networks on DATA and store their trajectories (safetensors + index.json).
+
+    The folder must be new, empty or an experts buffer: habactl never
+    writes into a folder of other files.
+    """
     from habactl.atomic import OutputError, check_folder_writable, describe
     from habactl.data import load_source
     from habactl.experts import ExpertSettings, train_experts

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from habactl.cli.app import app, guarded
+from habactl.cli.app import app, examples_epilog, guarded
 from habactl.errors import HabaError
 
 # The largest grid drawn: 40 megapixels (120 MB as RGB) still opens in an image viewer.
@@ -20,18 +20,11 @@ AUTO_CELL = 80
 PAD = 2
 FONT_SIZE = 12
 LABEL_LIMIT = 160  # px: longer class names are cut with an ellipsis
-EXAMPLES = """
-
-Examples:
-
-  habactl preview mnist-5k.haba -o grid.png
-
-  habactl preview mnist-5k.haba -o grid.png --per-class 2 --scale 4
-
-The first column is the basis decoded without hallucination (e.g. only upsampled), then
-hallucinator 1..K; each row is labelled with its class name. Without --per-class every
-basis is shown, as many per class as fit in a 40-megapixel picture.
-"""
+EXAMPLES = [
+    "habactl preview mnist-5k.haba -o grid.png                # every basis that fits",
+    "habactl preview mnist-5k.haba -o grid.png --per-class 2 --scale 4",
+    "habactl preview digits.haba -o digits.png --force        # replace an earlier grid",
+]
 
 
 @dataclass(frozen=True)
@@ -98,8 +91,7 @@ def choose_rows(counts: list[int], per_class: int | None, budget_rows: int) -> i
     return fitting
 
 
-@app.command(help="Draw a PNG grid: one row per basis, its hallucinations in the columns."
-             + EXAMPLES)
+@app.command(epilog=examples_epilog(EXAMPLES))
 @guarded
 def preview(
     archive: Path = typer.Argument(..., help="The .haba archive."),
@@ -112,7 +104,13 @@ def preview(
         help=f"Pixel zoom; 0 picks one that makes cells at least {AUTO_CELL} px."),
     force: bool = typer.Option(False, "--force", help="Replace an existing file."),
 ) -> None:
-    """Draw a PNG grid: one row per basis, its hallucinations in the columns."""
+    """Draw a PNG grid: one row per basis, its hallucinations in the columns.
+
+    The first column is the basis decoded without hallucination (e.g. only
+    upsampled), then hallucinator 1..K; each row is labelled with its class
+    name. Without --per-class every basis is shown, as many per class as fit
+    in a 40-megapixel picture.
+    """
     from habactl.atomic import OutputError, check_file_target, write_bytes
 
     if output.suffix.lower() != ".png" and not output.is_dir():
