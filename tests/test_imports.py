@@ -4,7 +4,10 @@ A cycle that only closes inside a function body works until someone moves that i
 the top of its module (or a new caller imports the modules in another order); then the
 package fails to import with a half-initialised module. So the graph is read from the
 source with ``ast``, every import counted wherever it sits (except under
-``if TYPE_CHECKING:``, which never runs), and must be acyclic.
+``if TYPE_CHECKING:``, which never runs), and must be acyclic. A package's lazy
+re-exports (``__getattr__`` with ``importlib.import_module``, as in ``habactl.format`` and
+``habactl.evaluation``) are not edges: they run on first attribute access, once the
+package and its importer are complete.
 """
 
 from __future__ import annotations

@@ -1,11 +1,29 @@
-"""Evaluation: train networks from scratch on an archive and test them on real data."""
+"""Evaluation: train networks from scratch on an archive and test them on real data.
 
-from habactl.evaluation.protocol import FAST, PRESETS, STANDARD, Protocol, full_data_epochs
-from habactl.evaluation.run import (BASELINES, evaluate_archive, evaluate_training_set,
-                                    prepare_test_images)
-from habactl.evaluation.score import accuracy, summarize
-from habactl.evaluation.train import train_net
+The names below load on first use: ``habactl.evaluation.protocol`` (the standard protocol,
+which archives record) stays importable without torch, and a module that needs only the
+protocol (``habactl.archive_io``) does not pull in the training code, which itself builds
+archives.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "FAST": "protocol", "PRESETS": "protocol", "STANDARD": "protocol", "Protocol": "protocol",
+    "full_data_epochs": "protocol", "BASELINES": "run", "evaluate_archive": "run",
+    "evaluate_training_set": "run", "prepare_test_images": "run", "accuracy": "score",
+    "summarize": "score", "train_net": "train",
+}
 
 __all__ = ["BASELINES", "FAST", "PRESETS", "Protocol", "STANDARD", "accuracy",
            "evaluate_archive", "evaluate_training_set", "full_data_epochs",
            "prepare_test_images", "summarize", "train_net"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"habactl.evaluation.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'habactl.evaluation' has no attribute {name!r}")
