@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,13 +96,14 @@ def normalisation_entry(
     }, None
 
 
-def _image_shape(imported: Imported) -> tuple[int, ...]:
+def _image_shape(imported: Imported) -> tuple[int, int, int]:
     from habactl.codecs import describe_pipeline
 
-    shape = tuple(int(d) for d in imported.bases.shape[1:])
+    c, h, w = (int(d) for d in imported.bases.shape[1:])
     if not imported.pipeline:
-        return shape
-    return tuple(describe_pipeline(imported.pipeline, shape).out_shape)
+        return c, h, w
+    c, h, w = (int(d) for d in describe_pipeline(imported.pipeline, (c, h, w)).out_shape)
+    return c, h, w
 
 
 def fingerprint(files: list[Path]) -> str:
@@ -197,7 +199,7 @@ def expanded(archive: Path) -> tuple[Tensor, Tensor, Any]:
     return images.contiguous(), labels.contiguous(), dataset
 
 
-def write_folder(folder: Path, files: dict[str, Tensor | str], *, force: bool) -> list[str]:
+def write_folder(folder: Path, files: Mapping[str, Tensor | str], *, force: bool) -> list[str]:
     """The files, written into a new folder atomically (habactl/atomic.py: nothing
     half-written, and a folder of the user's own files is never replaced)."""
     import io

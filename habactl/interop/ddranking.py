@@ -49,7 +49,7 @@ def export(archive: Path, folder: Path, *, force: bool = False) -> list[str]:
     images, labels, dataset = expanded(archive)
     note = storage_note(dataset.manifest)
     note["decoded_images"] = int(images.shape[0])
-    files = {
+    files: dict[str, torch.Tensor | str] = {
         "images.pt": images,
         "labels.pt": labels,
         "lr.pt": torch.tensor(float(dataset.recommended_lr)),

@@ -122,9 +122,8 @@ def read(files: list[Path], options: Options) -> Imported:
     if options.classes is None:
         raise InteropError("haba-official: the files store no labels; give --dataset or --classes")
     labels = balanced_labels(bases.shape[0], len(options.classes), images_path.name)
-    entry, params = hallucinators(
-        load_torch(weights_path), tuple(bases.shape[1:]), weights_path.name
-    )
+    c, h, w = (int(d) for d in bases.shape[1:])
+    entry, params = hallucinators(load_torch(weights_path), (c, h, w), weights_path.name)
     stage_tensors = {f"pipeline.0.{name}": value for name, value in params.items()}
     notes = [
         f"{entry['configuration']['count']} pixel-affine hallucinators; the authors' "
