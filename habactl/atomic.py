@@ -265,7 +265,10 @@ def atomic_folder(target: str | os.PathLike[str], *, kind: str,
         raise
     finally:
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_symlink():  # -o was a link to a folder: the link goes, not its files
+                old.unlink()
+            else:
+                shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
