@@ -19,7 +19,7 @@ GOLDEN = REPO / "format" / "golden" / "v1"
 HEAVY = ("torch", "torchvision", "numpy", "PIL", "h5py", "sklearn")
 
 # Runs the CLI's main() with the given argv, then prints the heavy modules it loaded.
-PROBE = """
+PROBE = f"""
 import json, sys
 sys.argv = ["habactl", *json.loads(sys.argv[1])]
 from habactl.cli.main import main
@@ -28,9 +28,9 @@ try:
     main()
 except SystemExit as stop:
     code = stop.code or 0
-loaded = sorted(m for m in {heavy!r} if m in sys.modules)
+loaded = sorted(m for m in {HEAVY!r} if m in sys.modules)
 print("PROBE " + json.dumps({{"code": code, "loaded": loaded}}), file=sys.stderr)
-""".format(heavy=HEAVY)
+"""
 
 
 def probe(*args: str) -> tuple[int, list[str], str]:

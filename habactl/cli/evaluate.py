@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -16,28 +16,31 @@ from habactl.cli.app import app, guarded, plural, stderr, stdout
 @guarded
 def evaluate(
     archive: Path = typer.Argument(..., help="The .haba archive."),
-    data: Optional[str] = typer.Option(
-        None, "--data", help="Data set to test on \\[default: the one in the archive's provenance]."),
-    root: Optional[Path] = typer.Option(
+    data: str | None = typer.Option(
+        None, "--data",
+        help="Data set to test on \\[default: the one in the archive's provenance]."),
+    root: Path | None = typer.Option(
         None, "--root", help="Folder holding torchvision data sets \\[default: none; the embedded "
         "sets need none]."),
-    arch: Optional[list[str]] = typer.Option(
+    arch: list[str] | None = typer.Option(
         None, "--arch", help="Architectures, comma-separated or repeated: convnet, mlp, alexnet, "
         "vgg11, resnet18 \\[default: convnet]."),
-    models: Optional[int] = typer.Option(
-        None, "--models", min=1, help="Networks trained per architecture \\[default: 5; --fast: 2]."),
-    epochs: Optional[int] = typer.Option(
+    models: int | None = typer.Option(
+        None, "--models", min=1,
+        help="Networks trained per architecture \\[default: 5; --fast: 2]."),
+    epochs: int | None = typer.Option(
         None, "--epochs", min=1, help="Training epochs \\[default: 1000; --fast: 150]."),
     fast: bool = typer.Option(
         False, "--fast", help="Quick look: 150 epochs, 2 models (a few minutes for the default "
         "archive on 2 cores)."),
-    lr: Optional[float] = typer.Option(
+    lr: float | None = typer.Option(
         None, "--lr",
         help="Learning rate \\[default: the archive's learned lr, else its recommended 0.01]."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Batch size \\[default: 256]."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="Batch size \\[default: 256]."),
     seed: int = typer.Option(0, "--seed", help="Model i uses seed + i."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    jobs: Optional[int] = typer.Option(
+    jobs: int | None = typer.Option(
         None, "--jobs", "-j", min=1, help="Networks trained at a time, each in its own process "
         "\\[default: one per CPU core, at most one per network; 1 on a GPU]. The results do "
         "not depend on it."),
@@ -45,13 +48,15 @@ def evaluate(
         1, "--threads", min=1, help="CPU threads for torch in each process. The batches are "
         "tiny: on a busy 2-core machine one thread trained 3.5x faster than two, so use "
         "--jobs for the cores. Results are reproducible for a given thread count."),
-    baseline: Optional[list[str]] = typer.Option(
+    baseline: list[str] | None = typer.Option(
         None, "--baseline", help="Also train on: full (the whole real training set, epochs // 50 "
         "epochs) and/or random (random real images at the archive's true budget) \\[default: "
         "none]."),
-    full_epochs: Optional[int] = typer.Option(
-        None, "--full-epochs", min=1, help="Epochs of the full-data baseline \\[default: epochs // 50]."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout, nothing else."),
+    full_epochs: int | None = typer.Option(
+        None, "--full-epochs", min=1,
+        help="Epochs of the full-data baseline \\[default: epochs // 50]."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print one JSON object on stdout, nothing else."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress or warnings on stderr."),
 ) -> None:
     """Train networks from scratch on ARCHIVE and report their real test accuracy.
@@ -108,11 +113,12 @@ class _progress:
         self.line.start(None, 0, "loading the archive and the test data")
         return self
 
-    def __call__(self, arm: str, arch: str, model: int, models: int, epoch: int, epochs: int) -> None:
+    def __call__(self, arm: str, arch: str, model: int, models: int, epoch: int,
+                 epochs: int) -> None:
         assert self.line is not None
         self.networks[(arm, arch, model)] = (epoch, epochs, models)
-        training = [f"{a} {n} {m + 1}/{total}" for (a, n, m), (e, es, total) in self.networks.items()
-                    if 0 < e < es]
+        training = [f"{a} {n} {m + 1}/{total}"
+                    for (a, n, m), (e, es, total) in self.networks.items() if 0 < e < es]
         done = sum(1 for e, es, _ in self.networks.values() if e >= es)
         description = f"{done}/{plural(len(self.networks), 'network')}"
         self.line.update(sum(e for e, _, _ in self.networks.values()),
@@ -150,8 +156,10 @@ def print_result(result: dict[str, Any]) -> None:
                           f"{r['seconds']:.0f} s")
     stdout.print(table)
     stdout.print(f"final-epoch accuracy, mean ± std over models; batch {protocol['batch_size']}, "
-                 f"lr × {protocol['lr_decay']:g} at epoch {int(protocol['epochs'] * protocol['lr_decay_at'])}, "
-                 f"{protocol['augmentation']} augmentation, seed {protocol['seed']}, {protocol['device']} "
+                 f"lr × {protocol['lr_decay']:g} at epoch "
+                 f"{int(protocol['epochs'] * protocol['lr_decay_at'])}, "
+                 f"{protocol['augmentation']} augmentation, seed {protocol['seed']}, "
+                 f"{protocol['device']} "
                  f"({protocol['jobs']} at a time, {plural(protocol['threads'], 'thread')} each); "
                  f"{result['seconds']:.0f} s in all")
     for name, b in result["baselines"].items():

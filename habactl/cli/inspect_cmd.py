@@ -32,13 +32,15 @@ def summary(manifest: dict[str, Any], expansion: int) -> list[tuple[str, str]]:
     bases = manifest["bases"]
     prov = manifest["provenance"]
     per_class = sorted(set(bases["per_class"]))
-    per_class_text = str(per_class[0]) if len(per_class) == 1 else f"{min(per_class)}–{max(per_class)}"
+    per_class_text = (str(per_class[0]) if len(per_class) == 1
+                      else f"{min(per_class)}–{max(per_class)}")
     pipeline = " → ".join(describe_stage(s) for s in manifest["pipeline"]) or "none (raw images)"
     classes = manifest["classes"]
     return [
         ("format", f"{manifest['format']} {manifest['format_version']}"),
         ("data set", f"{prov['dataset']['name']}  ({prov['dataset']['fingerprint'][:23]}…)"),
-        ("classes", f"{len(classes)}: {', '.join(classes[:10])}" + (" …" if len(classes) > 10 else "")),
+        ("classes", f"{len(classes)}: {', '.join(classes[:10])}"
+                    + (" …" if len(classes) > 10 else "")),
         ("image", f"{image['channels']}×{image['height']}×{image['width']}"),
         ("bases", f"{bases['count']:,} ({per_class_text} per class) at "
                   + "×".join(str(s) for s in bases["shape"])),

@@ -65,7 +65,8 @@ class ConfigReader:
                              f"got {type(configuration).__name__}")
         for key in configuration:
             if not isinstance(key, str):
-                raise CodecError(f"stage {quote(stage)}: configuration key {quote(key)} is not a string")
+                raise CodecError(f"stage {quote(stage)}: configuration key {quote(key)} "
+                                 "is not a string")
         self.stage = stage
         self.source = configuration
         self.out: dict[str, Any] = {}
@@ -122,7 +123,8 @@ def describe_upsample(configuration: Any, in_shape: Any) -> StageSpec:
     config = reader.finish()
     c, h, w = check_shape("upsample", in_shape)
     if h * factor > MAX_SIDE or w * factor > MAX_SIDE:
-        raise CodecError(f"stage 'upsample': output sides {h * factor}x{w * factor} exceed {MAX_SIDE}")
+        raise CodecError(f"stage 'upsample': output sides {h * factor}x{w * factor} "
+                         f"exceed {MAX_SIDE}")
     return StageSpec("upsample", 1, config, (c, h, w), (c, h * factor, w * factor), 1, {})
 
 
@@ -146,7 +148,8 @@ def describe_hallucinate(configuration: Any, in_shape: Any) -> StageSpec:
     if k > h or k > w:
         raise CodecError(f"stage 'hallucinate': kernel {k} is larger than the input "
                          f"{c}x{h}x{w} (the encoder does not pad)")
-    affine = (count, hidden, h - k + 1, w - k + 1) if arch == "pixel-affine" else (count, hidden, 1, 1)
+    affine = ((count, hidden, h - k + 1, w - k + 1) if arch == "pixel-affine"
+              else (count, hidden, 1, 1))
     params = {
         "encoder.weight": (count, hidden, c, k, k),
         "encoder.bias": (count, hidden),
@@ -207,7 +210,8 @@ def describe_entry(entry: Any, in_shape: Any) -> StageSpec:
     stage = get_description(entry["name"])
     version = entry["version"]
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise CodecError(f"stage {quote(stage.name)}: version must be a positive integer, got {quote(version)}")
+        raise CodecError(f"stage {quote(stage.name)}: version must be a positive integer, "
+                         f"got {quote(version)}")
     if version > stage.version:
         raise CodecError(f"stage {quote(stage.name)} version {version} is newer than this habactl "
                          f"supports ({stage.version}); upgrade habactl to read it")

@@ -13,8 +13,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TextIO
+from typing import Any, TextIO
 
 # A plain (non-terminal) progress line at least every STEP_PERCENT percent of the work,
 # and at least every QUIET_SECONDS seconds while it moves slower than that.

@@ -110,7 +110,8 @@ class Archive:
         try:
             tensor = self._handle.get_tensor(name)
         except Exception as error:  # safetensors raises its own types
-            raise ArchiveError(f"tensor {quote(name)}: cannot be read ({error})", self._label) from None
+            raise ArchiveError(f"tensor {quote(name)}: cannot be read ({error})",
+                               self._label) from None
         entry = self._entries[name]
         if dtype_name(tensor) != entry.dtype or tuple(tensor.shape) != entry.shape:
             # The file changed between our header check and safe_open's.
@@ -118,7 +119,8 @@ class Archive:
         if self.verify and name not in self._verified:
             expected = self.manifest["tensors"][name]["sha256"]
             if not hmac.compare_digest(tensor_sha256(tensor), expected):
-                raise ArchiveError(f"tensor {quote(name)}: sha256 mismatch (data damaged)", self._label)
+                raise ArchiveError(f"tensor {quote(name)}: sha256 mismatch (data damaged)",
+                                   self._label)
             try:
                 check_values(name, tensor, self.plan)
             except ArchiveError as error:
