@@ -294,3 +294,13 @@ def test_every_output_gets_the_umask_modes(tmp_path, make_archive, umask):
     checkpoint.save(tmp_path / "c.ckpt", {"fingerprint": "f", "x": torch.zeros(2)})
     for path in [tmp_path / "images", tmp_path / "buf", *tmp_path.rglob("*")]:
         assert mode(path) == (folders if path.is_dir() else files), path
+
+
+def test_force_through_a_symlink_replaces_the_link_not_the_folder_it_points_to(tmp_path, archive):
+    real = tmp_path / "real"
+    assert run("expand", archive, "-o", real).exit_code == 0
+    before = snapshot(real)
+    (tmp_path / "link").symlink_to(real)
+    assert run("expand", archive, "-o", tmp_path / "link", "--force").exit_code == 0
+    assert snapshot(real) == before and not (tmp_path / "link").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.haba", "link", "real"]
