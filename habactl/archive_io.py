@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -81,8 +82,11 @@ def build_manifest(
             "library": f"habactl {__version__}",
             "created": created_timestamp(),
         },
-        "storage": {"ipc": int(ipc), "counts": counts,
-                    "budget_values": budget_values(ipc, len(classes), image_shape)},
+        "storage": {
+            "ipc": int(ipc),
+            "counts": counts,
+            "budget_values": budget_values(ipc, len(classes), image_shape),
+        },
     }
 
 
@@ -130,8 +134,12 @@ def write_haba(
         "bases": bases.detach().float().cpu().contiguous(),
         "labels": labels.detach().cpu().contiguous(),
     }
-    tensors.update({name: value.detach().float().cpu().contiguous()
-                    for name, value in pipeline.named_tensors().items()})
+    tensors.update(
+        {
+            name: value.detach().float().cpu().contiguous()
+            for name, value in pipeline.named_tensors().items()
+        }
+    )
     if zca is not None:
         tensors["normalization.zca"] = zca.detach().float().cpu().contiguous()
     return save_archive(path, tensors, manifest, overwrite=overwrite)

@@ -8,9 +8,9 @@ fixtures need no import.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
 
 import pytest
 import torch
@@ -40,7 +40,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_mnist(classes: int = 3, train_per_class: int = 20, test_per_class: int = 5):
     """The first `classes` digits of mnist-5k, `train_per_class` training images each."""
     from habactl.data import load_source
@@ -48,26 +48,38 @@ def tiny_mnist(classes: int = 3, train_per_class: int = 20, test_per_class: int 
     full = load_source("mnist-5k")
 
     def take(split: LabeledImages, per: int) -> LabeledImages:
-        picks = torch.cat([torch.nonzero(split.labels == k).flatten()[:per]
-                           for k in range(classes)])
-        return LabeledImages(images=split.images[picks].clone(),
-                             labels=split.labels[picks].clone())
+        picks = torch.cat(
+            [torch.nonzero(split.labels == k).flatten()[:per] for k in range(classes)]
+        )
+        return LabeledImages(images=split.images[picks].clone(), labels=split.labels[picks].clone())
 
-    return make_source(f"mnist-5k-{classes}", full.classes[:classes],
-                       take(full.train, train_per_class), take(full.test, test_per_class),
-                       is_digits=True)
+    return make_source(
+        f"mnist-5k-{classes}",
+        full.classes[:classes],
+        take(full.train, train_per_class),
+        take(full.test, test_per_class),
+        is_digits=True,
+    )
 
 
 def fake_source(shape=(1, 8, 8), classes=3) -> SimpleNamespace:
     channels, height, width = shape
-    return SimpleNamespace(name="fixture", fingerprint="sha256:" + "ab" * 32,
-                           classes=[f"class-{c}" for c in range(classes)],
-                           channels=channels, height=height, width=width)
+    return SimpleNamespace(
+        name="fixture",
+        fingerprint="sha256:" + "ab" * 32,
+        classes=[f"class-{c}" for c in range(classes)],
+        channels=channels,
+        height=height,
+        width=width,
+    )
 
 
 def hallucinate_stage(count: int = 3, arch: str = "channel-affine") -> dict:
-    return {"name": "hallucinate", "version": 1,
-            "configuration": {"arch": arch, "count": count, "hidden": 3, "kernel": 3}}
+    return {
+        "name": "hallucinate",
+        "version": 1,
+        "configuration": {"arch": arch, "count": count, "hidden": 3, "kernel": 3},
+    }
 
 
 @pytest.fixture
@@ -75,9 +87,18 @@ def make_archive(tmp_path: Path) -> Callable[..., Path]:
     """Factory: an archive of `per_class` random bases per class, with or without hallucinators."""
     from habactl.codecs import Pipeline
 
-    def build(name: str = "a.haba", *, shape=(1, 8, 8), classes: int = 3, per_class: int = 2,
-              stages: list[dict] | None = None, learned_lr: float | None = None,
-              mean: float = 0.5, std: float = 0.25, seed: int = 0) -> Path:
+    def build(
+        name: str = "a.haba",
+        *,
+        shape=(1, 8, 8),
+        classes: int = 3,
+        per_class: int = 2,
+        stages: list[dict] | None = None,
+        learned_lr: float | None = None,
+        mean: float = 0.5,
+        std: float = 0.25,
+        seed: int = 0,
+    ) -> Path:
         generator = torch.Generator().manual_seed(seed)
         base_shape = shape
         stages = [] if stages is None else stages
@@ -90,10 +111,19 @@ def make_archive(tmp_path: Path) -> Callable[..., Path]:
         with torch.no_grad():
             for parameter in pipeline.parameters():
                 parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
-        return write_haba(tmp_path / name, source=fake_source(shape, classes), bases=bases,
-                          labels=labels, pipeline=pipeline,
-                          normalization=mean_std([mean] * shape[0], [std] * shape[0]),
-                          objective="random", hyperparameters={"per_class": per_class},
-                          iterations=0, seed=seed, ipc=per_class, learned_lr=learned_lr)
+        return write_haba(
+            tmp_path / name,
+            source=fake_source(shape, classes),
+            bases=bases,
+            labels=labels,
+            pipeline=pipeline,
+            normalization=mean_std([mean] * shape[0], [std] * shape[0]),
+            objective="random",
+            hyperparameters={"per_class": per_class},
+            iterations=0,
+            seed=seed,
+            ipc=per_class,
+            learned_lr=learned_lr,
+        )
 
     return build

@@ -55,12 +55,18 @@ class StageContract:
         assert cls.describe(spec.configuration, self.in_shape) == spec  # a fixed point
         stage = self.stage()
         assert stage.to_config() == spec.configuration
-        assert (stage.in_shape, stage.out_shape, stage.expansion) == \
-            (spec.in_shape, spec.out_shape, spec.expansion)
+        assert (stage.in_shape, stage.out_shape, stage.expansion) == (
+            spec.in_shape,
+            spec.out_shape,
+            spec.expansion,
+        )
         assert {k: tuple(v.shape) for k, v in stage.named_tensors().items()} == spec.params
         values = sum(math.prod(shape) for shape in spec.params.values())
-        assert stage.parameter_count() == values == cls.parameter_values(spec.configuration,
-                                                                          self.in_shape)
+        assert (
+            stage.parameter_count()
+            == values
+            == cls.parameter_values(spec.configuration, self.in_shape)
+        )
 
     def test_the_planner_can_walk_back_to_the_input_shape(self):
         cls = get_stage(self.name)
@@ -69,8 +75,11 @@ class StageContract:
 
     def test_pipeline_entry_round_trip(self):
         spec = get_stage(self.name).describe(dict(self.configuration), self.in_shape)
-        entry = {"name": self.name, "version": get_stage(self.name).version,
-                 "configuration": dict(self.configuration)}
+        entry = {
+            "name": self.name,
+            "version": get_stage(self.name).version,
+            "configuration": dict(self.configuration),
+        }
         pipeline = Pipeline.from_manifest([entry], self.in_shape)
         assert pipeline.to_manifest() == [{**entry, "configuration": spec.configuration}]
         assert (pipeline.out_shape, pipeline.expansion) == (spec.out_shape, spec.expansion)
@@ -86,7 +95,7 @@ class StageContract:
             assert every.shape == (3 * e, *stage.out_shape)
             for b in range(3):  # item b·E + v is sample b through variant v
                 for v in range(e):
-                    one = stage(x[b:b + 1], torch.tensor([v]) if e > 1 else None)
+                    one = stage(x[b : b + 1], torch.tensor([v]) if e > 1 else None)
                     torch.testing.assert_close(every[b * e + v], one[0], atol=1e-5, rtol=1e-5)
 
     def test_samples_are_decoded_independently_and_deterministically(self):
@@ -97,8 +106,8 @@ class StageContract:
             batch = stage(x, variant)
             assert torch.equal(batch, stage(x, variant))
             for n in range(4):
-                alone = stage(x[n:n + 1], None if variant is None else variant[n:n + 1])
-                torch.testing.assert_close(batch[n:n + 1], alone, atol=1e-5, rtol=1e-5)
+                alone = stage(x[n : n + 1], None if variant is None else variant[n : n + 1])
+                torch.testing.assert_close(batch[n : n + 1], alone, atol=1e-5, rtol=1e-5)
             empty = stage(x[:0], None if variant is None else variant[:0])
             assert empty.shape == (0, *stage.out_shape)
 

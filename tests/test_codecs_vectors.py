@@ -37,14 +37,19 @@ def test_vector_decodes(path):
     entry, tensors = load(path)
     x = tensors["input"]
     pipeline = Pipeline.from_manifest([entry], tuple(x.shape[1:]))
-    params = {f"pipeline.0.{k}": v for k, v in tensors.items()
-              if k not in ("input", "variant", "output", "output_all")}
+    params = {
+        f"pipeline.0.{k}": v
+        for k, v in tensors.items()
+        if k not in ("input", "variant", "output", "output_all")
+    }
     pipeline.load_tensors(params)
     assert pipeline.to_manifest() == [entry]
     with torch.no_grad():
         if pipeline.expansion > 1:
             got = pipeline.decode(x, tensors["variant"])
-            torch.testing.assert_close(pipeline.decode_all(x), tensors["output_all"], atol=1e-6, rtol=0)
+            torch.testing.assert_close(
+                pipeline.decode_all(x), tensors["output_all"], atol=1e-6, rtol=0
+            )
         else:
             got = pipeline.decode(x)
     torch.testing.assert_close(got, tensors["output"], atol=1e-6, rtol=0)

@@ -101,7 +101,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         path.pop()
@@ -116,8 +116,10 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_reader_sees_function_local_imports_and_packages(tmp_path):
     source = tmp_path / "m.py"
-    source.write_text("import os\n\ndef f():\n    from habactl.distill import engine\n"
-                      "if TYPE_CHECKING:\n    import habactl.loader\n")
+    source.write_text(
+        "import os\n\ndef f():\n    from habactl.distill import engine\n"
+        "if TYPE_CHECKING:\n    import habactl.loader\n"
+    )
     assert imported_names("habactl.m", source) == {"habactl.distill", "habactl.distill.engine"}
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
@@ -139,6 +141,7 @@ def test_every_module_imports_at_top_level_in_a_fresh_interpreter(order):
     # cycle closed at module level fails with a half-initialised module in one of them.
     names = sorted(modules(), reverse=order == "reverse")
     script = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
-    result = subprocess.run([sys.executable, "-c", script, *names], capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script, *names], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -12,15 +12,34 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "FAST": "protocol", "PRESETS": "protocol", "STANDARD": "protocol", "Protocol": "protocol",
-    "full_data_epochs": "protocol", "BASELINES": "run", "evaluate_archive": "run",
-    "evaluate_training_set": "run", "prepare_test_images": "run", "accuracy": "score",
-    "summarize": "score", "train_net": "train",
+    "FAST": "protocol",
+    "PRESETS": "protocol",
+    "STANDARD": "protocol",
+    "Protocol": "protocol",
+    "full_data_epochs": "protocol",
+    "BASELINES": "run",
+    "evaluate_archive": "run",
+    "evaluate_training_set": "run",
+    "prepare_test_images": "run",
+    "accuracy": "score",
+    "summarize": "score",
+    "train_net": "train",
 }
 
-__all__ = ["BASELINES", "FAST", "PRESETS", "Protocol", "STANDARD", "accuracy",
-           "evaluate_archive", "evaluate_training_set", "full_data_epochs",
-           "prepare_test_images", "summarize", "train_net"]
+__all__ = [
+    "BASELINES",
+    "FAST",
+    "PRESETS",
+    "Protocol",
+    "STANDARD",
+    "accuracy",
+    "evaluate_archive",
+    "evaluate_training_set",
+    "full_data_epochs",
+    "prepare_test_images",
+    "summarize",
+    "train_net",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -45,8 +45,12 @@ class Protocol:
     test_batch_size: int = 512
 
     def __post_init__(self) -> None:
-        positive = {"epochs": self.epochs, "models": self.models, "batch_size": self.batch_size,
-                    "test_batch_size": self.test_batch_size}
+        positive = {
+            "epochs": self.epochs,
+            "models": self.models,
+            "batch_size": self.batch_size,
+            "test_batch_size": self.test_batch_size,
+        }
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise HabaError(f"{name} must be a positive integer, got {value!r}")
@@ -59,8 +63,9 @@ class Protocol:
         if not 0 <= self.lr_decay_at <= 1:
             raise HabaError(f"lr_decay_at must lie in [0, 1], got {self.lr_decay_at!r}")
         if self.augmentation not in AUGMENTATIONS:
-            raise HabaError(f"unknown augmentation {self.augmentation!r} "
-                            f"(known: {', '.join(AUGMENTATIONS)})")
+            raise HabaError(
+                f"unknown augmentation {self.augmentation!r} (known: {', '.join(AUGMENTATIONS)})"
+            )
 
     @property
     def decay_epoch(self) -> int:
@@ -72,11 +77,11 @@ class Protocol:
         base = self.lr if lr is None else lr
         return base * self.lr_decay if epoch >= self.decay_epoch else base
 
-    def with_(self, **changes: Any) -> "Protocol":
+    def with_(self, **changes: Any) -> Protocol:
         """A copy with the given fields changed; None values are ignored."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
-    def full_data(self, epochs: int | None = None) -> "Protocol":
+    def full_data(self, epochs: int | None = None) -> Protocol:
         """The protocol of the `full` baseline: same settings, fewer epochs (see above)."""
         return replace(self, epochs=epochs or full_data_epochs(self.epochs))
 
@@ -85,9 +90,16 @@ class Protocol:
 
     def recommended(self, arch: str = STANDARD_ARCH) -> dict[str, Any]:
         """This protocol as an archive's ``training.recommended`` entry (format/SPEC.md)."""
-        return {"arch": arch, "epochs": self.epochs, "batch_size": self.batch_size,
-                "lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
-                "lr_decay_at": self.lr_decay_at, "augmentation": self.augmentation}
+        return {
+            "arch": arch,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "lr_decay_at": self.lr_decay_at,
+            "augmentation": self.augmentation,
+        }
 
 
 STANDARD = Protocol()
@@ -99,5 +111,14 @@ def full_data_epochs(epochs: int) -> int:
     return max(1, epochs // FULL_DATA_EPOCH_DIVISOR)
 
 
-__all__ = ["AUGMENTATIONS", "DEFAULT_LR", "FAST", "STANDARD_ARCH", "FULL_DATA_EPOCH_DIVISOR", "PRESETS",
-           "Protocol", "STANDARD", "full_data_epochs"]
+__all__ = [
+    "AUGMENTATIONS",
+    "DEFAULT_LR",
+    "FAST",
+    "STANDARD_ARCH",
+    "FULL_DATA_EPOCH_DIVISOR",
+    "PRESETS",
+    "Protocol",
+    "STANDARD",
+    "full_data_epochs",
+]

@@ -12,17 +12,28 @@ generator derived from (seed, i): a resumed buffer is the same as an uninterrupt
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from habactl.experts.buffer import (INDEX, KIND, VERSION, ExpertsError, check_buffer_folder,
-                                    differing, expert_file,
-                                    read_index, settings_of, sha256_file, write_json_atomic,
-                                    write_trajectory)
+from habactl.experts.buffer import (
+    INDEX,
+    KIND,
+    VERSION,
+    ExpertsError,
+    check_buffer_folder,
+    differing,
+    expert_file,
+    read_index,
+    settings_of,
+    sha256_file,
+    write_json_atomic,
+    write_trajectory,
+)
 from habactl.experts.flat import FlatNet
 from habactl.nets import seeded
 from habactl.runtime import derived_generator, resolve_device
@@ -59,9 +70,15 @@ def _check(s: ExpertSettings) -> None:
 Progress = Callable[[int, int, int, dict[str, float]], None]
 
 
-def train_experts(source: Any, folder: str | Path, settings: ExpertSettings, *,
-                  force: bool = False, progress: Progress | None = None,
-                  note: Callable[[str], None] | None = None) -> dict[str, Any]:
+def train_experts(
+    source: Any,
+    folder: str | Path,
+    settings: ExpertSettings,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+    note: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Train experts 0..N-1 into ``folder`` (created if needed), skipping finished ones.
 
     Returns the final index. ``force`` starts over in a folder made with other settings.
@@ -87,23 +104,42 @@ def train_experts(source: Any, folder: str | Path, settings: ExpertSettings, *,
     augment = SiameseAugment(settings.augment, flip=not source.is_digits)
 
     with torch.random.fork_rng(devices=[]):
-        probe = FlatNet(seeded.build(settings.arch, shape, classes, width_mult=settings.width,
-                                     device=torch.device("cpu"), generator=torch.Generator(),
-                                     trainable=True))
+        probe = FlatNet(
+            seeded.build(
+                settings.arch,
+                shape,
+                classes,
+                width_mult=settings.width,
+                device=torch.device("cpu"),
+                generator=torch.Generator(),
+                trainable=True,
+            )
+        )
     index: dict[str, Any] = {
-        "kind": KIND, "version": VERSION, "library": f"habactl {__version__}",
-        "dataset": {"name": source.name, "fingerprint": source.fingerprint,
-                    "classes": list(source.classes),
-                    "image": {"channels": shape[0], "height": shape[1], "width": shape[2]},
-                    "train": int(labels.shape[0])},
+        "kind": KIND,
+        "version": VERSION,
+        "library": f"habactl {__version__}",
+        "dataset": {
+            "name": source.name,
+            "fingerprint": source.fingerprint,
+            "classes": list(source.classes),
+            "image": {"channels": shape[0], "height": shape[1], "width": shape[2]},
+            "train": int(labels.shape[0]),
+        },
         "normalization": dict(normalization),
         "arch": {"name": settings.arch, "width": float(settings.width), "norm": "instance"},
         "parameters": {"count": probe.count, "layout": probe.describe()},
-        "training": {"epochs": settings.epochs, "lr": float(settings.lr),
-                     "momentum": float(settings.momentum),
-                     "weight_decay": float(settings.weight_decay),
-                     "batch_size": settings.batch_size, "augmentation": augment.to_config(),
-                     "seed": settings.seed, "optimizer": "sgd", "loss": "cross-entropy"},
+        "training": {
+            "epochs": settings.epochs,
+            "lr": float(settings.lr),
+            "momentum": float(settings.momentum),
+            "weight_decay": float(settings.weight_decay),
+            "batch_size": settings.batch_size,
+            "augmentation": augment.to_config(),
+            "seed": settings.seed,
+            "optimizer": "sgd",
+            "loss": "cross-entropy",
+        },
         "experts": [],
     }
     finished: dict[str, dict[str, Any]] = {}
@@ -117,9 +153,11 @@ def train_experts(source: Any, folder: str | Path, settings: ExpertSettings, *,
         if old is not None:
             changed = differing(settings_of(old), settings_of(index))
             if changed and not force:
-                raise ExpertsError(f"{folder} holds experts made with other settings "
-                                   f"({', '.join(changed[:4])}); use another folder, or --force to "
-                                   f"start over")
+                raise ExpertsError(
+                    f"{folder} holds experts made with other settings "
+                    f"({', '.join(changed[:4])}); use another folder, or --force to "
+                    f"start over"
+                )
             if not changed:
                 for entry in old["experts"]:
                     path = folder / entry["file"]
@@ -141,28 +179,51 @@ def train_experts(source: Any, folder: str | Path, settings: ExpertSettings, *,
                 progress(i, settings.epochs, settings.epochs, {"skipped": 1.0})
             continue
         started = time.perf_counter()
-        trajectory, accuracy = _train_one(i, settings, shape, classes, images, labels, augment,
-                                          device, progress)
-        sha = write_trajectory(folder / name, trajectory,
-                               {"expert": str(i), "epochs": str(settings.epochs),
-                                "parameters": str(probe.count)})
-        finished[name] = {"file": name, "expert": i, "sha256": sha,
-                          "train_accuracy": round(accuracy, 4),
-                          "seconds": round(time.perf_counter() - started, 1)}
+        trajectory, accuracy = _train_one(
+            i, settings, shape, classes, images, labels, augment, device, progress
+        )
+        sha = write_trajectory(
+            folder / name,
+            trajectory,
+            {"expert": str(i), "epochs": str(settings.epochs), "parameters": str(probe.count)},
+        )
+        finished[name] = {
+            "file": name,
+            "expert": i,
+            "sha256": sha,
+            "train_accuracy": round(accuracy, 4),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
         save_index()
     return index
 
 
-def _train_one(i: int, s: ExpertSettings, shape: tuple[int, int, int], classes: int,
-               images: torch.Tensor, labels: torch.Tensor, augment: Any, device: torch.device,
-               progress: Progress | None) -> tuple[torch.Tensor, float]:
+def _train_one(
+    i: int,
+    s: ExpertSettings,
+    shape: tuple[int, int, int],
+    classes: int,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    augment: Any,
+    device: torch.device,
+    progress: Progress | None,
+) -> tuple[torch.Tensor, float]:
     generator = expert_generator(s.seed, i)
-    net = seeded.build(s.arch, shape, classes, width_mult=s.width, device=device,
-                       generator=generator, trainable=True)
+    net = seeded.build(
+        s.arch,
+        shape,
+        classes,
+        width_mult=s.width,
+        device=device,
+        generator=generator,
+        trainable=True,
+    )
     net.train()
     flat = FlatNet(net)
-    optimizer = torch.optim.SGD(net.parameters(), lr=s.lr, momentum=s.momentum,
-                                weight_decay=s.weight_decay)
+    optimizer = torch.optim.SGD(
+        net.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
+    )
     rows = [flat.flatten()]
     n = labels.shape[0]
     accuracy = 0.0
@@ -179,7 +240,9 @@ def _train_one(i: int, s: ExpertSettings, shape: tuple[int, int, int], classes: 
             correct += int((logits.argmax(1) == labels[batch]).sum())
             total_loss += float(loss.detach()) * len(batch)
         if not torch.isfinite(torch.tensor(total_loss)):
-            raise ExpertsError(f"expert {i}: the loss became non-finite in epoch {epoch}; lower --lr")
+            raise ExpertsError(
+                f"expert {i}: the loss became non-finite in epoch {epoch}; lower --lr"
+            )
         rows.append(flat.flatten())
         accuracy = correct / n
         if progress:

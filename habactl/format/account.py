@@ -19,8 +19,21 @@ PARTS = ("bases", "hallucinators", "labels", "normalization")
 
 # Bytes per element of every dtype safetensors can declare (the reader refuses others).
 DTYPE_SIZES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
-    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "F64": 8, "I64": 8, "U64": 8,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "F64": 8,
+    "I64": 8,
+    "U64": 8,
 }
 
 
@@ -59,8 +72,11 @@ def storage_account(manifest: Mapping[str, Any]) -> dict[str, Any]:
         part["values"] += values
         part["bytes"] += values * DTYPE_SIZES[entry["dtype"]]
     image = manifest["image"]
-    budget = budget_values(manifest["storage"]["ipc"], len(manifest["classes"]),
-                           (image["channels"], image["height"], image["width"]))
+    budget = budget_values(
+        manifest["storage"]["ipc"],
+        len(manifest["classes"]),
+        (image["channels"], image["height"], image["width"]),
+    )
     stored = sum(p["values"] for p in parts.values() if p["counted"])
     counts = manifest["storage"]["counts"]
     claim = parts["bases"]["values"] if counts == "bases" else stored

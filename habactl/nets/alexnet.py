@@ -15,15 +15,27 @@ class AlexNet(Net):
     to 4x4 so the head stays small on large images (32x32 input is unchanged: 192·4·4).
     """
 
-    def __init__(self, channels: int, height: int, width: int, num_classes: int, *,
-                 width_mult: float = 1.0, norm: str = "instance") -> None:
+    def __init__(
+        self,
+        channels: int,
+        height: int,
+        width: int,
+        num_classes: int,
+        *,
+        width_mult: float = 1.0,
+        norm: str = "instance",
+    ) -> None:
         super().__init__()
         c1, c2, c3, c4, c5 = (scaled(c, width_mult) for c in (128, 192, 256, 192, 192))
         pad_first = 4 if (height, width) == (28, 28) else 2
         h, w = height + 2 * (pad_first - 2), width + 2 * (pad_first - 2)
 
         def conv(cin: int, cout: int, k: int, pad: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, kernel_size=k, padding=pad), make_norm(norm, cout), nn.ReLU()]
+            return [
+                nn.Conv2d(cin, cout, kernel_size=k, padding=pad),
+                make_norm(norm, cout),
+                nn.ReLU(),
+            ]
 
         def pool(last: bool = False) -> list[nn.Module]:
             nonlocal h, w
@@ -45,6 +57,13 @@ class AlexNet(Net):
         return self.features(x).flatten(1)
 
 
-def build_alexnet(channels: int, height: int, width: int, num_classes: int, *,
-                  width_mult: float = 1.0, norm: str = "instance") -> AlexNet:
+def build_alexnet(
+    channels: int,
+    height: int,
+    width: int,
+    num_classes: int,
+    *,
+    width_mult: float = 1.0,
+    norm: str = "instance",
+) -> AlexNet:
     return AlexNet(channels, height, width, num_classes, width_mult=width_mult, norm=norm)

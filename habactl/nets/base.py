@@ -55,8 +55,12 @@ class Net(nn.Module):
 
 
 def check_shape(channels: int, height: int, width: int, num_classes: int) -> None:
-    for name, value in (("channels", channels), ("height", height), ("width", width),
-                        ("num_classes", num_classes)):
+    for name, value in (
+        ("channels", channels),
+        ("height", height),
+        ("width", width),
+        ("num_classes", num_classes),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise HabaError(f"network {name} must be a positive integer, got {value!r}")
 

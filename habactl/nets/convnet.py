@@ -16,8 +16,17 @@ class ConvNet(Net):
     that would leave a later norm a 1x1 map (8x8: 8 -> 4 -> 2 -> 1, 128 features).
     """
 
-    def __init__(self, channels: int, height: int, width: int, num_classes: int, *,
-                 net_width: int = 128, depth: int = 3, norm: str = "instance") -> None:
+    def __init__(
+        self,
+        channels: int,
+        height: int,
+        width: int,
+        num_classes: int,
+        *,
+        net_width: int = 128,
+        depth: int = 3,
+        norm: str = "instance",
+    ) -> None:
         super().__init__()
         pad_first = 3 if (height, width) == (28, 28) else 1
         h, w = height + 2 * (pad_first - 1), width + 2 * (pad_first - 1)
@@ -42,7 +51,15 @@ class ConvNet(Net):
         return self.features(x).flatten(1)
 
 
-def build_convnet(channels: int, height: int, width: int, num_classes: int, *,
-                  width_mult: float = 1.0, norm: str = "instance") -> ConvNet:
-    return ConvNet(channels, height, width, num_classes,
-                   net_width=scaled(128, width_mult), norm=norm)
+def build_convnet(
+    channels: int,
+    height: int,
+    width: int,
+    num_classes: int,
+    *,
+    width_mult: float = 1.0,
+    norm: str = "instance",
+) -> ConvNet:
+    return ConvNet(
+        channels, height, width, num_classes, net_width=scaled(128, width_mult), norm=norm
+    )

@@ -2,8 +2,9 @@
 
 On a contiguous (N, C, H, W) map the pool is two pairwise sums over adjacent memory and
 its backward two broadcast copies; ``avg_pool2d`` and its backward each take 2.3-2.5x as
-long on ConvNet-3's 128-channel maps (1 thread, chunks of 16 images). Values equal ``avg_pool2d``'s up to float rounding; other devices,
-odd sizes and non-contiguous inputs use ``avg_pool2d`` itself.
+long on ConvNet-3's 128-channel maps (1 thread, chunks of 16 images). Values equal
+``avg_pool2d``'s up to float rounding; other devices, odd sizes and non-contiguous inputs
+use ``avg_pool2d`` itself.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class _Pool2Function(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(x: Tensor) -> Tensor:
         return pool2_sums(x.contiguous())
 
     @staticmethod
@@ -46,7 +47,7 @@ class _Pool2Function(torch.autograd.Function):
         pass
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
         # Each output gradient spread over its 2x2 window: first along the rows, then
         # whole rows repeated, which copies ~2.5x faster than one 6-d expand.
         n, c, h, w = grad.shape

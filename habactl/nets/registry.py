@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from habactl.errors import HabaError
 from habactl.nets.alexnet import build_alexnet
@@ -23,8 +23,16 @@ _BUILDERS: dict[str, Callable[..., Net]] = {
 ARCHITECTURES: tuple[str, ...] = tuple(_BUILDERS)
 
 
-def build_net(arch: str, channels: int, height: int, width: int, num_classes: int, *,
-              width_mult: float = 1.0, norm: str = "instance") -> Net:
+def build_net(
+    arch: str,
+    channels: int,
+    height: int,
+    width: int,
+    num_classes: int,
+    *,
+    width_mult: float = 1.0,
+    norm: str = "instance",
+) -> Net:
     """A freshly initialised network (PyTorch default init, seeded by torch.manual_seed).
 
     Every network maps (N, channels, height, width) to (N, num_classes) logits and

@@ -37,8 +37,16 @@ class ResNet18(Net):
     instance norm on 1x1 maps discards the input; 32x32 follows the reference exactly.
     """
 
-    def __init__(self, channels: int, height: int, width: int, num_classes: int, *,
-                 width_mult: float = 1.0, norm: str = "instance") -> None:
+    def __init__(
+        self,
+        channels: int,
+        height: int,
+        width: int,
+        num_classes: int,
+        *,
+        width_mult: float = 1.0,
+        norm: str = "instance",
+    ) -> None:
         super().__init__()
         widths = [scaled(c, width_mult) for c in (64, 128, 256, 512)]
         self.stem = nn.Sequential(
@@ -63,6 +71,13 @@ class ResNet18(Net):
         return self.pool(self.layers(self.stem(x))).flatten(1)
 
 
-def build_resnet18(channels: int, height: int, width: int, num_classes: int, *,
-                   width_mult: float = 1.0, norm: str = "instance") -> ResNet18:
+def build_resnet18(
+    channels: int,
+    height: int,
+    width: int,
+    num_classes: int,
+    *,
+    width_mult: float = 1.0,
+    norm: str = "instance",
+) -> ResNet18:
     return ResNet18(channels, height, width, num_classes, width_mult=width_mult, norm=norm)

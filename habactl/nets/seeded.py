@@ -56,9 +56,16 @@ def _uniform(tensor: torch.Tensor, bound: float, generator: torch.Generator) -> 
     tensor.copy_(values.mul_(2 * bound).sub_(bound))
 
 
-def build(arch: str, image_shape: tuple[int, int, int], num_classes: int, *,
-          width_mult: float = 1.0, device: torch.device, generator: torch.Generator,
-          trainable: bool) -> Net:
+def build(
+    arch: str,
+    image_shape: tuple[int, int, int],
+    num_classes: int,
+    *,
+    width_mult: float = 1.0,
+    device: torch.device,
+    generator: torch.Generator,
+    trainable: bool,
+) -> Net:
     """A network from ``habactl.nets`` with weights drawn from ``generator``."""
     # Construction draws PyTorch's default init from the global RNG; fork it so that
     # building a network leaves the caller's random state untouched.
@@ -91,8 +98,13 @@ def _plain_layers(net: nn.Module) -> list[nn.Module] | None:
     for m in layers:
         if isinstance(m, (nn.Conv2d, nn.GroupNorm, nn.ReLU)):
             continue
-        if (isinstance(m, nn.AvgPool2d) and m.kernel_size in (2, (2, 2)) and m.stride in (2, (2, 2))
-                and m.padding in (0, (0, 0)) and not m.ceil_mode):
+        if (
+            isinstance(m, nn.AvgPool2d)
+            and m.kernel_size in (2, (2, 2))
+            and m.stride in (2, (2, 2))
+            and m.padding in (0, (0, 0))
+            and not m.ceil_mode
+        ):
             continue
         return None
     return layers

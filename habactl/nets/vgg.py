@@ -17,8 +17,17 @@ class VGG(Net):
     the final global average makes the head 512 wide for any input size.
     """
 
-    def __init__(self, channels: int, height: int, width: int, num_classes: int, *,
-                 cfg: tuple = VGG11, width_mult: float = 1.0, norm: str = "instance") -> None:
+    def __init__(
+        self,
+        channels: int,
+        height: int,
+        width: int,
+        num_classes: int,
+        *,
+        cfg: tuple = VGG11,
+        width_mult: float = 1.0,
+        norm: str = "instance",
+    ) -> None:
         super().__init__()
         pad_first = 3 if (height, width) == (28, 28) else 1
         h, w = height + 2 * (pad_first - 1), width + 2 * (pad_first - 1)
@@ -33,8 +42,11 @@ class VGG(Net):
                     h, w = h // 2, w // 2
                 continue
             out_ch = scaled(item, width_mult)
-            layers += [nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=pad_first if i == 0 else 1),
-                       make_norm(norm, out_ch), nn.ReLU()]
+            layers += [
+                nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=pad_first if i == 0 else 1),
+                make_norm(norm, out_ch),
+                nn.ReLU(),
+            ]
             in_ch = out_ch
         layers.append(nn.AdaptiveAvgPool2d(1))
         self.features = nn.Sequential(*layers)
@@ -45,6 +57,13 @@ class VGG(Net):
         return self.features(x).flatten(1)
 
 
-def build_vgg11(channels: int, height: int, width: int, num_classes: int, *,
-                width_mult: float = 1.0, norm: str = "instance") -> VGG:
+def build_vgg11(
+    channels: int,
+    height: int,
+    width: int,
+    num_classes: int,
+    *,
+    width_mult: float = 1.0,
+    norm: str = "instance",
+) -> VGG:
     return VGG(channels, height, width, num_classes, width_mult=width_mult, norm=norm)
