@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from habactl.cli.app import app, examples_epilog, guarded, stderr
+from habactl.cli.app import app, examples_epilog, guarded, plural, stderr
 
 EXAMPLES = [
     "habactl experts digits -o digits-experts --experts 2 --epochs 10",
@@ -75,27 +75,17 @@ def experts(
         if quiet:
             return
         if not bar:  # started on the first report, so that a refusal stays one line
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from habactl.distill.progress import ProgressLine  # one progress display (H2)
 
-            stderr.print(f"[bold]{source.name}[/]: {count} experts × {epochs} epochs, {arch} width "
-                         f"{width}, SGD lr {lr}, batch {batch_size}, augmentation {augment}")
-            bar["progress"] = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                       MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                                       TimeElapsedColumn(), TextColumn("ETA"),
-                                       TimeRemainingColumn(), console=stderr)
-            bar["progress"].start()
-            bar["task"] = bar["progress"].add_task("experts", total=count * total, status="")
+            bar["progress"] = ProgressLine(stderr, unit="epochs")
+            bar["progress"].message(
+                f"[bold]{source.name}[/]: {plural(count, 'expert')} × {plural(epochs, 'epoch')}, "
+                f"{arch} width {width}, SGD lr {lr}, batch {batch_size}, augmentation {augment}")
+            bar["progress"].start(count * total, 0, "experts")
         status = (f"expert {i + 1}/{count}: already done" if "skipped" in metrics else
                   f"expert {i + 1}/{count} epoch {epoch}/{total} loss {metrics['loss']:.3f} "
                   f"acc {metrics['accuracy']:.3f}")
-        bar["progress"].update(bar["task"], completed=i * total + epoch, status=status)
+        bar["progress"].update(i * total + epoch, status=status)
 
     def note(text: str) -> None:
         if not quiet:
@@ -114,7 +104,7 @@ def experts(
         if bar:
             bar["progress"].stop()
     if not quiet:
-        stderr.print(f"[bold green]wrote[/] {output}  ({len(index['experts'])} experts, "
+        stderr.print(f"[bold green]wrote[/] {output}  ({plural(len(index['experts']), 'expert')}, "
                      f"{index['parameters']['count']:,} parameters × {epochs + 1} checkpoints "
                      f"each; {time.perf_counter() - started:.1f} s)")
         stderr.print(f"next: habactl compress {data} --objective mtt --experts {output}")
