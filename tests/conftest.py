@@ -20,9 +20,11 @@ from habactl.data.base import LabeledImages, make_source
 from habactl.normalization import mean_std
 
 
-def one_error_line(result) -> str:
-    """The stderr of a failed command: exactly one line, ``habactl: error: ...``, and no
-    traceback anywhere in the output. Returns that line for the caller's own checks."""
+def one_error_line(result, exit_code: int = 1) -> str:
+    """The stderr of a failed command: exit status ``exit_code`` (1: a HabaError), exactly
+    one line, ``habactl: error: ...``, and no traceback anywhere in the output. Returns
+    that line for the caller's own checks."""
+    assert result.exit_code == exit_code, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("habactl: error: ")

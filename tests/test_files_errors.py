@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 import habactl.atomic
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
-from conftest import hallucinate_stage
+from conftest import hallucinate_stage, one_error_line
 from habactl.cli.app import app
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -35,14 +35,6 @@ def run(*args, cwd: Path | None = None):
         return CliRunner().invoke(app, [str(a) for a in args])
     finally:
         os.chdir(here)
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("habactl: error: ") and "Traceback" not in result.output
-    return lines[0]
 
 
 def listing(folder: Path) -> list[str]:
