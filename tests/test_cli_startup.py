@@ -52,12 +52,14 @@ def probe(*args: str) -> tuple[int, list[str], str]:
     ["inspect", GOLDEN / "rgb-pixel-affine-soft.haba", "--json"],
     ["inspect", GOLDEN / "zca.haba"],
 ])
+@pytest.mark.slow
 def test_header_commands_import_neither_torch_nor_numpy(args):
     code, loaded, _ = probe(*args)
     assert code == 0
     assert loaded == [], f"habactl {' '.join(map(str, args))} imported {loaded}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["idc-haba", "raw", "zca", "rgb-pixel-affine-soft"])
 def test_verify_checks_digests_without_torch(name):
     code, loaded, _ = probe("verify", GOLDEN / f"{name}.haba")
@@ -65,6 +67,7 @@ def test_verify_checks_digests_without_torch(name):
     assert "torch" not in loaded and loaded == ["numpy"]
 
 
+@pytest.mark.slow
 def test_verify_without_torch_still_finds_damage(tmp_path):
     damaged = tmp_path / "damaged.haba"
     data = bytearray((GOLDEN / "idc-haba.haba").read_bytes())
@@ -74,6 +77,7 @@ def test_verify_without_torch_still_finds_damage(tmp_path):
     assert code == 1 and "torch" not in loaded
 
 
+@pytest.mark.slow
 def test_bad_archive_errors_do_not_import_torch(tmp_path):
     from PIL import Image
 
@@ -84,6 +88,7 @@ def test_bad_archive_errors_do_not_import_torch(tmp_path):
         assert code == 1 and "torch" not in loaded, (command, loaded)
 
 
+@pytest.mark.slow
 def test_python_dash_m_habactl_is_the_command_line():
     done = subprocess.run([sys.executable, "-m", "habactl", "--version"], capture_output=True,
                           text=True, cwd=REPO, timeout=120)

@@ -47,11 +47,13 @@ def accuracy_of(result: subprocess.CompletedProcess) -> float:
     return float(match.group(1))
 
 
+@pytest.mark.slow
 def test_own_loop_example_learns_the_digits(digits_archive):
     # 100 epochs of 100 images (77 % measured): far above the 10 % of guessing.
     assert accuracy_of(run_example(str(digits_archive), "--epochs", "100")) > 50
 
 
+@pytest.mark.slow
 def test_own_loop_example_takes_a_zoo_network(digits_archive):
     accuracy = accuracy_of(run_example(str(digits_archive), "--epochs", "2", "--net", "convnet"))
     assert 0 <= accuracy <= 100
@@ -84,6 +86,7 @@ def test_readme_shows_the_example_loop():
     assert "for epoch in range(recipe.epochs):" in code and "recipe.augmentation(" in code
 
 
+@pytest.mark.slow
 def test_readme_loop_runs_as_shown(digits_archive):
     code = readme_code()
     # Two epochs on the small archive instead of the recorded 1,000 on mnist-5k.

@@ -98,6 +98,7 @@ def test_no_recorded_augmentation_means_the_batch_is_left_alone():
     assert torch.equal(recipe.augmentation(seed=1)(images), images)
 
 
+@pytest.mark.slow
 def test_the_recipe_module_is_torch_free():
     code = ("import json, sys; from habactl.recipe import Recipe; "
             "Recipe.from_manifest(json.loads(sys.stdin.read())).lines(); "
