@@ -173,18 +173,9 @@ def train_buffer(folder: Path, args: dict[str, Any]) -> None:
 
 
 def make_random(source: Any, ipc: int, path: Path) -> None:
-    from habactl.archive_io import write_haba
-    from habactl.baselines import random_per_class
-    from habactl.codecs import Pipeline
-    from habactl.normalization import Normalizer, mean_std
+    from habactl.baselines import random_archive
 
-    normalization = mean_std(source.mean(), source.std())
-    index = random_per_class(source.train.labels, ipc, source.num_classes, 0)
-    bases = Normalizer(normalization)(source.train.images[index])
-    write_haba(path, source=source, bases=bases, labels=source.train.labels[index],
-               pipeline=Pipeline.from_manifest([], tuple(bases.shape[1:])),
-               normalization=normalization, objective="random",
-               hyperparameters={"per_class": ipc}, iterations=0, seed=0, ipc=ipc, overwrite=True)
+    random_archive(source, path, ipc=ipc, seed=0, overwrite=True)
 
 
 def identity_copy(source: Any, distilled: Path, path: Path) -> None:

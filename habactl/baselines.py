@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -24,3 +27,26 @@ def random_per_class(labels: Tensor, per_class: int, num_classes: int, seed: int
         order = torch.randperm(members.numel(), generator=generator)[:per_class]
         chosen.append(members[order.sort().values])
     return torch.cat(chosen)
+
+
+# What `random` offers on the command line: the budget and the seed, nothing to optimise.
+RANDOM_SUMMARY = "random real images (the coreset baseline)"
+
+
+def random_archive(source: Any, path: str | Path, *, ipc: int, seed: int = 0,
+                   overwrite: bool = False) -> Path:
+    """Write the coreset baseline: `ipc` random real images per class, stored as they
+    are (normalised by the training set's mean and std, no decode stages)."""
+    from habactl.archive_io import write_haba
+    from habactl.codecs import Pipeline
+    from habactl.normalization import Normalizer, mean_std
+
+    normalization = mean_std(source.mean(), source.std())
+    indices = random_per_class(source.train.labels, ipc, source.num_classes, seed)
+    bases = Normalizer(normalization)(source.train.images[indices])
+    labels = source.train.labels[indices].long()
+    pipeline = Pipeline.from_manifest([], tuple(bases.shape[1:]))
+    return Path(write_haba(path, source=source, bases=bases, labels=labels, pipeline=pipeline,
+                           normalization=normalization, objective="random",
+                           hyperparameters={"per_class": ipc}, iterations=0, seed=seed, ipc=ipc,
+                           overwrite=overwrite))

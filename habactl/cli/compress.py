@@ -1,47 +1,72 @@
-"""`habactl compress`: make a .haba archive from a data set."""
+"""`habactl compress`: make a .haba archive from a data set.
+
+A thin shell over the library. Settings come from the defaults, then a recipe file
+(``--config``), then the flags given; each objective declares which of its settings
+the command line offers (``Objective.Settings``), each stage its options
+(``Stage.options``), so an option that does not apply to the chosen objective is an
+error that says so. Every output location is checked before any data is loaded.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from habactl.cli.app import app, guarded, stderr
+from habactl.cli.app import app, guarded, plural, stderr
 from habactl.errors import HabaError
 
 DEFAULT_SOURCE = "mnist-5k"
-OBJECTIVES = ("dm", "dc", "dsa", "mtt", "random")
 DEFAULT_OBJECTIVE = "dm"
 DEFAULT_CODEC = "haba+idc"
+FILE_SUFFIXES = (".npz", ".h5", ".hdf5")
 
 _DISTILL = "Distillation"
 _BUDGET = "Budget and codec"
 _RUN = "Run control"
 
+# Parameters -> DistillConfig fields (the engine's own settings, for every objective).
+ENGINE = {"ipc": "ipc", "codec": "codec", "budget_counts": "counts", "leftover": "leftover",
+          "iterations": "iterations", "lr_bases": "lr_bases",
+          "lr_hallucinators": "lr_hallucinators", "momentum": "momentum", "init": "init",
+          "hallucinator_noise": "hallucinator_noise", "augment": "augment",
+          "contrastive": "contrastive", "seed": "seed", "device": "device",
+          "checkpoint_every": "checkpoint_every"}
+# Parameters -> the contrastive term's settings.
+CONTRAST = {"contrast_weight": "weight", "extractor_lr": "lr", "contrast_batch": "batch"}
+# What applies whatever the objective: where the data and the archive are, and how to run.
+ALWAYS = ("data", "output", "config", "objective", "ipc", "codec", "seed", "root", "download",
+          "images_key", "labels_key", "force", "quiet")
+RANDOM_SUMMARY_FALLBACK = "random real images"
+
 
 @app.command()
 @guarded
 def compress(
+    ctx: typer.Context,
     data: str = typer.Argument(
         DEFAULT_SOURCE,
         help="Data set: an embedded name (mnist-5k, digits), a torchvision name "
         "(mnist, fashion-mnist, kmnist, cifar10, cifar100, svhn) with --root, "
         "an ImageFolder directory, or an .h5/.npz file.",
     ),
-    output: Optional[Path] = typer.Option(
+    output: Path | None = typer.Option(
         None, "-o", "--output", help="Archive to write \\[default: <data>.haba in the current folder]."
     ),
+    config: Path | None = typer.Option(
+        None, "--config", help="A recipe file (TOML) with any of these settings; flags given "
+        "here override it. habactl inspect A.haba --recipe prints the one that rebuilds A."),
     objective: str = typer.Option(
         DEFAULT_OBJECTIVE, "--objective",
         help="How the synthetic set is made: dm (distribution matching), dc (gradient matching), "
         "dsa (gradient matching with Siamese augmentation), mtt (trajectory matching; needs "
-        "--experts) or random (real images)."),
+        "--experts) or random (real images). An option that does not apply to it is an error."),
     ipc: int = typer.Option(1, "--ipc", min=1, help="Budget: images per class, in stored values.",
                             rich_help_panel=_BUDGET),
-    codec: Optional[str] = typer.Option(
+    codec: str | None = typer.Option(
         None, "--codec", help="What is stored: raw images, idc (low-resolution bases), haba "
         "(bases x hallucinators) or haba+idc \\[default: haba+idc; raw for --objective random].",
         rich_help_panel=_BUDGET),
@@ -49,7 +74,7 @@ def compress(
         "all", "--budget-counts", help="What the budget is charged with: all stored values, or "
         "bases only (the reference code's counting; hallucinators ride free).",
         rich_help_panel=_BUDGET),
-    factor: Optional[int] = typer.Option(
+    factor: int | None = typer.Option(
         None, "--factor", min=1, help="IDC downsampling factor of the bases \\[default: 2].",
         rich_help_panel=_BUDGET),
     hallucinators: int = typer.Option(5, "--hallucinators", min=1, help="Number of hallucinators.",
@@ -67,58 +92,58 @@ def compress(
     leftover: str = typer.Option(
         "bases", "--leftover", help="Budget left after equal bases per class: bases (one more "
         "basis for the most varied classes) or none.", rich_help_panel=_BUDGET),
-    iterations: Optional[int] = typer.Option(
+    iterations: int | None = typer.Option(
         None, "--iterations", min=0, help="Distillation iterations \\[default: 300].",
         rich_help_panel=_DISTILL),
-    real_per_class: Optional[int] = typer.Option(
+    real_per_class: int | None = typer.Option(
         None, "--real-per-class", min=1,
         help="Real images per class per iteration \\[default: dm 32; dc, dsa 64].",
         rich_help_panel=_DISTILL),
-    views: Optional[int] = typer.Option(
+    views: int | None = typer.Option(
         None, "--views", min=0,
         help="Hallucinations per basis per iteration, 0 = all \\[default: dm 1; dc, dsa 0].",
         rich_help_panel=_DISTILL),
-    outer_loop: Optional[int] = typer.Option(
+    outer_loop: int | None = typer.Option(
         None, "--outer-loop", min=1, help="dc/dsa: matches per network \\[default: by IPC, as the reference].",
         rich_help_panel=_DISTILL),
-    inner_loop: Optional[int] = typer.Option(
+    inner_loop: int | None = typer.Option(
         None, "--inner-loop", min=0, help="dc/dsa: network epochs on the synthetic set between matches "
         "\\[default: by IPC].", rich_help_panel=_DISTILL),
-    experts: Optional[Path] = typer.Option(
+    experts: Path | None = typer.Option(
         None, "--experts", help="mtt: the experts buffer (make one with habactl experts).",
         rich_help_panel=_DISTILL),
-    syn_steps: Optional[int] = typer.Option(None, "--syn-steps", min=1,
+    syn_steps: int | None = typer.Option(None, "--syn-steps", min=1,
                                             help="mtt: student steps per iteration \\[default: 20].",
                                             rich_help_panel=_DISTILL),
-    expert_epochs: Optional[int] = typer.Option(None, "--expert-epochs", min=1,
+    expert_epochs: int | None = typer.Option(None, "--expert-epochs", min=1,
                                                 help="mtt: expert epochs to match (M) \\[default: 2].",
                                                 rich_help_panel=_DISTILL),
-    max_start_epoch: Optional[int] = typer.Option(
+    max_start_epoch: int | None = typer.Option(
         None, "--max-start-epoch", min=1, help="mtt: students start below this epoch "
         "\\[default: min(20, buffer epochs - M + 1)].", rich_help_panel=_DISTILL),
-    lr_lr: Optional[float] = typer.Option(None, "--lr-lr", help="mtt: learning rate of the learned "
+    lr_lr: float | None = typer.Option(None, "--lr-lr", help="mtt: learning rate of the learned "
                                           "learning rate \\[default: 1e-5].", rich_help_panel=_DISTILL),
-    batch_syn: Optional[int] = typer.Option(None, "--batch-syn", min=0, help="mtt: bases per student "
+    batch_syn: int | None = typer.Option(None, "--batch-syn", min=0, help="mtt: bases per student "
                                             "step (0: all) \\[default: 0].", rich_help_panel=_DISTILL),
-    unroll: Optional[str] = typer.Option(
+    unroll: str | None = typer.Option(
         None, "--unroll", help="mtt: recompute (one step's graph in memory at a time) or full "
         "\\[default: recompute].", rich_help_panel=_DISTILL),
-    lr_bases: Optional[float] = typer.Option(None, "--lr-bases", help="SGD learning rate of the bases "
+    lr_bases: float | None = typer.Option(None, "--lr-bases", help="SGD learning rate of the bases "
                                              "\\[default: 1.0 for dm, 0.1 for dc/dsa, 100 for mtt].",
                                              rich_help_panel=_DISTILL),
-    lr_hallucinators: Optional[float] = typer.Option(
+    lr_hallucinators: float | None = typer.Option(
         None, "--lr-hallucinators", help="SGD learning rate of the hallucinators.",
         rich_help_panel=_DISTILL),
-    momentum: Optional[float] = typer.Option(None, "--momentum", help="SGD momentum.",
+    momentum: float | None = typer.Option(None, "--momentum", help="SGD momentum.",
                                              rich_help_panel=_DISTILL),
     init: str = typer.Option("real", "--init", help="Bases start as real images or noise.",
                              rich_help_panel=_DISTILL),
-    augment: Optional[str] = typer.Option(
+    augment: str | None = typer.Option(
         None, "--augment",
         help="Siamese augmentation ops joined by _ (no flip on digit data), or none "
         "\\[default: color_crop_cutout_flip_scale_rotate; none for dc].",
         rich_help_panel=_DISTILL),
-    contrastive: Optional[bool] = typer.Option(
+    contrastive: bool | None = typer.Option(
         None, "--contrastive/--no-contrastive",
         help="HaBa's adversarial contrastive term \\[default: on when there are hallucinators].",
         rich_help_panel=_DISTILL),
@@ -139,103 +164,197 @@ def compress(
         rich_help_panel=_RUN),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1,
                                          help="Iterations between checkpoints.", rich_help_panel=_RUN),
-    checkpoint: Optional[Path] = typer.Option(
+    checkpoint: Path | None = typer.Option(
         None, "--checkpoint", help="Checkpoint file \\[default: <output>.ckpt].", rich_help_panel=_RUN),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint.",
                                 rich_help_panel=_RUN),
     log: bool = typer.Option(False, "--log", help="Write a JSONL metrics log next to the output.",
                              rich_help_panel=_RUN),
-    log_file: Optional[Path] = typer.Option(None, "--log-file",
+    log_file: Path | None = typer.Option(None, "--log-file",
                                             help="Write the JSONL metrics log here (implies --log).",
                                             rich_help_panel=_RUN),
-    root: Optional[Path] = typer.Option(None, "--root", help="Folder holding torchvision data sets."),
+    root: Path | None = typer.Option(None, "--root", help="Folder holding torchvision data sets."),
     download: bool = typer.Option(False, "--download", help="Let torchvision download (needs a network)."),
+    images_key: str | None = typer.Option(
+        None, "--images-key", help="The images' dataset in an .h5/.npz file \\[default: images]."),
+    labels_key: str | None = typer.Option(
+        None, "--labels-key", help="The labels' dataset in an .h5/.npz file \\[default: labels]."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
 ) -> None:
     """Compress DATA into a .haba archive (default: HaBa + distribution matching on mnist-5k, IPC 1)."""
+    values = {name: value for name, value in locals().items() if name != "ctx"}
+    given = {name for name in values if _given(ctx, name)}
+    recipe: dict[str, Any] = {}
+    if config is not None:
+        from habactl.distill.recipe_file import load_recipe
+
+        recipe = load_recipe(config)
+    settings = _merge(values, given, recipe)
+    surface = _objective_surface(settings["objective"])
+    _check_applicable(settings, given, recipe, surface)
+    target = _target(settings)
+    if surface is None:
+        _compress_random(settings, target)
+        return
+    _compress_distilled(settings, given, recipe, surface, target)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """True when the user set the parameter (on the command line), not its default."""
+    source = ctx.get_parameter_source(name)  # an enum of click's (typer vendors click)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _merge(values: dict[str, Any], given: set[str], recipe: dict[str, Any]) -> dict[str, Any]:
+    """Flags given > the recipe's plain keys > the flags' defaults."""
+    known = set(values) | {"hallucinator_noise", "pipeline", "settings", "contrastive_settings"}
+    unknown = sorted(set(recipe) - known - {"config"})
+    if unknown or "config" in recipe:
+        raise HabaError(f"--config: unknown setting {(unknown or ['config'])[0]!r} (settings are "
+                        "the compress options' names with _ for -, e.g. lr_bases)")
+    merged = dict(values)
+    for name, value in recipe.items():
+        if name not in given and name in values:
+            merged[name] = _coerce(name, value, values[name])
+    merged["hallucinator_noise"] = recipe.get("hallucinator_noise")
+    return merged
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """A recipe value in the type its flag takes (TOML has no paths; 1 may mean 1.0)."""
+    annotation = str(compress.__annotations__.get(name, ""))
+    flag = "--" + name.replace("_", "-")
+    if "Path" in annotation and isinstance(value, str):
+        return Path(value)
+    if "float" in annotation and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if "int" in annotation and (isinstance(value, bool) or not isinstance(value, int)):
+        raise HabaError(f"--config: {name} must be an integer ({flag}), got {value!r}")
+    if "bool" in annotation and not isinstance(value, bool):
+        raise HabaError(f"--config: {name} must be true or false ({flag}), got {value!r}")
+    if "str" in annotation and not isinstance(value, str):
+        raise HabaError(f"--config: {name} must be a string ({flag}), got {value!r}")
+    return value
+
+
+def _objective_surface(name: str) -> Any:
+    """The chosen objective's class (None for the random baseline), from the registry."""
+    from habactl.distill.objectives import OBJECTIVES
+
+    if name == "random":
+        return None
+    if name not in OBJECTIVES:
+        raise HabaError(f"unknown objective {name!r} (known: {', '.join([*OBJECTIVES, 'random'])})")
+    return OBJECTIVES[name]
+
+
+def _objective_flags() -> dict[str, list[str]]:
+    """Parameter name -> the objectives whose settings the command line offers under it."""
+    from habactl.distill.objectives import OBJECTIVES
+
+    owners: dict[str, list[str]] = {}
+    for name, cls in OBJECTIVES.items():
+        for flag in cls.options():
+            owners.setdefault(flag.lstrip("-").replace("-", "_"), []).append(name)
+    return owners
+
+
+def _check_applicable(settings: dict[str, Any], given: set[str], recipe: dict[str, Any],
+                      surface: Any) -> None:
+    """One rule: an option set (by flag or recipe) that the objective does not use is an error."""
+    chosen = settings["objective"]
+    chosen_set = given | set(recipe)
+    if surface is None:
+        if settings["codec"] not in (None, "raw"):
+            raise HabaError("--objective random keeps real images as they are: only --codec raw "
+                            "applies")
+        for name in sorted(chosen_set - set(ALWAYS)):
+            raise HabaError(f"{_flag(name)} does not apply to --objective random (it keeps real "
+                            "images as they are; nothing is optimised)")
+        return
+    owners = _objective_flags()
+    for name in sorted(chosen_set):
+        if name in owners and chosen not in owners[name]:
+            raise HabaError(f"{_flag(name)} applies to --objective {', '.join(owners[name])} only")
+    unknown = sorted(set(recipe.get("settings", {})) - set(surface.defaults))
+    if unknown:
+        raise HabaError(f"--config: objective {chosen} has no setting {unknown[0]!r} "
+                        f"(its settings: {', '.join(surface.defaults)})")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-") if name not in ("data", "pipeline", "settings",
+                                                         "contrastive_settings",
+                                                         "hallucinator_noise") else name
+
+
+def _target(settings: dict[str, Any]) -> Path:
+    """The archive's path: -o, or <data>.haba in the current folder (never inside DATA)."""
+    output = settings["output"]
+    if output is not None:
+        output = Path(output)
+        if output.suffix.lower() != ".haba" and not output.is_dir():
+            raise HabaError(f"-o {output}: an archive's name ends in .haba (e.g. -o "
+                            f"{output.with_suffix('.haba').name})")
+        return output
+    data = Path(str(settings["data"]))
+    name = data.name if data.name not in ("", ".", "..") else data.resolve().name
+    if data.suffix.lower() in FILE_SUFFIXES:
+        name = data.stem
+    return Path(f"{name or 'data'}.haba")
+
+
+def _load(settings: dict[str, Any]) -> Any:
     from habactl.data import load_source
 
-    if objective not in OBJECTIVES:
-        raise HabaError(f"unknown objective {objective!r} (known: {', '.join(OBJECTIVES)})")
-    target = output or Path(f"{Path(data).stem if Path(data).suffix else data}.haba")
-    if target.exists() and not force:
-        raise HabaError(f"{target} exists; pass --force to replace it")
-    if not target.parent.is_dir():
-        raise HabaError(f"cannot write {target}: folder {target.parent} does not exist")
+    options = {k: settings[k] for k in ("images_key", "labels_key") if settings[k] is not None}
+    root = settings["root"]
+    return load_source(settings["data"], root=str(root) if root else None,
+                       download=settings["download"], **options)
+
+
+def _compress_random(settings: dict[str, Any], target: Path) -> None:
+    from habactl.baselines import random_archive
+    from habactl.distill.engine import check_archive_target
+
+    check_archive_target(target, force=settings["force"])
     started = time.perf_counter()
+    source = _load(settings)
+    path = random_archive(source, target, ipc=settings["ipc"], seed=settings["seed"],
+                          overwrite=settings["force"])
+    if not settings["quiet"]:
+        report_written(path, time.perf_counter() - started)
 
-    if objective == "random":
-        if codec not in (None, "raw"):
-            raise HabaError("--objective random keeps real images as they are: only --codec raw applies")
-        source = load_source(data, root=str(root) if root else None, download=download)
-        path = _random_selection(source, target, ipc=ipc, seed=seed, force=force)
-        if not quiet:
-            report_written(path, time.perf_counter() - started)
-        return
 
+def _compress_distilled(settings: dict[str, Any], given: set[str], recipe: dict[str, Any],
+                        surface: Any, target: Path) -> None:
     import torch
 
-    from habactl.distill import DistillConfig, Distiller, Interrupted
+    from habactl.distill import Distiller, Interrupted
+    from habactl.distill.engine import check_outputs
     from habactl.distill.progress import RichReporter
 
-    from habactl.distill.objectives import get_objective
-
-    objective_class = get_objective(objective)
-    defaults = DistillConfig(**getattr(objective_class, "engine_defaults", {}))
-    if experts is not None and objective != "mtt":
-        raise HabaError("--experts applies to --objective mtt only")
-    # Each objective gets the options it knows; the rest are left to its defaults.
-    candidates = {"real_per_class": real_per_class, "views": views, "outer_loop": outer_loop,
-                  "inner_loop": inner_loop, "experts": None if experts is None else str(experts),
-                  "syn_steps": syn_steps, "expert_epochs": expert_epochs,
-                  "max_start_epoch": max_start_epoch, "lr_lr": lr_lr, "batch_syn": batch_syn,
-                  "unroll": unroll}
-    settings = {k: v for k, v in candidates.items()
-                if k in objective_class.defaults and (v is not None or k == "experts")}
-    config = DistillConfig(
-        objective=objective,
-        objective_settings=settings,
-        codec=codec or DEFAULT_CODEC,
-        ipc=ipc,
-        counts=budget_counts,
-        factor=factor,
-        hallucinators=hallucinators,
-        hallucinator_arch=hallucinator_arch,
-        hidden=hallucinator_hidden,
-        kernel=hallucinator_kernel,
-        leftover=leftover,
-        iterations=defaults.iterations if iterations is None else iterations,
-        lr_bases=defaults.lr_bases if lr_bases is None else lr_bases,
-        lr_hallucinators=defaults.lr_hallucinators if lr_hallucinators is None else lr_hallucinators,
-        momentum=defaults.momentum if momentum is None else momentum,
-        init=init,
-        augment=defaults.augment if augment is None else augment,
-        contrastive=contrastive,
-        contrastive_settings={"weight": contrast_weight, "lr": extractor_lr, "batch": contrast_batch},
-        seed=seed,
-        device=device,
-        checkpoint_every=checkpoint_every,
-    )
-    if threads:
-        torch.set_num_threads(threads)
-    source = load_source(data, root=str(root) if root else None, download=download)
+    s = settings
+    metrics = s["log_file"] if s["log_file"] is not None else (
+        target.with_name(target.name + ".jsonl") if s["log"] else None)
+    check_outputs(target, checkpoint=s["checkpoint"], log=metrics, force=s["force"],
+                  resume=s["resume"])
+    started = time.perf_counter()
+    if s["threads"]:
+        torch.set_num_threads(s["threads"])
+    source = _load(s)
+    config = _config(s, given, recipe, surface)
     distiller = Distiller(source, config)
-    header = [f"[bold]{source.name}[/]: {distiller.plan.summary()}",
-              f"{objective}, {config.iterations} iterations, "
-              + (f"{distiller.objective.settings['syn_steps']} student steps per iteration, "
-                 if objective == "mtt"
-                 else f"{distiller.objective.settings['real_per_class']} real images per class, ") +
-              f"contrastive term {'on' if distiller.contrast else 'off'}, device {distiller.device.type}"]
-    metrics = log_file if log_file is not None else (target.with_name(target.name + ".jsonl") if log else None)
     try:
-        result = distiller.run(target, force=force, resume=resume, checkpoint_path=checkpoint,
-                               log=metrics, reporter=None if quiet else RichReporter(stderr, header))
+        reporter = None if s["quiet"] else RichReporter(stderr, _header(source.name, distiller))
+        result = distiller.run(target, force=s["force"], resume=s["resume"],
+                               checkpoint_path=s["checkpoint"], log=metrics, reporter=reporter)
     except Interrupted as stop:
         print(f"habactl: interrupted after iteration {stop.iteration}; checkpoint: {stop.checkpoint}; "
               f"run the same command with --resume to continue", file=sys.stderr)
         raise typer.Exit(130) from None
-    if not quiet:
+    if not s["quiet"]:
         if result.resumed_from:
             stderr.print(f"resumed at iteration {result.resumed_from}")
         if metrics is not None:
@@ -243,32 +362,77 @@ def compress(
         report_written(result.path, time.perf_counter() - started)
 
 
-def _random_selection(source: Any, target: Path, *, ipc: int, seed: int, force: bool) -> Path:
-    """The coreset baseline: `ipc` random real images per class, stored as they are."""
-    from habactl.archive_io import write_haba
-    from habactl.baselines import random_per_class
-    from habactl.codecs import Pipeline
-    from habactl.normalization import Normalizer, mean_std
+def _config(s: dict[str, Any], given: set[str], recipe: dict[str, Any], surface: Any) -> Any:
+    """The DistillConfig: engine settings (the objective's engine defaults where nothing
+    was set), the objective's settings, the pipeline as manifest entries."""
+    from habactl.distill import DistillConfig
 
-    normalization = mean_std(source.mean(), source.std())
-    indices = random_per_class(source.train.labels, ipc, source.num_classes, seed)
-    bases = Normalizer(normalization)(source.train.images[indices])
-    labels = source.train.labels[indices].long()
-    pipeline = Pipeline.from_manifest([], tuple(bases.shape[1:]))
-    return write_haba(
-        target,
-        source=source,
-        bases=bases,
-        labels=labels,
-        pipeline=pipeline,
-        normalization=normalization,
-        objective="random",
-        hyperparameters={"per_class": ipc},
-        iterations=0,
-        seed=seed,
-        ipc=ipc,
-        overwrite=force,
-    )
+    chosen = given | set(recipe)
+    engine: dict[str, Any] = {}
+    for name, field_name in ENGINE.items():
+        value = s.get(name)
+        if name in chosen and value is not None:
+            engine[field_name] = value
+        elif field_name in surface.engine_defaults:
+            engine[field_name] = surface.engine_defaults[field_name]
+        elif value is not None:
+            engine[field_name] = value
+    engine.pop("codec", None)
+    flags = {flag.lstrip("-").replace("-", "_"): key for flag, key in surface.options().items()}
+    objective_settings = dict(recipe.get("settings", {}))
+    objective_settings.update({key: s[name] for name, key in flags.items()
+                               if name in chosen and s[name] is not None})
+    if "experts" in objective_settings:
+        objective_settings["experts"] = str(objective_settings["experts"])
+    contrast = {**recipe.get("contrastive_settings", {}),
+                **{CONTRAST[n]: s[n] for n in CONTRAST if n in given or "contrastive_settings"
+                   not in recipe}}
+    return DistillConfig(objective=s["objective"], objective_settings=objective_settings,
+                         pipeline=_pipeline(s, given, recipe), codec=s["codec"] or DEFAULT_CODEC,
+                         factor=s["factor"], hallucinators=s["hallucinators"],
+                         hallucinator_arch=s["hallucinator_arch"], hidden=s["hallucinator_hidden"],
+                         kernel=s["hallucinator_kernel"], contrastive_settings=contrast, **engine)
+
+
+def _stage_flags() -> dict[str, tuple[str, str]]:
+    """Parameter name -> (stage, configuration key), from the stages' declared options."""
+    from habactl.codecs.registry import STAGES
+
+    return {opt.flag.lstrip("-").replace("-", "_"): (name, opt.key)
+            for name, cls in STAGES.items() for opt in cls.options if opt.flag}
+
+
+def _pipeline(s: dict[str, Any], given: set[str], recipe: dict[str, Any]) -> Any:
+    """The recipe's pipeline entries with any stage flag given applied; None (the codec
+    preset) when there is no such recipe or --codec was given."""
+    if "pipeline" not in recipe or "codec" in given:
+        return None
+    entries = [dict(entry, configuration=dict(entry.get("configuration", {})))
+               for entry in recipe["pipeline"]]
+    for name, (stage, key) in _stage_flags().items():
+        if name not in given:
+            continue
+        matching = [e for e in entries if e.get("name") == stage]
+        if not matching:
+            raise HabaError(f"{_flag(name)} does not apply: the recipe's pipeline has no "
+                            f"{stage} stage")
+        for entry in matching:
+            entry["configuration"][key] = s[name]
+    return tuple(entries)
+
+
+def _header(name: str, distiller: Any) -> list[str]:
+    """Two lines for people: the plan, then the objective and its command-line settings."""
+    objective = distiller.objective
+    shown = [f"{key.replace('_', ' ')} {objective.settings[key]}"
+             for key in type(objective).options().values()
+             if key != "experts" and objective.settings.get(key) is not None]
+    return [f"[bold]{name}[/]: {distiller.plan.summary()}",
+            f"{objective.name} ({type(objective).summary}), "
+            f"{plural(distiller.config.iterations, 'iteration')}"
+            + "".join(f", {item}" for item in shown)
+            + f", contrastive term {'on' if distiller.contrast else 'off'}, "
+            f"device {distiller.device.type}"]
 
 
 def report_written(path: Path, seconds: float) -> None:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from habactl.codecs.errors import CodecError, quote
+
 # The pure description lives in spec.py (torch-free); re-exported here for the stages.
 from habactl.codecs.spec import (  # noqa: F401
     MAX_CHANNELS,
@@ -86,7 +87,8 @@ class Stage(nn.Module):
     @classmethod
     def parameter_values(cls, configuration: dict[str, Any], in_shape: Any) -> int:
         """Stored float values of the stage's parameters for this configuration."""
-        return sum(math.prod(shape) for shape in cls.describe(configuration, in_shape).params.values())
+        params = cls.describe(configuration, in_shape).params
+        return sum(math.prod(shape) for shape in params.values())
 
     def to_config(self) -> dict[str, Any]:
         return copy.deepcopy(self.spec.configuration)

@@ -1,10 +1,26 @@
-"""Distillation: learn the stored tensors of a .haba archive from a real data set."""
+"""Distillation: learn the stored tensors of a .haba archive from a real data set.
 
-from habactl.distill.engine import DistillConfig, Distiller, DistillResult, distill
-from habactl.distill.errors import DistillError, Interrupted, NonFiniteLoss
-from habactl.distill.objectives import OBJECTIVES, Objective, get_objective
-from habactl.distill.planner import CODECS, Plan, plan_budget
+The names below load on first use (PEP 562), so that torch-free parts of the package
+(``habactl.distill.recipe_file``, used by ``habactl inspect --recipe``) import no torch.
+"""
 
-__all__ = ["CODECS", "OBJECTIVES", "DistillConfig", "DistillError", "DistillResult",
-           "Distiller", "Interrupted", "NonFiniteLoss", "Objective", "Plan", "distill",
-           "get_objective", "plan_budget"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DistillConfig": "engine", "Distiller": "engine", "DistillResult": "engine",
+    "distill": "engine", "DistillError": "errors", "Interrupted": "errors",
+    "NonFiniteLoss": "errors", "OBJECTIVES": "objectives", "Objective": "objectives",
+    "get_objective": "objectives", "CODECS": "planner", "Plan": "planner",
+    "plan_budget": "planner", "plan_pipeline": "planner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"habactl.distill.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'habactl.distill' has no attribute {name!r}")

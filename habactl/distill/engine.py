@@ -20,9 +20,10 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -162,6 +163,14 @@ def _writable_folder(path: Path, what: str) -> None:
     os.unlink(probe)
 
 
+def check_archive_target(output: Path, *, force: bool = False) -> None:
+    """The archive must be new (or ``force``) and its folder must take a file."""
+    output = Path(output)
+    if output.exists() and not output.is_dir() and not force:
+        raise DistillError(f"{output} exists; pass --force to replace it")
+    _writable_folder(output, "the archive")
+
+
 def check_outputs(output: Path, *, checkpoint: Path | None = None, log: Path | None = None,
                   force: bool = False, resume: bool = False) -> Path:
     """Every place a run will write, checked before it starts; the checkpoint path.
@@ -171,9 +180,7 @@ def check_outputs(output: Path, *, checkpoint: Path | None = None, log: Path | N
     """
     output = Path(output)
     checkpoint = Path(checkpoint) if checkpoint else ckpt.default_path(output)
-    if output.exists() and not output.is_dir() and not force:
-        raise DistillError(f"{output} exists; pass --force to replace it")
-    _writable_folder(output, "the archive")
+    check_archive_target(output, force=force)
     if checkpoint.is_dir():
         raise DistillError(f"cannot write the checkpoint {checkpoint}: it is a folder; name a file")
     if resume and not checkpoint.is_file():
@@ -204,7 +211,8 @@ class Distiller:
         self.normalization, train_images, train_labels = self._training_set()
         self.plan = self._plan(train_images, train_labels)
         self.real = self._real_set(train_images, train_labels)
-        self.generators = {name: stream(config.seed, name) for name in ("init", "objective", "contrast")}
+        self.generators = {name: stream(config.seed, name)
+                           for name in ("init", "objective", "contrast")}
         self.synthetic = self._synthetic_set(train_images, train_labels)
         self.augment = self._augmenter()
         self.objective = self._objective()
@@ -248,8 +256,9 @@ class Distiller:
         ipc = self.config.ipc
         if ipc >= smallest:
             k = real.counts.index(smallest)
-            raise DistillError(f"--ipc {ipc} is no compression: class {self.source.classes[k]!r} has "
-                               f"only {smallest} training images; use --ipc {max(1, smallest - 1)} or less")
+            raise DistillError(f"--ipc {ipc} is no compression: class {self.source.classes[k]!r} "
+                               f"has only {smallest} training images; use --ipc "
+                               f"{max(1, smallest - 1)} or less")
         return real
 
     def _synthetic_set(self, images: Tensor, labels: Tensor) -> SyntheticSet:
@@ -272,7 +281,8 @@ class Distiller:
         context = Context(real=self.real, image_shape=self.image_shape,
                           num_classes=len(self.source.classes), device=self.device,
                           augment=self.augment, init_generator=self.generators["init"], ipc=c.ipc,
-                          dataset={"name": self.source.name, "fingerprint": self.source.fingerprint})
+                          dataset={"name": self.source.name,
+                                   "fingerprint": self.source.fingerprint})
         return get_objective(c.objective)(context, dict(c.objective_settings))
 
     def _contrast(self) -> AdversarialContrast | None:
@@ -506,7 +516,7 @@ class _StopFlag:
         self.requested = True
 
     class _Installed:
-        def __init__(self, flag: "_StopFlag") -> None:
+        def __init__(self, flag: _StopFlag) -> None:
             self.flag = flag
             self.previous: Any = None
 
@@ -518,7 +528,7 @@ class _StopFlag:
             if self.previous is not None:
                 signal.signal(signal.SIGINT, self.previous)
 
-    def installed(self) -> "_StopFlag._Installed":
+    def installed(self) -> _StopFlag._Installed:
         return _StopFlag._Installed(self)
 
 

@@ -20,8 +20,9 @@ The plan refuses when not even one basis per class fits.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from habactl.codecs.registry import PRESETS
 from habactl.distill.errors import DistillError
