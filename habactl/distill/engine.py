@@ -36,6 +36,7 @@ from habactl.distill.objectives import Context, Objective, get_objective
 from habactl.distill.planner import Plan, plan_pipeline, preset_pipeline
 from habactl.distill.progress import MetricsLog, Reporter
 from habactl.distill.sets import RealSet, SyntheticSet
+from habactl.distill.stepbound import bound_steps
 from habactl.runtime import derived_generator, resolve_device
 
 # Fault injection for the crash-recovery test: SIGKILL this process right after the
@@ -404,6 +405,9 @@ class Distiller:
         grads = torch.autograd.grad(total, self.learnable, allow_unused=True)
         for p, g in zip(self.learnable, grads):
             p.grad = torch.zeros_like(p) if g is None else g
+        bound = self.objective.max_step()
+        if bound is not None:  # only objectives whose gradients can explode ask (mtt)
+            bound_steps(self.optimizer.param_groups, bound)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.contrast is not None:

@@ -11,8 +11,9 @@ stored tensors (trajectory matching's learning rate) add optimiser groups throug
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -95,6 +96,12 @@ class Objective:
     def param_groups(self) -> list[dict[str, Any]]:
         """Extra optimiser groups for things the objective learns besides the stored tensors."""
         return []
+
+    def max_step(self) -> float | None:
+        """Largest step of each optimiser group per iteration, as a fraction of the group's
+        norm (``habactl.distill.stepbound``; 0 for none there, though a group of
+        ``param_groups`` may carry its own ``max_step``); None: no bound at all."""
+        return None
 
     def learned_lr(self) -> float | None:
         """A learned training learning rate to store in the archive, if the objective has one."""

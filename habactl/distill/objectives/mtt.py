@@ -76,6 +76,12 @@ class TrajectoryMatching(Objective):
         batch_syn: int = setting(0, "--batch-syn")  # items per student step; 0 = all
         variants: str = setting("one-per-step")
         unroll: str = setting("recompute", "--unroll")
+        # largest step per iteration of the bases and of the hallucinators, each as a
+        # fraction of its norm (habactl.distill.stepbound); 0: unbounded
+        max_step: float = setting(0.05)
+        # the same for the learned lr: kept slow, so the images (not an lr sliding to
+        # lr_min, which also lowers the loss) do the matching; 0: unbounded
+        lr_max_step: float = setting(0.002)
     engine_defaults: dict[str, Any] = {"lr_bases": 100.0, "momentum": 0.5}
 
     def __init__(self, context: Context, settings: Mapping[str, Any] | None = None) -> None:
@@ -125,6 +131,10 @@ class TrajectoryMatching(Objective):
         s["lr_lr"] = float(s["lr_lr"])
         s["lr_momentum"] = float(s["lr_momentum"])
         s["lr_min"] = float(s["lr_min"])
+        for key in ("max_step", "lr_max_step"):
+            s[key] = float(s[key])
+            if not s[key] >= 0:
+                raise DistillError(f"mtt: {key} must be 0 (unbounded) or more, got {s[key]}")
         if not (s["lr_init"] > 0 and s["lr_lr"] >= 0 and s["lr_momentum"] >= 0
                 and 0 < s["lr_min"] <= s["lr_init"]):
             raise DistillError("mtt: lr_init must be positive, lr_lr and lr_momentum >= 0, "
@@ -141,7 +151,12 @@ class TrajectoryMatching(Objective):
 
     def param_groups(self) -> list[dict[str, Any]]:
         return [{"params": [self.syn_lr], "lr": self.settings["lr_lr"],
-                 "momentum": self.settings["lr_momentum"]}]
+                 "momentum": self.settings["lr_momentum"],
+                 "max_step": self.settings["lr_max_step"] or None}]
+
+    def max_step(self) -> float | None:
+        # Its gradients span orders of magnitude between iterations (see stepbound).
+        return self.settings["max_step"]  # 0: unbounded (the lr group has its own bound)
 
     def learned_lr(self) -> float | None:
         value = float(self.syn_lr.detach())

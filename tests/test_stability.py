@@ -1,0 +1,127 @@
+"""The default learning rates are stable for every objective x codec on both embedded data
+sets: each run finishes with a finite loss, finite stored tensors that still look like
+images, and (mtt) a learned learning rate that a network can train with.
+
+Only the per-iteration cost is made tiny (real images per class, student steps, a narrow
+expert); learning rates, momentum, initialisation and augmentation are the defaults that
+``habactl compress`` uses for each objective. Without the step bound of trajectory
+matching (``max_step: 0``), mtt runs here blow the bases up to 1e4-1e6 or to NaN within
+three iterations and drive the learned lr to its floor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from habactl.data import load_source
+from habactl.distill import DistillConfig, Distiller
+from habactl.distill.objectives import get_objective
+from habactl.experts import ExpertSettings, train_experts
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DATASETS = ("digits", "mnist-5k")
+OBJECTIVES = ("dm", "dc", "dsa", "mtt")
+CODECS = ("raw", "idc", "haba", "haba+idc")
+# Normalised images span a few units; a stored value this large is no image any more
+# (unbounded mtt steps reach 1e4 and more; gradient matching's first step, 50-110).
+LARGEST_VALUE = 1000.0
+# Cost knobs only (what each iteration looks at), never a learning rate.
+TINY = {"dm": {"real_per_class": 8}, "dc": {"real_per_class": 8}, "dsa": {"real_per_class": 8},
+        "mtt": {"syn_steps": 4}}
+
+
+@pytest.fixture(scope="module")
+def buffers(tmp_path_factory):
+    """A 1-expert, 3-epoch buffer per data set (narrow network; the issue's buffer, cheaper)."""
+    folders = {}
+    for name in DATASETS:
+        folder = tmp_path_factory.mktemp("stability") / name
+        train_experts(load_source(name), folder,
+                      ExpertSettings(experts=1, epochs=3, width=0.25, device="cpu"))
+        folders[name] = str(folder)
+    return folders
+
+
+def make_config(objective: str, codec: str, seed: int, iterations: int,
+                buffers: dict[str, str], data: str, **settings) -> DistillConfig:
+    objective_settings = {**TINY[objective], **settings}
+    if objective == "mtt":
+        objective_settings["experts"] = buffers[data]
+    return DistillConfig(
+        objective=objective, objective_settings=objective_settings, codec=codec,
+        ipc=2 if codec == "haba" else 1,  # plain haba needs 2 images' worth per class
+        iterations=iterations, seed=seed, device="cpu", contrastive_settings={"batch": 8},
+        **get_objective(objective).engine_defaults)
+
+
+def run_and_check(config: DistillConfig, data: str, output) -> None:
+    distiller = Distiller(load_source(data), config)
+    result = distiller.run(output)  # refuses non-finite losses and tensors
+    assert result.final_loss is not None and math.isfinite(result.final_loss)
+    stored = [distiller.synthetic.bases, *distiller.synthetic.hallucinator_parameters()]
+    largest = max(float(t.detach().abs().max()) for t in stored)
+    assert largest < LARGEST_VALUE, f"stored values grew to {largest:.3g}"
+    if config.objective == "mtt":
+        learned = distiller.objective.learned_lr()
+        # Stuck at its floor, the recorded lr would train a network to nothing.
+        assert learned > 10 * distiller.objective.settings["lr_min"], learned
+
+
+@pytest.mark.parametrize("data", DATASETS)
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_defaults_stay_finite(objective, codec, data, buffers, tmp_path):
+    seeds = (0, 1, 2) if objective == "mtt" else (0,)
+    for seed in seeds:
+        run_and_check(make_config(objective, codec, seed, 3, buffers, data), data, tmp_path / f"{seed}.haba")
+
+
+def test_the_reported_case_finishes(buffers, tmp_path):
+    """Issue 11: digits, mtt, haba+idc, IPC 1, 3 iterations, seed 2."""
+    run_and_check(make_config("mtt", "haba+idc", 2, 3, buffers, "digits"), "digits", tmp_path / "a.haba")
+
+
+def test_an_unbounded_mtt_step_is_what_diverges(buffers):
+    """The same run with the bound off takes a first step far larger than the bases."""
+    bounded, unbounded = (Distiller(load_source("digits"),
+                                    make_config("mtt", "haba+idc", 2, 1, buffers, "digits",
+                                                max_step=value))
+                          for value in (0.05, 0.0))
+    sizes = []
+    for distiller in (bounded, unbounded):
+        before = distiller.synthetic.bases.detach().clone()
+        distiller.step()
+        sizes.append(float((distiller.synthetic.bases.detach() - before).norm() / before.norm()))
+    assert sizes[0] <= 0.05 + 1e-6 < 1.0 < sizes[1], sizes
+
+
+def test_max_step_is_validated_and_recorded(buffers):
+    with pytest.raises(Exception, match="max_step must be 0"):
+        Distiller(load_source("digits"), make_config("mtt", "raw", 0, 0, buffers, "digits",
+                                                     max_step=-1.0))
+    distiller = Distiller(load_source("digits"), make_config("mtt", "raw", 0, 0, buffers, "digits"))
+    assert distiller.hyperparameters["objective"]["max_step"] == 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data", DATASETS)
+@pytest.mark.parametrize("codec", CODECS)
+def test_mtt_over_more_seeds_and_iterations(codec, data, buffers, tmp_path):
+    for seed in range(5):
+        run_and_check(make_config("mtt", codec, seed, 10, buffers, data), data, tmp_path / f"{seed}.haba")
+
+
+def test_bound_steps_scales_only_large_steps():
+    from habactl.distill.stepbound import bound_steps
+
+    small, large = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(4))
+    small.grad, large.grad = torch.full((4,), 0.01), torch.full((4,), 100.0)
+    groups = [{"params": [small], "lr": 1.0}, {"params": [large], "lr": 1.0}]
+    factors = bound_steps(groups, 0.1)
+    assert factors[0] == 1.0 and torch.equal(small.grad, torch.full((4,), 0.01))
+    # The step lr * |g| is now exactly 0.1 of |p| = 2.
+    assert float(large.grad.norm()) == pytest.approx(0.2)
