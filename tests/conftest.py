@@ -32,6 +32,17 @@ def one_error_line(result, exit_code: int = 1) -> str:
     return lines[0]
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Whatever a test does to torch's thread count (an in-process `--threads 1`), the next
+    test starts from the count before it: the count is part of a run's settings, so a leak
+    would make a later `--resume` in this process refuse its checkpoint."""
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny batches on a shared CPU run many times faster on one thread (no spinning

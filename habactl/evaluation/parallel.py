@@ -9,13 +9,15 @@ seed and its thread count, the results are the same whichever way they were run.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import queue
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -68,7 +70,7 @@ def default_jobs(device: torch.device, tasks: int) -> int:
     return max(1, min(cores, tasks))
 
 
-def train_and_score(task: ModelTask, on_epoch: Optional[Callable[[int], None]] = None) -> ModelScore:
+def train_and_score(task: ModelTask, on_epoch: Callable[[int], None] | None = None) -> ModelScore:
     """Train task's network with its protocol and return its final-epoch test accuracy."""
     from habactl.evaluation.score import accuracy
     from habactl.evaluation.train import make_augment, train_net
@@ -80,16 +82,29 @@ def train_and_score(task: ModelTask, on_epoch: Optional[Callable[[int], None]] =
     torch.manual_seed(task.seed)
     net = build_net(task.arch, channels, height, width, task.num_classes).to(device)
     callback = None if on_epoch is None else (lambda epoch, _optimizer: on_epoch(epoch))
-    train_net(net, task.images.to(device), task.labels.to(device), task.protocol, lr=task.lr,
-              augment=make_augment(task.protocol, flip=task.flip),
-              generator=torch.Generator().manual_seed(task.seed), on_epoch=callback)
-    score = 100.0 * accuracy(net, task.test_images, task.test_labels,
-                             batch_size=task.protocol.test_batch_size, device=device)
+    train_net(
+        net,
+        task.images.to(device),
+        task.labels.to(device),
+        task.protocol,
+        lr=task.lr,
+        augment=make_augment(task.protocol, flip=task.flip),
+        generator=torch.Generator().manual_seed(task.seed),
+        on_epoch=callback,
+    )
+    score = 100.0 * accuracy(
+        net,
+        task.test_images,
+        task.test_labels,
+        batch_size=task.protocol.test_batch_size,
+        device=device,
+    )
     return ModelScore(score, time.perf_counter() - started)
 
 
-def run_tasks(tasks: Sequence[ModelTask], *, jobs: int = 1, threads: int = 1,
-              progress: Optional[Progress] = None) -> list[ModelScore]:
+def run_tasks(
+    tasks: Sequence[ModelTask], *, jobs: int = 1, threads: int = 1, progress: Progress | None = None
+) -> list[ModelScore]:
     """Scores of `tasks`, in their order; `jobs` > 1 trains them in that many processes."""
     if jobs < 1:
         raise HabaError(f"jobs must be a positive integer, got {jobs!r}")
@@ -99,13 +114,13 @@ def run_tasks(tasks: Sequence[ModelTask], *, jobs: int = 1, threads: int = 1,
     if jobs == 1 or len(tasks) <= 1:
         scores = []
         for index, task in enumerate(tasks):
-            scores.append(train_and_score(task, on_epoch=lambda epoch, i=index: report(i, epoch)))
+            scores.append(train_and_score(task, on_epoch=functools.partial(report, index)))
             report(index, task.protocol.epochs)
         return scores
     return _run_in_processes(tasks, min(jobs, len(tasks)), threads, report)
 
 
-def _reporter(tasks: Sequence[ModelTask], progress: Optional[Progress]) -> Callable[[int, int], None]:
+def _reporter(tasks: Sequence[ModelTask], progress: Progress | None) -> Callable[[int, int], None]:
     """progress() per task, never going backwards (a worker's last epoch message may
     arrive after its result)."""
     reached = [-1] * len(tasks)
@@ -116,6 +131,7 @@ def _reporter(tasks: Sequence[ModelTask], progress: Optional[Progress]) -> Calla
         reached[index] = epoch
         task = tasks[index]
         progress(task.arm, task.arch, task.model, task.models, epoch, task.protocol.epochs)
+
     return report
 
 
@@ -133,17 +149,20 @@ def _worker(index: int, task: ModelTask) -> ModelScore:
     return train_and_score(task, on_epoch=lambda epoch: _EPOCHS.put((index, epoch)))
 
 
-def _run_in_processes(tasks: Sequence[ModelTask], jobs: int, threads: int,
-                      report: Callable[[int, int], None]) -> list[ModelScore]:
+def _run_in_processes(
+    tasks: Sequence[ModelTask], jobs: int, threads: int, report: Callable[[int, int], None]
+) -> list[ModelScore]:
     # spawn, not fork: a forked child of a process that has used torch's thread pool
     # can hang in its first parallel region.
     context = multiprocessing.get_context("spawn")
     epochs = context.Queue()
     scores: dict[int, ModelScore] = {}
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker,
-                             initargs=(epochs, threads)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=jobs, mp_context=context, initializer=_start_worker, initargs=(epochs, threads)
+    ) as pool:
         pending: dict[Future[ModelScore], int] = {
-            pool.submit(_worker, index, task): index for index, task in enumerate(tasks)}
+            pool.submit(_worker, index, task): index for index, task in enumerate(tasks)
+        }
         try:
             while pending:
                 done, _ = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)

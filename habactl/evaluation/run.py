@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from habactl.errors import HabaError
+from habactl.evaluation.parallel import ModelScore, ModelTask, Progress, default_jobs, run_tasks
 from habactl.evaluation.protocol import DEFAULT_LR, FULL_DATA_EPOCH_DIVISOR, Protocol
 from habactl.evaluation.score import summarize
-from habactl.evaluation.parallel import ModelScore, ModelTask, Progress, default_jobs, run_tasks
 from habactl.runtime import DEVICES, resolve_device
 
 BASELINES = ("full", "random")
@@ -64,8 +65,12 @@ def archive_lr(dataset: Any, lr: float | None) -> tuple[float, str]:
     return float(dataset.recommended_lr), "archive"
 
 
-def load_test_source(dataset: Any, data: str | None = None, root: str | os.PathLike[str] | None = None,
-                     warn: Optional[Warn] = None) -> Any:
+def load_test_source(
+    dataset: Any,
+    data: str | None = None,
+    root: str | os.PathLike[str] | None = None,
+    warn: Warn | None = None,
+) -> Any:
     """The real data set to test on: `data`, else the one named in the archive's provenance."""
     from habactl.data import load_source
 
@@ -75,24 +80,32 @@ def load_test_source(dataset: Any, data: str | None = None, root: str | os.PathL
         source = load_source(name, root=str(root) if root is not None else None)
     except HabaError as error:
         if data is None:
-            raise HabaError(f"cannot load the archive's data set {name!r} ({error}); "
-                            "point to it with --data/--root") from None
+            raise HabaError(
+                f"cannot load the archive's data set {name!r} ({error}); "
+                "point to it with --data/--root"
+            ) from None
         raise
     check_compatible(dataset, source)
     if source.fingerprint != recorded["fingerprint"] and warn is not None:
-        warn(f"data set {name!r} is not the one the archive was made from "
-             f"(fingerprint {source.fingerprint[:19]}… vs {recorded['fingerprint'][:19]}…): "
-             "its test split may overlap the archive's training images")
+        warn(
+            f"data set {name!r} is not the one the archive was made from "
+            f"(fingerprint {source.fingerprint[:19]}… vs {recorded['fingerprint'][:19]}…): "
+            "its test split may overlap the archive's training images"
+        )
     return source
 
 
 def check_compatible(dataset: Any, source: Any) -> None:
     if tuple(dataset.image_shape) != tuple(source.image_shape):
-        raise HabaError(f"the archive's images are {_shape(dataset.image_shape)} but data set "
-                        f"{source.name!r} has {_shape(source.image_shape)}")
+        raise HabaError(
+            f"the archive's images are {_shape(dataset.image_shape)} but data set "
+            f"{source.name!r} has {_shape(source.image_shape)}"
+        )
     if len(dataset.classes) != source.num_classes:
-        raise HabaError(f"the archive has {len(dataset.classes)} classes but data set "
-                        f"{source.name!r} has {source.num_classes}")
+        raise HabaError(
+            f"the archive has {len(dataset.classes)} classes but data set "
+            f"{source.name!r} has {source.num_classes}"
+        )
 
 
 def prepare_test_images(dataset: Any, source: Any) -> tuple[Tensor, Tensor]:
@@ -120,48 +133,105 @@ def budget_per_class(manifest: dict[str, Any]) -> int:
 def archive_training_set(dataset: Any, protocol: Protocol, lr: float | None = None) -> TrainingSet:
     images, labels = dataset.tensors()
     used_lr, source = archive_lr(dataset, lr)
-    return TrainingSet("archive", images.float(), labels, protocol, used_lr, source,
-                       {"training_images": int(images.shape[0])})
+    return TrainingSet(
+        "archive",
+        images.float(),
+        labels,
+        protocol,
+        used_lr,
+        source,
+        {"training_images": int(images.shape[0])},
+    )
 
 
-def full_training_set(dataset: Any, source: Any, protocol: Protocol, *, lr: float | None = None,
-                      epochs: int | None = None) -> TrainingSet:
+def full_training_set(
+    dataset: Any,
+    source: Any,
+    protocol: Protocol,
+    *,
+    lr: float | None = None,
+    epochs: int | None = None,
+) -> TrainingSet:
     normalize = dataset.test_transform()
     images = normalize(source.train.images)
     full = protocol.full_data(epochs)
-    note = (f"whole real training set, {full.epochs} epochs "
-            f"(epochs // {FULL_DATA_EPOCH_DIVISOR} of the archive's {protocol.epochs})" if epochs is None
-            else f"whole real training set, {full.epochs} epochs")
-    return TrainingSet("full", images, source.train.labels, full,
-                       DEFAULT_LR if lr is None else float(lr), "protocol" if lr is None else "option",
-                       {"training_images": int(images.shape[0]), "note": note})
+    note = (
+        f"whole real training set, {full.epochs} epochs "
+        f"(epochs // {FULL_DATA_EPOCH_DIVISOR} of the archive's {protocol.epochs})"
+        if epochs is None
+        else f"whole real training set, {full.epochs} epochs"
+    )
+    return TrainingSet(
+        "full",
+        images,
+        source.train.labels,
+        full,
+        DEFAULT_LR if lr is None else float(lr),
+        "protocol" if lr is None else "option",
+        {"training_images": int(images.shape[0]), "note": note},
+    )
 
 
-def random_training_set(dataset: Any, source: Any, protocol: Protocol, *,
-                        lr: float | None = None) -> TrainingSet:
+def random_training_set(
+    dataset: Any, source: Any, protocol: Protocol, *, lr: float | None = None
+) -> TrainingSet:
     from habactl.baselines import random_per_class
 
     per_class = budget_per_class(dataset.manifest)
     indices = random_per_class(source.train.labels, per_class, source.num_classes, protocol.seed)
     images = dataset.test_transform()(source.train.images[indices])
-    return TrainingSet("random", images, source.train.labels[indices], protocol,
-                       DEFAULT_LR if lr is None else float(lr), "protocol" if lr is None else "option",
-                       {"training_images": int(images.shape[0]), "per_class": per_class,
-                        "note": f"{per_class} random real image(s) per class (seed "
-                                f"{protocol.seed}): the archive's true storage budget"})
+    return TrainingSet(
+        "random",
+        images,
+        source.train.labels[indices],
+        protocol,
+        DEFAULT_LR if lr is None else float(lr),
+        "protocol" if lr is None else "option",
+        {
+            "training_images": int(images.shape[0]),
+            "per_class": per_class,
+            "note": f"{per_class} random real image(s) per class (seed "
+            f"{protocol.seed}): the archive's true storage budget",
+        },
+    )
 
 
-def model_tasks(training: TrainingSet, test_images: Tensor, test_labels: Tensor,
-                archs: Sequence[str], *, num_classes: int, flip: bool,
-                device: torch.device) -> list[ModelTask]:
+def model_tasks(
+    training: TrainingSet,
+    test_images: Tensor,
+    test_labels: Tensor,
+    archs: Sequence[str],
+    *,
+    num_classes: int,
+    flip: bool,
+    device: torch.device,
+) -> list[ModelTask]:
     """The networks to train for one arm: `protocol.models` per architecture."""
     protocol = training.protocol
-    return [ModelTask(training.name, arch, model, protocol.models, training.images, training.labels,
-                      protocol, training.lr, test_images, test_labels, num_classes, flip, str(device))
-            for arch in archs for model in range(protocol.models)]
+    return [
+        ModelTask(
+            training.name,
+            arch,
+            model,
+            protocol.models,
+            training.images,
+            training.labels,
+            protocol,
+            training.lr,
+            test_images,
+            test_labels,
+            num_classes,
+            flip,
+            str(device),
+        )
+        for arch in archs
+        for model in range(protocol.models)
+    ]
 
 
-def summarize_arm(tasks: Sequence[ModelTask], scores: Sequence[ModelScore]) -> dict[str, dict[str, Any]]:
+def summarize_arm(
+    tasks: Sequence[ModelTask], scores: Sequence[ModelScore]
+) -> dict[str, dict[str, Any]]:
     """Per architecture: accuracies in percent, mean, std, and training seconds."""
     results: dict[str, dict[str, Any]] = {}
     for arch in dict.fromkeys(task.arch for task in tasks):
@@ -169,9 +239,14 @@ def summarize_arm(tasks: Sequence[ModelTask], scores: Sequence[ModelScore]) -> d
         accuracies = [score.accuracy for score in mine]
         seconds = sum(score.seconds for score in mine)
         mean, std = summarize(accuracies)
-        results[arch] = {"accuracies": [round(a, 4) for a in accuracies], "mean": round(mean, 4),
-                         "std": round(std, 4), "models": len(mine), "seconds": round(seconds, 2),
-                         "seconds_per_model": round(seconds / len(mine), 2)}
+        results[arch] = {
+            "accuracies": [round(a, 4) for a in accuracies],
+            "mean": round(mean, 4),
+            "std": round(std, 4),
+            "models": len(mine),
+            "seconds": round(seconds, 2),
+            "seconds_per_model": round(seconds / len(mine), 2),
+        }
     return results
 
 
@@ -185,13 +260,15 @@ def evaluate_training_set(
     flip: bool,
     device: torch.device,
     jobs: int = 1,
-    progress: Optional[Progress] = None,
+    progress: Progress | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Train `protocol.models` nets per architecture on `training`; accuracies in percent."""
-    tasks = model_tasks(training, test_images, test_labels, archs, num_classes=num_classes,
-                        flip=flip, device=device)
-    return summarize_arm(tasks, run_tasks(tasks, jobs=jobs, threads=torch.get_num_threads(),
-                                          progress=progress))
+    tasks = model_tasks(
+        training, test_images, test_labels, archs, num_classes=num_classes, flip=flip, device=device
+    )
+    return summarize_arm(
+        tasks, run_tasks(tasks, jobs=jobs, threads=torch.get_num_threads(), progress=progress)
+    )
 
 
 def evaluate_archive(
@@ -207,8 +284,8 @@ def evaluate_archive(
     device: str = "auto",
     threads: int | None = None,
     jobs: int | None = 1,
-    progress: Optional[Progress] = None,
-    warn: Optional[Warn] = None,
+    progress: Progress | None = None,
+    warn: Warn | None = None,
 ) -> dict[str, Any]:
     """Evaluate the archive at `path`; see the module docstring. Returns the result dict.
 
@@ -225,9 +302,20 @@ def evaluate_archive(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _evaluate_archive(path, protocol=protocol, archs=archs, data=data, root=root, lr=lr,
-                                 baselines=baselines, full_epochs=full_epochs, device=device,
-                                 jobs=jobs, progress=progress, warn=warn)
+        return _evaluate_archive(
+            path,
+            protocol=protocol,
+            archs=archs,
+            data=data,
+            root=root,
+            lr=lr,
+            baselines=baselines,
+            full_epochs=full_epochs,
+            device=device,
+            jobs=jobs,
+            progress=progress,
+            warn=warn,
+        )
     finally:
         torch.set_num_threads(previous)
 
@@ -244,8 +332,8 @@ def _evaluate_archive(
     full_epochs: int | None,
     device: str,
     jobs: int | None,
-    progress: Optional[Progress],
-    warn: Optional[Warn],
+    progress: Progress | None,
+    warn: Warn | None,
 ) -> dict[str, Any]:
     from habactl.format import storage_account
     from habactl.loader import HabaDataset
@@ -279,15 +367,27 @@ def _evaluate_archive(
     if "random" in baselines:
         arms.append(random_training_set(dataset, source, protocol, lr=lr))
     # Every network of every arm in one queue, so parallel workers never wait on an arm.
-    tasks = {arm.name: model_tasks(arm, test_images, test_labels, archs,
-                                   num_classes=source.num_classes, flip=not source.is_digits,
-                                   device=target)
-             for arm in arms}
+    tasks = {
+        arm.name: model_tasks(
+            arm,
+            test_images,
+            test_labels,
+            archs,
+            num_classes=source.num_classes,
+            flip=not source.is_digits,
+            device=target,
+        )
+        for arm in arms
+    }
     queue = [task for arm_tasks in tasks.values() for task in arm_tasks]
     workers = default_jobs(target, len(queue)) if jobs is None else min(jobs, len(queue))
-    scores = iter(run_tasks(queue, jobs=workers, threads=torch.get_num_threads(), progress=progress))
-    evaluated = {arm.name: (arm, summarize_arm(tasks[arm.name], [next(scores) for _ in tasks[arm.name]]))
-                 for arm in arms}
+    scores = iter(
+        run_tasks(queue, jobs=workers, threads=torch.get_num_threads(), progress=progress)
+    )
+    evaluated = {
+        arm.name: (arm, summarize_arm(tasks[arm.name], [next(scores) for _ in tasks[arm.name]]))
+        for arm in arms
+    }
 
     archive_arm, archive_results = evaluated["archive"]
     provenance = manifest["provenance"]
@@ -312,18 +412,28 @@ def _evaluate_archive(
             "train_images": len(source.train),
             "test_images": int(test_images.shape[0]),
         },
-        "protocol": {**protocol.to_dict(), "lr": archive_arm.lr, "lr_source": archive_arm.lr_source,
-                     "device": str(target), "threads": torch.get_num_threads(), "jobs": workers,
-                     "flip": not source.is_digits,
-                     "score": "final-epoch test accuracy, mean and population std over models"},
+        "protocol": {
+            **protocol.to_dict(),
+            "lr": archive_arm.lr,
+            "lr_source": archive_arm.lr_source,
+            "device": str(target),
+            "threads": torch.get_num_threads(),
+            "jobs": workers,
+            "flip": not source.is_digits,
+            "score": "final-epoch test accuracy, mean and population std over models",
+        },
         "accuracy_unit": "percent",
         "results": archive_results,
         "baselines": {
-            name: {"training_images": arm.details["training_images"],
-                   "epochs": arm.protocol.epochs, "lr": arm.lr,
-                   **{k: v for k, v in arm.details.items() if k != "training_images"},
-                   "results": results}
-            for name, (arm, results) in evaluated.items() if name != "archive"
+            name: {
+                "training_images": arm.details["training_images"],
+                "epochs": arm.protocol.epochs,
+                "lr": arm.lr,
+                **{k: v for k, v in arm.details.items() if k != "training_images"},
+                "results": results,
+            }
+            for name, (arm, results) in evaluated.items()
+            if name != "archive"
         },
         "warnings": warnings,
         "seconds": round(time.perf_counter() - started, 2),
@@ -334,7 +444,19 @@ def _shape(shape: Sequence[int]) -> str:
     return "×".join(str(s) for s in shape)
 
 
-__all__ = ["BASELINES", "DEVICES", "TrainingSet", "archive_lr", "archive_training_set",
-           "budget_per_class", "evaluate_archive", "evaluate_training_set",
-           "full_training_set", "load_test_source", "parse_names", "prepare_test_images",
-           "random_training_set", "resolve_device"]
+__all__ = [
+    "BASELINES",
+    "DEVICES",
+    "TrainingSet",
+    "archive_lr",
+    "archive_training_set",
+    "budget_per_class",
+    "evaluate_archive",
+    "evaluate_training_set",
+    "full_training_set",
+    "load_test_source",
+    "parse_names",
+    "prepare_test_images",
+    "random_training_set",
+    "resolve_device",
+]

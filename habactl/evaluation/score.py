@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 
-def accuracy(net: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int = 512,
-             device: torch.device | str | None = None) -> float:
+def accuracy(
+    net: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+) -> float:
     """Fraction of `images` (already normalised) that `net` classifies as `labels`.
 
     Images may live on the CPU; they are moved batch by batch to `device` (default: the
@@ -25,9 +31,9 @@ def accuracy(net: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int 
     correct = 0
     with torch.inference_mode():
         for start in range(0, images.shape[0], batch_size):
-            batch = images[start:start + batch_size].to(device, non_blocking=True)
+            batch = images[start : start + batch_size].to(device, non_blocking=True)
             predicted = net(batch).argmax(dim=1).cpu()
-            correct += int((predicted == labels[start:start + batch_size].cpu()).sum())
+            correct += int((predicted == labels[start : start + batch_size].cpu()).sum())
     net.train(was_training)
     return correct / images.shape[0]
 

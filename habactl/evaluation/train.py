@@ -6,7 +6,8 @@ one tensor and each step indexes it directly: no DataLoader, no per-step decodin
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,7 @@ def train_net(
     lr: float | None = None,
     augment: Any | None = None,
     generator: torch.Generator | None = None,
-    on_epoch: Optional[EpochCallback] = None,
+    on_epoch: EpochCallback | None = None,
 ) -> nn.Module:
     """Train `net` in place with the protocol's SGD schedule; returns it in eval mode.
 
@@ -63,8 +64,9 @@ def train_net(
     if not base_lr > 0:
         raise HabaError(f"lr must be positive, got {base_lr!r}")
     generator = generator or torch.Generator().manual_seed(protocol.seed)
-    optimizer = torch.optim.SGD(net.parameters(), lr=base_lr, momentum=protocol.momentum,
-                                weight_decay=protocol.weight_decay)
+    optimizer = torch.optim.SGD(
+        net.parameters(), lr=base_lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay
+    )
     count = images.shape[0]
     chunk = chunk_size(net, images.device)
     net.train()
@@ -75,7 +77,7 @@ def train_net(
             on_epoch(epoch, optimizer)
         order = torch.randperm(count, generator=generator).to(images.device)
         for start in range(0, count, protocol.batch_size):
-            index = order[start:start + protocol.batch_size]
+            index = order[start : start + protocol.batch_size]
             batch = images[index]
             if augment is not None:
                 batch = augment_batch(augment, batch, generator)
@@ -95,7 +97,9 @@ CPU_CHUNK = 16
 
 def chunk_size(net: nn.Module, device: torch.device) -> int | None:
     """Chunk the batch on a CPU when no layer mixes images (no batch norm); else None."""
-    if device.type != "cpu" or any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+    if device.type != "cpu" or any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()
+    ):
         return None
     return CPU_CHUNK
 
@@ -120,4 +124,11 @@ def augment_batch(augment: Any, batch: Tensor, generator: torch.Generator) -> Te
         return augment.apply(batch, params)
 
 
-__all__ = ["EpochCallback", "augment_batch", "backward_in_chunks", "loss_of", "make_augment", "train_net"]
+__all__ = [
+    "EpochCallback",
+    "augment_batch",
+    "backward_in_chunks",
+    "loss_of",
+    "make_augment",
+    "train_net",
+]
