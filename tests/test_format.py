@@ -58,18 +58,34 @@ def make_manifest(
         },
         "labels": {"kind": labels},
         "pipeline": pipeline or [],
-        "normalization": normalization or {"kind": "mean-std", "mean": [0.5] * c, "std": [0.25] * c},
+        "normalization": normalization
+        or {"kind": "mean-std", "mean": [0.5] * c, "std": [0.25] * c},
         "training": {
             "learned_lr": None,
-            "recommended": {"arch": "convnet", "epochs": 10, "batch_size": 256, "lr": 0.01,
-                            "momentum": 0.9, "weight_decay": 0.0005, "augmentation": "dsa"},
+            "recommended": {
+                "arch": "convnet",
+                "epochs": 10,
+                "batch_size": 256,
+                "lr": 0.01,
+                "momentum": 0.9,
+                "weight_decay": 0.0005,
+                "augmentation": "dsa",
+            },
         },
         "provenance": {
             "dataset": {"name": "toy", "fingerprint": FINGERPRINT},
-            "objective": "random", "hyperparameters": {"ipc": 1}, "iterations": 0, "seed": 0,
-            "library": "habactl 0.1.0", "created": "2026-11-24T12:00:00Z",
+            "objective": "random",
+            "hyperparameters": {"ipc": 1},
+            "iterations": 0,
+            "seed": 0,
+            "library": "habactl 0.1.0",
+            "created": "2026-11-24T12:00:00Z",
         },
-        "storage": {"ipc": per_class, "counts": counts, "budget_values": per_class * classes * c * h * w},
+        "storage": {
+            "ipc": per_class,
+            "counts": counts,
+            "budget_values": per_class * classes * c * h * w,
+        },
     }
 
 
@@ -80,7 +96,8 @@ def make_tensors(manifest: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     tensors = {"bases": torch.randn(count, *manifest["bases"]["shape"], generator=g)}
     if manifest["labels"]["kind"] == "hard":
         tensors["labels"] = torch.repeat_interleave(
-            torch.arange(n_classes), torch.tensor(manifest["bases"]["per_class"]))
+            torch.arange(n_classes), torch.tensor(manifest["bases"]["per_class"])
+        )
     else:
         tensors["labels"] = torch.softmax(torch.randn(count, n_classes, generator=g), dim=1)
     if manifest["normalization"]["kind"] == "zca":
@@ -140,9 +157,11 @@ def rewrite(path: Path, edit_manifest=None, edit_data=None, fix_digests: bool = 
 
 def put_tensor(name: str, tensor: torch.Tensor):
     """An edit_data that overwrites tensor `name` with same-sized `tensor`."""
+
     def edit(header: dict, body: bytearray) -> None:
         b, e = header[name]["data_offsets"]
         body[b:e] = tensor.contiguous().numpy().tobytes()
+
     return edit
 
 
@@ -174,10 +193,14 @@ def test_round_trip(saved):
         assert torch.equal(loaded[name], tensors[name])
         assert loaded[name].dtype == tensors[name].dtype
     assert m["format"] == "haba" and m["format_version"] == FORMAT_VERSION == "1.0"
-    assert {k: v for k, v in m.items() if k not in ("tensors", "content_digest", "format",
-                                                     "format_version")} == manifest
+    assert {
+        k: v
+        for k, v in m.items()
+        if k not in ("tensors", "content_digest", "format", "format_version")
+    } == manifest
     assert m["tensors"]["bases"] == {
-        "dtype": "F32", "shape": [6, 1, 4, 4],
+        "dtype": "F32",
+        "shape": [6, 1, 4, 4],
         "sha256": hashlib.sha256(tensors["bases"].numpy().tobytes()).hexdigest(),
     }
     assert m["content_digest"].startswith("sha256:")
@@ -185,8 +208,11 @@ def test_round_trip(saved):
 
 
 def test_round_trip_soft_labels_and_zca(tmp_path):
-    manifest = make_manifest(labels="soft", shape=(3, 4, 4), normalization={
-        "kind": "zca", "mean": [0.1, 0.2, 0.3], "std": [1.0, 1.0, 1.0], "eps": 0.1})
+    manifest = make_manifest(
+        labels="soft",
+        shape=(3, 4, 4),
+        normalization={"kind": "zca", "mean": [0.1, 0.2, 0.3], "std": [1.0, 1.0, 1.0], "eps": 0.1},
+    )
     tensors = make_tensors(manifest)
     path = save_archive(tmp_path / "zca.haba", tensors, manifest)
     with open_archive(path) as archive:
@@ -211,7 +237,10 @@ def test_bytes_are_deterministic(tmp_path):
     a = save_archive(tmp_path / "a.haba", tensors, manifest).read_bytes()
     # Same content given differently: other dict order, a non-contiguous tensor,
     # tuples instead of lists, a stale tensors table the writer must ignore.
-    shuffled = {"labels": tensors["labels"], "bases": tensors["bases"].transpose(2, 3).contiguous().transpose(2, 3)}
+    shuffled = {
+        "labels": tensors["labels"],
+        "bases": tensors["bases"].transpose(2, 3).contiguous().transpose(2, 3),
+    }
     assert not shuffled["bases"].is_contiguous()
     other = copy.deepcopy(manifest)
     other["bases"]["shape"] = tuple(other["bases"]["shape"])
@@ -229,7 +258,10 @@ def test_pinned_bytes_of_a_tiny_archive():
     tensors = {"bases": torch.arange(8.0).reshape(2, 1, 2, 2) / 8, "labels": torch.tensor([0, 1])}
     data = archive_bytes(tensors, manifest)
     assert len(data) == 1432
-    assert hashlib.sha256(data).hexdigest() == "92504d1c5889e4ecbb00926b78e1d48335e2e4673d3ab8374b74d15765453470"
+    assert (
+        hashlib.sha256(data).hexdigest()
+        == "92504d1c5889e4ecbb00926b78e1d48335e2e4673d3ab8374b74d15765453470"
+    )
 
 
 def test_content_digest_framing_is_the_spec(saved):
@@ -277,8 +309,11 @@ def test_storage_account_raw_hard_labels(saved):
 
 
 def test_storage_account_soft_labels_counted_zca_not(tmp_path):
-    manifest = make_manifest(labels="soft", counts="bases", normalization={
-        "kind": "zca", "mean": [0.0], "std": [1.0], "eps": 0.1})
+    manifest = make_manifest(
+        labels="soft",
+        counts="bases",
+        normalization={"kind": "zca", "mean": [0.0], "std": [1.0], "eps": 0.1},
+    )
     path = save_archive(tmp_path / "s.haba", make_tensors(manifest), manifest)
     account = storage_account(open_archive(path).manifest)
     assert account["parts"]["labels"] == {"values": 18, "bytes": 72, "counted": True}
@@ -301,17 +336,26 @@ def test_refuses_existing_target_without_overwrite(saved):
     assert torch.equal(open_archive(path).tensor("bases"), tensors["bases"])
 
 
-@pytest.mark.parametrize("change, fragment", [
-    (lambda m, t: t.pop("labels"), "tensor 'labels': missing"),
-    (lambda m, t: t.update(extra=torch.zeros(1)), "tensor 'extra': not described by the manifest"),
-    (lambda m, t: t.update(bases=t["bases"].double()), "tensor 'bases': is torch.float64"),
-    (lambda m, t: t.update(bases=t["bases"][:, :, :2]), "the manifest implies F32 [6, 1, 4, 4]"),
-    (lambda m, t: t["bases"].__setitem__((0, 0, 0, 0), float("nan")), "NaN or infinite"),
-    (lambda m, t: t["labels"].__setitem__(0, 7), "label 7 at index 0 is out of range"),
-    (lambda m, t: m.update(format_version="1.1"), "this writer writes 1.0"),
-    (lambda m, t: m["provenance"].update(seed=float("nan")), "canonical JSON"),
-    (lambda m, t: m.update(unknown=1), "unknown field 'unknown'"),
-])
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda m, t: t.pop("labels"), "tensor 'labels': missing"),
+        (
+            lambda m, t: t.update(extra=torch.zeros(1)),
+            "tensor 'extra': not described by the manifest",
+        ),
+        (lambda m, t: t.update(bases=t["bases"].double()), "tensor 'bases': is torch.float64"),
+        (
+            lambda m, t: t.update(bases=t["bases"][:, :, :2]),
+            "the manifest implies F32 [6, 1, 4, 4]",
+        ),
+        (lambda m, t: t["bases"].__setitem__((0, 0, 0, 0), float("nan")), "NaN or infinite"),
+        (lambda m, t: t["labels"].__setitem__(0, 7), "label 7 at index 0 is out of range"),
+        (lambda m, t: m.update(format_version="1.1"), "this writer writes 1.0"),
+        (lambda m, t: m["provenance"].update(seed=float("nan")), "canonical JSON"),
+        (lambda m, t: m.update(unknown=1), "unknown field 'unknown'"),
+    ],
+)
 def test_writer_validates_before_writing(tmp_path, change, fragment):
     manifest = make_manifest()
     tensors = make_tensors(manifest)
@@ -399,8 +443,12 @@ def test_truncation(saved, cut):
     path, _, _ = saved
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    keep = {"empty": 0, "mid-header": 8 + n // 2, "mid-data": 8 + n + (len(data) - 8 - n) // 2,
-            "last-byte": len(data) - 1}.get(cut, cut)
+    keep = {
+        "empty": 0,
+        "mid-header": 8 + n // 2,
+        "mid-data": 8 + n + (len(data) - 8 - n) // 2,
+        "last-byte": len(data) - 1,
+    }.get(cut, cut)
     path.write_bytes(data[:keep])
     message = rejects(path)
     assert "truncated" in message
@@ -418,24 +466,33 @@ def test_manifest_too_big_for_the_limits(saved):
     rejects(path, "more than the limit 256", limits=Limits(max_header_bytes=256))
 
 
-@pytest.mark.parametrize("raw, fragment", [
-    (b"garbage!", "does not start with '{'"),
-    (b"{not json", "header: not valid JSON"),
-    (b"[1, 2]", "does not start with '{'"),
-    (b'{"\xff": 1}', "not UTF-8"),
-    (b'{"a": 1, "a": 2}', "duplicate key 'a'"),
-    (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "header: not valid JSON"),
-    (b'{"a": 1' + b"0" * 100_000 + b"}", "header: not valid JSON"),
-    (b'{"a": 1e400}', "number 1e400 is out of range"),
-    (b"{}", "no __metadata__"),
-    (b'{"__metadata__": {"haba": "{}", "other": "x"}}', "exactly one key 'haba'"),
-    (b'{"__metadata__": {"haba": "{\\"format\\": NaN}"}}', "NaN is not allowed"),
-    (b'{"__metadata__": {"haba": "[]"}}', "manifest: must be a JSON object"),
-    (b'{"__metadata__": {"haba": "{}"}, "t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}',
-     "tensor 't': data_offsets [0, 4] do not hold 8 bytes"),
-    (b'{"__metadata__": {"haba": "{}"}, "t": {"dtype": "Q9", "shape": [1], "data_offsets": [0, 4]}}',
-     "unknown dtype 'Q9'"),
-])
+@pytest.mark.parametrize(
+    "raw, fragment",
+    [
+        (b"garbage!", "does not start with '{'"),
+        (b"{not json", "header: not valid JSON"),
+        (b"[1, 2]", "does not start with '{'"),
+        (b'{"\xff": 1}', "not UTF-8"),
+        (b'{"a": 1, "a": 2}', "duplicate key 'a'"),
+        (b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "header: not valid JSON"),
+        (b'{"a": 1' + b"0" * 100_000 + b"}", "header: not valid JSON"),
+        (b'{"a": 1e400}', "number 1e400 is out of range"),
+        (b"{}", "no __metadata__"),
+        (b'{"__metadata__": {"haba": "{}", "other": "x"}}', "exactly one key 'haba'"),
+        (b'{"__metadata__": {"haba": "{\\"format\\": NaN}"}}', "NaN is not allowed"),
+        (b'{"__metadata__": {"haba": "[]"}}', "manifest: must be a JSON object"),
+        (
+            b'{"__metadata__": {"haba": "{}"}, '
+            b'"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}',
+            "tensor 't': data_offsets [0, 4] do not hold 8 bytes",
+        ),
+        (
+            b'{"__metadata__": {"haba": "{}"}, '
+            b'"t": {"dtype": "Q9", "shape": [1], "data_offsets": [0, 4]}}',
+            "unknown dtype 'Q9'",
+        ),
+    ],
+)
 def test_garbage_headers(tmp_path, raw, fragment):
     path = tmp_path / "garbage.haba"
     path.write_bytes(craft(raw))
@@ -465,6 +522,7 @@ def test_missing_file_directory_and_plain_safetensors(tmp_path):
     (tmp_path / "dir.haba").mkdir()
     rejects(tmp_path / "dir.haba", "not a regular file")
     from safetensors.torch import save_file
+
     save_file({"w": torch.zeros(2)}, tmp_path / "plain.haba")
     rejects(tmp_path / "plain.haba", "no __metadata__")
 
@@ -494,10 +552,12 @@ def test_malformed_version(saved, version):
 
 def test_newer_minor_with_ignorable_fields_is_read(saved):
     path, tensors, _ = saved
+
     def edit(m):
         m.update({"format_version": "1.7", "x-future": {"anything": [1, 2]}})
         m["image"]["x-note"] = "ignorable"
         m["storage"]["x-vendor"] = 3
+
     rewrite(path, edit)
     with open_archive(path) as archive:
         assert archive.manifest["x-future"] == {"anything": [1, 2]}
@@ -529,42 +589,49 @@ def _set(path_in_manifest: str, value):
             del m[last]
         else:
             m[last] = value
+
     return edit
 
 
-@pytest.mark.parametrize("field, value, fragment", [
-    ("classes", [], "classes: has 0 classes"),
-    ("classes", ["a", "a", "b"], "class 'a' appears twice"),
-    ("classes", ["a", 1, "b"], "classes[1]: must be a string"),
-    ("classes", ["a", "\x1b[31mred", "b"], "control characters"),
-    ("image.channels", 0, "image.channels: 0 is out of range"),
-    ("image.height", 5000, "image.height: 5000 is out of range (1 to 4096)"),
-    ("image.width", True, "image.width: must be an integer, got a boolean"),
-    ("bases.count", 7, "bases.per_class: sums to 6, but bases.count is 7"),
-    ("bases.per_class", [2, 2], "bases.per_class: has 2 entries, expected 3"),
-    ("bases.shape", [1, 4], "bases.shape: has 2 entries"),
-    ("labels.kind", "fuzzy", "labels.kind: 'fuzzy' is not one of hard, soft"),
-    ("labels", KeyError, "manifest: labels: missing"),
-    ("normalization.std", [0.0], "normalization.std[0]: 0.0 must be > 0"),
-    ("normalization.mean", [0.1, 0.2], "normalization.mean: has 2 entries, expected 1"),
-    ("normalization.eps", 0.1, "normalization: unknown field 'eps'"),
-    ("normalization.kind", "zca", "normalization.eps: missing"),
-    ("training.learned_lr", -1, "training.learned_lr: -1 must be > 0"),
-    ("training.recommended.epochs", 0, "epochs: 0 is out of range"),
-    ("provenance.dataset.fingerprint", "md5:1", "is not 'sha256:' and 64 hex digits"),
-    ("provenance.created", "yesterday", "provenance.created: 'yesterday' is not a UTC time"),
-    ("provenance.hyperparameters", [], "hyperparameters: must be an object"),
-    ("storage.counts", "some", "storage.counts: 'some' is not one of all, bases"),
-    ("storage.budget_values", 1, "storage.budget_values: is 1, but ipc x classes x C*H*W = 96"),
-    ("pipeline", [{"name": "upsample"}], "pipeline[0].version: missing"),
-    ("pipeline", {}, "pipeline: must be a list"),
-    ("content_digest", "sha256:xyz", "content_digest: 'sha256:xyz' is not"),
-    ("tensors.bases.sha256", "00", "tensors['bases'].sha256"),
-    ("tensors.bases.dtype", "F64", "tensor 'bases': manifest records F64 [6, 1, 4, 4]"),
-    ("tensors.ghost", {"dtype": "F32", "shape": [1], "sha256": "0" * 64},
-     "manifest: tensors: entry 'ghost' names no tensor"),
-    ("tensors.labels", KeyError, "manifest: tensors: no entry for tensor 'labels'"),
-])
+@pytest.mark.parametrize(
+    "field, value, fragment",
+    [
+        ("classes", [], "classes: has 0 classes"),
+        ("classes", ["a", "a", "b"], "class 'a' appears twice"),
+        ("classes", ["a", 1, "b"], "classes[1]: must be a string"),
+        ("classes", ["a", "\x1b[31mred", "b"], "control characters"),
+        ("image.channels", 0, "image.channels: 0 is out of range"),
+        ("image.height", 5000, "image.height: 5000 is out of range (1 to 4096)"),
+        ("image.width", True, "image.width: must be an integer, got a boolean"),
+        ("bases.count", 7, "bases.per_class: sums to 6, but bases.count is 7"),
+        ("bases.per_class", [2, 2], "bases.per_class: has 2 entries, expected 3"),
+        ("bases.shape", [1, 4], "bases.shape: has 2 entries"),
+        ("labels.kind", "fuzzy", "labels.kind: 'fuzzy' is not one of hard, soft"),
+        ("labels", KeyError, "manifest: labels: missing"),
+        ("normalization.std", [0.0], "normalization.std[0]: 0.0 must be > 0"),
+        ("normalization.mean", [0.1, 0.2], "normalization.mean: has 2 entries, expected 1"),
+        ("normalization.eps", 0.1, "normalization: unknown field 'eps'"),
+        ("normalization.kind", "zca", "normalization.eps: missing"),
+        ("training.learned_lr", -1, "training.learned_lr: -1 must be > 0"),
+        ("training.recommended.epochs", 0, "epochs: 0 is out of range"),
+        ("provenance.dataset.fingerprint", "md5:1", "is not 'sha256:' and 64 hex digits"),
+        ("provenance.created", "yesterday", "provenance.created: 'yesterday' is not a UTC time"),
+        ("provenance.hyperparameters", [], "hyperparameters: must be an object"),
+        ("storage.counts", "some", "storage.counts: 'some' is not one of all, bases"),
+        ("storage.budget_values", 1, "storage.budget_values: is 1, but ipc x classes x C*H*W = 96"),
+        ("pipeline", [{"name": "upsample"}], "pipeline[0].version: missing"),
+        ("pipeline", {}, "pipeline: must be a list"),
+        ("content_digest", "sha256:xyz", "content_digest: 'sha256:xyz' is not"),
+        ("tensors.bases.sha256", "00", "tensors['bases'].sha256"),
+        ("tensors.bases.dtype", "F64", "tensor 'bases': manifest records F64 [6, 1, 4, 4]"),
+        (
+            "tensors.ghost",
+            {"dtype": "F32", "shape": [1], "sha256": "0" * 64},
+            "manifest: tensors: entry 'ghost' names no tensor",
+        ),
+        ("tensors.labels", KeyError, "manifest: tensors: no entry for tensor 'labels'"),
+    ],
+)
 def test_invalid_fields(saved, field, value, fragment):
     path, _, _ = saved
     rewrite(path, _set(field, value))
@@ -633,12 +700,15 @@ def test_non_finite_values(saved, bad):
         assert not torch.isfinite(archive.tensor("bases")).all()
 
 
-@pytest.mark.parametrize("labels, fragment", [
-    ([0, 0, 1, 1, 2, 3], "label 3 at index 5 is out of range (0 to 2)"),
-    ([0, 0, 1, 1, -1, 2], "label -1 at index 4 is out of range"),
-    ([0, 0, 0, 1, 2, 2], "class 0 has 3 labels, bases.per_class says 2"),
-    ([0, 1, 0, 1, 2, 2], "labels are not sorted by class"),
-])
+@pytest.mark.parametrize(
+    "labels, fragment",
+    [
+        ([0, 0, 1, 1, 2, 3], "label 3 at index 5 is out of range (0 to 2)"),
+        ([0, 0, 1, 1, -1, 2], "label -1 at index 4 is out of range"),
+        ([0, 0, 0, 1, 2, 2], "class 0 has 3 labels, bases.per_class says 2"),
+        ([0, 1, 0, 1, 2, 2], "labels are not sorted by class"),
+    ],
+)
 def test_hard_labels(saved, labels, fragment):
     path, _, _ = saved
     rewrite(path, edit_data=put_tensor("labels", torch.tensor(labels)), fix_digests=True)
@@ -657,10 +727,12 @@ def test_negative_soft_labels(tmp_path):
 
 def test_flipped_byte_is_named(saved):
     path, _, _ = saved
+
     def flip(header, body):
         for name in ("bases", "labels"):
             b, _ = header[name]["data_offsets"]
             body[b + 1] ^= 0x40
+
     rewrite(path, edit_data=flip)
     problems = verify_archive(path)
     assert problems == [
@@ -676,4 +748,6 @@ def test_edited_content_digest(saved):
     path, _, _ = saved
     rewrite(path, lambda m: m.update(content_digest="sha256:" + "0" * 64))
     rejects(path, "content_digest mismatch", verify_all=True)
-    assert verify_archive(path) == ["toy.haba: content_digest mismatch (manifest edited or damaged)"]
+    assert verify_archive(path) == [
+        "toy.haba: content_digest mismatch (manifest edited or damaged)"
+    ]

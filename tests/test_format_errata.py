@@ -46,7 +46,7 @@ def test_zca_orientation_is_z_times_v_as_in_the_worked_example():
     assert torch.allclose(got.double(), torch.tensor(by_hand, dtype=torch.float64), atol=1e-6)
     assert not torch.allclose(got.double(), v @ z, atol=1e-3)  # the matrix is not symmetric
     # The numbers the spec's worked example quotes are these.
-    example = SPEC[SPEC.index("**Worked example**"):SPEC.index("Producers that whiten")]
+    example = SPEC[SPEC.index("**Worked example**") : SPEC.index("Producers that whiten")]
     example = example.replace("−", "-")  # the spec writes a typographic minus
     quoted = [float(n) for n in re.findall(r"`y\[\d\] = (-?[0-9.]+)`", example)]
     assert quoted == pytest.approx([float(got[0]), float(got[1])], abs=1e-5)
@@ -122,15 +122,18 @@ def test_format_version_digit_limits():
             check_version({"format": "haba", "format_version": bad})
 
 
-@pytest.mark.parametrize(("created", "ok"), [
-    ("2028-02-29T23:59:60.123456789Z", True),  # leap day and leap second
-    ("2026-02-29T00:00:00Z", False),
-    ("2026-04-31T00:00:00Z", False),
-    ("2026-00-10T00:00:00Z", False),
-    ("2026-01-01T00:60:00Z", False),
-    ("2026-01-01T00:00:00.1234567890Z", False),
-    ("2026-01-01 00:00:00Z", False),
-])
+@pytest.mark.parametrize(
+    ("created", "ok"),
+    [
+        ("2028-02-29T23:59:60.123456789Z", True),  # leap day and leap second
+        ("2026-02-29T00:00:00Z", False),
+        ("2026-04-31T00:00:00Z", False),
+        ("2026-00-10T00:00:00Z", False),
+        ("2026-01-01T00:60:00Z", False),
+        ("2026-01-01T00:00:00.1234567890Z", False),
+        ("2026-01-01 00:00:00Z", False),
+    ],
+)
 def test_created_is_a_calendar_time(toy, created, ok):
     rewrite(toy, lambda m: m["provenance"].update(created=created))
     if ok:
@@ -154,9 +157,9 @@ def test_lr_decay_at_lies_in_zero_to_one(toy, value, ok):
 def _repad(path: Path, padding: bytes, before: bytes = b"") -> None:
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    raw = data[8:8 + n].rstrip(b" ")
+    raw = data[8 : 8 + n].rstrip(b" ")
     header = before + raw + padding
-    path.write_bytes(struct.pack("<Q", len(header)) + header + data[8 + n:])
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data[8 + n :])
 
 
 @pytest.mark.parametrize("padding", [b"", b" " * 13, b"\n", b"\t\r\n "])
@@ -173,7 +176,7 @@ def test_other_padding_bytes_are_refused(toy, padding, before):
 
 
 def test_the_known_dtypes_are_the_ones_the_spec_lists():
-    sentence = SPEC[SPEC.index("is one of the safetensors"):SPEC.index("any other string")]
+    sentence = SPEC[SPEC.index("is one of the safetensors") : SPEC.index("any other string")]
     listed = {k: int(v) for k, v in re.findall(r"`([A-Z0-9_]+)` (\d)", sentence)}
     assert listed == DTYPE_SIZES
 
@@ -199,8 +202,11 @@ def test_unknown_dtype_and_rank_above_eight_are_refused():
 
 
 def test_at_most_one_stage_may_expand(tmp_path):
-    stage = {"name": "hallucinate", "version": 1,
-             "configuration": {"arch": "channel-affine", "count": 2, "hidden": 1, "kernel": 1}}
+    stage = {
+        "name": "hallucinate",
+        "version": 1,
+        "configuration": {"arch": "channel-affine", "count": 2, "hidden": 1, "kernel": 1},
+    }
     manifest = make_manifest(pipeline=[stage, stage])
     with pytest.raises(ArchiveError, match=r"pipeline\[1\].*at most one stage may expand"):
         save_archive(tmp_path / "two.haba", make_tensors(manifest), manifest)
@@ -208,7 +214,7 @@ def test_at_most_one_stage_may_expand(tmp_path):
 
 
 def test_stages_are_specified_by_their_pages_not_the_package():
-    section = SPEC[SPEC.index("### 3.2 Stages"):SPEC.index("### 3.3")]
+    section = SPEC[SPEC.index("### 3.2 Stages") : SPEC.index("### 3.3")]
     for page in ("codecs/upsample.md", "codecs/hallucinate.md"):
         assert page in section and (ROOT / page).is_file()
     assert "habactl/codecs" not in section
@@ -224,6 +230,7 @@ def test_golden_outputs_match_within_the_stated_tolerance():
     for path in sorted(GOLDEN.glob("*.haba")):
         expected = load_file(path.with_name(path.stem + ".expected.safetensors"))
         images, labels = HabaDataset(path).tensors()
-        assert bool(((images - expected["images"]).abs()
-                     <= atol + rtol * expected["images"].abs()).all()), path.name
+        assert bool(
+            ((images - expected["images"]).abs() <= atol + rtol * expected["images"].abs()).all()
+        ), path.name
         assert torch.equal(labels, expected["labels"])

@@ -1,8 +1,9 @@
 """Archives with decode stages: parameter tensors, stage errors, expansion bombs.
 
 The container asks the stage lookup it is given (the reader and the writer pass
-``habactl.codecs.registry.describe_pipeline``) what a pipeline implies. The first tests stand in a tiny fake registry, so the container's own logic is
-tested whatever state the codecs are in; the last ones run against the real codecs.
+``habactl.codecs.registry.describe_pipeline``) what a pipeline implies. The first tests
+stand in a tiny fake registry, so the container's own logic is tested whatever state
+the codecs are in; the last ones run against the real codecs.
 """
 
 from __future__ import annotations
@@ -62,9 +63,11 @@ def fake_codecs(monkeypatch):
 
 def tiled(count=4, grow=False, counts="all"):
     pipeline = ([{"name": "grow", "version": 1, "configuration": {}}] if grow else []) + [
-        {"name": "tile", "version": 1, "configuration": {"count": count}}]
-    manifest = make_manifest(pipeline=pipeline, counts=counts,
-                             base_shape=(1, 2, 2) if grow else None)
+        {"name": "tile", "version": 1, "configuration": {"count": count}}
+    ]
+    manifest = make_manifest(
+        pipeline=pipeline, counts=counts, base_shape=(1, 2, 2) if grow else None
+    )
     tensors = make_tensors(manifest)
     index = len(pipeline) - 1
     tensors[f"pipeline.{index}.scale"] = torch.ones(count, 1)
@@ -96,11 +99,22 @@ def test_claim_counting_bases_only_is_reported(tmp_path, fake_codecs):
 def test_parameter_tensors_must_match_the_pipeline(tmp_path, fake_codecs):
     manifest, tensors = tiled()
     with pytest.raises(ArchiveError, match="tensor 'pipeline.0.scale': missing"):
-        save_archive(tmp_path / "a.haba", {k: v for k, v in tensors.items() if "scale" not in k}, manifest)
-    with pytest.raises(ArchiveError, match=r"'pipeline.0.scale': is F32 \[3, 1\], the manifest implies F32 \[4, 1\]"):
-        save_archive(tmp_path / "b.haba", {**tensors, "pipeline.0.scale": torch.ones(3, 1)}, manifest)
+        save_archive(
+            tmp_path / "a.haba", {k: v for k, v in tensors.items() if "scale" not in k}, manifest
+        )
+    with pytest.raises(
+        ArchiveError,
+        match=r"'pipeline.0.scale': is F32 \[3, 1\], the manifest implies F32 \[4, 1\]",
+    ):
+        save_archive(
+            tmp_path / "b.haba", {**tensors, "pipeline.0.scale": torch.ones(3, 1)}, manifest
+        )
     with pytest.raises(ArchiveError, match="'pipeline.0.scale': 1 values are NaN"):
-        save_archive(tmp_path / "c.haba", {**tensors, "pipeline.0.scale": torch.tensor([[1.0], [2], [3], [math.nan]])}, manifest)
+        save_archive(
+            tmp_path / "c.haba",
+            {**tensors, "pipeline.0.scale": torch.tensor([[1.0], [2], [3], [math.nan]])},
+            manifest,
+        )
 
 
 def test_unknown_stage_is_named(tmp_path, fake_codecs):
@@ -116,22 +130,32 @@ def test_ignorable_keys_never_reach_the_codec(tmp_path, fake_codecs):
     manifest["pipeline"][0]["x-origin"] = "elsewhere"
     path = save_archive(tmp_path / "t.haba", tensors, manifest)
     assert verify_archive(path) == []
-    assert open_archive(path).manifest["pipeline"][0]["configuration"]["x-comment"] == "tuned by hand"
+    assert (
+        open_archive(path).manifest["pipeline"][0]["configuration"]["x-comment"] == "tuned by hand"
+    )
 
 
 def test_out_shape_must_be_the_image_shape(tmp_path, fake_codecs):
     manifest, tensors = tiled()
     path = save_archive(tmp_path / "t.haba", tensors, manifest)
-    rewrite(path, lambda m: m["pipeline"].insert(0, {"name": "grow", "version": 1, "configuration": {}}))
-    rejects(path, "manifest: pipeline: decodes bases [1, 4, 4] to [1, 8, 8], but the image shape is [1, 4, 4]")
+    rewrite(
+        path, lambda m: m["pipeline"].insert(0, {"name": "grow", "version": 1, "configuration": {}})
+    )
+    rejects(
+        path,
+        "manifest: pipeline: decodes bases [1, 4, 4] to [1, 8, 8], "
+        "but the image shape is [1, 4, 4]",
+    )
 
 
 def test_expansion_bomb_is_refused_before_reading_tensors(tmp_path, fake_codecs):
     manifest, tensors = tiled()
     path = save_archive(tmp_path / "bomb.haba", tensors, manifest)
+
     def bomb(m):  # a few hundred bytes claiming 10**8 bases x 10**6 variants
         m["bases"].update(count=3 * 10**8, per_class=[10**8] * 3)
         m["pipeline"][0]["configuration"]["count"] = 10**6
+
     rewrite(path, bomb)
     assert path.stat().st_size < 4096
     rejects(path, "expansion bomb")
@@ -140,7 +164,11 @@ def test_expansion_bomb_is_refused_before_reading_tensors(tmp_path, fake_codecs)
 def test_stage_parameter_limit(tmp_path, fake_codecs):
     manifest, tensors = tiled()
     path = save_archive(tmp_path / "t.haba", tensors, manifest)
-    rejects(path, "parameter 'pipeline.0.scale' has 4 values, allowed 3", limits=Limits(max_stage_params=3))
+    rejects(
+        path,
+        "parameter 'pipeline.0.scale' has 4 values, allowed 3",
+        limits=Limits(max_stage_params=3),
+    )
     rejects(path, "has 1 stages, allowed 0", limits=Limits(max_stages=0))
 
 
@@ -155,8 +183,11 @@ def _real_describe():
     return registry.describe_pipeline
 
 
-HALLUCINATE = {"name": "hallucinate", "version": 1,
-               "configuration": {"arch": "channel-affine", "count": 3, "hidden": 3, "kernel": 3}}
+HALLUCINATE = {
+    "name": "hallucinate",
+    "version": 1,
+    "configuration": {"arch": "channel-affine", "count": 3, "hidden": 3, "kernel": 3},
+}
 
 
 def test_real_hallucinate_archive_round_trip(tmp_path):
@@ -168,7 +199,11 @@ def test_real_hallucinate_archive_round_trip(tmp_path):
     path = save_archive(tmp_path / "h.haba", tensors, manifest)
     assert verify_archive(path) == []
     account = storage_account(open_archive(path).manifest)
-    assert account["parts"]["hallucinators"]["values"] == sum(math.prod(s) for s in spec.params.values()) > 0
+    assert (
+        account["parts"]["hallucinators"]["values"]
+        == sum(math.prod(s) for s in spec.params.values())
+        > 0
+    )
     assert account["claim_values"] == account["parts"]["bases"]["values"]
 
 
@@ -185,7 +220,11 @@ def test_real_hallucinate_expansion_bomb(tmp_path):
 
 def test_real_codec_refusal_becomes_archive_error(tmp_path):
     _real_describe()
-    manifest = make_manifest(pipeline=[{**HALLUCINATE, "configuration": {**HALLUCINATE["configuration"], "count": 0}}],
-                             shape=(1, 8, 8))
-    with pytest.raises(ArchiveError, match=r"bad.haba: manifest: pipeline\[0\] \(stage 'hallucinate'\)"):
+    manifest = make_manifest(
+        pipeline=[{**HALLUCINATE, "configuration": {**HALLUCINATE["configuration"], "count": 0}}],
+        shape=(1, 8, 8),
+    )
+    with pytest.raises(
+        ArchiveError, match=r"bad.haba: manifest: pipeline\[0\] \(stage 'hallucinate'\)"
+    ):
         save_archive(tmp_path / "bad.haba", make_tensors(manifest), manifest)

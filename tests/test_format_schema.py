@@ -17,8 +17,10 @@ def written_manifests(tmp_path: Path) -> list[dict]:
     variants = [
         make_manifest(),
         make_manifest(labels="soft", counts="bases", normalization={"kind": "none"}),
-        make_manifest(shape=(3, 4, 4), normalization={
-            "kind": "zca", "mean": [0.0] * 3, "std": [1.0] * 3, "eps": 0.1}),
+        make_manifest(
+            shape=(3, 4, 4),
+            normalization={"kind": "zca", "mean": [0.0] * 3, "std": [1.0] * 3, "eps": 0.1},
+        ),
     ]
     variants[0]["x-vendor"] = {"anything": True}
     variants[1]["training"]["learned_lr"] = 0.01
@@ -93,6 +95,7 @@ def _set(path: str, value):
         for key in parents:
             m = m[key]
         m[last] = value
+
     return edit
 
 
@@ -123,7 +126,8 @@ HOSTILE = {
     "zero learned lr": _set("training.learned_lr", 0),
     "uppercase fingerprint": _set("provenance.dataset.fingerprint", "sha256:" + "A" * 64),
     "stage version 0": lambda m: m["pipeline"].append(
-        {"name": "upsample", "version": 0, "configuration": {"factor": 1}}),
+        {"name": "upsample", "version": 0, "configuration": {"factor": 1}}
+    ),
     "unknown field in image": _set("image.depth", 1),
     "string width": _set("image.width", "6"),
 }

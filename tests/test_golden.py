@@ -27,12 +27,14 @@ def test_golden_archive_decodes_to_its_expected_output(path: Path):
     torch.testing.assert_close(labels, expected["labels"])
 
 
-@pytest.mark.parametrize("path", [p for p in ARCHIVES if p.parent.name == "v1"],
-                         ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", [p for p in ARCHIVES if p.parent.name == "v1"], ids=lambda p: p.stem
+)
 def test_writer_reproduces_golden_bytes(path: Path, tmp_path: Path):
     with open_archive(path) as archive:
-        manifest = {k: v for k, v in archive.manifest.items()
-                    if k not in ("tensors", "content_digest")}
+        manifest = {
+            k: v for k, v in archive.manifest.items() if k not in ("tensors", "content_digest")
+        }
         tensors = archive.tensors()
     copy = save_archive(tmp_path / path.name, tensors, manifest)
     assert copy.read_bytes() == path.read_bytes()
