@@ -443,3 +443,8 @@ class TestHallucinateChannelAffine(StageContract):
 class TestHallucinateOneHallucinator(StageContract):
     # expansion 1: no variant is passed
     name, configuration, in_shape = "hallucinate", {"arch": "channel-affine", "count": 1}, (2, 6, 7)
+
+
+def test_every_registered_stage_runs_the_contract():
+    # A new stage without a StageContract test class here fails this test.
+    assert {cls.name for cls in StageContract.__subclasses__()} == set(STAGES)
