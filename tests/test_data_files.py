@@ -239,3 +239,23 @@ def test_a_text_file_named_h5_is_not_an_hdf5_file(tmp_path):
     path.write_text("hello")
     with pytest.raises(DataError, match="not an HDF5 file"):
         load_source(str(path))
+
+
+def test_an_unreadable_image_folder_is_one_clear_error(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "set" / name).mkdir(parents=True)
+        Image.new("L", (4, 4)).save(tmp_path / "set" / name / "x.png")
+    real = Path.rglob
+
+    def rglob(self, pattern):  # what a class folder without read permission gives
+        if self.name == "b":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, pattern)
+
+    monkeypatch.setattr(Path, "rglob", rglob)
+    with pytest.raises(DataError, match=r"set/b: cannot read \(.*Permission denied"):
+        load_source(str(tmp_path / "set"))

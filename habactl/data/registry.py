@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from habactl.data import embedded, files, folder
-from habactl.data.base import DataError, DataSource
+from habactl.data.base import DataError, DataSource, reason
 from habactl.data.torchvision_sources import SPECS as TORCHVISION_SPECS
 from habactl.data.torchvision_sources import load_torchvision
 
@@ -64,7 +64,11 @@ def load_source(
         return loader(path, **options)
     if path.is_dir():
         _no_options(text, options)
-        return folder.load_folder(path)
+        try:
+            return folder.load_folder(path)
+        except OSError as exc:  # e.g. a class folder that may not be listed
+            where = exc.filename or path
+            raise DataError(f"{where}: cannot read ({exc.strerror or reason(exc)})") from exc
     if path.exists():
         raise DataError(
             f"{path}: unsupported file type; use a folder of images, .h5/.hdf5 or .npz"
