@@ -5,8 +5,8 @@ images, and (mtt) a learned learning rate that a network can train with.
 Only the per-iteration cost is made tiny (real images per class, student steps, a narrow
 expert); learning rates, momentum, initialisation and augmentation are the defaults that
 ``habactl compress`` uses for each objective. Without the step bound of trajectory
-matching (``max_step: 0``), mtt runs here blow the bases up to 1e4-1e6 or to NaN within
-three iterations and drive the learned lr to its floor.
+matching (``max_step: 0, lr_max_step: 0``), the mtt runs here grow stored values to
+25-220 in three iterations; with the issue's buffer they reach 1e4-1e6 or NaN.
 """
 
 from __future__ import annotations
@@ -26,12 +26,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 DATASETS = ("digits", "mnist-5k")
 OBJECTIVES = ("dm", "dc", "dsa", "mtt")
 CODECS = ("raw", "idc", "haba", "haba+idc")
-# Normalised images span a few units; a stored value this large is no image any more
-# (unbounded mtt steps reach 1e4 and more; gradient matching's first step, 50-110).
-LARGEST_VALUE = 1000.0
+# Normalised images span a few units (digits, mnist-5k: within +-3). Bounded mtt keeps its
+# stored values below 2 here; unbounded, they reach 25-220 in these three tiny iterations
+# (1e4-1e6 with the issue's buffer). Gradient matching's first step at the reference lr
+# moves the bases 1-3.5 times their norm (values 15-110), then they stay: only a value
+# no image could have counts against it.
+LARGEST_VALUE = {"mtt": 10.0}
+ANY_OBJECTIVE = 1000.0
 # Cost knobs only (what each iteration looks at), never a learning rate.
-TINY = {"dm": {"real_per_class": 8}, "dc": {"real_per_class": 8}, "dsa": {"real_per_class": 8},
-        "mtt": {"syn_steps": 4}}
+TINY = {"dm": {"real_per_class": 8}, "dc": {"real_per_class": 8, "views": 1},
+        "dsa": {"real_per_class": 8, "views": 1}, "mtt": {"syn_steps": 4}}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +68,8 @@ def run_and_check(config: DistillConfig, data: str, output) -> None:
     assert result.final_loss is not None and math.isfinite(result.final_loss)
     stored = [distiller.synthetic.bases, *distiller.synthetic.hallucinator_parameters()]
     largest = max(float(t.detach().abs().max()) for t in stored)
-    assert largest < LARGEST_VALUE, f"stored values grew to {largest:.3g}"
+    limit = LARGEST_VALUE.get(config.objective, ANY_OBJECTIVE)
+    assert largest < limit, f"stored values grew to {largest:.3g}"
     if config.objective == "mtt":
         learned = distiller.objective.learned_lr()
         # Stuck at its floor, the recorded lr would train a network to nothing.
@@ -90,13 +95,13 @@ def test_an_unbounded_mtt_step_is_what_diverges(buffers):
     bounded, unbounded = (Distiller(load_source("digits"),
                                     make_config("mtt", "haba+idc", 2, 1, buffers, "digits",
                                                 max_step=value))
-                          for value in (0.05, 0.0))
+                          for value in (0.01, 0.0))
     sizes = []
     for distiller in (bounded, unbounded):
         before = distiller.synthetic.bases.detach().clone()
         distiller.step()
         sizes.append(float((distiller.synthetic.bases.detach() - before).norm() / before.norm()))
-    assert sizes[0] <= 0.05 + 1e-6 < 1.0 < sizes[1], sizes
+    assert sizes[0] <= 0.01 + 1e-6 < 1.0 < sizes[1], sizes
 
 
 def test_max_step_is_validated_and_recorded(buffers):
@@ -104,7 +109,7 @@ def test_max_step_is_validated_and_recorded(buffers):
         Distiller(load_source("digits"), make_config("mtt", "raw", 0, 0, buffers, "digits",
                                                      max_step=-1.0))
     distiller = Distiller(load_source("digits"), make_config("mtt", "raw", 0, 0, buffers, "digits"))
-    assert distiller.hyperparameters["objective"]["max_step"] == 0.05
+    assert distiller.hyperparameters["objective"]["max_step"] == 0.01
 
 
 @pytest.mark.slow
