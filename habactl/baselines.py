@@ -33,8 +33,9 @@ def random_per_class(labels: Tensor, per_class: int, num_classes: int, seed: int
 RANDOM_SUMMARY = "random real images (the coreset baseline)"
 
 
-def random_archive(source: Any, path: str | Path, *, ipc: int, seed: int = 0,
-                   overwrite: bool = False) -> Path:
+def random_archive(
+    source: Any, path: str | Path, *, ipc: int, seed: int = 0, overwrite: bool = False
+) -> Path:
     """Write the coreset baseline: `ipc` random real images per class, stored as they
     are (normalised by the training set's mean and std, no decode stages)."""
     from habactl.archive_io import write_haba
@@ -46,7 +47,19 @@ def random_archive(source: Any, path: str | Path, *, ipc: int, seed: int = 0,
     bases = Normalizer(normalization)(source.train.images[indices])
     labels = source.train.labels[indices].long()
     pipeline = Pipeline.from_manifest([], tuple(bases.shape[1:]))
-    return Path(write_haba(path, source=source, bases=bases, labels=labels, pipeline=pipeline,
-                           normalization=normalization, objective="random",
-                           hyperparameters={"per_class": ipc}, iterations=0, seed=seed, ipc=ipc,
-                           overwrite=overwrite))
+    return Path(
+        write_haba(
+            path,
+            source=source,
+            bases=bases,
+            labels=labels,
+            pipeline=pipeline,
+            normalization=normalization,
+            objective="random",
+            hyperparameters={"per_class": ipc},
+            iterations=0,
+            seed=seed,
+            ipc=ipc,
+            overwrite=overwrite,
+        )
+    )

@@ -28,8 +28,10 @@ def run(*args) -> object:
 @pytest.fixture
 def no_data(monkeypatch):
     """Loading the data set is where a run starts: a check that comes late fails the test."""
+
     def refuse(settings):
         raise AssertionError(f"data loaded for {settings['data']!r} before the checks")
+
     monkeypatch.setattr(compress_cmd, "_load", refuse)
 
 
@@ -53,14 +55,17 @@ def unwritable_folder(tmp_path: Path) -> Path:
     return Path("/sys")
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing-checkpoint-folder", "folder"),
-    ("log-file-is-a-folder", "is a folder"),
-    ("output-is-a-folder", "is a folder"),
-    ("unwritable-output-folder", "not writable"),
-    ("unwritable-checkpoint-folder", "not writable"),
-    ("png-output", "ends in .haba"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing-checkpoint-folder", "folder"),
+        ("log-file-is-a-folder", "is a folder"),
+        ("output-is-a-folder", "is a folder"),
+        ("unwritable-output-folder", "not writable"),
+        ("unwritable-checkpoint-folder", "not writable"),
+        ("png-output", "ends in .haba"),
+    ],
+)
 def test_every_output_location_is_checked_before_the_run(tmp_path, no_data, case, message):
     out = tmp_path / "a.haba"
     args = {
@@ -68,8 +73,12 @@ def test_every_output_location_is_checked_before_the_run(tmp_path, no_data, case
         "log-file-is-a-folder": ["-o", out, "--log-file", tmp_path],
         "output-is-a-folder": ["-o", tmp_path],
         "unwritable-output-folder": ["-o", unwritable_folder(tmp_path) / "a.haba"],
-        "unwritable-checkpoint-folder": ["-o", out, "--checkpoint",
-                                         unwritable_folder(tmp_path) / "c.ckpt"],
+        "unwritable-checkpoint-folder": [
+            "-o",
+            out,
+            "--checkpoint",
+            unwritable_folder(tmp_path) / "c.ckpt",
+        ],
         "png-output": ["-o", tmp_path / "result.png"],
     }[case]
     line = refused_early("digits", *TINY, *args)
@@ -80,20 +89,27 @@ def test_every_output_location_is_checked_before_the_run(tmp_path, no_data, case
     assert not any(p.name.startswith(".habactl-probe-") for p in tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--unroll", "full"], "--unroll applies to --objective mtt only"),
-    (["--syn-steps", "3"], "--syn-steps applies to --objective mtt only"),
-    (["--experts", "buf"], "--experts applies to --objective mtt only"),
-    (["--objective", "mtt", "--outer-loop", "2"],
-     "--outer-loop applies to --objective dc, dsa only"),
-    (["--objective", "dc", "--views", "1", "--syn-steps", "3"], "--syn-steps applies"),
-    (["--objective", "random", "--iterations", "3"],
-     "--iterations does not apply to --objective random"),
-    (["--objective", "random", "--hallucinators", "3"], "--hallucinators does not apply"),
-    (["--objective", "random", "--lr-bases", "0.5"], "--lr-bases does not apply"),
-    (["--objective", "random", "--codec", "idc"], "only --codec raw"),
-    (["--objective", "nope"], "unknown objective 'nope' (known: dm, dc, dsa, mtt, random)"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--unroll", "full"], "--unroll applies to --objective mtt only"),
+        (["--syn-steps", "3"], "--syn-steps applies to --objective mtt only"),
+        (["--experts", "buf"], "--experts applies to --objective mtt only"),
+        (
+            ["--objective", "mtt", "--outer-loop", "2"],
+            "--outer-loop applies to --objective dc, dsa only",
+        ),
+        (["--objective", "dc", "--views", "1", "--syn-steps", "3"], "--syn-steps applies"),
+        (
+            ["--objective", "random", "--iterations", "3"],
+            "--iterations does not apply to --objective random",
+        ),
+        (["--objective", "random", "--hallucinators", "3"], "--hallucinators does not apply"),
+        (["--objective", "random", "--lr-bases", "0.5"], "--lr-bases does not apply"),
+        (["--objective", "random", "--codec", "idc"], "only --codec raw"),
+        (["--objective", "nope"], "unknown objective 'nope' (known: dm, dc, dsa, mtt, random)"),
+    ],
+)
 def test_an_option_that_does_not_apply_is_an_error(tmp_path, no_data, args, message):
     line = refused_early("digits", "-o", tmp_path / "a.haba", *args)
     assert message in line, line
@@ -132,8 +148,9 @@ def test_images_key_and_labels_key_reach_npz_files(tmp_path):
     out = tmp_path / "d.haba"
     result = run(path, "--objective", "random", "-o", out, "-q")
     assert result.exit_code == 1 and "images" in one_error_line(result)  # default keys absent
-    result = run(path, "--objective", "random", "-o", out, "--images-key", "x",
-                 "--labels-key", "y", "-q")
+    result = run(
+        path, "--objective", "random", "-o", out, "--images-key", "x", "--labels-key", "y", "-q"
+    )
     assert result.exit_code == 0, result.output
     with open_archive(out) as archive:
         assert archive.manifest["bases"]["per_class"] == [1, 1, 1]

@@ -33,11 +33,14 @@ def fixed_clock(monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
 
 
-@pytest.mark.parametrize("args", [
-    ["--seed", "3", "--views", "2", "--hallucinators", "3", "--lr-bases", "0.5"],  # haba+idc
-    ["--codec", "idc", "--factor", "4", "--budget-counts", "bases", "--seed", "1"],
-    ["--objective", "random", "--ipc", "2", "--seed", "5"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--seed", "3", "--views", "2", "--hallucinators", "3", "--lr-bases", "0.5"],  # haba+idc
+        ["--codec", "idc", "--factor", "4", "--budget-counts", "bases", "--seed", "1"],
+        ["--objective", "random", "--ipc", "2", "--seed", "5"],
+    ],
+)
 def test_the_printed_recipe_rebuilds_the_archive_byte_for_byte(tmp_path, args):
     first, again = tmp_path / "a.haba", tmp_path / "b.haba"
     options = args if "random" in args else [*TINY, *args]
@@ -54,8 +57,10 @@ def test_the_printed_recipe_rebuilds_the_archive_byte_for_byte(tmp_path, args):
 
 def test_flags_override_the_recipe_and_the_recipe_overrides_defaults(tmp_path):
     recipe = tmp_path / "r.toml"
-    recipe.write_text('data = "digits"\niterations = 1\nseed = 4\nthreads = 1\n'
-                      'contrast_batch = 8\n\n[settings]\nreal_per_class = 5\nembed_width = 0.5\n')
+    recipe.write_text(
+        'data = "digits"\niterations = 1\nseed = 4\nthreads = 1\n'
+        "contrast_batch = 8\n\n[settings]\nreal_per_class = 5\nembed_width = 0.5\n"
+    )
     out = tmp_path / "r.haba"
     result = invoke("compress", "--config", recipe, "-o", out, "--seed", "6", "-q")
     assert result.exit_code == 0, result.output
@@ -69,13 +74,16 @@ def test_flags_override_the_recipe_and_the_recipe_overrides_defaults(tmp_path):
 
 def test_a_stage_flag_edits_the_recipes_pipeline(tmp_path):
     recipe = tmp_path / "p.toml"
-    recipe.write_text('data = "digits"\niterations = 1\nthreads = 1\n\n'
-                      '[settings]\nreal_per_class = 4\n\n'
-                      '[[pipeline]]\nname = "hallucinate"\nversion = 1\n'
-                      'configuration = {arch = "channel-affine", count = 4}\n')
+    recipe.write_text(
+        'data = "digits"\niterations = 1\nthreads = 1\n\n'
+        "[settings]\nreal_per_class = 4\n\n"
+        '[[pipeline]]\nname = "hallucinate"\nversion = 1\n'
+        'configuration = {arch = "channel-affine", count = 4}\n'
+    )
     out = tmp_path / "p.haba"
-    result = invoke("compress", "--config", recipe, "--ipc", "3", "--hallucinators", "2",
-                    "-o", out, "-q")
+    result = invoke(
+        "compress", "--config", recipe, "--ipc", "3", "--hallucinators", "2", "-o", out, "-q"
+    )
     assert result.exit_code == 0, result.output
     with open_archive(out) as archive:
         stages = archive.manifest["pipeline"]
@@ -86,14 +94,20 @@ def test_a_stage_flag_edits_the_recipes_pipeline(tmp_path):
     assert "no upsample stage" in one_error_line(result)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("iterationz = 3\n", "unknown setting 'iterationz'"),
-    ("iterations = 'many'\n", "iterations must be an integer"),
-    ("[settings]\nsyn_steps = 3\n", "objective dm has no setting 'syn_steps'"),
-    ("objective = 'random'\niterations = 3\n", "--iterations does not apply to --objective random"),
-    ("iterations = [\n", "not valid TOML"),
-    ("unroll = 'full'\n", "--unroll applies to --objective mtt only"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("iterationz = 3\n", "unknown setting 'iterationz'"),
+        ("iterations = 'many'\n", "iterations must be an integer"),
+        ("[settings]\nsyn_steps = 3\n", "objective dm has no setting 'syn_steps'"),
+        (
+            "objective = 'random'\niterations = 3\n",
+            "--iterations does not apply to --objective random",
+        ),
+        ("iterations = [\n", "not valid TOML"),
+        ("unroll = 'full'\n", "--unroll applies to --objective mtt only"),
+    ],
+)
 def test_a_bad_recipe_is_one_error_line(tmp_path, text, message):
     recipe = tmp_path / "bad.toml"
     recipe.write_text(text)

@@ -51,16 +51,42 @@ def test_a_new_objective_is_one_class_and_one_registry_line(tmp_path, toy):
     out = tmp_path / "toy.haba"
     recipe = tmp_path / "toy.toml"
     recipe.write_text("[settings]\nscale = 2.0\n")
-    result = runner.invoke(app, ["compress", "digits", "--objective", "toy", "--codec", "raw",
-                                 "--iterations", "2", "--config", str(recipe), "-o", str(out)])
+    result = runner.invoke(
+        app,
+        [
+            "compress",
+            "digits",
+            "--objective",
+            "toy",
+            "--codec",
+            "raw",
+            "--iterations",
+            "2",
+            "--config",
+            str(recipe),
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "toy (bases pulled to their class mean), 2 iterations" in result.stderr
     with open_archive(out) as archive:
         hyper = archive.manifest["provenance"]["hyperparameters"]
     assert hyper["objective"] == {"name": "toy", "scale": 2.0}
     assert hyper["optimizer"]["lr_bases"] == 0.5  # the objective's engine default
-    result = runner.invoke(app, ["compress", "digits", "--objective", "toy", "--views", "2",
-                                 "-o", str(tmp_path / "x.haba")])
+    result = runner.invoke(
+        app,
+        [
+            "compress",
+            "digits",
+            "--objective",
+            "toy",
+            "--views",
+            "2",
+            "-o",
+            str(tmp_path / "x.haba"),
+        ],
+    )
     assert "--views applies to --objective dm, dc, dsa only" in one_error_line(result)
 
 

@@ -39,8 +39,9 @@ def test_any_order_of_entries_plans_and_is_labelled_by_its_stages():
     plan = plan_pipeline(entries, MNIST, 10, 1)
     assert plan.codec == "hallucinate+upsample" and plan.base_shape == (1, 14, 14)
     with pytest.raises(DistillError, match="does not divide"):
-        plan_pipeline([{"name": "upsample", "version": 1, "configuration": {"factor": 3}}],
-                      MNIST, 10, 1)
+        plan_pipeline(
+            [{"name": "upsample", "version": 1, "configuration": {"factor": 3}}], MNIST, 10, 1
+        )
     with pytest.raises(DistillError, match="unknown stage"):
         plan_pipeline([{"name": "jpeg", "version": 1, "configuration": {}}], MNIST, 10, 1)
 
@@ -48,11 +49,18 @@ def test_any_order_of_entries_plans_and_is_labelled_by_its_stages():
 def test_entries_in_the_config_give_the_same_archive_as_the_codec_preset(tmp_path, monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     source = load_source("digits")
-    settings = dict(iterations=1, objective_settings={"real_per_class": 4},
-                    contrastive_settings={"batch": 8}, device="cpu")
+    settings = dict(
+        iterations=1,
+        objective_settings={"real_per_class": 4},
+        contrastive_settings={"batch": 8},
+        device="cpu",
+    )
     by_name = DistillConfig(codec="haba+idc", hallucinators=3, **settings)
-    by_entries = DistillConfig(pipeline=tuple(expand_preset(
-        "haba+idc", {"hallucinate": {"count": 3}})), codec="ignored", **settings)
+    by_entries = DistillConfig(
+        pipeline=tuple(expand_preset("haba+idc", {"hallucinate": {"count": 3}})),
+        codec="ignored",
+        **settings,
+    )
     paths = []
     for i, config in enumerate((by_name, by_entries)):
         distiller = Distiller(source, config)

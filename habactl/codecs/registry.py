@@ -38,15 +38,21 @@ def get_stage(name: str) -> type[Stage]:
     raise CodecError(f"unknown stage {quote(name)} (known: {', '.join(sorted(STAGES))})")
 
 
-def expand_preset(preset: str,
-                  values: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
+def expand_preset(
+    preset: str, values: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """A preset's manifest entries; `values` maps a stage name to option values by key."""
     if preset not in PRESETS:
         raise CodecError(f"unknown codec {quote(preset)} (known: {', '.join(PRESETS)})")
     values = values or {}
-    return [{"name": name, "version": STAGES[name].version,
-             "configuration": STAGES[name].configure(values.get(name))}
-            for name in PRESETS[preset]]
+    return [
+        {
+            "name": name,
+            "version": STAGES[name].version,
+            "configuration": STAGES[name].configure(values.get(name)),
+        }
+        for name in PRESETS[preset]
+    ]
 
 
 def preset_name(pipeline: Any) -> str:

@@ -10,11 +10,20 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "DistillConfig": "engine", "Distiller": "engine", "DistillResult": "engine",
-    "distill": "engine", "DistillError": "errors", "Interrupted": "errors",
-    "NonFiniteLoss": "errors", "OBJECTIVES": "objectives", "Objective": "objectives",
-    "get_objective": "objectives", "CODECS": "planner", "Plan": "planner",
-    "plan_budget": "planner", "plan_pipeline": "planner",
+    "DistillConfig": "engine",
+    "Distiller": "engine",
+    "DistillResult": "engine",
+    "distill": "engine",
+    "DistillError": "errors",
+    "Interrupted": "errors",
+    "NonFiniteLoss": "errors",
+    "OBJECTIVES": "objectives",
+    "Objective": "objectives",
+    "get_objective": "objectives",
+    "CODECS": "planner",
+    "Plan": "planner",
+    "plan_budget": "planner",
+    "plan_pipeline": "planner",
 }
 
 __all__ = sorted(_EXPORTS)

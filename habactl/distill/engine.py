@@ -109,15 +109,21 @@ def class_spread(images: Tensor, labels: Tensor, num_classes: int) -> list[float
     out = []
     for k in range(num_classes):
         members = flat[labels == k]
-        out.append(float((members - members.mean(0)).square().sum(1).mean()) if len(members) else 0.0)
+        out.append(
+            float((members - members.mean(0)).square().sum(1).mean()) if len(members) else 0.0
+        )
     return out
 
 
-def _check_number(name: str, value: float, *, low: float = 0.0, strict: bool = True,
-                  high: float | None = None) -> float:
+def _check_number(
+    name: str, value: float, *, low: float = 0.0, strict: bool = True, high: float | None = None
+) -> float:
     value = float(value)
-    if not math.isfinite(value) or (value <= low if strict else value < low) or (
-            high is not None and value >= high):
+    if (
+        not math.isfinite(value)
+        or (value <= low if strict else value < low)
+        or (high is not None and value >= high)
+    ):
         bound = f"> {low}" if strict else f">= {low}"
         if high is not None:
             bound += f" and < {high}"
@@ -144,8 +150,14 @@ def pipeline_entries(c: DistillConfig) -> list[dict[str, Any]]:
     """The run's decode pipeline as manifest entries: `pipeline`, else the codec preset."""
     if c.pipeline is not None:
         return [dict(entry) for entry in c.pipeline]
-    return preset_pipeline(c.codec, factor=c.factor, hallucinators=c.hallucinators,
-                           arch=c.hallucinator_arch, hidden=c.hidden, kernel=c.kernel)
+    return preset_pipeline(
+        c.codec,
+        factor=c.factor,
+        hallucinators=c.hallucinators,
+        arch=c.hallucinator_arch,
+        hidden=c.hidden,
+        kernel=c.kernel,
+    )
 
 
 def _writable_folder(path: Path, what: str) -> None:
@@ -158,8 +170,10 @@ def _writable_folder(path: Path, what: str) -> None:
     try:  # a real probe: permission bits say nothing for root or a read-only mount
         handle, probe = tempfile.mkstemp(dir=folder, prefix=".habactl-probe-")
     except OSError as error:
-        raise DistillError(f"cannot write {what} {path}: folder {folder} is not writable "
-                           f"({error.strerror or error})") from None
+        raise DistillError(
+            f"cannot write {what} {path}: folder {folder} is not writable "
+            f"({error.strerror or error})"
+        ) from None
     os.close(handle)
     os.unlink(probe)
 
@@ -172,8 +186,14 @@ def check_archive_target(output: Path, *, force: bool = False) -> None:
     _writable_folder(output, "the archive")
 
 
-def check_outputs(output: Path, *, checkpoint: Path | None = None, log: Path | None = None,
-                  force: bool = False, resume: bool = False) -> Path:
+def check_outputs(
+    output: Path,
+    *,
+    checkpoint: Path | None = None,
+    log: Path | None = None,
+    force: bool = False,
+    resume: bool = False,
+) -> Path:
     """Every place a run will write, checked before it starts; the checkpoint path.
 
     The archive must be new (or ``force``), the checkpoint must not hold another
@@ -187,8 +207,10 @@ def check_outputs(output: Path, *, checkpoint: Path | None = None, log: Path | N
     if resume and not checkpoint.is_file():
         raise DistillError(f"no checkpoint to resume at {checkpoint}")
     if not resume and checkpoint.exists() and not force:
-        raise DistillError(f"{checkpoint} holds an unfinished run; pass --resume to continue "
-                           f"it, or --force to start over")
+        raise DistillError(
+            f"{checkpoint} holds an unfinished run; pass --resume to continue "
+            f"it, or --force to start over"
+        )
     _writable_folder(checkpoint, "the checkpoint")
     if log is not None:
         _writable_folder(Path(log), "the metrics log")
@@ -212,8 +234,9 @@ class Distiller:
         self.normalization, train_images, train_labels = self._training_set()
         self.plan = self._plan(train_images, train_labels)
         self.real = self._real_set(train_images, train_labels)
-        self.generators = {name: stream(config.seed, name)
-                           for name in ("init", "objective", "contrast")}
+        self.generators = {
+            name: stream(config.seed, name) for name in ("init", "objective", "contrast")
+        }
         self.synthetic = self._synthetic_set(train_images, train_labels)
         self.augment = self._augmenter()
         self.objective = self._objective()
@@ -221,9 +244,13 @@ class Distiller:
         self.optimizer = self._optimizer()
         self.learnable = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.hyperparameters = self._hyperparameters()
-        self.fingerprint = ckpt.settings_fingerprint({
-            "hyperparameters": self.hyperparameters, "seed": config.seed,
-            "dataset": source.fingerprint})
+        self.fingerprint = ckpt.settings_fingerprint(
+            {
+                "hyperparameters": self.hyperparameters,
+                "seed": config.seed,
+                "dataset": source.fingerprint,
+            }
+        )
         self.iteration = 0
 
     # -- construction steps -----------------------------------------------------------
@@ -243,10 +270,16 @@ class Distiller:
         c = self.config
         classes = len(self.source.classes)
         spread = class_spread(images, labels, classes)
-        return plan_pipeline(pipeline_entries(c), self.image_shape, classes, c.ipc, counts=c.counts,
-                             leftover=c.leftover,
-                             class_priority=sorted(range(classes), key=lambda k: (-spread[k], k)),
-                             codec=None if c.pipeline is not None else c.codec)
+        return plan_pipeline(
+            pipeline_entries(c),
+            self.image_shape,
+            classes,
+            c.ipc,
+            counts=c.counts,
+            leftover=c.leftover,
+            class_priority=sorted(range(classes), key=lambda k: (-spread[k], k)),
+            codec=None if c.pipeline is not None else c.codec,
+        )
 
     def _real_set(self, images: Tensor, labels: Tensor) -> RealSet:
         real = RealSet(images.to(self.device), labels.to(self.device), len(self.source.classes))
@@ -257,9 +290,11 @@ class Distiller:
         ipc = self.config.ipc
         if ipc >= smallest:
             k = real.counts.index(smallest)
-            raise DistillError(f"--ipc {ipc} is no compression: class {self.source.classes[k]!r} "
-                               f"has only {smallest} training images; use --ipc "
-                               f"{max(1, smallest - 1)} or less")
+            raise DistillError(
+                f"--ipc {ipc} is no compression: class {self.source.classes[k]!r} "
+                f"has only {smallest} training images; use --ipc "
+                f"{max(1, smallest - 1)} or less"
+            )
         return real
 
     def _synthetic_set(self, images: Tensor, labels: Tensor) -> SyntheticSet:
@@ -268,8 +303,9 @@ class Distiller:
         init = self.generators["init"]
         bases = self._initial_bases(images, labels, init)
         noise = self.config.hallucinator_noise if self.plan.expansion > 1 else 0.0
-        pipeline = Pipeline.from_manifest(self.plan.pipeline, self.plan.base_shape, generator=init,
-                                          noise=noise)
+        pipeline = Pipeline.from_manifest(
+            self.plan.pipeline, self.plan.base_shape, generator=init, noise=noise
+        )
         return SyntheticSet(bases, self.plan.per_class, pipeline).to(self.device)
 
     def _augmenter(self) -> Any:
@@ -279,11 +315,16 @@ class Distiller:
 
     def _objective(self) -> Objective:
         c = self.config
-        context = Context(real=self.real, image_shape=self.image_shape,
-                          num_classes=len(self.source.classes), device=self.device,
-                          augment=self.augment, init_generator=self.generators["init"], ipc=c.ipc,
-                          dataset={"name": self.source.name,
-                                   "fingerprint": self.source.fingerprint})
+        context = Context(
+            real=self.real,
+            image_shape=self.image_shape,
+            num_classes=len(self.source.classes),
+            device=self.device,
+            augment=self.augment,
+            init_generator=self.generators["init"],
+            ipc=c.ipc,
+            dataset={"name": self.source.name, "fingerprint": self.source.fingerprint},
+        )
         return get_objective(c.objective)(context, dict(c.objective_settings))
 
     def _contrast(self) -> AdversarialContrast | None:
@@ -292,11 +333,17 @@ class Distiller:
         if not use:
             return None
         if self.plan.expansion < 2:
-            raise DistillError("the contrastive term needs at least 2 hallucinators "
-                               "(codec haba or haba+idc); drop --contrastive")
-        return AdversarialContrast(self.image_shape, len(self.source.classes), device=self.device,
-                                   generator=self.generators["init"],
-                                   settings=dict(c.contrastive_settings))
+            raise DistillError(
+                "the contrastive term needs at least 2 hallucinators "
+                "(codec haba or haba+idc); drop --contrastive"
+            )
+        return AdversarialContrast(
+            self.image_shape,
+            len(self.source.classes),
+            device=self.device,
+            generator=self.generators["init"],
+            settings=dict(c.contrastive_settings),
+        )
 
     def _optimizer(self) -> torch.optim.Optimizer:
         c = self.config
@@ -336,11 +383,18 @@ class Distiller:
             "objective": {"name": c.objective, **self.objective.hyperparameters()},
             "budget": self.plan.describe(),
             "pipeline": self._pipeline_record(),
-            "optimizer": {"name": "sgd", "lr_bases": float(c.lr_bases),
-                          "lr_hallucinators": float(c.lr_hallucinators),
-                          "momentum": float(c.momentum)},
-            "init": {"bases": c.init, "downsample": "area",
-                     "hallucinators": "near-identity", "hallucinator_noise": float(c.hallucinator_noise)},
+            "optimizer": {
+                "name": "sgd",
+                "lr_bases": float(c.lr_bases),
+                "lr_hallucinators": float(c.lr_hallucinators),
+                "momentum": float(c.momentum),
+            },
+            "init": {
+                "bases": c.init,
+                "downsample": "area",
+                "hallucinators": "near-identity",
+                "hallucinator_noise": float(c.hallucinator_noise),
+            },
             "augmentation": self.augment.to_config(),
             "contrastive": None if self.contrast is None else self.contrast.hyperparameters(),
             "device": self.device.type,
@@ -353,13 +407,22 @@ class Distiller:
         hallucinator settings come from the `hallucinate` entry, else from the config)."""
         c = self.config
         expands = self.plan.expansion > 1
-        h = next((e["configuration"] for e in self.plan.pipeline if e["name"] == "hallucinate"),
-                 {"count": c.hallucinators, "arch": c.hallucinator_arch, "hidden": c.hidden,
-                  "kernel": c.kernel})
-        return {"hallucinators": h["count"] if expands else 0,
-                "hallucinator_arch": h["arch"] if expands else None,
-                "hidden": h.get("hidden", 3), "kernel": h.get("kernel", 3),
-                "factor": self.plan.image_shape[1] // self.plan.base_shape[1]}
+        h = next(
+            (e["configuration"] for e in self.plan.pipeline if e["name"] == "hallucinate"),
+            {
+                "count": c.hallucinators,
+                "arch": c.hallucinator_arch,
+                "hidden": c.hidden,
+                "kernel": c.kernel,
+            },
+        )
+        return {
+            "hallucinators": h["count"] if expands else 0,
+            "hallucinator_arch": h["arch"] if expands else None,
+            "hidden": h.get("hidden", 3),
+            "kernel": h.get("kernel", 3),
+            "factor": self.plan.image_shape[1] // self.plan.base_shape[1],
+        }
 
     # -- checkpoints ------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -367,12 +430,17 @@ class Distiller:
             "fingerprint": self.fingerprint,
             "iteration": self.iteration,
             "bases": self.synthetic.bases.detach().cpu().clone(),
-            "pipeline": {k: v.detach().cpu().clone() for k, v in self.synthetic.pipeline.named_tensors().items()},
+            "pipeline": {
+                k: v.detach().cpu().clone()
+                for k, v in self.synthetic.pipeline.named_tensors().items()
+            },
             "optimizer": self.optimizer.state_dict(),
             "objective": self.objective.state_dict(),
             "contrast": None if self.contrast is None else self.contrast.state_dict(),
-            "rng": {**{name: g.get_state() for name, g in self.generators.items()},
-                    "torch": torch.get_rng_state()},
+            "rng": {
+                **{name: g.get_state() for name, g in self.generators.items()},
+                "torch": torch.get_rng_state(),
+            },
         }
 
     def _restore(self, state: Mapping[str, Any]) -> None:
@@ -395,7 +463,9 @@ class Distiller:
         total = loss
         record: dict[str, float] = {f"{self.config.objective}": float(loss.detach()), **metrics}
         if self.contrast is not None:
-            penalty, contrast_metrics = self.contrast.penalty(self.synthetic, self.generators["contrast"])
+            penalty, contrast_metrics = self.contrast.penalty(
+                self.synthetic, self.generators["contrast"]
+            )
             total = loss + penalty
             record.update(contrast_metrics)
         value = float(total.detach())
@@ -416,17 +486,31 @@ class Distiller:
         self.iteration += 1
         return record
 
-    def run(self, output: Path, *, force: bool = False, resume: bool = False,
-            checkpoint_path: Path | None = None, log: Path | None = None,
-            reporter: Reporter | None = None) -> DistillResult:
+    def run(
+        self,
+        output: Path,
+        *,
+        force: bool = False,
+        resume: bool = False,
+        checkpoint_path: Path | None = None,
+        log: Path | None = None,
+        reporter: Reporter | None = None,
+    ) -> DistillResult:
         """Check the outputs, start (or resume), iterate, write the archive."""
         output = Path(output)
-        checkpoint_path = check_outputs(output, checkpoint=checkpoint_path, log=log, force=force,
-                                        resume=resume)
+        checkpoint_path = check_outputs(
+            output, checkpoint=checkpoint_path, log=log, force=force, resume=resume
+        )
         started_at = self._start(checkpoint_path, resume)
         metrics_log = MetricsLog(log)
-        metrics_log.write({"event": "resume" if resume else "start", "iteration": self.iteration,
-                           "iterations": self.config.iterations, "plan": self.plan.describe()})
+        metrics_log.write(
+            {
+                "event": "resume" if resume else "start",
+                "iteration": self.iteration,
+                "iterations": self.config.iterations,
+                "plan": self.plan.describe(),
+            }
+        )
         clock = time.perf_counter()
         last = self._loop(checkpoint_path, metrics_log, reporter or Reporter())
         path = self._write(output, force)
@@ -434,9 +518,15 @@ class Distiller:
         seconds = time.perf_counter() - clock
         metrics_log.write({"event": "end", "iteration": self.iteration, "path": str(path)})
         metrics_log.close()
-        return DistillResult(path=Path(path), plan=self.plan, iterations=self.config.iterations,
-                             resumed_from=started_at, seconds=seconds,
-                             final_loss=last.get("loss"), device=self.device.type)
+        return DistillResult(
+            path=Path(path),
+            plan=self.plan,
+            iterations=self.config.iterations,
+            resumed_from=started_at,
+            seconds=seconds,
+            final_loss=last.get("loss"),
+            device=self.device.type,
+        )
 
     # -- run steps ----------------------------------------------------------------------
     def _start(self, checkpoint_path: Path, resume: bool) -> int:
@@ -444,12 +534,15 @@ class Distiller:
         if resume:
             self._restore(ckpt.load(checkpoint_path, self.fingerprint))
         if self.iteration > self.config.iterations:
-            raise DistillError(f"the checkpoint is at iteration {self.iteration}, beyond "
-                               f"--iterations {self.config.iterations}")
+            raise DistillError(
+                f"the checkpoint is at iteration {self.iteration}, beyond "
+                f"--iterations {self.config.iterations}"
+            )
         return self.iteration
 
-    def _loop(self, checkpoint_path: Path, metrics_log: MetricsLog,
-              reporter: Reporter) -> dict[str, float]:
+    def _loop(
+        self, checkpoint_path: Path, metrics_log: MetricsLog, reporter: Reporter
+    ) -> dict[str, float]:
         """Iterate to the end; checkpoint when due and on Ctrl-C (then stop)."""
         total = self.config.iterations
         stop = _StopFlag()
@@ -476,10 +569,15 @@ class Distiller:
         try:
             return self.step()
         except NonFiniteLoss as error:
-            kept = (f"; the last good checkpoint is {checkpoint_path}"
-                    if checkpoint_path.exists() else "")
-            raise NonFiniteLoss(f"{error}: nothing was written; lower the learning rates "
-                                f"(--lr-bases, --lr-hallucinators){kept}") from None
+            kept = (
+                f"; the last good checkpoint is {checkpoint_path}"
+                if checkpoint_path.exists()
+                else ""
+            )
+            raise NonFiniteLoss(
+                f"{error}: nothing was written; lower the learning rates "
+                f"(--lr-bases, --lr-hallucinators){kept}"
+            ) from None
 
     def _write(self, output: Path, force: bool) -> Path:
         """The archive, once every stored tensor is known to be finite."""
@@ -487,17 +585,31 @@ class Distiller:
 
         bases = self.synthetic.bases.detach().cpu()
         if not bool(torch.isfinite(bases).all()) or not all(
-                bool(torch.isfinite(p).all()) for p in self.synthetic.pipeline.parameters()):
-            raise NonFiniteLoss("the stored tensors are no longer finite; nothing was written; "
-                                "lower the learning rates (--lr-bases, --lr-hallucinators)")
+            bool(torch.isfinite(p).all()) for p in self.synthetic.pipeline.parameters()
+        ):
+            raise NonFiniteLoss(
+                "the stored tensors are no longer finite; nothing was written; "
+                "lower the learning rates (--lr-bases, --lr-hallucinators)"
+            )
         c = self.config
-        return Path(write_haba(
-            output, source=self.source, bases=bases, labels=self.synthetic.labels.cpu(),
-            pipeline=self.synthetic.pipeline, normalization=self.normalization,
-            objective=c.objective, hyperparameters=self.hyperparameters,
-            iterations=c.iterations, seed=c.seed, ipc=c.ipc,
-            counts=c.counts, learned_lr=self.objective.learned_lr(), overwrite=force,
-        ))
+        return Path(
+            write_haba(
+                output,
+                source=self.source,
+                bases=bases,
+                labels=self.synthetic.labels.cpu(),
+                pipeline=self.synthetic.pipeline,
+                normalization=self.normalization,
+                objective=c.objective,
+                hyperparameters=self.hyperparameters,
+                iterations=c.iterations,
+                seed=c.seed,
+                ipc=c.ipc,
+                counts=c.counts,
+                learned_lr=self.objective.learned_lr(),
+                overwrite=force,
+            )
+        )
 
 
 def _fault_injection(iteration: int) -> None:

@@ -105,18 +105,26 @@ class Plan:
         c, h, w = self.base_shape
         counts = sorted(set(self.per_class))
         per = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-        text = (f"{self.codec}: {per} bases/class at {c}x{h}x{w}"
-                + (f" x {self.expansion} hallucinators" if self.expansion > 1 else "")
-                + f" = {self.images:,} training images; {self.stored_values:,} stored values"
-                f" of a {self.budget_values:,}-value budget (IPC {self.ipc})")
+        text = (
+            f"{self.codec}: {per} bases/class at {c}x{h}x{w}"
+            + (f" x {self.expansion} hallucinators" if self.expansion > 1 else "")
+            + f" = {self.images:,} training images; {self.stored_values:,} stored values"
+            f" of a {self.budget_values:,}-value budget (IPC {self.ipc})"
+        )
         if self.counts == "bases":
             text += f", counting bases only ({self.charged_values:,} charged)"
         return text
 
 
-def preset_pipeline(codec: str, *, factor: int | None = None, hallucinators: int = 5,
-                    arch: str = "channel-affine", hidden: int = 3,
-                    kernel: int = 3) -> list[dict[str, Any]]:
+def preset_pipeline(
+    codec: str,
+    *,
+    factor: int | None = None,
+    hallucinators: int = 5,
+    arch: str = "channel-affine",
+    hidden: int = 3,
+    kernel: int = 3,
+) -> list[dict[str, Any]]:
     """The manifest entries of a codec preset (``raw``, ``idc``, ``haba``, ``haba+idc``)
     configured from the command line's stage options."""
     from habactl.codecs.registry import PRESETS, expand_preset
@@ -132,60 +140,106 @@ def preset_pipeline(codec: str, *, factor: int | None = None, hallucinators: int
         raise DistillError(f"--factor applies to the idc and haba+idc codecs, not {codec!r}")
     if "hallucinate" in stages:
         if arch not in HALLUCINATOR_ARCHS:
-            raise DistillError(f"unknown hallucinator architecture {arch!r} "
-                               f"(known: {', '.join(HALLUCINATOR_ARCHS)})")
+            raise DistillError(
+                f"unknown hallucinator architecture {arch!r} "
+                f"(known: {', '.join(HALLUCINATOR_ARCHS)})"
+            )
         if hallucinators < 1:
             raise DistillError(f"--hallucinators must be at least 1, got {hallucinators}")
-    values = {"upsample": {} if factor is None else {"factor": int(factor)},
-              "hallucinate": {"arch": arch, "count": int(hallucinators), "hidden": int(hidden),
-                              "kernel": int(kernel)}}
+    values: dict[str, dict[str, Any]] = {
+        "upsample": {} if factor is None else {"factor": int(factor)},
+        "hallucinate": {
+            "arch": arch,
+            "count": int(hallucinators),
+            "hidden": int(hidden),
+            "kernel": int(kernel),
+        },
+    }
     return expand_preset(codec, values)
 
 
-def base_shape_for(pipeline: Sequence[dict[str, Any]],
-                   image_shape: Sequence[int]) -> tuple[int, int, int]:
+def base_shape_for(
+    pipeline: Sequence[dict[str, Any]], image_shape: Sequence[int]
+) -> tuple[int, int, int]:
     """The stored bases' shape: the image shape walked back through every stage."""
     from habactl.codecs.registry import get_stage
     from habactl.errors import HabaError
 
-    shape = tuple(int(s) for s in image_shape)
+    c, h, w = (int(s) for s in image_shape)
+    shape: tuple[int, int, int] = (c, h, w)
     for entry in reversed(list(pipeline)):
         try:
             stage = get_stage(entry["name"])
-            shape = tuple(stage.input_shape_for(dict(entry["configuration"]), shape))
+            c, h, w = stage.input_shape_for(dict(entry["configuration"]), shape)
+            shape = (int(c), int(h), int(w))
         except HabaError as error:
             raise DistillError(str(error)) from None
         except (KeyError, TypeError, ValueError, AttributeError):
-            raise DistillError(f"pipeline entry {entry!r} needs a name and a configuration "
-                               "object") from None
-    return shape  # type: ignore[return-value]
+            raise DistillError(
+                f"pipeline entry {entry!r} needs a name and a configuration object"
+            ) from None
+    return shape
 
 
-def pipeline_for(codec: str, image_shape: Sequence[int], *, factor: int | None = None,
-                 hallucinators: int = 5, arch: str = "channel-affine", hidden: int = 3,
-                 kernel: int = 3) -> tuple[list[dict[str, Any]], tuple[int, int, int]]:
+def pipeline_for(
+    codec: str,
+    image_shape: Sequence[int],
+    *,
+    factor: int | None = None,
+    hallucinators: int = 5,
+    arch: str = "channel-affine",
+    hidden: int = 3,
+    kernel: int = 3,
+) -> tuple[list[dict[str, Any]], tuple[int, int, int]]:
     """The decode pipeline (manifest entries) and base shape of a codec choice."""
-    stages = preset_pipeline(codec, factor=factor, hallucinators=hallucinators, arch=arch,
-                             hidden=hidden, kernel=kernel)
+    stages = preset_pipeline(
+        codec, factor=factor, hallucinators=hallucinators, arch=arch, hidden=hidden, kernel=kernel
+    )
     return stages, base_shape_for(stages, image_shape)
 
 
-def plan_budget(codec: str, image_shape: Sequence[int], num_classes: int, ipc: int, *,
-                counts: str = "all", factor: int | None = None, hallucinators: int = 5,
-                arch: str = "channel-affine", hidden: int = 3, kernel: int = 3,
-                leftover: str = "bases",
-                class_priority: Sequence[int] | None = None) -> Plan:
+def plan_budget(
+    codec: str,
+    image_shape: Sequence[int],
+    num_classes: int,
+    ipc: int,
+    *,
+    counts: str = "all",
+    factor: int | None = None,
+    hallucinators: int = 5,
+    arch: str = "channel-affine",
+    hidden: int = 3,
+    kernel: int = 3,
+    leftover: str = "bases",
+    class_priority: Sequence[int] | None = None,
+) -> Plan:
     """Turn a budget of ``ipc`` images per class into bases per class for a codec preset."""
-    stages = preset_pipeline(codec, factor=factor, hallucinators=hallucinators, arch=arch,
-                             hidden=hidden, kernel=kernel)
-    return plan_pipeline(stages, image_shape, num_classes, ipc, counts=counts, leftover=leftover,
-                         class_priority=class_priority, codec=codec)
+    stages = preset_pipeline(
+        codec, factor=factor, hallucinators=hallucinators, arch=arch, hidden=hidden, kernel=kernel
+    )
+    return plan_pipeline(
+        stages,
+        image_shape,
+        num_classes,
+        ipc,
+        counts=counts,
+        leftover=leftover,
+        class_priority=class_priority,
+        codec=codec,
+    )
 
 
-def plan_pipeline(pipeline: Sequence[dict[str, Any]], image_shape: Sequence[int],
-                  num_classes: int, ipc: int, *, counts: str = "all", leftover: str = "bases",
-                  class_priority: Sequence[int] | None = None,
-                  codec: str | None = None) -> Plan:
+def plan_pipeline(
+    pipeline: Sequence[dict[str, Any]],
+    image_shape: Sequence[int],
+    num_classes: int,
+    ipc: int,
+    *,
+    counts: str = "all",
+    leftover: str = "bases",
+    class_priority: Sequence[int] | None = None,
+    codec: str | None = None,
+) -> Plan:
     """Turn a budget of ``ipc`` images per class into bases per class for any pipeline
     of manifest entries (see module doc). ``codec`` labels the plan; by default the
     preset the entries match (``registry.preset_name``)."""
@@ -212,8 +266,10 @@ def plan_pipeline(pipeline: Sequence[dict[str, Any]], image_shape: Sequence[int]
         raise DistillError(f"codec {label}: {error}") from None
     c, h, w = (int(s) for s in image_shape)
     if tuple(spec.out_shape) != (c, h, w):
-        raise DistillError(f"codec {label}: the pipeline decodes to {list(spec.out_shape)}, "
-                           f"not the images' {[c, h, w]}")
+        raise DistillError(
+            f"codec {label}: the pipeline decodes to {list(spec.out_shape)}, "
+            f"not the images' {[c, h, w]}"
+        )
     pipeline_values = sum(math.prod(shape) for shape in spec.params.values())
     budget = budget_values(ipc, num_classes, (c, h, w))
     per_basis = math.prod(base_shape)
@@ -233,13 +289,25 @@ def plan_pipeline(pipeline: Sequence[dict[str, Any]], image_shape: Sequence[int]
     extra: list[int] = []
     if leftover == "bases":
         spare = (available - per * num_classes * per_basis) // per_basis
-        order = list(range(num_classes)) if class_priority is None else [int(k) for k in class_priority]
+        order = (
+            list(range(num_classes)) if class_priority is None else [int(k) for k in class_priority]
+        )
         if sorted(order) != list(range(num_classes)):
             raise DistillError("class_priority must list every class exactly once")
         extra = sorted(order[:spare])
         for k in extra:
             per_class[k] += 1
-    return Plan(codec=label, image_shape=(c, h, w), base_shape=base_shape, pipeline=stages,
-                per_class=per_class, ipc=int(ipc), counts=counts, budget_values=budget,
-                pipeline_values=pipeline_values, expansion=int(spec.expansion),
-                leftover_policy=leftover, extra_classes=extra)
+    return Plan(
+        codec=label,
+        image_shape=(c, h, w),
+        base_shape=base_shape,
+        pipeline=stages,
+        per_class=per_class,
+        ipc=int(ipc),
+        counts=counts,
+        budget_values=budget,
+        pipeline_values=pipeline_values,
+        expansion=int(spec.expansion),
+        leftover_policy=leftover,
+        extra_classes=extra,
+    )

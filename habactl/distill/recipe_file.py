@@ -29,7 +29,7 @@ from habactl.distill.errors import DistillError
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
 
 TABLES = ("settings", "contrastive_settings")
 
@@ -53,15 +53,18 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         if table in recipe and not isinstance(recipe[table], dict):
             raise DistillError(f"--config {path}: {table} must be a table")
     pipeline = recipe.get("pipeline")
-    if pipeline is not None and not (isinstance(pipeline, list)
-                                     and all(isinstance(e, dict) for e in pipeline)):
-        raise DistillError(f"--config {path}: pipeline must be a list of "
-                           "{name, version, configuration} tables")
+    if pipeline is not None and not (
+        isinstance(pipeline, list) and all(isinstance(e, dict) for e in pipeline)
+    ):
+        raise DistillError(
+            f"--config {path}: pipeline must be a list of {{name, version, configuration}} tables"
+        )
     return recipe
 
 
-def recipe_from_manifest(manifest: Mapping[str, Any],
-                         setting_names: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def recipe_from_manifest(
+    manifest: Mapping[str, Any], setting_names: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The recipe that rebuilds an archive, from its manifest's provenance.
 
     ``setting_names``: the names of the objective's settings (its ``defaults``); the
@@ -71,25 +74,31 @@ def recipe_from_manifest(manifest: Mapping[str, Any],
     provenance = manifest["provenance"]
     hyper = provenance.get("hyperparameters") or {}
     objective = provenance["objective"]
-    recipe: dict[str, Any] = {"data": provenance["dataset"]["name"], "objective": objective,
-                              "ipc": manifest["storage"]["ipc"], "seed": provenance["seed"]}
+    recipe: dict[str, Any] = {
+        "data": provenance["dataset"]["name"],
+        "objective": objective,
+        "ipc": manifest["storage"]["ipc"],
+        "seed": provenance["seed"],
+    }
     if objective == "random" or "budget" not in hyper:
         return recipe
     optimizer, init = hyper["optimizer"], hyper["init"]
-    recipe.update({
-        "budget_counts": manifest["storage"].get("counts", "all"),
-        "leftover": hyper["budget"]["leftover"],
-        "iterations": provenance["iterations"],
-        "lr_bases": optimizer["lr_bases"],
-        "lr_hallucinators": optimizer["lr_hallucinators"],
-        "momentum": optimizer["momentum"],
-        "init": init["bases"],
-        "hallucinator_noise": init["hallucinator_noise"],
-        "augment": hyper["augmentation"]["strategy"],
-        "contrastive": hyper["contrastive"] is not None,
-        "device": hyper["device"],
-        "threads": hyper["threads"],
-    })
+    recipe.update(
+        {
+            "budget_counts": manifest["storage"].get("counts", "all"),
+            "leftover": hyper["budget"]["leftover"],
+            "iterations": provenance["iterations"],
+            "lr_bases": optimizer["lr_bases"],
+            "lr_hallucinators": optimizer["lr_hallucinators"],
+            "momentum": optimizer["momentum"],
+            "init": init["bases"],
+            "hallucinator_noise": init["hallucinator_noise"],
+            "augment": hyper["augmentation"]["strategy"],
+            "contrastive": hyper["contrastive"] is not None,
+            "device": hyper["device"],
+            "threads": hyper["threads"],
+        }
+    )
     stages = [entry["name"] for entry in manifest["pipeline"]]
     if "hallucinate" not in stages:  # recorded from the config only; keep it as it was
         recipe["hallucinator_hidden"] = hyper["pipeline"]["hidden"]
@@ -100,9 +109,10 @@ def recipe_from_manifest(manifest: Mapping[str, Any],
     recipe["settings"] = {k: v for k, v in recorded.items() if v is not None}
     if hyper["contrastive"] is not None:
         recipe["contrastive_settings"] = dict(hyper["contrastive"])
-    recipe["pipeline"] = [{"name": e["name"], "version": e["version"],
-                           "configuration": dict(e["configuration"])}
-                          for e in manifest["pipeline"]]
+    recipe["pipeline"] = [
+        {"name": e["name"], "version": e["version"], "configuration": dict(e["configuration"])}
+        for e in manifest["pipeline"]
+    ]
     return recipe
 
 
@@ -119,9 +129,13 @@ def to_toml(recipe: Mapping[str, Any], title: str = "") -> str:
             lines += ["", f"[{table}]"]
             lines += [f"{_key(k)} = {_value(v)}" for k, v in recipe[table].items() if v is not None]
     for entry in pipeline or []:
-        lines += ["", "[[pipeline]]", f"name = {_value(entry['name'])}",
-                  f"version = {_value(entry['version'])}",
-                  f"configuration = {_value(entry['configuration'])}"]
+        lines += [
+            "",
+            "[[pipeline]]",
+            f"name = {_value(entry['name'])}",
+            f"version = {_value(entry['version'])}",
+            f"configuration = {_value(entry['configuration'])}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -144,8 +158,11 @@ def _value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_value(v) for v in value) + "]"
     if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()
-                               if v is not None) + "}"
+        return (
+            "{"
+            + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items() if v is not None)
+            + "}"
+        )
     raise DistillError(f"a recipe cannot hold {type(value).__name__} values")
 
 
@@ -163,8 +180,10 @@ def archive_recipe_toml(manifest: Mapping[str, Any], path: str | Path = "") -> s
         known = OBJECTIVES.get(provenance["objective"])
         names = None if known is None else known.defaults
     dataset = provenance["dataset"]
-    title = (f"habactl compress recipe for {Path(path).name or 'an archive'} "
-             f"(made by {provenance.get('library', 'habactl')})\n"
-             f"data set {dataset['name']}, {dataset.get('fingerprint', '')}\n"
-             "rebuild: habactl compress --config THIS.toml -o OUT.haba")
+    title = (
+        f"habactl compress recipe for {Path(path).name or 'an archive'} "
+        f"(made by {provenance.get('library', 'habactl')})\n"
+        f"data set {dataset['name']}, {dataset.get('fingerprint', '')}\n"
+        "rebuild: habactl compress --config THIS.toml -o OUT.haba"
+    )
     return to_toml(recipe_from_manifest(manifest, names), title)

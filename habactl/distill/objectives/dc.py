@@ -86,7 +86,7 @@ class GradientMatching(Objective):
         # "loop": a batch per class; "vmap": all classes in one call
         per_class: str = setting("loop")
     # Engine settings the reference uses with this objective (the CLI's defaults).
-    engine_defaults: dict[str, Any] = {"lr_bases": 0.1, "momentum": 0.5, "augment": "none"}
+    engine_defaults = {"lr_bases": 0.1, "momentum": 0.5, "augment": "none"}
 
     def __init__(self, context: Context, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(context, settings)
@@ -224,7 +224,7 @@ class DifferentiableSiameseGradientMatching(GradientMatching):
     name = "dsa"
     summary = "gradient matching with Siamese augmentation"
     siamese_augmentation = True
-    engine_defaults: dict[str, Any] = {"lr_bases": 0.1, "momentum": 0.5}
+    engine_defaults = {"lr_bases": 0.1, "momentum": 0.5}
 
 
 def _pad_classes(parts: list[Tensor]) -> tuple[Tensor, Tensor]:
