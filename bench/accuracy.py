@@ -30,26 +30,53 @@ ARMS: dict[str, tuple[str, dict[str, Any], str]] = {
     "random": ("random", {}, "random real images"),
     "dm-raw": ("dm", {"codec": "raw"}, "DM, raw images"),
     "dm-idc": ("dm", {"codec": "idc", "factor": 2}, "DM, IDC (factor 2)"),
-    "dm-haba-channel": ("dm", {"codec": "haba", "hallucinator_arch": "channel-affine"},
-                        "DM, HaBa channel-affine"),
-    "dm-haba-pixel": ("dm", {"codec": "haba", "hallucinator_arch": "pixel-affine"},
-                      "DM, HaBa pixel-affine"),
+    "dm-haba-channel": (
+        "dm",
+        {"codec": "haba", "hallucinator_arch": "channel-affine"},
+        "DM, HaBa channel-affine",
+    ),
+    "dm-haba-pixel": (
+        "dm",
+        {"codec": "haba", "hallucinator_arch": "pixel-affine"},
+        "DM, HaBa pixel-affine",
+    ),
     "dm-haba-idc": ("dm", {"codec": "haba+idc", "factor": 2}, "DM, HaBa + IDC"),
-    "dm-haba-idc-refcount": ("dm", {"codec": "haba+idc", "factor": 2, "counts": "bases"},
-                             "DM, HaBa + IDC, reference counting (stores MORE than its budget)"),
+    "dm-haba-idc-refcount": (
+        "dm",
+        {"codec": "haba+idc", "factor": 2, "counts": "bases"},
+        "DM, HaBa + IDC, reference counting (stores MORE than its budget)",
+    ),
     # Ablations of the HaBa + IDC arm (IPC 1 only by default).
-    "ablate-k1": ("dm", {"codec": "haba+idc", "factor": 2, "hallucinators": 1},
-                  "ablation: HaBa + IDC with K = 1"),
-    "ablate-no-contrastive": ("dm", {"codec": "haba+idc", "factor": 2, "contrastive": False},
-                              "ablation: HaBa + IDC, contrastive term off"),
-    "explore-k3": ("dm", {"codec": "haba+idc", "factor": 2, "hallucinators": 3},
-                   "HaBa + IDC with K = 3 (more bases)"),
-    "explore-k10": ("dm", {"codec": "haba+idc", "factor": 2, "hallucinators": 10},
-                    "HaBa + IDC with K = 10 (fewer bases)"),
-    "explore-k20": ("dm", {"codec": "haba+idc", "factor": 2, "hallucinators": 20},
-                    "HaBa + IDC with K = 20 (fewer bases)"),
-    "ablate-identity": ("identity", {"codec": "haba+idc", "factor": 2},
-                        "ablation: the HaBa + IDC bases with identity hallucinators"),
+    "ablate-k1": (
+        "dm",
+        {"codec": "haba+idc", "factor": 2, "hallucinators": 1},
+        "ablation: HaBa + IDC with K = 1",
+    ),
+    "ablate-no-contrastive": (
+        "dm",
+        {"codec": "haba+idc", "factor": 2, "contrastive": False},
+        "ablation: HaBa + IDC, contrastive term off",
+    ),
+    "explore-k3": (
+        "dm",
+        {"codec": "haba+idc", "factor": 2, "hallucinators": 3},
+        "HaBa + IDC with K = 3 (more bases)",
+    ),
+    "explore-k10": (
+        "dm",
+        {"codec": "haba+idc", "factor": 2, "hallucinators": 10},
+        "HaBa + IDC with K = 10 (fewer bases)",
+    ),
+    "explore-k20": (
+        "dm",
+        {"codec": "haba+idc", "factor": 2, "hallucinators": 20},
+        "HaBa + IDC with K = 20 (fewer bases)",
+    ),
+    "ablate-identity": (
+        "identity",
+        {"codec": "haba+idc", "factor": 2},
+        "ablation: the HaBa + IDC bases with identity hallucinators",
+    ),
     # The other objectives (issue 5), IPC 1, with settings scaled to this CPU (see --help).
     "dc-raw": ("dc", {"codec": "raw"}, "DC, raw images"),
     "dc-haba-idc": ("dc", {"codec": "haba+idc", "factor": 2}, "DC, HaBa + IDC"),
@@ -58,17 +85,28 @@ ARMS: dict[str, tuple[str, dict[str, Any], str]] = {
     "mtt-raw": ("mtt", {"codec": "raw"}, "MTT, raw images"),
     "mtt-haba-idc": ("mtt", {"codec": "haba+idc", "factor": 2}, "MTT, HaBa + IDC"),
 }
-OBJECTIVE_ARMS = [name for name, (objective, _, _) in ARMS.items() if objective in ("dc", "dsa", "mtt")]
+OBJECTIVE_ARMS = [
+    name for name, (objective, _, _) in ARMS.items() if objective in ("dc", "dsa", "mtt")
+]
 DEFAULT_IPC1 = [name for name in ARMS if name not in OBJECTIVE_ARMS]
-DEFAULT_IPC10 = ["dm-haba-idc", "dm-idc", "dm-haba-channel", "dm-haba-pixel", "dm-raw", "random",
-                 "dm-haba-idc-refcount"]
+DEFAULT_IPC10 = [
+    "dm-haba-idc",
+    "dm-idc",
+    "dm-haba-channel",
+    "dm-haba-pixel",
+    "dm-raw",
+    "random",
+    "dm-haba-idc-refcount",
+]
 
 
 def machine() -> str:
     import torch
 
-    return (f"{platform.machine()} · {os.cpu_count()} CPUs · torch {torch.__version__} · "
-            f"Python {platform.python_version()}")
+    return (
+        f"{platform.machine()} · {os.cpu_count()} CPUs · torch {torch.__version__} · "
+        f"Python {platform.python_version()}"
+    )
 
 
 def distill_settings() -> dict[str, Any]:
@@ -78,14 +116,27 @@ def distill_settings() -> dict[str, Any]:
     from habactl.distill.engine import DistillConfig
     from habactl.distill.objectives.dm import DistributionMatching
 
-    shared = {f.name: f.default for f in dataclasses.fields(DistillConfig)
-              if f.name in ("lr_bases", "lr_hallucinators", "momentum", "init", "hallucinators",
-                            "hallucinator_arch", "augment", "leftover")}
+    shared = {
+        f.name: f.default
+        for f in dataclasses.fields(DistillConfig)
+        if f.name
+        in (
+            "lr_bases",
+            "lr_hallucinators",
+            "momentum",
+            "init",
+            "hallucinators",
+            "hallucinator_arch",
+            "augment",
+            "leftover",
+        )
+    }
     return {**shared, **DistributionMatching.defaults}
 
 
-def run_arm(name: str, ipc: int, args: dict[str, Any], folder: str,
-            reuse: bool = False) -> dict[str, Any]:
+def run_arm(
+    name: str, ipc: int, args: dict[str, Any], folder: str, reuse: bool = False
+) -> dict[str, Any]:
     """Distil (or select) one arm and evaluate it; runs in a worker process.
 
     With `reuse`, an archive already in `folder` is evaluated as it is (distillation is
@@ -112,11 +163,20 @@ def run_arm(name: str, ipc: int, args: dict[str, Any], folder: str,
         account = storage_account(archive.manifest)
         expanded = archive.plan.expanded_items
     score = result["results"]["convnet"]
-    return {"arm": name, "ipc": ipc, "label": label, "stored_values": account["stored_values"],
-            "budget_values": account["budget_values"], "ratio": round(account["ratio"], 4),
-            "training_images": expanded, "accuracy_mean": score["mean"], "accuracy_std": score["std"],
-            "accuracies": score["accuracies"], "distill_seconds": distill_seconds,
-            "eval_seconds": score["seconds"]}
+    return {
+        "arm": name,
+        "ipc": ipc,
+        "label": label,
+        "stored_values": account["stored_values"],
+        "budget_values": account["budget_values"],
+        "ratio": round(account["ratio"], 4),
+        "training_images": expanded,
+        "accuracy_mean": score["mean"],
+        "accuracy_std": score["std"],
+        "accuracies": score["accuracies"],
+        "distill_seconds": distill_seconds,
+        "eval_seconds": score["seconds"],
+    }
 
 
 def make_arm(name: str, ipc: int, args: dict[str, Any], folder: str, path: Path) -> None:
@@ -138,8 +198,9 @@ def make_arm(name: str, ipc: int, args: dict[str, Any], folder: str, path: Path)
         identity_copy(source, base_path, path)
 
 
-def arm_config(objective: str, ipc: int, overrides: dict[str, Any], args: dict[str, Any],
-               folder: str) -> Any:
+def arm_config(
+    objective: str, ipc: int, overrides: dict[str, Any], args: dict[str, Any], folder: str
+) -> Any:
     """The DistillConfig of one arm: DM at the shared settings, or another objective with
     its own engine defaults (as `habactl compress --objective X` uses) and scaled counts."""
     from habactl.distill.engine import DistillConfig
@@ -152,8 +213,12 @@ def arm_config(objective: str, ipc: int, overrides: dict[str, Any], args: dict[s
     if objective == "mtt":
         settings = {"experts": str(Path(folder) / "experts"), "syn_steps": args["syn_steps"]}
     engine_defaults = getattr(get_objective(objective), "engine_defaults", {})
-    return DistillConfig(**{**engine_defaults, **common, **overrides}, objective=objective,
-                         objective_settings=settings, iterations=args["objective_iterations"])
+    return DistillConfig(
+        **{**engine_defaults, **common, **overrides},
+        objective=objective,
+        objective_settings=settings,
+        iterations=args["objective_iterations"],
+    )
 
 
 def train_buffer(folder: Path, args: dict[str, Any]) -> None:
@@ -165,11 +230,18 @@ def train_buffer(folder: Path, args: dict[str, Any]) -> None:
 
     torch.set_num_threads(1)
     started = time.perf_counter()
-    train_experts(load_source("mnist-5k"), folder / "experts",
-                  ExpertSettings(experts=args["experts"], epochs=args["expert_epochs"],
-                                 seed=args["seed"], device="cpu"))
-    print(f"experts buffer ready ({args['experts']} x {args['expert_epochs']} epochs, "
-          f"{time.perf_counter() - started:.0f} s)", flush=True)
+    train_experts(
+        load_source("mnist-5k"),
+        folder / "experts",
+        ExpertSettings(
+            experts=args["experts"], epochs=args["expert_epochs"], seed=args["seed"], device="cpu"
+        ),
+    )
+    print(
+        f"experts buffer ready ({args['experts']} x {args['expert_epochs']} epochs, "
+        f"{time.perf_counter() - started:.0f} s)",
+        flush=True,
+    )
 
 
 def make_random(source: Any, ipc: int, path: Path) -> None:
@@ -188,12 +260,20 @@ def identity_copy(source: Any, distilled: Path, path: Path) -> None:
         manifest, tensors = archive.manifest, archive.tensors()
     pipeline = Pipeline.from_manifest(manifest["pipeline"], tuple(tensors["bases"].shape[1:]))
     prov = manifest["provenance"]
-    write_haba(path, source=source, bases=tensors["bases"], labels=tensors["labels"],
-               pipeline=pipeline, normalization=manifest["normalization"],
-               objective=prov["objective"],
-               hyperparameters={**prov["hyperparameters"], "x-ablation": "identity hallucinators"},
-               iterations=prov["iterations"], seed=prov["seed"], ipc=manifest["storage"]["ipc"],
-               overwrite=True)
+    write_haba(
+        path,
+        source=source,
+        bases=tensors["bases"],
+        labels=tensors["labels"],
+        pipeline=pipeline,
+        normalization=manifest["normalization"],
+        objective=prov["objective"],
+        hyperparameters={**prov["hyperparameters"], "x-ablation": "identity hallucinators"},
+        iterations=prov["iterations"],
+        seed=prov["seed"],
+        ipc=manifest["storage"]["ipc"],
+        overwrite=True,
+    )
 
 
 def full_data(args: dict[str, Any]) -> dict[str, Any]:
@@ -203,9 +283,9 @@ def full_data(args: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     from habactl.data import load_source
     from habactl.evaluation.protocol import Protocol
-    from habactl.nets import build_net
     from habactl.evaluation.score import accuracy
     from habactl.evaluation.train import make_augment, train_net
+    from habactl.nets import build_net
     from habactl.normalization import Normalizer, mean_std
 
     source = load_source("mnist-5k")
@@ -215,13 +295,25 @@ def full_data(args: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(args["seed"])
     net = build_net("convnet", 1, 28, 28, 10)
     started = time.perf_counter()
-    train_net(net, normalise(source.train.images), source.train.labels, protocol, lr=0.01,
-              augment=make_augment(protocol, flip=False),
-              generator=torch.Generator().manual_seed(args["seed"]))
-    score = 100.0 * accuracy(net, normalise(source.test.images), source.test.labels,
-                             device=torch.device("cpu"))
-    return {"arm": "full", "ipc": None, "label": f"full data (4,000 images, {epochs} epochs, 1 model)",
-            "accuracy_mean": round(score, 2), "seconds": round(time.perf_counter() - started, 1)}
+    train_net(
+        net,
+        normalise(source.train.images),
+        source.train.labels,
+        protocol,
+        lr=0.01,
+        augment=make_augment(protocol, flip=False),
+        generator=torch.Generator().manual_seed(args["seed"]),
+    )
+    score = 100.0 * accuracy(
+        net, normalise(source.test.images), source.test.labels, device=torch.device("cpu")
+    )
+    return {
+        "arm": "full",
+        "ipc": None,
+        "label": f"full data (4,000 images, {epochs} epochs, 1 model)",
+        "accuracy_mean": round(score, 2),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def plot(results: list[dict[str, Any]], path: Path, note: str = "") -> None:
@@ -234,14 +326,18 @@ def plot(results: list[dict[str, Any]], path: Path, note: str = "") -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     arms = [r for r in results if r["arm"] != "full"]
     for name in dict.fromkeys(r["arm"] for r in arms):
-        points = sorted((r["stored_values"], r["accuracy_mean"], r["accuracy_std"])
-                        for r in arms if r["arm"] == name)
+        points = sorted(
+            (r["stored_values"], r["accuracy_mean"], r["accuracy_std"])
+            for r in arms
+            if r["arm"] == name
+        )
         xs, ys, es = zip(*points)
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name)
     for r in results:
         if r["arm"] == "full":
-            ax.axhline(r["accuracy_mean"], color="gray", linestyle="--",
-                       label=r.get("label", "full data"))
+            ax.axhline(
+                r["accuracy_mean"], color="gray", linestyle="--", label=r.get("label", "full data")
+            )
     ax.set_xscale("log")
     ax.set_xlabel("stored values (every tensor counted)")
     ax.set_ylabel("ConvNet-3 test accuracy on mnist-5k (%)")
@@ -261,21 +357,37 @@ def main() -> None:
     parser.add_argument("--full-epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--arms", default=None, help="comma list, run in this order; ARM@IPC limits an arm to one IPC "
-                        "(default: all arms at IPC 1, the main ones at IPC 10)")
+    parser.add_argument(
+        "--arms",
+        default=None,
+        help="comma list, run in this order; ARM@IPC limits an arm to one IPC "
+        "(default: all arms at IPC 1, the main ones at IPC 10)",
+    )
     parser.add_argument("--no-full", action="store_true", help="skip the full-data ceiling")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "accuracy.json")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "results" / "archives")
-    parser.add_argument("--objective-iterations", type=int, default=60,
-                        help="iterations of the dc, dsa and mtt arms (each costs 10-30 s here)")
+    parser.add_argument(
+        "--objective-iterations",
+        type=int,
+        default=60,
+        help="iterations of the dc, dsa and mtt arms (each costs 10-30 s here)",
+    )
     parser.add_argument("--syn-steps", type=int, default=10, help="mtt student steps per iteration")
     parser.add_argument("--experts", type=int, default=2, help="mtt: experts in the buffer")
     parser.add_argument("--expert-epochs", type=int, default=10, help="mtt: epochs per expert")
-    parser.add_argument("--reuse-archives", action="store_true",
-                        help="evaluate archives already in --work instead of distilling them again "
-                             "(only valid when they were made with the same settings)")
-    parser.add_argument("--merge", type=Path, nargs="*", default=[],
-                        help="add the results of other runs' JSON files (same settings) and re-plot")
+    parser.add_argument(
+        "--reuse-archives",
+        action="store_true",
+        help="evaluate archives already in --work instead of distilling them again "
+        "(only valid when they were made with the same settings)",
+    )
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="add the results of other runs' JSON files (same settings) and re-plot",
+    )
     args = parser.parse_args()
     keys = ["iterations", "epochs", "models", "full_epochs", "seed"]
     if args.arms and any(a.partition("@")[0] in OBJECTIVE_ARMS for a in args.arms.split(",")):
@@ -284,7 +396,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results = [r for r in previous.get("results", []) if same_settings(previous.get("settings"), settings)]
+    results = [
+        r for r in previous.get("results", []) if same_settings(previous.get("settings"), settings)
+    ]
     for extra in args.merge:
         other = json.loads(extra.read_text())
         if not same_settings(other.get("settings"), settings):
@@ -299,8 +413,11 @@ def main() -> None:
             name, _, only = entry.partition("@")
             if name not in ARMS:
                 parser.error(f"unknown arm {name!r} (known: {', '.join(ARMS)})")
-            tasks += [(name, ipc) for ipc in args.ipc
-                      if (not only or int(only) == ipc) and (name, ipc) not in done]
+            tasks += [
+                (name, ipc)
+                for ipc in args.ipc
+                if (not only or int(only) == ipc) and (name, ipc) not in done
+            ]
     else:
         for ipc in args.ipc:
             for name in DEFAULT_IPC1 if ipc == 1 else DEFAULT_IPC10:
@@ -312,9 +429,13 @@ def main() -> None:
     print(f"settings: {settings}; {len(tasks)} arms to run, {len(done)} already done")
 
     def save() -> None:
-        payload = {"machine": machine(), "settings": settings, "dm": distill_settings(),
-                   "results": results,
-                   "command": " ".join(["python", "bench/accuracy.py", *sys.argv[1:]])}
+        payload = {
+            "machine": machine(),
+            "settings": settings,
+            "dm": distill_settings(),
+            "results": results,
+            "command": " ".join(["python", "bench/accuracy.py", *sys.argv[1:]]),
+        }
         args.out.write_text(json.dumps(payload, indent=2))
         if any(r["arm"] != "full" for r in results):
             plot(results, args.out.with_suffix(".png"))
@@ -327,8 +448,9 @@ def main() -> None:
             futures[pool.submit(full_data, settings)] = ("full", None)
         identity_tasks = [t for t in tasks if t[0] == "ablate-identity"]
         for name, ipc in (t for t in tasks if t[0] != "ablate-identity"):
-            futures[pool.submit(run_arm, name, ipc, settings, str(args.work),
-                                 args.reuse_archives)] = (name, ipc)
+            futures[
+                pool.submit(run_arm, name, ipc, settings, str(args.work), args.reuse_archives)
+            ] = (name, ipc)
         pending_identity = list(identity_tasks)
         while futures:
             for future in as_completed(list(futures)):
@@ -344,8 +466,11 @@ def main() -> None:
                 for task in list(pending_identity):
                     if name == "dm-haba-idc" and task[1] == ipc:
                         pending_identity.remove(task)
-                        futures[pool.submit(run_arm, *task, settings, str(args.work),
-                                             args.reuse_archives)] = task
+                        futures[
+                            pool.submit(
+                                run_arm, *task, settings, str(args.work), args.reuse_archives
+                            )
+                        ] = task
                 break
     save()
     print_table(results)
@@ -360,10 +485,14 @@ def print_table(results: list[dict[str, Any]]) -> None:
     print(f"\n{'arm':<24} {'IPC':>3} {'stored':>8} {'ratio':>6} {'images':>6} {'accuracy':>14}")
     for r in sorted(results, key=lambda r: (r["ipc"] or 0, r["arm"])):
         if r["arm"] == "full":
-            print(f"{'full data':<24} {'-':>3} {'-':>8} {'-':>6} {4000:>6} {r['accuracy_mean']:>8.2f}")
+            print(
+                f"{'full data':<24} {'-':>3} {'-':>8} {'-':>6} {4000:>6} {r['accuracy_mean']:>8.2f}"
+            )
             continue
-        print(f"{r['arm']:<24} {r['ipc']:>3} {r['stored_values']:>8,} {r['ratio']:>6.2f} "
-              f"{r['training_images']:>6} {r['accuracy_mean']:>7.2f} ± {r['accuracy_std']:.2f}")
+        print(
+            f"{r['arm']:<24} {r['ipc']:>3} {r['stored_values']:>8,} {r['ratio']:>6.2f} "
+            f"{r['training_images']:>6} {r['accuracy_mean']:>7.2f} ± {r['accuracy_std']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Distillation benchmarks: seconds per DM iteration, and a quick accuracy check.
 
-    python bench/distill.py speed                  # the issue-3 matrix (each case in its own process)
+    python bench/distill.py speed   # the issue-3 matrix (each case in its own process)
     python bench/distill.py speed --case 1x28x28:10:64:raw --iterations 10
     python bench/distill.py accuracy               # default compress vs random, ConvNet-3 accuracy
 
@@ -30,10 +30,16 @@ from pathlib import Path
 import torch
 
 DEFAULT_CASES = [
-    "1x28x28:1:64:raw", "1x28x28:10:64:raw", "1x28x28:10:64:haba",
-    "1x28x28:1:256:raw", "1x28x28:10:256:raw", "1x28x28:10:256:haba",
+    "1x28x28:1:64:raw",
+    "1x28x28:10:64:raw",
+    "1x28x28:10:64:haba",
+    "1x28x28:1:256:raw",
+    "1x28x28:10:256:raw",
+    "1x28x28:10:256:haba",
     "1x28x28:1:64:haba+idc",
-    "3x32x32:1:64:raw", "3x32x32:10:64:raw", "3x32x32:10:64:haba",
+    "3x32x32:1:64:raw",
+    "3x32x32:10:64:raw",
+    "3x32x32:10:64:haba",
     "3x32x32:10:256:raw",
 ]
 
@@ -47,8 +53,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, python {platform.python_version()}")
+    return (
+        f"{model}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, python {platform.python_version()}"
+    )
 
 
 def fake_source(shape: tuple[int, int, int], per_class: int = 300, classes: int = 10):
@@ -59,8 +67,13 @@ def fake_source(shape: tuple[int, int, int], per_class: int = 300, classes: int 
     images = torch.rand(n, *shape, generator=generator)
     labels = torch.arange(classes).repeat_interleave(per_class)
     test = LabeledImages(images[:classes], labels[:classes])
-    return make_source(f"random-{'x'.join(map(str, shape))}", [str(k) for k in range(classes)],
-                       LabeledImages(images, labels), test, is_digits=False)
+    return make_source(
+        f"random-{'x'.join(map(str, shape))}",
+        [str(k) for k in range(classes)],
+        LabeledImages(images, labels),
+        test,
+        is_digits=False,
+    )
 
 
 def run_case(case: str, iterations: int, warmup: int) -> dict:
@@ -72,8 +85,12 @@ def run_case(case: str, iterations: int, warmup: int) -> dict:
     ipc, real, codec = int(parts[1]), int(parts[2]), parts[3]
     views = int(parts[4]) if len(parts) > 4 else 1
     source = load_source("mnist-5k") if shape == (1, 28, 28) else fake_source(shape)
-    config = DistillConfig(codec=codec, ipc=ipc, iterations=0,
-                           objective_settings={"real_per_class": real, "views": views})
+    config = DistillConfig(
+        codec=codec,
+        ipc=ipc,
+        iterations=0,
+        objective_settings={"real_per_class": real, "views": views},
+    )
     distiller = Distiller(source, config)
     for _ in range(warmup):
         distiller.step()
@@ -83,38 +100,57 @@ def run_case(case: str, iterations: int, warmup: int) -> dict:
         distiller.step()
         times.append(time.perf_counter() - start)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"case": case, "plan": distiller.plan.summary(), "contrastive": distiller.contrast is not None,
-            "s_per_it": statistics.median(times), "min_s": min(times),
-            "peak_rss_mib": peak_kib / 1024, "iterations": iterations}
+    return {
+        "case": case,
+        "plan": distiller.plan.summary(),
+        "contrastive": distiller.contrast is not None,
+        "s_per_it": statistics.median(times),
+        "min_s": min(times),
+        "peak_rss_mib": peak_kib / 1024,
+        "iterations": iterations,
+    }
 
 
 def speed(args: argparse.Namespace) -> None:
     print(f"machine: {machine()}")
     print(f"{'case':24} {'s/it':>7} {'min':>7} {'RSS MiB':>8}  plan")
     for case in args.case or DEFAULT_CASES:
-        command = [sys.executable, __file__, "one", case, "--iterations", str(args.iterations),
-                   "--warmup", str(args.warmup), "--threads", str(args.threads)]
+        command = [
+            sys.executable,
+            __file__,
+            "one",
+            case,
+            "--iterations",
+            str(args.iterations),
+            "--warmup",
+            str(args.warmup),
+            "--threads",
+            str(args.threads),
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             print(f"{case:24} failed: {done.stderr.strip().splitlines()[-1:]}")
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{case:24} {r['s_per_it']:7.3f} {r['min_s']:7.3f} {r['peak_rss_mib']:8.0f}  "
-              f"{r['plan']}{' +contrastive' if r['contrastive'] else ''}", flush=True)
+        print(
+            f"{case:24} {r['s_per_it']:7.3f} {r['min_s']:7.3f} {r['peak_rss_mib']:8.0f}  "
+            f"{r['plan']}{' +contrastive' if r['contrastive'] else ''}",
+            flush=True,
+        )
 
 
 # -- accuracy ---------------------------------------------------------------------------
+
 
 def train_and_test(archive: Path, *, epochs: int, seed: int, test_images, test_labels) -> float:
     """ConvNet-3 from scratch on the expanded archive; test accuracy (%) on real images."""
     import torch.nn.functional as F
 
     from habactl.augment import SiameseAugment
+    from habactl.codecs import Pipeline
     from habactl.format import open_archive
     from habactl.nets import build_net
     from habactl.normalization import Normalizer
-
-    from habactl.codecs import Pipeline
 
     with open_archive(archive) as a:
         manifest = a.manifest
@@ -127,7 +163,9 @@ def train_and_test(archive: Path, *, epochs: int, seed: int, test_images, test_l
     labels = tensors["labels"].repeat_interleave(pipeline.expansion)
     image = manifest["image"]
     torch.manual_seed(seed)
-    net = build_net("convnet", image["channels"], image["height"], image["width"], len(manifest["classes"]))
+    net = build_net(
+        "convnet", image["channels"], image["height"], image["width"], len(manifest["classes"])
+    )
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     augment = SiameseAugment(flip=False)
     generator = torch.Generator().manual_seed(seed)
@@ -138,7 +176,7 @@ def train_and_test(archive: Path, *, epochs: int, seed: int, test_images, test_l
                 group["lr"] *= 0.1
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, 256):
-            index = order[start:start + 256]
+            index = order[start : start + 256]
             x = augment(images[index], generator, per_sample=True)
             loss = F.cross_entropy(net(x), labels[index])
             optimizer.zero_grad()
@@ -147,7 +185,9 @@ def train_and_test(archive: Path, *, epochs: int, seed: int, test_images, test_l
     normalise = Normalizer(manifest["normalization"])
     net.eval()
     with torch.no_grad():
-        predictions = torch.cat([net(normalise(chunk)).argmax(1) for chunk in test_images.split(250)])
+        predictions = torch.cat(
+            [net(normalise(chunk)).argmax(1) for chunk in test_images.split(250)]
+        )
     return 100.0 * float((predictions == test_labels).float().mean())
 
 
@@ -160,33 +200,58 @@ def accuracy(args: argparse.Namespace) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
     archives = {}
-    for name, extra in (("random", ["--objective", "random"]), ("default", []), *[
-            (f"arm{i}", a.split()) for i, a in enumerate(args.arm)]):
+    for name, extra in (
+        ("random", ["--objective", "random"]),
+        ("default", []),
+        *[(f"arm{i}", a.split()) for i, a in enumerate(args.arm)],
+    ):
         path = folder / f"{name}.haba"
         if not path.exists():
             start = time.perf_counter()
             code = "from habactl.cli.main import main; main()"
-            done = subprocess.run([sys.executable, "-c", code, "compress", "mnist-5k", "-o", str(path),
-                                   "-q", *extra], env=env, capture_output=True, text=True)
+            done = subprocess.run(
+                [sys.executable, "-c", code, "compress", "mnist-5k", "-o", str(path), "-q", *extra],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             if done.returncode != 0:
                 raise SystemExit(f"{name}: {done.stderr.strip()}")
-            print(f"{name}: compress {' '.join(extra) or '(defaults)'}: {time.perf_counter() - start:.0f} s",
-                  flush=True)
+            print(
+                f"{name}: compress {' '.join(extra) or '(defaults)'}: "
+                f"{time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
         archives[name] = path
     for name, path in archives.items():
         scores = []
         for seed in range(args.models):
             start = time.perf_counter()
-            scores.append(train_and_test(path, epochs=args.epochs, seed=seed,
-                                         test_images=source.test.images, test_labels=source.test.labels))
-            print(f"  {name} model {seed}: {scores[-1]:.1f}% ({time.perf_counter() - start:.0f} s)", flush=True)
+            scores.append(
+                train_and_test(
+                    path,
+                    epochs=args.epochs,
+                    seed=seed,
+                    test_images=source.test.images,
+                    test_labels=source.test.labels,
+                )
+            )
+            print(
+                f"  {name} model {seed}: {scores[-1]:.1f}% ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
         mean = statistics.mean(scores)
         spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
-        print(f"{name}: {mean:.1f} ± {spread:.1f} % ({args.models} models, {args.epochs} epochs)", flush=True)
+        print(
+            f"{name}: {mean:.1f} ± {spread:.1f} % ({args.models} models, {args.epochs} epochs)",
+            flush=True,
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="mode", required=True)
     s = sub.add_parser("speed")
     s.add_argument("--case", action="append", help="SHAPE:IPC:REAL:CODEC[:VIEWS] (repeatable)")

@@ -13,10 +13,10 @@ Each comparison is measured side by side in the same run; ratios are what to quo
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -40,18 +40,41 @@ def make_archive(folder: Path, shape: tuple[int, int, int], arch: str, per_class
     bases = torch.randn(10 * per_class, *shape, generator=generator)
     labels = torch.arange(10).repeat_interleave(per_class)
     pipeline = Pipeline.from_manifest(
-        [{"name": "hallucinate", "version": 1,
-          "configuration": {"arch": arch, "count": 5, "hidden": 3, "kernel": 3}}], shape)
+        [
+            {
+                "name": "hallucinate",
+                "version": 1,
+                "configuration": {"arch": arch, "count": 5, "hidden": 3, "kernel": 3},
+            }
+        ],
+        shape,
+    )
     with torch.no_grad():
         for tensor in pipeline.parameters():
             tensor.add_(0.01 * torch.randn(tensor.shape, generator=generator))
-    source = SimpleNamespace(name="bench", fingerprint="sha256:" + "0" * 64, classes=classes,
-                             channels=channels, height=height, width=width)
+    source = SimpleNamespace(
+        name="bench",
+        fingerprint="sha256:" + "0" * 64,
+        classes=classes,
+        channels=channels,
+        height=height,
+        width=width,
+    )
     path = folder / f"{arch}-{channels}x{height}x{width}.haba"
-    return write_haba(path, source=source, bases=bases, labels=labels, pipeline=pipeline,
-                      normalization=mean_std([0.0] * channels, [1.0] * channels),
-                      objective="random", hyperparameters={}, iterations=0, seed=0, ipc=per_class,
-                      overwrite=True)
+    return write_haba(
+        path,
+        source=source,
+        bases=bases,
+        labels=labels,
+        pipeline=pipeline,
+        normalization=mean_std([0.0] * channels, [1.0] * channels),
+        objective="random",
+        hyperparameters={},
+        iterations=0,
+        seed=0,
+        ipc=per_class,
+        overwrite=True,
+    )
 
 
 def best_of(repeats: int, run) -> float:
@@ -65,7 +88,7 @@ def best_of(repeats: int, run) -> float:
 
 
 def epoch(loader: DataLoader) -> None:
-    for images, labels in loader:
+    for images, _labels in loader:
         images.sum()
 
 
@@ -94,29 +117,36 @@ def measure(path: Path, repeats: int) -> dict[str, float]:
     }
     cached = HabaDataset(path)  # the default: decoded once per process, then indexed
     for workers in (0, 2):
-        kwargs = dict(batch_size=BATCH, shuffle=True, num_workers=workers,
-                      persistent_workers=workers > 0)
-        loaders = {"fly": DataLoader(dataset, **kwargs), "cached": DataLoader(cached, **kwargs),
-                   "tensor": DataLoader(plain, **kwargs)}
+        kwargs = dict(
+            batch_size=BATCH, shuffle=True, num_workers=workers, persistent_workers=workers > 0
+        )
+        loaders = {
+            "fly": DataLoader(dataset, **kwargs),
+            "cached": DataLoader(cached, **kwargs),
+            "tensor": DataLoader(plain, **kwargs),
+        }
         for loader in loaders.values():
             epoch(loader)  # start workers, warm caches
         # Interleave the three so that a burst of load on a shared machine hits all alike.
         times = {name: [] for name in loaders}
         for _ in range(repeats):
             for name, loader in loaders.items():
-                times[name].append(best_of(1, lambda: epoch(loader)))
+                times[name].append(best_of(1, functools.partial(epoch, loader)))
         for name in loaders:
             result[f"epoch_s_{name}_w{workers}"] = min(times[name])
         for name in ("fly", "cached"):
             result[f"epoch_ratio_{name}_w{workers}"] = (
-                result[f"epoch_s_{name}_w{workers}"] / result[f"epoch_s_tensor_w{workers}"])
+                result[f"epoch_s_{name}_w{workers}"] / result[f"epoch_s_tensor_w{workers}"]
+            )
     return result
 
 
 def machine() -> str:
-    return (f"{platform.machine()} {platform.processor() or ''} · {os.cpu_count()} CPUs · "
-            f"torch {torch.__version__} · {torch.get_num_threads()} threads · "
-            f"Python {platform.python_version()}")
+    return (
+        f"{platform.machine()} {platform.processor() or ''} · {os.cpu_count()} CPUs · "
+        f"torch {torch.__version__} · {torch.get_num_threads()} threads · "
+        f"Python {platform.python_version()}"
+    )
 
 
 def main() -> None:
@@ -126,9 +156,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    print(f"{args.bases_per_class * 10} bases × 5 hallucinators; batch {BATCH}; best of {args.repeats}")
-    header = (f"{'shape':<9} {'arch':<15} {'items':>6} {'batched img/s':>14} {'per-item img/s':>15}"
-              f"   epoch / TensorDataset epoch: on-the-fly w0, cached w0, on-the-fly w2, cached w2")
+    print(
+        f"{args.bases_per_class * 10} bases × 5 hallucinators; batch {BATCH}; "
+        f"best of {args.repeats}"
+    )
+    header = (
+        f"{'shape':<9} {'arch':<15} {'items':>6} {'batched img/s':>14} {'per-item img/s':>15}"
+        f"   epoch / TensorDataset epoch: on-the-fly w0, cached w0, on-the-fly w2, cached w2"
+    )
     print(header)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -137,11 +172,16 @@ def main() -> None:
                 path = make_archive(Path(folder), shape, arch, args.bases_per_class)
                 r = measure(path, args.repeats)
                 rows.append({"shape": list(shape), "arch": arch, **r})
-                print(f"{'x'.join(map(str, shape)):<9} {arch:<15} {r['items']:>6} "
-                      f"{r['batched_img_per_s']:>14,.0f} {r['per_item_img_per_s']:>15,.0f}   "
-                      + "  ".join(f"{r[f'epoch_ratio_{k}_w{w}']:.2f}× "
-                                  f"({r[f'epoch_s_{k}_w{w}']:.3f}/{r[f'epoch_s_tensor_w{w}']:.3f} s)"
-                                  for w in (0, 2) for k in ("fly", "cached")))
+                print(
+                    f"{'x'.join(map(str, shape)):<9} {arch:<15} {r['items']:>6} "
+                    f"{r['batched_img_per_s']:>14,.0f} {r['per_item_img_per_s']:>15,.0f}   "
+                    + "  ".join(
+                        f"{r[f'epoch_ratio_{k}_w{w}']:.2f}× "
+                        f"({r[f'epoch_s_{k}_w{w}']:.3f}/{r[f'epoch_s_tensor_w{w}']:.3f} s)"
+                        for w in (0, 2)
+                        for k in ("fly", "cached")
+                    )
+                )
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
 

@@ -73,15 +73,29 @@ def make_zca_archive(path: Path, per_class: int, seed: int = 0) -> Path:
 
     source = load_source("mnist-5k")
     fit = fit_zca(source.train.images)
-    normalization = {"kind": "zca", "mean": fit.channel_mean, "std": [1.0] * source.channels,
-                     "eps": fit.eps}
+    normalization = {
+        "kind": "zca",
+        "mean": fit.channel_mean,
+        "std": [1.0] * source.channels,
+        "eps": fit.eps,
+    }
     picked = random_per_class(source.train.labels, per_class, source.num_classes, seed)
     bases = Normalizer(normalization, fit.matrix)(source.train.images[picked])
-    return write_haba(path, source=source, bases=bases, labels=source.train.labels[picked],
-                      pipeline=Pipeline.from_manifest([], tuple(bases.shape[1:])),
-                      normalization=normalization, objective="random",
-                      hyperparameters={"per_class": per_class, "zca": "fitted on the train split"},
-                      iterations=0, seed=seed, ipc=per_class, zca=fit.matrix, overwrite=True)
+    return write_haba(
+        path,
+        source=source,
+        bases=bases,
+        labels=source.train.labels[picked],
+        pipeline=Pipeline.from_manifest([], tuple(bases.shape[1:])),
+        normalization=normalization,
+        objective="random",
+        hyperparameters={"per_class": per_class, "zca": "fitted on the train split"},
+        iterations=0,
+        seed=seed,
+        ipc=per_class,
+        zca=fit.matrix,
+        overwrite=True,
+    )
 
 
 def own_loop(archive: str, net: str, epochs: int, seed: int, resnet_width: float) -> float:
@@ -105,9 +119,15 @@ def evaluate_side(archive: str, net: str, epochs: int, seed: int, resnet_width: 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # as the example picks it
     torch.manual_seed(seed)
     model = net_factory(net, resnet_width)(*dataset.image_shape, dataset.num_classes).to(device)
-    train_net(model, images.float().to(device), labels.to(device), protocol, lr=recipe.lr,
-              augment=make_augment(protocol, flip=not source.is_digits),
-              generator=torch.Generator().manual_seed(seed))
+    train_net(
+        model,
+        images.float().to(device),
+        labels.to(device),
+        protocol,
+        lr=recipe.lr,
+        augment=make_augment(protocol, flip=not source.is_digits),
+        generator=torch.Generator().manual_seed(seed),
+    )
     return 100.0 * accuracy(model, test_images, test_labels, batch_size=protocol.test_batch_size)
 
 
@@ -116,23 +136,36 @@ def run_one(side: str, archive: str, net: str, epochs: int, seed: int, width: fl
     started = time.perf_counter()
     train = own_loop if side == "own" else evaluate_side
     value = train(archive, net, epochs, seed, width)
-    return {"side": side, "archive": archive, "net": net, "seed": seed, "accuracy": round(value, 2),
-            "seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "side": side,
+        "archive": archive,
+        "net": net,
+        "seed": seed,
+        "accuracy": round(value, 2),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def machine() -> str:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (f"{platform.processor() or platform.machine()}, {cores} cores (load average {load} "
-            f"at the start), torch {torch.__version__}, 1 thread per training, no GPU"
-            if not torch.cuda.is_available() else f"{torch.cuda.get_device_name()}")
+    return (
+        f"{platform.processor() or platform.machine()}, {cores} cores (load average {load} "
+        f"at the start), torch {torch.__version__}, 1 thread per training, no GPU"
+        if not torch.cuda.is_available()
+        else f"{torch.cuda.get_device_name()}"
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", action="append", default=[], help="archive(s) to train on")
-    parser.add_argument("--zca-per-class", type=int, default=0,
-                        help="also build and train on a ZCA archive of N real images per class")
+    parser.add_argument(
+        "--zca-per-class",
+        type=int,
+        default=0,
+        help="also build and train on a ZCA archive of N real images per class",
+    )
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     parser.add_argument("--nets", default="small,resnet18")
@@ -144,15 +177,25 @@ def main() -> int:
     archives = list(args.archive)
     folder = Path(tempfile.mkdtemp(prefix="own-loop-"))
     if args.zca_per_class:
-        archives.append(str(make_zca_archive(folder / f"mnist-5k-zca-{args.zca_per_class}.haba",
-                                             args.zca_per_class)))
+        archives.append(
+            str(
+                make_zca_archive(
+                    folder / f"mnist-5k-zca-{args.zca_per_class}.haba", args.zca_per_class
+                )
+            )
+        )
     if not archives:
         parser.error("give --archive and/or --zca-per-class")
     seeds = [int(s) for s in args.seeds.split(",")]
     nets = [n.strip() for n in args.nets.split(",") if n.strip()]
     header = machine()
-    jobs = [(side, a, n, args.epochs, s, args.resnet_width)
-            for a in archives for n in nets for s in seeds for side in ("own", "evaluate")]
+    jobs = [
+        (side, a, n, args.epochs, s, args.resnet_width)
+        for a in archives
+        for n in nets
+        for s in seeds
+        for side in ("own", "evaluate")
+    ]
     started = time.perf_counter()
     context = torch.multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=context) as pool:
@@ -162,27 +205,50 @@ def main() -> int:
     for a in archives:
         for n in nets:
             for s in seeds:
-                own, ev = (next(r for r in results if (r["side"], r["archive"], r["net"], r["seed"])
-                                == (side, a, n, s)) for side in ("own", "evaluate"))
+                own, ev = (
+                    next(
+                        r
+                        for r in results
+                        if (r["side"], r["archive"], r["net"], r["seed"]) == (side, a, n, s)
+                    )
+                    for side in ("own", "evaluate")
+                )
                 gap = own["accuracy"] - ev["accuracy"]
-                rows.append({"archive": Path(a).name, "net": n, "seed": s,
-                             "own_loop": own["accuracy"], "evaluate": ev["accuracy"],
-                             "gap": round(gap, 2), "within_target": abs(gap) <= TARGET,
-                             "seconds": [own["seconds"], ev["seconds"]]})
+                rows.append(
+                    {
+                        "archive": Path(a).name,
+                        "net": n,
+                        "seed": s,
+                        "own_loop": own["accuracy"],
+                        "evaluate": ev["accuracy"],
+                        "gap": round(gap, 2),
+                        "within_target": abs(gap) <= TARGET,
+                        "seconds": [own["seconds"], ev["seconds"]],
+                    }
+                )
     net_note = f"resnet18 at width {args.resnet_width:g}" if "resnet18" in nets else ""
     print(f"machine: {header}")
-    print(f"{args.epochs} epochs, seeds {args.seeds}, {net_note}; "
-          f"{time.perf_counter() - started:.0f} s in all")
+    print(
+        f"{args.epochs} epochs, seeds {args.seeds}, {net_note}; "
+        f"{time.perf_counter() - started:.0f} s in all"
+    )
     print("| archive | network | seed | own loop % | evaluate % | own − evaluate |")
     print("|---|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['archive']} | {r['net']} | {r['seed']} | {r['own_loop']:.2f} | "
-              f"{r['evaluate']:.2f} | {r['gap']:+.2f} |")
+        print(
+            f"| {r['archive']} | {r['net']} | {r['seed']} | {r['own_loop']:.2f} | "
+            f"{r['evaluate']:.2f} | {r['gap']:+.2f} |"
+        )
     ok = all(r["within_target"] for r in rows)
     print(f"every row within {TARGET} points: {'yes' if ok else 'NO'}")
     if args.json:
-        summary = {"machine": header, "epochs": args.epochs, "seeds": seeds,
-                   "resnet_width": args.resnet_width, "rows": rows}
+        summary = {
+            "machine": header,
+            "epochs": args.epochs,
+            "seeds": seeds,
+            "resnet_width": args.resnet_width,
+            "rows": rows,
+        }
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     return 0 if ok else 1
 

@@ -20,7 +20,9 @@ from accuracy import plot  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, nargs="+", help="JSON files written by bench/accuracy.py")
+    parser.add_argument(
+        "results", type=Path, nargs="+", help="JSON files written by bench/accuracy.py"
+    )
     parser.add_argument("-o", "--out", type=Path, required=True, help="PNG to write")
     parser.add_argument("--arms", help="comma list of arms to show (default: all)")
     args = parser.parse_args()
@@ -34,8 +36,13 @@ def main() -> None:
             if wanted is None or record["arm"] in wanted:
                 results.append(record)
         ipcs = sorted({r["ipc"] for r in payload["results"] if r["ipc"] is not None})
-        notes.append(f"IPC {'/'.join(map(str, ipcs))}: {s['epochs']} epochs, {s['models']} model(s)")
-        print(f"{path}: {len(payload['results'])} results ({s['epochs']} epochs, {s['models']} models)")
+        notes.append(
+            f"IPC {'/'.join(map(str, ipcs))}: {s['epochs']} epochs, {s['models']} model(s)"
+        )
+        print(
+            f"{path}: {len(payload['results'])} results "
+            f"({s['epochs']} epochs, {s['models']} models)"
+        )
     plot(results, args.out, note="evaluation — " + "; ".join(notes))
     print(f"wrote {args.out}")
 

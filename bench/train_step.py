@@ -48,13 +48,17 @@ def main() -> None:
     for _ in range(args.repeats):
         for chunk in chunks:
             times[chunk].append(step(chunk))
-    print(f"machine: {platform.machine()} · {os.cpu_count()} CPUs · torch {torch.__version__} · "
-          f"{args.threads} thread(s); ConvNet-3, 1x28x28, batch {args.images}, best of {args.repeats}")
+    print(
+        f"machine: {platform.machine()} · {os.cpu_count()} CPUs · torch {torch.__version__} · "
+        f"{args.threads} thread(s); ConvNet-3, 1x28x28, batch {args.images}, best of {args.repeats}"
+    )
     whole = min(times[None])
     for chunk in chunks:
         best = min(times[chunk])
-        print(f"  {'whole batch' if chunk is None else f'chunks of {chunk}':<14} {best:6.3f} s/step"
-              f"   {whole / best:4.2f}x the whole batch's speed")
+        print(
+            f"  {'whole batch' if chunk is None else f'chunks of {chunk}':<14} {best:6.3f} s/step"
+            f"   {whole / best:4.2f}x the whole batch's speed"
+        )
 
 
 if __name__ == "__main__":

@@ -91,8 +91,9 @@ def check_folder_writable(folder: Path) -> None:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.unlink(probe)
     except OSError as error:
-        raise OutputError(f"cannot write into folder {folder}: {reason_of(error)}",
-                          reason_of(error)) from None
+        raise OutputError(
+            f"cannot write into folder {folder}: {reason_of(error)}", reason_of(error)
+        ) from None
 
 
 def check_file_target(target: Path, force: bool, *, example: str = "out.png") -> None:
@@ -115,8 +116,10 @@ def check_folder_target(target: Path, force: bool) -> None:
     path = absolute(target)
     here = absolute(os.getcwd())
     if path == here or path in here.parents:
-        raise OutputError(f"{target} is the current folder (or holds it); give a new folder, "
-                          f"e.g. -o {Path(target) / 'images'}")
+        raise OutputError(
+            f"{target} is the current folder (or holds it); give a new folder, "
+            f"e.g. -o {Path(target) / 'images'}"
+        )
     if os.path.lexists(path) and not os.path.isdir(path):
         raise OutputError(f"{target} exists and is not a folder; give a folder path")
     if os.path.isdir(path):
@@ -124,9 +127,11 @@ def check_folder_target(target: Path, force: bool) -> None:
         if entries and not is_ours(path):
             more = f" and {len(entries) - 3} more" if len(entries) > 3 else ""
             shown = ", ".join(entries[:3]) + more
-            raise OutputError(f"{target} is a folder habactl did not write and is not empty "
-                              f"({shown}); it is never replaced: remove it yourself or give a new "
-                              f"folder")
+            raise OutputError(
+                f"{target} is a folder habactl did not write and is not empty "
+                f"({shown}); it is never replaced: remove it yourself or give a new "
+                f"folder"
+            )
         if entries and not force:
             raise OutputExists(f"{target} exists (written by habactl); pass --force to replace it")
     check_folder_writable(path.parent)
@@ -227,8 +232,9 @@ def sync_folder(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_folder(target: str | os.PathLike[str], *, kind: str,
-                  details: dict | None = None) -> Iterator[Path]:
+def atomic_folder(
+    target: str | os.PathLike[str], *, kind: str, details: dict | None = None
+) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``target``; on success it becomes ``target``.
 
     Fill it with :func:`write_new_file` and ``mkdir``. It gets :data:`MARKER` (naming

@@ -27,14 +27,14 @@ from habactl.errors import HabaError
 OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 DEFAULT_PARAMS: dict[str, float] = {
-    "brightness": 1.0,   # add (u - 0.5) * brightness
-    "saturation": 2.0,   # scale the deviation from the per-pixel channel mean by u * saturation
-    "contrast": 0.5,     # scale the deviation from the image mean by u + contrast
-    "crop_pad": 0.125,   # translate by up to this fraction of the side, zero fill
-    "cutout": 0.5,       # zero a square of this fraction of the side
-    "flip_prob": 0.5,    # horizontal flip probability
-    "scale": 1.2,        # x and y scale factors in [1/scale, scale]
-    "rotate": 15.0,      # rotation in [-rotate, rotate] degrees
+    "brightness": 1.0,  # add (u - 0.5) * brightness
+    "saturation": 2.0,  # scale the deviation from the per-pixel channel mean by u * saturation
+    "contrast": 0.5,  # scale the deviation from the image mean by u + contrast
+    "crop_pad": 0.125,  # translate by up to this fraction of the side, zero fill
+    "cutout": 0.5,  # zero a square of this fraction of the side
+    "flip_prob": 0.5,  # horizontal flip probability
+    "scale": 1.2,  # x and y scale factors in [1/scale, scale]
+    "rotate": 15.0,  # rotation in [-rotate, rotate] degrees
 }
 
 
@@ -62,17 +62,22 @@ def _rand(generator: torch.Generator, n: int) -> Tensor:
 class SiameseAugment:
     """The DSA augmenter: ``aug(x, generator)`` or ``aug.apply(x, aug.sample(generator))``."""
 
-    def __init__(self, strategy: str = DEFAULT_STRATEGY, *, flip: bool = True,
-                 **param_overrides: float) -> None:
+    def __init__(
+        self, strategy: str = DEFAULT_STRATEGY, *, flip: bool = True, **param_overrides: float
+    ) -> None:
         names = [] if strategy.lower() == "none" else strategy.split("_")
         unknown = [n for n in names if n not in OPS]
         if unknown or (not names and strategy.lower() != "none"):
-            raise HabaError(f"unknown augmentation op(s) {unknown or [strategy]} in "
-                            f"{strategy!r}; known: {', '.join(OPS)} (or 'none')")
+            raise HabaError(
+                f"unknown augmentation op(s) {unknown or [strategy]} in "
+                f"{strategy!r}; known: {', '.join(OPS)} (or 'none')"
+            )
         bad = sorted(set(param_overrides) - set(DEFAULT_PARAMS))
         if bad:
-            raise HabaError(f"unknown augmentation parameter(s) {', '.join(bad)}; "
-                            f"known: {', '.join(DEFAULT_PARAMS)}")
+            raise HabaError(
+                f"unknown augmentation parameter(s) {', '.join(bad)}; "
+                f"known: {', '.join(DEFAULT_PARAMS)}"
+            )
         self.strategy = strategy
         self.flip = flip
         self.params = {**DEFAULT_PARAMS, **{k: float(v) for k, v in param_overrides.items()}}
@@ -86,8 +91,9 @@ class SiameseAugment:
         if not all(math.isfinite(v) and v >= 0 for v in p.values()):
             raise HabaError(f"augmentation parameters must be finite and >= 0: {p}")
         if p["flip_prob"] > 1 or p["crop_pad"] >= 1 or p["cutout"] > 1 or p["scale"] < 1:
-            raise HabaError("augmentation needs flip_prob <= 1, crop_pad < 1, cutout <= 1 "
-                            f"and scale >= 1: {p}")
+            raise HabaError(
+                f"augmentation needs flip_prob <= 1, crop_pad < 1, cutout <= 1 and scale >= 1: {p}"
+            )
 
     def to_config(self) -> dict:
         """Everything needed to rebuild this augmenter (for provenance)."""
@@ -112,9 +118,11 @@ class SiameseAugment:
             return _rand(generator, n)
 
         if op == "color":
-            values = {"brightness": (u() - 0.5) * p["brightness"],
-                      "saturation": u() * p["saturation"],
-                      "contrast": u() + p["contrast"]}
+            values = {
+                "brightness": (u() - 0.5) * p["brightness"],
+                "saturation": u() * p["saturation"],
+                "contrast": u() + p["contrast"],
+            }
         elif op == "crop":
             values = {"shift_y": u(), "shift_x": u()}
         elif op == "cutout":
@@ -128,8 +136,9 @@ class SiameseAugment:
             values = {"angle": (u() - 0.5) * 2 * math.radians(p["rotate"])}
         return AugmentParams(op, values, batch)
 
-    def __call__(self, x: Tensor, generator: torch.Generator, *,
-                 per_sample: bool = False) -> Tensor:
+    def __call__(
+        self, x: Tensor, generator: torch.Generator, *, per_sample: bool = False
+    ) -> Tensor:
         """Sample and apply: Siamese by default, one draw per image with per_sample."""
         return self.apply(x, self.sample(generator, x.size(0) if per_sample else None))
 
@@ -148,8 +157,10 @@ class SiameseAugment:
             return self._crop(x, params.values)
         if op == "cutout":
             return self._cutout(x, params.values)
-        v = {k: t.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
-             for k, t in params.values.items()}
+        v = {
+            k: t.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+            for k, t in params.values.items()
+        }
         if op == "color":
             x = x + v["brightness"]
             mean = x.mean(dim=1, keepdim=True)
@@ -163,14 +174,16 @@ class SiameseAugment:
         if op == "scale":
             sx, sy = v["sx"].flatten(), v["sy"].flatten()
             zero = torch.zeros_like(sx)
-            theta = torch.stack([torch.stack([sx, zero, zero], 1),
-                                 torch.stack([zero, sy, zero], 1)], 1)
+            theta = torch.stack(
+                [torch.stack([sx, zero, zero], 1), torch.stack([zero, sy, zero], 1)], 1
+            )
             return _warp(x, theta)
         if op == "rotate":
             a = v["angle"].flatten()
             cos, sin, zero = torch.cos(a), torch.sin(a), torch.zeros_like(a)
-            theta = torch.stack([torch.stack([cos, -sin, zero], 1),
-                                 torch.stack([sin, cos, zero], 1)], 1)
+            theta = torch.stack(
+                [torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1
+            )
             return _warp(x, theta)
         raise ValueError(f"unknown augmentation op {op!r}")
 
@@ -203,7 +216,7 @@ class SiameseAugment:
         col = torch.arange(w, device=x.device).view(1, w)
         in_r = (r >= top) & (r < top + size_h)
         in_c = (col >= left) & (col < left + size_w)
-        hole = in_r.unsqueeze(2) & in_c.unsqueeze(1)          # (B, H, W)
+        hole = in_r.unsqueeze(2) & in_c.unsqueeze(1)  # (B, H, W)
         return x * (~hole).unsqueeze(1).to(x.dtype)
 
 
@@ -249,8 +262,9 @@ class BatchAugment:
     ``DistributedSampler``) to make the epoch explicit.
     """
 
-    def __init__(self, augmenter: SiameseAugment, *, seed: int = 0,
-                 per_sample: bool = True) -> None:
+    def __init__(
+        self, augmenter: SiameseAugment, *, seed: int = 0, per_sample: bool = True
+    ) -> None:
         self.augmenter = augmenter
         self.seed = int(seed)
         self.per_sample = per_sample
@@ -266,8 +280,9 @@ class BatchAugment:
     def __call__(self, images: Tensor) -> Tensor:
         """The augmented batch (a new tensor, same device and dtype; no gradient)."""
         if images.dim() != 4:
-            raise ValueError("augmentation expects a batch (N, C, H, W), got shape "
-                             f"{tuple(images.shape)}")
+            raise ValueError(
+                f"augmentation expects a batch (N, C, H, W), got shape {tuple(images.shape)}"
+            )
         params = self.augmenter.sample(self._stream(), images.size(0) if self.per_sample else None)
         with torch.no_grad():
             return self.augmenter.apply(images, params)
@@ -301,8 +316,10 @@ class BatchAugment:
 
     def __repr__(self) -> str:
         ops = "_".join(self.augmenter.ops) or "none"
-        return (f"BatchAugment({ops}, seed={self.seed}, epoch={self.epoch}, "
-                f"per_sample={self.per_sample})")
+        return (
+            f"BatchAugment({ops}, seed={self.seed}, epoch={self.epoch}, "
+            f"per_sample={self.per_sample})"
+        )
 
 
 def _rank() -> int:

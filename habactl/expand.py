@@ -60,9 +60,14 @@ def check_output(target: str | os.PathLike[str], force: bool, kind: str | None =
     return kind
 
 
-def expand_archive(archive: str | os.PathLike[str], output: str | os.PathLike[str], *,
-                   pixels: bool = False, force: bool = False,
-                   kind: str | None = None) -> ExpandResult:
+def expand_archive(
+    archive: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    pixels: bool = False,
+    force: bool = False,
+    kind: str | None = None,
+) -> ExpandResult:
     """Decode every (basis, hallucinator) pair of ``archive`` and write them to ``output``.
 
     ``kind`` is ``png``, ``h5`` or ``npz`` (default: from the output's name). PNGs are
@@ -80,15 +85,25 @@ def expand_archive(archive: str | os.PathLike[str], output: str | os.PathLike[st
     classes = dataset.classes
     source = Path(archive).name
     if kind == "png":
-        write_image_folder(output, transform.to_pixels(images), labels, classes,
-                           details={"source_archive": source})
+        write_image_folder(
+            output, transform.to_pixels(images), labels, classes, details={"source_archive": source}
+        )
     else:
         values = transform.to_pixels(images) if pixels else images
-        meta = json.dumps({"classes": classes, "space": "pixels" if pixels else "normalised",
-                           "normalization": dataset.manifest["normalization"],
-                           "source_archive": source}, sort_keys=True)
-        data = (h5_bytes(values.numpy(), labels.numpy(), meta) if kind == "h5"
-                else npz_bytes(values.numpy(), labels.numpy(), classes, meta))
+        meta = json.dumps(
+            {
+                "classes": classes,
+                "space": "pixels" if pixels else "normalised",
+                "normalization": dataset.manifest["normalization"],
+                "source_archive": source,
+            },
+            sort_keys=True,
+        )
+        data = (
+            h5_bytes(values.numpy(), labels.numpy(), meta)
+            if kind == "h5"
+            else npz_bytes(values.numpy(), labels.numpy(), classes, meta)
+        )
         write_bytes(output, data, overwrite=force)
     return ExpandResult(output, kind, int(labels.shape[0]))
 
@@ -99,8 +114,14 @@ def safe_folder_name(name: str, index: int) -> str:
     return f"{index:03d}_{cleaned}" if cleaned else f"{index:03d}"
 
 
-def write_image_folder(target: str | os.PathLike[str], pixels: Any, labels: Any,
-                       classes: list[str], *, details: dict | None = None) -> int:
+def write_image_folder(
+    target: str | os.PathLike[str],
+    pixels: Any,
+    labels: Any,
+    classes: list[str],
+    *,
+    details: dict | None = None,
+) -> int:
     """Write ``pixels`` ((N, C, H, W) in [0, 1]) as ``target/NNN_class/NNNNNN.png``.
 
     Hard labels (N,) or soft labels (N, classes), whose argmax is the folder. Call
@@ -145,6 +166,7 @@ def npz_bytes(images: Any, labels: Any, classes: list[str], meta: str) -> bytes:
     import numpy as np
 
     buffer = io.BytesIO()
-    np.savez(buffer, images=images, labels=labels, classes=np.array(classes),
-             habactl=np.array(meta))
+    np.savez(
+        buffer, images=images, labels=labels, classes=np.array(classes), habactl=np.array(meta)
+    )
     return buffer.getvalue()

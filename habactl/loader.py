@@ -72,8 +72,15 @@ class HabaDataset(Dataset):
             always decodes on the fly, batch by batch.
     """
 
-    def __init__(self, path: str | os.PathLike[str], mode: str = "all-pairs", *, seed: int = 0,
-                 verify: bool = True, cache: bool | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        mode: str = "all-pairs",
+        *,
+        seed: int = 0,
+        verify: bool = True,
+        cache: bool | None = None,
+    ) -> None:
         from habactl.format import open_archive
 
         if mode not in MODES:
@@ -202,5 +209,7 @@ class HabaDataset(Dataset):
 
     def __repr__(self) -> str:
         c, h, w = self.image_shape
-        return (f"HabaDataset({str(self.path)!r}, mode={self.mode!r}: {len(self)} items of "
-                f"{c}x{h}x{w}, {self.num_classes} classes)")
+        return (
+            f"HabaDataset({str(self.path)!r}, mode={self.mode!r}: {len(self)} items of "
+            f"{c}x{h}x{w}, {self.num_classes} classes)"
+        )

@@ -7,7 +7,8 @@ from the manifest (and the ZCA matrix when there is one).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor

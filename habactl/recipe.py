@@ -31,8 +31,14 @@ if TYPE_CHECKING:  # only for annotations: importing them would import torch
 # module torch-free; tests/test_recipe.py checks that they equal habactl.augment's.
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 DSA_PARAMS: dict[str, float] = {
-    "brightness": 1.0, "saturation": 2.0, "contrast": 0.5, "crop_pad": 0.125,
-    "cutout": 0.5, "flip_prob": 0.5, "scale": 1.2, "rotate": 15.0,
+    "brightness": 1.0,
+    "saturation": 2.0,
+    "contrast": 0.5,
+    "crop_pad": 0.125,
+    "cutout": 0.5,
+    "flip_prob": 0.5,
+    "scale": 1.2,
+    "rotate": 15.0,
 }
 # Registry data sets whose images must not be mirrored (habactl.data marks them
 # is_digits). Used only when the manifest does not record the flip decision itself;
@@ -64,8 +70,13 @@ class DSA:
         return tuple(op for op in self.strategy.split("_") if self.flip or op != "flip")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "ops": list(self.ops), "flip": self.flip,
-                "params": dict(self.params), "per_sample": self.per_sample}
+        return {
+            "strategy": self.strategy,
+            "ops": list(self.ops),
+            "flip": self.flip,
+            "params": dict(self.params),
+            "per_sample": self.per_sample,
+        }
 
 
 @dataclass(frozen=True)
@@ -76,21 +87,21 @@ class Recipe:
     field with :meth:`with_` (e.g. ``recipe.with_(epochs=300)``: the schedule follows).
     """
 
-    arch: str                      # the network the archive was distilled and evaluated with
+    arch: str  # the network the archive was distilled and evaluated with
     epochs: int
     batch_size: int
-    lr: float                      # the learned lr when the archive has one
-    lr_source: str                 # "learned" or "recommended"
+    lr: float  # the learned lr when the archive has one
+    lr_source: str  # "learned" or "recommended"
     momentum: float
     weight_decay: float
-    lr_decay_at: float             # fraction of the epochs after which lr *= lr_decay
+    lr_decay_at: float  # fraction of the epochs after which lr *= lr_decay
     lr_decay: float
-    dsa: DSA | None                # None: no augmentation recorded
-    labels: str                    # "hard" (class indices) or "soft" (class probabilities)
-    normalization: Mapping[str, Any]   # kind (none / mean-std / zca), mean, std, eps
+    dsa: DSA | None  # None: no augmentation recorded
+    labels: str  # "hard" (class indices) or "soft" (class probabilities)
+    normalization: Mapping[str, Any]  # kind (none / mean-std / zca), mean, std, eps
     num_classes: int
     image_shape: tuple[int, int, int]
-    dataset: str                   # the data set the archive was made from (its test split)
+    dataset: str  # the data set the archive was made from (its test split)
     objective: str
     optimizer_name: str = field(default="sgd")
 
@@ -142,23 +153,38 @@ class Recipe:
 
     @property
     def loss_name(self) -> str:
-        return ("cross-entropy against the stored class probabilities" if self.labels == "soft"
-                else "cross-entropy")
+        return (
+            "cross-entropy against the stored class probabilities"
+            if self.labels == "soft"
+            else "cross-entropy"
+        )
 
     # -- views ----------------------------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (lists, not tuples)."""
         return {
-            "arch": self.arch, "epochs": self.epochs, "batch_size": self.batch_size,
-            "optimizer": self.optimizer_name, "lr": self.lr, "lr_source": self.lr_source,
-            "momentum": self.momentum, "weight_decay": self.weight_decay,
-            "schedule": {"kind": "step", "lr_decay_at": self.lr_decay_at,
-                         "lr_decay": self.lr_decay, "decay_epoch": self.decay_epoch},
+            "arch": self.arch,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "optimizer": self.optimizer_name,
+            "lr": self.lr,
+            "lr_source": self.lr_source,
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
+            "schedule": {
+                "kind": "step",
+                "lr_decay_at": self.lr_decay_at,
+                "lr_decay": self.lr_decay,
+                "decay_epoch": self.decay_epoch,
+            },
             "augmentation": None if self.dsa is None else {"kind": "dsa", **self.dsa.as_dict()},
-            "labels": self.labels, "loss": self.loss_name,
+            "labels": self.labels,
+            "loss": self.loss_name,
             "normalization": {k: v for k, v in self.normalization.items()},
-            "num_classes": self.num_classes, "image_shape": list(self.image_shape),
-            "dataset": self.dataset, "objective": self.objective,
+            "num_classes": self.num_classes,
+            "image_shape": list(self.image_shape),
+            "dataset": self.dataset,
+            "objective": self.objective,
         }
 
     def lines(self) -> list[str]:
@@ -168,21 +194,27 @@ class Recipe:
         if kind == "none":
             norm_text = "none (test images as they are, in [0, 1])"
         else:
-            norm_text = (f"{kind}, mean {_numbers(norm.get('mean', []))}, "
-                         f"std {_numbers(norm.get('std', []))}")
+            norm_text = (
+                f"{kind}, mean {_numbers(norm.get('mean', []))}, "
+                f"std {_numbers(norm.get('std', []))}"
+            )
             if kind == "zca":
                 norm_text += f", eps {norm.get('eps'):g} (whitening matrix stored in the archive)"
         if self.dsa is None:
             aug = ["augmentation  none"]
         else:
             p = self.dsa.params
-            params = ", ".join(f"{k} {v:g}" for k, v in p.items()
-                               if self.dsa.flip or k != "flip_prob")
-            aug = [f"augmentation  DSA, one op per batch, drawn per image, "
-                   f"{'with' if self.dsa.flip else 'no'} flip",
-                   f"  ops         {', '.join(self.dsa.ops)}",
-                   *textwrap.wrap(params, 88, initial_indent="  params      ",
-                                  subsequent_indent=" " * 14)]
+            params = ", ".join(
+                f"{k} {v:g}" for k, v in p.items() if self.dsa.flip or k != "flip_prob"
+            )
+            aug = [
+                f"augmentation  DSA, one op per batch, drawn per image, "
+                f"{'with' if self.dsa.flip else 'no'} flip",
+                f"  ops         {', '.join(self.dsa.ops)}",
+                *textwrap.wrap(
+                    params, 88, initial_indent="  params      ", subsequent_indent=" " * 14
+                ),
+            ]
         return [
             f"network       {self.arch} (the archive was distilled with it; any network works)",
             f"epochs        {self.epochs}, batch {self.batch_size}",
@@ -199,10 +231,16 @@ class Recipe:
         """The same training as an evaluation `Protocol` (for ``evaluate_archive``)."""
         from habactl.evaluation.protocol import Protocol
 
-        base = Protocol(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                        momentum=self.momentum, weight_decay=self.weight_decay,
-                        lr_decay_at=self.lr_decay_at, lr_decay=self.lr_decay,
-                        augmentation="none" if self.dsa is None else "dsa")
+        base = Protocol(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            lr_decay_at=self.lr_decay_at,
+            lr_decay=self.lr_decay,
+            augmentation="none" if self.dsa is None else "dsa",
+        )
         return base.with_(**changes)
 
     # -- torch objects (torch is imported here, not at module import) ---------------------
@@ -236,8 +274,9 @@ class Recipe:
         """SGD with the recipe's lr, momentum and weight decay."""
         import torch
 
-        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum,
-                               weight_decay=self.weight_decay)
+        return torch.optim.SGD(
+            params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
 
     def scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         """The step schedule; call ``.step()`` once at the end of every epoch."""

@@ -57,7 +57,9 @@ def test_deterministic_under_a_seeded_generator():
     runs = []
     for _ in range(2):
         g = torch.Generator().manual_seed(123)
-        runs.append([aug(x, g) for _ in range(12)] + [aug(x, g, per_sample=True) for _ in range(12)])
+        runs.append(
+            [aug(x, g) for _ in range(12)] + [aug(x, g, per_sample=True) for _ in range(12)]
+        )
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
@@ -89,7 +91,9 @@ def test_per_sample_mode_gives_each_image_its_own_transform(op):
 
 def test_per_sample_flip_flips_some_and_not_others():
     x = images(1, (1, 8, 8)).expand(64, -1, -1, -1)
-    y = SiameseAugment("flip").apply(x, SiameseAugment("flip").sample(torch.Generator().manual_seed(0), 64))
+    y = SiameseAugment("flip").apply(
+        x, SiameseAugment("flip").sample(torch.Generator().manual_seed(0), 64)
+    )
     flipped = torch.tensor([torch.equal(y[i], x[0].flip(2)) for i in range(64)])
     kept = torch.tensor([torch.equal(y[i], x[0]) for i in range(64)])
     assert flipped.any() and kept.any() and (flipped | kept).all()
@@ -98,20 +102,27 @@ def test_per_sample_flip_flips_some_and_not_others():
 def test_per_sample_crop_agrees_with_shared_crop():
     aug, x = SiameseAugment("crop"), images(3)
     for u in (0.0, 0.3, 0.99):
-        shared = AugmentParams("crop", {"shift_y": torch.tensor([u]), "shift_x": torch.tensor([1 - u])})
-        each = AugmentParams("crop", {"shift_y": torch.full((3,), u), "shift_x": torch.full((3,), 1 - u)}, 3)
+        shared = AugmentParams(
+            "crop", {"shift_y": torch.tensor([u]), "shift_x": torch.tensor([1 - u])}
+        )
+        each = AugmentParams(
+            "crop", {"shift_y": torch.full((3,), u), "shift_x": torch.full((3,), 1 - u)}, 3
+        )
         assert torch.equal(aug.apply(x, shared), aug.apply(x, each))
 
 
 def test_crop_and_cutout_geometry():
     x = torch.ones(1, 1, 16, 16)
     # crop_pad 0.125 of 16 -> shifts in [-2, 2]; u = 0 is the extreme -2: two zero rows.
-    shifted = SiameseAugment().apply(x, AugmentParams("crop", {"shift_y": torch.tensor([0.0]),
-                                                              "shift_x": torch.tensor([0.5])}))
+    shifted = SiameseAugment().apply(
+        x, AugmentParams("crop", {"shift_y": torch.tensor([0.0]), "shift_x": torch.tensor([0.5])})
+    )
     assert shifted[0, 0, -2:].abs().sum() == 0 and shifted[0, 0, :-2].min() == 1
     # cutout 0.5 of 16: an 8x8 hole when it fits inside the image.
-    holed = SiameseAugment().apply(x, AugmentParams("cutout", {"center_y": torch.tensor([0.5]),
-                                                              "center_x": torch.tensor([0.5])}))
+    holed = SiameseAugment().apply(
+        x,
+        AugmentParams("cutout", {"center_y": torch.tensor([0.5]), "center_x": torch.tensor([0.5])}),
+    )
     assert (holed == 0).sum() == 64
 
 
@@ -128,7 +139,12 @@ def test_config_round_trip_and_bad_input():
     assert config["params"]["rotate"] == 10.0 and config["flip"] is False
     again = SiameseAugment.from_config(config)
     assert again.to_config() == config and again.ops == ("crop", "scale")
-    assert SiameseAugment("none").apply(images(2), SiameseAugment("none").sample(torch.Generator())).shape[0] == 2
+    assert (
+        SiameseAugment("none")
+        .apply(images(2), SiameseAugment("none").sample(torch.Generator()))
+        .shape[0]
+        == 2
+    )
     with pytest.raises(HabaError, match="zoom"):
         SiameseAugment("crop_zoom")
     with pytest.raises(HabaError, match="blur"):

@@ -12,15 +12,41 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--ipc", "1", "--iterations", "1", "--epochs", "1", "--models", "1", "--no-full",
-        "--jobs", "2", "--objective-iterations", "1"]
+TINY = [
+    "--ipc",
+    "1",
+    "--iterations",
+    "1",
+    "--epochs",
+    "1",
+    "--models",
+    "1",
+    "--no-full",
+    "--jobs",
+    "2",
+    "--objective-iterations",
+    "1",
+]
 
 
 def bench(tmp_path: Path, arms: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "accuracy.py"), *TINY, "--arms", arms,
-         "--out", str(tmp_path / "acc.json"), "--work", str(tmp_path / "archives")],
-        capture_output=True, text=True, timeout=600, cwd=ROOT)
+        [
+            sys.executable,
+            str(ROOT / "bench" / "accuracy.py"),
+            *TINY,
+            "--arms",
+            arms,
+            "--out",
+            str(tmp_path / "acc.json"),
+            "--work",
+            str(tmp_path / "archives"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
 
 
 @pytest.mark.slow
@@ -45,10 +71,23 @@ def test_smoke_run_writes_results_plot_and_resumes(tmp_path):
 
     # --reuse-archives evaluates the archive already there (no distillation time known).
     reused = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "accuracy.py"), *TINY, "--arms", "dm-haba-idc",
-         "--reuse-archives", "--out", str(tmp_path / "reused.json"),
-         "--work", str(tmp_path / "archives")],
-        capture_output=True, text=True, timeout=600, cwd=ROOT)
+        [
+            sys.executable,
+            str(ROOT / "bench" / "accuracy.py"),
+            *TINY,
+            "--arms",
+            "dm-haba-idc",
+            "--reuse-archives",
+            "--out",
+            str(tmp_path / "reused.json"),
+            "--work",
+            str(tmp_path / "archives"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert reused.returncode == 0, reused.stderr
     record = json.loads((tmp_path / "reused.json").read_text())["results"][0]
     assert record["distill_seconds"] is None
@@ -56,9 +95,21 @@ def test_smoke_run_writes_results_plot_and_resumes(tmp_path):
 
     # Several result files make one plot, each file's evaluation settings named.
     plotted = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "plot_accuracy.py"), str(tmp_path / "acc.json"),
-         str(tmp_path / "reused.json"), "-o", str(tmp_path / "all.png"), "--arms", "random,dm-haba-idc"],
-        capture_output=True, text=True, timeout=120, cwd=ROOT)
+        [
+            sys.executable,
+            str(ROOT / "bench" / "plot_accuracy.py"),
+            str(tmp_path / "acc.json"),
+            str(tmp_path / "reused.json"),
+            "-o",
+            str(tmp_path / "all.png"),
+            "--arms",
+            "random,dm-haba-idc",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert plotted.returncode == 0, plotted.stderr
     assert "1 epochs, 1 models" in plotted.stdout
     assert (tmp_path / "all.png").stat().st_size > 1000

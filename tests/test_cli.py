@@ -37,11 +37,14 @@ def test_version_and_usage_errors():
     assert run("compress", "--ipc", "zero").exit_code == 2
 
 
-@pytest.mark.parametrize("command, shown", [
-    ("compress", "[default: 300]"),  # our own "[default: ...]" texts, not eaten as markup
-    ("evaluate", "[default: 1000; --fast: 150]"),
-    ("experts", "--experts"),
-])
+@pytest.mark.parametrize(
+    "command, shown",
+    [
+        ("compress", "[default: 300]"),  # our own "[default: ...]" texts, not eaten as markup
+        ("evaluate", "[default: 1000; --fast: 150]"),
+        ("experts", "--experts"),
+    ],
+)
 def test_help_explains_every_option_with_its_default(command, shown):
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
@@ -89,10 +92,13 @@ def test_verify_names_the_damaged_tensor(tmp_path, digits_archive):
     # Which tensor holds that byte, from the safetensors header (data offsets are relative
     # to the end of the header).
     length = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + length])
+    header = json.loads(data[8 : 8 + length])
     at = len(data) - 5 - 8 - length
-    damaged = [name for name, entry in header.items() if name != "__metadata__"
-               and entry["data_offsets"][0] <= at < entry["data_offsets"][1]]
+    damaged = [
+        name
+        for name, entry in header.items()
+        if name != "__metadata__" and entry["data_offsets"][0] <= at < entry["data_offsets"][1]
+    ]
     assert len(damaged) == 1
     result = run("verify", broken)
     assert result.exit_code == 1

@@ -32,15 +32,16 @@ def help_of(*command: str, columns: int = 200) -> str:
 
 
 def test_every_command_is_listed_and_has_help():
-    assert {"compress", "inspect", "verify", "expand", "preview", "evaluate",
-            "experts"} <= set(COMMANDS)
+    assert {"compress", "inspect", "verify", "expand", "preview", "evaluate", "experts"} <= set(
+        COMMANDS
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_has_examples_of_the_command_and_no_bool_placeholder(command):
     text = help_of(command)
     assert "Examples:" in text
-    examples = text[text.index("Examples:"):]
+    examples = text[text.index("Examples:") :]
     assert f"habactl {command}" in examples
     assert "<bool>" not in text
 
@@ -105,9 +106,16 @@ def test_progress_into_a_file_is_silent_when_refused_before_any_work():
 
 @pytest.mark.parametrize("width", [120, 80, 60, 50, 40])
 def test_progress_line_fits_the_terminal_and_keeps_count_and_eta(width):
-    left, bar, right = fit_line(width, description="dm haba+idc", completed=150, total=1000,
-                                unit="it", elapsed=70.0, remaining=400.0,
-                                fields=["loss 0.1234", "2.13 it/s"])
+    left, bar, right = fit_line(
+        width,
+        description="dm haba+idc",
+        completed=150,
+        total=1000,
+        unit="it",
+        elapsed=70.0,
+        remaining=400.0,
+        fields=["loss 0.1234", "2.13 it/s"],
+    )
     shown = "  ".join(p for p in [left, "#" * bar, right] if p)
     assert len(shown) < width
     assert "150/1,000" in shown and "ETA 0:06:40" in shown
@@ -118,8 +126,13 @@ def test_progress_line_fits_the_terminal_and_keeps_count_and_eta(width):
 def test_live_progress_on_a_narrow_terminal_stays_on_one_line():
     stream = io.StringIO()
     console = Console(file=stream, force_terminal=True, width=50, highlight=False)
-    reporter = RichReporter(console, ["[bold]mnist-5k[/]: HaBa + IDC, 10 classes, "
-                                      "hallucinators with three hidden channels each"])
+    reporter = RichReporter(
+        console,
+        [
+            "[bold]mnist-5k[/]: HaBa + IDC, 10 classes, "
+            "hallucinators with three hidden channels each"
+        ],
+    )
     reporter.start(10, 0, "dm haba+idc")
     for i in range(1, 11):
         reporter.update(i, {"loss": 0.5})
@@ -150,16 +163,23 @@ def test_inspect_says_one_iteration_not_one_iterations():
 
 
 def test_inspect_shows_recipe_and_an_indented_hyperparameter_listing():
-    result = runner.invoke(app, ["inspect", str(GOLDEN / "idc-haba.haba")],
-                           env={"COLUMNS": "100"})
+    result = runner.invoke(app, ["inspect", str(GOLDEN / "idc-haba.haba")], env={"COLUMNS": "100"})
     assert result.exit_code == 0
     text = result.stdout
     assert "training recipe" in text and "epochs" in text and "augmentation" in text
-    rows = listing({"optimizer": {"name": "sgd", "momentum": 0.5},
-                    "augmentation": {"params": {"scale": 1.2, "rotate": 15.0}}})
+    rows = listing(
+        {
+            "optimizer": {"name": "sgd", "momentum": 0.5},
+            "augmentation": {"params": {"scale": 1.2, "rotate": 15.0}},
+        }
+    )
     assert [row.split() for row in rows] == [
-        ["augmentation"], ["params", "scale", "1.2,", "rotate", "15"],
-        ["optimizer"], ["momentum", "0.5"], ["name", "sgd"]]
+        ["augmentation"],
+        ["params", "scale", "1.2,", "rotate", "15"],
+        ["optimizer"],
+        ["momentum", "0.5"],
+        ["name", "sgd"],
+    ]
     # Sections indented under their heading, values of one section in one column.
     assert [len(row) - len(row.lstrip()) for row in rows] == [2, 4, 2, 4, 4]
     assert rows[3].index("0.5") == rows[4].index("sgd")

@@ -35,23 +35,31 @@ print("PROBE " + json.dumps({{"code": code, "loaded": loaded}}), file=sys.stderr
 
 def probe(*args: str) -> tuple[int, list[str], str]:
     """(exit code, heavy modules loaded, stdout) of `habactl ARGS` in a new interpreter."""
-    done = subprocess.run([sys.executable, "-c", PROBE, json.dumps([str(a) for a in args])],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps([str(a) for a in args])],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     line = [x for x in done.stderr.splitlines() if x.startswith("PROBE ")]
     assert line, done.stderr
-    report = json.loads(line[-1][len("PROBE "):])
+    report = json.loads(line[-1][len("PROBE ") :])
     return report["code"], report["loaded"], done.stdout
 
 
-@pytest.mark.parametrize("args", [
-    ["--version"],
-    ["--help"],
-    [],
-    ["inspect", "--help"],
-    ["inspect", GOLDEN / "idc-haba.haba"],
-    ["inspect", GOLDEN / "rgb-pixel-affine-soft.haba", "--json"],
-    ["inspect", GOLDEN / "zca.haba"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--version"],
+        ["--help"],
+        [],
+        ["inspect", "--help"],
+        ["inspect", GOLDEN / "idc-haba.haba"],
+        ["inspect", GOLDEN / "rgb-pixel-affine-soft.haba", "--json"],
+        ["inspect", GOLDEN / "zca.haba"],
+    ],
+)
 @pytest.mark.slow
 def test_header_commands_import_neither_torch_nor_numpy(args):
     code, loaded, _ = probe(*args)
@@ -90,12 +98,21 @@ def test_bad_archive_errors_do_not_import_torch(tmp_path):
 
 @pytest.mark.slow
 def test_python_dash_m_habactl_is_the_command_line():
-    done = subprocess.run([sys.executable, "-m", "habactl", "--version"], capture_output=True,
-                          text=True, cwd=REPO, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "habactl", "--version"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert done.returncode == 0 and done.stdout.startswith("habactl ")
-    done = subprocess.run([sys.executable, "-m", "habactl", "inspect", "--json",
-                           str(GOLDEN / "raw.haba")], capture_output=True, text=True, cwd=REPO,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "habactl", "inspect", "--json", str(GOLDEN / "raw.haba")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["manifest"]["pipeline"] == []
 

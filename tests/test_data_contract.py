@@ -94,6 +94,7 @@ class SourceContract:
 
 # ---- the shared helpers, on in-memory data ----
 
+
 def _split(n=6, classes=2, shape=(1, 4, 4), seed=0) -> LabeledImages:
     generator = torch.Generator().manual_seed(seed)
     images = torch.rand((n, *shape), generator=generator)
@@ -148,7 +149,16 @@ def test_validation_rejects_mismatched_splits():
 
 def test_holdout_count_is_a_fifth_rounded_with_one_each_side():
     assert [holdout_count(n) for n in (0, 1, 2, 4, 5, 7, 8, 10, 178, 500)] == [
-        0, 0, 1, 1, 1, 1, 2, 2, 36, 100
+        0,
+        0,
+        1,
+        1,
+        1,
+        1,
+        2,
+        2,
+        36,
+        100,
     ]
 
 

@@ -81,8 +81,9 @@ class TestNpzImagesLabels(SourceContract):
     def write(self, folder):
         x, y = arrays(5)
         path = folder / "plain.npz"
-        np.savez_compressed(path, images=x[:, None] / 255.0, labels=y,
-                            classes=np.array(["a", "b", "c"]))
+        np.savez_compressed(
+            path, images=x[:, None] / 255.0, labels=y, classes=np.array(["a", "b", "c"])
+        )
         return str(path)
 
     def test_class_names(self, source):
@@ -193,8 +194,9 @@ def _write_pair(path, images, labels):
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".h5"])
-@pytest.mark.parametrize("images, labels", [(15, 12), (12, 15)],
-                         ids=["more-images", "fewer-images"])
+@pytest.mark.parametrize(
+    "images, labels", [(15, 12), (12, 15)], ids=["more-images", "fewer-images"]
+)
 def test_one_label_per_image_is_checked_before_splitting(tmp_path, suffix, images, labels):
     x, y = arrays(5)  # 15 of each
     path = tmp_path / f"pairs{suffix}"
@@ -218,10 +220,13 @@ def test_a_folder_named_like_an_array_file_is_called_a_folder(tmp_path):
     assert "no such file" not in str(raised.value)
 
 
-@pytest.mark.parametrize("content, said", [
-    (b"images,labels\n1,2\n", "not an .npz at all"),
-    (None, "single .npy array"),
-])
+@pytest.mark.parametrize(
+    "content, said",
+    [
+        (b"images,labels\n1,2\n", "not an .npz at all"),
+        (None, "single .npy array"),
+    ],
+)
 def test_a_file_that_is_not_an_npz_says_so_not_pickled(tmp_path, content, said):
     path = tmp_path / "t.npz"
     if content is None:

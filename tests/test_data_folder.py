@@ -18,7 +18,9 @@ def write_images(folder: Path, count: int, size=(6, 5), mode="L", seed=0) -> Non
     rng = np.random.default_rng(seed)
     shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
     for i in range(count):
-        Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8), mode).save(folder / f"{i:03d}.png")
+        Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8), mode).save(
+            folder / f"{i:03d}.png"
+        )
 
 
 class TestSplitLayout(SourceContract):

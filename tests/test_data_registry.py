@@ -11,13 +11,26 @@ from habactl.errors import HabaError
 
 
 def test_public_api():
-    assert set(data.__all__) == {"DataError", "DataSource", "LabeledImages", "available_sources", "load_source"}
+    assert set(data.__all__) == {
+        "DataError",
+        "DataSource",
+        "LabeledImages",
+        "available_sources",
+        "load_source",
+    }
     assert issubclass(DataError, HabaError)
 
 
 def test_available_sources():
     assert available_sources() == [
-        "mnist-5k", "digits", "mnist", "fashion-mnist", "kmnist", "cifar10", "cifar100", "svhn"
+        "mnist-5k",
+        "digits",
+        "mnist",
+        "fashion-mnist",
+        "kmnist",
+        "cifar10",
+        "cifar100",
+        "svhn",
     ]
 
 
@@ -37,8 +50,11 @@ def test_embedded_takes_no_options():
 
 def test_path_dispatch(tmp_path):
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "a.npz", images=rng.integers(0, 256, (10, 4, 4), dtype=np.uint8),
-             labels=np.repeat([0, 1], 5))
+    np.savez(
+        tmp_path / "a.npz",
+        images=rng.integers(0, 256, (10, 4, 4), dtype=np.uint8),
+        labels=np.repeat([0, 1], 5),
+    )
     (tmp_path / "a.npz").rename(tmp_path / "a.NPZ")  # suffixes match case-insensitively
     assert load_source(tmp_path / "a.NPZ").name == "a.NPZ"
     with pytest.raises(DataError, match="no such file"):

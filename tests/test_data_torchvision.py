@@ -97,7 +97,6 @@ def test_torchvision_sources_take_no_options(tmp_path):
         load_source("mnist", root=tmp_path, images_key="x")
 
 
-
 class _FakeCifar:
     """Stands in for torchvision's CIFAR10, whose real files carry md5 checks."""
 
@@ -118,10 +117,13 @@ class _FakeSvhn:
         self.labels = np.arange(n) % 10
 
 
-@pytest.mark.parametrize("name, fake, classes, digits", [
-    ("cifar10", ("CIFAR10", _FakeCifar), ["airplane", "automobile", "bird"], False),
-    ("svhn", ("SVHN", _FakeSvhn), [str(d) for d in range(10)], True),
-])
+@pytest.mark.parametrize(
+    "name, fake, classes, digits",
+    [
+        ("cifar10", ("CIFAR10", _FakeCifar), ["airplane", "automobile", "bird"], False),
+        ("svhn", ("SVHN", _FakeSvhn), [str(d) for d in range(10)], True),
+    ],
+)
 def test_rgb_sources_convert_layout_and_names(tmp_path, monkeypatch, name, fake, classes, digits):
     import torchvision.datasets
 

@@ -11,8 +11,9 @@ from habactl.nets import seeded as networks
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8)])
 def test_fast_embedding_equals_the_network(shape):
     generator = torch.Generator().manual_seed(0)
-    net = networks.build("convnet", shape, 10, device=torch.device("cpu"), generator=generator,
-                         trainable=False)
+    net = networks.build(
+        "convnet", shape, 10, device=torch.device("cpu"), generator=generator, trainable=False
+    )
     images = torch.randn(40, *shape, generator=generator)
     with torch.inference_mode():
         fast = networks.embed_no_grad(net, images, 16)
@@ -24,8 +25,14 @@ def test_fast_embedding_equals_the_network(shape):
 def test_redraw_follows_the_generator_not_the_global_rng():
     def draw(seed: int) -> torch.Tensor:
         torch.manual_seed(seed)  # the global RNG must not matter
-        net = networks.build("convnet", (1, 28, 28), 10, device=torch.device("cpu"),
-                             generator=torch.Generator().manual_seed(5), trainable=False)
+        net = networks.build(
+            "convnet",
+            (1, 28, 28),
+            10,
+            device=torch.device("cpu"),
+            generator=torch.Generator().manual_seed(5),
+            trainable=False,
+        )
         return torch.cat([p.flatten() for p in net.parameters()])
 
     state = torch.get_rng_state()

@@ -66,15 +66,18 @@ def test_refuses_when_not_one_basis_per_class_fits():
     assert plan_budget("haba", MNIST, 10, 2).per_class[0] >= 1
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(codec="idc", factor=3), "does not divide"),
-    (dict(codec="raw", factor=2), "applies to the idc"),
-    (dict(codec="jpeg"), "unknown codec"),
-    (dict(codec="haba", arch="mlp"), "unknown hallucinator architecture"),
-    (dict(codec="raw", counts="some"), "unknown budget counting"),
-    (dict(codec="raw", leftover="hallucinators"), "unknown leftover"),
-    (dict(codec="haba+idc", kernel=4), "odd"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(codec="idc", factor=3), "does not divide"),
+        (dict(codec="raw", factor=2), "applies to the idc"),
+        (dict(codec="jpeg"), "unknown codec"),
+        (dict(codec="haba", arch="mlp"), "unknown hallucinator architecture"),
+        (dict(codec="raw", counts="some"), "unknown budget counting"),
+        (dict(codec="raw", leftover="hallucinators"), "unknown leftover"),
+        (dict(codec="haba+idc", kernel=4), "odd"),
+    ],
+)
 def test_bad_choices_are_one_clear_error(kwargs, message):
     codec = kwargs.pop("codec")
     with pytest.raises(DistillError, match=message):

@@ -63,25 +63,44 @@ def write(tmp_path_factory, digits):
 
     folder = tmp_path_factory.mktemp("evaluate")
 
-    def build(name: str, *, per_class: int = 2, learned_lr: float | None = None,
-              normalization: dict | None = None, zca: torch.Tensor | None = None,
-              source=None, stages: list[dict] | None = None) -> Path:
+    def build(
+        name: str,
+        *,
+        per_class: int = 2,
+        learned_lr: float | None = None,
+        normalization: dict | None = None,
+        zca: torch.Tensor | None = None,
+        source=None,
+        stages: list[dict] | None = None,
+    ) -> Path:
         from habactl.baselines import random_per_class
 
         normalization = normalization or mean_std(digits.mean(), digits.std())
         picked = random_per_class(digits.train.labels, per_class, digits.num_classes, 0)
         bases = Normalizer(normalization, zca)(digits.train.images[picked])
         pipeline = Pipeline.from_manifest(stages or [], tuple(bases.shape[1:]))
-        return write_haba(folder / name, source=source or digits, bases=bases,
-                          labels=digits.train.labels[picked], pipeline=pipeline,
-                          normalization=normalization, objective="random",
-                          hyperparameters={"per_class": per_class}, iterations=0, seed=0,
-                          ipc=per_class, learned_lr=learned_lr, zca=zca, overwrite=True)
+        return write_haba(
+            folder / name,
+            source=source or digits,
+            bases=bases,
+            labels=digits.train.labels[picked],
+            pipeline=pipeline,
+            normalization=normalization,
+            objective="random",
+            hyperparameters={"per_class": per_class},
+            iterations=0,
+            seed=0,
+            ipc=per_class,
+            learned_lr=learned_lr,
+            zca=zca,
+            overwrite=True,
+        )
 
     return build
 
 
 # -- protocol ----------------------------------------------------------------------------
+
 
 def test_presets_follow_the_standard_protocol():
     assert (STANDARD.epochs, STANDARD.models, STANDARD.batch_size) == (1000, 5, 256)
@@ -101,12 +120,20 @@ def test_lr_drops_tenfold_at_half_in_the_optimiser():
     seen: dict[int, float] = {}
     torch.manual_seed(0)
     net = build_net("mlp", 1, 8, 8, 3)
-    train_net(net, torch.randn(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2]), protocol, lr=0.05,
-              on_epoch=lambda epoch, opt: seen.__setitem__(epoch, opt.param_groups[0]["lr"]))
+    train_net(
+        net,
+        torch.randn(6, 1, 8, 8),
+        torch.tensor([0, 1, 2, 0, 1, 2]),
+        protocol,
+        lr=0.05,
+        on_epoch=lambda epoch, opt: seen.__setitem__(epoch, opt.param_groups[0]["lr"]),
+    )
     assert sorted(seen) == list(range(10))
     assert seen[0] == seen[4] == pytest.approx(0.05)
     assert seen[5] == seen[9] == pytest.approx(0.005)
-    assert STANDARD.lr_at(499) == pytest.approx(0.01) and STANDARD.lr_at(500) == pytest.approx(0.001)
+    assert STANDARD.lr_at(499) == pytest.approx(0.01) and STANDARD.lr_at(500) == pytest.approx(
+        0.001
+    )
 
 
 def test_training_is_reproducible_and_takes_soft_labels():
@@ -119,8 +146,14 @@ def test_training_is_reproducible_and_takes_soft_labels():
 
         torch.manual_seed(seed)
         net = build_net("convnet", 1, 8, 8, 3)
-        train_net(net, images, labels, protocol, augment=SiameseAugment(flip=False),
-                  generator=torch.Generator().manual_seed(seed))
+        train_net(
+            net,
+            images,
+            labels,
+            protocol,
+            augment=SiameseAugment(flip=False),
+            generator=torch.Generator().manual_seed(seed),
+        )
         return torch.cat([p.detach().flatten() for p in net.parameters()])
 
     assert torch.equal(trained(hard), trained(hard))
@@ -140,12 +173,16 @@ def test_accuracy_and_summary():
 
 
 def test_names_are_split_checked_and_deduplicated():
-    assert parse_names(["convnet,mlp", "mlp"], ("convnet", "mlp"), "architecture") == ["convnet", "mlp"]
+    assert parse_names(["convnet,mlp", "mlp"], ("convnet", "mlp"), "architecture") == [
+        "convnet",
+        "mlp",
+    ]
     with pytest.raises(HabaError, match="unknown architecture 'lenet'"):
         parse_names(["lenet"], ("convnet",), "architecture")
 
 
 # -- the archive side --------------------------------------------------------------------
+
 
 def test_learned_lr_is_used_unless_overridden(write):
     plain = HabaDataset(write("plain.haba"))
@@ -181,8 +218,12 @@ def test_test_images_get_the_archives_zca(write, digits):
 
 def test_a_zca_archive_without_its_matrix_does_not_pass(digits):
     manifest = {"normalization": {"kind": "zca", "mean": [0.5], "std": [0.25], "eps": 0.1}}
-    broken = SimpleNamespace(image_shape=(1, 8, 8), classes=digits.classes, manifest=manifest,
-                             test_transform=lambda: Normalizer(manifest["normalization"], None))
+    broken = SimpleNamespace(
+        image_shape=(1, 8, 8),
+        classes=digits.classes,
+        manifest=manifest,
+        test_transform=lambda: Normalizer(manifest["normalization"], None),
+    )
     with pytest.raises(HabaError, match="zca"):
         prepare_test_images(broken, digits)
 
@@ -199,15 +240,33 @@ def test_random_baseline_spends_the_true_budget(write, digits):
     assert budget_per_class(haba.manifest) == max(1, values // 64 // 10)
     arm = random_training_set(haba, digits, TINY)
     assert arm.images.shape[0] == 10 * budget_per_class(haba.manifest)
-    assert torch.bincount(arm.labels, minlength=10).unique().tolist() == [budget_per_class(haba.manifest)]
+    assert torch.bincount(arm.labels, minlength=10).unique().tolist() == [
+        budget_per_class(haba.manifest)
+    ]
 
 
 # -- the command -------------------------------------------------------------------------
 
+
 def test_json_output_with_both_baselines(write):
     path = write("cli.haba")
-    result = run("evaluate", path, "--arch", "mlp", "--epochs", "2", "--models", "2",
-                 "--baseline", "full,random", "--full-epochs", "1", "--json", "--device", "cpu")
+    result = run(
+        "evaluate",
+        path,
+        "--arch",
+        "mlp",
+        "--epochs",
+        "2",
+        "--models",
+        "2",
+        "--baseline",
+        "full,random",
+        "--full-epochs",
+        "1",
+        "--json",
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)  # stdout holds nothing but the JSON
     assert set(report) >= {"archive", "data", "protocol", "results", "baselines", "accuracy_unit"}
@@ -225,10 +284,34 @@ def test_json_output_with_both_baselines(write):
 
 def test_convnet_table_and_reproducibility(write):
     path = write("table.haba")
-    first = run("evaluate", path, "--arch", "convnet", "--epochs", "2", "--models", "1",
-                "--seed", "3", "--json", "-q")
-    second = run("evaluate", path, "--arch", "convnet", "--epochs", "2", "--models", "1",
-                 "--seed", "3", "--json", "-q")
+    first = run(
+        "evaluate",
+        path,
+        "--arch",
+        "convnet",
+        "--epochs",
+        "2",
+        "--models",
+        "1",
+        "--seed",
+        "3",
+        "--json",
+        "-q",
+    )
+    second = run(
+        "evaluate",
+        path,
+        "--arch",
+        "convnet",
+        "--epochs",
+        "2",
+        "--models",
+        "1",
+        "--seed",
+        "3",
+        "--json",
+        "-q",
+    )
     assert first.exit_code == second.exit_code == 0, first.output
     accuracies = [json.loads(r.stdout)["results"]["convnet"]["accuracies"] for r in (first, second)]
     assert accuracies[0] == accuracies[1]
@@ -238,13 +321,30 @@ def test_convnet_table_and_reproducibility(write):
 
 
 def test_other_data_warns_and_unknown_provenance_fails(write, digits):
-    stranger = SimpleNamespace(name="somewhere-else", fingerprint="sha256:" + "cd" * 32,
-                               classes=digits.classes, channels=1, height=8, width=8)
+    stranger = SimpleNamespace(
+        name="somewhere-else",
+        fingerprint="sha256:" + "cd" * 32,
+        classes=digits.classes,
+        channels=1,
+        height=8,
+        width=8,
+    )
     path = write("stranger.haba", source=stranger)
     line = one_error_line(run("evaluate", path, "--epochs", "1", "--models", "1"))
     assert "somewhere-else" in line and "--data" in line
-    result = run("evaluate", path, "--data", "digits", "--arch", "mlp", "--epochs", "1",
-                 "--models", "1", "--json")
+    result = run(
+        "evaluate",
+        path,
+        "--data",
+        "digits",
+        "--arch",
+        "mlp",
+        "--epochs",
+        "1",
+        "--models",
+        "1",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     assert "warning" in result.stderr and "fingerprint" in result.stderr
     report = json.loads(result.stdout)
@@ -254,25 +354,47 @@ def test_other_data_warns_and_unknown_provenance_fails(write, digits):
 def test_networks_trained_side_by_side_give_the_same_numbers(write):
     path = write("parallel.haba")
     protocol = Protocol(epochs=3, models=2, batch_size=64)
-    one_by_one = evaluate_archive(path, protocol=protocol, archs=["mlp"], baselines=["random"],
-                                  device="cpu", threads=1, jobs=1)
+    one_by_one = evaluate_archive(
+        path,
+        protocol=protocol,
+        archs=["mlp"],
+        baselines=["random"],
+        device="cpu",
+        threads=1,
+        jobs=1,
+    )
     events: list[tuple] = []
-    side_by_side = evaluate_archive(path, protocol=protocol, archs=["mlp"], baselines=["random"],
-                                    device="cpu", threads=1, jobs=2,
-                                    progress=lambda *event: events.append(event))
+    side_by_side = evaluate_archive(
+        path,
+        protocol=protocol,
+        archs=["mlp"],
+        baselines=["random"],
+        device="cpu",
+        threads=1,
+        jobs=2,
+        progress=lambda *event: events.append(event),
+    )
     assert side_by_side["protocol"]["jobs"] == 2 and one_by_one["protocol"]["jobs"] == 1
     for report in (one_by_one, side_by_side):
         assert len(report["results"]["mlp"]["accuracies"]) == 2
     assert side_by_side["results"] == {
-        "mlp": {**one_by_one["results"]["mlp"], "seconds": side_by_side["results"]["mlp"]["seconds"],
-                "seconds_per_model": side_by_side["results"]["mlp"]["seconds_per_model"]}}
-    assert (side_by_side["baselines"]["random"]["results"]["mlp"]["accuracies"]
-            == one_by_one["baselines"]["random"]["results"]["mlp"]["accuracies"])
+        "mlp": {
+            **one_by_one["results"]["mlp"],
+            "seconds": side_by_side["results"]["mlp"]["seconds"],
+            "seconds_per_model": side_by_side["results"]["mlp"]["seconds_per_model"],
+        }
+    }
+    assert (
+        side_by_side["baselines"]["random"]["results"]["mlp"]["accuracies"]
+        == one_by_one["baselines"]["random"]["results"]["mlp"]["accuracies"]
+    )
     # Progress: every network announced at epoch 0, finished at epoch 3, never going back.
     networks = {(arm, arch, model) for arm, arch, model, *_ in events}
     assert networks == {(arm, "mlp", m) for arm in ("archive", "random") for m in (0, 1)}
     for network in networks:
-        epochs = [epoch for arm, arch, model, _, epoch, _ in events if (arm, arch, model) == network]
+        epochs = [
+            epoch for arm, arch, model, _, epoch, _ in events if (arm, arch, model) == network
+        ]
         assert epochs[0] == 0 and epochs[-1] == 3 and epochs == sorted(epochs)
 
 
@@ -284,14 +406,17 @@ def test_jobs_must_be_positive(write):
         evaluate_archive(path, protocol=TINY, device="cpu", jobs=0)
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["missing.haba"], "no such archive"),
-    (["{archive}", "--arch", "lenet"], "unknown architecture"),
-    (["{archive}", "--baseline", "everything"], "unknown baseline"),
-    (["{archive}", "--data", "no/such/data.npz"], "no/such/data.npz"),
-    (["{archive}", "--data", "mnist-5k"], "1×28×28"),
-    (["{archive}", "--lr", "0"], "lr"),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["missing.haba"], "no such archive"),
+        (["{archive}", "--arch", "lenet"], "unknown architecture"),
+        (["{archive}", "--baseline", "everything"], "unknown baseline"),
+        (["{archive}", "--data", "no/such/data.npz"], "no/such/data.npz"),
+        (["{archive}", "--data", "mnist-5k"], "1×28×28"),
+        (["{archive}", "--lr", "0"], "lr"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_1(write, tmp_path, args, expected):
     archive = write("bad-input.haba")
     args = [a.format(archive=archive) for a in args]

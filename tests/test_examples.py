@@ -27,17 +27,31 @@ def digits_archive(tmp_path_factory) -> Path:
     normalization = mean_std(source.mean(), source.std())
     picked = random_per_class(source.train.labels, 10, source.num_classes, 0)
     bases = Normalizer(normalization)(source.train.images[picked])
-    return write_haba(tmp_path_factory.mktemp("examples") / "digits.haba", source=source,
-                      bases=bases, labels=source.train.labels[picked],
-                      pipeline=Pipeline.from_manifest([], tuple(bases.shape[1:])),
-                      normalization=normalization, objective="random",
-                      hyperparameters={"per_class": 10}, iterations=0, seed=0, ipc=10)
+    return write_haba(
+        tmp_path_factory.mktemp("examples") / "digits.haba",
+        source=source,
+        bases=bases,
+        labels=source.train.labels[picked],
+        pipeline=Pipeline.from_manifest([], tuple(bases.shape[1:])),
+        normalization=normalization,
+        objective="random",
+        hyperparameters={"per_class": 10},
+        iterations=0,
+        seed=0,
+        ipc=10,
+    )
 
 
 def run_example(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny batches: one thread is fastest
-    return subprocess.run([sys.executable, str(EXAMPLE), *args], capture_output=True, text=True,
-                          timeout=600, env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(EXAMPLE), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def accuracy_of(result: subprocess.CompletedProcess) -> float:
@@ -80,8 +94,11 @@ def test_readme_shows_the_example_loop():
     code = readme_code()
     script = {line.strip() for line in EXAMPLE.read_text().splitlines()}
     # Every other line of the README's loop is a line of the script that the suite runs.
-    extra = [line for line in code.splitlines()
-             if line.strip() and line.strip() not in script and line.strip() not in README_ONLY]
+    extra = [
+        line
+        for line in code.splitlines()
+        if line.strip() and line.strip() not in script and line.strip() not in README_ONLY
+    ]
     assert not extra, extra
     assert "for epoch in range(recipe.epochs):" in code and "recipe.augmentation(" in code
 
@@ -93,7 +110,13 @@ def test_readme_loop_runs_as_shown(digits_archive):
     code = code.replace('"mnist-5k.haba"', repr(str(digits_archive)))
     code = code.replace("recipe = train.recipe ", "recipe = train.recipe.with_(epochs=2) ")
     assert "with_(epochs=2)" in code
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=600, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"\d+\.\d\d %", result.stdout.strip()), result.stdout

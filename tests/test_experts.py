@@ -39,9 +39,17 @@ def test_index_records_data_architecture_and_settings(buffer, source):
     assert index["dataset"]["classes"] == ["0", "1", "2"]
     assert index["arch"] == {"name": "convnet", "width": 0.125, "norm": "instance"}
     training = index["training"]
-    assert (training["epochs"], training["lr"], training["momentum"], training["batch_size"]) == (2, 0.01, 0.0, 32)
+    assert (training["epochs"], training["lr"], training["momentum"], training["batch_size"]) == (
+        2,
+        0.01,
+        0.0,
+        32,
+    )
     assert training["augmentation"]["flip"] is False  # digits are not mirrored
-    assert [e["file"] for e in index["experts"]] == ["expert-0000.safetensors", "expert-0001.safetensors"]
+    assert [e["file"] for e in index["experts"]] == [
+        "expert-0000.safetensors",
+        "expert-0001.safetensors",
+    ]
     opened = ExpertBuffer(buffer)
     rows = opened.trajectory_rows(1, [0, 1, 2])
     assert rows.shape == (3, index["parameters"]["count"])
@@ -76,14 +84,29 @@ def test_resume_skips_finished_experts_and_matches_an_uninterrupted_run(tmp_path
     (folder / "index.json").write_text(json.dumps(index))
     (folder / "expert-0001.safetensors").write_bytes(b"torn")
     train_experts(source, folder, TINY)
-    assert (folder / "expert-0001.safetensors").read_bytes() == (buffer / "expert-0001.safetensors").read_bytes()
+    assert (folder / "expert-0001.safetensors").read_bytes() == (
+        buffer / "expert-0001.safetensors"
+    ).read_bytes()
 
 
 def test_other_settings_in_the_same_folder_are_refused(tmp_path, source):
     folder = tmp_path / "b"
     train_experts(source, folder, ExpertSettings(**{**TINY.__dict__, "experts": 1, "epochs": 1}))
-    result = CliRunner().invoke(app, ["experts", "digits", "-o", str(folder), "--epochs", "1",
-                                      "--experts", "1", "--width", "0.125"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "experts",
+            "digits",
+            "-o",
+            str(folder),
+            "--epochs",
+            "1",
+            "--experts",
+            "1",
+            "--width",
+            "0.125",
+        ],
+    )
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "other settings" in lines[0] and "dataset" in lines[0]

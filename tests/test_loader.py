@@ -44,8 +44,9 @@ def test_length_and_items_are_every_basis_through_every_hallucinator(make_archiv
 
 @pytest.mark.parametrize("cache", [False, True])
 def test_batched_fetch_equals_item_by_item(make_archive, cache):
-    dataset = HabaDataset(make_archive(stages=[hallucinate_stage(count=3, arch="pixel-affine")]),
-                          cache=cache)
+    dataset = HabaDataset(
+        make_archive(stages=[hallucinate_stage(count=3, arch="pixel-affine")]), cache=cache
+    )
     indices = [5, 0, 17, 3, 3]
     batch = dataset.__getitems__(indices)
     for index, (image, label) in zip(indices, batch):
@@ -74,8 +75,12 @@ def test_shuffled_two_worker_dataloader_sees_every_item_once(make_archive, cache
     assert not torch.equal(labels, expected_labels)  # shuffled...
     assert torch.equal(labels.sort().values, expected_labels.sort().values)  # ...but complete
     # Same multiset of images: compare per-image sums, sorted.
-    torch.testing.assert_close(images.flatten(1).sum(1).sort().values,
-                               expected_images.flatten(1).sum(1).sort().values, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        images.flatten(1).sum(1).sort().values,
+        expected_images.flatten(1).sum(1).sort().values,
+        atol=1e-4,
+        rtol=1e-4,
+    )
 
 
 def test_pickles_without_tensors(make_archive):

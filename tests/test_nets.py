@@ -29,7 +29,9 @@ def test_forward_shape_finite_and_input_dependent(arch, shape):
     assert torch.allclose(net.classifier(features), logits)
 
 
-@pytest.mark.parametrize("shape, feat", [((1, 28, 28), 2048), ((3, 32, 32), 2048), ((1, 8, 8), 128)])
+@pytest.mark.parametrize(
+    "shape, feat", [((1, 28, 28), 2048), ((3, 32, 32), 2048), ((1, 8, 8), 128)]
+)
 def test_convnet_feature_dim(shape, feat):
     net = build_net("convnet", *shape, num_classes=10)
     assert isinstance(net, ConvNet)
@@ -95,7 +97,7 @@ def test_gradient_matching_double_backward_through_functional_call():
     y = torch.tensor([0, 1, 2, 0])
     loss = torch.nn.functional.cross_entropy(functional_call(net, params, (x,)), y)
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-    match = sum((g ** 2).sum() for g in grads)
+    match = sum((g**2).sum() for g in grads)
     (gx,) = torch.autograd.grad(match, x)
     assert torch.isfinite(gx).all() and gx.abs().sum() > 0
 
@@ -118,11 +120,15 @@ def test_fast_pool_is_avg_pool_in_value_gradient_and_second_order():
 
     reference = lambda t: F.avg_pool2d(t, 2)  # noqa: E731
     # Gradient matching differentiates a weight gradient again, w.r.t. the images.
-    first = [torch.autograd.grad(loss(weight, x, p), weight, create_graph=True)[0]
-             for p in (pool, reference)]
+    first = [
+        torch.autograd.grad(loss(weight, x, p), weight, create_graph=True)[0]
+        for p in (pool, reference)
+    ]
     second = [torch.autograd.grad(g.square().sum(), x)[0] for g in first]
     assert torch.allclose(first[0], first[1]) and torch.allclose(second[0], second[1])
     # dc's per_class=vmap mode: per-sample gradients through torch.func.
-    per_sample = [vmap(grad(loss), in_dims=(None, 0, None))(weight, x.unsqueeze(1), p)
-                  for p in (pool, reference)]
+    per_sample = [
+        vmap(grad(loss), in_dims=(None, 0, None))(weight, x.unsqueeze(1), p)
+        for p in (pool, reference)
+    ]
     assert torch.allclose(per_sample[0], per_sample[1])

@@ -19,15 +19,31 @@ SETTINGS = {"real_per_class": 8, "net_width": 0.25}
 
 
 def config(objective: str, codec: str, ipc: int, iterations: int = 0, **settings) -> DistillConfig:
-    return DistillConfig(objective=objective, codec=codec, ipc=ipc, iterations=iterations,
-                         lr_bases=0.1, momentum=0.5, contrastive=False, checkpoint_every=1000,
-                         contrastive_settings={"batch": 4},
-                         objective_settings={**SETTINGS, **settings})
+    return DistillConfig(
+        objective=objective,
+        codec=codec,
+        ipc=ipc,
+        iterations=iterations,
+        lr_bases=0.1,
+        momentum=0.5,
+        contrastive=False,
+        checkpoint_every=1000,
+        contrastive_settings={"batch": 4},
+        objective_settings={**SETTINGS, **settings},
+    )
 
 
-@pytest.mark.parametrize("objective, codec, ipc", [
-    ("dc", "raw", 1), ("dc", "idc", 1), ("dc", "haba", 2), ("dsa", "raw", 1), ("dsa", "haba", 2),
-    ("dsa", "haba+idc", 1)])
+@pytest.mark.parametrize(
+    "objective, codec, ipc",
+    [
+        ("dc", "raw", 1),
+        ("dc", "idc", 1),
+        ("dc", "haba", 2),
+        ("dsa", "raw", 1),
+        ("dsa", "haba", 2),
+        ("dsa", "haba+idc", 1),
+    ],
+)
 def test_the_loss_goes_down(objective, codec, ipc):
     # The same network, real batch and augmentation every step: what remains is the
     # optimisation of the stored tensors, which must reduce the matching distance.
@@ -40,10 +56,12 @@ def test_the_loss_goes_down(objective, codec, ipc):
     assert losses[-1] < 0.97 * losses[0], losses
 
 
-@pytest.mark.parametrize("objective, codec, ipc, contrastive", [
-    ("dc", "haba", 2, True), ("dsa", "raw", 1, False)])
-def test_archive_round_trips_and_resume_equals_an_uninterrupted_run(tmp_path, objective, codec, ipc,
-                                                                   contrastive, monkeypatch):
+@pytest.mark.parametrize(
+    "objective, codec, ipc, contrastive", [("dc", "haba", 2, True), ("dsa", "raw", 1, False)]
+)
+def test_archive_round_trips_and_resume_equals_an_uninterrupted_run(
+    tmp_path, objective, codec, ipc, contrastive, monkeypatch
+):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     source = tiny_mnist()
     base = config(objective, codec, ipc, iterations=4, outer_loop=2, inner_loop=1)
@@ -74,14 +92,23 @@ def test_archive_round_trips_and_resume_equals_an_uninterrupted_run(tmp_path, ob
 
 
 def test_loops_follow_the_reference_table_and_can_be_overridden():
-    assert loops_for_ipc(1) == (1, 1) and loops_for_ipc(10) == (10, 50) and loops_for_ipc(50) == (50, 10)
+    assert (
+        loops_for_ipc(1) == (1, 1)
+        and loops_for_ipc(10) == (10, 50)
+        and loops_for_ipc(50) == (50, 10)
+    )
     assert loops_for_ipc(5) == (1, 1) and loops_for_ipc(15) == (10, 50)
     source = tiny_mnist()
     made = Distiller(source, config("dc", "raw", 10))
-    assert (made.objective.settings["outer_loop"], made.objective.settings["inner_loop"]) == (10, 50)
+    assert (made.objective.settings["outer_loop"], made.objective.settings["inner_loop"]) == (
+        10,
+        50,
+    )
     made = Distiller(source, config("dsa", "raw", 10, outer_loop=3, inner_loop=0))
     assert (made.objective.settings["outer_loop"], made.objective.settings["inner_loop"]) == (3, 0)
-    assert get_objective("dsa").siamese_augmentation and not get_objective("dc").siamese_augmentation
+    assert (
+        get_objective("dsa").siamese_augmentation and not get_objective("dc").siamese_augmentation
+    )
 
 
 def test_layer_distance_is_per_output_unit_cosine():
@@ -100,18 +127,41 @@ def test_compress_command_with_dc_and_dsa(tmp_path):
 
     for objective in ("dc", "dsa"):
         out = tmp_path / f"{objective}.haba"
-        result = CliRunner().invoke(app, [
-            "compress", "digits", "-o", str(out), "--objective", objective, "--codec", "raw",
-            "--iterations", "2", "--real-per-class", "4", "--outer-loop", "2", "--inner-loop", "1",
-            "--threads", "1", "-q"])
+        result = CliRunner().invoke(
+            app,
+            [
+                "compress",
+                "digits",
+                "-o",
+                str(out),
+                "--objective",
+                objective,
+                "--codec",
+                "raw",
+                "--iterations",
+                "2",
+                "--real-per-class",
+                "4",
+                "--outer-loop",
+                "2",
+                "--inner-loop",
+                "1",
+                "--threads",
+                "1",
+                "-q",
+            ],
+        )
         assert result.exit_code == 0, result.output
         with open_archive(out) as archive:
             provenance = archive.manifest["provenance"]
         hyper = provenance["hyperparameters"]
         assert provenance["objective"] == objective
-        assert hyper["optimizer"]["lr_bases"] == 0.1  # the reference's image lr for gradient matching
-        assert hyper["augmentation"]["strategy"] == ("none" if objective == "dc" else
-                                                     "color_crop_cutout_flip_scale_rotate")
+        assert (
+            hyper["optimizer"]["lr_bases"] == 0.1
+        )  # the reference's image lr for gradient matching
+        assert hyper["augmentation"]["strategy"] == (
+            "none" if objective == "dc" else "color_crop_cutout_flip_scale_rotate"
+        )
         assert (hyper["objective"]["outer_loop"], hyper["objective"]["inner_loop"]) == (2, 1)
 
 
@@ -122,4 +172,6 @@ def test_per_class_loop_and_vmap_agree():
         loss, _ = distiller.objective.loss(distiller.synthetic, torch.Generator().manual_seed(3))
         results.append((loss, torch.autograd.grad(loss, [distiller.synthetic.bases])[0]))
     assert float(results[0][0].detach()) == pytest.approx(float(results[1][0].detach()), rel=1e-4)
-    assert torch.allclose(results[0][1], results[1][1], rtol=1e-3, atol=1e-5 * float(results[0][1].abs().max()))
+    assert torch.allclose(
+        results[0][1], results[1][1], rtol=1e-3, atol=1e-5 * float(results[0][1].abs().max())
+    )

@@ -24,15 +24,27 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def buffer(tmp_path_factory):
     folder = tmp_path_factory.mktemp("mtt") / "buffer"
-    train_experts(tiny_mnist(), folder, ExpertSettings(experts=2, epochs=3, width=0.125, batch_size=32))
+    train_experts(
+        tiny_mnist(), folder, ExpertSettings(experts=2, epochs=3, width=0.125, batch_size=32)
+    )
     return folder
 
 
-def config(buffer, codec: str = "raw", ipc: int = 1, iterations: int = 0, **settings) -> DistillConfig:
-    return DistillConfig(objective="mtt", codec=codec, ipc=ipc, iterations=iterations, lr_bases=100.0,
-                         momentum=0.5, contrastive=False, checkpoint_every=1000,
-                         contrastive_settings={"batch": 4},
-                         objective_settings={"experts": str(buffer), "syn_steps": 3, **settings})
+def config(
+    buffer, codec: str = "raw", ipc: int = 1, iterations: int = 0, **settings
+) -> DistillConfig:
+    return DistillConfig(
+        objective="mtt",
+        codec=codec,
+        ipc=ipc,
+        iterations=iterations,
+        lr_bases=100.0,
+        momentum=0.5,
+        contrastive=False,
+        checkpoint_every=1000,
+        contrastive_settings={"batch": 4},
+        objective_settings={"experts": str(buffer), "syn_steps": 3, **settings},
+    )
 
 
 @pytest.mark.parametrize("codec, ipc", [("raw", 1), ("idc", 1), ("haba", 2), ("haba+idc", 1)])
@@ -46,16 +58,22 @@ def test_the_loss_goes_down(buffer, codec, ipc):
     assert losses[-1] < 0.9 * losses[0], losses
 
 
-@pytest.mark.parametrize("codec, ipc, variants", [("raw", 1, "one-per-step"), ("haba", 2, "one-per-step"),
-                                                  ("haba", 2, "all")])
+@pytest.mark.parametrize(
+    "codec, ipc, variants",
+    [("raw", 1, "one-per-step"), ("haba", 2, "one-per-step"), ("haba", 2, "all")],
+)
 def test_recomputed_unroll_gives_the_gradients_of_the_full_graph(buffer, codec, ipc, variants):
     grads = {}
     for unroll in ("full", "recompute"):
-        distiller = Distiller(tiny_mnist(), config(buffer, codec, ipc, unroll=unroll, batch_syn=4,
-                                                   variants=variants))
+        distiller = Distiller(
+            tiny_mnist(), config(buffer, codec, ipc, unroll=unroll, batch_syn=4, variants=variants)
+        )
         loss, _ = distiller.objective.loss(distiller.synthetic, torch.Generator().manual_seed(7))
-        params = [distiller.synthetic.bases, *distiller.synthetic.hallucinator_parameters(),
-                  distiller.objective.syn_lr]
+        params = [
+            distiller.synthetic.bases,
+            *distiller.synthetic.hallucinator_parameters(),
+            distiller.objective.syn_lr,
+        ]
         grads[unroll] = (float(loss.detach()), torch.autograd.grad(loss, params))
     assert grads["full"][0] == pytest.approx(grads["recompute"][0], rel=1e-5)
     for a, b in zip(grads["full"][1], grads["recompute"][1]):
@@ -74,8 +92,14 @@ def test_learned_lr_goes_to_the_archive_and_is_used(buffer, tmp_path, monkeypatc
     with open_archive(whole.path) as archive:
         training = archive.manifest["training"]
         hyper = archive.manifest["provenance"]["hyperparameters"]["objective"]
-    assert training["learned_lr"] == pytest.approx(learned) and training["recommended"]["lr"] == pytest.approx(learned)
-    assert hyper["max_start_epoch"] == 2 and hyper["lr_init"] == 0.01 and hyper["buffer"]["experts"] == 2
+    assert training["learned_lr"] == pytest.approx(learned) and training["recommended"][
+        "lr"
+    ] == pytest.approx(learned)
+    assert (
+        hyper["max_start_epoch"] == 2
+        and hyper["lr_init"] == 0.01
+        and hyper["buffer"]["experts"] == 2
+    )
     dataset = HabaDataset(whole.path)
     assert dataset.recommended_lr == pytest.approx(learned)
     assert archive_lr(dataset, None) == (pytest.approx(learned), "learned")
@@ -129,14 +153,31 @@ def test_compress_command_with_mtt(tmp_path, buffer):
     from habactl.cli.app import app
 
     runner = CliRunner()
-    result = runner.invoke(app, ["compress", "digits", "-o", str(tmp_path / "x.haba"), "--objective", "mtt"])
+    result = runner.invoke(
+        app, ["compress", "digits", "-o", str(tmp_path / "x.haba"), "--objective", "mtt"]
+    )
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 1 and len(lines) == 1 and "--experts DIR" in lines[0]
-    result = runner.invoke(app, ["compress", "digits", "-o", str(tmp_path / "x.haba"), "--experts", str(buffer)])
+    result = runner.invoke(
+        app, ["compress", "digits", "-o", str(tmp_path / "x.haba"), "--experts", str(buffer)]
+    )
     assert result.exit_code == 1 and "mtt only" in result.stderr
     # A buffer of 3 mnist-5k classes is not one of digits: refused by fingerprint, one line.
-    result = runner.invoke(app, ["compress", "digits", "-o", str(tmp_path / "x.haba"), "--objective", "mtt",
-                                 "--experts", str(buffer), "--codec", "raw"])
+    result = runner.invoke(
+        app,
+        [
+            "compress",
+            "digits",
+            "-o",
+            str(tmp_path / "x.haba"),
+            "--objective",
+            "mtt",
+            "--experts",
+            str(buffer),
+            "--codec",
+            "raw",
+        ],
+    )
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 1 and len(lines) == 1 and "not on this data set 'digits'" in lines[0]
     assert not (tmp_path / "x.haba").exists()

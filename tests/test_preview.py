@@ -62,7 +62,7 @@ def test_every_cell_holds_its_basis_or_hallucination_scaled_up(tmp_path, archive
     for row, cells in enumerate(expected):
         for column, image in enumerate(cells):
             x, y = layout.origin(row, column)
-            crop = picture[y:y + layout.cell[0], x:x + layout.cell[1]]
+            crop = picture[y : y + layout.cell[0], x : x + layout.cell[1]]
             big = image.repeat(layout.zoom, axis=0).repeat(layout.zoom, axis=1)
             assert np.array_equal(crop, big), (row, column)
     # The hallucinations differ from each other: the columns are not copies.
@@ -82,11 +82,11 @@ def test_rows_carry_class_names_and_a_header_row(tmp_path, archive):
     # Ink in the header band above every column and in the label band left of every row.
     for column in range(layout.columns):
         x, _ = layout.origin(0, column)
-        assert (picture[: layout.header_height, x:x + layout.cell[1]] < 128).any()
+        assert (picture[: layout.header_height, x : x + layout.cell[1]] < 128).any()
     labels = []
     for row in range(layout.rows):
         _, y = layout.origin(row, 0)
-        band = picture[y:y + layout.cell[0], : layout.label_width]
+        band = picture[y : y + layout.cell[0], : layout.label_width]
         assert (band < 128).any()
         labels.append(band)
     assert np.array_equal(labels[0], labels[1])  # same class, same label
@@ -102,7 +102,7 @@ def test_per_class_chooses_the_rows(tmp_path, archive):
     picture = np.asarray(Image.open(grid).convert("RGB"))
     x, y = drawn.layout.origin(1, 0)
     want = expected_cells(archive, [2])[0][0].repeat(3, axis=0).repeat(3, axis=1)
-    assert np.array_equal(picture[y:y + 24, x:x + 24], want)  # row 2 is class-1's first basis
+    assert np.array_equal(picture[y : y + 24, x : x + 24], want)  # row 2 is class-1's first basis
 
 
 def test_a_huge_grid_is_refused_before_anything_is_decoded(tmp_path, archive, monkeypatch):
@@ -111,8 +111,9 @@ def test_a_huge_grid_is_refused_before_anything_is_decoded(tmp_path, archive, mo
 
     monkeypatch.setattr(HabaDataset, "fetch", no_decoding)
     monkeypatch.setattr(preview, "plain_decode", no_decoding)
-    line = error_line(run("preview", archive, "-o", tmp_path / "g.png", "--per-class", "100",
-                          "--scale", "1000"))
+    line = error_line(
+        run("preview", archive, "-o", tmp_path / "g.png", "--per-class", "100", "--scale", "1000")
+    )
     assert "megapixels" in line and "--scale" in line
     assert not (tmp_path / "g.png").exists()
 
@@ -129,8 +130,9 @@ def test_without_per_class_as_many_bases_as_fit_are_shown(tmp_path, make_archive
     shown = rows.count("class-0")
     assert 1 <= shown < 10 and rows == [f"class-{c}" for c in range(3) for _ in range(shown)]
     # Asking for more than fits is an error, not a silent cut.
-    line = error_line(run("preview", archive, "-o", tmp_path / "h.png", "--scale", "4",
-                          "--per-class", "10"))
+    line = error_line(
+        run("preview", archive, "-o", tmp_path / "h.png", "--scale", "4", "--per-class", "10")
+    )
     assert "megapixels" in line
 
 

@@ -23,7 +23,7 @@ def golden_manifest(name: str) -> dict:
     """The manifest of a golden archive, read with the standard library alone."""
     data = (GOLDEN / f"{name}.haba").read_bytes()
     size = struct.unpack("<Q", data[:8])[0]
-    return json.loads(json.loads(data[8:8 + size])["__metadata__"]["haba"])
+    return json.loads(json.loads(data[8 : 8 + size])["__metadata__"]["haba"])
 
 
 def with_provenance(manifest: dict, dataset: str, hyperparameters: dict | None = None) -> dict:
@@ -34,6 +34,7 @@ def with_provenance(manifest: dict, dataset: str, hyperparameters: dict | None =
 
 
 # -- the object ---------------------------------------------------------------------------
+
 
 def test_raw_golden_gives_the_recorded_protocol():
     recipe = Recipe.from_manifest(golden_manifest("raw"))
@@ -65,8 +66,12 @@ def test_as_dict_is_json_and_lines_are_an_indented_listing():
     recipe = Recipe.from_manifest(golden_manifest("rgb-pixel-affine-soft"))
     data = json.loads(json.dumps(recipe.as_dict()))
     assert data["lr"] == 0.02 and data["labels"] == "soft"
-    assert data["schedule"] == {"kind": "step", "lr_decay_at": 0.5, "lr_decay": 0.1,
-                                "decay_epoch": 500}
+    assert data["schedule"] == {
+        "kind": "step",
+        "lr_decay_at": 0.5,
+        "lr_decay": 0.1,
+        "decay_epoch": 500,
+    }
     assert data["augmentation"]["kind"] == "dsa" and data["augmentation"]["flip"] is True
     lines = recipe.lines()
     assert any(line.startswith("optimizer") and "lr 0.02 (learned)" in line for line in lines)
@@ -100,11 +105,18 @@ def test_no_recorded_augmentation_means_the_batch_is_left_alone():
 
 @pytest.mark.slow
 def test_the_recipe_module_is_torch_free():
-    code = ("import json, sys; from habactl.recipe import Recipe; "
-            "Recipe.from_manifest(json.loads(sys.stdin.read())).lines(); "
-            "print('torch' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], input=json.dumps(golden_manifest("zca")),
-                            capture_output=True, text=True, timeout=120)
+    code = (
+        "import json, sys; from habactl.recipe import Recipe; "
+        "Recipe.from_manifest(json.loads(sys.stdin.read())).lines(); "
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps(golden_manifest("zca")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
 
@@ -128,6 +140,7 @@ def test_the_loader_exposes_the_recipe(make_archive):
 
 # -- the same training as `habactl evaluate` ----------------------------------------------
 
+
 def test_augmentation_is_the_one_evaluate_trains_with():
     from habactl.evaluation.train import make_augment
 
@@ -144,8 +157,14 @@ def test_optimizer_and_schedule_follow_evaluates_lr_epoch_by_epoch():
     protocol = recipe.protocol(models=1)
     seen: list[float] = []
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 2))
-    train_net(net, torch.rand(4, 3, 6, 6), torch.tensor([0, 1, 0, 1]), protocol,
-              lr=recipe.lr, on_epoch=lambda epoch, opt: seen.append(opt.param_groups[0]["lr"]))
+    train_net(
+        net,
+        torch.rand(4, 3, 6, 6),
+        torch.tensor([0, 1, 0, 1]),
+        protocol,
+        lr=recipe.lr,
+        on_epoch=lambda epoch, opt: seen.append(opt.param_groups[0]["lr"]),
+    )
     optimizer = recipe.optimizer(net.parameters())
     scheduler = recipe.scheduler(optimizer)
     mine = []
@@ -175,12 +194,14 @@ def test_soft_label_loss_against_a_hand_computation():
     hard_loss = Recipe.from_manifest(golden_manifest("raw")).loss()
     hard = hard_loss(torch.tensor(logits), torch.tensor([1, 2]))
     z0, z1 = logits
-    expected = -((2.0 - math.log(sum(map(math.exp, z0))))
-                 + (3.0 - math.log(sum(map(math.exp, z1))))) / 2
+    expected = (
+        -((2.0 - math.log(sum(map(math.exp, z0)))) + (3.0 - math.log(sum(map(math.exp, z1))))) / 2
+    )
     assert float(hard) == pytest.approx(expected, rel=1e-6)
 
 
 # -- the transform -------------------------------------------------------------------------
+
 
 def batch(n: int = 16, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, 12, 12, generator=torch.Generator().manual_seed(seed))
@@ -196,8 +217,10 @@ def draws(augment, images: torch.Tensor, calls: int = 6) -> list[torch.Tensor]:
 
 def test_transform_is_reproducible_from_its_seed_and_changes_with_it():
     images = batch()
-    first, again = draws(cifar_recipe().augmentation(seed=3), images), \
-        draws(cifar_recipe().augmentation(seed=3), images)
+    first, again = (
+        draws(cifar_recipe().augmentation(seed=3), images),
+        draws(cifar_recipe().augmentation(seed=3), images),
+    )
     other = draws(cifar_recipe().augmentation(seed=4), images)
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
@@ -240,8 +263,14 @@ def loader_batches(path: Path, *, workers: int, seed: int, epochs: int = 2, samp
     dataset = HabaDataset(path)
     augment = dataset.recipe.augmentation(seed=seed)
     torch.manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=4, shuffle=sampler is None, sampler=sampler,
-                        num_workers=workers, collate_fn=augment.collate)
+    loader = DataLoader(
+        dataset,
+        batch_size=4,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=augment.collate,
+    )
     out = []
     for epoch in range(epochs):
         augment.set_epoch(epoch)
@@ -252,8 +281,11 @@ def loader_batches(path: Path, *, workers: int, seed: int, epochs: int = 2, samp
 
 
 def same(a: list, b: list) -> bool:
-    return all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
-               for ea, eb in zip(a, b) for x, y in zip(ea, eb))
+    return all(
+        torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
+        for ea, eb in zip(a, b)
+        for x, y in zip(ea, eb)
+    )
 
 
 def test_collate_augments_in_the_workers_reproducibly(make_archive):

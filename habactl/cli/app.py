@@ -112,11 +112,13 @@ app = HabaTyper(
         ".haba archive of bases and hallucinators, and train on it as a torch Dataset."
     ),
     cls=HabaGroup,
-    epilog=examples_epilog([
-        "habactl compress && habactl inspect mnist-5k.haba",
-        "habactl evaluate mnist-5k.haba --fast",
-        "habactl COMMAND --help                         # each command's options",
-    ]),
+    epilog=examples_epilog(
+        [
+            "habactl compress && habactl inspect mnist-5k.haba",
+            "habactl evaluate mnist-5k.haba --fast",
+            "habactl COMMAND --help                         # each command's options",
+        ]
+    ),
     # `habactl` alone prints this help and exits 0 (the root callback does it):
     # typer's no_args_is_help exits 2, as for a usage error.
     invoke_without_command=True,

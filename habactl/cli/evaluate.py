@@ -17,46 +17,73 @@ from habactl.cli.app import app, guarded, plural, stderr, stdout
 def evaluate(
     archive: Path = typer.Argument(..., help="The .haba archive."),
     data: str | None = typer.Option(
-        None, "--data",
-        help="Data set to test on \\[default: the one in the archive's provenance]."),
+        None, "--data", help="Data set to test on \\[default: the one in the archive's provenance]."
+    ),
     root: Path | None = typer.Option(
-        None, "--root", help="Folder holding torchvision data sets \\[default: none; the embedded "
-        "sets need none]."),
+        None,
+        "--root",
+        help="Folder holding torchvision data sets \\[default: none; the embedded sets need none].",
+    ),
     arch: list[str] | None = typer.Option(
-        None, "--arch", help="Architectures, comma-separated or repeated: convnet, mlp, alexnet, "
-        "vgg11, resnet18 \\[default: convnet]."),
+        None,
+        "--arch",
+        help="Architectures, comma-separated or repeated: convnet, mlp, alexnet, "
+        "vgg11, resnet18 \\[default: convnet].",
+    ),
     models: int | None = typer.Option(
-        None, "--models", min=1,
-        help="Networks trained per architecture \\[default: 5; --fast: 2]."),
+        None, "--models", min=1, help="Networks trained per architecture \\[default: 5; --fast: 2]."
+    ),
     epochs: int | None = typer.Option(
-        None, "--epochs", min=1, help="Training epochs \\[default: 1000; --fast: 150]."),
+        None, "--epochs", min=1, help="Training epochs \\[default: 1000; --fast: 150]."
+    ),
     fast: bool = typer.Option(
-        False, "--fast", help="Quick look: 150 epochs, 2 models (a few minutes for the default "
-        "archive on 2 cores)."),
+        False,
+        "--fast",
+        help="Quick look: 150 epochs, 2 models (a few minutes for the default archive on 2 cores).",
+    ),
     lr: float | None = typer.Option(
-        None, "--lr",
-        help="Learning rate \\[default: the archive's learned lr, else its recommended 0.01]."),
+        None,
+        "--lr",
+        help="Learning rate \\[default: the archive's learned lr, else its recommended 0.01].",
+    ),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", min=1, help="Batch size \\[default: 256]."),
+        None, "--batch-size", min=1, help="Batch size \\[default: 256]."
+    ),
     seed: int = typer.Option(0, "--seed", help="Model i uses seed + i."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     jobs: int | None = typer.Option(
-        None, "--jobs", "-j", min=1, help="Networks trained at a time, each in its own process "
+        None,
+        "--jobs",
+        "-j",
+        min=1,
+        help="Networks trained at a time, each in its own process "
         "\\[default: one per CPU core, at most one per network; 1 on a GPU]. The results do "
-        "not depend on it."),
+        "not depend on it.",
+    ),
     threads: int = typer.Option(
-        1, "--threads", min=1, help="CPU threads for torch in each process. The batches are "
+        1,
+        "--threads",
+        min=1,
+        help="CPU threads for torch in each process. The batches are "
         "tiny: on a busy 2-core machine one thread trained 3.5x faster than two, so use "
-        "--jobs for the cores. Results are reproducible for a given thread count."),
+        "--jobs for the cores. Results are reproducible for a given thread count.",
+    ),
     baseline: list[str] | None = typer.Option(
-        None, "--baseline", help="Also train on: full (the whole real training set, epochs // 50 "
+        None,
+        "--baseline",
+        help="Also train on: full (the whole real training set, epochs // 50 "
         "epochs) and/or random (random real images at the archive's true budget) \\[default: "
-        "none]."),
+        "none].",
+    ),
     full_epochs: int | None = typer.Option(
-        None, "--full-epochs", min=1,
-        help="Epochs of the full-data baseline \\[default: epochs // 50]."),
+        None,
+        "--full-epochs",
+        min=1,
+        help="Epochs of the full-data baseline \\[default: epochs // 50].",
+    ),
     as_json: bool = typer.Option(
-        False, "--json", help="Print one JSON object on stdout, nothing else."),
+        False, "--json", help="Print one JSON object on stdout, nothing else."
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress or warnings on stderr."),
 ) -> None:
     """Train networks from scratch on ARCHIVE and report their real test accuracy.
@@ -77,18 +104,30 @@ def evaluate(
 
     from habactl.evaluation import FAST, STANDARD, evaluate_archive
 
-    protocol = (FAST if fast else STANDARD).with_(epochs=epochs, models=models,
-                                                  batch_size=batch_size, seed=seed)
+    protocol = (FAST if fast else STANDARD).with_(
+        epochs=epochs, models=models, batch_size=batch_size, seed=seed
+    )
 
     def warn(message: str) -> None:
         if not quiet:
             print(f"habactl: warning: {message}", file=sys.stderr)
 
     with _progress(quiet) as report:
-        result = evaluate_archive(archive, protocol=protocol, archs=arch or ["convnet"], data=data,
-                                  root=root, lr=lr, baselines=baseline or [],
-                                  full_epochs=full_epochs, device=device, threads=threads,
-                                  jobs=jobs, progress=report, warn=warn)
+        result = evaluate_archive(
+            archive,
+            protocol=protocol,
+            archs=arch or ["convnet"],
+            data=data,
+            root=root,
+            lr=lr,
+            baselines=baseline or [],
+            full_epochs=full_epochs,
+            device=device,
+            threads=threads,
+            jobs=jobs,
+            progress=report,
+            warn=warn,
+        )
     if as_json:
         print(json.dumps(result, sort_keys=True))
     else:
@@ -113,19 +152,26 @@ class _progress:
         self.line.start(None, 0, "loading the archive and the test data")
         return self
 
-    def __call__(self, arm: str, arch: str, model: int, models: int, epoch: int,
-                 epochs: int) -> None:
+    def __call__(
+        self, arm: str, arch: str, model: int, models: int, epoch: int, epochs: int
+    ) -> None:
         assert self.line is not None
         self.networks[(arm, arch, model)] = (epoch, epochs, models)
-        training = [f"{a} {n} {m + 1}/{total}"
-                    for (a, n, m), (e, es, total) in self.networks.items() if 0 < e < es]
+        training = [
+            f"{a} {n} {m + 1}/{total}"
+            for (a, n, m), (e, es, total) in self.networks.items()
+            if 0 < e < es
+        ]
         done = sum(1 for e, es, _ in self.networks.values() if e >= es)
         description = f"{done}/{plural(len(self.networks), 'network')}"
-        self.line.update(sum(e for e, _, _ in self.networks.values()),
-                         total=sum(es for _, es, _ in self.networks.values()),
-                         description=description,
-                         training=("training " + ", ".join(training[:3])
-                                   + (" …" if len(training) > 3 else "")) if training else "")
+        self.line.update(
+            sum(e for e, _, _ in self.networks.values()),
+            total=sum(es for _, es, _ in self.networks.values()),
+            description=description,
+            training=("training " + ", ".join(training[:3]) + (" …" if len(training) > 3 else ""))
+            if training
+            else "",
+        )
 
     def __exit__(self, *exc: Any) -> None:
         if self.line is not None:
@@ -139,29 +185,55 @@ def print_result(result: dict[str, Any]) -> None:
     stdout.print(
         f"[bold]{archive['path']}[/]: {archive['training_images']:,} training images from "
         f"{archive['stored_values']:,} stored values (budget {archive['budget_values']:,}); "
-        f"tested on {data['name']} ({data['test_images']:,} test images)")
+        f"tested on {data['name']} ({data['test_images']:,} test images)"
+    )
     table = Table(show_edge=False)
-    for name, justify in (("arm", "left"), ("arch", "left"), ("images", "right"),
-                          ("epochs", "right"), ("lr", "right"), ("accuracy %", "right"),
-                          ("models", "right"), ("time", "right")):
+    for name, justify in (
+        ("arm", "left"),
+        ("arch", "left"),
+        ("images", "right"),
+        ("epochs", "right"),
+        ("lr", "right"),
+        ("accuracy %", "right"),
+        ("models", "right"),
+        ("time", "right"),
+    ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    arms = [("archive", archive["training_images"], protocol["epochs"],
-             _lr_text(protocol["lr"], protocol["lr_source"]), result["results"])]
-    arms += [(name, b["training_images"], b["epochs"], f"{b['lr']:g}", b["results"])
-             for name, b in result["baselines"].items()]
+    arms = [
+        (
+            "archive",
+            archive["training_images"],
+            protocol["epochs"],
+            _lr_text(protocol["lr"], protocol["lr_source"]),
+            result["results"],
+        )
+    ]
+    arms += [
+        (name, b["training_images"], b["epochs"], f"{b['lr']:g}", b["results"])
+        for name, b in result["baselines"].items()
+    ]
     for arm, images, epochs, lr, results in arms:
         for arch_name, r in results.items():
-            table.add_row(arm, arch_name, f"{images:,}", str(epochs), lr,
-                          f"{r['mean']:.2f} ± {r['std']:.2f}", str(r["models"]),
-                          f"{r['seconds']:.0f} s")
+            table.add_row(
+                arm,
+                arch_name,
+                f"{images:,}",
+                str(epochs),
+                lr,
+                f"{r['mean']:.2f} ± {r['std']:.2f}",
+                str(r["models"]),
+                f"{r['seconds']:.0f} s",
+            )
     stdout.print(table)
-    stdout.print(f"final-epoch accuracy, mean ± std over models; batch {protocol['batch_size']}, "
-                 f"lr × {protocol['lr_decay']:g} at epoch "
-                 f"{int(protocol['epochs'] * protocol['lr_decay_at'])}, "
-                 f"{protocol['augmentation']} augmentation, seed {protocol['seed']}, "
-                 f"{protocol['device']} "
-                 f"({protocol['jobs']} at a time, {plural(protocol['threads'], 'thread')} each); "
-                 f"{result['seconds']:.0f} s in all")
+    stdout.print(
+        f"final-epoch accuracy, mean ± std over models; batch {protocol['batch_size']}, "
+        f"lr × {protocol['lr_decay']:g} at epoch "
+        f"{int(protocol['epochs'] * protocol['lr_decay_at'])}, "
+        f"{protocol['augmentation']} augmentation, seed {protocol['seed']}, "
+        f"{protocol['device']} "
+        f"({protocol['jobs']} at a time, {plural(protocol['threads'], 'thread')} each); "
+        f"{result['seconds']:.0f} s in all"
+    )
     for name, b in result["baselines"].items():
         if b.get("note"):
             stdout.print(f"{name}: {b['note']}")

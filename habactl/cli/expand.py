@@ -21,13 +21,16 @@ EXAMPLES = [
 def expand(
     archive: Path = typer.Argument(..., help="The .haba archive."),
     output: Path = typer.Option(
-        ..., "-o", "--output",
-        help="A folder (class folders of PNGs), a .h5/.hdf5 or a .npz file."),
+        ..., "-o", "--output", help="A folder (class folders of PNGs), a .h5/.hdf5 or a .npz file."
+    ),
     pixels: bool = typer.Option(
-        False, "--pixels",
-        help="h5/npz: store [0,1] pixels instead of the normalised training values."),
+        False,
+        "--pixels",
+        help="h5/npz: store [0,1] pixels instead of the normalised training values.",
+    ),
     force: bool = typer.Option(
-        False, "--force", help="Replace an earlier output (a folder only if habactl wrote it)."),
+        False, "--force", help="Replace an earlier output (a folder only if habactl wrote it)."
+    ),
 ) -> None:
     """Decode every (basis, hallucinator) pair and write the result.
 

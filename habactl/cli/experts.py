@@ -21,28 +21,39 @@ EXAMPLES = [
 @guarded
 def experts(
     data: str = typer.Argument(..., help="Data set, as for compress (e.g. mnist-5k, digits)."),
-    output: Path = typer.Option(..., "-o", "--output",
-                                help="Buffer folder (created; resumed if it exists)."),
+    output: Path = typer.Option(
+        ..., "-o", "--output", help="Buffer folder (created; resumed if it exists)."
+    ),
     count: int = typer.Option(5, "--experts", min=1, help="Number of expert trajectories."),
-    epochs: int = typer.Option(50, "--epochs", min=1,
-                               help="Epochs per expert (one stored checkpoint each)."),
-    lr: float = typer.Option(0.01, "--lr",
-                             help="SGD learning rate (no momentum, as the reference)."),
+    epochs: int = typer.Option(
+        50, "--epochs", min=1, help="Epochs per expert (one stored checkpoint each)."
+    ),
+    lr: float = typer.Option(
+        0.01, "--lr", help="SGD learning rate (no momentum, as the reference)."
+    ),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Batch size."),
     arch: str = typer.Option("convnet", "--arch", help="Expert (and student) architecture."),
-    width: float = typer.Option(1.0, "--width",
-                                help="Width multiplier of the network (1.0: 128 channels)."),
-    augment: str = typer.Option("color_crop_cutout_flip_scale_rotate", "--augment",
-                                help="DSA ops joined by _ (no flip on digit data), or none."),
+    width: float = typer.Option(
+        1.0, "--width", help="Width multiplier of the network (1.0: 128 channels)."
+    ),
+    augment: str = typer.Option(
+        "color_crop_cutout_flip_scale_rotate",
+        "--augment",
+        help="DSA ops joined by _ (no flip on digit data), or none.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for every random choice."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    threads: int = typer.Option(0, "--threads", min=0,
-                                help="CPU threads for torch (0: torch's default). On a CPU busy "
-                                "with other work, 1 is often much faster."),
-    root: Path | None = typer.Option(None, "--root",
-                                     help="Folder holding torchvision data sets."),
-    force: bool = typer.Option(False, "--force",
-                               help="Start over in a folder made with other settings."),
+    threads: int = typer.Option(
+        0,
+        "--threads",
+        min=0,
+        help="CPU threads for torch (0: torch's default). On a CPU busy "
+        "with other work, 1 is often much faster.",
+    ),
+    root: Path | None = typer.Option(None, "--root", help="Folder holding torchvision data sets."),
+    force: bool = typer.Option(
+        False, "--force", help="Start over in a folder made with other settings."
+    ),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
 ) -> None:
     """Train N expert networks on DATA and store their trajectories (safetensors + index.json).
@@ -61,8 +72,17 @@ def experts(
     check_buffer_folder(output)
     check_folder_writable(output if output.is_dir() else output.parent)
 
-    settings = ExpertSettings(experts=count, epochs=epochs, lr=lr, batch_size=batch_size, arch=arch,
-                              width=width, augment=augment, seed=seed, device=device)
+    settings = ExpertSettings(
+        experts=count,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        arch=arch,
+        width=width,
+        augment=augment,
+        seed=seed,
+        device=device,
+    )
     if threads:
         import torch
 
@@ -80,11 +100,15 @@ def experts(
             bar["progress"] = ProgressLine(stderr, unit="epochs")
             bar["progress"].message(
                 f"[bold]{source.name}[/]: {plural(count, 'expert')} × {plural(epochs, 'epoch')}, "
-                f"{arch} width {width}, SGD lr {lr}, batch {batch_size}, augmentation {augment}")
+                f"{arch} width {width}, SGD lr {lr}, batch {batch_size}, augmentation {augment}"
+            )
             bar["progress"].start(count * total, 0, "experts")
-        status = (f"expert {i + 1}/{count}: already done" if "skipped" in metrics else
-                  f"expert {i + 1}/{count} epoch {epoch}/{total} loss {metrics['loss']:.3f} "
-                  f"acc {metrics['accuracy']:.3f}")
+        status = (
+            f"expert {i + 1}/{count}: already done"
+            if "skipped" in metrics
+            else f"expert {i + 1}/{count} epoch {epoch}/{total} loss {metrics['loss']:.3f} "
+            f"acc {metrics['accuracy']:.3f}"
+        )
         bar["progress"].update(i * total + epoch, status=status)
 
     def note(text: str) -> None:
@@ -104,9 +128,11 @@ def experts(
         if bar:
             bar["progress"].stop()
     if not quiet:
-        stderr.print(f"[bold green]wrote[/] {output}  ({plural(len(index['experts']), 'expert')}, "
-                     f"{index['parameters']['count']:,} parameters × {epochs + 1} checkpoints "
-                     f"each; {time.perf_counter() - started:.1f} s)")
+        stderr.print(
+            f"[bold green]wrote[/] {output}  ({plural(len(index['experts']), 'expert')}, "
+            f"{index['parameters']['count']:,} parameters × {epochs + 1} checkpoints "
+            f"each; {time.perf_counter() - started:.1f} s)"
+        )
         stderr.print(f"next: habactl compress {data} --objective mtt --experts {output}")
 
 

@@ -32,24 +32,32 @@ def summary(manifest: dict[str, Any], expansion: int) -> list[tuple[str, str]]:
     bases = manifest["bases"]
     prov = manifest["provenance"]
     per_class = sorted(set(bases["per_class"]))
-    per_class_text = (str(per_class[0]) if len(per_class) == 1
-                      else f"{min(per_class)}–{max(per_class)}")
+    per_class_text = (
+        str(per_class[0]) if len(per_class) == 1 else f"{min(per_class)}–{max(per_class)}"
+    )
     pipeline = " → ".join(describe_stage(s) for s in manifest["pipeline"]) or "none (raw images)"
     classes = manifest["classes"]
     return [
         ("format", f"{manifest['format']} {manifest['format_version']}"),
         ("data set", f"{prov['dataset']['name']}  ({prov['dataset']['fingerprint'][:23]}…)"),
-        ("classes", f"{len(classes)}: {', '.join(classes[:10])}"
-                    + (" …" if len(classes) > 10 else "")),
+        (
+            "classes",
+            f"{len(classes)}: {', '.join(classes[:10])}" + (" …" if len(classes) > 10 else ""),
+        ),
         ("image", f"{image['channels']}×{image['height']}×{image['width']}"),
-        ("bases", f"{bases['count']:,} ({per_class_text} per class) at "
-                  + "×".join(str(s) for s in bases["shape"])),
+        (
+            "bases",
+            f"{bases['count']:,} ({per_class_text} per class) at "
+            + "×".join(str(s) for s in bases["shape"]),
+        ),
         ("pipeline", pipeline),
         ("expands to", plural(bases["count"] * expansion, "training image")),
         ("labels", manifest["labels"]["kind"]),
         ("normalisation", manifest["normalization"]["kind"]),
-        ("objective", f"{prov['objective']}, {plural(prov['iterations'], 'iteration')}, "
-                      f"seed {prov['seed']}"),
+        (
+            "objective",
+            f"{prov['objective']}, {plural(prov['iterations'], 'iteration')}, seed {prov['seed']}",
+        ),
         ("made by", f"{prov['library']} at {prov['created']}"),
     ]
 
@@ -64,10 +72,18 @@ def account_table(account: dict[str, Any], storage: dict[str, Any]) -> Any:
     table.add_column("counted")
     for name, part in account["parts"].items():
         if part["values"] or part["bytes"]:
-            table.add_row(name, f"{part['values']:,}", f"{part['bytes']:,}",
-                          "yes" if part["counted"] else "no")
-    table.add_row("[bold]stored[/]", f"[bold]{account['stored_values']:,}[/]",
-                  f"{account['stored_bytes']:,}", "")
+            table.add_row(
+                name,
+                f"{part['values']:,}",
+                f"{part['bytes']:,}",
+                "yes" if part["counted"] else "no",
+            )
+    table.add_row(
+        "[bold]stored[/]",
+        f"[bold]{account['stored_values']:,}[/]",
+        f"{account['stored_bytes']:,}",
+        "",
+    )
     table.add_row(f"budget (IPC {storage['ipc']})", f"{account['budget_values']:,}", "", "")
     ratio = account["ratio"]
     style = "green" if ratio <= 1.0 + 1e-9 else "red"
@@ -143,8 +159,9 @@ def wrap_items(items: list[str], width: int) -> list[str]:
     """Items joined by ", " into rows of at most `width` characters (an item longer than
     that gets a row of its own, words wrapped); never breaks inside an item's word."""
     if len(items) == 1:
-        return textwrap.wrap(items[0], width, break_long_words=False,
-                             break_on_hyphens=False) or [""]
+        return textwrap.wrap(items[0], width, break_long_words=False, break_on_hyphens=False) or [
+            ""
+        ]
     rows: list[str] = []
     row = ""
     for i, item in enumerate(items):
@@ -171,11 +188,17 @@ def _print_section(title: str, lines: list[str]) -> None:
 def inspect_archive(
     archive: Path = typer.Argument(..., help="The .haba archive."),
     as_json: bool = typer.Option(
-        False, "--json", help="Print the manifest, the storage account and the training recipe "
-        "as one JSON object on stdout."),
+        False,
+        "--json",
+        help="Print the manifest, the storage account and the training recipe "
+        "as one JSON object on stdout.",
+    ),
     as_recipe: bool = typer.Option(
-        False, "--recipe", help="Print the compress recipe (TOML) that rebuilds the archive: "
-        "habactl compress --config it."),
+        False,
+        "--recipe",
+        help="Print the compress recipe (TOML) that rebuilds the archive: "
+        "habactl compress --config it.",
+    ),
 ) -> None:
     """Summarise an archive: pipeline, shapes, storage account, training recipe and
     provenance (reads the header only)."""
@@ -193,10 +216,19 @@ def inspect_archive(
     account = storage_account(manifest)
     recipe = recipe_of(manifest)
     if as_json:
-        print(json.dumps({"path": str(archive), "manifest": manifest, "account": account,
-                          "expanded_items": manifest["bases"]["count"] * expansion,
-                          "recipe": None if recipe is None else recipe.as_dict()},
-                         indent=2, sort_keys=True))
+        print(
+            json.dumps(
+                {
+                    "path": str(archive),
+                    "manifest": manifest,
+                    "account": account,
+                    "expanded_items": manifest["bases"]["count"] * expansion,
+                    "recipe": None if recipe is None else recipe.as_dict(),
+                },
+                indent=2,
+                sort_keys=True,
+            )
+        )
         return
     from rich.markup import escape
 
@@ -209,12 +241,16 @@ def inspect_archive(
         for row in rows[1:]:
             stdout.print(" " * (2 + KEY_WIDTH) + escape(row))
     if manifest["storage"].get("counts") == "bases":
-        stdout.print("  [yellow]note[/]: the claim counts bases only (reference counting); "
-                     "the account below counts every stored value.")
+        stdout.print(
+            "  [yellow]note[/]: the claim counts bases only (reference counting); "
+            "the account below counts every stored value."
+        )
     stdout.print(account_table(account, manifest["storage"]))
     if recipe is not None:
-        _print_section("training recipe (habactl.recipe; what `habactl evaluate` trains with)",
-                       [f"  {line}" for line in recipe.lines()])
+        _print_section(
+            "training recipe (habactl.recipe; what `habactl evaluate` trains with)",
+            [f"  {line}" for line in recipe.lines()],
+        )
     hyper = manifest["provenance"].get("hyperparameters") or {}
     if hyper:
         _print_section("hyperparameters (how the archive was made)", listing(hyper, 2, width))

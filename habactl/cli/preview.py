@@ -51,22 +51,38 @@ class Layout:
         """(x, y) of the top-left pixel of the image in (row, column)."""
         x = self.label_width + PAD + column * (self.column_width + PAD)
         y = self.header_height + PAD + row * (self.row_height + PAD)
-        return (x + (self.column_width - self.cell[1]) // 2,
-                y + (self.row_height - self.cell[0]) // 2)
+        return (
+            x + (self.column_width - self.cell[1]) // 2,
+            y + (self.row_height - self.cell[0]) // 2,
+        )
 
 
 def auto_zoom(height: int, width: int) -> int:
     return max(1, -(-AUTO_CELL // max(height, width)))
 
 
-def plan(rows: int, columns: int, image: tuple[int, int], zoom: int, label_width: int,
-         line_height: int, min_column: int) -> Layout:
+def plan(
+    rows: int,
+    columns: int,
+    image: tuple[int, int],
+    zoom: int,
+    label_width: int,
+    line_height: int,
+    min_column: int,
+) -> Layout:
     """Rows as tall as a cell or a line of text, columns as wide as a cell or the word
     ``basis`` (so that titles never overlap, even at --scale 1)."""
     cell = (image[0] * zoom, image[1] * zoom)
-    return Layout(rows=rows, columns=columns, zoom=zoom, cell=cell, label_width=label_width,
-                  header_height=line_height + PAD, row_height=max(cell[0], line_height),
-                  column_width=max(cell[1], min_column))
+    return Layout(
+        rows=rows,
+        columns=columns,
+        zoom=zoom,
+        cell=cell,
+        label_width=label_width,
+        header_height=line_height + PAD,
+        row_height=max(cell[0], line_height),
+        column_width=max(cell[1], min_column),
+    )
 
 
 def column_titles(columns: int, fits: Any) -> list[str]:
@@ -97,11 +113,18 @@ def preview(
     archive: Path = typer.Argument(..., help="The .haba archive."),
     output: Path = typer.Option(..., "-o", "--output", help="PNG file to write (ends in .png)."),
     per_class: int | None = typer.Option(
-        None, "--per-class", min=1, show_default="every basis that fits",
-        help="Bases shown per class (rows)."),
+        None,
+        "--per-class",
+        min=1,
+        show_default="every basis that fits",
+        help="Bases shown per class (rows).",
+    ),
     scale: int = typer.Option(
-        0, "--scale", min=0,
-        help=f"Pixel zoom; 0 picks one that makes cells at least {AUTO_CELL} px."),
+        0,
+        "--scale",
+        min=0,
+        help=f"Pixel zoom; 0 picks one that makes cells at least {AUTO_CELL} px.",
+    ),
     force: bool = typer.Option(False, "--force", help="Replace an existing file."),
 ) -> None:
     """Draw a PNG grid: one row per basis, its hallucinations in the columns.
@@ -122,10 +145,16 @@ def preview(
     if data.note:
         print(f"note: {data.note}", file=sys.stderr)
     hallucinators = data.layout.columns - 1
-    what = f"basis + {hallucinators} hallucinator{'s' * (hallucinators != 1)}" if hallucinators \
+    what = (
+        f"basis + {hallucinators} hallucinator{'s' * (hallucinators != 1)}"
+        if hallucinators
         else "basis"
-    print(f"wrote {output}: {data.layout.rows} bases × {data.layout.columns} columns ({what}), "
-          f"{width}×{height} px", file=sys.stderr)
+    )
+    print(
+        f"wrote {output}: {data.layout.rows} bases × {data.layout.columns} columns ({what}), "
+        f"{width}×{height} px",
+        file=sys.stderr,
+    )
 
 
 @dataclass(frozen=True)
@@ -175,19 +204,23 @@ def draw(archive: Path, per_class: int | None, scale: int) -> Drawn:
     row_pixels = pixel_width * (probe.row_height + PAD)
     budget_rows = max(1, (MAX_PIXELS - pixel_width * (probe.header_height + PAD)) // row_pixels)
     shown = choose_rows(counts, per_class, budget_rows)
-    bases = torch.cat([torch.nonzero(labels == c).flatten()[:shown]
-                       for c in range(dataset.num_classes)])
-    layout = plan(len(bases), columns, (height, width), zoom, label_width, line_height,
-                  min_column)
+    bases = torch.cat(
+        [torch.nonzero(labels == c).flatten()[:shown] for c in range(dataset.num_classes)]
+    )
+    layout = plan(len(bases), columns, (height, width), zoom, label_width, line_height, min_column)
     total_width, total_height = layout.size
     if total_width * total_height > MAX_PIXELS:
-        raise HabaError(f"the grid would be {total_width:,}×{total_height:,} pixels "
-                        f"({total_width * total_height / 1e6:,.0f} megapixels, the limit is "
-                        f"{MAX_PIXELS / 1e6:.0f}); lower --scale or --per-class")
+        raise HabaError(
+            f"the grid would be {total_width:,}×{total_height:,} pixels "
+            f"({total_width * total_height / 1e6:,.0f} megapixels, the limit is "
+            f"{MAX_PIXELS / 1e6:.0f}); lower --scale or --per-class"
+        )
     note = ""
     if per_class is None and shown < max(counts):
-        note = (f"showing {shown} of up to {max(counts)} bases per class, what fits in "
-                f"{MAX_PIXELS / 1e6:.0f} megapixels; choose with --per-class")
+        note = (
+            f"showing {shown} of up to {max(counts)} bases per class, what fits in "
+            f"{MAX_PIXELS / 1e6:.0f} megapixels; choose with --per-class"
+        )
 
     with torch.no_grad():
         cells = [plain_decode(state.pipeline, state.bases[bases])]
@@ -201,7 +234,7 @@ def draw(archive: Path, per_class: int | None, scale: int) -> Drawn:
         for row, image in enumerate(pixels):
             big = image.repeat(zoom, axis=0).repeat(zoom, axis=1)
             x, y = layout.origin(row, column)
-            canvas[y:y + big.shape[0], x:x + big.shape[1]] = big  # grayscale broadcasts to RGB
+            canvas[y : y + big.shape[0], x : x + big.shape[1]] = big  # grayscale broadcasts to RGB
 
     picture = Image.fromarray(canvas)
     pen = ImageDraw.Draw(picture)

@@ -10,13 +10,26 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Stage": "base", "StageSpec": "spec", "Pipeline": "pipeline", "PipelineSpec": "spec",
-    "CodecError": "errors", "STAGES": "registry", "get_stage": "registry",
+    "Stage": "base",
+    "StageSpec": "spec",
+    "Pipeline": "pipeline",
+    "PipelineSpec": "spec",
+    "CodecError": "errors",
+    "STAGES": "registry",
+    "get_stage": "registry",
     "describe_pipeline": "spec",
 }
 
-__all__ = ["Stage", "StageSpec", "Pipeline", "PipelineSpec", "CodecError", "STAGES",
-           "get_stage", "describe_pipeline"]
+__all__ = [
+    "Stage",
+    "StageSpec",
+    "Pipeline",
+    "PipelineSpec",
+    "CodecError",
+    "STAGES",
+    "get_stage",
+    "describe_pipeline",
+]
 
 
 def __getattr__(name: str) -> Any:

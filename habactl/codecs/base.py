@@ -61,8 +61,14 @@ class Stage(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def from_config(cls, configuration: dict[str, Any], in_shape: Any, *,
-                    generator: torch.Generator | None = None, noise: float = 0.0) -> Stage:
+    def from_config(
+        cls,
+        configuration: dict[str, Any],
+        in_shape: Any,
+        *,
+        generator: torch.Generator | None = None,
+        noise: float = 0.0,
+    ) -> Stage:
         """The stage with its default initialisation, plus `noise`·N(0, 1) on every
         parameter when `noise` > 0 (so that several hallucinators start apart)."""
         stage = cls(cls.describe(configuration, in_shape))
@@ -106,7 +112,8 @@ class Stage(nn.Module):
         return self.spec.out_shape
 
     def extra_repr(self) -> str:
-        return f"{self.name} v{self.version} {self.spec.configuration} {self.in_shape}->{self.out_shape}"
+        shapes = f"{self.in_shape}->{self.out_shape}"
+        return f"{self.name} v{self.version} {self.spec.configuration} {shapes}"
 
     # -- parameters ----------------------------------------------------------------
     def reset_parameters(self) -> None:
@@ -134,16 +141,22 @@ class Stage(nn.Module):
         missing = sorted(set(expected) - set(tensors))
         extra = sorted(set(tensors) - set(expected))
         if missing or extra:
-            raise CodecError(f"stage {quote(self.name)}: tensors do not match the configuration "
-                             f"(missing {missing}, unexpected {[quote(k) for k in extra]})")
+            raise CodecError(
+                f"stage {quote(self.name)}: tensors do not match the configuration "
+                f"(missing {missing}, unexpected {[quote(k) for k in extra]})"
+            )
         own = self.named_tensors()
         for key, shape in expected.items():
             value = tensors[key]
             if not isinstance(value, Tensor) or not value.is_floating_point():
-                raise CodecError(f"stage {quote(self.name)}: tensor {quote(key)} must be a float tensor")
+                raise CodecError(
+                    f"stage {quote(self.name)}: tensor {quote(key)} must be a float tensor"
+                )
             if tuple(value.shape) != tuple(shape):
-                raise CodecError(f"stage {quote(self.name)}: tensor {quote(key)} has shape "
-                                 f"{list(value.shape)}, the configuration needs {list(shape)}")
+                raise CodecError(
+                    f"stage {quote(self.name)}: tensor {quote(key)} has shape "
+                    f"{list(value.shape)}, the configuration needs {list(shape)}"
+                )
             if not bool(torch.isfinite(value).all()):
                 raise CodecError(f"stage {quote(self.name)}: tensor {quote(key)} holds NaN or Inf")
             own[key].copy_(value)
@@ -152,8 +165,11 @@ class Stage(nn.Module):
     def check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != self.in_shape:
             got = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise CodecError(f"stage {quote(self.name)}: input must be (N, {', '.join(map(str, self.in_shape))}), "
-                             f"got {got}")
+            raise CodecError(
+                f"stage {quote(self.name)}: input must be "
+                f"(N, {', '.join(map(str, self.in_shape))}), "
+                f"got {got}"
+            )
 
     def forward(self, x: Tensor, variant: Tensor | None = None) -> Tensor:  # noqa: D401
         raise NotImplementedError

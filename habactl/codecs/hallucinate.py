@@ -30,10 +30,12 @@ class Hallucinate(Stage):
     name = "hallucinate"
     version = 1
     summary = "HaBa: K hallucinators turn each basis into K images"
-    options = (StageOption("arch", "channel-affine", "--hallucinator-arch"),
-               StageOption("count", 5, "--hallucinators"),
-               StageOption("hidden", 3, "--hallucinator-hidden"),
-               StageOption("kernel", 3, "--hallucinator-kernel"))
+    options = (
+        StageOption("arch", "channel-affine", "--hallucinator-arch"),
+        StageOption("count", 5, "--hallucinators"),
+        StageOption("hidden", 3, "--hallucinator-hidden"),
+        StageOption("kernel", 3, "--hallucinator-kernel"),
+    )
 
     @classmethod
     def describe(cls, configuration: dict[str, Any], in_shape: Any) -> StageSpec:
@@ -64,8 +66,13 @@ class Hallucinate(Stage):
         copy (hidden < C) decode to 0. Scale 1, shift 0, biases 0."""
         c, centre = self.in_shape[0], self.kernel // 2
         copies = [len(range(i, self.hidden, c)) for i in range(c)]
-        for p in (self.encoder.weight, self.encoder.bias, self.shift,
-                  self.decoder.weight, self.decoder.bias):
+        for p in (
+            self.encoder.weight,
+            self.encoder.bias,
+            self.shift,
+            self.decoder.weight,
+            self.decoder.bias,
+        ):
             p.zero_()
         self.scale.fill_(1.0)
         for j in range(self.hidden):
@@ -86,12 +93,20 @@ class Hallucinate(Stage):
         if variant is None:
             if self.count == 1:
                 return torch.zeros(n, dtype=torch.long, device=self.scale.device)
-            raise CodecError(f"stage 'hallucinate': {self.count} hallucinators, so a variant "
-                             "per sample is required")
-        if (not isinstance(variant, Tensor) or variant.shape != (n,)
-                or variant.dtype.is_floating_point or variant.dtype.is_complex
-                or variant.dtype == torch.bool):
-            raise CodecError(f"stage 'hallucinate': variant must be an integer tensor of shape ({n},)")
+            raise CodecError(
+                f"stage 'hallucinate': {self.count} hallucinators, so a variant "
+                "per sample is required"
+            )
+        if (
+            not isinstance(variant, Tensor)
+            or variant.shape != (n,)
+            or variant.dtype.is_floating_point
+            or variant.dtype.is_complex
+            or variant.dtype == torch.bool
+        ):
+            raise CodecError(
+                f"stage 'hallucinate': variant must be an integer tensor of shape ({n},)"
+            )
         variant = variant.to(device=self.scale.device, dtype=torch.long)
         if n and (int(variant.min()) < 0 or int(variant.max()) >= self.count):
             raise CodecError(f"stage 'hallucinate': variant must lie in [0, {self.count})")
@@ -108,13 +123,21 @@ class Hallucinate(Stage):
         c, height, width = self.in_shape
         k, hid = self.kernel, self.hidden
         enc_w, enc_b = self._encoder()
-        z = F.conv2d(x.reshape(1, n * c, height, width), enc_w[variant].reshape(n * hid, c, k, k),
-                     enc_b[variant].reshape(n * hid), groups=n)
+        z = F.conv2d(
+            x.reshape(1, n * c, height, width),
+            enc_w[variant].reshape(n * hid, c, k, k),
+            enc_b[variant].reshape(n * hid),
+            groups=n,
+        )
         if self.per_pixel:
-            z = (z.view(n, hid, *z.shape[-2:]) * self.scale[variant] + self.shift[variant])
+            z = z.view(n, hid, *z.shape[-2:]) * self.scale[variant] + self.shift[variant]
             z = z.view(1, n * hid, *z.shape[-2:])
-        y = F.conv_transpose2d(z, self.decoder.weight[variant].reshape(n * hid, c, k, k),
-                               self.decoder.bias[variant].reshape(n * c), groups=n)
+        y = F.conv_transpose2d(
+            z,
+            self.decoder.weight[variant].reshape(n * hid, c, k, k),
+            self.decoder.bias[variant].reshape(n * c),
+            groups=n,
+        )
         return y.view(n, c, height, width)
 
     def forward_all(self, x: Tensor) -> Tensor:
@@ -132,6 +155,10 @@ class Hallucinate(Stage):
         if self.per_pixel:
             z = z.view(n, count, hid, *z.shape[-2:]) * self.scale + self.shift
             z = z.view(n, count * hid, *z.shape[-2:])
-        y = F.conv_transpose2d(z, self.decoder.weight.reshape(count * hid, c, k, k),
-                               self.decoder.bias.reshape(count * c), groups=count)
+        y = F.conv_transpose2d(
+            z,
+            self.decoder.weight.reshape(count * hid, c, k, k),
+            self.decoder.bias.reshape(count * c),
+            groups=count,
+        )
         return y.view(n * count, c, height, width)

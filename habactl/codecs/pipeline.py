@@ -29,19 +29,30 @@ class Pipeline(nn.Module):
         self.expansion = spec.expansion
 
     @classmethod
-    def from_manifest(cls, pipeline: list[dict[str, Any]], base_shape: Any, *,
-                      generator: torch.Generator | None = None, noise: float = 0.0) -> Pipeline:
+    def from_manifest(
+        cls,
+        pipeline: list[dict[str, Any]],
+        base_shape: Any,
+        *,
+        generator: torch.Generator | None = None,
+        noise: float = 0.0,
+    ) -> Pipeline:
         """Build every stage with its default initialisation (plus optional noise);
         stored parameters come in through `load_tensors`."""
         spec = describe_pipeline(pipeline, base_shape)
-        stages = [get_stage(s.name).from_config(s.configuration, s.in_shape,
-                                                generator=generator, noise=noise)
-                  for s in spec.stages]
+        stages = [
+            get_stage(s.name).from_config(
+                s.configuration, s.in_shape, generator=generator, noise=noise
+            )
+            for s in spec.stages
+        ]
         return cls(spec, stages, tuple(int(d) for d in base_shape))  # type: ignore[arg-type]
 
     def to_manifest(self) -> list[dict[str, Any]]:
-        return [{"name": s.name, "version": s.version, "configuration": s.to_config()}
-                for s in self.stages]
+        return [
+            {"name": s.name, "version": s.version, "configuration": s.to_config()}
+            for s in self.stages
+        ]
 
     def decode(self, bases: Tensor, variant: Tensor | None = None) -> Tensor:
         """Basis n through variant[n]: (N, *base_shape) -> (N, *out_shape)."""
@@ -63,9 +74,11 @@ class Pipeline(nn.Module):
         return out
 
     def named_tensors(self) -> dict[str, Tensor]:
-        return {f"pipeline.{i}.{name}": t
-                for i, stage in enumerate(self.stages)
-                for name, t in stage.named_tensors().items()}
+        return {
+            f"pipeline.{i}.{name}": t
+            for i, stage in enumerate(self.stages)
+            for name, t in stage.named_tensors().items()
+        }
 
     def load_tensors(self, tensors: Mapping[str, Tensor]) -> None:
         """Load every `pipeline.{i}.{param}`; names and shapes must match exactly."""
@@ -73,16 +86,26 @@ class Pipeline(nn.Module):
         missing = sorted(set(expected) - set(tensors))
         extra = sorted(set(tensors) - set(expected))
         if missing or extra:
-            raise CodecError(f"pipeline tensors do not match the manifest "
-                             f"(missing {missing}, unexpected {[quote(k) for k in extra]})")
+            raise CodecError(
+                f"pipeline tensors do not match the manifest "
+                f"(missing {missing}, unexpected {[quote(k) for k in extra]})"
+            )
         for i, stage in enumerate(self.stages):
             prefix = f"pipeline.{i}."
-            stage.load_tensors({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            stage.load_tensors(
+                {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            )
 
     def parameter_count(self) -> int:
         return sum(stage.parameter_count() for stage in self.stages)
 
     def _check(self, bases: Tensor) -> None:
-        if not isinstance(bases, Tensor) or bases.dim() != 4 or tuple(bases.shape[1:]) != self.base_shape:
+        if (
+            not isinstance(bases, Tensor)
+            or bases.dim() != 4
+            or tuple(bases.shape[1:]) != self.base_shape
+        ):
             got = list(bases.shape) if isinstance(bases, Tensor) else type(bases).__name__
-            raise CodecError(f"bases must be (N, {', '.join(map(str, self.base_shape))}), got {got}")
+            raise CodecError(
+                f"bases must be (N, {', '.join(map(str, self.base_shape))}), got {got}"
+            )

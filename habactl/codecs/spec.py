@@ -46,8 +46,10 @@ def check_shape(stage: str, shape: Any, what: str = "input shape") -> Shape:
             raise CodecError(f"stage {quote(stage)}: {what} must hold integers, got {quote(shape)}")
         bound = MAX_CHANNELS if i == 0 else MAX_SIDE
         if not 1 <= d <= bound:
-            raise CodecError(f"stage {quote(stage)}: {what} {list(shape)} is out of range "
-                             f"(channels 1..{MAX_CHANNELS}, sides 1..{MAX_SIDE})")
+            raise CodecError(
+                f"stage {quote(stage)}: {what} {list(shape)} is out of range "
+                f"(channels 1..{MAX_CHANNELS}, sides 1..{MAX_SIDE})"
+            )
         out.append(int(d))
     return (out[0], out[1], out[2])
 
@@ -61,12 +63,15 @@ class ConfigReader:
 
     def __init__(self, stage: str, configuration: Any) -> None:
         if not isinstance(configuration, Mapping):
-            raise CodecError(f"stage {quote(stage)}: configuration must be an object, "
-                             f"got {type(configuration).__name__}")
+            raise CodecError(
+                f"stage {quote(stage)}: configuration must be an object, "
+                f"got {type(configuration).__name__}"
+            )
         for key in configuration:
             if not isinstance(key, str):
-                raise CodecError(f"stage {quote(stage)}: configuration key {quote(key)} "
-                                 "is not a string")
+                raise CodecError(
+                    f"stage {quote(stage)}: configuration key {quote(key)} is not a string"
+                )
         self.stage = stage
         self.source = configuration
         self.out: dict[str, Any] = {}
@@ -81,8 +86,9 @@ class ConfigReader:
             raise self._fail(key, "is required")
         return default
 
-    def integer(self, key: str, low: int, high: int, default: Any = _REQUIRED,
-                odd: bool = False) -> int:
+    def integer(
+        self, key: str, low: int, high: int, default: Any = _REQUIRED, odd: bool = False
+    ) -> int:
         value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self._fail(key, f"must be an integer, got {quote(value)}")
@@ -123,8 +129,9 @@ def describe_upsample(configuration: Any, in_shape: Any) -> StageSpec:
     config = reader.finish()
     c, h, w = check_shape("upsample", in_shape)
     if h * factor > MAX_SIDE or w * factor > MAX_SIDE:
-        raise CodecError(f"stage 'upsample': output sides {h * factor}x{w * factor} "
-                         f"exceed {MAX_SIDE}")
+        raise CodecError(
+            f"stage 'upsample': output sides {h * factor}x{w * factor} exceed {MAX_SIDE}"
+        )
     return StageSpec("upsample", 1, config, (c, h, w), (c, h * factor, w * factor), 1, {})
 
 
@@ -146,10 +153,13 @@ def describe_hallucinate(configuration: Any, in_shape: Any) -> StageSpec:
     config = reader.finish()
     c, h, w = check_shape("hallucinate", in_shape)
     if k > h or k > w:
-        raise CodecError(f"stage 'hallucinate': kernel {k} is larger than the input "
-                         f"{c}x{h}x{w} (the encoder does not pad)")
-    affine = ((count, hidden, h - k + 1, w - k + 1) if arch == "pixel-affine"
-              else (count, hidden, 1, 1))
+        raise CodecError(
+            f"stage 'hallucinate': kernel {k} is larger than the input "
+            f"{c}x{h}x{w} (the encoder does not pad)"
+        )
+    affine = (
+        (count, hidden, h - k + 1, w - k + 1) if arch == "pixel-affine" else (count, hidden, 1, 1)
+    )
     params = {
         "encoder.weight": (count, hidden, c, k, k),
         "encoder.bias": (count, hidden),
@@ -173,8 +183,11 @@ class Description(NamedTuple):
 
 
 DESCRIPTIONS: dict[str, Description] = {
-    d.name: d for d in (Description("upsample", 1, describe_upsample),
-                        Description("hallucinate", 1, describe_hallucinate))
+    d.name: d
+    for d in (
+        Description("upsample", 1, describe_upsample),
+        Description("hallucinate", 1, describe_hallucinate),
+    )
 }
 
 ENTRY_KEYS = ("name", "version", "configuration")
@@ -202,19 +215,23 @@ def describe_entry(entry: Any, in_shape: Any) -> StageSpec:
         raise CodecError(f"a pipeline entry must be an object, got {type(entry).__name__}")
     for key in entry:
         if not isinstance(key, str) or (key not in ENTRY_KEYS and not key.startswith("x-")):
-            raise CodecError(f"pipeline entry key {quote(key)} is not known "
-                             "(vendor keys start with 'x-')")
+            raise CodecError(
+                f"pipeline entry key {quote(key)} is not known (vendor keys start with 'x-')"
+            )
     for key in ENTRY_KEYS:
         if key not in entry:
             raise CodecError(f"pipeline entry lacks {quote(key)}")
     stage = get_description(entry["name"])
     version = entry["version"]
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise CodecError(f"stage {quote(stage.name)}: version must be a positive integer, "
-                         f"got {quote(version)}")
+        raise CodecError(
+            f"stage {quote(stage.name)}: version must be a positive integer, got {quote(version)}"
+        )
     if version > stage.version:
-        raise CodecError(f"stage {quote(stage.name)} version {version} is newer than this habactl "
-                         f"supports ({stage.version}); upgrade habactl to read it")
+        raise CodecError(
+            f"stage {quote(stage.name)} version {version} is newer than this habactl "
+            f"supports ({stage.version}); upgrade habactl to read it"
+        )
     return stage.describe(entry["configuration"], in_shape)
 
 
@@ -236,8 +253,11 @@ def describe_pipeline(pipeline: Any, base_shape: Any) -> PipelineSpec:
         except CodecError as error:
             raise CodecError(error.detail, index=i) from None
         if spec.expansion > 1 and expansion > 1:
-            raise CodecError(f"at most one stage may expand the data set (stage {quote(spec.name)} "
-                             f"would multiply {expansion} by {spec.expansion})", index=i)
+            raise CodecError(
+                f"at most one stage may expand the data set (stage {quote(spec.name)} "
+                f"would multiply {expansion} by {spec.expansion})",
+                index=i,
+            )
         expansion *= spec.expansion
         stages.append(spec)
         params.update({f"pipeline.{i}.{name}": s for name, s in spec.params.items()})

@@ -21,8 +21,10 @@ class Upsample(Stage):
     name = "upsample"
     version = 1
     summary = "IDC: bases stored at 1/factor resolution"
-    options = (StageOption("factor", 2, "--factor", "Downsampling factor of the bases."),
-               StageOption("mode", "bilinear"))
+    options = (
+        StageOption("factor", 2, "--factor", "Downsampling factor of the bases."),
+        StageOption("mode", "bilinear"),
+    )
 
     @classmethod
     def input_shape_for(cls, configuration: dict[str, Any], out_shape: Any) -> Any:
@@ -31,8 +33,10 @@ class Upsample(Stage):
         if isinstance(f, bool) or not isinstance(f, int) or f < 1:
             raise CodecError(f"stage 'upsample': factor must be at least 1, got {f!r}")
         if h % f or w % f:
-            raise CodecError(f"factor {f} does not divide the image size {h}x{w}; "
-                             f"pick a factor that divides both sides")
+            raise CodecError(
+                f"factor {f} does not divide the image size {h}x{w}; "
+                f"pick a factor that divides both sides"
+            )
         return (c, h // f, w // f)
 
     @classmethod

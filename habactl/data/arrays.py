@@ -67,9 +67,7 @@ def class_names(raw, num_labels: int, where: str) -> list[str]:
     for item in np.asarray(raw).reshape(-1).tolist():
         names.append(item.decode("utf-8") if isinstance(item, bytes) else str(item))
     if len(names) < num_labels:
-        raise DataError(
-            f"{where}: {len(names)} class names but labels go up to {num_labels - 1}"
-        )
+        raise DataError(f"{where}: {len(names)} class names but labels go up to {num_labels - 1}")
     return names
 
 

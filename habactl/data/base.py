@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -154,9 +154,7 @@ def _le_bytes(tensor: Tensor, dtype: str) -> memoryview:
     return memoryview(array).cast("B")
 
 
-def validate(
-    name: str, classes: Sequence[str], train: LabeledImages, test: LabeledImages
-) -> None:
+def validate(name: str, classes: Sequence[str], train: LabeledImages, test: LabeledImages) -> None:
     """Raise DataError unless both splits meet the data contract."""
     if len(classes) < 2:
         raise DataError(f"{name}: needs at least 2 classes, found {len(classes)}")
@@ -201,9 +199,7 @@ def _validate_split(where: str, num_classes: int, split: LabeledImages) -> None:
     if not (math.isfinite(low) and math.isfinite(high)):
         raise DataError(f"{where}: images contain NaN or Inf")
     if low < 0.0 or high > 1.0:
-        raise DataError(
-            f"{where}: pixel values must lie in [0, 1], found [{low:g}, {high:g}]"
-        )
+        raise DataError(f"{where}: pixel values must lie in [0, 1], found [{low:g}, {high:g}]")
     label_low, label_high = (int(v) for v in torch.aminmax(labels))
     if label_low < 0 or label_high >= num_classes:
         bad = label_low if label_low < 0 else label_high

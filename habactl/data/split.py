@@ -42,7 +42,9 @@ def split_indices(labels: Tensor, seed: int = SPLIT_SEED) -> tuple[Tensor, Tenso
     return torch.from_numpy(train_idx.astype(np.int64)), torch.from_numpy(test_idx.astype(np.int64))
 
 
-def split_per_class(data: LabeledImages, seed: int = SPLIT_SEED) -> tuple[LabeledImages, LabeledImages]:
+def split_per_class(
+    data: LabeledImages, seed: int = SPLIT_SEED
+) -> tuple[LabeledImages, LabeledImages]:
     """Split one labelled set into (train, test) by :func:`split_indices`."""
     train_idx, test_idx = split_indices(data.labels, seed)
     return (

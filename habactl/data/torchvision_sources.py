@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -19,8 +19,15 @@ ROOT_ENV = "HABACTL_DATA"
 # What torchvision and its readers raise on missing, truncated or corrupt files, and on
 # failed downloads (urllib errors are OSErrors).
 _LOAD_ERRORS = (
-    RuntimeError, OSError, ValueError, TypeError, AssertionError, EOFError, KeyError,
-    IndexError, pickle.UnpicklingError,
+    RuntimeError,
+    OSError,
+    ValueError,
+    TypeError,
+    AssertionError,
+    EOFError,
+    KeyError,
+    IndexError,
+    pickle.UnpicklingError,
 )
 
 
@@ -31,8 +38,8 @@ class TorchvisionSpec:
     name: str
     class_name: str
     is_digits: bool
-    folder: Callable[[Path], Path]    # where the files must lie, for the error message
-    digit_classes: bool               # "0".."9" instead of the dataset's own names
+    folder: Callable[[Path], Path]  # where the files must lie, for the error message
+    digit_classes: bool  # "0".."9" instead of the dataset's own names
 
 
 def _mnist_folder(class_name: str) -> Callable[[Path], Path]:
@@ -43,7 +50,9 @@ SPECS: dict[str, TorchvisionSpec] = {
     s.name: s
     for s in (
         TorchvisionSpec("mnist", "MNIST", True, _mnist_folder("MNIST"), True),
-        TorchvisionSpec("fashion-mnist", "FashionMNIST", False, _mnist_folder("FashionMNIST"), False),
+        TorchvisionSpec(
+            "fashion-mnist", "FashionMNIST", False, _mnist_folder("FashionMNIST"), False
+        ),
         # Characters, not digits, but a flipped character is as wrong as a flipped digit.
         TorchvisionSpec("kmnist", "KMNIST", True, _mnist_folder("KMNIST"), False),
         TorchvisionSpec("cifar10", "CIFAR10", False, lambda r: r / "cifar-10-batches-py", False),
@@ -60,7 +69,9 @@ def default_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "habactl" / "data"
 
 
-def load_torchvision(name: str, root: str | os.PathLike | None = None, download: bool = False) -> DataSource:
+def load_torchvision(
+    name: str, root: str | os.PathLike | None = None, download: bool = False
+) -> DataSource:
     """Train and test splits of the torchvision data set registered as ``name``."""
     spec = SPECS[name]
     root_path = Path(root).expanduser() if root is not None else default_root()
@@ -80,7 +91,9 @@ def load_torchvision(name: str, root: str | os.PathLike | None = None, download:
             dataset = dataset_class(str(root_path), download=download, **kwargs)
         except _LOAD_ERRORS as exc:
             hint = "" if download else "; pass --download to fetch them"
-            raise DataError(f"{name}: cannot load the {split} split from {folder} ({reason(exc)}){hint}") from exc
+            raise DataError(
+                f"{name}: cannot load the {split} split from {folder} ({reason(exc)}){hint}"
+            ) from exc
         splits[split] = dataset
     train, test = (_to_split(name, splits[s], s) for s in ("train", "test"))
     classes = DIGIT_CLASSES if spec.digit_classes else list(splits["train"].classes)

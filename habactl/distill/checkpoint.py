@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -60,12 +61,16 @@ def load(path: Path, fingerprint: str) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("kind") != KIND:
         raise DistillError(f"{path} is not a habactl distillation checkpoint")
     if state.get("version") != VERSION:
-        raise DistillError(f"checkpoint {path} has version {state.get('version')}, "
-                           f"this habactl reads version {VERSION}")
+        raise DistillError(
+            f"checkpoint {path} has version {state.get('version')}, "
+            f"this habactl reads version {VERSION}"
+        )
     if state.get("fingerprint") != fingerprint:
-        raise DistillError(f"checkpoint {path} was made with other settings (data, seed, codec, "
-                           f"hyperparameters or --threads); rerun with the same options, or without --resume "
-                           f"and with --force to start over")
+        raise DistillError(
+            f"checkpoint {path} was made with other settings (data, seed, codec, "
+            f"hyperparameters or --threads); rerun with the same options, or without --resume "
+            f"and with --force to start over"
+        )
     return state
 
 

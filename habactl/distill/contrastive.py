@@ -22,24 +22,25 @@ after the engine has taken the stored tensors' gradient, so both sides see the s
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from habactl.nets import seeded as networks
 from habactl.distill.errors import DistillError
 from habactl.distill.sets import SyntheticSet
+from habactl.nets import seeded as networks
 
 DEFAULTS: dict[str, Any] = {
-    "weight": 0.1,          # λ on the bases/hallucinator side
-    "ce": 1.0,              # extractor: cross-entropy weight
-    "supcon": 0.1,          # extractor: contrastive weight
+    "weight": 0.1,  # λ on the bases/hallucinator side
+    "ce": 1.0,  # extractor: cross-entropy weight
+    "supcon": 0.1,  # extractor: contrastive weight
     "temperature": 0.07,
-    "lr": 1e-3,             # extractor SGD
+    "lr": 1e-3,  # extractor SGD
     "momentum": 0.9,
-    "batch": 32,            # bases per iteration (random subset; 0 = all)
+    "batch": 32,  # bases per iteration (random subset; 0 = all)
     "arch": "convnet",
 }
 
@@ -62,9 +63,15 @@ def supcon_loss(features: Tensor, labels: Tensor, temperature: float) -> Tensor:
 class AdversarialContrast:
     """The persistent extractor, its optimiser, and the penalty it imposes."""
 
-    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, *,
-                 device: torch.device, generator: torch.Generator,
-                 settings: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        *,
+        device: torch.device,
+        generator: torch.Generator,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
         unknown = sorted(set(settings or {}) - set(DEFAULTS))
         if unknown:
             raise DistillError(f"contrastive: unknown setting(s) {', '.join(unknown)}")
@@ -76,8 +83,9 @@ class AdversarialContrast:
                 raise DistillError(f"contrastive: {key} must be >= 0, got {s[key]}")
         if s["temperature"] <= 0:
             raise DistillError("contrastive: temperature must be positive")
-        self.net = networks.build(s["arch"], image_shape, num_classes, device=device,
-                                  generator=generator, trainable=True)
+        self.net = networks.build(
+            s["arch"], image_shape, num_classes, device=device, generator=generator, trainable=True
+        )
         self.net.train()
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=s["lr"], momentum=s["momentum"])
         self._grads: list[Tensor] | None = None
@@ -85,7 +93,9 @@ class AdversarialContrast:
     def hyperparameters(self) -> dict[str, Any]:
         return dict(self.settings)
 
-    def penalty(self, synthetic: SyntheticSet, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+    def penalty(
+        self, synthetic: SyntheticSet, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]:
         """λ·mean cosine similarity (graph to the stored tensors); prepares F's step."""
         e = synthetic.expansion
         if e < 2:
@@ -97,8 +107,12 @@ class AdversarialContrast:
             basis = torch.randperm(n, generator=generator)[:batch].sort().values
         else:
             basis = torch.arange(n)
-        views = torch.cat([synthetic.decode(basis, pair[0].expand(len(basis))),
-                           synthetic.decode(basis, pair[1].expand(len(basis)))])
+        views = torch.cat(
+            [
+                synthetic.decode(basis, pair[0].expand(len(basis))),
+                synthetic.decode(basis, pair[1].expand(len(basis))),
+            ]
+        )
         labels = synthetic.item_labels(basis)
         features = networks.embed(self.net, views, networks.chunk_size(views.device))
         fa, fb = features.chunk(2)
@@ -112,8 +126,11 @@ class AdversarialContrast:
         extractor_loss = s["ce"] * ce + s["supcon"] * con
         params = list(self.net.parameters())
         self._grads = list(torch.autograd.grad(extractor_loss, params, retain_graph=True))
-        metrics = {"cos": float(similarity.detach()), "extractor_ce": float(ce.detach()),
-                   "extractor_supcon": float(con.detach())}
+        metrics = {
+            "cos": float(similarity.detach()),
+            "extractor_ce": float(ce.detach()),
+            "extractor_supcon": float(con.detach()),
+        }
         return s["weight"] * similarity, metrics
 
     def step(self) -> None:

@@ -32,9 +32,17 @@ def duration(seconds: float | None) -> str:
     return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
-def fit_line(width: int, *, description: str, completed: float, total: float | None,
-             unit: str, elapsed: float | None, remaining: float | None,
-             fields: Sequence[str] = ()) -> tuple[str, int, str]:
+def fit_line(
+    width: int,
+    *,
+    description: str,
+    completed: float,
+    total: float | None,
+    unit: str,
+    elapsed: float | None,
+    remaining: float | None,
+    fields: Sequence[str] = (),
+) -> tuple[str, int, str]:
     """(left text, bar width, right text) of one progress line at most `width` - 1 wide.
 
     `fields` are shown as given ("loss 0.12"). What does not fit is dropped in this
@@ -52,8 +60,9 @@ def fit_line(width: int, *, description: str, completed: float, total: float | N
     for with_description, n, with_elapsed in states:
         if with_description and not description:
             continue
-        right = "  ".join(p for p in [count, *extra[:n], duration(elapsed) if with_elapsed else "",
-                                      eta] if p)
+        right = "  ".join(
+            p for p in [count, *extra[:n], duration(elapsed) if with_elapsed else "", eta] if p
+        )
         left = description if with_description else ""
         used = len(left) + (2 if left else 0) + len(right)
         if used <= room:
@@ -61,8 +70,9 @@ def fit_line(width: int, *, description: str, completed: float, total: float | N
             full = n == len(extra) and with_elapsed
             bar = min(_MAX_BAR, room - used - 2) if total and full else 0
             return left, (bar if bar >= _MIN_BAR else 0), right
-    compact = f"{int(completed)}/{int(total)} {int(100 * completed / total)}% {eta}" if total \
-        else count
+    compact = (
+        f"{int(completed)}/{int(total)} {int(100 * completed / total)}% {eta}" if total else count
+    )
     return "", 0, compact[:room]
 
 
@@ -74,8 +84,14 @@ class ProgressLine:
     `total` may change on the way (evaluate adds networks as they report).
     """
 
-    def __init__(self, console: Any = None, *, unit: str = "it", transient: bool = False,
-                 step_percent: float = STEP_PERCENT) -> None:
+    def __init__(
+        self,
+        console: Any = None,
+        *,
+        unit: str = "it",
+        transient: bool = False,
+        step_percent: float = STEP_PERCENT,
+    ) -> None:
         from rich.console import Console
 
         self.console = console or Console(stderr=True, highlight=False)
@@ -103,16 +119,23 @@ class ProgressLine:
         if self.live:
             from rich.progress import Progress
 
-            self._progress = Progress(_fitted_column(self), console=self.console,
-                                      transient=self.transient)
+            self._progress = Progress(
+                _fitted_column(self), console=self.console, transient=self.transient
+            )
             self._progress.start()
             self._task = self._progress.add_task(description, total=total, completed=completed)
         else:
             # No line yet: a run refused right away keeps its error the only line.
             self._next_percent = self._percent() + self.step
 
-    def update(self, completed: float | None = None, *, total: float | None = None,
-               description: str | None = None, **fields: str) -> None:
+    def update(
+        self,
+        completed: float | None = None,
+        *,
+        total: float | None = None,
+        description: str | None = None,
+        **fields: str,
+    ) -> None:
         """New values; each keyword is a field shown as given (``loss="loss 0.12"``)."""
         if completed is not None:
             self.completed = completed
@@ -122,8 +145,9 @@ class ProgressLine:
             self.description = description
         self.fields.update(fields)
         if self._progress is not None:
-            self._progress.update(self._task, completed=self.completed, total=self.total,
-                                  description=self.description)
+            self._progress.update(
+                self._task, completed=self.completed, total=self.total, description=self.description
+            )
         elif not self.live and self._started:
             self._plain()
 
@@ -138,8 +162,12 @@ class ProgressLine:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-        elif (not self.live and self._started and self.completed > self._start_done
-              and self._printed != self.completed):
+        elif (
+            not self.live
+            and self._started
+            and self.completed > self._start_done
+            and self._printed != self.completed
+        ):
             self._plain(force=True)
 
     def __enter__(self) -> ProgressLine:
@@ -163,9 +191,16 @@ class ProgressLine:
         return done / seconds if done > 0 and seconds > 0 else None
 
     def line(self, width: int) -> tuple[str, int, str]:
-        return fit_line(width, description=self.description, completed=self.completed,
-                        total=self.total, unit=self.unit, elapsed=self.elapsed(),
-                        remaining=self.remaining(), fields=list(self.fields.values()))
+        return fit_line(
+            width,
+            description=self.description,
+            completed=self.completed,
+            total=self.total,
+            unit=self.unit,
+            elapsed=self.elapsed(),
+            remaining=self.remaining(),
+            fields=list(self.fields.values()),
+        )
 
     # -- plain lines (stderr is not a terminal) ---------------------------------------
     def _percent(self) -> float:
@@ -256,8 +291,11 @@ class RichReporter(Reporter):
         if self.progress is None:
             return
         rate = self.progress.rate()
-        self.progress.update(iteration, loss=f"loss {metrics.get('loss', math.nan):.4g}",
-                             speed="" if rate is None else f"{rate:.2f} it/s")
+        self.progress.update(
+            iteration,
+            loss=f"loss {metrics.get('loss', math.nan):.4g}",
+            speed="" if rate is None else f"{rate:.2f} it/s",
+        )
 
     def message(self, text: str) -> None:
         if self.progress is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -36,8 +36,10 @@ class RealSet:
         small = self.smallest_class
         if per_class > small:
             worst = self.counts.index(small)
-            raise DistillError(f"{option} {per_class} asks for more real images than class "
-                               f"{worst} has ({small} training images); use {option} {small} or fewer")
+            raise DistillError(
+                f"{option} {per_class} asks for more real images than class "
+                f"{worst} has ({small} training images); use {option} {small} or fewer"
+            )
 
     def sample_indices(self, per_class: int, generator: torch.Generator) -> Tensor:
         """(classes * per_class,) indices, ``per_class`` distinct images of each class in order."""
@@ -70,7 +72,9 @@ class SyntheticSet(nn.Module):
         self.bases = nn.Parameter(bases.detach().clone())
         self.pipeline = pipeline
         self.per_class = [int(n) for n in per_class]
-        labels = torch.repeat_interleave(torch.arange(len(self.per_class)), torch.tensor(self.per_class))
+        labels = torch.repeat_interleave(
+            torch.arange(len(self.per_class)), torch.tensor(self.per_class)
+        )
         self.register_buffer("labels", labels, persistent=False)
 
     @property

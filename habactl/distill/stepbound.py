@@ -15,7 +15,8 @@ SGD momentum μ, a step moves a group by at most ``fraction / (1 − μ)`` of it
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -36,7 +37,9 @@ def bound_steps(groups: Sequence[dict[str, Any]], fraction: float) -> list[float
         if not params or not limit:
             factors.append(1.0)
             continue
-        grad_norm = float(torch.stack([p.grad.double().square().sum() for p in params]).sum().sqrt())
+        grad_norm = float(
+            torch.stack([p.grad.double().square().sum() for p in params]).sum().sqrt()
+        )
         norm = float(torch.stack([p.double().square().sum() for p in params]).sum().sqrt())
         step = float(group["lr"]) * grad_norm
         allowed = limit * max(norm, _FLOOR)

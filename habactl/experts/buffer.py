@@ -64,10 +64,12 @@ def write_trajectory(path: Path, trajectory: Tensor, metadata: Mapping[str, str]
 
     # Serialised in memory, so that the one atomic writer does the writing and a full
     # disk is a clear error (safetensors' own file writer reports it in its own words).
-    data = save({TENSOR: trajectory.detach().float().cpu().contiguous()},
-                # One key: safetensors writes a metadata map in no fixed order, and the
-                # same expert must give the same bytes.
-                metadata={KIND: json.dumps(dict(metadata), sort_keys=True)})
+    data = save(
+        {TENSOR: trajectory.detach().float().cpu().contiguous()},
+        # One key: safetensors writes a metadata map in no fixed order, and the
+        # same expert must give the same bytes.
+        metadata={KIND: json.dumps(dict(metadata), sort_keys=True)},
+    )
     write_bytes(path, data)
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -92,8 +94,10 @@ def check_buffer_folder(folder: str | os.PathLike[str]) -> None:
     if foreign:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
         shown = ", ".join(foreign[:3]) + more
-        raise ExpertsError(f"{folder} is not an experts buffer and is not empty ({shown}); "
-                           f"give a new or empty folder")
+        raise ExpertsError(
+            f"{folder} is not an experts buffer and is not empty ({shown}); "
+            f"give a new or empty folder"
+        )
 
 
 def _buffer_file(name: str) -> bool:
@@ -118,8 +122,10 @@ def read_index(folder: Path) -> dict[str, Any]:
     if not isinstance(index, dict) or index.get("kind") != KIND:
         raise ExpertsError(f"experts buffer {folder}: {INDEX} is not a habactl experts index")
     if index.get("version") != VERSION:
-        raise ExpertsError(f"experts buffer {folder}: index version {index.get('version')!r}, "
-                           f"this habactl reads version {VERSION}")
+        raise ExpertsError(
+            f"experts buffer {folder}: index version {index.get('version')!r}, "
+            f"this habactl reads version {VERSION}"
+        )
     missing = [k for k in (*SETTINGS_KEYS, "experts") if k not in index]
     if missing:
         raise ExpertsError(f"experts buffer {folder}: {INDEX} lacks {', '.join(missing)}")
@@ -150,8 +156,10 @@ class ExpertBuffer:
         self.index = read_index(self.folder)
         self.experts: list[dict[str, Any]] = list(self.index["experts"])
         if not self.experts:
-            raise ExpertsError(f"experts buffer {self.folder}: no finished expert yet; "
-                               f"run habactl experts to train some")
+            raise ExpertsError(
+                f"experts buffer {self.folder}: no finished expert yet; "
+                f"run habactl experts to train some"
+            )
         self.epochs = int(self.index["training"]["epochs"])
         self.parameter_count = int(self.index["parameters"]["count"])
         self._verified: set[str] = set()
@@ -160,29 +168,36 @@ class ExpertBuffer:
     def __len__(self) -> int:
         return len(self.experts)
 
-    def check_source(self, name: str, fingerprint: str, image_shape: tuple[int, int, int],
-                     num_classes: int) -> None:
+    def check_source(
+        self, name: str, fingerprint: str, image_shape: tuple[int, int, int], num_classes: int
+    ) -> None:
         """Refuse a buffer trained on other data (compared by content fingerprint)."""
         data = self.index["dataset"]
         if data.get("fingerprint") != fingerprint:
-            raise ExpertsError(f"experts buffer {self.folder} was trained on {data.get('name')!r} "
-                               f"({data.get('fingerprint', '?')[:19]}…), not on this data set "
-                               f"{name!r} ({fingerprint[:19]}…); train experts on it with "
-                               f"habactl experts")
+            raise ExpertsError(
+                f"experts buffer {self.folder} was trained on {data.get('name')!r} "
+                f"({data.get('fingerprint', '?')[:19]}…), not on this data set "
+                f"{name!r} ({fingerprint[:19]}…); train experts on it with "
+                f"habactl experts"
+            )
         image = data.get("image", {})
         shape = (image.get("channels"), image.get("height"), image.get("width"))
         if shape != tuple(image_shape) or len(data.get("classes", [])) != num_classes:
-            raise ExpertsError(f"experts buffer {self.folder}: images {shape} with "
-                               f"{len(data.get('classes', []))} classes, the data set has "
-                               f"{tuple(image_shape)} with {num_classes}")
+            raise ExpertsError(
+                f"experts buffer {self.folder}: images {shape} with "
+                f"{len(data.get('classes', []))} classes, the data set has "
+                f"{tuple(image_shape)} with {num_classes}"
+            )
 
     def check_layout(self, layout: list[list[Any]]) -> None:
         """Refuse a buffer whose parameters are not the network's (architecture, width)."""
         if self.index["parameters"].get("layout") != layout:
             arch = self.index["arch"]
-            raise ExpertsError(f"experts buffer {self.folder}: its trajectories are of "
-                               f"{arch.get('name')} width {arch.get('width')}, whose parameters "
-                               f"differ from the student network's")
+            raise ExpertsError(
+                f"experts buffer {self.folder}: its trajectories are of "
+                f"{arch.get('name')} width {arch.get('width')}, whose parameters "
+                f"differ from the student network's"
+            )
 
     def trajectory_rows(self, expert: int, rows: list[int]) -> Tensor:
         """Rows (epochs) of one expert's trajectory: (len(rows), parameters)."""
@@ -195,16 +210,20 @@ class ExpertBuffer:
             raise ExpertsError(f"{where} is missing; rerun habactl experts on this folder")
         if entry["file"] not in self._verified:
             if sha256_file(path) != entry.get("sha256"):
-                raise ExpertsError(f"{where} is corrupt (sha256 differs from the index); delete it "
-                                   f"and rerun habactl experts on this folder")
+                raise ExpertsError(
+                    f"{where} is corrupt (sha256 differs from the index); delete it "
+                    f"and rerun habactl experts on this folder"
+                )
             self._verified.add(entry["file"])
         try:
             with safe_open(str(path), framework="pt") as handle:
                 part = handle.get_slice(TENSOR)
                 shape = tuple(part.get_shape())
                 if shape != (self.epochs + 1, self.parameter_count):
-                    raise ExpertsError(f"{where}: trajectory of shape {shape}, expected "
-                                       f"{(self.epochs + 1, self.parameter_count)}")
+                    raise ExpertsError(
+                        f"{where}: trajectory of shape {shape}, expected "
+                        f"{(self.epochs + 1, self.parameter_count)}"
+                    )
                 return torch.stack([part[r] for r in rows]).float()
         except ExpertsError:
             raise

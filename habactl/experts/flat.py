@@ -22,7 +22,8 @@ class FlatNet:
     def __init__(self, net: nn.Module) -> None:
         self.net = net
         self.layout: list[tuple[str, tuple[int, ...]]] = [
-            (name, tuple(p.shape)) for name, p in net.named_parameters()]
+            (name, tuple(p.shape)) for name, p in net.named_parameters()
+        ]
         self.sizes = [math.prod(shape) for _, shape in self.layout]
         self.count = sum(self.sizes)
 
@@ -36,8 +37,10 @@ class FlatNet:
 
     def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
         """Views of ``flat`` shaped like the parameters (gradients flow to ``flat``)."""
-        return {name: part.view(shape) for (name, shape), part
-                in zip(self.layout, flat.split(self.sizes))}
+        return {
+            name: part.view(shape)
+            for (name, shape), part in zip(self.layout, flat.split(self.sizes))
+        }
 
     def load(self, flat: Tensor) -> None:
         with torch.no_grad():

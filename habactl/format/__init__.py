@@ -10,14 +10,30 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "save_archive": "writer", "open_archive": "reader", "verify_archive": "reader",
-    "Archive": "reader", "ArchiveError": "errors", "Limits": "limits",
-    "DEFAULT_LIMITS": "limits", "storage_account": "account", "FORMAT_VERSION": "manifest",
+    "save_archive": "writer",
+    "open_archive": "reader",
+    "verify_archive": "reader",
+    "Archive": "reader",
+    "ArchiveError": "errors",
+    "Limits": "limits",
+    "DEFAULT_LIMITS": "limits",
+    "storage_account": "account",
+    "FORMAT_VERSION": "manifest",
     "canonical_json": "manifest",
 }
 
-__all__ = ["save_archive", "open_archive", "verify_archive", "Archive", "ArchiveError", "Limits",
-           "DEFAULT_LIMITS", "storage_account", "FORMAT_VERSION", "canonical_json"]
+__all__ = [
+    "save_archive",
+    "open_archive",
+    "verify_archive",
+    "Archive",
+    "ArchiveError",
+    "Limits",
+    "DEFAULT_LIMITS",
+    "storage_account",
+    "FORMAT_VERSION",
+    "canonical_json",
+]
 
 
 def __getattr__(name: str) -> Any:

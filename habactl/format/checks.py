@@ -212,5 +212,13 @@ def check_values(name: str, tensor: Any, plan: Plan) -> None:
         raise ArchiveError(f"{where}: labels are not sorted by class")
 
 
-__all__ = ["DTYPE_SIZES", "MAX_NDIM", "Entry", "header_length", "parse_header", "check_manifest",
-           "check_tensor_set", "check_values"]
+__all__ = [
+    "DTYPE_SIZES",
+    "MAX_NDIM",
+    "Entry",
+    "header_length",
+    "parse_header",
+    "check_manifest",
+    "check_tensor_set",
+    "check_values",
+]

@@ -241,8 +241,11 @@ class _Checker:
         return number
 
     def signed_number(self, value: Any, path: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
             raise self.fail(path, f"must be a finite number, got {_kind(value)}")
         return float(value)
 
@@ -288,8 +291,9 @@ def _no_lone_surrogates(value: Any, part: str) -> None:
         item = stack.pop()
         if isinstance(item, str):
             if _SURROGATE_RE.search(item):
-                raise ArchiveError(f"{part}: not valid JSON: a string holds a lone surrogate "
-                                   f"({quote(item)})")
+                raise ArchiveError(
+                    f"{part}: not valid JSON: a string holds a lone surrogate ({quote(item)})"
+                )
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
@@ -304,8 +308,14 @@ def _join(path: str, key: str) -> str:
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
 
 
 def _prod(shape: tuple[int, ...] | list[int]) -> int:
@@ -358,11 +368,15 @@ def validate_manifest(
             c.integer(n, f"{path}[{i}]")
 
     def stage(value: Any, path: str) -> None:
-        c.obj(value, path, {
-            "name": c.text,
-            "version": lambda v, p: c.integer(v, p, 1),
-            "configuration": c.free_object,
-        })
+        c.obj(
+            value,
+            path,
+            {
+                "name": c.text,
+                "version": lambda v, p: c.integer(v, p, 1),
+                "configuration": c.free_object,
+            },
+        )
 
     def pipeline(value: Any, path: str) -> None:
         c.array(value, path)
@@ -396,54 +410,81 @@ def validate_manifest(
             c.number(value, path, positive=True)
 
     def training(value: Any, path: str) -> None:
-        c.obj(value, path, {
-            "learned_lr": learned_lr,
-            "recommended": lambda v, p: c.obj(v, p, {
-                "arch": c.text,
-                "epochs": lambda x, q: c.integer(x, q, 1),
-                "batch_size": lambda x, q: c.integer(x, q, 1),
-                "lr": lambda x, q: c.number(x, q, positive=True),
-                "momentum": c.number,
-                "weight_decay": c.number,
-                "augmentation": c.text,
-            }, {
-                # Fraction of the epochs after which the lr drops ×0.1 (the protocol: 0.5);
-                # 1 means it never drops. The evaluation protocol refuses anything above 1.
-                "lr_decay_at": lambda x, q: c.fraction(x, q),
-            }),
-        })
+        c.obj(
+            value,
+            path,
+            {
+                "learned_lr": learned_lr,
+                "recommended": lambda v, p: c.obj(
+                    v,
+                    p,
+                    {
+                        "arch": c.text,
+                        "epochs": lambda x, q: c.integer(x, q, 1),
+                        "batch_size": lambda x, q: c.integer(x, q, 1),
+                        "lr": lambda x, q: c.number(x, q, positive=True),
+                        "momentum": c.number,
+                        "weight_decay": c.number,
+                        "augmentation": c.text,
+                    },
+                    {
+                        # Fraction of the epochs after which the lr drops ×0.1 (the protocol: 0.5);
+                        # 1 means it never drops. The evaluation protocol refuses anything above 1.
+                        "lr_decay_at": lambda x, q: c.fraction(x, q),
+                    },
+                ),
+            },
+        )
 
     def provenance(value: Any, path: str) -> None:
-        c.obj(value, path, {
-            "dataset": lambda v, p: c.obj(v, p, {
-                "name": c.text,
-                "fingerprint": lambda x, q: c.pattern(
-                    x, q, _DIGEST_RE, "'sha256:' and 64 hex digits"
+        c.obj(
+            value,
+            path,
+            {
+                "dataset": lambda v, p: c.obj(
+                    v,
+                    p,
+                    {
+                        "name": c.text,
+                        "fingerprint": lambda x, q: c.pattern(
+                            x, q, _DIGEST_RE, "'sha256:' and 64 hex digits"
+                        ),
+                    },
                 ),
-            }),
-            "objective": c.text,
-            "hyperparameters": c.free_object,
-            "iterations": c.integer,
-            "seed": lambda v, p: c.integer(v, p, 0, 2**64 - 1),
-            "library": c.text,
-            "created": lambda v, p: _calendar_date(
-                c, c.pattern(v, p, _CREATED_RE, "a UTC time like 2026-11-24T12:00:00Z"), p
-            ),
-        })
+                "objective": c.text,
+                "hyperparameters": c.free_object,
+                "iterations": c.integer,
+                "seed": lambda v, p: c.integer(v, p, 0, 2**64 - 1),
+                "library": c.text,
+                "created": lambda v, p: _calendar_date(
+                    c, c.pattern(v, p, _CREATED_RE, "a UTC time like 2026-11-24T12:00:00Z"), p
+                ),
+            },
+        )
 
     def storage(value: Any, path: str) -> None:
-        c.obj(value, path, {
-            "ipc": lambda v, p: c.integer(v, p, 1),
-            "counts": lambda v, p: c.choice(v, p, ("all", "bases")),
-            "budget_values": c.integer,
-        })
+        c.obj(
+            value,
+            path,
+            {
+                "ipc": lambda v, p: c.integer(v, p, 1),
+                "counts": lambda v, p: c.choice(v, p, ("all", "bases")),
+                "budget_values": c.integer,
+            },
+        )
 
     def tensor_entry(value: Any, path: str) -> None:
-        c.obj(value, path, {
-            "dtype": c.text,
-            "shape": lambda v, p: [c.integer(d, f"{p}[{i}]") for i, d in enumerate(c.array(v, p))],
-            "sha256": lambda v, p: c.pattern(v, p, _HEX64_RE, "64 lowercase hex digits"),
-        })
+        c.obj(
+            value,
+            path,
+            {
+                "dtype": c.text,
+                "shape": lambda v, p: [
+                    c.integer(d, f"{p}[{i}]") for i, d in enumerate(c.array(v, p))
+                ],
+                "sha256": lambda v, p: c.pattern(v, p, _HEX64_RE, "64 lowercase hex digits"),
+            },
+        )
 
     def tensors(value: Any, path: str) -> None:
         if not isinstance(value, dict):
@@ -458,11 +499,15 @@ def validate_manifest(
         "format_version": lambda v, p: None,
         "classes": classes,
         "image": lambda v, p: c.obj(v, p, {"channels": channels, "height": side, "width": side}),
-        "bases": lambda v, p: c.obj(v, p, {
-            "count": lambda x, q: c.integer(x, q, 1),
-            "per_class": per_class,
-            "shape": chw,
-        }),
+        "bases": lambda v, p: c.obj(
+            v,
+            p,
+            {
+                "count": lambda x, q: c.integer(x, q, 1),
+                "per_class": per_class,
+                "shape": chw,
+            },
+        ),
         "labels": lambda v, p: c.obj(v, p, {"kind": lambda x, q: c.choice(x, q, ("hard", "soft"))}),
         "pipeline": pipeline,
         "normalization": normalization,
@@ -516,14 +561,20 @@ def _plan(m: dict[str, Any], c: _Checker, stages: StageLookup) -> Plan:
     out_shape, expansion, params = describe(m["pipeline"], base_shape, stages)
     for name, shape in params.items():
         if _prod(shape) > lim.max_stage_params:
-            raise c.fail("pipeline", f"parameter {quote(name)} has {_prod(shape)} values, "
-                         f"allowed {lim.max_stage_params}")
+            raise c.fail(
+                "pipeline",
+                f"parameter {quote(name)} has {_prod(shape)} values, "
+                f"allowed {lim.max_stage_params}",
+            )
         expected[name] = ("F32", shape)
     if len(expected) > lim.max_tensors:
         raise c.fail("pipeline", f"implies {len(expected)} tensors, allowed {lim.max_tensors}")
     if out_shape != image:
-        raise c.fail("pipeline", f"decodes bases {list(base_shape)} to {list(out_shape)}, "
-                     f"but the image shape is {list(image)}")
+        raise c.fail(
+            "pipeline",
+            f"decodes bases {list(base_shape)} to {list(out_shape)}, "
+            f"but the image shape is {list(image)}",
+        )
     expanded_values = count * expansion * image_values
     if expanded_values > lim.max_expanded_values:
         raise c.fail(
@@ -568,8 +619,12 @@ def describe(
     return out_shape, expansion, params
 
 
-def _stage_error(entries: list[dict[str, Any]], base_shape: tuple[int, ...], error: Exception,
-                 stages: StageLookup) -> ArchiveError:
+def _stage_error(
+    entries: list[dict[str, Any]],
+    base_shape: tuple[int, ...],
+    error: Exception,
+    stages: StageLookup,
+) -> ArchiveError:
     """Name the first stage whose prefix of the pipeline fails to describe."""
     index = len(entries) - 1
     for i in range(len(entries)):
@@ -580,6 +635,9 @@ def _stage_error(entries: list[dict[str, Any]], base_shape: tuple[int, ...], err
             break
     name = entries[index]["name"]
     # Codec errors are HabaErrors with a ``detail``; anything else is a bug worth naming.
-    detail = (getattr(error, "detail", None) or str(error)) if isinstance(error, HabaError) \
+    detail = (
+        (getattr(error, "detail", None) or str(error))
+        if isinstance(error, HabaError)
         else f"{type(error).__name__}: {error}"
+    )
     return ArchiveError(f"manifest: pipeline[{index}] (stage {quote(name)}): {detail}")

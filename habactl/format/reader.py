@@ -41,9 +41,13 @@ if TYPE_CHECKING:
 # The first bytes of files people mistake for archives: named, so that the error says
 # what the file is instead of quoting a nonsense header length.
 _OTHER_FORMATS = (
-    (b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
-    (b"GIF8", "a GIF image"), (b"PK\x03\x04", "a zip file"), (b"\x89HDF\r\n\x1a\n", "an HDF5 file"),
-    (b"\x93NUMPY", "a .npy file"), (b"\x1f\x8b", "a gzip file"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"PK\x03\x04", "a zip file"),
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file"),
+    (b"\x93NUMPY", "a .npy file"),
+    (b"\x1f\x8b", "a gzip file"),
 )
 
 
@@ -56,6 +60,7 @@ def check_not_other_format(first8: bytes) -> None:
     # Eight printable characters are the start of a text file, not a length.
     if len(first8) == 8 and all(32 <= b < 127 or b in (9, 10, 13) for b in first8):
         raise ArchiveError("not a .haba archive (it starts with text)")
+
 
 # --- the archive ---------------------------------------------------------------------
 
@@ -110,8 +115,9 @@ class Archive:
         try:
             tensor = self._handle.get_tensor(name)
         except Exception as error:  # safetensors raises its own types
-            raise ArchiveError(f"tensor {quote(name)}: cannot be read ({error})",
-                               self._label) from None
+            raise ArchiveError(
+                f"tensor {quote(name)}: cannot be read ({error})", self._label
+            ) from None
         entry = self._entries[name]
         if dtype_name(tensor) != entry.dtype or tuple(tensor.shape) != entry.shape:
             # The file changed between our header check and safe_open's.
@@ -119,8 +125,9 @@ class Archive:
         if self.verify and name not in self._verified:
             expected = self.manifest["tensors"][name]["sha256"]
             if not hmac.compare_digest(tensor_sha256(tensor), expected):
-                raise ArchiveError(f"tensor {quote(name)}: sha256 mismatch (data damaged)",
-                                   self._label)
+                raise ArchiveError(
+                    f"tensor {quote(name)}: sha256 mismatch (data damaged)", self._label
+                )
             try:
                 check_values(name, tensor, self.plan)
             except ArchiveError as error:
@@ -148,8 +155,12 @@ class Archive:
     def __enter__(self) -> Archive:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -162,8 +173,9 @@ def check_content_digest(manifest: dict[str, Any], tensors: dict[str, Any], labe
         raise ArchiveError("content_digest mismatch (manifest edited or damaged)", label)
 
 
-def open_archive(path: str | os.PathLike[str], *, verify: bool = True,
-                 limits: Limits = DEFAULT_LIMITS) -> Archive:
+def open_archive(
+    path: str | os.PathLike[str], *, verify: bool = True, limits: Limits = DEFAULT_LIMITS
+) -> Archive:
     """Open and validate the header of a .haba file; tensors are read on demand."""
     path = Path(path)
     try:

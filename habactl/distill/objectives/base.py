@@ -30,10 +30,10 @@ class Context:
     image_shape: tuple[int, int, int]
     num_classes: int
     device: torch.device
-    augment: Any            # habactl.augment.SiameseAugment
-    init_generator: torch.Generator   # for drawing initial state at construction
-    ipc: int = 1                      # the budget's images per class (gradient matching's loops)
-    dataset: Mapping[str, str] | None = None   # {"name", "fingerprint"} of the source
+    augment: Any  # habactl.augment.SiameseAugment
+    init_generator: torch.Generator  # for drawing initial state at construction
+    ipc: int = 1  # the budget's images per class (gradient matching's loops)
+    dataset: Mapping[str, str] | None = None  # {"name", "fingerprint"} of the source
 
 
 def setting(default: Any, flag: str | None = None, help: str = "") -> Any:
@@ -65,8 +65,9 @@ class Objective:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.defaults = {f.name: None if f.default is MISSING else f.default
-                        for f in fields(cls.Settings)}
+        cls.defaults = {
+            f.name: None if f.default is MISSING else f.default for f in fields(cls.Settings)
+        }
 
     @classmethod
     def options(cls) -> dict[str, str]:
@@ -76,8 +77,10 @@ class Objective:
     def __init__(self, context: Context, settings: Mapping[str, Any] | None = None) -> None:
         unknown = sorted(set(settings or {}) - set(self.defaults))
         if unknown:
-            raise DistillError(f"objective {self.name}: unknown setting(s) {', '.join(unknown)} "
-                               f"(known: {', '.join(sorted(self.defaults)) or 'none'})")
+            raise DistillError(
+                f"objective {self.name}: unknown setting(s) {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(self.defaults)) or 'none'})"
+            )
         self.context = context
         self.settings: dict[str, Any] = {**self.defaults, **dict(settings or {})}
 
@@ -85,7 +88,9 @@ class Objective:
         """Every value the objective uses, JSON-ready, for the archive's provenance."""
         return dict(self.settings)
 
-    def loss(self, synthetic: SyntheticSet, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, synthetic: SyntheticSet, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]:
         """The objective's loss for this iteration (a scalar with a graph to the stored
         tensors) and any metrics worth logging. Draw all randomness from ``generator``."""
         raise NotImplementedError

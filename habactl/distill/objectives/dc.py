@@ -25,23 +25,30 @@ are computed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
-from habactl.nets import seeded as networks
 from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective, setting
 from habactl.distill.sets import SyntheticSet
+from habactl.nets import seeded as networks
 
 # The reference's (outer_loop, inner_loop) by images per class; an IPC between two
 # entries takes the lower one.
 LOOPS_BY_IPC: tuple[tuple[int, int, int], ...] = (
-    (1, 1, 1), (10, 10, 50), (20, 20, 25), (30, 30, 20), (40, 40, 15), (50, 50, 10))
+    (1, 1, 1),
+    (10, 10, 50),
+    (20, 20, 25),
+    (30, 30, 20),
+    (40, 40, 15),
+    (50, 50, 10),
+)
 EPSILON = 1e-6
 
 
@@ -74,17 +81,18 @@ class GradientMatching(Objective):
     class Settings:
         # real images per class per match (reference: 256)
         real_per_class: int = setting(64, "--real-per-class")
-        views: int = setting(0, "--views")   # hallucinations per basis per match; 0 = all
+        views: int = setting(0, "--views")  # hallucinations per basis per match; 0 = all
         # matches per network; None = by IPC (reference table)
         outer_loop: int | None = setting(None, "--outer-loop")
         # network epochs on the synthetic set between matches
         inner_loop: int | None = setting(None, "--inner-loop")
-        lr_net: float = setting(0.01)        # the network's SGD learning rate (no momentum)
-        batch_train: int = setting(256)      # the network's batch size in the inner loop
+        lr_net: float = setting(0.01)  # the network's SGD learning rate (no momentum)
+        batch_train: int = setting(256)  # the network's batch size in the inner loop
         net_arch: str = setting("convnet")
         net_width: float = setting(1.0)
         # "loop": a batch per class; "vmap": all classes in one call
         per_class: str = setting("loop")
+
     # Engine settings the reference uses with this objective (the CLI's defaults).
     engine_defaults = {"lr_bases": 0.1, "momentum": 0.5, "augment": "none"}
 
@@ -95,24 +103,38 @@ class GradientMatching(Objective):
             if isinstance(s[key], bool) or not isinstance(s[key], int):
                 raise DistillError(f"{self.name}: {key} must be an integer, got {s[key]!r}")
         if s["per_class"] not in ("loop", "vmap"):
-            raise DistillError(f"{self.name}: per_class must be 'loop' or 'vmap', got {s['per_class']!r}")
+            raise DistillError(
+                f"{self.name}: per_class must be 'loop' or 'vmap', got {s['per_class']!r}"
+            )
         if s["views"] < 0 or s["batch_train"] < 1:
             raise DistillError(f"{self.name}: views must be >= 0 and batch_train >= 1")
         outer, inner = loops_for_ipc(int(getattr(context, "ipc", 1) or 1))
         s["outer_loop"] = outer if s["outer_loop"] is None else s["outer_loop"]
         s["inner_loop"] = inner if s["inner_loop"] is None else s["inner_loop"]
-        if not (isinstance(s["outer_loop"], int) and s["outer_loop"] >= 1
-                and isinstance(s["inner_loop"], int) and s["inner_loop"] >= 0):
-            raise DistillError(f"{self.name}: outer_loop must be >= 1 and inner_loop >= 0, got "
-                               f"{s['outer_loop']!r} and {s['inner_loop']!r}")
+        if not (
+            isinstance(s["outer_loop"], int)
+            and s["outer_loop"] >= 1
+            and isinstance(s["inner_loop"], int)
+            and s["inner_loop"] >= 0
+        ):
+            raise DistillError(
+                f"{self.name}: outer_loop must be >= 1 and inner_loop >= 0, got "
+                f"{s['outer_loop']!r} and {s['inner_loop']!r}"
+            )
         s["lr_net"] = float(s["lr_net"])
         s["net_width"] = float(s["net_width"])
         if not s["lr_net"] > 0:
             raise DistillError(f"{self.name}: lr_net must be positive, got {s['lr_net']}")
         context.real.check_per_class(s["real_per_class"])
-        self.net = networks.build(s["net_arch"], context.image_shape, context.num_classes,
-                                  width_mult=s["net_width"], device=context.device,
-                                  generator=context.init_generator, trainable=True)
+        self.net = networks.build(
+            s["net_arch"],
+            context.image_shape,
+            context.num_classes,
+            width_mult=s["net_width"],
+            device=context.device,
+            generator=context.init_generator,
+            trainable=True,
+        )
         self.net.train()
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=s["lr_net"])
         self.outer = 0  # outer steps taken with the current network
@@ -121,7 +143,9 @@ class GradientMatching(Objective):
         return {**self.settings, "siamese_augmentation": self.siamese_augmentation}
 
     # -- the match --------------------------------------------------------------------
-    def _gradients(self, images: Tensor, labels: Tensor, weights: Tensor | None) -> dict[str, Tensor]:
+    def _gradients(
+        self, images: Tensor, labels: Tensor, weights: Tensor | None
+    ) -> dict[str, Tensor]:
         """Per-class gradients of the mean cross-entropy w.r.t. the matched weights.
 
         images (classes, n, C, H, W); labels, weights (classes, n) (weights None: all 1)."""
@@ -138,7 +162,9 @@ class GradientMatching(Objective):
             weights = torch.ones(labels.shape, device=images.device, dtype=images.dtype)
         return vmap(grad(class_loss), in_dims=(None, 0, 0, 0))(matched, images, labels, weights)
 
-    def loss(self, synthetic: SyntheticSet, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, synthetic: SyntheticSet, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]:
         context = self.context
         classes = context.num_classes
         per = self.settings["real_per_class"]
@@ -146,13 +172,16 @@ class GradientMatching(Objective):
         if self.outer == 0:
             networks.redraw(self.net, generator)
             self.optimizer.state.clear()
-        real = context.real.sample(per, generator)                       # (classes, per, C, H, W)
+        real = context.real.sample(per, generator)  # (classes, per, C, H, W)
         basis, variant = synthetic.draw(self.settings["views"], generator)
         augment = context.augment
-        params = ([augment.sample(generator) for _ in range(classes)]
-                  if self.siamese_augmentation else None)
+        params = (
+            [augment.sample(generator) for _ in range(classes)]
+            if self.siamese_augmentation
+            else None
+        )
 
-        syn = synthetic.decode(basis, variant)                           # class-sorted
+        syn = synthetic.decode(basis, variant)  # class-sorted
         labels = synthetic.item_labels(basis)
         items = torch.bincount(labels.cpu(), minlength=classes).tolist()
         parts = list(syn.split(items))
@@ -178,9 +207,13 @@ class GradientMatching(Objective):
             target = torch.full((real.shape[1],), c, device=real.device, dtype=torch.long)
             g_real = torch.autograd.grad(F.cross_entropy(self.net(real[c]), target), weights)
             target = torch.full((part.shape[0],), c, device=part.device, dtype=torch.long)
-            g_syn = torch.autograd.grad(F.cross_entropy(self.net(part), target), weights, create_graph=True)
-            loss = loss + sum(layer_distance(r.detach().unsqueeze(0), s.unsqueeze(0))
-                              for r, s in zip(g_real, g_syn))
+            g_syn = torch.autograd.grad(
+                F.cross_entropy(self.net(part), target), weights, create_graph=True
+            )
+            loss = loss + sum(
+                layer_distance(r.detach().unsqueeze(0), s.unsqueeze(0))
+                for r, s in zip(g_real, g_syn)
+            )
         return loss
 
     # -- the inner loop -----------------------------------------------------------------
@@ -210,9 +243,11 @@ class GradientMatching(Objective):
 
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"outer": self.outer,
-                "net": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
-                "optimizer": self.optimizer.state_dict()}
+        return {
+            "outer": self.outer,
+            "net": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.outer = int(state["outer"])
@@ -235,8 +270,13 @@ def _pad_classes(parts: list[Tensor]) -> tuple[Tensor, Tensor]:
     if all(n == longest for n in lengths):
         mask = torch.ones(len(parts), longest, device=first.device, dtype=first.dtype)
         return torch.stack(parts), mask
-    padded = [torch.cat([p, p.new_zeros(longest - p.shape[0], *p.shape[1:])]) if p.shape[0] < longest else p
-              for p in parts]
-    mask = torch.tensor([[1.0] * n + [0.0] * (longest - n) for n in lengths],
-                        device=first.device, dtype=first.dtype)
+    padded = [
+        torch.cat([p, p.new_zeros(longest - p.shape[0], *p.shape[1:])])
+        if p.shape[0] < longest
+        else p
+        for p in parts
+    ]
+    mask = torch.tensor(
+        [[1.0] * n + [0.0] * (longest - n) for n in lengths], device=first.device, dtype=first.dtype
+    )
     return torch.stack(padded), mask

@@ -16,16 +16,17 @@ Where the time goes on a CPU, and what is done about it:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from habactl.nets import seeded as networks
 from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective, setting
 from habactl.distill.sets import SyntheticSet
+from habactl.nets import seeded as networks
 
 
 class DistributionMatching(Objective):
@@ -38,8 +39,8 @@ class DistributionMatching(Objective):
         real_per_class: int = setting(32, "--real-per-class")
         # hallucinations per basis per iteration; 0 = all
         views: int = setting(1, "--views")
-        embed_arch: str = setting("convnet")      # the randomly initialised embedder
-        embed_width: float = setting(1.0)         # its width multiplier (1.0 = 128 channels)
+        embed_arch: str = setting("convnet")  # the randomly initialised embedder
+        embed_width: float = setting(1.0)  # its width multiplier (1.0 = 128 channels)
         # one augmentation draw per class ("class") or per iteration
         siamese: str = setting("class")
 
@@ -55,9 +56,15 @@ class DistributionMatching(Objective):
             raise DistillError(f"dm: siamese must be 'class' or 'iteration', got {s['siamese']!r}")
         s["embed_width"] = float(s["embed_width"])
         context.real.check_per_class(s["real_per_class"])
-        self.net = networks.build(s["embed_arch"], context.image_shape, context.num_classes,
-                                  width_mult=s["embed_width"], device=context.device,
-                                  generator=context.init_generator, trainable=False)
+        self.net = networks.build(
+            s["embed_arch"],
+            context.image_shape,
+            context.num_classes,
+            width_mult=s["embed_width"],
+            device=context.device,
+            generator=context.init_generator,
+            trainable=False,
+        )
         self.net.eval()
         self.chunk = networks.chunk_size(context.device)
 
@@ -67,19 +74,22 @@ class DistributionMatching(Objective):
             return [augment.sample(generator)] * self.context.num_classes
         return [augment.sample(generator) for _ in range(self.context.num_classes)]
 
-    def loss(self, synthetic: SyntheticSet, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, synthetic: SyntheticSet, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]:
         context = self.context
         classes = context.num_classes
         per = self.settings["real_per_class"]
         # Fixed order of draws: network, real indices, hallucinations, augmentation.
         networks.redraw(self.net, generator)
-        real = context.real.sample(per, generator)                       # (classes, per, C, H, W)
+        real = context.real.sample(per, generator)  # (classes, per, C, H, W)
         basis, variant = synthetic.draw(self.settings["views"], generator)
         params = self._augment_params(generator)
 
-        syn = synthetic.decode(basis, variant)                           # (M, C, H, W), class-sorted
-        items = torch.bincount(synthetic.labels[basis.to(synthetic.labels.device)],
-                               minlength=classes).tolist()
+        syn = synthetic.decode(basis, variant)  # (M, C, H, W), class-sorted
+        items = torch.bincount(
+            synthetic.labels[basis.to(synthetic.labels.device)], minlength=classes
+        ).tolist()
         augment = context.augment
         syn = torch.cat([augment.apply(part, p) for part, p in zip(syn.split(items), params)])
 
@@ -97,4 +107,3 @@ class DistributionMatching(Objective):
         syn_mean = sums / counts
         loss = (real_mean - syn_mean).square().sum()
         return loss, {}
-

@@ -27,17 +27,18 @@ step's graph; the price is one more forward and backward per step.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from habactl.nets import seeded as networks
 from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective, setting
 from habactl.distill.sets import SyntheticSet
+from habactl.nets import seeded as networks
 
 UNROLLS = ("recompute", "full")
 VARIANTS = ("one-per-step", "all")
