@@ -1,8 +1,7 @@
 """Train your own network on a .haba archive with the archive's own training recipe.
 
-python examples/train_own_loop.py mnist-5k.haba [--epochs N] [--net small|convnet|resnet18]
+    python examples/train_own_loop.py mnist-5k.haba [--epochs N] [--net small|convnet|resnet18]
 """
-
 import argparse
 from functools import partial
 
@@ -18,36 +17,23 @@ from habactl.nets import build_net
 def small_cnn(channels: int, height: int, width: int, classes: int) -> nn.Module:
     """A network of the user's own, not one habactl distilled with."""
     return nn.Sequential(
-        nn.Conv2d(channels, 32, 3, padding=1),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1),
-        nn.BatchNorm2d(64),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(64 * (height // 4) * (width // 4), classes),
-    )
+        nn.Conv2d(channels, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * (height // 4) * (width // 4), classes))
 
 
-def train_and_test(
-    archive: str,
-    make_net=small_cnn,
-    epochs: int | None = None,
-    seed: int = 0,
-    data: str | None = None,
-) -> float:
+def train_and_test(archive: str, make_net=small_cnn, epochs: int | None = None,
+                   seed: int = 0, data: str | None = None) -> float:
     """Train make_net(channels, height, width, classes) on the archive; test accuracy in %."""
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     train = HabaDataset(archive)
-    recipe = train.recipe.with_(epochs=epochs)  # None keeps the recorded epochs
+    recipe = train.recipe.with_(epochs=epochs)        # None keeps the recorded epochs
     net = make_net(*train.image_shape, train.num_classes).to(device)
     loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True)
-    augment = recipe.augmentation(seed=seed)  # the recorded DSA (no flip for digits)
+    augment = recipe.augmentation(seed=seed)          # the recorded DSA (no flip for digits)
     loss_fn, optimizer = recipe.loss(), recipe.optimizer(net.parameters())
-    scheduler = recipe.scheduler(optimizer)  # lr x 0.1 half-way, stepped per epoch
+    scheduler = recipe.scheduler(optimizer)           # lr x 0.1 half-way, stepped per epoch
     for epoch in range(recipe.epochs):
         augment.set_epoch(epoch)
         net.train()
@@ -58,13 +44,12 @@ def train_and_test(
             optimizer.step()
         scheduler.step()
 
-    test = load_source(data or recipe.dataset).test  # real test images in [0, 1]
-    normalise = train.test_transform()  # mean/std or ZCA, as the archive's
+    test = load_source(data or recipe.dataset).test   # real test images in [0, 1]
+    normalise = train.test_transform()                # mean/std or ZCA, as the archive's
     net.eval()
     with torch.no_grad():
-        predicted = torch.cat(
-            [net(x.to(device)).argmax(1).cpu() for x in normalise(test.images).split(500)]
-        )
+        predicted = torch.cat([net(x.to(device)).argmax(1).cpu()
+                               for x in normalise(test.images).split(500)])
     return 100.0 * (predicted == test.labels).float().mean().item()
 
 

@@ -192,7 +192,12 @@ def draw(archive: Path, per_class: int | None, scale: int) -> Drawn:
     def text_width(text: str) -> int:
         return int(measure.textlength(text, font=font))
 
-    ascent, descent = font.getmetrics()
+    # load_default(size=...) gives a FreeType font whenever Pillow has FreeType, and the
+    # older bitmap font otherwise, which has no metrics: fall back to its box.
+    if isinstance(font, ImageFont.FreeTypeFont):
+        ascent, descent = font.getmetrics()
+    else:
+        ascent, descent = FONT_SIZE, 0
     line_height = ascent + descent + 2
     names = [fit_text(name, text_width) for name in dataset.classes]
     label_width = max(text_width(n) for n in names) + 2 * PAD + 4

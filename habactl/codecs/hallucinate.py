@@ -24,6 +24,14 @@ from habactl.codecs.errors import CodecError
 from habactl.codecs.spec import describe_hallucinate
 
 
+class _Weights(nn.Module):
+    """A named pair of parameters (``weight``, ``bias``): keeps ``encoder.weight``-style
+    names in the state dict while giving the type checker their types."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter
+
+
 class Hallucinate(Stage):
     """(C, H, W) -> (C, H, W) through one of `count` hallucinators; expansion `count`."""
 
@@ -45,12 +53,14 @@ class Hallucinate(Stage):
         super().__init__(spec)
         p = spec.params
         # Registration order fixes named_parameters() order: encoder, scale, shift, decoder.
-        self.encoder = nn.Module()
+        self.scale: nn.Parameter
+        self.shift: nn.Parameter
+        self.encoder = _Weights()
         self.encoder.weight = nn.Parameter(torch.empty(p["encoder.weight"]))
         self.encoder.bias = nn.Parameter(torch.empty(p["encoder.bias"]))
         self.scale = nn.Parameter(torch.empty(p["scale"]))
         self.shift = nn.Parameter(torch.empty(p["shift"]))
-        self.decoder = nn.Module()
+        self.decoder = _Weights()
         self.decoder.weight = nn.Parameter(torch.empty(p["decoder.weight"]))
         self.decoder.bias = nn.Parameter(torch.empty(p["decoder.bias"]))
         self.count = spec.expansion

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,11 @@ class Pipeline(nn.Module):
         self.out_shape = spec.out_shape
         self.expansion = spec.expansion
 
+    @property
+    def stage_list(self) -> list[Stage]:
+        """The stages with their type (an nn.ModuleList hides it from a type checker)."""
+        return cast(list[Stage], list(self.stages))
+
     @classmethod
     def from_manifest(
         cls,
@@ -51,14 +56,14 @@ class Pipeline(nn.Module):
     def to_manifest(self) -> list[dict[str, Any]]:
         return [
             {"name": s.name, "version": s.version, "configuration": s.to_config()}
-            for s in self.stages
+            for s in self.stage_list
         ]
 
     def decode(self, bases: Tensor, variant: Tensor | None = None) -> Tensor:
         """Basis n through variant[n]: (N, *base_shape) -> (N, *out_shape)."""
         self._check(bases)
         out = bases
-        for stage in self.stages:
+        for stage in self.stage_list:
             # Variants index the one expanding stage; the others must not see them
             # (a count-1 hallucinator after it would read them as out of range).
             out = stage(out, variant if stage.expansion > 1 else None)
@@ -68,7 +73,7 @@ class Pipeline(nn.Module):
         """Every basis through every variant: (N·E, *out_shape), item b·E + v."""
         self._check(bases)
         out = bases
-        for stage in self.stages:
+        for stage in self.stage_list:
             # Stages after the expanding one see N·E items, each already expanded.
             out = stage.forward_all(out)
         return out
@@ -76,7 +81,7 @@ class Pipeline(nn.Module):
     def named_tensors(self) -> dict[str, Tensor]:
         return {
             f"pipeline.{i}.{name}": t
-            for i, stage in enumerate(self.stages)
+            for i, stage in enumerate(self.stage_list)
             for name, t in stage.named_tensors().items()
         }
 
@@ -90,14 +95,14 @@ class Pipeline(nn.Module):
                 f"pipeline tensors do not match the manifest "
                 f"(missing {missing}, unexpected {[quote(k) for k in extra]})"
             )
-        for i, stage in enumerate(self.stages):
+        for i, stage in enumerate(self.stage_list):
             prefix = f"pipeline.{i}."
             stage.load_tensors(
                 {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             )
 
     def parameter_count(self) -> int:
-        return sum(stage.parameter_count() for stage in self.stages)
+        return sum(stage.parameter_count() for stage in self.stage_list)
 
     def _check(self, bases: Tensor) -> None:
         if (

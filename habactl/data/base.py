@@ -151,7 +151,7 @@ def fingerprint(classes: Sequence[str], train: LabeledImages, test: LabeledImage
 
 def _le_bytes(tensor: Tensor, dtype: str) -> memoryview:
     array = np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=dtype)
-    return memoryview(array).cast("B")
+    return array.data.cast("B")
 
 
 def validate(name: str, classes: Sequence[str], train: LabeledImages, test: LabeledImages) -> None:

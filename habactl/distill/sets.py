@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -67,6 +68,10 @@ class SyntheticSet(nn.Module):
     the engine optimises ``bases`` and the pipeline's parameters.
     """
 
+    bases: nn.Parameter
+    pipeline: Any  # a codecs.Pipeline (typed loosely: nn.Module attributes confuse mypy)
+    labels: Tensor
+
     def __init__(self, bases: Tensor, per_class: Sequence[int], pipeline: nn.Module) -> None:
         super().__init__()
         self.bases = nn.Parameter(bases.detach().clone())
@@ -116,6 +121,7 @@ class SyntheticSet(nn.Module):
         x = self.bases[basis.to(device)]
         if self.expansion == 1:
             return self.pipeline.decode(x)
+        assert variant is not None  # expansion > 1 and a basis subset: draw gave variants
         return self.pipeline.decode(x, variant.to(device))
 
     def item_labels(self, basis: Tensor) -> Tensor:

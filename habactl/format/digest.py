@@ -51,7 +51,7 @@ def raw_bytes(tensor: Any) -> memoryview:
     array = np.ascontiguousarray(tensor)
     array = array.astype(array.dtype.newbyteorder("<"), copy=False)
     # A flat uint8 view: memoryview.cast refuses zero-size arrays.
-    return memoryview(array.reshape(-1).view(np.uint8))
+    return array.reshape(-1).view(np.uint8).data
 
 
 def tensor_sha256(tensor: Any) -> str:

@@ -25,6 +25,8 @@ are computed.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -197,7 +199,9 @@ class GradientMatching(Objective):
         with torch.no_grad():
             g_real = self._gradients(real, class_labels.unsqueeze(1).expand(classes, per), None)
         g_syn = self._gradients(syn_batch, class_labels.unsqueeze(1).expand(mask.shape), mask)
-        loss = sum(layer_distance(g_real[k], g_syn[k]) for k in g_real)
+        # Summed left to right, as sum() would: the same bits as before, typed as a Tensor.
+        distances = [layer_distance(g_real[k], g_syn[k]) for k in g_real]
+        loss = functools.reduce(operator.add, distances)
         return loss, {}
 
     def _loop_loss(self, real: Tensor, parts: list[Tensor]) -> Tensor:
