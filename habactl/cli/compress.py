@@ -31,6 +31,7 @@ _RUN = "Run control"
 # Parameters -> DistillConfig fields (the engine's own settings, for every objective).
 ENGINE = {
     "ipc": "ipc",
+    "budget_bytes": "budget_bytes",
     "codec": "codec",
     "budget_counts": "counts",
     "leftover": "leftover",
@@ -100,7 +101,15 @@ def compress(
         1,
         "--ipc",
         min=1,
-        help="Budget: images per class, in stored values.",
+        help="Budget: images per class; N means N float32 images' bytes per class.",
+        rich_help_panel=_BUDGET,
+    ),
+    budget_bytes: int | None = typer.Option(
+        None,
+        "--budget-bytes",
+        min=1,
+        help="Budget in bytes for the whole archive's synthetic set, instead of --ipc "
+        "(every stored byte counts; the archive records the smallest IPC that holds it).",
         rich_help_panel=_BUDGET,
     ),
     codec: str | None = typer.Option(
@@ -346,6 +355,8 @@ def compress(
     settings = _merge(values, given, recipe)
     surface = _objective_surface(settings["objective"])
     _check_applicable(settings, given, recipe, surface)
+    if settings["budget_bytes"] is not None and "ipc" in given | set(recipe):
+        raise HabaError("give the budget as --ipc or as --budget-bytes, not both")
     target = _target(settings)
     if surface is None:
         _compress_random(settings, target)
@@ -657,8 +668,10 @@ def report_written(path: Path, seconds: float) -> None:
     )
     stderr.print(
         f"[bold green]wrote[/] {path}  "
-        f"({account['stored_values']:,} stored values = {split}{account['ratio']:.2f}× the budget "
-        f"of {account['budget_values']:,}; {path.stat().st_size:,} bytes; {seconds:.1f} s)"
+        f"({account['stored_values']:,} stored values = {split}"
+        f"{account['counted_bytes']:,} bytes, {account['ratio_bytes']:.2f}× the budget "
+        f"of {account['budget_bytes']:,} bytes; file {path.stat().st_size:,} bytes; "
+        f"{seconds:.1f} s)"
     )
     if account["counts"] == "bases":
         stderr.print(

@@ -79,15 +79,21 @@ def account_table(account: dict[str, Any], storage: dict[str, Any]) -> Any:
                 "yes" if part["counted"] else "no",
             )
     table.add_row(
-        "[bold]stored[/]",
+        "[bold]counted[/]",
         f"[bold]{account['stored_values']:,}[/]",
-        f"{account['stored_bytes']:,}",
+        f"[bold]{account['counted_bytes']:,}[/]",
         "",
     )
-    table.add_row(f"budget (IPC {storage['ipc']})", f"{account['budget_values']:,}", "", "")
-    ratio = account["ratio"]
-    style = "green" if ratio <= 1.0 + 1e-9 else "red"
-    table.add_row("stored / budget", f"[{style}]{ratio:.2f}×[/]", "", "")
+    table.add_row(
+        f"budget (IPC {storage['ipc']})",
+        f"{account['budget_values']:,}",
+        f"{account['budget_bytes']:,}",
+        "",
+    )
+    ratio, ratio_b = account["ratio"], account["ratio_bytes"]
+    style = "green" if ratio_b <= 1.0 + 1e-9 else "red"
+    table.add_row("counted / budget", f"{ratio:.2f}×", f"[{style}]{ratio_b:.2f}×[/]", "")
+    table.add_row("all tensors", "", f"{account['stored_bytes']:,}", "")
     return table
 
 

@@ -33,7 +33,12 @@ class StageSpec(NamedTuple):
     in_shape: Shape
     out_shape: Shape
     expansion: int  # outputs per input: 1, or the number of hallucinators
-    params: dict[str, tuple[int, ...]]  # parameter name -> shape, all float32
+    params: dict[str, tuple[int, ...]]  # parameter name -> shape
+    # Stored dtypes (safetensors names): of the parameters not in float32, and of the
+    # stage's input when it is the first stage (the `bases` tensor). Only `quantize`
+    # stores anything but float32.
+    param_dtypes: dict[str, str] | None = None
+    input_dtype: str = "F32"
 
 
 def check_shape(stage: str, shape: Any, what: str = "input shape") -> Shape:
@@ -192,6 +197,9 @@ DESCRIPTIONS: dict[str, Description] = {
 
 ENTRY_KEYS = ("name", "version", "configuration")
 
+# Bytes per element of the dtypes a pipeline may store.
+DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "U8": 1}
+
 
 class PipelineSpec(NamedTuple):
     """What a pipeline decodes to, computed without allocating anything."""
@@ -263,3 +271,38 @@ def describe_pipeline(pipeline: Any, base_shape: Any) -> PipelineSpec:
         params.update({f"pipeline.{i}.{name}": s for name, s in spec.params.items()})
         shape = spec.out_shape
     return PipelineSpec(stages, shape, expansion, params)
+
+
+class Storage(NamedTuple):
+    """Bytes one stored basis takes, and the bytes of every stage parameter together."""
+
+    basis_bytes: int
+    param_bytes: int
+
+
+def param_dtype(spec: StageSpec, name: str) -> str:
+    """The stored dtype of one parameter of a stage (float32 unless it says otherwise)."""
+    return (spec.param_dtypes or {}).get(name, "F32")
+
+
+def bases_dtype(spec: PipelineSpec) -> str:
+    """The stored dtype of the `bases` tensor: the first stage's input dtype."""
+    return spec.stages[0].input_dtype if spec.stages else "F32"
+
+
+def pipeline_storage(spec: PipelineSpec, base_shape: Sequence[int]) -> Storage:
+    """What the pipeline stores, in bytes: the budget planner's and the account's unit."""
+    basis = DTYPE_BYTES[bases_dtype(spec)] * _prod3(base_shape)
+    params = sum(
+        DTYPE_BYTES[param_dtype(stage, name)] * _prod3(shape)
+        for stage in spec.stages
+        for name, shape in stage.params.items()
+    )
+    return Storage(basis, params)
+
+
+def _prod3(shape: Sequence[int]) -> int:
+    out = 1
+    for d in shape:
+        out *= int(d)
+    return out

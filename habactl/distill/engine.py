@@ -62,6 +62,7 @@ class DistillConfig:
     pipeline: tuple[Mapping[str, Any], ...] | None = None
     codec: str = "haba+idc"
     ipc: int = 1
+    budget_bytes: int | None = None  # a budget in bytes instead of `ipc` (then ipc is ignored)
     counts: str = "all"
     factor: int | None = None
     hallucinators: int = 5
@@ -279,6 +280,7 @@ class Distiller:
             leftover=c.leftover,
             class_priority=sorted(range(classes), key=lambda k: (-spread[k], k)),
             codec=None if c.pipeline is not None else c.codec,
+            budget_bytes=c.budget_bytes,
         )
 
     def _real_set(self, images: Tensor, labels: Tensor) -> RealSet:
@@ -604,7 +606,7 @@ class Distiller:
                 hyperparameters=self.hyperparameters,
                 iterations=c.iterations,
                 seed=c.seed,
-                ipc=c.ipc,
+                ipc=self.plan.ipc,
                 counts=c.counts,
                 learned_lr=self.objective.learned_lr(),
                 overwrite=force,

@@ -1,9 +1,11 @@
-"""Honest budgets: an IPC budget in stored values -> a pipeline and bases per class.
+"""Honest budgets: a budget in bytes -> a pipeline and bases per class.
 
-The budget is ``ipc x classes x C x H x W`` float values, the size of IPC real images per
-class. With ``counts="all"`` every stored synthetic value is charged to it: the bases at
-their stored resolution and every hallucinator weight (hard labels are not charged;
-they are implied by ``bases.per_class``, which is how ``format.account`` counts too).
+The budget is counted in bytes. ``--ipc N`` means N float32 images per class:
+``N x classes x C x H x W x 4`` bytes; ``--budget-bytes B`` gives B directly. With
+``counts="all"`` every stored synthetic byte is charged to it: the bases at their stored
+resolution and dtype and every stage parameter (hard labels are not charged; they are
+implied by ``bases.per_class``, which is how ``format.account`` counts too). For an
+all-float32 pipeline the byte plan is the value plan of earlier versions, exactly.
 ``counts="bases"`` reproduces the reference code, which charges bases only and lets the
 hallucinators ride free; ``inspect`` still shows the true account of such an archive.
 
@@ -26,7 +28,11 @@ from typing import Any
 
 from habactl.codecs.registry import PRESETS
 from habactl.distill.errors import DistillError
-from habactl.format.account import budget_values  # the one home of the budget formula
+from habactl.format.account import (  # the one home of the budget formula
+    FLOAT32_BYTES,
+    budget_bytes_for,
+    budget_values,
+)
 
 CODECS = tuple(PRESETS)  # the codec names are the registry's presets
 HALLUCINATOR_ARCHS = ("channel-affine", "pixel-affine")
@@ -51,6 +57,13 @@ class Plan:
     expansion: int
     leftover_policy: str
     extra_classes: list[int] = field(default_factory=list)
+    # Bytes: the budget, one stored basis, the pipeline's parameters. ``budget_bytes_given``
+    # is True when the budget came as --budget-bytes (then ``ipc`` is the smallest IPC
+    # whose budget holds it, the figure the archive records).
+    budget_bytes: int = 0
+    basis_bytes: int = 0
+    pipeline_bytes: int = 0
+    budget_bytes_given: bool = False
 
     @property
     def classes(self) -> int:
@@ -79,13 +92,32 @@ class Plan:
         return self.budget_values - self.charged_values
 
     @property
+    def stored_bytes(self) -> int:
+        """Every stored synthetic byte: bases plus pipeline parameters."""
+        return self.bases * self.basis_bytes + self.pipeline_bytes
+
+    @property
+    def charged_bytes(self) -> int:
+        return self.stored_bytes if self.counts == "all" else self.bases * self.basis_bytes
+
+    @property
+    def all_float32(self) -> bool:
+        return self.basis_bytes == FLOAT32_BYTES * self.base_values and (
+            self.pipeline_bytes == FLOAT32_BYTES * self.pipeline_values
+        )
+
+    @property
     def images(self) -> int:
         """Training images the archive expands to."""
         return self.bases * self.expansion
 
     def describe(self) -> dict[str, Any]:
-        """JSON-ready summary for provenance."""
-        return {
+        """JSON-ready summary for provenance.
+
+        The byte figures are added only where they say more than the values (a byte
+        budget or a non-float32 part), so that float32 archives stay byte-identical.
+        """
+        out = {
             "codec": self.codec,
             "counts": self.counts,
             "budget_values": self.budget_values,
@@ -99,6 +131,15 @@ class Plan:
             "extra_bases_to_classes": list(self.extra_classes),
             "expansion": self.expansion,
         }
+        if self.budget_bytes_given or not self.all_float32:
+            out.update(
+                budget_bytes=self.budget_bytes,
+                bases_bytes=self.bases * self.basis_bytes,
+                pipeline_bytes=self.pipeline_bytes,
+                stored_bytes=self.stored_bytes,
+                unspent_bytes=self.budget_bytes - self.charged_bytes,
+            )
+        return out
 
     def summary(self) -> str:
         """One line for people."""
@@ -108,11 +149,12 @@ class Plan:
         text = (
             f"{self.codec}: {per} bases/class at {c}x{h}x{w}"
             + (f" x {self.expansion} hallucinators" if self.expansion > 1 else "")
-            + f" = {self.images:,} training images; {self.stored_values:,} stored values"
-            f" of a {self.budget_values:,}-value budget (IPC {self.ipc})"
+            + f" = {self.images:,} training images; {self.stored_values:,} stored values,"
+            f" {self.stored_bytes:,} bytes of a {self.budget_bytes:,}-byte budget"
+            + (" (--budget-bytes)" if self.budget_bytes_given else f" (IPC {self.ipc})")
         )
         if self.counts == "bases":
-            text += f", counting bases only ({self.charged_values:,} charged)"
+            text += f", counting bases only ({self.charged_bytes:,} bytes charged)"
         return text
 
 
@@ -239,10 +281,12 @@ def plan_pipeline(
     leftover: str = "bases",
     class_priority: Sequence[int] | None = None,
     codec: str | None = None,
+    budget_bytes: int | None = None,
 ) -> Plan:
-    """Turn a budget of ``ipc`` images per class into bases per class for any pipeline
-    of manifest entries (see module doc). ``codec`` labels the plan; by default the
-    preset the entries match (``registry.preset_name``)."""
+    """Turn a budget into bases per class for any pipeline of manifest entries (see
+    module doc). The budget is ``ipc`` float32 images per class, or ``budget_bytes``
+    bytes when given (``ipc`` is then ignored). ``codec`` labels the plan; by default
+    the preset the entries match (``registry.preset_name``)."""
     from habactl.codecs.registry import describe_pipeline, preset_name
     from habactl.errors import HabaError
 
@@ -250,8 +294,10 @@ def plan_pipeline(
         raise DistillError(f"unknown budget counting {counts!r} (known: {', '.join(COUNTS)})")
     if leftover not in LEFTOVER:
         raise DistillError(f"unknown leftover policy {leftover!r} (known: {', '.join(LEFTOVER)})")
-    if ipc < 1:
+    if budget_bytes is None and ipc < 1:
         raise DistillError(f"--ipc must be at least 1, got {ipc}")
+    if budget_bytes is not None and (isinstance(budget_bytes, bool) or budget_bytes < 1):
+        raise DistillError(f"--budget-bytes must be at least 1, got {budget_bytes}")
     if num_classes < 1:
         raise DistillError("the data set has no classes")
     stages = [dict(entry) for entry in pipeline]
@@ -270,20 +316,27 @@ def plan_pipeline(
             f"codec {label}: the pipeline decodes to {list(spec.out_shape)}, "
             f"not the images' {[c, h, w]}"
         )
+    from habactl.codecs.spec import pipeline_storage
+
     pipeline_values = sum(math.prod(shape) for shape in spec.params.values())
+    storage = pipeline_storage(spec, base_shape)
+    per_basis = storage.basis_bytes
+    pipeline_bytes = storage.param_bytes
+    image_bytes = num_classes * c * h * w * FLOAT32_BYTES  # one float32 image per class
+    if budget_bytes is not None:
+        budget_b = int(budget_bytes)
+        ipc = max(1, -(-budget_b // image_bytes))  # the smallest IPC whose budget holds it
+        what = f"--budget-bytes {budget_b:,}"
+    else:
+        budget_b = budget_bytes_for(ipc, num_classes, (c, h, w))
+        what = f"IPC {ipc} is {budget_b // FLOAT32_BYTES:,} stored values ({budget_b:,} bytes)"
     budget = budget_values(ipc, num_classes, (c, h, w))
-    per_basis = math.prod(base_shape)
-    fixed = pipeline_values if counts == "all" else 0
-    available = budget - fixed
+    fixed = pipeline_bytes if counts == "all" else 0
+    available = budget_b - fixed
     per = available // (num_classes * per_basis) if available > 0 else 0
     if per < 1:
-        needed = num_classes * per_basis + fixed
         raise DistillError(
-            f"budget too small: IPC {ipc} is {budget:,} stored values, but one basis per class "
-            f"({num_classes} x {per_basis:,})"
-            + (f" plus the hallucinators' {pipeline_values:,}" if fixed else "")
-            + f" needs {needed:,}; raise --ipc"
-            + (", use fewer hallucinators or a larger --factor" if fixed else "")
+            _too_small(what, num_classes, storage, fixed, budget_bytes is not None, base_shape)
         )
     per_class = [per] * num_classes
     extra: list[int] = []
@@ -310,4 +363,36 @@ def plan_pipeline(
         expansion=int(spec.expansion),
         leftover_policy=leftover,
         extra_classes=extra,
+        budget_bytes=budget_b,
+        basis_bytes=per_basis,
+        pipeline_bytes=pipeline_bytes,
+        budget_bytes_given=budget_bytes is not None,
+    )
+
+
+def _too_small(
+    what: str,
+    classes: int,
+    storage: Any,
+    fixed: int,
+    byte_budget: bool,
+    base_shape: Sequence[int],
+) -> str:
+    """The refusal when not one basis per class fits: in values for float32 parts (the
+    figures people know), in bytes otherwise."""
+    values = math.prod(base_shape)
+    per_basis, params = storage.basis_bytes, storage.param_bytes
+    float32 = per_basis == FLOAT32_BYTES * values and params % FLOAT32_BYTES == 0
+    if float32 and not byte_budget:
+        unit, basis, extra = "", f"{values:,}", fixed // FLOAT32_BYTES
+        needed = classes * values + extra
+    else:
+        unit, basis, extra = " bytes", f"{per_basis:,} bytes", fixed
+        needed = classes * per_basis + fixed
+    return (
+        f"budget too small: {what}, but one basis per class ({classes} x {basis})"
+        + (f" plus the stage parameters' {extra:,}" if fixed else "")
+        + f" needs {needed:,}{unit}; raise "
+        + ("--budget-bytes" if byte_budget else "--ipc")
+        + (", use fewer hallucinators or a larger --factor" if fixed else "")
     )

@@ -1,5 +1,9 @@
 """The storage account: values and bytes per part against the claimed IPC budget.
 
+The budget is IPC float32 images per class: ``ipc x classes x C x H x W`` values, four
+bytes each. The ratio is given in values and in bytes; they differ once a part is stored
+at another precision (a ``quantize`` stage), and the bytes are what the budget means.
+
 Derived from the manifest's ``tensors`` table only, so it cannot disagree with the
 file. It is honest by construction: every stored synthetic value is counted, whatever
 the archive claims (docs/method.md, "Counting the budget": the reference code stores
@@ -35,6 +39,14 @@ DTYPE_SIZES = {
     "I64": 8,
     "U64": 8,
 }
+
+
+FLOAT32_BYTES = 4  # --ipc N means N float32 images per class
+
+
+def budget_bytes_for(ipc: int, classes: int, image_shape: Sequence[int]) -> int:
+    """The budget in bytes: ``ipc`` float32 images per class."""
+    return FLOAT32_BYTES * budget_values(ipc, classes, image_shape)
 
 
 def budget_values(ipc: int, classes: int, image_shape: Sequence[int]) -> int:
@@ -78,8 +90,11 @@ def storage_account(manifest: Mapping[str, Any]) -> dict[str, Any]:
         (image["channels"], image["height"], image["width"]),
     )
     stored = sum(p["values"] for p in parts.values() if p["counted"])
+    counted_bytes = sum(p["bytes"] for p in parts.values() if p["counted"])
+    budget_b = FLOAT32_BYTES * budget
     counts = manifest["storage"]["counts"]
     claim = parts["bases"]["values"] if counts == "bases" else stored
+    claim_b = parts["bases"]["bytes"] if counts == "bases" else counted_bytes
     account: dict[str, Any] = {
         "parts": parts,
         "stored_values": stored,
@@ -89,6 +104,13 @@ def storage_account(manifest: Mapping[str, Any]) -> dict[str, Any]:
         "counts": counts,
         "claim_values": claim,
         "claim_ratio": claim / budget,
+        # The same in bytes (the unit that matters once parts are not float32): the
+        # budget is IPC float32 images per class.
+        "counted_bytes": counted_bytes,
+        "budget_bytes": budget_b,
+        "ratio_bytes": counted_bytes / budget_b,
+        "claim_bytes": claim_b,
+        "claim_ratio_bytes": claim_b / budget_b,
     }
     if counts == "bases":
         account["note"] = (
