@@ -82,12 +82,14 @@ def run_and_check(config: DistillConfig, data: str, output) -> None:
 def test_defaults_stay_finite(objective, codec, data, buffers, tmp_path):
     seeds = (0, 1, 2) if objective == "mtt" else (0,)
     for seed in seeds:
-        run_and_check(make_config(objective, codec, seed, 3, buffers, data), data, tmp_path / f"{seed}.haba")
+        run_and_check(make_config(objective, codec, seed, 3, buffers, data), data,
+                      tmp_path / f"{seed}.haba")
 
 
 def test_the_reported_case_finishes(buffers, tmp_path):
     """Issue 11: digits, mtt, haba+idc, IPC 1, 3 iterations, seed 2."""
-    run_and_check(make_config("mtt", "haba+idc", 2, 3, buffers, "digits"), "digits", tmp_path / "a.haba")
+    run_and_check(make_config("mtt", "haba+idc", 2, 3, buffers, "digits"), "digits",
+                  tmp_path / "a.haba")
 
 
 def test_an_unbounded_mtt_step_is_what_diverges(buffers):
@@ -117,7 +119,8 @@ def test_max_step_is_validated_and_recorded(buffers):
 @pytest.mark.parametrize("codec", CODECS)
 def test_mtt_over_more_seeds_and_iterations(codec, data, buffers, tmp_path):
     for seed in range(5):
-        run_and_check(make_config("mtt", codec, seed, 10, buffers, data), data, tmp_path / f"{seed}.haba")
+        run_and_check(make_config("mtt", codec, seed, 10, buffers, data), data,
+                      tmp_path / f"{seed}.haba")
 
 
 def test_bound_steps_scales_only_large_steps():
