@@ -32,6 +32,8 @@ _RUN = "Run control"
 ENGINE = {
     "ipc": "ipc",
     "budget_bytes": "budget_bytes",
+    "quantize": "quantize",
+    "quantize_granularity": "quantize_granularity",
     "codec": "codec",
     "budget_counts": "counts",
     "leftover": "leftover",
@@ -117,6 +119,19 @@ def compress(
         "--codec",
         help="What is stored: raw images, idc (low-resolution bases), haba "
         "(bases x hallucinators) or haba+idc \\[default: haba+idc; raw for --objective random].",
+        rich_help_panel=_BUDGET,
+    ),
+    quantize: str | None = typer.Option(
+        None,
+        "--quantize",
+        help="Store the bases at lower precision: float16, uint8 or uint4 (two codes a "
+        "byte); distillation trains through the rounding. Any codec.",
+        rich_help_panel=_BUDGET,
+    ),
+    quantize_granularity: str = typer.Option(
+        "tensor",
+        "--quantize-granularity",
+        help="One scale and zero-point for all bases (tensor) or one per channel (uint8, uint4).",
         rich_help_panel=_BUDGET,
     ),
     budget_counts: str = typer.Option(
@@ -254,11 +269,14 @@ def compress(
     lr_hallucinators: float | None = typer.Option(
         None,
         "--lr-hallucinators",
-        help="SGD learning rate of the hallucinators.",
+        help="SGD learning rate of the hallucinators [default: 0.001].",
         rich_help_panel=_DISTILL,
     ),
     momentum: float | None = typer.Option(
-        None, "--momentum", help="SGD momentum.", rich_help_panel=_DISTILL
+        None,
+        "--momentum",
+        help="SGD momentum of the stored tensors [default: 0.5].",
+        rich_help_panel=_DISTILL,
     ),
     init: str = typer.Option(
         "real", "--init", help="Bases start as real images or noise.", rich_help_panel=_DISTILL
@@ -357,6 +375,8 @@ def compress(
     _check_applicable(settings, given, recipe, surface)
     if settings["budget_bytes"] is not None and "ipc" in given | set(recipe):
         raise HabaError("give the budget as --ipc or as --budget-bytes, not both")
+    if settings["quantize"] is None and "quantize_granularity" in given | set(recipe):
+        raise HabaError("--quantize-granularity applies with --quantize only")
     target = _target(settings)
     if surface is None:
         _compress_random(settings, target)

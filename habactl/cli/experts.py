@@ -98,9 +98,13 @@ def experts(
             from habactl.distill.progress import ProgressLine  # one progress display (H2)
 
             bar["progress"] = ProgressLine(stderr, unit="epochs")
+            # Name the ops that really run: digit data drop the flip (a mirrored 2 is no 2).
+            shown = augment
+            if source.is_digits and augment != "none":
+                shown = "_".join(op for op in augment.split("_") if op != "flip") or "none"
             bar["progress"].message(
                 f"[bold]{source.name}[/]: {plural(count, 'expert')} × {plural(epochs, 'epoch')}, "
-                f"{arch} width {width}, SGD lr {lr}, batch {batch_size}, augmentation {augment}"
+                f"{arch} width {width}, SGD lr {lr}, batch {batch_size}, augmentation {shown}"
             )
             bar["progress"].start(count * total, 0, "experts")
         status = (
