@@ -148,8 +148,16 @@ def debug_enabled() -> bool:
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one line on stderr and return the exit to raise."""
+    stream, prefix = sys.stderr, ""
+    if "WORLD_SIZE" in os.environ:  # under torchrun: the first failing rank prints, named
+        from habactl import distributed
+
+        if distributed.active():
+            if not distributed.claim_error():
+                return typer.Exit(code)
+            stream, prefix = distributed.error_stream(), distributed.error_prefix()
     # Plain print, not rich: the message must stay one line whatever the terminal width.
-    print(f"habactl: error: {message}", file=sys.stderr)
+    print(f"habactl: error: {prefix}{message}", file=stream)
     return typer.Exit(code)
 
 

@@ -7,6 +7,7 @@ command functions, so that --help, --version and inspect do not load torch.
 from __future__ import annotations
 
 import importlib
+import os
 
 import typer
 
@@ -56,7 +57,14 @@ def root(
 
 
 def main() -> None:
-    app()
+    # Under torchrun (WORLD_SIZE set) the command runs as one rank of a process group;
+    # otherwise nothing distributed is imported (no torch for --help or inspect).
+    if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
+        from habactl.distributed import launch
+
+        launch(app)
+    else:
+        app()
 
 
 if __name__ == "__main__":

@@ -111,6 +111,34 @@ def run_tasks(
     report = _reporter(tasks, progress)
     for index in range(len(tasks)):  # announce every network first: totals for the bar
         report(index, 0)
+    from habactl import distributed
+
+    if distributed.world_size() > 1:
+        # Under torchrun each rank trains every world-th network (each keeps its own
+        # seed, so its score is the one a single process gets) and all gather the scores.
+        share = distributed.my_share(len(tasks))
+        mine = _run_local([tasks[i] for i in share], jobs, threads, report, share)
+        merged = distributed.gather_objects(dict(zip(share, mine)))
+        for index in range(len(tasks)):
+            report(index, tasks[index].protocol.epochs)
+        return [merged[index] for index in range(len(tasks))]
+    return _run_local(tasks, jobs, threads, report, list(range(len(tasks))))
+
+
+def _run_local(
+    tasks: Sequence[ModelTask],
+    jobs: int,
+    threads: int,
+    outer: Callable[[int, int], None],
+    indices: list[int],
+) -> list[ModelScore]:
+    """Scores of `tasks` in this process (or its workers); `indices` name them in `report`."""
+
+    def report(index: int, epoch: int) -> None:
+        outer(indices[index], epoch)
+
+    if not tasks:
+        return []
     if jobs == 1 or len(tasks) <= 1:
         scores = []
         for index, task in enumerate(tasks):

@@ -344,7 +344,9 @@ def _evaluate_archive(
         raise HabaError(f"lr must be positive, got {lr!r}")
     archs = parse_names(archs, ARCHITECTURES, "architecture") or ["convnet"]
     baselines = parse_names(baselines, BASELINES, "baseline")
-    target = resolve_device(device)
+    from habactl import distributed
+
+    target = distributed.device_for(device)  # resolve_device's, or this rank's own GPU
     warnings: list[str] = []
 
     def note(message: str) -> None:
@@ -380,6 +382,8 @@ def _evaluate_archive(
         for arm in arms
     }
     queue = [task for arm_tasks in tasks.values() for task in arm_tasks]
+    if jobs is None and distributed.world_size() > 1:
+        jobs = 1  # under torchrun the ranks are the parallel workers, one network each
     workers = default_jobs(target, len(queue)) if jobs is None else min(jobs, len(queue))
     scores = iter(
         run_tasks(queue, jobs=workers, threads=torch.get_num_threads(), progress=progress)
@@ -419,6 +423,7 @@ def _evaluate_archive(
             "device": str(target),
             "threads": torch.get_num_threads(),
             "jobs": workers,
+            **({"world_size": distributed.world_size()} if distributed.world_size() > 1 else {}),
             "flip": not source.is_digits,
             "score": "final-epoch test accuracy, mean and population std over models",
         },

@@ -1,0 +1,268 @@
+"""Running one command on N processes launched by ``torchrun`` (torch.distributed).
+
+``torchrun --nproc-per-node N -m habactl CMD ...`` starts N copies of the same command
+line with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT in their
+environment. :func:`launch` (called by the CLI entry point when WORLD_SIZE is set) joins
+them in one process group (NCCL on CUDA, gloo on the CPU), pins each rank to its local
+GPU, silences every rank but rank 0, and tears the group down on success, error and
+Ctrl-C. The commands then ask :func:`world_size`, :func:`rank` and :func:`is_main` to
+split their work; outside torchrun they see one process of rank 0, and nothing here
+imports torch unless a process group is started.
+
+An error on any rank ends the job: that rank prints one ``habactl: error: rank R/N: ...``
+line (only the first rank to fail prints, so an input error shared by every rank is one
+line), exits non-zero, and torchrun stops the others. Every collective has a timeout
+(``HABACTL_DIST_TIMEOUT`` seconds, 300 by default), so a rank whose peer vanished
+without torchrun's help fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO
+
+TIMEOUT_VARIABLE = "HABACTL_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 300.0
+
+_state: dict[str, Any] = {"active": False, "error_stream": None, "device": None}
+
+
+def launched() -> bool:
+    """True when this process was started by torchrun (or an equivalent launcher)."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def active() -> bool:
+    """True while a process group of this run is up."""
+    return bool(_state["active"])
+
+
+def world_size() -> int:
+    """Processes in the job: 1 outside torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1")) if active() else 1
+
+
+def rank() -> int:
+    """This process's rank in the job: 0 outside torchrun."""
+    return int(os.environ.get("RANK", "0")) if active() else 0
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0")) if active() else 0
+
+
+def is_main() -> bool:
+    """Whether this process prints and writes the outputs (rank 0)."""
+    return rank() == 0
+
+
+def timeout_seconds() -> float:
+    value = os.environ.get(TIMEOUT_VARIABLE, "")
+    try:
+        seconds = float(value) if value else DEFAULT_TIMEOUT_S
+    except ValueError:
+        seconds = DEFAULT_TIMEOUT_S
+    return seconds if seconds > 0 else DEFAULT_TIMEOUT_S
+
+
+def error_stream() -> TextIO:
+    """Where error lines go: the real stderr, even on a silenced rank."""
+    stream = _state["error_stream"]
+    return stream if stream is not None else sys.stderr
+
+
+def error_prefix() -> str:
+    """``rank R/N: `` under torchrun, so the one error line says which rank failed."""
+    return f"rank {rank()}/{world_size()}: " if active() else ""
+
+
+def claim_error() -> bool:
+    """True for the first rank to fail (it prints the line); False for later ones.
+
+    Uses the job's key-value store, which torchrun's agent keeps up while ranks die; if
+    the store cannot be reached, every rank prints (a second line beats none).
+    """
+    if not active():
+        return True
+    try:
+        from torch.distributed import distributed_c10d
+
+        store = distributed_c10d._get_default_store()
+        return int(store.add("habactl/errors", 1)) == 1
+    except Exception:  # noqa: BLE001 - any failure here means: print anyway
+        return True
+
+
+def device_for(name: str) -> Any:
+    """The device of this rank for a ``--device`` name: its local GPU under torchrun."""
+    import torch
+
+    from habactl.runtime import resolve_device
+
+    device = resolve_device(name)
+    if device.type == "cuda" and active():
+        return torch.device("cuda", local_rank())
+    return device
+
+
+def _start() -> None:
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    cuda = torch.cuda.is_available() and os.environ.get("HABACTL_DIST_BACKEND", "") != "gloo"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(
+        backend="nccl" if cuda else "gloo",
+        timeout=datetime.timedelta(seconds=timeout_seconds()),
+    )
+    _state["active"] = True
+
+
+def _stop(clean: bool) -> None:
+    if not _state["active"]:
+        return
+    _state["active"] = False
+    try:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            if clean:
+                # Every rank reaches the teardown before any leaves: gloo aborts a rank
+                # whose peer closed its connections under it.
+                dist.barrier()
+            dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - tearing down after an error must not mask it
+        pass
+
+
+def launch(run: Callable[[], Any]) -> None:
+    """Run the CLI `run` as one rank of a torchrun job; see the module docstring."""
+    from habactl.errors import HabaError
+
+    try:
+        _start()
+    except Exception as error:  # noqa: BLE001 - a failed rendezvous is one line too
+        print(f"habactl: error: cannot join the torchrun job: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    real_stderr = sys.stderr
+    _state["error_stream"] = real_stderr
+    quiet = None
+    if not is_main():  # other ranks print nothing unless an error happens
+        quiet = open(os.devnull, "w")  # noqa: SIM115 - closed in finally
+        sys.stdout = sys.stderr = quiet
+    code: Any = 0
+    try:
+        run()
+    except SystemExit as exit_:
+        code = exit_.code
+    except KeyboardInterrupt:
+        code = 130
+        if is_main():
+            print("habactl: interrupted", file=real_stderr)
+    except HabaError as error:
+        code = 1
+        if claim_error():
+            print(f"habactl: error: {error_prefix()}{error}", file=real_stderr)
+    except Exception as error:  # noqa: BLE001 - any rank's crash is one line, not a hang
+        code = 1
+        if os.environ.get("HABACTL_DEBUG", "") not in ("", "0"):
+            import traceback
+
+            traceback.print_exc(file=real_stderr)
+        if claim_error():
+            kind = type(error).__name__
+            print(f"habactl: error: {error_prefix()}{kind}: {error}", file=real_stderr)
+    finally:
+        _stop(clean=code == 0)
+        sys.stdout, sys.stderr = sys.__stdout__, real_stderr
+        if quiet is not None:
+            quiet.close()
+        _state["error_stream"] = None
+    raise SystemExit(code)
+
+
+# --- collectives (no-ops on one process) -------------------------------------------------
+
+
+def my_share(count: int) -> list[int]:
+    """The indices of `count` work items this rank takes: i with i % world == rank."""
+    return list(range(rank(), count, world_size()))
+
+
+FAIL_VARIABLE = "HABACTL_DIST_FAIL_RANK"
+
+
+def _injected_failure() -> None:
+    """Fault injection for the tests: the rank named in HABACTL_DIST_FAIL_RANK crashes
+    just before a collective, while its peers wait in it."""
+    if os.environ.get(FAIL_VARIABLE, "") == str(rank()):
+        raise RuntimeError(f"injected failure ({FAIL_VARIABLE}={rank()})")
+
+
+def gather_objects(mine: dict[int, Any]) -> dict[int, Any]:
+    """Every rank's ``{index: result}`` merged, on every rank."""
+    if world_size() == 1:
+        return dict(mine)
+    _injected_failure()
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * world_size()
+    dist.all_gather_object(parts, mine)
+    merged: dict[int, Any] = {}
+    for part in parts:
+        merged.update(part)
+    return merged
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's `value`, on every rank."""
+    if world_size() == 1:
+        return value
+    import torch.distributed as dist
+
+    _injected_failure()
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_sum(tensors: list[Any]) -> None:
+    """Sum each tensor over the ranks, in place (gradients of shared tensors)."""
+    if world_size() == 1:
+        return
+    import torch.distributed as dist
+
+    _injected_failure()
+    for tensor in tensors:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+__all__ = [
+    "active",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_object",
+    "device_for",
+    "error_prefix",
+    "error_stream",
+    "gather_objects",
+    "is_main",
+    "launch",
+    "launched",
+    "local_rank",
+    "my_share",
+    "rank",
+    "world_size",
+]
