@@ -132,3 +132,24 @@ def test_a_crash_on_one_rank_ends_the_job_in_one_line_without_a_hang(archive):
 def test_torchrun_found_or_skipped():
     # The torchrun tests need the launcher next to this interpreter (pip's torch has it).
     assert TORCHRUN.exists() or shutil.which("torchrun") is None
+
+
+@pytest.mark.slow
+@needs_torchrun
+def test_experts_on_two_ranks_write_the_files_of_one_process_and_one_complete_index(tmp_path):
+    args = ("experts", "digits", "--experts", "3", "--epochs", "1", "--threads", "1", "-q")
+    one = habactl(*args, "-o", "one", cwd=tmp_path, world=None)
+    two = habactl(*args, "-o", "two", cwd=tmp_path, world=2)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    assert two.stdout == ""  # -q: nothing from any rank
+    single = json.loads((tmp_path / "one" / "index.json").read_text())
+    split = json.loads((tmp_path / "two" / "index.json").read_text())
+    assert [e["file"] for e in split["experts"]] == [e["file"] for e in single["experts"]]
+    assert [e["sha256"] for e in split["experts"]] == [e["sha256"] for e in single["experts"]]
+    for entry in single["experts"]:  # the trajectories themselves, byte for byte
+        name = entry["file"]
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir()
+    )  # no temporary files left behind

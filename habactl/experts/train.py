@@ -36,7 +36,7 @@ from habactl.experts.buffer import (
 )
 from habactl.experts.flat import FlatNet
 from habactl.nets import seeded
-from habactl.runtime import derived_generator, resolve_device
+from habactl.runtime import derived_generator
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,9 @@ def train_experts(
     if not folder.parent.is_dir():
         raise ExpertsError(f"cannot write {folder}: folder {folder.parent} does not exist")
     check_buffer_folder(folder)  # never writes into a folder of someone's files
-    device = resolve_device(settings.device)
+    from habactl import distributed
+
+    device = distributed.device_for(settings.device)  # under torchrun: this rank's GPU
     shape = (source.channels, source.height, source.width)
     classes = len(source.classes)
     normalization = mean_std(source.mean(), source.std())
@@ -165,15 +167,25 @@ def train_experts(
                         finished[entry["file"]] = entry
                     else:
                         note(f"{entry['file']} is missing or damaged; training it again")
-    folder.mkdir(exist_ok=True)
+    world = distributed.world_size()
+    if distributed.is_main():
+        folder.mkdir(exist_ok=True)
+    distributed.barrier()  # the folder exists before any rank writes into it
 
     def save_index() -> None:
         index["experts"] = [finished[k] for k in sorted(finished)]
         write_json_atomic(folder / INDEX, index)
 
-    save_index()
+    if world == 1:
+        save_index()
+    # Under torchrun rank r trains experts r, r + N, ... (each from its own seeded stream,
+    # so the files are those of one process) and writes their trajectory files; rank 0
+    # writes the index once, complete, when every rank is done.
+    mine = set(distributed.my_share(settings.experts))
     for i in range(settings.experts):
         name = expert_file(i)
+        if i not in mine:
+            continue
         if name in finished:
             if progress:
                 progress(i, settings.epochs, settings.epochs, {"skipped": 1.0})
@@ -194,7 +206,15 @@ def train_experts(
             "train_accuracy": round(accuracy, 4),
             "seconds": round(time.perf_counter() - started, 1),
         }
-        save_index()
+        if world == 1:
+            save_index()
+    if world > 1:
+        gathered = distributed.gather_objects({i: finished[expert_file(i)] for i in mine})
+        finished.update({entry["file"]: entry for entry in gathered.values()})
+        if distributed.is_main():
+            save_index()
+        distributed.barrier()  # no rank reports success before the index is in place
+        index["experts"] = [finished[k] for k in sorted(finished)]
     return index
 
 
