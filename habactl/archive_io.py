@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from habactl import __version__
+from habactl.codecs.spec import format_version_for
 from habactl.evaluation.protocol import STANDARD
 from habactl.format.account import budget_values
 
@@ -58,7 +59,7 @@ def build_manifest(
         recommended["lr"] = float(learned_lr)
     return {
         "format": "haba",
-        "format_version": "1.0",
+        "format_version": format_version_for(pipeline),  # 1.0 unless a 1.1 stage is used
         "classes": list(classes),
         "image": {"channels": channels, "height": height, "width": width},
         "bases": {
@@ -131,7 +132,8 @@ def write_haba(
         learned_lr=learned_lr,
     )
     tensors: dict[str, Tensor] = {
-        "bases": bases.detach().float().cpu().contiguous(),
+        # As stored: float32, or a first quantize stage's codes (its grid fitted here).
+        "bases": pipeline.encode_bases(bases.detach().float()).cpu().contiguous(),
         "labels": labels.detach().cpu().contiguous(),
     }
     tensors.update(

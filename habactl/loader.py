@@ -38,7 +38,10 @@ class _Decoded:
             manifest = archive.manifest
         self.bases = tensors["bases"]
         self.labels = tensors["labels"]
-        self.pipeline = Pipeline.from_manifest(manifest["pipeline"], tuple(self.bases.shape[1:]))
+        # The bases' shape from the manifest: a quantize stage may store them packed.
+        self.pipeline = Pipeline.from_manifest(
+            manifest["pipeline"], tuple(manifest["bases"]["shape"])
+        )
         self.pipeline.load_tensors({k: v for k, v in tensors.items() if k.startswith("pipeline.")})
         self.pipeline.eval().requires_grad_(False)
         self.zca = tensors.get("normalization.zca")

@@ -37,7 +37,7 @@ def sequential(stage, x: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:
 
 # -- configuration -------------------------------------------------------------------
 def test_registry_names():
-    assert set(STAGES) == {"upsample", "hallucinate"}
+    assert set(STAGES) == {"upsample", "hallucinate", "quantize"}
     assert get_stage("hallucinate").version == 1
     with pytest.raises(CodecError, match="unknown stage 'nope'"):
         get_stage("nope")
@@ -443,6 +443,32 @@ class TestHallucinateChannelAffine(StageContract):
 class TestHallucinateOneHallucinator(StageContract):
     # expansion 1: no variant is passed
     name, configuration, in_shape = "hallucinate", {"arch": "channel-affine", "count": 1}, (2, 6, 7)
+
+
+class QuantizeContract(StageContract):
+    """quantize's grid (scale, zero-point) is fitted to the bases, not learned: it is
+    stored (buffers) but no optimiser moves it, so the gradient check asks the input only."""
+
+    name = "quantize"
+
+    def test_gradients_reach_the_input_and_every_parameter(self):
+        stage = self.stage(seed=6)
+        x = self.images(3, seed=7).requires_grad_(True)
+        stage(x).square().mean().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0
+        assert list(stage.parameters()) == []  # nothing for an optimiser to move
+
+
+class TestQuantizeUint8Channel(QuantizeContract):
+    configuration, in_shape = {"dtype": "uint8", "granularity": "channel"}, (3, 4, 4)
+
+
+class TestQuantizeUint4(QuantizeContract):
+    configuration, in_shape = {"dtype": "uint4"}, (1, 5, 5)
+
+
+class TestQuantizeFloat16(QuantizeContract):
+    configuration, in_shape = {"dtype": "float16"}, (2, 3, 4)
 
 
 def test_every_registered_stage_runs_the_contract():

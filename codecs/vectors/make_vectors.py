@@ -10,7 +10,9 @@ spec pages (not from habactl), and habactl's float32 result must equal them exac
 
 Each file is plain safetensors with one metadata key, "stage": the pipeline entry
 {"name", "version", "configuration"} as canonical JSON (one key, so the bytes are
-reproducible). Tensors: "input" (N, C, H, W) F32; "output" F32; hallucinate files add
+reproducible). Tensors: "input" (N, C, H, W) F32 (quantize: the stored bases, U8 or
+F16, uint4 packed to (N, C, H, ceil(W/2))); "output" F32; quantize files add "scale" and
+"zero_point" for the integer dtypes; hallucinate files add
 "variant" (N,) I64, "output_all" (N*K, C, H, W) F32 (item b*K + v) and the stage
 parameters under their own names ("encoder.weight", ...).
 """
@@ -97,11 +99,31 @@ def hallucinate_reference(x: np.ndarray, p: dict[str, np.ndarray], v: int) -> np
     return y
 
 
+def quantize_reference(stored: np.ndarray, config: dict, width: int, p: dict) -> np.ndarray:
+    """Stored bases -> float values, by codecs/quantize.md: unpack uint4 (low nibble
+    first), then (code - zero_point[c]) * scale[c]; float16 is read as it is."""
+    if config["dtype"] == "float16":
+        return stored.astype(np.float64)
+    codes = stored.astype(np.int64)
+    if config["dtype"] == "uint4":
+        pairs = np.stack([codes & 15, codes >> 4], axis=-1)
+        codes = pairs.reshape(*codes.shape[:-1], -1)[..., :width]
+    c = codes.shape[1]
+    scale = np.broadcast_to(p["scale"], (c,)).reshape(1, c, 1, 1)
+    zero = np.broadcast_to(p["zero_point"], (c,)).reshape(1, c, 1, 1)
+    return (codes - zero) * scale
+
+
 # -- the cases -----------------------------------------------------------------------
 UPSAMPLE = {  # case -> (configuration, input shape)
     "bilinear": ({"factor": 2, "mode": "bilinear"}, (2, 1, 3, 4)),
     "nearest": ({"factor": 3, "mode": "nearest"}, (2, 2, 2, 3)),
     "bicubic": ({"factor": 2, "mode": "bicubic"}, (2, 1, 4, 3)),
+}
+QUANTIZE = {  # case -> (configuration, logical input shape (N, C, H, W))
+    "uint8-channel": ({"dtype": "uint8", "granularity": "channel"}, (2, 3, 2, 3)),
+    "uint4-tensor": ({"dtype": "uint4", "granularity": "tensor"}, (2, 1, 3, 5)),  # odd width
+    "float16": ({"dtype": "float16", "granularity": "tensor"}, (2, 2, 3, 3)),
 }
 HALLUCINATE = {
     "pixel-affine": ({"arch": "pixel-affine", "count": 2, "hidden": 2, "kernel": 3}, (2, 1, 6, 6)),
@@ -143,6 +165,24 @@ def build_cases() -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
         cases[f"hallucinate-{case}"] = (
             {"name": "hallucinate", "version": 1, "configuration": config},
             {"input": x, "variant": variant, "output": y, "output_all": y_all, **params})
+    for seed, (case, (config, shape)) in enumerate(QUANTIZE.items(), start=21):
+        rng, (n, c, h, w) = Dyadic(seed), shape
+        if config["dtype"] == "float16":
+            stored = rng.take(shape, -4.0, 4.0).astype(np.float16)
+            params: dict[str, np.ndarray] = {}
+        else:
+            levels = 256 if config["dtype"] == "uint8" else 16
+            codes = (rng.take(shape, 0.0, (levels - 1) / 8) * 8).astype(np.uint8)
+            k = c if config["granularity"] == "channel" else 1
+            params = {"scale": rng.take((k,), 0.125, 1.0), "zero_point": rng.take((k,), 0, 1) * 8}
+            stored = codes
+            if config["dtype"] == "uint4":
+                padded = np.pad(codes, [(0, 0)] * 3 + [(0, w % 2)])
+                stored = (padded[..., 0::2] | (padded[..., 1::2] << 4)).astype(np.uint8)
+        y = quantize_reference(stored, config, w, params)
+        cases[f"quantize-{case}"] = (
+            {"name": "quantize", "version": 1, "configuration": config},
+            {"input": stored, "output": y, **params})
     return cases
 
 
@@ -152,8 +192,11 @@ def decode_with_habactl(entry: dict, tensors: dict) -> dict:
 
     from habactl.codecs import get_stage
 
-    x = torch.as_tensor(tensors["input"], dtype=torch.float32)
-    stage = get_stage(entry["name"]).from_config(entry["configuration"], tuple(x.shape[1:]))
+    stored = np.asarray(tensors["input"])
+    x = torch.as_tensor(stored if stored.dtype in (np.uint8, np.float16) else stored.astype(np.float32))
+    # A quantize stage may store its input packed: its shape is the output's.
+    shape = tensors["output"].shape[1:] if entry["name"] == "quantize" else x.shape[1:]
+    stage = get_stage(entry["name"]).from_config(entry["configuration"], tuple(shape))
     stage.load_tensors({k: torch.as_tensor(v) for k, v in tensors.items()
                         if k in stage.spec.params})
     out = {}
@@ -172,7 +215,8 @@ def main(out_dir: Path = HERE) -> list[Path]:
 
     written = []
     for stem, (entry, tensors) in build_cases().items():
-        stored = {k: v if v.dtype == np.int64 else _exact32(v, f"{stem}:{k}") for k, v in tensors.items()}
+        stored = {k: v if v.dtype in (np.int64, np.uint8, np.float16) else _exact32(v, f"{stem}:{k}")
+                  for k, v in tensors.items()}
         for key, got in decode_with_habactl(entry, stored).items():
             if not np.array_equal(got, stored[key]):
                 diff = float(np.abs(got - stored[key]).max())

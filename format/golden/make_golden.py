@@ -1,4 +1,4 @@
-"""Write the golden archives of format v1 and their expected decoded output.
+"""Write the golden archives of format v1 (1.0 and 1.1) and their expected decoded output.
 
     python format/golden/make_golden.py [--check]
 
@@ -33,15 +33,16 @@ def wave(*shape: int, phase: float = 0.0) -> torch.Tensor:
 
 
 def manifest(*, classes, image, bases, labels_kind, pipeline, normalization, learned_lr=None,
-             objective="random", ipc=1, counts="all") -> dict:
+             objective="random", ipc=1, counts="all", version="1.0", base_shape=None) -> dict:
+    # base_shape: the bases' [C, h, w] when the stored tensor has another shape (packed).
     return {
         "format": "haba",
-        "format_version": "1.0",
+        "format_version": version,
         "classes": classes,
         "image": dict(zip(("channels", "height", "width"), image)),
         "bases": {"count": int(bases.shape[0]),
                   "per_class": [int(bases.shape[0]) // len(classes)] * len(classes),
-                  "shape": list(bases.shape[1:])},
+                  "shape": list(base_shape or bases.shape[1:])},
         "labels": {"kind": labels_kind},
         "pipeline": pipeline,
         "normalization": normalization,
@@ -110,6 +111,32 @@ def cases() -> dict[str, tuple[dict, dict[str, torch.Tensor]]]:
                            pipeline=[], normalization={"kind": "zca", "mean": [0.5], "std": [0.5],
                                                        "eps": 0.1}),
                   {"bases": bases, "labels": torch.tensor([0, 1]), "normalization.zca": zca})
+    # Format 1.1 (the quantize stage); the 1.0 files above are unchanged by these.
+    # 5. uint4 codes, two a byte (odd width 3: the last byte's high nibble is 0), one
+    #    scale and zero-point per channel, then upsampled x2 to 2x6x6.
+    codes = torch.tensor([(5 * i + 3) % 16 for i in range(4 * 2 * 3 * 3)], dtype=torch.uint8)
+    codes = codes.reshape(4, 2, 3, 3)
+    packed = torch.nn.functional.pad(codes, (0, 1))
+    packed = packed[..., 0::2] | (packed[..., 1::2] << 4)
+    pipeline = [{"name": "quantize", "version": 1,
+                 "configuration": {"dtype": "uint4", "granularity": "channel"}},
+                {"name": "upsample", "version": 1, "configuration": {"factor": 2, "mode": "bilinear"}}]
+    out["quantize-uint4-idc"] = (
+        manifest(classes=["p", "q"], image=(2, 6, 6), bases=packed, base_shape=[2, 3, 3],
+                 labels_kind="hard", pipeline=pipeline, version="1.1",
+                 normalization={"kind": "mean-std", "mean": [0.5, 0.4], "std": [0.2, 0.3]}),
+        {"bases": packed, "labels": torch.tensor([0, 0, 1, 1]),
+         "pipeline.0.scale": torch.tensor([0.125, 0.25]),
+         "pipeline.0.zero_point": torch.tensor([8.0, 3.0])})
+    # 6. float16 bases (no scale) through one channel-affine hallucinator.
+    pipeline = [{"name": "quantize", "version": 1, "configuration": {"dtype": "float16"}},
+                hallucinate("channel-affine", 2)]
+    bases = wave(2, 1, 5, 5, phase=5.0).half()
+    out["quantize-float16-haba"] = (
+        manifest(classes=["u", "v"], image=(1, 5, 5), bases=bases, labels_kind="hard",
+                 pipeline=pipeline, version="1.1", ipc=2,
+                 normalization={"kind": "none"}),
+        {"bases": bases, "labels": torch.tensor([0, 1]), **stage_tensors(pipeline, (1, 5, 5))})
     return out
 
 

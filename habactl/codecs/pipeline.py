@@ -27,6 +27,8 @@ class Pipeline(nn.Module):
         self.base_shape = base_shape
         self.out_shape = spec.out_shape
         self.expansion = spec.expansion
+        # What the stored `bases` tensor looks like (a quantize stage packs or narrows it).
+        self.stored_shape = tuple(spec.stored_base_shape or base_shape)
 
     @property
     def stage_list(self) -> list[Stage]:
@@ -78,6 +80,22 @@ class Pipeline(nn.Module):
             out = stage.forward_all(out)
         return out
 
+    def calibrate(self, bases: Tensor) -> None:
+        """Fit a first `quantize` stage's grid to all the float bases (else nothing)."""
+        fit = getattr(self.stages[0], "calibrate", None) if len(self.stages) else None
+        if fit is not None:
+            fit(bases)
+
+    def encode_bases(self, bases: Tensor) -> Tensor:
+        """The `bases` tensor as stored: float32 as they are, or a first `quantize`
+        stage's codes (its grid fitted to these bases first)."""
+        encode = getattr(self.stages[0], "encode", None) if len(self.stages) else None
+        if encode is None:
+            return bases
+        self.calibrate(bases)
+        stored: Tensor = encode(bases)
+        return stored
+
     def named_tensors(self) -> dict[str, Tensor]:
         return {
             f"pipeline.{i}.{name}": t
@@ -105,12 +123,9 @@ class Pipeline(nn.Module):
         return sum(stage.parameter_count() for stage in self.stage_list)
 
     def _check(self, bases: Tensor) -> None:
-        if (
-            not isinstance(bases, Tensor)
-            or bases.dim() != 4
-            or tuple(bases.shape[1:]) != self.base_shape
-        ):
+        # Float bases are being learned (any pipeline); stored codes have the stored shape.
+        floating = isinstance(bases, Tensor) and bases.dtype == torch.float32
+        shape = self.base_shape if floating else self.stored_shape
+        if not isinstance(bases, Tensor) or bases.dim() != 4 or tuple(bases.shape[1:]) != shape:
             got = list(bases.shape) if isinstance(bases, Tensor) else type(bases).__name__
-            raise CodecError(
-                f"bases must be (N, {', '.join(map(str, self.base_shape))}), got {got}"
-            )
+            raise CodecError(f"bases must be (N, {', '.join(map(str, shape))}), got {got}")

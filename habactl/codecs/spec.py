@@ -176,6 +176,49 @@ def describe_hallucinate(configuration: Any, in_shape: Any) -> StageSpec:
     return StageSpec("hallucinate", 1, config, (c, h, w), (c, h, w), count, params)
 
 
+# --- quantize (format 1.1) -----------------------------------------------------------
+
+# dtype -> (the stored tensor's safetensors dtype, values per stored element, levels);
+# levels is None for the float dtypes, which have no scale and no zero-point.
+QUANTIZE_DTYPES: dict[str, tuple[str, int, int | None]] = {
+    "float16": ("F16", 1, None),
+    "uint8": ("U8", 1, 256),
+    "uint4": ("U8", 2, 16),  # two 4-bit codes per byte along the width, low nibble first
+}
+QUANTIZE_GRANULARITY = ("tensor", "channel")
+
+
+def describe_quantize(configuration: Any, in_shape: Any) -> StageSpec:
+    """(C, H, W) stored at lower precision -> (C, H, W) float32; expansion 1.
+
+    Integer codes carry a float32 ``scale`` and ``zero_point`` per tensor (shape (1,))
+    or per channel (shape (C,)): value = (code - zero_point) * scale.
+    """
+    reader = ConfigReader("quantize", configuration)
+    dtype = reader.choice("dtype", tuple(QUANTIZE_DTYPES))
+    granularity = reader.choice("granularity", QUANTIZE_GRANULARITY, default="tensor")
+    config = reader.finish()
+    c, h, w = check_shape("quantize", in_shape)
+    stored, _, levels = QUANTIZE_DTYPES[dtype]
+    if levels is None and granularity != "tensor":
+        raise CodecError(
+            f"stage 'quantize': granularity 'channel' applies to the integer dtypes "
+            f"(uint8, uint4), not {dtype}, which has no scale"
+        )
+    n = c if granularity == "channel" else 1
+    params: dict[str, tuple[int, ...]] = (
+        {} if levels is None else {"scale": (n,), "zero_point": (n,)}
+    )
+    return StageSpec("quantize", 1, config, (c, h, w), (c, h, w), 1, params, None, stored)
+
+
+def quantize_stored_shape(spec: StageSpec) -> Shape:
+    """The shape one stored basis has: (C, H, ceil(W / codes per byte))."""
+    _, per, _ = QUANTIZE_DTYPES[spec.configuration["dtype"]]
+    c, h, w = spec.in_shape
+    return (c, h, -(-w // per))
+
+
 # --- the registry of descriptions and whole pipelines --------------------------------
 
 
@@ -185,6 +228,8 @@ class Description(NamedTuple):
     name: str
     version: int
     describe: Callable[[Any, Any], StageSpec]
+    since_minor: int = 0  # the format 1.x that introduced the stage (writers emit >= it)
+    first_only: bool = False  # reads the stored `bases` tensor itself: only stage 0
 
 
 DESCRIPTIONS: dict[str, Description] = {
@@ -192,6 +237,7 @@ DESCRIPTIONS: dict[str, Description] = {
     for d in (
         Description("upsample", 1, describe_upsample),
         Description("hallucinate", 1, describe_hallucinate),
+        Description("quantize", 1, describe_quantize, since_minor=1, first_only=True),
     )
 }
 
@@ -208,6 +254,23 @@ class PipelineSpec(NamedTuple):
     out_shape: Shape
     expansion: int
     params: dict[str, tuple[int, ...]]  # "pipeline.{i}.{param}" -> shape
+    # Tensors not stored in float32 ("bases" and "pipeline.{i}.{param}") -> dtype; the
+    # shape one stored basis has (the bases shape unless the first stage packs it); the
+    # lowest format 1.x that can hold the pipeline.
+    dtypes: dict[str, str] | None = None
+    stored_base_shape: Shape | None = None
+    minor: int = 0
+
+
+def format_version_for(pipeline: Any) -> str:
+    """The lowest format version that has every stage of `pipeline`: "1.0", or "1.1"
+    with a stage of 1.1 (unknown names count as 1.0; validation names them)."""
+    minor = 0
+    for entry in pipeline if isinstance(pipeline, (list, tuple)) else ():
+        name = entry.get("name") if isinstance(entry, Mapping) else None
+        if isinstance(name, str) and name in DESCRIPTIONS:
+            minor = max(minor, DESCRIPTIONS[name].since_minor)
+    return f"1.{minor}"
 
 
 def get_description(name: Any) -> Description:
@@ -255,11 +318,27 @@ def describe_pipeline(pipeline: Any, base_shape: Any) -> PipelineSpec:
     stages: list[StageSpec] = []
     params: dict[str, tuple[int, ...]] = {}
     expansion = 1
+    stored_shape, minor = shape, 0
+    dtypes: dict[str, str] = {}
     for i, entry in enumerate(pipeline):
         try:
             spec = describe_entry(entry, shape)
         except CodecError as error:
             raise CodecError(error.detail, index=i) from None
+        described = DESCRIPTIONS[spec.name]
+        minor = max(minor, described.since_minor)
+        if described.first_only and i > 0:
+            raise CodecError(
+                f"stage {quote(spec.name)} stores the bases themselves: it must be the "
+                f"first stage of the pipeline",
+                index=i,
+            )
+        if i == 0 and spec.input_dtype != "F32":
+            dtypes["bases"] = spec.input_dtype
+            if spec.name == "quantize":
+                stored_shape = quantize_stored_shape(spec)
+        for name, dtype in (spec.param_dtypes or {}).items():
+            dtypes[f"pipeline.{i}.{name}"] = dtype
         if spec.expansion > 1 and expansion > 1:
             raise CodecError(
                 f"at most one stage may expand the data set (stage {quote(spec.name)} "
@@ -270,7 +349,7 @@ def describe_pipeline(pipeline: Any, base_shape: Any) -> PipelineSpec:
         stages.append(spec)
         params.update({f"pipeline.{i}.{name}": s for name, s in spec.params.items()})
         shape = spec.out_shape
-    return PipelineSpec(stages, shape, expansion, params)
+    return PipelineSpec(stages, shape, expansion, params, dtypes, stored_shape, minor)
 
 
 class Storage(NamedTuple):
@@ -292,7 +371,8 @@ def bases_dtype(spec: PipelineSpec) -> str:
 
 def pipeline_storage(spec: PipelineSpec, base_shape: Sequence[int]) -> Storage:
     """What the pipeline stores, in bytes: the budget planner's and the account's unit."""
-    basis = DTYPE_BYTES[bases_dtype(spec)] * _prod3(base_shape)
+    stored = spec.stored_base_shape or tuple(base_shape)
+    basis = DTYPE_BYTES[bases_dtype(spec)] * _prod3(stored)
     params = sum(
         DTYPE_BYTES[param_dtype(stage, name)] * _prod3(shape)
         for stage in spec.stages

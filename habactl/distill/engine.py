@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from habactl import distributed
 from habactl.distill import checkpoint as ckpt
 from habactl.distill.contrastive import AdversarialContrast
 from habactl.distill.errors import DistillError, Interrupted, NonFiniteLoss
@@ -37,7 +38,7 @@ from habactl.distill.planner import Plan, plan_pipeline, preset_pipeline
 from habactl.distill.progress import MetricsLog, Reporter
 from habactl.distill.sets import RealSet, SyntheticSet
 from habactl.distill.stepbound import bound_steps
-from habactl.runtime import derived_generator, resolve_device
+from habactl.runtime import derived_generator
 
 # Fault injection for the crash-recovery test: SIGKILL this process right after the
 # given iteration (and its checkpoint, if one falls due) - a real kill, not an exception.
@@ -63,6 +64,9 @@ class DistillConfig:
     codec: str = "haba+idc"
     ipc: int = 1
     budget_bytes: int | None = None  # a budget in bytes instead of `ipc` (then ipc is ignored)
+    # bases stored as float16 / uint8 / uint4 (a quantize stage in front of the pipeline)
+    quantize: str | None = None
+    quantize_granularity: str = "tensor"
     counts: str = "all"
     factor: int | None = None
     hallucinators: int = 5
@@ -150,15 +154,25 @@ def check_config(c: DistillConfig) -> None:
 def pipeline_entries(c: DistillConfig) -> list[dict[str, Any]]:
     """The run's decode pipeline as manifest entries: `pipeline`, else the codec preset."""
     if c.pipeline is not None:
-        return [dict(entry) for entry in c.pipeline]
-    return preset_pipeline(
-        c.codec,
-        factor=c.factor,
-        hallucinators=c.hallucinators,
-        arch=c.hallucinator_arch,
-        hidden=c.hidden,
-        kernel=c.kernel,
-    )
+        entries = [dict(entry) for entry in c.pipeline]
+    else:
+        entries = preset_pipeline(
+            c.codec,
+            factor=c.factor,
+            hallucinators=c.hallucinators,
+            arch=c.hallucinator_arch,
+            hidden=c.hidden,
+            kernel=c.kernel,
+        )
+    if c.quantize is not None:
+        configuration = {"dtype": c.quantize, "granularity": c.quantize_granularity}
+        entries.insert(0, {"name": "quantize", "version": 1, "configuration": configuration})
+    return entries
+
+
+def _codec_label(c: DistillConfig) -> str:
+    """The preset's name, with the bases' stored dtype when they are quantised."""
+    return c.codec if c.quantize is None else f"{c.codec}+{c.quantize}"
 
 
 def _writable_folder(path: Path, what: str) -> None:
@@ -230,7 +244,12 @@ class Distiller:
         self.source = source
         self.config = config
         check_config(config)
-        self.device = resolve_device(config.device)
+        if distributed.world_size() > 1 and config.objective != "dm":
+            raise DistillError(
+                f"--objective {config.objective} does not run under torchrun yet (dm does); "
+                "run it as one process"
+            )
+        self.device = distributed.device_for(config.device)  # resolve_device, per rank
         self.image_shape = (source.channels, source.height, source.width)
         self.normalization, train_images, train_labels = self._training_set()
         self.plan = self._plan(train_images, train_labels)
@@ -279,7 +298,7 @@ class Distiller:
             counts=c.counts,
             leftover=c.leftover,
             class_priority=sorted(range(classes), key=lambda k: (-spread[k], k)),
-            codec=None if c.pipeline is not None else c.codec,
+            codec=None if c.pipeline is not None else _codec_label(c),
             budget_bytes=c.budget_bytes,
         )
 
@@ -404,6 +423,12 @@ class Distiller:
             "threads": torch.get_num_threads(),
         }
 
+    def _provenance_hyperparameters(self) -> dict[str, Any]:
+        """The hyperparameters as the archive records them: with the world size under
+        torchrun (not part of the settings fingerprint: --resume names it itself)."""
+        world = distributed.world_size()
+        return self.hyperparameters if world == 1 else {**self.hyperparameters, "world_size": world}
+
     def _pipeline_record(self) -> dict[str, Any]:
         """The provenance's summary of the pipeline (its shape predates pipeline entries:
         hallucinator settings come from the `hallucinate` entry, else from the config)."""
@@ -437,6 +462,7 @@ class Distiller:
                 for k, v in self.synthetic.pipeline.named_tensors().items()
             },
             "optimizer": self.optimizer.state_dict(),
+            "world_size": distributed.world_size(),
             "objective": self.objective.state_dict(),
             "contrast": None if self.contrast is None else self.contrast.state_dict(),
             "rng": {
@@ -446,6 +472,13 @@ class Distiller:
         }
 
     def _restore(self, state: Mapping[str, Any]) -> None:
+        made_by, world = int(state.get("world_size", 1)), distributed.world_size()
+        if made_by != world:  # each rank's share of the classes would change
+            raise DistillError(
+                f"the checkpoint was made by {made_by} process(es), this run has {world}; "
+                f"resume with the same number (torchrun --nproc-per-node {made_by}, or one "
+                "process for 1)"
+            )
         with torch.no_grad():
             self.synthetic.bases.copy_(state["bases"])
             self.synthetic.pipeline.load_tensors(state["pipeline"])
@@ -464,19 +497,27 @@ class Distiller:
         loss, metrics = self.objective.loss(self.synthetic, self.generators["objective"])
         total = loss
         record: dict[str, float] = {f"{self.config.objective}": float(loss.detach()), **metrics}
-        if self.contrast is not None:
+        world = distributed.world_size()
+        # Under torchrun each rank's loss covers its own classes and the gradients are summed
+        # over the ranks below; the contrastive term is counted once, on rank 0.
+        if self.contrast is not None and (world == 1 or distributed.is_main()):
             penalty, contrast_metrics = self.contrast.penalty(
                 self.synthetic, self.generators["contrast"]
             )
             total = loss + penalty
             record.update(contrast_metrics)
         value = float(total.detach())
+        if world > 1:
+            sums = distributed.sum_floats([record[self.config.objective], value])
+            record[self.config.objective], value = sums
         record["loss"] = value
         if not math.isfinite(value):
             raise NonFiniteLoss(f"the loss became {value} at iteration {self.iteration + 1}")
         grads = torch.autograd.grad(total, self.learnable, allow_unused=True)
         for p, g in zip(self.learnable, grads):
             p.grad = torch.zeros_like(p) if g is None else g
+        if world > 1:  # every rank then takes the same step from the same full gradient
+            distributed.all_reduce_sum([p.grad for p in self.learnable])
         bound = self.objective.max_step()
         if bound is not None:  # only objectives whose gradients can explode ask (mtt)
             bound_steps(self.optimizer.param_groups, bound)
@@ -504,7 +545,8 @@ class Distiller:
             output, checkpoint=checkpoint_path, log=log, force=force, resume=resume
         )
         started_at = self._start(checkpoint_path, resume)
-        metrics_log = MetricsLog(log)
+        main = distributed.is_main()  # under torchrun only rank 0 writes files
+        metrics_log = MetricsLog(log if main else None)
         metrics_log.write(
             {
                 "event": "resume" if resume else "start",
@@ -515,8 +557,9 @@ class Distiller:
         )
         clock = time.perf_counter()
         last = self._loop(checkpoint_path, metrics_log, reporter or Reporter())
-        path = self._write(output, force)
-        ckpt.remove(checkpoint_path)
+        path = self._write(output, force) if main else output
+        if main:
+            ckpt.remove(checkpoint_path)
         seconds = time.perf_counter() - clock
         metrics_log.write({"event": "end", "iteration": self.iteration, "path": str(path)})
         metrics_log.close()
@@ -557,7 +600,8 @@ class Distiller:
                     metrics_log.write({"event": "iteration", "iteration": self.iteration, **last})
                     reporter.update(self.iteration, last)
                     due = self.iteration % self.config.checkpoint_every == 0
-                    if stop.requested or (due and self.iteration < total):
+                    save = stop.requested or (due and self.iteration < total)
+                    if save and distributed.is_main():
                         ckpt.save(checkpoint_path, self._state())
                     _fault_injection(self.iteration)
                     if stop.requested:
@@ -603,7 +647,7 @@ class Distiller:
                 pipeline=self.synthetic.pipeline,
                 normalization=self.normalization,
                 objective=c.objective,
-                hyperparameters=self.hyperparameters,
+                hyperparameters=self._provenance_hyperparameters(),
                 iterations=c.iterations,
                 seed=c.seed,
                 ipc=self.plan.ipc,

@@ -112,6 +112,9 @@ class SyntheticSet(nn.Module):
         ``variant`` None means every variant of every basis (item b·E + v), as ``draw``
         returns it; ``basis`` is then only checked."""
         device = self.bases.device
+        # A quantize stage rounds to the grid the stored bases will have: fitted to all
+        # of them, however few are decoded now.
+        self.pipeline.calibrate(self.bases)
         if variant is None and self.expansion > 1:
             if basis is not None and basis.numel() != self.bases.shape[0] * self.expansion:
                 raise ValueError("variant None decodes every variant of every basis")

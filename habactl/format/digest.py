@@ -17,7 +17,7 @@ _CONTENT_TAG = b"haba-content-digest-v1\x00"
 
 # safetensors dtype names of the element types an archive may hold, keyed by the
 # dtype's text in numpy ("float32") and in torch ("torch.float32").
-_NAMES = {"float32": "F32", "int64": "I64"}
+_NAMES = {"float32": "F32", "int64": "I64", "float16": "F16", "uint8": "U8"}
 
 
 def dtype_name(tensor: Any) -> str | None:
@@ -32,7 +32,7 @@ def __getattr__(name: str) -> Any:
     if name == "DTYPE_NAMES":
         import torch
 
-        return {torch.float32: "F32", torch.int64: "I64"}
+        return {torch.float32: "F32", torch.int64: "I64", torch.float16: "F16", torch.uint8: "U8"}
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

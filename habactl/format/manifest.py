@@ -24,8 +24,12 @@ from habactl.format.limits import Limits
 StageLookup = Callable[[list[dict[str, Any]], tuple[int, ...]], Any]
 
 FORMAT_NAME = "haba"
+# Writers emit the lowest version that can express an archive (format/SPEC.md §7):
+# FORMAT_VERSION, 1.0, unless a stage of 1.1 (quantize) is used. The reader reads up to
+# READER_VERSION.
 FORMAT_VERSION = "1.0"
-_READER_MAJOR, _READER_MINOR = 1, 0
+READER_VERSION = "1.1"
+_READER_MAJOR, _READER_MINOR = 1, 1
 
 _VERSION_RE = re.compile(r"(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})")
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
@@ -196,7 +200,7 @@ class _Checker:
             hint = ""
             if self.minor > _READER_MINOR:
                 hint = (
-                    f" (format 1.{self.minor} is newer than this reader's {FORMAT_VERSION}, and "
+                    f" (format 1.{self.minor} is newer than this reader's {READER_VERSION}, and "
                     "the field is not marked ignorable with an 'x-' prefix: upgrade habactl)"
                 )
             where = f"{path}: " if path else ""
@@ -545,7 +549,16 @@ def _plan(m: dict[str, Any], c: _Checker, stages: StageLookup) -> Plan:
             f"is {m['storage']['budget_values']}, but ipc x classes x C*H*W = {budget}",
         )
 
-    expected: dict[str, tuple[str, tuple[int, ...]]] = {"bases": ("F32", (count, *base_shape))}
+    out_shape, expansion, params, stored = describe(m["pipeline"], base_shape, stages)
+    if stored.minor > c.minor:
+        raise c.fail(
+            "pipeline",
+            f"needs format 1.{stored.minor} (its stages are newer than 1.{c.minor}); the "
+            f"archive says {m['format_version']}",
+        )
+    expected: dict[str, tuple[str, tuple[int, ...]]] = {
+        "bases": (stored.dtypes.get("bases", "F32"), (count, *stored.base_shape))
+    }
     if m["labels"]["kind"] == "hard":
         expected["labels"] = ("I64", (count,))
     else:
@@ -558,7 +571,6 @@ def _plan(m: dict[str, Any], c: _Checker, stages: StageLookup) -> Plan:
             )
         expected["normalization.zca"] = ("F32", (image_values, image_values))
 
-    out_shape, expansion, params = describe(m["pipeline"], base_shape, stages)
     for name, shape in params.items():
         if _prod(shape) > lim.max_stage_params:
             raise c.fail(
@@ -566,7 +578,7 @@ def _plan(m: dict[str, Any], c: _Checker, stages: StageLookup) -> Plan:
                 f"parameter {quote(name)} has {_prod(shape)} values, "
                 f"allowed {lim.max_stage_params}",
             )
-        expected[name] = ("F32", shape)
+        expected[name] = (stored.dtypes.get(name, "F32"), shape)
     if len(expected) > lim.max_tensors:
         raise c.fail("pipeline", f"implies {len(expected)} tensors, allowed {lim.max_tensors}")
     if out_shape != image:
@@ -600,23 +612,41 @@ def _strip_ignorable(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {"name": entry["name"], "version": entry["version"], "configuration": configuration}
 
 
+@dataclass(frozen=True)
+class Stored:
+    """How a pipeline stores its tensors: dtypes other than F32 (by tensor name), the
+    shape of one stored basis, and the lowest format 1.x that has its stages."""
+
+    dtypes: dict[str, str]
+    base_shape: tuple[int, ...]
+    minor: int
+
+
 def describe(
     pipeline: list[dict[str, Any]], base_shape: tuple[int, ...], stages: StageLookup
-) -> tuple[tuple[int, ...], int, dict[str, tuple[int, ...]]]:
-    """(out_shape, expansion, params) of a validated pipeline, as ``stages`` describes it."""
+) -> tuple[tuple[int, ...], int, dict[str, tuple[int, ...]], Stored]:
+    """(out_shape, expansion, params, stored) of a validated pipeline, as ``stages``
+    describes it."""
     if not pipeline:  # a raw archive needs no codec
-        return tuple(base_shape), 1, {}
+        return tuple(base_shape), 1, {}, Stored({}, tuple(base_shape), 0)
     entries = [_strip_ignorable(e) for e in pipeline]
     try:
         spec = stages(entries, tuple(base_shape))
         out_shape = tuple(int(d) for d in spec.out_shape)
         expansion = int(spec.expansion)
         params = {str(k): tuple(int(d) for d in v) for k, v in spec.params.items()}
+        # A lookup without these fields (an older or a test one) stores everything as F32.
+        packed = getattr(spec, "stored_base_shape", None) or base_shape
+        stored = Stored(
+            {str(k): str(v) for k, v in (getattr(spec, "dtypes", None) or {}).items()},
+            tuple(int(d) for d in packed),
+            int(getattr(spec, "minor", 0)),
+        )
     except Exception as error:  # hostile configurations must not escape as raw errors
         raise _stage_error(entries, base_shape, error, stages) from None
     if expansion < 1:
         raise ArchiveError(f"manifest: pipeline: expansion {expansion} is not positive")
-    return out_shape, expansion, params
+    return out_shape, expansion, params, stored
 
 
 def _stage_error(

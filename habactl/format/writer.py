@@ -25,7 +25,6 @@ from habactl.format.errors import ArchiveError, quote
 from habactl.format.limits import DEFAULT_LIMITS, Limits
 from habactl.format.manifest import (
     FORMAT_NAME,
-    FORMAT_VERSION,
     WRITER_FIELDS,
     canonical_json,
     parse_json,
@@ -69,12 +68,14 @@ def archive_bytes(
     for field in WRITER_FIELDS:
         m.pop(field, None)
     m.setdefault("format", FORMAT_NAME)
-    m.setdefault("format_version", FORMAT_VERSION)
-    if m["format_version"] != FORMAT_VERSION:
-        # Writers emit the lowest version that can express the archive: this one.
+    # Writers emit the lowest version that can express the archive: 1.0, or 1.1 when a
+    # stage of 1.1 is used (format/SPEC.md §7).
+    lowest = _lowest_version(m)
+    m.setdefault("format_version", lowest)
+    if m["format_version"] != lowest:
         raise ArchiveError(
             f"manifest: format_version {quote(m['format_version'])}: "
-            f"this writer writes {FORMAT_VERSION}"
+            f"this writer writes {lowest} for this archive (the lowest version that holds it)"
         )
     plan = validate_manifest(m, limits, stages=describe_pipeline, written=False)
 
@@ -94,6 +95,12 @@ def archive_bytes(
     data = save(stored, metadata={"haba": text})
     _self_check(data, text, m, limits)
     return data
+
+
+def _lowest_version(m: Mapping[str, Any]) -> str:
+    from habactl.codecs.spec import format_version_for
+
+    return format_version_for(m.get("pipeline"))
 
 
 def _prepare(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
