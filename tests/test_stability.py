@@ -34,8 +34,12 @@ CODECS = ("raw", "idc", "haba", "haba+idc")
 LARGEST_VALUE = {"mtt": 10.0}
 ANY_OBJECTIVE = 1000.0
 # Cost knobs only (what each iteration looks at), never a learning rate.
-TINY = {"dm": {"real_per_class": 8}, "dc": {"real_per_class": 8, "views": 1},
-        "dsa": {"real_per_class": 8, "views": 1}, "mtt": {"syn_steps": 4}}
+TINY = {
+    "dm": {"real_per_class": 8},
+    "dc": {"real_per_class": 8, "views": 1},
+    "dsa": {"real_per_class": 8, "views": 1},
+    "mtt": {"syn_steps": 4},
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,22 +48,36 @@ def buffers(tmp_path_factory):
     folders = {}
     for name in DATASETS:
         folder = tmp_path_factory.mktemp("stability") / name
-        train_experts(load_source(name), folder,
-                      ExpertSettings(experts=1, epochs=3, width=0.25, device="cpu"))
+        train_experts(
+            load_source(name), folder, ExpertSettings(experts=1, epochs=3, width=0.25, device="cpu")
+        )
         folders[name] = str(folder)
     return folders
 
 
-def make_config(objective: str, codec: str, seed: int, iterations: int,
-                buffers: dict[str, str], data: str, **settings) -> DistillConfig:
+def make_config(
+    objective: str,
+    codec: str,
+    seed: int,
+    iterations: int,
+    buffers: dict[str, str],
+    data: str,
+    **settings,
+) -> DistillConfig:
     objective_settings = {**TINY[objective], **settings}
     if objective == "mtt":
         objective_settings["experts"] = buffers[data]
     return DistillConfig(
-        objective=objective, objective_settings=objective_settings, codec=codec,
+        objective=objective,
+        objective_settings=objective_settings,
+        codec=codec,
         ipc=2 if codec == "haba" else 1,  # plain haba needs 2 images' worth per class
-        iterations=iterations, seed=seed, device="cpu", contrastive_settings={"batch": 8},
-        **get_objective(objective).engine_defaults)
+        iterations=iterations,
+        seed=seed,
+        device="cpu",
+        contrastive_settings={"batch": 8},
+        **get_objective(objective).engine_defaults,
+    )
 
 
 def run_and_check(config: DistillConfig, data: str, output) -> None:
@@ -82,22 +100,27 @@ def run_and_check(config: DistillConfig, data: str, output) -> None:
 def test_defaults_stay_finite(objective, codec, data, buffers, tmp_path):
     seeds = (0, 1, 2) if objective == "mtt" else (0,)
     for seed in seeds:
-        run_and_check(make_config(objective, codec, seed, 3, buffers, data), data,
-                      tmp_path / f"{seed}.haba")
+        run_and_check(
+            make_config(objective, codec, seed, 3, buffers, data), data, tmp_path / f"{seed}.haba"
+        )
 
 
 def test_the_reported_case_finishes(buffers, tmp_path):
     """Issue 11: digits, mtt, haba+idc, IPC 1, 3 iterations, seed 2."""
-    run_and_check(make_config("mtt", "haba+idc", 2, 3, buffers, "digits"), "digits",
-                  tmp_path / "a.haba")
+    run_and_check(
+        make_config("mtt", "haba+idc", 2, 3, buffers, "digits"), "digits", tmp_path / "a.haba"
+    )
 
 
 def test_an_unbounded_mtt_step_is_what_diverges(buffers):
     """The same run with the bound off takes a first step far larger than the bases."""
-    bounded, unbounded = (Distiller(load_source("digits"),
-                                    make_config("mtt", "haba+idc", 2, 1, buffers, "digits",
-                                                max_step=value))
-                          for value in (0.01, 0.0))
+    bounded, unbounded = (
+        Distiller(
+            load_source("digits"),
+            make_config("mtt", "haba+idc", 2, 1, buffers, "digits", max_step=value),
+        )
+        for value in (0.01, 0.0)
+    )
     sizes = []
     for distiller in (bounded, unbounded):
         before = distiller.synthetic.bases.detach().clone()
@@ -108,8 +131,9 @@ def test_an_unbounded_mtt_step_is_what_diverges(buffers):
 
 def test_max_step_is_validated_and_recorded(buffers):
     with pytest.raises(Exception, match="max_step must be 0"):
-        Distiller(load_source("digits"), make_config("mtt", "raw", 0, 0, buffers, "digits",
-                                                     max_step=-1.0))
+        Distiller(
+            load_source("digits"), make_config("mtt", "raw", 0, 0, buffers, "digits", max_step=-1.0)
+        )
     distiller = Distiller(load_source("digits"), make_config("mtt", "raw", 0, 0, buffers, "digits"))
     assert distiller.hyperparameters["objective"]["max_step"] == 0.01
 
@@ -119,8 +143,9 @@ def test_max_step_is_validated_and_recorded(buffers):
 @pytest.mark.parametrize("codec", CODECS)
 def test_mtt_over_more_seeds_and_iterations(codec, data, buffers, tmp_path):
     for seed in range(5):
-        run_and_check(make_config("mtt", codec, seed, 10, buffers, data), data,
-                      tmp_path / f"{seed}.haba")
+        run_and_check(
+            make_config("mtt", codec, seed, 10, buffers, data), data, tmp_path / f"{seed}.haba"
+        )
 
 
 def test_bound_steps_scales_only_large_steps():

@@ -63,14 +63,14 @@ class TrajectoryMatching(Objective):
 
     @dataclass(frozen=True)
     class Settings:
-        experts: str | None = setting(None, "--experts")   # the buffer folder (habactl experts)
+        experts: str | None = setting(None, "--experts")  # the buffer folder (habactl experts)
         # student steps per iteration (reference: 30 at IPC 10)
         syn_steps: int = setting(20, "--syn-steps")
-        expert_epochs: int = setting(2, "--expert-epochs")    # M
+        expert_epochs: int = setting(2, "--expert-epochs")  # M
         # None: min(20, buffer epochs − M)
         max_start_epoch: int | None = setting(None, "--max-start-epoch")
-        lr_init: float | None = setting(None)   # initial learned lr; None: the experts' lr
-        lr_lr: float = setting(1e-5, "--lr-lr")    # SGD lr of the learned lr
+        lr_init: float | None = setting(None)  # initial learned lr; None: the experts' lr
+        lr_lr: float = setting(1e-5, "--lr-lr")  # SGD lr of the learned lr
         lr_momentum: float = setting(0.5)
         # floor of the learned lr (a step with lr <= 0 means nothing)
         lr_min: float = setting(1e-6)
@@ -79,11 +79,12 @@ class TrajectoryMatching(Objective):
         unroll: str = setting("recompute", "--unroll")
         # largest step per iteration of the bases and of the hallucinators, each as a
         # fraction of its norm (habactl.distill.stepbound); 0: unbounded
-        max_step: float = setting(0.01)   # of 1 %, 5 %: 1 % kept most accuracy
+        max_step: float = setting(0.01)  # of 1 %, 5 %: 1 % kept most accuracy
         # the same for the learned lr: kept slow, so the images (not an lr sliding to
         # lr_min, which also lowers the loss) do the matching; 0: unbounded
         lr_max_step: float = setting(0.002)
-    engine_defaults: dict[str, Any] = {"lr_bases": 100.0, "momentum": 0.5}
+
+    engine_defaults = {"lr_bases": 100.0, "momentum": 0.5}
 
     def __init__(self, context: Context, settings: Mapping[str, Any] | None = None) -> None:
         from habactl.experts import ExpertBuffer, FlatNet
@@ -91,8 +92,10 @@ class TrajectoryMatching(Objective):
         super().__init__(context, settings)
         s = self.settings
         if not s["experts"]:
-            raise DistillError("--objective mtt needs an experts buffer: --experts DIR "
-                               "(make one with: habactl experts DATA -o DIR)")
+            raise DistillError(
+                "--objective mtt needs an experts buffer: --experts DIR "
+                "(make one with: habactl experts DATA -o DIR)"
+            )
         s["experts"] = str(s["experts"])
         for key in ("syn_steps", "expert_epochs", "batch_syn"):
             if isinstance(s[key], bool) or not isinstance(s[key], int):
@@ -100,33 +103,48 @@ class TrajectoryMatching(Objective):
         if s["syn_steps"] < 1 or s["expert_epochs"] < 1 or s["batch_syn"] < 0:
             raise DistillError("mtt: syn_steps and expert_epochs must be >= 1, batch_syn >= 0")
         if s["unroll"] not in UNROLLS:
-            raise DistillError(f"mtt: unroll must be one of {', '.join(UNROLLS)}, got {s['unroll']!r}")
+            raise DistillError(
+                f"mtt: unroll must be one of {', '.join(UNROLLS)}, got {s['unroll']!r}"
+            )
         if s["variants"] not in VARIANTS:
-            raise DistillError(f"mtt: variants must be one of {', '.join(VARIANTS)}, got {s['variants']!r}")
+            raise DistillError(
+                f"mtt: variants must be one of {', '.join(VARIANTS)}, got {s['variants']!r}"
+            )
         buffer = ExpertBuffer(s["experts"])
         dataset = getattr(context, "dataset", None)
         if dataset is not None:
-            buffer.check_source(dataset["name"], dataset["fingerprint"], context.image_shape,
-                                context.num_classes)
+            buffer.check_source(
+                dataset["name"], dataset["fingerprint"], context.image_shape, context.num_classes
+            )
         arch = buffer.index["arch"]
-        self.net = networks.build(arch["name"], context.image_shape, context.num_classes,
-                                  width_mult=float(arch["width"]), device=context.device,
-                                  generator=torch.Generator().manual_seed(0), trainable=False)
+        self.net = networks.build(
+            arch["name"],
+            context.image_shape,
+            context.num_classes,
+            width_mult=float(arch["width"]),
+            device=context.device,
+            generator=torch.Generator().manual_seed(0),
+            trainable=False,
+        )
         self.flat = FlatNet(self.net)
         buffer.check_layout(self.flat.describe())
         self.buffer = buffer
         epochs, m = buffer.epochs, s["expert_epochs"]
         if m > epochs:
-            raise DistillError(f"mtt: expert_epochs {m} needs experts of at least {m} epochs; "
-                               f"the buffer has {epochs}")
+            raise DistillError(
+                f"mtt: expert_epochs {m} needs experts of at least {m} epochs; "
+                f"the buffer has {epochs}"
+            )
         if s["max_start_epoch"] is None:
             s["max_start_epoch"] = max(1, min(20, epochs - m + 1))
         if not isinstance(s["max_start_epoch"], int) or s["max_start_epoch"] < 1:
             raise DistillError(f"mtt: max_start_epoch must be >= 1, got {s['max_start_epoch']!r}")
         if s["max_start_epoch"] - 1 + m > epochs:
-            raise DistillError(f"mtt: max_start_epoch {s['max_start_epoch']} + expert_epochs {m} "
-                               f"goes past the buffer's {epochs} epochs; use max_start_epoch "
-                               f"{epochs - m + 1} or less")
+            raise DistillError(
+                f"mtt: max_start_epoch {s['max_start_epoch']} + expert_epochs {m} "
+                f"goes past the buffer's {epochs} epochs; use max_start_epoch "
+                f"{epochs - m + 1} or less"
+            )
         training = buffer.index["training"]
         s["lr_init"] = float(training["lr"] if s["lr_init"] is None else s["lr_init"])
         s["lr_lr"] = float(s["lr_lr"])
@@ -136,24 +154,40 @@ class TrajectoryMatching(Objective):
             s[key] = float(s[key])
             if not s[key] >= 0:
                 raise DistillError(f"mtt: {key} must be 0 (unbounded) or more, got {s[key]}")
-        if not (s["lr_init"] > 0 and s["lr_lr"] >= 0 and s["lr_momentum"] >= 0
-                and 0 < s["lr_min"] <= s["lr_init"]):
-            raise DistillError("mtt: lr_init must be positive, lr_lr and lr_momentum >= 0, "
-                               "0 < lr_min <= lr_init")
+        if not (
+            s["lr_init"] > 0
+            and s["lr_lr"] >= 0
+            and s["lr_momentum"] >= 0
+            and 0 < s["lr_min"] <= s["lr_init"]
+        ):
+            raise DistillError(
+                "mtt: lr_init must be positive, lr_lr and lr_momentum >= 0, 0 < lr_min <= lr_init"
+            )
         self.syn_lr = nn.Parameter(torch.tensor(s["lr_init"], device=context.device))
 
     def hyperparameters(self) -> dict[str, Any]:
         index = self.buffer.index
-        return {**self.settings,
-                "buffer": {"digest": self.buffer.digest, "experts": len(self.buffer),
-                           "epochs": self.buffer.epochs, "arch": index["arch"],
-                           "expert_lr": index["training"]["lr"],
-                           "dataset": index["dataset"]["fingerprint"]}}
+        return {
+            **self.settings,
+            "buffer": {
+                "digest": self.buffer.digest,
+                "experts": len(self.buffer),
+                "epochs": self.buffer.epochs,
+                "arch": index["arch"],
+                "expert_lr": index["training"]["lr"],
+                "dataset": index["dataset"]["fingerprint"],
+            },
+        }
 
     def param_groups(self) -> list[dict[str, Any]]:
-        return [{"params": [self.syn_lr], "lr": self.settings["lr_lr"],
-                 "momentum": self.settings["lr_momentum"],
-                 "max_step": self.settings["lr_max_step"] or None}]
+        return [
+            {
+                "params": [self.syn_lr],
+                "lr": self.settings["lr_lr"],
+                "momentum": self.settings["lr_momentum"],
+                "max_step": self.settings["lr_max_step"] or None,
+            }
+        ]
 
     def max_step(self) -> float | None:
         # Its gradients span orders of magnitude between iterations (see stepbound).
@@ -162,8 +196,10 @@ class TrajectoryMatching(Objective):
     def learned_lr(self) -> float | None:
         value = float(self.syn_lr.detach())
         if not value > 0:
-            raise DistillError(f"the learned learning rate became {value:g}; nothing was written; "
-                               f"lower lr_lr (--lr-lr)")
+            raise DistillError(
+                f"the learned learning rate became {value:g}; nothing was written; "
+                f"lower lr_lr (--lr-lr)"
+            )
         return value
 
     def after_step(self, synthetic: SyntheticSet, generator: torch.Generator) -> None:
@@ -181,7 +217,9 @@ class TrajectoryMatching(Objective):
             self.syn_lr.copy_(state["syn_lr"])
 
     # -- one iteration ----------------------------------------------------------------
-    def _plan(self, synthetic: SyntheticSet, generator: torch.Generator) -> list[tuple[Tensor, Any, Any]]:
+    def _plan(
+        self, synthetic: SyntheticSet, generator: torch.Generator
+    ) -> list[tuple[Tensor, Any, Any]]:
         """Every step's (bases, variants, augmentation), drawn up front."""
         n, e = synthetic.bases.shape[0], synthetic.expansion
         every = self.settings["variants"] == "all" and e > 1
@@ -190,8 +228,11 @@ class TrajectoryMatching(Objective):
         augment = self.context.augment
         steps = []
         for _ in range(self.settings["syn_steps"]):
-            chosen = (torch.randperm(items, generator=generator)[:batch].sort().values
-                      if 0 < batch < items else torch.arange(items))
+            chosen = (
+                torch.randperm(items, generator=generator)[:batch].sort().values
+                if 0 < batch < items
+                else torch.arange(items)
+            )
             if e == 1:
                 basis, variant = chosen, None
             elif every:
@@ -202,7 +243,9 @@ class TrajectoryMatching(Objective):
             steps.append((basis, variant, augment.sample(generator, batch=len(basis))))
         return steps
 
-    def _images(self, synthetic: SyntheticSet, step: tuple[Tensor, Any, Any]) -> tuple[Tensor, Tensor]:
+    def _images(
+        self, synthetic: SyntheticSet, step: tuple[Tensor, Any, Any]
+    ) -> tuple[Tensor, Tensor]:
         basis, variant, augmentation = step
         x = synthetic.decode(basis, variant)
         return self.context.augment.apply(x, augmentation), synthetic.item_labels(basis)
@@ -211,7 +254,9 @@ class TrajectoryMatching(Objective):
         ce = F.cross_entropy(self.flat(theta, x), y)
         return torch.autograd.grad(ce, theta, create_graph=create_graph)[0]
 
-    def loss(self, synthetic: SyntheticSet, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+    def loss(
+        self, synthetic: SyntheticSet, generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]:
         s = self.settings
         expert = int(torch.randint(len(self.buffer), (1,), generator=generator))
         start_epoch = int(torch.randint(s["max_start_epoch"], (1,), generator=generator))
@@ -229,8 +274,9 @@ class TrajectoryMatching(Objective):
             loss = self._recomputed(synthetic, steps, start, target, distance)
         return loss, {"lr": float(self.syn_lr.detach()), "start_epoch": float(start_epoch)}
 
-    def _recomputed(self, synthetic: SyntheticSet, steps: list, start: Tensor, target: Tensor,
-                    distance: Tensor) -> Tensor:
+    def _recomputed(
+        self, synthetic: SyntheticSet, steps: list, start: Tensor, target: Tensor, distance: Tensor
+    ) -> Tensor:
         lr = self.syn_lr.detach()
         thetas = []
         theta = start
