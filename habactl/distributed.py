@@ -238,6 +238,18 @@ def broadcast_object(value: Any) -> Any:
     return box[0]
 
 
+def sum_floats(values: list[float]) -> list[float]:
+    """Each number summed over the ranks (in float64), the same list on every rank."""
+    if world_size() == 1:
+        return list(values)
+    import torch
+    import torch.distributed as dist
+
+    total = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return [float(v) for v in total]
+
+
 def all_reduce_sum(tensors: list[Any]) -> None:
     """Sum each tensor over the ranks, in place (gradients of shared tensors)."""
     if world_size() == 1:
@@ -264,5 +276,6 @@ __all__ = [
     "local_rank",
     "my_share",
     "rank",
+    "sum_floats",
     "world_size",
 ]

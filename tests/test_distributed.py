@@ -153,3 +153,62 @@ def test_experts_on_two_ranks_write_the_files_of_one_process_and_one_complete_in
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
         p.name for p in (tmp_path / "one").iterdir()
     )  # no temporary files left behind
+
+
+def stored_tensors(path: Path) -> dict:
+    from habactl.format import open_archive
+
+    archive = open_archive(path)
+    try:
+        return archive.tensors()
+    finally:
+        archive.close()
+
+
+# The tolerance of the N = 2 equivalence: one step on two ranks is one step on one process
+# up to the order of the floating-point sums (each rank sums its own classes, then the
+# ranks' gradients are summed); over 15 iterations that stays below 1e-4 (measured ~1e-6).
+TOLERANCE = 1e-4
+
+
+@pytest.mark.slow
+@needs_torchrun
+def test_compress_dm_on_two_ranks_matches_one_process_and_refuses_a_resume_on_one(tmp_path):
+    args = ("compress", "digits", "--objective", "dm", "--ipc", "1", "--iterations", "15",
+            "--threads", "1", "--checkpoint-every", "5")  # fmt: skip
+    one = habactl(*args, "-q", "-o", "one.haba", cwd=tmp_path, world=None)
+    two = habactl(*args, "-o", "two.haba", "--log-file", "two.jsonl", cwd=tmp_path, world=2)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    assert two.stderr.count("wrote two.haba") == 1  # rank 0 alone reports
+    single, split = stored_tensors(tmp_path / "one.haba"), stored_tensors(tmp_path / "two.haba")
+    assert sorted(split) == sorted(single)
+    for name in single:
+        assert split[name].shape == single[name].shape, name
+        assert float((split[name] - single[name]).abs().max()) < TOLERANCE, name
+    from habactl.format import open_archive
+
+    manifest = open_archive(tmp_path / "two.haba").manifest
+    assert manifest["provenance"]["hyperparameters"]["world_size"] == 2
+    log = (tmp_path / "two.jsonl").read_text().splitlines()
+    assert sum('"event": "iteration"' in line for line in log) == 15  # one log, rank 0's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.haba", "two.haba", "two.jsonl"]
+
+    # A checkpoint made by two ranks cannot be resumed by one process (nor the reverse).
+    stopped = habactl(*args, "-q", "-o", "three.haba", cwd=tmp_path, world=2,
+                      env={"HABACTL_FAULT_KILL_AFTER": "12"})  # fmt: skip
+    assert stopped.returncode != 0  # SIGKILLed after iteration 12; checkpoint of 10 kept
+    assert (tmp_path / "three.haba.ckpt").is_file()
+    resumed = habactl(*args, "-q", "-o", "three.haba", "--resume", cwd=tmp_path, world=None)
+    assert resumed.returncode == 1
+    lines = error_lines(resumed.stderr)
+    assert len(lines) == 1 and "made by 2 process(es), this run has 1" in lines[0], lines
+    assert not (tmp_path / "three.haba").exists()
+
+
+    # The same world size resumes to the very archive of the uninterrupted run.
+    again = habactl(*args, "-q", "-o", "three.haba", "--resume", cwd=tmp_path, world=2)
+    assert again.returncode == 0, again.stderr
+    resumed_manifest = open_archive(tmp_path / "three.haba").manifest
+    assert resumed_manifest["content_digest"] == manifest["content_digest"]
+    assert not (tmp_path / "three.haba.ckpt").exists()

@@ -568,7 +568,9 @@ def _compress_distilled(
             file=sys.stderr,
         )
         raise typer.Exit(130) from None
-    if not s["quiet"]:
+    from habactl import distributed
+
+    if not s["quiet"] and distributed.is_main():  # under torchrun rank 0 wrote the archive
         if result.resumed_from:
             stderr.print(f"resumed at iteration {result.resumed_from}")
         if metrics is not None:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from habactl import distributed
 from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective, setting
 from habactl.distill.sets import SyntheticSet
@@ -86,6 +87,8 @@ class DistributionMatching(Objective):
         basis, variant = synthetic.draw(self.settings["views"], generator)
         params = self._augment_params(generator)
 
+        if distributed.world_size() > 1:  # every draw above is made on every rank alike
+            return self._share_loss(synthetic, basis, variant, real, params)
         syn = synthetic.decode(basis, variant)  # (M, C, H, W), class-sorted
         items = torch.bincount(
             synthetic.labels[basis.to(synthetic.labels.device)], minlength=classes
@@ -107,3 +110,35 @@ class DistributionMatching(Objective):
         syn_mean = sums / counts
         loss = (real_mean - syn_mean).square().sum()
         return loss, {}
+
+    def _share_loss(
+        self,
+        synthetic: SyntheticSet,
+        basis: Tensor,
+        variant: Tensor | None,
+        real: Tensor,
+        params: list[Any],
+    ) -> tuple[Tensor, dict[str, float]]:
+        """This rank's classes' part of the loss (under torchrun): the same terms as
+        ``loss``, for classes rank, rank + N, ...; the engine sums the gradients."""
+        context = self.context
+        classes = context.num_classes
+        per = self.settings["real_per_class"]
+        owned = distributed.my_share(classes)
+        if not owned:  # more ranks than classes: this one has nothing to add
+            return synthetic.bases.sum() * 0.0, {}
+        labels = synthetic.labels[basis.to(synthetic.labels.device)]
+        items = torch.bincount(labels, minlength=classes).tolist()
+        syn = synthetic.decode(basis, variant).split(items)
+        augment = context.augment
+        embedded = networks.embed(
+            self.net, torch.cat([augment.apply(syn[c], params[c]) for c in owned]), self.chunk
+        )
+        with torch.inference_mode():
+            mine = torch.cat([augment.apply(real[c], params[c]) for c in owned])
+            real_mean = networks.embed_no_grad(self.net, mine, self.chunk)
+            real_mean = real_mean.view(len(owned), per, -1).mean(dim=1)
+        real_mean = real_mean.clone()
+        means = embedded.split([items[c] for c in owned])
+        syn_mean = torch.stack([part.mean(dim=0) for part in means])
+        return (real_mean - syn_mean).square().sum(), {}
