@@ -138,7 +138,10 @@ def write_haba(
     }
     tensors.update(
         {
-            name: value.detach().float().cpu().contiguous()
+            # float parameters as float32; a stage's integer tensors (a frequency mask) as they are
+            name: (value.detach().float() if value.is_floating_point() else value.detach())
+            .cpu()
+            .contiguous()
             for name, value in pipeline.named_tensors().items()
         }
     )

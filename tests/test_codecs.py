@@ -37,7 +37,7 @@ def sequential(stage, x: torch.Tensor, variant: torch.Tensor) -> torch.Tensor:
 
 # -- configuration -------------------------------------------------------------------
 def test_registry_names():
-    assert set(STAGES) == {"upsample", "hallucinate", "quantize"}
+    assert set(STAGES) == {"upsample", "hallucinate", "quantize", "frequency"}
     assert get_stage("hallucinate").version == 1
     with pytest.raises(CodecError, match="unknown stage 'nope'"):
         get_stage("nope")
@@ -469,6 +469,57 @@ class TestQuantizeUint4(QuantizeContract):
 
 class TestQuantizeFloat16(QuantizeContract):
     configuration, in_shape = {"dtype": "float16"}, (2, 3, 4)
+
+
+class FrequencyContract(StageContract):
+    """frequency's mask is fitted to the real images, not learned: stored (a uint8
+    buffer), never moved by an optimiser; gradients reach the coefficients."""
+
+    name = "frequency"
+
+    def test_gradients_reach_the_input_and_every_parameter(self):
+        stage = self.stage(seed=6)
+        x = self.images(3, seed=7).requires_grad_(True)
+        stage(x).square().mean().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0
+        assert list(stage.parameters()) == []
+
+    def test_description_is_normalised_and_matches_the_module(self):
+        super().test_description_is_normalised_and_matches_the_module()
+        assert self.stage().named_tensors()["mask"].dtype == torch.uint8
+
+    def test_stored_tensors_reproduce_the_stage(self):
+        # (the contract's NaN case has no meaning for a uint8 mask: its values are checked)
+        source, target = self.stage(), self.stage()
+        c, _, _ = source.out_shape
+        source.fit(
+            torch.randn(8, c, *source.out_shape[1:], generator=torch.Generator().manual_seed(4))
+        )
+        mask = source.named_tensors()["mask"].clone()
+        target.load_tensors({"mask": mask})
+        x = self.images(2, seed=5)
+        with torch.no_grad():
+            assert torch.equal(source(x), target(x))
+        with pytest.raises(CodecError, match="missing"):
+            target.load_tensors({})
+        with pytest.raises(CodecError, match="unexpected"):
+            target.load_tensors({"mask": mask, "no.such.tensor": torch.zeros(1)})
+        with pytest.raises(CodecError, match="other than 0, 1"):
+            target.load_tensors({"mask": mask * 2})
+        fewer = mask.clone()
+        fewer.view(c, -1)[0, torch.nonzero(fewer.view(c, -1)[0])[0]] = 0
+        with pytest.raises(CodecError, match="exactly"):
+            target.load_tensors({"mask": fewer})
+        with pytest.raises(CodecError, match="uint8"):
+            target.load_tensors({"mask": mask.float()})
+
+
+class TestFrequencyRect(FrequencyContract):
+    configuration, in_shape = {"height": 5, "width": 6, "keep": 7}, (2, 1, 7)
+
+
+class TestFrequencyAll(FrequencyContract):
+    configuration, in_shape = {"height": 3, "width": 3, "keep": 9}, (1, 1, 9)
 
 
 def test_every_registered_stage_runs_the_contract():

@@ -27,7 +27,7 @@ def load(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def test_every_stage_has_vectors():
     names = {p.name.split("-")[0] for p in FILES}
-    assert names == {"upsample", "hallucinate", "quantize"}
+    assert names == {"upsample", "hallucinate", "quantize", "frequency"}
     for name in names:
         assert f"codecs/vectors/{name}-" in (VECTORS.parent / f"{name}.md").read_text()
 

@@ -114,6 +114,28 @@ def quantize_reference(stored: np.ndarray, config: dict, width: int, p: dict) ->
     return (codes - zero) * scale
 
 
+def frequency_reference(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Coefficients (N, C, 1, K) -> images, by codecs/frequency.md: place them at the
+    mask's ones in row-major order, then the orthonormal inverse DCT as explicit sums."""
+    n, c, _, _ = x.shape
+    _, h, w = mask.shape
+
+    def basis(size: int) -> np.ndarray:  # a[k, i] = alpha_k cos(pi (2i + 1) k / 2 size)
+        a = np.array([[math.cos(math.pi * (2 * i + 1) * k / (2 * size)) for i in range(size)]
+                      for k in range(size)]) * math.sqrt(2 / size)
+        a[0] /= math.sqrt(2)
+        return a
+
+    rows, cols = basis(h), basis(w)
+    y = np.zeros((n, c, h, w))
+    for ch in range(c):
+        where = [(r, q) for r in range(h) for q in range(w) if mask[ch, r, q]]
+        for b in range(n):
+            for j, (u, v) in enumerate(where):
+                y[b, ch] += x[b, ch, 0, j] * np.outer(rows[u], cols[v])
+    return y
+
+
 # -- the cases -----------------------------------------------------------------------
 UPSAMPLE = {  # case -> (configuration, input shape)
     "bilinear": ({"factor": 2, "mode": "bilinear"}, (2, 1, 3, 4)),
@@ -124,6 +146,10 @@ QUANTIZE = {  # case -> (configuration, logical input shape (N, C, H, W))
     "uint8-channel": ({"dtype": "uint8", "granularity": "channel"}, (2, 3, 2, 3)),
     "uint4-tensor": ({"dtype": "uint4", "granularity": "tensor"}, (2, 1, 3, 5)),  # odd width
     "float16": ({"dtype": "float16", "granularity": "tensor"}, (2, 2, 3, 3)),
+}
+FREQUENCY = {  # case -> (configuration, channels, N)
+    "5x7-keep9": ({"height": 5, "width": 7, "keep": 9}, 2, 3),
+    "4x4-keep16": ({"height": 4, "width": 4, "keep": 16}, 1, 2),  # every coefficient kept
 }
 HALLUCINATE = {
     "pixel-affine": ({"arch": "pixel-affine", "count": 2, "hidden": 2, "kernel": 3}, (2, 1, 6, 6)),
@@ -183,6 +209,17 @@ def build_cases() -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
         cases[f"quantize-{case}"] = (
             {"name": "quantize", "version": 1, "configuration": config},
             {"input": stored, "output": y, **params})
+    for seed, (case, (config, c, n)) in enumerate(FREQUENCY.items(), start=31):
+        rng, (h, w, k) = Dyadic(seed), (config["height"], config["width"], config["keep"])
+        x = rng.take((n, c, 1, k), -2.0, 2.0)
+        mask = np.zeros((c, h * w), dtype=np.uint8)
+        for ch in range(c):  # a different, scattered choice per channel
+            order = sorted(range(h * w), key=lambda i, ch=ch: ((i * 7 + ch * 3) % (h * w), i))
+            mask[ch, order[:k]] = 1
+        mask = mask.reshape(c, h, w)
+        cases[f"frequency-{case}"] = (
+            {"name": "frequency", "version": 1, "configuration": config},
+            {"input": x, "output": frequency_reference(x, mask), "mask": mask})
     return cases
 
 
@@ -196,6 +233,7 @@ def decode_with_habactl(entry: dict, tensors: dict) -> dict:
     x = torch.as_tensor(stored if stored.dtype in (np.uint8, np.float16) else stored.astype(np.float32))
     # A quantize stage may store its input packed: its shape is the output's.
     shape = tensors["output"].shape[1:] if entry["name"] == "quantize" else x.shape[1:]
+    # (frequency's input shape is (C, 1, keep): the stored coefficients themselves)
     stage = get_stage(entry["name"]).from_config(entry["configuration"], tuple(shape))
     stage.load_tensors({k: torch.as_tensor(v) for k, v in tensors.items()
                         if k in stage.spec.params})
@@ -215,10 +253,16 @@ def main(out_dir: Path = HERE) -> list[Path]:
 
     written = []
     for stem, (entry, tensors) in build_cases().items():
-        stored = {k: v if v.dtype in (np.int64, np.uint8, np.float16) else _exact32(v, f"{stem}:{k}")
+        # The DCT's cosines are not dyadic: frequency outputs are float32 of the float64
+        # reference, and habactl must agree within float32 rounding (1e-6), not bit for bit.
+        inexact = entry["name"] == "frequency"
+        stored = {k: v if v.dtype in (np.int64, np.uint8, np.float16)
+                  else v.astype(np.float32) if inexact and k == "output"
+                  else _exact32(v, f"{stem}:{k}")
                   for k, v in tensors.items()}
         for key, got in decode_with_habactl(entry, stored).items():
-            if not np.array_equal(got, stored[key]):
+            tolerance = 1e-6 if inexact else 0.0
+            if not np.allclose(got, stored[key], rtol=0, atol=tolerance):
                 diff = float(np.abs(got - stored[key]).max())
                 raise AssertionError(f"{stem}: habactl's {key} differs from the reference by {diff}")
         path = Path(out_dir) / f"{stem}.safetensors"

@@ -137,6 +137,23 @@ def cases() -> dict[str, tuple[dict, dict[str, torch.Tensor]]]:
                  pipeline=pipeline, version="1.1", ipc=2,
                  normalization={"kind": "none"}),
         {"bases": bases, "labels": torch.tensor([0, 1]), **stage_tensors(pipeline, (1, 5, 5))})
+    # 7. uint8 DCT coefficients (quantize -> frequency -> upsample): 6 of the 3x3
+    #    frequencies per channel, a different mask per channel, decoded to 3x3, then x2.
+    mask = torch.zeros(2, 9, dtype=torch.uint8)
+    mask[0, [0, 1, 2, 3, 4, 6]] = 1
+    mask[1, [0, 1, 3, 4, 5, 8]] = 1
+    codes = torch.tensor([(11 * i + 7) % 256 for i in range(2 * 2 * 6)], dtype=torch.uint8)
+    pipeline = [{"name": "quantize", "version": 1, "configuration": {"dtype": "uint8"}},
+                {"name": "frequency", "version": 1,
+                 "configuration": {"height": 3, "keep": 6, "width": 3}},
+                {"name": "upsample", "version": 1, "configuration": {"factor": 2, "mode": "nearest"}}]
+    out["quantize-frequency-idc"] = (
+        manifest(classes=["m", "n"], image=(2, 6, 6), bases=codes.reshape(2, 2, 1, 6),
+                 labels_kind="hard", pipeline=pipeline, version="1.1",
+                 normalization={"kind": "none"}),
+        {"bases": codes.reshape(2, 2, 1, 6), "labels": torch.tensor([0, 1]),
+         "pipeline.0.scale": torch.tensor([0.03125]), "pipeline.0.zero_point": torch.tensor([128.0]),
+         "pipeline.1.mask": mask.reshape(2, 3, 3)})
     return out
 
 

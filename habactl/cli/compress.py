@@ -34,6 +34,7 @@ ENGINE = {
     "budget_bytes": "budget_bytes",
     "quantize": "quantize",
     "quantize_granularity": "quantize_granularity",
+    "frequency": "frequency",
     "codec": "codec",
     "budget_counts": "counts",
     "leftover": "leftover",
@@ -119,6 +120,14 @@ def compress(
         "--codec",
         help="What is stored: raw images, idc (low-resolution bases), haba "
         "(bases x hallucinators) or haba+idc \\[default: haba+idc; raw for --objective random].",
+        rich_help_panel=_BUDGET,
+    ),
+    frequency: int | None = typer.Option(
+        None,
+        "--frequency",
+        min=1,
+        help="Store the bases as K DCT coefficients per channel (FreD); the kept "
+        "frequencies (a stored mask) are those of most energy in the real images. Any codec.",
         rich_help_panel=_BUDGET,
     ),
     quantize: str | None = typer.Option(

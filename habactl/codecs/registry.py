@@ -7,6 +7,7 @@ from typing import Any
 
 from habactl.codecs.base import Stage
 from habactl.codecs.errors import CodecError, quote
+from habactl.codecs.frequency import Frequency
 from habactl.codecs.hallucinate import Hallucinate
 from habactl.codecs.quantize import Quantize
 from habactl.codecs.spec import (  # noqa: F401  (re-exported: the torch-free description)
@@ -18,7 +19,9 @@ from habactl.codecs.spec import (  # noqa: F401  (re-exported: the torch-free de
 )
 from habactl.codecs.upsample import Upsample
 
-STAGES: dict[str, type[Stage]] = {cls.name: cls for cls in (Upsample, Hallucinate, Quantize)}
+STAGES: dict[str, type[Stage]] = {
+    cls.name: cls for cls in (Upsample, Hallucinate, Quantize, Frequency)
+}
 
 # The compress side's codec names: each one is a list of stages, configured from the
 # stages' declared options (`Stage.options`). An archive stores only the entries.

@@ -219,6 +219,44 @@ def quantize_stored_shape(spec: StageSpec) -> Shape:
     return (c, h, -(-w // per))
 
 
+# --- frequency (FreD-style, format 1.1) ---------------------------------------------
+
+FREQUENCY_MAX_VALUES = 1 << 20  # H x W of one channel: bounds the DCT matrices
+
+
+def describe_frequency(configuration: Any, in_shape: Any) -> StageSpec:
+    """(C, 1, keep) DCT coefficients -> (C, height, width) through the inverse 2-D DCT.
+
+    The kept frequencies are the stored ``mask`` (U8, (C, height, width), exactly
+    ``keep`` ones per channel); coefficient j of channel c goes to the j-th one of the
+    mask in row-major order.
+    """
+    reader = ConfigReader("frequency", configuration)
+    height = reader.integer("height", 1, MAX_SIDE)
+    width = reader.integer("width", 1, MAX_SIDE)
+    if height * width > FREQUENCY_MAX_VALUES:
+        raise CodecError(
+            f"stage 'frequency': {height}x{width} exceeds {FREQUENCY_MAX_VALUES} values"
+        )
+    keep = reader.integer("keep", 1, height * width)
+    config = reader.finish()
+    c, one, k = check_shape("frequency", in_shape)
+    if (one, k) != (1, keep):
+        raise CodecError(
+            f"stage 'frequency': input must be (C, 1, keep) = (C, 1, {keep}), got {[c, one, k]}"
+        )
+    return StageSpec(
+        "frequency",
+        1,
+        config,
+        (c, 1, keep),
+        (c, height, width),
+        1,
+        {"mask": (c, height, width)},
+        {"mask": "U8"},
+    )
+
+
 # --- the registry of descriptions and whole pipelines --------------------------------
 
 
@@ -238,6 +276,7 @@ DESCRIPTIONS: dict[str, Description] = {
         Description("upsample", 1, describe_upsample),
         Description("hallucinate", 1, describe_hallucinate),
         Description("quantize", 1, describe_quantize, since_minor=1, first_only=True),
+        Description("frequency", 1, describe_frequency, since_minor=1),
     )
 }
 
@@ -321,6 +360,14 @@ def describe_pipeline(pipeline: Any, base_shape: Any) -> PipelineSpec:
     stored_shape, minor = shape, 0
     dtypes: dict[str, str] = {}
     for i, entry in enumerate(pipeline):
+        # Order first: a stage in the wrong place is refused for that, not for a shape.
+        name = entry.get("name") if isinstance(entry, Mapping) else None
+        if name == "frequency" and not (i == 0 or (i == 1 and stages[0].name == "quantize")):
+            raise CodecError(
+                "stage 'frequency' decodes the stored coefficients: it must be the first "
+                "stage, or follow a first quantize stage",
+                index=i,
+            )
         try:
             spec = describe_entry(entry, shape)
         except CodecError as error:

@@ -67,6 +67,8 @@ class DistillConfig:
     # bases stored as float16 / uint8 / uint4 (a quantize stage in front of the pipeline)
     quantize: str | None = None
     quantize_granularity: str = "tensor"
+    # bases stored as this many DCT coefficients per channel (a frequency stage in front)
+    frequency: int | None = None
     counts: str = "all"
     factor: int | None = None
     hallucinators: int = 5
@@ -151,8 +153,12 @@ def check_config(c: DistillConfig) -> None:
     _check_number("hallucinator noise", c.hallucinator_noise, strict=False)
 
 
-def pipeline_entries(c: DistillConfig) -> list[dict[str, Any]]:
-    """The run's decode pipeline as manifest entries: `pipeline`, else the codec preset."""
+def pipeline_entries(
+    c: DistillConfig, image_shape: tuple[int, int, int] | None = None
+) -> list[dict[str, Any]]:
+    """The run's decode pipeline as manifest entries: `pipeline`, else the codec preset;
+    then a frequency stage (`c.frequency`, sized for what the rest decodes from) and a
+    quantize stage (`c.quantize`) in front."""
     if c.pipeline is not None:
         entries = [dict(entry) for entry in c.pipeline]
     else:
@@ -164,6 +170,14 @@ def pipeline_entries(c: DistillConfig) -> list[dict[str, Any]]:
             hidden=c.hidden,
             kernel=c.kernel,
         )
+    if c.frequency is not None:
+        if image_shape is None:
+            raise DistillError("internal: a frequency stage needs the image shape")
+        from habactl.distill.planner import base_shape_for
+
+        _, height, width = base_shape_for(entries, image_shape)
+        sizes = {"height": height, "keep": int(c.frequency), "width": width}
+        entries.insert(0, {"name": "frequency", "version": 1, "configuration": sizes})
     if c.quantize is not None:
         configuration = {"dtype": c.quantize, "granularity": c.quantize_granularity}
         entries.insert(0, {"name": "quantize", "version": 1, "configuration": configuration})
@@ -172,7 +186,8 @@ def pipeline_entries(c: DistillConfig) -> list[dict[str, Any]]:
 
 def _codec_label(c: DistillConfig) -> str:
     """The preset's name, with the bases' stored dtype when they are quantised."""
-    return c.codec if c.quantize is None else f"{c.codec}+{c.quantize}"
+    label = c.codec if c.frequency is None else f"{c.codec}+frequency"
+    return label if c.quantize is None else f"{label}+{c.quantize}"
 
 
 def _writable_folder(path: Path, what: str) -> None:
@@ -291,7 +306,7 @@ class Distiller:
         classes = len(self.source.classes)
         spread = class_spread(images, labels, classes)
         return plan_pipeline(
-            pipeline_entries(c),
+            pipeline_entries(c, self.image_shape),
             self.image_shape,
             classes,
             c.ipc,
@@ -322,12 +337,29 @@ class Distiller:
         from habactl.codecs import Pipeline
 
         init = self.generators["init"]
-        bases = self._initial_bases(images, labels, init)
+        frequency = [e["name"] for e in self.plan.pipeline[:2]].count("frequency") > 0
+        bases = self._initial_bases(images, labels, init, pool=not frequency)
         noise = self.config.hallucinator_noise if self.plan.expansion > 1 else 0.0
         pipeline = Pipeline.from_manifest(
             self.plan.pipeline, self.plan.base_shape, generator=init, noise=noise
         )
+        if frequency:
+            bases = self._frequency_bases(pipeline, images, bases)
         return SyntheticSet(bases, self.plan.per_class, pipeline).to(self.device)
+
+    def _frequency_bases(self, pipeline: Any, images: Tensor, chosen: Tensor) -> Tensor:
+        """Fit the frequency stage's mask to the real training images (at the size it
+        decodes to) and start the bases as the chosen images' kept coefficients."""
+        stage = next(s for s in pipeline.stages if s.name == "frequency")
+        _, h, w = stage.out_shape
+
+        def sized(x: Tensor) -> Tensor:
+            return x if tuple(x.shape[2:]) == (h, w) else F.adaptive_avg_pool2d(x, (h, w))
+
+        stage.fit(sized(images))
+        if self.config.init == "noise":  # noise bases stay noise, in coefficient space
+            return chosen
+        return stage.analyse(sized(chosen)).contiguous()
 
     def _augmenter(self) -> Any:
         from habactl.augment import SiameseAugment
@@ -376,7 +408,9 @@ class Distiller:
         return torch.optim.SGD(groups, lr=c.lr_bases, momentum=c.momentum)
 
     # -- initialisation ---------------------------------------------------------------
-    def _initial_bases(self, images: Tensor, labels: Tensor, generator: torch.Generator) -> Tensor:
+    def _initial_bases(
+        self, images: Tensor, labels: Tensor, generator: torch.Generator, pool: bool = True
+    ) -> Tensor:
         """Bases start as real images of their class, downsampled for an `upsample` stage
         (area average, the inverse of what bilinear upsampling blurs least)."""
         plan = self.plan
@@ -394,7 +428,7 @@ class Distiller:
             chosen.append(part)
         bases = torch.cat(chosen)
         c, h, w = plan.base_shape
-        if (h, w) != tuple(self.image_shape[1:]):
+        if pool and (h, w) != tuple(self.image_shape[1:]):
             bases = F.adaptive_avg_pool2d(bases, (h, w))
         return bases.contiguous()
 
