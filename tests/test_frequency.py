@@ -137,3 +137,21 @@ def test_a_mask_that_keeps_the_wrong_number_is_refused(archive, tmp_path):
     path.write_bytes(_forge(tensors, manifest))
     with pytest.raises(HabaError, match="keep exactly 8"):
         HabaDataset(path).tensors()
+
+
+def test_frequency_composes_with_quantize_upsample_and_hallucinate(tmp_path):
+    path = tmp_path / "all.haba"
+    args = ["compress", "digits", "-o", str(path), "--codec", "haba+idc", "--frequency", "10"]
+    result = runner.invoke(app, [*args, "--quantize", "uint8", "--ipc", "2", *TINY])
+    assert result.exit_code == 0, result.output
+    with open_archive(path) as a:
+        manifest = a.manifest
+    names = [e["name"] for e in manifest["pipeline"]]
+    assert names == ["quantize", "frequency", "upsample", "hallucinate"]
+    assert manifest["tensors"]["bases"]["dtype"] == "U8"
+    assert manifest["tensors"]["bases"]["shape"][1:] == [1, 1, 10]
+    account = storage_account(manifest)
+    assert account["counted_bytes"] <= account["budget_bytes"] == 2 * 10 * 64 * 4
+    images, _ = HabaDataset(path).tensors()
+    assert images.shape == (manifest["bases"]["count"] * 5, 1, 8, 8)
+    assert bool(torch.isfinite(images).all())

@@ -264,3 +264,30 @@ def test_hostile_codes_and_grids_are_refused(uint4_golden, tmp_path, change, mes
     change(tensors)
     with pytest.raises(HabaError, match=message):
         _open(_forge(tensors, manifest), tmp_path)
+
+
+def test_preview_draws_a_quantised_archive(archives, tmp_path):
+    import habactl.cli.preview  # noqa: F401
+
+    target = tmp_path / "p.png"
+    result = runner.invoke(app, ["preview", str(archives["u8"]), "-o", str(target)])
+    assert result.exit_code == 0, result.output
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--quantize", "int3"], "'dtype' must be one of float16, uint8, uint4"),
+        (["--quantize-granularity", "channel"], "--quantize-granularity applies with --quantize"),
+        (["--quantize", "float16", "--quantize-granularity", "channel"], "applies to the integer"),
+        (["--objective", "random", "--quantize", "uint8"], "does not apply to --objective random"),
+    ],
+)
+def test_bad_quantize_options_are_one_clear_error(tmp_path, args, message):
+    from conftest import one_error_line
+
+    out = tmp_path / "x.haba"
+    result = runner.invoke(app, ["compress", "digits", "-o", str(out), *args, *TINY])
+    assert result.exit_code != 0 and message in one_error_line(result)
+    assert not out.exists()
