@@ -31,7 +31,10 @@ def test_stages_declare_their_options_shape_and_parameter_count():
     assert Hallucinate.parameter_values(config, (1, 14, 14)) == 2 * 64
     for cls in STAGES.values():
         assert cls.summary and all(opt.key for opt in cls.options)
-        cls.describe(cls.configure(), (1, 16, 16))  # the declared defaults are valid
+        # the declared defaults are valid, for the input shape that decodes to 16x16
+        # (a frequency stage's input is its (C, 1, keep) coefficients, not an image)
+        config = cls.configure()
+        cls.describe(config, cls.input_shape_for(config, (1, 16, 16)))
 
 
 def test_any_order_of_entries_plans_and_is_labelled_by_its_stages():

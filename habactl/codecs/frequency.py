@@ -36,7 +36,9 @@ class Frequency(Stage):
     name = "frequency"
     version = 1
     summary = "FreD: bases stored as their highest-energy DCT coefficients"
-    options = (StageOption("keep", 64), StageOption("height", 0), StageOption("width", 0))
+    # height and width: a placeholder size; `compress --frequency K` sets them to what the
+    # stages after this one decode from.
+    options = (StageOption("keep", 64), StageOption("height", 16), StageOption("width", 16))
 
     def __init__(self, spec: StageSpec) -> None:
         super().__init__(spec)
