@@ -183,7 +183,18 @@ def launch(run: Callable[[], Any]) -> None:
         if quiet is not None:
             quiet.close()
         _state["error_stream"] = None
-    raise SystemExit(code)
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):  # SystemExit("message"): printed, status 1
+        print(code, file=real_stderr)
+        code = 1
+    # Leave without running the interpreter's teardown: with gloo, a background thread
+    # of the torn-down group can still be joinable there and abort the process
+    # ("terminate called without an active exception"). Every output is written by now.
+    for stream in (sys.stdout, real_stderr):
+        if stream is not None:
+            stream.flush()
+    os._exit(code)
 
 
 # --- collectives (no-ops on one process) -------------------------------------------------

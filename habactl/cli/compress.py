@@ -522,9 +522,15 @@ def _load(settings: dict[str, Any]) -> Any:
 
 
 def _compress_random(settings: dict[str, Any], target: Path) -> None:
+    from habactl import distributed
     from habactl.baselines import random_archive
     from habactl.distill.engine import check_archive_target
 
+    if distributed.world_size() > 1:
+        raise HabaError(
+            "--objective random does not run under torchrun yet (dm, dc and dsa do); "
+            "run it as one process"
+        )
     check_archive_target(target, force=settings["force"])
     started = time.perf_counter()
     source = _load(settings)

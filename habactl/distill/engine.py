@@ -259,10 +259,10 @@ class Distiller:
         self.source = source
         self.config = config
         check_config(config)
-        if distributed.world_size() > 1 and config.objective != "dm":
+        if distributed.world_size() > 1 and config.objective not in ("dm", "dc", "dsa"):
             raise DistillError(
-                f"--objective {config.objective} does not run under torchrun yet (dm does); "
-                "run it as one process"
+                f"--objective {config.objective} does not run under torchrun yet "
+                "(dm, dc and dsa do); run it as one process"
             )
         self.device = distributed.device_for(config.device)  # resolve_device, per rank
         self.image_shape = (source.channels, source.height, source.width)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
+from habactl import distributed
 from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective, setting
 from habactl.distill.sets import SyntheticSet
@@ -191,25 +192,32 @@ class GradientMatching(Objective):
             parts = [augment.apply(part, p) for part, p in zip(parts, params)]
             with torch.no_grad():
                 real = torch.stack([augment.apply(real[c], params[c]) for c in range(classes)])
+        ids = list(range(classes))
+        if distributed.world_size() > 1:  # under torchrun: this rank's classes only; every
+            ids = distributed.my_share(classes)  # draw above was made on every rank alike
+            if not ids:
+                return synthetic.bases.sum() * 0.0, {}
+            real, parts = real[ids], [parts[c] for c in ids]
         if self.settings["per_class"] == "loop":
-            return self._loop_loss(real, parts), {}
+            return self._loop_loss(real, parts, ids), {}
         syn_batch, mask = _pad_classes(parts)
-        class_labels = torch.arange(classes, device=real.device)
+        class_labels = torch.tensor(ids, device=real.device)
 
         with torch.no_grad():
-            g_real = self._gradients(real, class_labels.unsqueeze(1).expand(classes, per), None)
+            g_real = self._gradients(real, class_labels.unsqueeze(1).expand(len(ids), per), None)
         g_syn = self._gradients(syn_batch, class_labels.unsqueeze(1).expand(mask.shape), mask)
         # Summed left to right, as sum() would: the same bits as before, typed as a Tensor.
         distances = [layer_distance(g_real[k], g_syn[k]) for k in g_real]
         loss = functools.reduce(operator.add, distances)
         return loss, {}
 
-    def _loop_loss(self, real: Tensor, parts: list[Tensor]) -> Tensor:
+    def _loop_loss(self, real: Tensor, parts: list[Tensor], ids: list[int]) -> Tensor:
         weights = [p for p in self.net.parameters() if p.dim() > 1]
         loss = real.new_zeros(())
-        for c, part in enumerate(parts):
+        for c, part in zip(ids, parts):
             target = torch.full((real.shape[1],), c, device=real.device, dtype=torch.long)
-            g_real = torch.autograd.grad(F.cross_entropy(self.net(real[c]), target), weights)
+            row = real[ids.index(c)]
+            g_real = torch.autograd.grad(F.cross_entropy(self.net(row), target), weights)
             target = torch.full((part.shape[0],), c, device=part.device, dtype=torch.long)
             g_syn = torch.autograd.grad(
                 F.cross_entropy(self.net(part), target), weights, create_graph=True
