@@ -128,7 +128,6 @@ def test_a_crash_on_one_rank_ends_the_job_in_one_line_without_a_hang(archive):
     assert "Traceback" not in done.stderr.split("habactl: error:")[0]
 
 
-
 @pytest.mark.slow
 @needs_torchrun
 def test_experts_on_two_ranks_write_the_files_of_one_process_and_one_complete_index(tmp_path):
@@ -200,7 +199,6 @@ def test_compress_dm_on_two_ranks_matches_one_process_and_refuses_a_resume_on_on
     assert len(lines) == 1 and "made by 2 process(es), this run has 1" in lines[0], lines
     assert not (tmp_path / "three.haba").exists()
 
-
     # The same world size resumes to the very archive of the uninterrupted run.
     again = habactl(*args, "-q", "-o", "three.haba", "--resume", cwd=tmp_path, world=2)
     assert again.returncode == 0, again.stderr
@@ -237,3 +235,15 @@ def test_an_objective_not_yet_split_is_refused_under_torchrun(tmp_path):
     lines = error_lines(done.stderr)
     assert len(lines) == 1 and "does not run under torchrun yet" in lines[0], done.stderr
     assert not (tmp_path / "r.haba").exists()
+
+
+@pytest.mark.slow
+@needs_torchrun
+@pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(), reason="needs a CUDA device (bench/gpu.sh)"
+)
+def test_cuda_one_rank_on_nccl_pins_its_gpu_and_writes_the_archive(tmp_path):
+    args = ("compress", "mnist-5k", "--objective", "dm", "--ipc", "1", "--iterations", "3")
+    done = habactl(*args, "--device", "cuda", "-q", "-o", "g.haba", cwd=tmp_path, world=1)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "g.haba").is_file()
