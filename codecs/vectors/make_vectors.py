@@ -230,7 +230,8 @@ def decode_with_habactl(entry: dict, tensors: dict) -> dict:
     from habactl.codecs import get_stage
 
     stored = np.asarray(tensors["input"])
-    x = torch.as_tensor(stored if stored.dtype in (np.uint8, np.float16) else stored.astype(np.float32))
+    narrow = stored.dtype in (np.uint8, np.float16)
+    x = torch.as_tensor(stored if narrow else stored.astype(np.float32))
     # A quantize stage may store its input packed: its shape is the output's.
     shape = tensors["output"].shape[1:] if entry["name"] == "quantize" else x.shape[1:]
     # (frequency's input shape is (C, 1, keep): the stored coefficients themselves)

@@ -120,7 +120,8 @@ def cases() -> dict[str, tuple[dict, dict[str, torch.Tensor]]]:
     packed = packed[..., 0::2] | (packed[..., 1::2] << 4)
     pipeline = [{"name": "quantize", "version": 1,
                  "configuration": {"dtype": "uint4", "granularity": "channel"}},
-                {"name": "upsample", "version": 1, "configuration": {"factor": 2, "mode": "bilinear"}}]
+                {"name": "upsample", "version": 1,
+                 "configuration": {"factor": 2, "mode": "bilinear"}}]
     out["quantize-uint4-idc"] = (
         manifest(classes=["p", "q"], image=(2, 6, 6), bases=packed, base_shape=[2, 3, 3],
                  labels_kind="hard", pipeline=pipeline, version="1.1",
@@ -146,13 +147,15 @@ def cases() -> dict[str, tuple[dict, dict[str, torch.Tensor]]]:
     pipeline = [{"name": "quantize", "version": 1, "configuration": {"dtype": "uint8"}},
                 {"name": "frequency", "version": 1,
                  "configuration": {"height": 3, "keep": 6, "width": 3}},
-                {"name": "upsample", "version": 1, "configuration": {"factor": 2, "mode": "nearest"}}]
+                {"name": "upsample", "version": 1,
+                 "configuration": {"factor": 2, "mode": "nearest"}}]
     out["quantize-frequency-idc"] = (
         manifest(classes=["m", "n"], image=(2, 6, 6), bases=codes.reshape(2, 2, 1, 6),
                  labels_kind="hard", pipeline=pipeline, version="1.1",
                  normalization={"kind": "none"}),
         {"bases": codes.reshape(2, 2, 1, 6), "labels": torch.tensor([0, 1]),
-         "pipeline.0.scale": torch.tensor([0.03125]), "pipeline.0.zero_point": torch.tensor([128.0]),
+         "pipeline.0.scale": torch.tensor([0.03125]),
+         "pipeline.0.zero_point": torch.tensor([128.0]),
          "pipeline.1.mask": mask.reshape(2, 3, 3)})
     return out
 
