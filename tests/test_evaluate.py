@@ -284,34 +284,8 @@ def test_json_output_with_both_baselines(write):
 
 def test_convnet_table_and_reproducibility(write):
     path = write("table.haba")
-    first = run(
-        "evaluate",
-        path,
-        "--arch",
-        "convnet",
-        "--epochs",
-        "2",
-        "--models",
-        "1",
-        "--seed",
-        "3",
-        "--json",
-        "-q",
-    )
-    second = run(
-        "evaluate",
-        path,
-        "--arch",
-        "convnet",
-        "--epochs",
-        "2",
-        "--models",
-        "1",
-        "--seed",
-        "3",
-        "--json",
-        "-q",
-    )
+    args = ("evaluate", path, "--arch", "convnet", "--epochs", "2", "--models", "1")
+    first, second = (run(*args, "--seed", "3", "--json", "-q") for _ in range(2))
     assert first.exit_code == second.exit_code == 0, first.output
     accuracies = [json.loads(r.stdout)["results"]["convnet"]["accuracies"] for r in (first, second)]
     assert accuracies[0] == accuracies[1]

@@ -57,6 +57,12 @@ def classes_of(path: Path) -> str:
     return ",".join(open_archive(path).manifest["classes"])
 
 
+def import_back(kind: str, folder: Path, original: Path, out: Path) -> None:
+    """Import an export of `original` again, telling it what the layout cannot record."""
+    norm = ("--mean", "0.5", "--std", "0.25")
+    ok("import", kind, folder, *norm, "--classes", classes_of(original), "-o", out)
+
+
 def test_mtt_round_trip(tmp_path, haba_idc):
     folder = tmp_path / "mtt"
     ok("export", haba_idc, "--to", "mtt", "-o", folder)
@@ -65,19 +71,7 @@ def test_mtt_round_trip(tmp_path, haba_idc):
     assert images.shape == (18, 1, 8, 8)
     assert float(torch.load(folder / "lr_best.pt", weights_only=True)) == pytest.approx(0.02)
     back = tmp_path / "back.haba"
-    ok(
-        "import",
-        "mtt",
-        folder,
-        "--mean",
-        "0.5",
-        "--std",
-        "0.25",
-        "--classes",
-        classes_of(haba_idc),
-        "-o",
-        back,
-    )
+    import_back("mtt", folder, haba_idc, back)
     same_decoding(haba_idc, back)
     with open_archive(back) as archive:
         m = archive.manifest
@@ -99,19 +93,7 @@ def test_dd_ranking_export_notes_the_storage_equivalent_ipc(tmp_path, haba_idc):
     labels = torch.load(folder / "labels.pt", weights_only=True)
     assert torch.equal(labels, torch.arange(3).repeat_interleave(6))  # class-major
     back = tmp_path / "back.haba"
-    ok(
-        "import",
-        "dd-ranking",
-        folder,
-        "--mean",
-        "0.5",
-        "--std",
-        "0.25",
-        "--classes",
-        classes_of(haba_idc),
-        "-o",
-        back,
-    )
+    import_back("dd-ranking", folder, haba_idc, back)
     same_decoding(haba_idc, back)
 
 
