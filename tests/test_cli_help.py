@@ -75,6 +75,15 @@ def test_every_option_that_takes_a_value_shows_its_default(command):
         assert record and "default" in record[1], (command, param.opts)
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+def test_no_bracketed_default_is_eaten_by_rich_markup(command):
+    # rich reads an unescaped "[default: x]" in a help string as markup and drops it,
+    # leaving "text ." behind: every bracket in help text must be written as "\\[".
+    text = " ".join(help_of(command).split())
+    eaten = re.search(r".{0,40}\w \.(?=\s|$)", text)  # not " .haba", a file extension
+    assert not eaten, eaten.group(0)
+
+
 # --- progress ----------------------------------------------------------------------------
 
 

@@ -278,13 +278,13 @@ def compress(
     lr_hallucinators: float | None = typer.Option(
         None,
         "--lr-hallucinators",
-        help="SGD learning rate of the hallucinators [default: 0.001].",
+        help="SGD learning rate of the hallucinators \\[default: 0.001].",
         rich_help_panel=_DISTILL,
     ),
     momentum: float | None = typer.Option(
         None,
         "--momentum",
-        help="SGD momentum of the stored tensors [default: 0.5].",
+        help="SGD momentum of the stored tensors \\[default: 0.5].",
         rich_help_panel=_DISTILL,
     ),
     init: str = typer.Option(
