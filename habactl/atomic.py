@@ -275,24 +275,3 @@ def atomic_folder(
                 old.unlink()
             else:
                 shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """For libraries that insist on a path: yield a temporary file path beside ``target``;
-    on success it replaces ``target``. Prefer :func:`write_bytes` (one write path)."""
-    target = Path(target)
-    temp = folder_of(target) / f".{target.name}.tmp-{secrets.token_hex(8)}"
-    try:
-        write_new_file(temp, b"")
-        yield temp
-        with open(temp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-        sync_folder(folder_of(target))
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        if isinstance(error, OSError):
-            raise OutputError(describe(error, target), reason_of(error)) from None
-        raise

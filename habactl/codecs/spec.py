@@ -9,10 +9,12 @@ is the function of the same stage here.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from habactl.codecs.errors import CodecError, quote
+from habactl.format.account import DTYPE_SIZES  # torch-free: bytes per element
 
 Shape = tuple[int, int, int]
 
@@ -282,9 +284,6 @@ DESCRIPTIONS: dict[str, Description] = {
 
 ENTRY_KEYS = ("name", "version", "configuration")
 
-# Bytes per element of the dtypes a pipeline may store.
-DTYPE_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "U8": 1}
-
 
 class PipelineSpec(NamedTuple):
     """What a pipeline decodes to, computed without allocating anything."""
@@ -419,17 +418,10 @@ def bases_dtype(spec: PipelineSpec) -> str:
 def pipeline_storage(spec: PipelineSpec, base_shape: Sequence[int]) -> Storage:
     """What the pipeline stores, in bytes: the budget planner's and the account's unit."""
     stored = spec.stored_base_shape or tuple(base_shape)
-    basis = DTYPE_BYTES[bases_dtype(spec)] * _prod3(stored)
+    basis = DTYPE_SIZES[bases_dtype(spec)] * math.prod(int(d) for d in stored)
     params = sum(
-        DTYPE_BYTES[param_dtype(stage, name)] * _prod3(shape)
+        DTYPE_SIZES[param_dtype(stage, name)] * math.prod(int(d) for d in shape)
         for stage in spec.stages
         for name, shape in stage.params.items()
     )
     return Storage(basis, params)
-
-
-def _prod3(shape: Sequence[int]) -> int:
-    out = 1
-    for d in shape:
-        out *= int(d)
-    return out

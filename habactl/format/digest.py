@@ -26,16 +26,6 @@ def dtype_name(tensor: Any) -> str | None:
     return _NAMES.get(text.removeprefix("torch."))
 
 
-def __getattr__(name: str) -> Any:
-    # DTYPE_NAMES (torch dtype -> name) for callers that hold torch tensors; built on
-    # first use so that importing this module never imports torch.
-    if name == "DTYPE_NAMES":
-        import torch
-
-        return {torch.float32: "F32", torch.int64: "I64", torch.float16: "F16", torch.uint8: "U8"}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _u64(value: int) -> bytes:
     return struct.pack("<Q", value)
 

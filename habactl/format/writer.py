@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from habactl.codecs.registry import describe_pipeline
+from habactl.codecs.spec import describe_pipeline, format_version_for
 from habactl.format.checks import (
     Entry,
     check_manifest,
@@ -20,7 +20,7 @@ from habactl.format.checks import (
     header_length,
     parse_header,
 )
-from habactl.format.digest import DTYPE_NAMES, tensor_sha256, tensors_content_digest
+from habactl.format.digest import dtype_name, tensor_sha256, tensors_content_digest
 from habactl.format.errors import ArchiveError, quote
 from habactl.format.limits import DEFAULT_LIMITS, Limits
 from habactl.format.manifest import (
@@ -70,7 +70,7 @@ def archive_bytes(
     m.setdefault("format", FORMAT_NAME)
     # Writers emit the lowest version that can express the archive: 1.0, or 1.1 when a
     # stage of 1.1 is used (format/SPEC.md §7).
-    lowest = _lowest_version(m)
+    lowest = format_version_for(m.get("pipeline"))
     m.setdefault("format_version", lowest)
     if m["format_version"] != lowest:
         raise ArchiveError(
@@ -84,7 +84,7 @@ def archive_bytes(
     for name, tensor in stored.items():
         check_values(name, tensor, plan)
     m["tensors"] = {
-        name: {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "sha256": tensor_sha256(t)}
+        name: {"dtype": dtype_name(t), "shape": list(t.shape), "sha256": tensor_sha256(t)}
         for name, t in stored.items()
     }
     m["content_digest"] = tensors_content_digest(stored)
@@ -95,12 +95,6 @@ def archive_bytes(
     data = save(stored, metadata={"haba": text})
     _self_check(data, text, m, limits)
     return data
-
-
-def _lowest_version(m: Mapping[str, Any]) -> str:
-    from habactl.codecs.spec import format_version_for
-
-    return format_version_for(m.get("pipeline"))
 
 
 def _prepare(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -119,7 +113,7 @@ def _prepare(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _entry_of(tensor: torch.Tensor) -> Entry:
-    return Entry(DTYPE_NAMES.get(tensor.dtype, str(tensor.dtype)), tuple(tensor.shape))
+    return Entry(dtype_name(tensor) or str(tensor.dtype), tuple(tensor.shape))
 
 
 def _self_check(data: bytes, text: str, manifest: dict[str, Any], limits: Limits) -> None:
