@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from habactl.evaluation.protocol import STANDARD
+
 if TYPE_CHECKING:  # only for annotations: importing them would import torch
     import torch
 
@@ -45,9 +47,9 @@ DSA_PARAMS: dict[str, float] = {
 # tests/test_recipe.py checks the list against the data registry.
 DIGIT_DATASETS = frozenset({"mnist-5k", "digits", "mnist", "kmnist", "svhn"})
 # The evaluation protocol's step schedule multiplies the lr by this factor once; the
-# manifest records when (lr_decay_at), the factor is the protocol's.
-LR_DECAY = 0.1
-DEFAULT_LR_DECAY_AT = 0.5
+# manifest records when (lr_decay_at), the factor is the protocol's (torch-free module).
+LR_DECAY = STANDARD.lr_decay
+DEFAULT_LR_DECAY_AT = STANDARD.lr_decay_at
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from habactl.interop.common import Imported, InteropError
 from habactl.interop.presets import Preset
+from habactl.normalization import Normalizer, mean_std
 
 
 @dataclass
@@ -85,15 +86,10 @@ def normalisation_entry(
             f"--mean/--std give {len(norm.mean)}/{len(norm.std)} values for "
             f"{channels}-channel images"
         )
+    entry = mean_std(norm.mean, norm.std)
     if imported.space == "pixels":
-        mean = torch.tensor(norm.mean).view(1, -1, 1, 1)
-        std = torch.tensor(norm.std).view(1, -1, 1, 1)
-        imported.bases = ((imported.bases - mean) / std).contiguous()
-    return {
-        "kind": "mean-std",
-        "mean": [float(m) for m in norm.mean],
-        "std": [float(s) for s in norm.std],
-    }, None
+        imported.bases = Normalizer(entry)(imported.bases).contiguous()
+    return entry, None
 
 
 def _image_shape(imported: Imported) -> tuple[int, int, int]:

@@ -10,10 +10,11 @@ its claimed IPC: ``habactl-export.json`` gives that storage-equivalent IPC.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
+
+from habactl.evaluation.run import budget_per_class
 
 
 def storage_note(manifest: dict) -> dict:
@@ -29,7 +30,7 @@ def storage_note(manifest: dict) -> dict:
         "claimed_ipc": manifest["storage"]["ipc"],
         "storage_equivalent_ipc": round(equivalent, 4),
         # A fair random baseline gets at most the same storage: round down (at least 1).
-        "ipc_for_random_baseline": max(1, math.floor(equivalent + 1e-9)),
+        "ipc_for_random_baseline": budget_per_class(manifest),
         "stored_values": account["stored_values"],
         "decoded_images": None,
         "classes": list(manifest["classes"]),
