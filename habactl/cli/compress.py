@@ -35,7 +35,6 @@ ENGINE = {
     "quantize": "quantize",
     "quantize_granularity": "quantize_granularity",
     "frequency": "frequency",
-    "codec": "codec",
     "budget_counts": "counts",
     "leftover": "leftover",
     "iterations": "iterations",
@@ -68,7 +67,6 @@ ALWAYS = (
     "force",
     "quiet",
 )
-RANDOM_SUMMARY_FALLBACK = "random real images"
 
 
 @app.command()
@@ -608,7 +606,6 @@ def _config(s: dict[str, Any], given: set[str], recipe: dict[str, Any], surface:
             engine[field_name] = surface.engine_defaults[field_name]
         elif value is not None:
             engine[field_name] = value
-    engine.pop("codec", None)
     flags = {flag.lstrip("-").replace("-", "_"): key for flag, key in surface.options().items()}
     objective_settings = dict(recipe.get("settings", {}))
     objective_settings.update(

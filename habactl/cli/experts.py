@@ -99,9 +99,10 @@ def experts(
 
             bar["progress"] = ProgressLine(stderr, unit="epochs")
             # Name the ops that really run: digit data drop the flip (a mirrored 2 is no 2).
-            shown = augment
-            if source.is_digits and augment != "none":
-                shown = "_".join(op for op in augment.split("_") if op != "flip") or "none"
+            from habactl.augment import SiameseAugment
+
+            ops = SiameseAugment(augment, flip=not source.is_digits).ops
+            shown = "_".join(ops) or "none"
             bar["progress"].message(
                 f"[bold]{source.name}[/]: {plural(count, 'expert')} × {plural(epochs, 'epoch')}, "
                 f"{arch} width {width}, SGD lr {lr}, batch {batch_size}, augmentation {shown}"

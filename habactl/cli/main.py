@@ -7,11 +7,10 @@ command functions, so that --help, --version and inspect do not load torch.
 from __future__ import annotations
 
 import importlib
-import os
 
 import typer
 
-from habactl import __version__
+from habactl import __version__, distributed
 from habactl.cli.app import app
 
 # Each module registers its command on `app` when imported; a missing one is skipped
@@ -59,10 +58,8 @@ def root(
 def main() -> None:
     # Under torchrun (WORLD_SIZE set) the command runs as one rank of a process group;
     # otherwise nothing distributed is imported (no torch for --help or inspect).
-    if "WORLD_SIZE" in os.environ and "RANK" in os.environ:
-        from habactl.distributed import launch
-
-        launch(app)
+    if distributed.launched():
+        distributed.launch(app)
     else:
         app()
 

@@ -534,7 +534,7 @@ class Distiller:
         world = distributed.world_size()
         # Under torchrun each rank's loss covers its own classes and the gradients are summed
         # over the ranks below; the contrastive term is counted once, on rank 0.
-        if self.contrast is not None and (world == 1 or distributed.is_main()):
+        if self.contrast is not None and distributed.is_main():  # rank 0 alone, too
             penalty, contrast_metrics = self.contrast.penalty(
                 self.synthetic, self.generators["contrast"]
             )
@@ -626,6 +626,8 @@ class Distiller:
         total = self.config.iterations
         stop = _StopFlag()
         last: dict[str, float] = {}
+        main = distributed.is_main()
+        kill_after = _kill_after()
         reporter.start(total, self.iteration, f"{self.config.objective} {self.plan.codec}")
         try:
             with stop.installed():
@@ -635,9 +637,10 @@ class Distiller:
                     reporter.update(self.iteration, last)
                     due = self.iteration % self.config.checkpoint_every == 0
                     save = stop.requested or (due and self.iteration < total)
-                    if save and distributed.is_main():
+                    if save and main:
                         ckpt.save(checkpoint_path, self._state())
-                    _fault_injection(self.iteration)
+                    if kill_after and self.iteration == kill_after:
+                        os.kill(os.getpid(), signal.SIGKILL)  # the crash-recovery test's kill
                     if stop.requested:
                         metrics_log.write({"event": "interrupted", "iteration": self.iteration})
                         raise Interrupted(self.iteration, str(checkpoint_path))
@@ -692,11 +695,10 @@ class Distiller:
         )
 
 
-def _fault_injection(iteration: int) -> None:
-    """The crash-recovery test's real kill (see KILL_AFTER_VARIABLE)."""
-    kill_after = int(os.environ.get(KILL_AFTER_VARIABLE, "0") or 0)
-    if kill_after and iteration == kill_after:
-        os.kill(os.getpid(), signal.SIGKILL)
+def _kill_after() -> int:
+    """The iteration after which the crash-recovery test kills the run (0: never; see
+    KILL_AFTER_VARIABLE), read once per run."""
+    return int(os.environ.get(KILL_AFTER_VARIABLE, "0") or 0)
 
 
 class _StopFlag:

@@ -169,7 +169,7 @@ def preset_pipeline(
 ) -> list[dict[str, Any]]:
     """The manifest entries of a codec preset (``raw``, ``idc``, ``haba``, ``haba+idc``)
     configured from the command line's stage options."""
-    from habactl.codecs.registry import PRESETS, expand_preset
+    from habactl.codecs.registry import expand_preset
 
     if codec not in PRESETS:
         raise DistillError(f"unknown codec {codec!r} (known: {', '.join(PRESETS)})")
@@ -322,7 +322,7 @@ def plan_pipeline(
     storage = pipeline_storage(spec, base_shape)
     per_basis = storage.basis_bytes
     pipeline_bytes = storage.param_bytes
-    image_bytes = num_classes * c * h * w * FLOAT32_BYTES  # one float32 image per class
+    image_bytes = budget_bytes_for(1, num_classes, (c, h, w))  # one float32 image per class
     if budget_bytes is not None:
         budget_b = int(budget_bytes)
         ipc = max(1, -(-budget_b // image_bytes))  # the smallest IPC whose budget holds it

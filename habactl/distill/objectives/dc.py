@@ -214,9 +214,8 @@ class GradientMatching(Objective):
     def _loop_loss(self, real: Tensor, parts: list[Tensor], ids: list[int]) -> Tensor:
         weights = [p for p in self.net.parameters() if p.dim() > 1]
         loss = real.new_zeros(())
-        for c, part in zip(ids, parts):
+        for row, c, part in zip(real, ids, parts):  # real holds the rows of ids, in order
             target = torch.full((real.shape[1],), c, device=real.device, dtype=torch.long)
-            row = real[ids.index(c)]
             g_real = torch.autograd.grad(F.cross_entropy(self.net(row), target), weights)
             target = torch.full((part.shape[0],), c, device=part.device, dtype=torch.long)
             g_syn = torch.autograd.grad(
