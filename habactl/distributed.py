@@ -237,18 +237,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_object(value: Any) -> Any:
-    """Rank 0's `value`, on every rank."""
-    if world_size() == 1:
-        return value
-    import torch.distributed as dist
-
-    _injected_failure()
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def sum_floats(values: list[float]) -> list[float]:
     """Each number summed over the ranks (in float64), the same list on every rank."""
     if world_size() == 1:
@@ -276,7 +264,6 @@ __all__ = [
     "active",
     "all_reduce_sum",
     "barrier",
-    "broadcast_object",
     "device_for",
     "error_prefix",
     "error_stream",
