@@ -85,10 +85,27 @@ ARMS: dict[str, tuple[str, dict[str, Any], str]] = {
     "mtt-raw": ("mtt", {"codec": "raw"}, "MTT, raw images"),
     "mtt-haba-idc": ("mtt", {"codec": "haba+idc", "factor": 2}, "MTT, HaBa + IDC"),
 }
+# Issue 15 §4: each storage (raw, IDC, DCT coefficients, HaBa + IDC) at float32, float16
+# and uint8 under the same byte budget; fewer bytes per value buy more bases.
+STORAGES: dict[str, tuple[dict[str, Any], str]] = {
+    "dm-raw": ({"codec": "raw"}, "DM, raw images"),
+    "dm-idc": ({"codec": "idc", "factor": 2}, "DM, IDC (factor 2)"),
+    "dm-freq": ({"codec": "raw", "frequency": 98}, "DM, 98 DCT coefficients"),
+    "dm-haba-idc": ({"codec": "haba+idc", "factor": 2}, "DM, HaBa + IDC"),
+}
+ARMS["dm-freq"] = ("dm", STORAGES["dm-freq"][0], STORAGES["dm-freq"][1])
+for _storage, (_overrides, _label) in STORAGES.items():
+    for _suffix, _dtype in (("f16", "float16"), ("u8", "uint8")):
+        ARMS[f"{_storage}-{_suffix}"] = (
+            "dm",
+            {**_overrides, "quantize": _dtype},
+            f"{_label}, {_dtype} bases",
+        )
+BYTES_ARMS = [name for name in ARMS if name.split("-")[-1] in ("f16", "u8")] + ["dm-freq"]
 OBJECTIVE_ARMS = [
     name for name, (objective, _, _) in ARMS.items() if objective in ("dc", "dsa", "mtt")
 ]
-DEFAULT_IPC1 = [name for name in ARMS if name not in OBJECTIVE_ARMS]
+DEFAULT_IPC1 = [name for name in ARMS if name not in OBJECTIVE_ARMS + BYTES_ARMS]
 DEFAULT_IPC10 = [
     "dm-haba-idc",
     "dm-idc",
@@ -135,13 +152,19 @@ def distill_settings() -> dict[str, Any]:
 
 
 def run_arm(
-    name: str, ipc: int, args: dict[str, Any], folder: str, reuse: bool = False
+    name: str,
+    ipc: int,
+    args: dict[str, Any],
+    folder: str,
+    reuse: bool = False,
+    distill_seed: int = 0,
 ) -> dict[str, Any]:
     """Distil (or select) one arm and evaluate it; runs in a worker process.
 
     With `reuse`, an archive already in `folder` is evaluated as it is (distillation is
     byte-reproducible with the same settings and seed, so this only skips repeated work);
-    its distillation time is then unknown and recorded as None."""
+    its distillation time is then unknown and recorded as None. `distill_seed` seeds the
+    distillation only; the evaluation's seed is always `args["seed"]`."""
     import torch
 
     torch.set_num_threads(1)
@@ -150,12 +173,12 @@ def run_arm(
     from habactl.format import open_archive, storage_account
 
     label = ARMS[name][2]
-    path = Path(folder) / f"{name}-ipc{ipc}.haba"
+    path = arm_path(folder, name, ipc, distill_seed)
     if reuse and path.exists():
         distill_seconds = None
     else:
         started = time.perf_counter()
-        make_arm(name, ipc, args, folder, path)
+        make_arm(name, ipc, {**args, "distill_seed": distill_seed}, folder, path)
         distill_seconds = round(time.perf_counter() - started, 1)
     protocol = Protocol(epochs=args["epochs"], models=args["models"], seed=args["seed"])
     result = evaluate_archive(path, protocol=protocol, archs=("convnet",), threads=1)
@@ -167,9 +190,13 @@ def run_arm(
         "arm": name,
         "ipc": ipc,
         "label": label,
+        "distill_seed": distill_seed,
         "stored_values": account["stored_values"],
         "budget_values": account["budget_values"],
         "ratio": round(account["ratio"], 4),
+        "counted_bytes": account["counted_bytes"],
+        "budget_bytes": account["budget_bytes"],
+        "ratio_bytes": round(account["ratio_bytes"], 4),
         "training_images": expanded,
         "accuracy_mean": score["mean"],
         "accuracy_std": score["std"],
@@ -177,6 +204,12 @@ def run_arm(
         "distill_seconds": distill_seconds,
         "eval_seconds": score["seconds"],
     }
+
+
+def arm_path(folder: str | Path, name: str, ipc: int, distill_seed: int) -> Path:
+    """Where one arm's archive goes (seed 0 keeps the names earlier runs used)."""
+    seed = f"-s{distill_seed}" if distill_seed else ""
+    return Path(folder) / f"{name}-ipc{ipc}{seed}.haba"
 
 
 def make_arm(name: str, ipc: int, args: dict[str, Any], folder: str, path: Path) -> None:
@@ -191,7 +224,7 @@ def make_arm(name: str, ipc: int, args: dict[str, Any], folder: str, path: Path)
         make_random(source, ipc, path)
         return
     based_on = "dm-haba-idc" if objective == "identity" else name
-    base_path = Path(folder) / f"{based_on}-ipc{ipc}.haba"
+    base_path = arm_path(folder, based_on, ipc, args.get("distill_seed", 0))
     if not (objective == "identity" and base_path.exists()):
         distill(source, arm_config(objective, ipc, overrides, args, folder), base_path, force=True)
     if objective == "identity":
@@ -206,7 +239,8 @@ def arm_config(
     from habactl.distill.engine import DistillConfig
     from habactl.distill.objectives import get_objective
 
-    common = {"ipc": ipc, "seed": args["seed"], "device": "cpu", "checkpoint_every": 10**9}
+    seed = args.get("distill_seed", args["seed"])
+    common = {"ipc": ipc, "seed": seed, "device": "cpu", "checkpoint_every": 10**9}
     if objective in ("dm", "identity"):
         return DistillConfig(objective="dm", iterations=args["iterations"], **common, **overrides)
     settings: dict[str, Any] = {}
@@ -316,20 +350,39 @@ def full_data(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def pooled(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (arm, IPC): every model of every distillation seed pooled (mean ± std
+    over all of them, population std), the first seed's storage figures."""
+    import statistics
+
+    rows: dict[tuple[str, Any], dict[str, Any]] = {}
+    for r in results:
+        if r["arm"] == "full":
+            continue
+        row = rows.setdefault((r["arm"], r["ipc"]), {**r, "accuracies": [], "seeds": []})
+        row["accuracies"] = row["accuracies"] + list(r.get("accuracies") or [r["accuracy_mean"]])
+        row["seeds"].append(r.get("distill_seed", 0))
+    for row in rows.values():
+        row["accuracy_mean"] = round(statistics.fmean(row["accuracies"]), 2)
+        row["accuracy_std"] = round(statistics.pstdev(row["accuracies"]), 2)
+    return list(rows.values())
+
+
 def plot(results: list[dict[str, Any]], path: Path, note: str = "") -> None:
-    """Accuracy versus stored values, one line per arm; `note` goes under the title."""
+    """Accuracy versus stored size, one line per arm; `note` goes under the title. The x
+    axis is counted bytes when every arm recorded them, stored values otherwise."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    arms = [r for r in results if r["arm"] != "full"]
+    arms = pooled(results)
+    in_bytes = all("counted_bytes" in r for r in arms)
+    x_key = "counted_bytes" if in_bytes else "stored_values"
     for name in dict.fromkeys(r["arm"] for r in arms):
         points = sorted(
-            (r["stored_values"], r["accuracy_mean"], r["accuracy_std"])
-            for r in arms
-            if r["arm"] == name
+            (r[x_key], r["accuracy_mean"], r["accuracy_std"]) for r in arms if r["arm"] == name
         )
         xs, ys, es = zip(*points)
         ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name)
@@ -339,7 +392,11 @@ def plot(results: list[dict[str, Any]], path: Path, note: str = "") -> None:
                 r["accuracy_mean"], color="gray", linestyle="--", label=r.get("label", "full data")
             )
     ax.set_xscale("log")
-    ax.set_xlabel("stored values (every tensor counted)")
+    ax.set_xlabel(
+        "counted bytes (every stored tensor)"
+        if in_bytes
+        else "stored values (every tensor counted)"
+    )
     ax.set_ylabel("ConvNet-3 test accuracy on mnist-5k (%)")
     ax.set_title("accuracy vs true storage" + (f"\n{note}" if note else ""), fontsize=10)
     ax.grid(alpha=0.3)
@@ -355,7 +412,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--models", type=int, default=3)
     parser.add_argument("--full-epochs", type=int, default=15)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="evaluation seed (and default distillation seed)"
+    )
+    parser.add_argument(
+        "--distill-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="distil every arm once per seed (default: --seed); accuracy pools over seeds",
+    )
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument(
         "--arms",
@@ -403,9 +469,10 @@ def main() -> None:
         other = json.loads(extra.read_text())
         if not same_settings(other.get("settings"), settings):
             parser.error(f"{extra}: made with other settings ({other.get('settings')})")
-        seen = {(r["arm"], r["ipc"]) for r in results}
-        results += [r for r in other["results"] if (r["arm"], r["ipc"]) not in seen]
-    done = {(r["arm"], r["ipc"]) for r in results}
+        seen = {task_key(r, args.seed) for r in results}
+        results += [r for r in other["results"] if task_key(r, args.seed) not in seen]
+    done = {task_key(r, args.seed) for r in results}
+    seeds = args.distill_seeds or [args.seed]
     chosen = args.arms.split(",") if args.arms else None
     tasks = []
     if chosen:  # in the order given; "arm@IPC" limits an arm to one IPC
@@ -414,15 +481,15 @@ def main() -> None:
             if name not in ARMS:
                 parser.error(f"unknown arm {name!r} (known: {', '.join(ARMS)})")
             tasks += [
-                (name, ipc)
+                (name, ipc, seed)
                 for ipc in args.ipc
-                if (not only or int(only) == ipc) and (name, ipc) not in done
+                for seed in seeds
+                if (not only or int(only) == ipc) and (name, ipc, seed) not in done
             ]
     else:
         for ipc in args.ipc:
             for name in DEFAULT_IPC1 if ipc == 1 else DEFAULT_IPC10:
-                if (name, ipc) not in done:
-                    tasks.append((name, ipc))
+                tasks += [(name, ipc, seed) for seed in seeds if (name, ipc, seed) not in done]
     # The identity ablation reuses the HaBa + IDC archive: schedule it after that arm.
     tasks.sort(key=lambda t: t[0] == "ablate-identity")
     print(f"machine: {machine()}")
@@ -440,21 +507,21 @@ def main() -> None:
         if any(r["arm"] != "full" for r in results):
             plot(results, args.out.with_suffix(".png"))
 
-    if any(name in ("mtt-raw", "mtt-haba-idc") for name, _ in tasks):
+    if any(name in ("mtt-raw", "mtt-haba-idc") for name, _, _ in tasks):
         train_buffer(args.work, settings)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = {}
-        if not args.no_full and ("full", None) not in done:
-            futures[pool.submit(full_data, settings)] = ("full", None)
+        if not args.no_full and ("full", None, args.seed) not in done:
+            futures[pool.submit(full_data, settings)] = ("full", None, args.seed)
         identity_tasks = [t for t in tasks if t[0] == "ablate-identity"]
-        for name, ipc in (t for t in tasks if t[0] != "ablate-identity"):
+        for name, ipc, seed in (t for t in tasks if t[0] != "ablate-identity"):
             futures[
-                pool.submit(run_arm, name, ipc, settings, str(args.work), args.reuse_archives)
-            ] = (name, ipc)
+                pool.submit(run_arm, name, ipc, settings, str(args.work), args.reuse_archives, seed)
+            ] = (name, ipc, seed)
         pending_identity = list(identity_tasks)
         while futures:
             for future in as_completed(list(futures)):
-                name, ipc = futures.pop(future)
+                name, ipc, seed = futures.pop(future)
                 try:
                     record = future.result()
                 except Exception as error:  # report and keep going: one arm must not sink the run
@@ -464,16 +531,26 @@ def main() -> None:
                 save()
                 print(json.dumps(record), flush=True)
                 for task in list(pending_identity):
-                    if name == "dm-haba-idc" and task[1] == ipc:
+                    if name == "dm-haba-idc" and task[1:] == (ipc, seed):
                         pending_identity.remove(task)
                         futures[
                             pool.submit(
-                                run_arm, *task, settings, str(args.work), args.reuse_archives
+                                run_arm,
+                                *task[:2],
+                                settings,
+                                str(args.work),
+                                args.reuse_archives,
+                                task[2],
                             )
                         ] = task
                 break
     save()
     print_table(results)
+
+
+def task_key(record: dict[str, Any], default_seed: int) -> tuple[str, int | None, int]:
+    """(arm, IPC, distillation seed) of a result; earlier runs distilled with --seed."""
+    return record["arm"], record["ipc"], record.get("distill_seed", default_seed)
 
 
 def same_settings(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
@@ -482,16 +559,22 @@ def same_settings(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
-    print(f"\n{'arm':<24} {'IPC':>3} {'stored':>8} {'ratio':>6} {'images':>6} {'accuracy':>14}")
-    for r in sorted(results, key=lambda r: (r["ipc"] or 0, r["arm"])):
+    print(
+        f"\n{'arm':<24} {'IPC':>3} {'bytes':>8} {'ratio':>6} {'images':>6} {'n':>3} "
+        f"{'accuracy':>14}"
+    )
+    for r in results:
         if r["arm"] == "full":
             print(
-                f"{'full data':<24} {'-':>3} {'-':>8} {'-':>6} {4000:>6} {r['accuracy_mean']:>8.2f}"
+                f"{'full data':<24} {'-':>3} {'-':>8} {'-':>6} {4000:>6} {1:>3} "
+                f"{r['accuracy_mean']:>8.2f}"
             )
-            continue
+    for r in sorted(pooled(results), key=lambda r: (r["ipc"] or 0, r["arm"])):
+        size = r.get("counted_bytes", r["stored_values"])
+        ratio = r.get("ratio_bytes", r["ratio"])
         print(
-            f"{r['arm']:<24} {r['ipc']:>3} {r['stored_values']:>8,} {r['ratio']:>6.2f} "
-            f"{r['training_images']:>6} {r['accuracy_mean']:>7.2f} ± {r['accuracy_std']:.2f}"
+            f"{r['arm']:<24} {r['ipc']:>3} {size:>8,} {ratio:>6.2f} {r['training_images']:>6} "
+            f"{len(r['accuracies']):>3} {r['accuracy_mean']:>7.2f} ± {r['accuracy_std']:.2f}"
         )
 
 
