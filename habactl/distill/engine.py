@@ -259,11 +259,6 @@ class Distiller:
         self.source = source
         self.config = config
         check_config(config)
-        if distributed.world_size() > 1 and config.objective not in ("dm", "dc", "dsa"):
-            raise DistillError(
-                f"--objective {config.objective} does not run under torchrun yet "
-                "(dm, dc and dsa do); run it as one process"
-            )
         self.device = distributed.device_for(config.device)  # resolve_device, per rank
         self.image_shape = (source.channels, source.height, source.width)
         self.normalization, train_images, train_labels = self._training_set()
@@ -528,12 +523,17 @@ class Distiller:
     # -- the loop -----------------------------------------------------------------------
     def step(self) -> dict[str, float]:
         """One iteration: loss, gradients of the stored tensors, one optimiser step."""
-        loss, metrics = self.objective.loss(self.synthetic, self.generators["objective"])
+        world = distributed.world_size()
+        apart = world > 1 and _draws_per_rank(self.objective)
+        generator = self._rank_generator() if apart else self.generators["objective"]
+        loss, metrics = self.objective.loss(self.synthetic, generator)
+        if apart:  # this rank's sample is 1/N of the mean the ranks' sums below make
+            loss = loss / world
         total = loss
         record: dict[str, float] = {f"{self.config.objective}": float(loss.detach()), **metrics}
-        world = distributed.world_size()
-        # Under torchrun each rank's loss covers its own classes and the gradients are summed
-        # over the ranks below; the contrastive term is counted once, on rank 0.
+        # Under torchrun each rank's loss covers its own classes (or, for an objective that
+        # draws per rank, is its own sample over N) and the gradients are summed over the
+        # ranks below; the contrastive term is counted once, on rank 0.
         if self.contrast is not None and distributed.is_main():  # rank 0 alone, too
             penalty, contrast_metrics = self.contrast.penalty(
                 self.synthetic, self.generators["contrast"]
@@ -562,6 +562,15 @@ class Distiller:
         self.objective.after_step(self.synthetic, self.generators["objective"])
         self.iteration += 1
         return record
+
+    def _rank_generator(self) -> torch.Generator:
+        """This rank's own stream for this iteration (objectives that draw per rank).
+
+        Derived afresh from the seed, the rank and the iteration, never carried over: a
+        checkpoint holds rank 0's generators only, and a resume at the same world size
+        must draw what the uninterrupted run drew on every rank."""
+        purpose = f"objective/rank-{distributed.rank()}/iteration-{self.iteration}"
+        return stream(self.config.seed, purpose)
 
     def run(
         self,
@@ -693,6 +702,12 @@ class Distiller:
                 overwrite=force,
             )
         )
+
+
+def _draws_per_rank(objective: Objective) -> bool:
+    """Whether, under torchrun, each rank of the objective draws a sample of its own (the
+    loss is the mean over ranks) rather than its share of the classes (the sum)."""
+    return bool(getattr(objective, "draws_per_rank", False))
 
 
 def _kill_after() -> int:

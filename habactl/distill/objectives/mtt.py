@@ -23,13 +23,21 @@ time (reverse-mode by hand: with θ' = θ − α g(θ, x) and the adjoint a = �
 ∂L/∂θ = a − α (∂g/∂θ)ᵀa, ∂L/∂x = −α (∂g/∂x)ᵀa, ∂L/∂α = −gᵀa). Peak memory is one
 step's graph; the price is one more forward and backward per step.
 ``unroll: full`` keeps the whole graph (faster where memory is plentiful).
+
+Under torchrun (N ranks) every rank holds the whole synthetic set and matches a
+trajectory of its own each iteration: its expert, start epoch, batches and augmentation
+come from a stream of its rank (``draws_per_rank``; the engine derives it from the seed,
+the rank and the iteration), and the stored tensors and the learned lr step along the
+mean of the N gradients. N trajectories per iteration is a larger batch of trajectories,
+so an archive of N ranks is not the archive of one (docs/scaling.md); its provenance
+records the world size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +68,8 @@ class _Precomputed(torch.autograd.Function):
 class TrajectoryMatching(Objective):
     name = "mtt"
     summary = "trajectory matching (needs --experts)"
+    # Under torchrun each rank samples its own trajectory; the loss is their mean.
+    draws_per_rank: ClassVar[bool] = True
 
     @dataclass(frozen=True)
     class Settings:
