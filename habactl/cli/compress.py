@@ -524,17 +524,18 @@ def _compress_random(settings: dict[str, Any], target: Path) -> None:
     from habactl.baselines import random_archive
     from habactl.distill.engine import check_archive_target
 
-    if distributed.world_size() > 1:
-        raise HabaError(
-            "--objective random does not run under torchrun yet (dm, dc and dsa do); "
-            "run it as one process"
-        )
+    # Nothing to split under torchrun: rank 0 picks and writes the archive of one process
+    # while the others wait (checking the target too could see rank 0's new file).
+    if not distributed.is_main():
+        distributed.barrier()
+        return
     check_archive_target(target, force=settings["force"])
     started = time.perf_counter()
     source = _load(settings)
     path = random_archive(
         source, target, ipc=settings["ipc"], seed=settings["seed"], overwrite=settings["force"]
     )
+    distributed.barrier()
     if not settings["quiet"]:
         report_written(path, time.perf_counter() - started)
 
