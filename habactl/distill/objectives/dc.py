@@ -188,16 +188,16 @@ class GradientMatching(Objective):
         labels = synthetic.item_labels(basis)
         items = torch.bincount(labels.cpu(), minlength=classes).tolist()
         parts = list(syn.split(items))
-        if params is not None:
-            parts = [augment.apply(part, p) for part, p in zip(parts, params)]
-            with torch.no_grad():
-                real = torch.stack([augment.apply(real[c], params[c]) for c in range(classes)])
         ids = list(range(classes))
         if distributed.world_size() > 1:  # under torchrun: this rank's classes only; every
             ids = distributed.my_share(classes)  # draw above was made on every rank alike
             if not ids:
                 return synthetic.bases.sum() * 0.0, {}
             real, parts = real[ids], [parts[c] for c in ids]
+        if params is not None:  # a class's draw is its own: augmenting a share changes no bit
+            parts = [augment.apply(part, params[c]) for c, part in zip(ids, parts)]
+            with torch.no_grad():
+                real = torch.stack([augment.apply(row, params[c]) for c, row in zip(ids, real)])
         if self.settings["per_class"] == "loop":
             return self._loop_loss(real, parts, ids), {}
         syn_batch, mask = _pad_classes(parts)
