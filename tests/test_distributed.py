@@ -228,17 +228,6 @@ def test_gradient_matching_on_two_ranks_takes_the_step_of_one_process(tmp_path):
 
 @pytest.mark.slow
 @needs_torchrun
-def test_an_objective_not_yet_split_is_refused_under_torchrun(tmp_path):
-    done = habactl("compress", "digits", "--objective", "random", "--ipc", "1", "-o", "r.haba",
-                   cwd=tmp_path, world=2)  # fmt: skip
-    assert done.returncode != 0
-    lines = error_lines(done.stderr)
-    assert len(lines) == 1 and "does not run under torchrun yet" in lines[0], done.stderr
-    assert not (tmp_path / "r.haba").exists()
-
-
-@pytest.mark.slow
-@needs_torchrun
 @pytest.mark.skipif(
     not __import__("torch").cuda.is_available(), reason="needs a CUDA device (bench/gpu.sh)"
 )
