@@ -24,10 +24,17 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from habactl.errors import HabaError
+
 TIMEOUT_VARIABLE = "HABACTL_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
 
 _state: dict[str, Any] = {"active": False, "error_stream": None, "device": None}
+
+
+class JobError(HabaError):
+    """An error that every rank raises together (the outcome of a collective check):
+    rank 0 alone reports it, with no race for the error counter."""
 
 
 def launched() -> bool:
@@ -172,11 +179,93 @@ def _start() -> None:
             timeout=timeout,
         )
     _state["active"] = True
+    _state["heartbeat"] = _Heartbeat()
+
+
+def _store() -> Any:
+    from torch.distributed import distributed_c10d
+
+    return distributed_c10d._get_default_store()
+
+
+def _key(name: str) -> str:
+    """A key of this torchrun attempt in the job's store (which can outlive an attempt)."""
+    return f"habactl/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{name}"
+
+
+class _Heartbeat:
+    """A counter in the job's store that this rank's background thread raises every
+    HEARTBEAT_S seconds while the process lives, whatever its main thread is doing: a
+    rank waiting for its peers' share of the work (:func:`wait_for_peers`) tells a busy
+    peer from a frozen or vanished one by it, with no clock shared between machines."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.stop = threading.Event()
+        self.key = _key(f"beat/{rank()}")
+        self.thread = threading.Thread(target=self._beat, name="habactl-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        store = _store()
+        while not self.stop.is_set():
+            try:
+                store.add(self.key, 1)
+            except Exception:  # noqa: BLE001 - the store is gone: the job is ending
+                return
+            self.stop.wait(heartbeat_seconds())
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=2 * heartbeat_seconds())
+
+
+def heartbeat_seconds() -> float:
+    return min(5.0, timeout_seconds() / 4)
+
+
+def wait_for_peers(tag: str) -> None:
+    """Wait until every rank has reached this point, as long as their heartbeats go on.
+
+    The collectives' timeout bounds one exchange; the wait for the others to finish
+    their share of the work (networks, experts: minutes each, unevenly split) has no
+    bound but fails within ``timeout_seconds()`` of a peer's last heartbeat.
+    """
+    import time
+
+    from habactl.errors import HabaError
+
+    if world_size() == 1:
+        return
+    store = _store()
+    store.set(_key(f"{tag}/done/{rank()}"), "1")
+    others = [r for r in range(world_size()) if r != rank()]
+    last: dict[int, tuple[int, float]] = {r: (-1, time.monotonic()) for r in others}
+    while True:
+        pending = [r for r in others if not store.check([_key(f"{tag}/done/{r}")])]
+        if not pending:
+            return
+        now = time.monotonic()
+        for peer in pending:
+            beats = int(store.add(_key(f"beat/{peer}"), 0))
+            if beats != last[peer][0]:
+                last[peer] = (beats, now)
+            elif now - last[peer][1] > timeout_seconds():
+                raise HabaError(
+                    f"rank {peer} gave no sign of life for {timeout_seconds():g} s "
+                    f"({TIMEOUT_VARIABLE}) while this rank waited for its share of the "
+                    f"work; it is stuck or gone"
+                )
+        time.sleep(min(1.0, heartbeat_seconds()))
 
 
 def _stop(clean: bool) -> None:
     if not _state["active"]:
         return
+    heartbeat = _state.pop("heartbeat", None)
+    if heartbeat is not None:
+        heartbeat.close()
     _state["active"] = False
     try:
         import torch.distributed as dist
@@ -193,8 +282,6 @@ def _stop(clean: bool) -> None:
 
 def launch(run: Callable[[], Any]) -> None:
     """Run the CLI `run` as one rank of a torchrun job; see the module docstring."""
-    from habactl.errors import HabaError
-
     try:
         _start()
     except KeyboardInterrupt:  # Ctrl-C while torch loads or the ranks meet
@@ -221,6 +308,10 @@ def launch(run: Callable[[], Any]) -> None:
         # connection to this rank finds the line taken and stays quiet.
         if claim_error():
             print("habactl: interrupted", file=real_stderr)
+    except JobError as error:
+        code = 1
+        if is_main():
+            print(f"habactl: error: {error_prefix()}{error}", file=real_stderr)
     except HabaError as error:
         code = 1
         if claim_error():
@@ -285,6 +376,10 @@ def gather_objects(mine: dict[int, Any]) -> dict[int, Any]:
     _injected_failure()
     import torch.distributed as dist
 
+    # The ranks arrive when their share is done, minutes apart: wait on heartbeats, so
+    # that the exchange itself is all the collective timeout has to cover.
+    _state["gathers"] = _state.get("gathers", 0) + 1
+    wait_for_peers(f"gather-{_state['gathers']}")
     parts: list[Any] = [None] * world_size()
     dist.all_gather_object(parts, mine)
     merged: dict[int, Any] = {}
@@ -333,13 +428,11 @@ def check_same_start(iteration: int) -> None:
     import torch
     import torch.distributed as dist
 
-    from habactl.errors import HabaError
-
     bounds = torch.tensor([iteration, -iteration], dtype=torch.int64)
     dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
     high, low = int(bounds[0]), -int(bounds[1])
     if high != low:
-        raise HabaError(
+        raise JobError(
             f"the ranks start at different iterations ({low} to {high}): every rank must "
             f"read the same checkpoint; put it on a file system that every machine sees"
         )
@@ -362,6 +455,7 @@ __all__ = [
     "any_rank",
     "barrier",
     "check_same_start",
+    "JobError",
     "device_for",
     "error_prefix",
     "error_stream",
@@ -374,5 +468,6 @@ __all__ = [
     "my_share",
     "rank",
     "sum_floats",
+    "wait_for_peers",
     "world_size",
 ]

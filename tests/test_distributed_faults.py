@@ -61,6 +61,32 @@ def wait_for_iteration(log: Path, process: subprocess.Popen, seconds: float = 90
         time.sleep(0.02)
 
 
+def by_hand(
+    per_rank: list[tuple], cwd: Path, env: dict | None = None, interpreter: bool = False
+) -> list[subprocess.Popen]:
+    """Ranks started without torchrun (no agent to notice a failure), rank r with the
+    habactl arguments ``per_rank[r]`` (python's, with `interpreter`)."""
+    port = str(29500 + (os.getpid() % 2000) + 2000)
+    ranks = []
+    for rank, args in enumerate(per_rank):
+        variables = environment(env)
+        variables.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, RANK=str(rank))
+        variables.update(WORLD_SIZE=str(len(per_rank)))
+        ranks.append(subprocess.Popen(
+            [*(command(None)[:1] if interpreter else command(None)), *map(str, args)],
+            cwd=cwd, env=variables,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))  # fmt: skip
+    return ranks
+
+
+def end(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
 def test_a_rank_killed_then_restarted_by_torchrun_gives_the_uninterrupted_archive(runs, tmp_path):
     # One command line for every attempt: --resume with no checkpoint yet starts fresh.
     # On the first attempt rank 1 alone is SIGKILLed after iteration 10 (checkpoint of 8
@@ -111,7 +137,21 @@ def test_ctrl_c_of_the_job_stops_every_rank_in_one_line_and_resume_finishes(runs
     stopped = json.loads(log.read_text().splitlines()[-1])
     assert stopped["event"] == "interrupted" and 0 < stopped["iteration"] < 24
 
-    resumed = habactl(*ARGS, "-q", "-o", "c.haba", "--resume", cwd=tmp_path, world=2)
+    # A checkpoint that rank 1 does not see (not on a shared file system) stops the job
+    # before anything is written, instead of two ranks resuming at different iterations.
+    resume = (*ARGS, "-q", "-o", "c.haba", "--resume")
+    ranks = by_hand([(*resume,), (*resume, "--checkpoint", "elsewhere.ckpt")], tmp_path)
+    try:
+        errors = [ranks[r].communicate(timeout=120)[1] for r in (0, 1)]
+    finally:
+        end(ranks)
+    assert ranks[0].returncode == ranks[1].returncode == 1, errors
+    lines = error_lines("".join(errors))
+    assert len(lines) == 1, errors
+    assert f"the ranks start at different iterations (0 to {stopped['iteration']})" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.haba.ckpt", "c.jsonl"]
+
+    resumed = habactl(*resume, cwd=tmp_path, world=2)
     assert resumed.returncode == 0, resumed.stderr
     assert digest(tmp_path / "c.haba") == digest(runs / "two.haba")
     assert not (tmp_path / "c.haba.ckpt").exists()
@@ -120,15 +160,8 @@ def test_ctrl_c_of_the_job_stops_every_rank_in_one_line_and_resume_finishes(runs
 def test_a_rank_that_stops_answering_fails_its_peer_at_the_collective_timeout(tmp_path):
     # Launched by hand (no torchrun agent to notice anything): rank 1 is frozen with
     # SIGSTOP mid-run, so rank 0 waits in a collective until HABACTL_DIST_TIMEOUT.
-    port = str(29500 + (os.getpid() % 2000) + 2000)
-    ranks = []
-    for rank in (0, 1):
-        env = environment({distributed.TIMEOUT_VARIABLE: "3"})
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", RANK=str(rank))
-        ranks.append(subprocess.Popen(
-            [*command(None), *ARGS, "-q", "-o", "s.haba", "--log-file", "s.jsonl"],
-            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))  # fmt: skip
+    args = (*ARGS, "-q", "-o", "s.haba", "--log-file", "s.jsonl")
+    ranks = by_hand([args, args], tmp_path, {distributed.TIMEOUT_VARIABLE: "5"})
     try:
         wait_for_iteration(tmp_path / "s.jsonl", ranks[0])
         os.kill(ranks[1].pid, signal.SIGSTOP)
@@ -136,16 +169,63 @@ def test_a_rank_that_stops_answering_fails_its_peer_at_the_collective_timeout(tm
         _, stderr = ranks[0].communicate(timeout=60)
         seconds = time.monotonic() - stopped
     finally:
-        for process in ranks:
-            if process.poll() is None:
-                process.kill()
-            process.communicate()
+        end(ranks)
     assert ranks[0].returncode == 1, stderr
-    assert seconds < 3 + 15, stderr  # the timeout, plus the iteration under way
+    assert seconds < 5 + 15, stderr  # the timeout, plus the iteration under way
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, stderr
-    assert lines[0].startswith("habactl: error: rank 0/2: another rank did not answer within 3 s")
+    assert lines[0].startswith("habactl: error: rank 0/2: another rank did not answer within 5 s")
     assert not (tmp_path / "s.haba").exists()
+
+
+# A job of two ranks by hand whose rank 1 takes its time over its share of the work (it
+# sleeps argv[1] seconds, after touching "working") before the gather of the results.
+UNEVEN_SHARES = """
+import sys, time
+from pathlib import Path
+from habactl import distributed
+def run():
+    if distributed.rank() == 1:
+        Path("working").touch()
+        time.sleep(float(sys.argv[1]))
+    print(sorted(distributed.gather_objects({distributed.rank(): "done"}).items()))
+distributed.launch(run)
+"""
+
+
+def test_a_peer_busy_longer_than_the_timeout_is_waited_for_and_a_frozen_one_is_not(tmp_path):
+    # The collective timeout bounds one exchange; a rank whose share of the work takes
+    # longer (networks, experts: minutes each) is waited for while its heartbeat goes on.
+    timeout = {distributed.TIMEOUT_VARIABLE: "3"}
+    script = ("-c", UNEVEN_SHARES)
+    ranks = by_hand([(*script, 0), (*script, 8)], tmp_path, timeout, interpreter=True)
+    try:
+        outputs = [process.communicate(timeout=90) for process in ranks]
+    finally:
+        end(ranks)
+    assert [process.returncode for process in ranks] == [0, 0], outputs
+    assert outputs[0][0] == "[(0, 'done'), (1, 'done')]\n"
+
+    # A frozen peer (SIGSTOP: alive to torchrun, its heartbeat silent) fails the wait.
+    (tmp_path / "working").unlink()
+    ranks = by_hand([(*script, 0), (*script, 600)], tmp_path, timeout, interpreter=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (tmp_path / "working").exists():
+            assert time.monotonic() < deadline and ranks[1].poll() is None
+            time.sleep(0.02)
+        os.kill(ranks[1].pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        _, stderr = ranks[0].communicate(timeout=60)
+        seconds = time.monotonic() - stopped
+    finally:
+        end(ranks)
+    assert ranks[0].returncode == 1, stderr
+    assert seconds < 3 + 10, stderr
+    assert stderr.splitlines() == [
+        "habactl: error: rank 0/2: rank 1 gave no sign of life for 3 s (HABACTL_DIST_TIMEOUT) "
+        "while this rank waited for its share of the work; it is stuck or gone"
+    ]
 
 
 def test_networks_trained_on_the_two_rank_archive_score_as_on_the_one_process_archive(runs):
