@@ -13,7 +13,10 @@ An error on any rank ends the job: that rank prints one ``habactl: error: rank R
 line (only the first rank to fail prints, so an input error shared by every rank is one
 line), exits non-zero, and torchrun stops the others. Every collective has a timeout
 (``HABACTL_DIST_TIMEOUT`` seconds, 300 by default), so a rank whose peer vanished
-without torchrun's help fails instead of hanging.
+without torchrun's help fails instead of hanging; the wait for the peers' share of the
+work (:func:`wait_for_peers`) lasts as long as their heartbeats go on. A job restarted
+by ``torchrun --max-restarts`` gets a fresh key space in the store that outlives its
+attempts (docs/scaling.md, "Errors, Ctrl-C, hangs").
 """
 
 from __future__ import annotations

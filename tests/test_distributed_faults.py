@@ -121,6 +121,9 @@ def test_ctrl_c_of_the_job_stops_every_rank_in_one_line_and_resume_finishes(runs
         sent = time.monotonic()
         _, stderr = process.communicate(timeout=TORCHRUN_GRACE_S + 30)
         seconds = time.monotonic() - sent
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail(f"the job did not end after Ctrl-C:\n{process.communicate()[1]}")
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
