@@ -133,12 +133,8 @@ def claim_error() -> bool:
     if not active():
         return True
     try:
-        from torch.distributed import distributed_c10d
-
-        store = distributed_c10d._get_default_store()
         # One counter per torchrun attempt: the agent's store outlives a restart.
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        return int(store.add(f"habactl/errors/{attempt}", 1)) == 1
+        return int(_store().add(_key("errors"), 1)) == 1
     except Exception:  # noqa: BLE001 - any failure here means: print anyway
         return True
 
