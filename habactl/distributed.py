@@ -13,20 +13,31 @@ An error on any rank ends the job: that rank prints one ``habactl: error: rank R
 line (only the first rank to fail prints, so an input error shared by every rank is one
 line), exits non-zero, and torchrun stops the others. Every collective has a timeout
 (``HABACTL_DIST_TIMEOUT`` seconds, 300 by default), so a rank whose peer vanished
-without torchrun's help fails instead of hanging.
+without torchrun's help fails instead of hanging; the wait for the peers' share of the
+work (:func:`wait_for_peers`) lasts as long as their heartbeats go on. A job restarted
+by ``torchrun --max-restarts`` gets a fresh key space in the store that outlives its
+attempts (docs/scaling.md, "Errors, Ctrl-C, hangs").
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
+
+from habactl.errors import HabaError
 
 TIMEOUT_VARIABLE = "HABACTL_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
 
 _state: dict[str, Any] = {"active": False, "error_stream": None, "device": None}
+
+
+class JobError(HabaError):
+    """An error that every rank raises together (the outcome of a collective check):
+    rank 0 alone reports it, with no race for the error counter."""
 
 
 def launched() -> bool:
@@ -74,8 +85,43 @@ def error_stream() -> TextIO:
 
 
 def error_prefix() -> str:
-    """``rank R/N: `` under torchrun, so the one error line says which rank failed."""
-    return f"rank {rank()}/{world_size()}: " if active() else ""
+    """``rank R/N: `` under torchrun, so the one error line says which rank failed (and
+    ``rank R/N, attempt A of M: `` when ``--max-restarts`` lets torchrun try again)."""
+    if not active():
+        return ""
+    restarts = _int_variable("TORCHELASTIC_MAX_RESTARTS")
+    if restarts > 0:
+        attempt = _int_variable("TORCHELASTIC_RESTART_COUNT") + 1
+        return f"rank {rank()}/{world_size()}, attempt {attempt} of {restarts + 1}: "
+    return f"rank {rank()}/{world_size()}: "
+
+
+def _int_variable(name: str) -> int:
+    try:
+        return int(os.environ.get(name, "0") or 0)
+    except ValueError:
+        return 0
+
+
+# torch.distributed's C++ side (gloo, NCCL, the store) starts its messages with the
+# source line that raised them: "[.../gloo/transport/tcp/pair.cc:545] Read error ...".
+_SOURCE_LINE = re.compile(r"^\[[^\]\s]+:\d+\]\s*")
+
+
+def describe_crash(error: BaseException) -> str:
+    """One line for an unexpected exception on a rank; a failed collective (a peer that
+    died or stopped answering) says so in words instead of gloo's paragraph."""
+    text = " ".join(str(error).split())
+    message = _SOURCE_LINE.sub("", text)
+    if message == text:
+        return f"{type(error).__name__}: {text}"
+    first = message.split(". ")[0].rstrip(".")
+    if "timed out" in first.lower() or "timeout" in first.lower():
+        return (
+            f"another rank did not answer within {timeout_seconds():g} s "
+            f"({TIMEOUT_VARIABLE}); it is stuck or gone ({first})"
+        )
+    return f"lost the connection to another rank; it crashed or was killed ({first})"
 
 
 def claim_error() -> bool:
@@ -87,10 +133,8 @@ def claim_error() -> bool:
     if not active():
         return True
     try:
-        from torch.distributed import distributed_c10d
-
-        store = distributed_c10d._get_default_store()
-        return int(store.add("habactl/errors", 1)) == 1
+        # One counter per torchrun attempt: the agent's store outlives a restart.
+        return int(_store().add(_key("errors"), 1)) == 1
     except Exception:  # noqa: BLE001 - any failure here means: print anyway
         return True
 
@@ -116,16 +160,111 @@ def _start() -> None:
     cuda = torch.cuda.is_available() and os.environ.get("HABACTL_DIST_BACKEND", "") != "gloo"
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(
-        backend="nccl" if cuda else "gloo",
-        timeout=datetime.timedelta(seconds=timeout_seconds()),
-    )
+    backend = "nccl" if cuda else "gloo"
+    timeout = datetime.timedelta(seconds=timeout_seconds())
+    if first_attempt():
+        dist.init_process_group(backend=backend, timeout=timeout)
+    else:
+        # torchrun's default (static) rendezvous keeps one key-value store across
+        # restarts: a new rank would read the dead attempt's addresses from it and fail
+        # to connect, so each attempt gets its own key space.
+        store, number, world = next(dist.rendezvous("env://", timeout=timeout))
+        attempt = os.environ["TORCHELASTIC_RESTART_COUNT"]
+        dist.init_process_group(
+            backend=backend,
+            store=dist.PrefixStore(f"habactl/attempt-{attempt}", store),
+            rank=number,
+            world_size=world,
+            timeout=timeout,
+        )
     _state["active"] = True
+    _state["heartbeat"] = _Heartbeat()
+
+
+def _store() -> Any:
+    from torch.distributed import distributed_c10d
+
+    return distributed_c10d._get_default_store()
+
+
+def _key(name: str) -> str:
+    """A key of this torchrun attempt in the job's store (which can outlive an attempt)."""
+    return f"habactl/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{name}"
+
+
+class _Heartbeat:
+    """A counter in the job's store that this rank's background thread raises every
+    HEARTBEAT_S seconds while the process lives, whatever its main thread is doing: a
+    rank waiting for its peers' share of the work (:func:`wait_for_peers`) tells a busy
+    peer from a frozen or vanished one by it, with no clock shared between machines."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.stop = threading.Event()
+        self.key = _key(f"beat/{rank()}")
+        self.thread = threading.Thread(target=self._beat, name="habactl-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        store = _store()
+        while not self.stop.is_set():
+            try:
+                store.add(self.key, 1)
+            except Exception:  # noqa: BLE001 - the store is gone: the job is ending
+                return
+            self.stop.wait(heartbeat_seconds())
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=2 * heartbeat_seconds())
+
+
+def heartbeat_seconds() -> float:
+    return min(5.0, timeout_seconds() / 4)
+
+
+def wait_for_peers(tag: str) -> None:
+    """Wait until every rank has reached this point, as long as their heartbeats go on.
+
+    The collectives' timeout bounds one exchange; the wait for the others to finish
+    their share of the work (networks, experts: minutes each, unevenly split) has no
+    bound but fails within ``timeout_seconds()`` of a peer's last heartbeat.
+    """
+    import time
+
+    from habactl.errors import HabaError
+
+    if world_size() == 1:
+        return
+    store = _store()
+    store.set(_key(f"{tag}/done/{rank()}"), "1")
+    others = [r for r in range(world_size()) if r != rank()]
+    last: dict[int, tuple[int, float]] = {r: (-1, time.monotonic()) for r in others}
+    while True:
+        pending = [r for r in others if not store.check([_key(f"{tag}/done/{r}")])]
+        if not pending:
+            return
+        now = time.monotonic()
+        for peer in pending:
+            beats = int(store.add(_key(f"beat/{peer}"), 0))
+            if beats != last[peer][0]:
+                last[peer] = (beats, now)
+            elif now - last[peer][1] > timeout_seconds():
+                raise HabaError(
+                    f"rank {peer} gave no sign of life for {timeout_seconds():g} s "
+                    f"({TIMEOUT_VARIABLE}) while this rank waited for its share of the "
+                    f"work; it is stuck or gone"
+                )
+        time.sleep(min(1.0, heartbeat_seconds()))
 
 
 def _stop(clean: bool) -> None:
     if not _state["active"]:
         return
+    heartbeat = _state.pop("heartbeat", None)
+    if heartbeat is not None:
+        heartbeat.close()
     _state["active"] = False
     try:
         import torch.distributed as dist
@@ -142,10 +281,12 @@ def _stop(clean: bool) -> None:
 
 def launch(run: Callable[[], Any]) -> None:
     """Run the CLI `run` as one rank of a torchrun job; see the module docstring."""
-    from habactl.errors import HabaError
-
     try:
         _start()
+    except KeyboardInterrupt:  # Ctrl-C while torch loads or the ranks meet
+        if os.environ.get("RANK", "0") == "0":
+            print("habactl: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except Exception as error:  # noqa: BLE001 - a failed rendezvous is one line too
         print(f"habactl: error: cannot join the torchrun job: {error}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -162,8 +303,14 @@ def launch(run: Callable[[], Any]) -> None:
         code = exit_.code
     except KeyboardInterrupt:
         code = 130
-        if is_main():
+        # The first rank to stop says so, whichever it is; a peer that then loses its
+        # connection to this rank finds the line taken and stays quiet.
+        if claim_error():
             print("habactl: interrupted", file=real_stderr)
+    except JobError as error:
+        code = 1
+        if is_main():
+            print(f"habactl: error: {error_prefix()}{error}", file=real_stderr)
     except HabaError as error:
         code = 1
         if claim_error():
@@ -175,8 +322,7 @@ def launch(run: Callable[[], Any]) -> None:
 
             traceback.print_exc(file=real_stderr)
         if claim_error():
-            kind = type(error).__name__
-            print(f"habactl: error: {error_prefix()}{kind}: {error}", file=real_stderr)
+            print(f"habactl: error: {error_prefix()}{describe_crash(error)}", file=real_stderr)
     finally:
         _stop(clean=code == 0)
         sys.stdout, sys.stderr = sys.__stdout__, real_stderr
@@ -208,10 +354,17 @@ def my_share(count: int) -> list[int]:
 FAIL_VARIABLE = "HABACTL_DIST_FAIL_RANK"
 
 
+def first_attempt() -> bool:
+    """False in a job that ``torchrun --max-restarts`` restarted (it counts attempts in
+    TORCHELASTIC_RESTART_COUNT); True otherwise, one process included. The fault
+    injections fire on the first attempt only, so that the restarted job runs through."""
+    return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") in ("", "0")
+
+
 def _injected_failure() -> None:
     """Fault injection for the tests: the rank named in HABACTL_DIST_FAIL_RANK crashes
-    just before a collective, while its peers wait in it."""
-    if os.environ.get(FAIL_VARIABLE, "") == str(rank()):
+    just before a collective, while its peers wait in it (first attempt only)."""
+    if os.environ.get(FAIL_VARIABLE, "") == str(rank()) and first_attempt():
         raise RuntimeError(f"injected failure ({FAIL_VARIABLE}={rank()})")
 
 
@@ -222,6 +375,10 @@ def gather_objects(mine: dict[int, Any]) -> dict[int, Any]:
     _injected_failure()
     import torch.distributed as dist
 
+    # The ranks arrive when their share is done, minutes apart: wait on heartbeats, so
+    # that the exchange itself is all the collective timeout has to cover.
+    _state["gathers"] = _state.get("gathers", 0) + 1
+    wait_for_peers(f"gather-{_state['gathers']}")
     parts: list[Any] = [None] * world_size()
     dist.all_gather_object(parts, mine)
     merged: dict[int, Any] = {}
@@ -249,6 +406,37 @@ def sum_floats(values: list[float]) -> list[float]:
     return [float(v) for v in total]
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any (a Ctrl-C seen by one rank)."""
+    if world_size() == 1:
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    value = torch.tensor([int(flag)], dtype=torch.int64)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def check_same_start(iteration: int) -> None:
+    """Every rank must start (or resume) at the same iteration: a checkpoint that some
+    ranks see and others do not (not on a shared file system) is an error, not a
+    silent divergence."""
+    if world_size() == 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    bounds = torch.tensor([iteration, -iteration], dtype=torch.int64)
+    dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+    high, low = int(bounds[0]), -int(bounds[1])
+    if high != low:
+        raise JobError(
+            f"the ranks start at different iterations ({low} to {high}): every rank must "
+            f"read the same checkpoint; put it on a file system that every machine sees"
+        )
+
+
 def all_reduce_sum(tensors: list[Any]) -> None:
     """Sum each tensor over the ranks, in place (gradients of shared tensors)."""
     if world_size() == 1:
@@ -263,10 +451,14 @@ def all_reduce_sum(tensors: list[Any]) -> None:
 __all__ = [
     "active",
     "all_reduce_sum",
+    "any_rank",
     "barrier",
+    "check_same_start",
+    "JobError",
     "device_for",
     "error_prefix",
     "error_stream",
+    "first_attempt",
     "gather_objects",
     "is_main",
     "launch",
@@ -275,5 +467,6 @@ __all__ = [
     "my_share",
     "rank",
     "sum_floats",
+    "wait_for_peers",
     "world_size",
 ]

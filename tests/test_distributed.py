@@ -18,30 +18,34 @@ ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
-def habactl(*args, cwd: Path, world: int | None = 2, env: dict | None = None, timeout=60):
-    """Run habactl as one process (world None) or under torchrun with `world` ranks."""
+def environment(env: dict | None = None) -> dict:
+    """This environment without a launcher's variables, one thread, this checkout."""
     environment = {
         k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")
     }
-    environment.update(OMP_NUM_THREADS="1", HABACTL_DIST_TIMEOUT="30", **(env or {}))
+    environment.update({"OMP_NUM_THREADS": "1", "HABACTL_DIST_TIMEOUT": "30", **(env or {})})
     environment["PYTHONPATH"] = str(ROOT)
+    return environment
+
+
+def command(world: int | None, *launcher: str) -> list[str]:
+    """``python -m habactl`` (world None) or ``torchrun ... -m habactl`` with `world` ranks
+    and the torchrun options `launcher` (e.g. ``--max-restarts 1``)."""
     if world is None:
-        command = [sys.executable, "-m", "habactl"]
-    else:
-        port = str(29500 + (os.getpid() % 2000))
-        command = [
-            str(TORCHRUN),
-            "--nproc-per-node",
-            str(world),
-            "--master-port",
-            port,
-            "-m",
-            "habactl",
-        ]
+        return [sys.executable, "-m", "habactl"]
+    port = str(29500 + (os.getpid() % 2000))
+    torchrun = [str(TORCHRUN), "--nproc-per-node", str(world), "--master-port", port]
+    return [*torchrun, *launcher, "-m", "habactl"]
+
+
+def habactl(
+    *args, cwd: Path, world: int | None = 2, env: dict | None = None, timeout=60, launcher=()
+):
+    """Run habactl as one process (world None) or under torchrun with `world` ranks."""
     return subprocess.run(
-        [*command, *map(str, args)],
+        [*command(world, *launcher), *map(str, args)],
         cwd=cwd,
-        env=environment,
+        env=environment(env),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -344,7 +344,12 @@ def compress(
         rich_help_panel=_RUN,
     ),
     resume: bool = typer.Option(
-        False, "--resume", help="Continue from the checkpoint.", rich_help_panel=_RUN
+        False,
+        "--resume",
+        help="Continue from the checkpoint if there is one, else start from the beginning "
+        "(with a note): the same command serves a first run and every restart "
+        "(torchrun --max-restarts).",
+        rich_help_panel=_RUN,
     ),
     log: bool = typer.Option(
         False, "--log", help="Write a JSONL metrics log next to the output.", rich_help_panel=_RUN
@@ -555,9 +560,14 @@ def _compress_distilled(
         if s["log_file"] is not None
         else (target.with_name(target.name + ".jsonl") if s["log"] else None)
     )
-    check_outputs(
+    checkpoint = check_outputs(
         target, checkpoint=s["checkpoint"], log=metrics, force=s["force"], resume=s["resume"]
     )
+    if s["resume"] and not checkpoint.is_file() and not s["quiet"]:
+        print(
+            f"habactl: no checkpoint at {checkpoint} yet: starting from iteration 0",
+            file=sys.stderr,
+        )
     started = time.perf_counter()
     if s["threads"]:
         torch.set_num_threads(s["threads"])

@@ -43,6 +43,7 @@ from habactl.runtime import derived_generator
 # Fault injection for the crash-recovery test: SIGKILL this process right after the
 # given iteration (and its checkpoint, if one falls due) - a real kill, not an exception.
 KILL_AFTER_VARIABLE = "HABACTL_FAULT_KILL_AFTER"
+KILL_RANK_VARIABLE = "HABACTL_FAULT_KILL_RANK"
 
 INITS = ("real", "noise")
 
@@ -228,14 +229,14 @@ def check_outputs(
 
     The archive must be new (or ``force``), the checkpoint must not hold another
     unfinished run (unless ``resume`` or ``force``), and every folder must take a file.
+    ``resume`` with no checkpoint there is no error: the run starts from the beginning
+    (so that one command line serves the first attempt and every restart).
     """
     output = Path(output)
     checkpoint = Path(checkpoint) if checkpoint else ckpt.default_path(output)
     check_archive_target(output, force=force)
     if checkpoint.is_dir():
         raise DistillError(f"cannot write the checkpoint {checkpoint}: it is a folder; name a file")
-    if resume and not checkpoint.is_file():
-        raise DistillError(f"no checkpoint to resume at {checkpoint}")
     if not resume and checkpoint.exists() and not force:
         raise DistillError(
             f"{checkpoint} holds an unfinished run; pass --resume to continue "
@@ -282,6 +283,7 @@ class Distiller:
             }
         )
         self.iteration = 0
+        self.resumed = False  # set by run: whether it restored a checkpoint
 
     # -- construction steps -----------------------------------------------------------
     def _training_set(self) -> tuple[dict[str, Any], Tensor, Tensor]:
@@ -592,7 +594,7 @@ class Distiller:
         metrics_log = MetricsLog(log if main else None)
         metrics_log.write(
             {
-                "event": "resume" if resume else "start",
+                "event": "resume" if self.resumed else "start",
                 "iteration": self.iteration,
                 "iterations": self.config.iterations,
                 "plan": self.plan.describe(),
@@ -618,9 +620,12 @@ class Distiller:
 
     # -- run steps ----------------------------------------------------------------------
     def _start(self, checkpoint_path: Path, resume: bool) -> int:
-        """Restore the checkpoint when resuming; the iteration the run starts at."""
-        if resume:
+        """Restore the checkpoint when resuming and there is one; the iteration the run
+        starts at (0 when there is none: ``resume`` then starts from the beginning)."""
+        self.resumed = resume and checkpoint_path.is_file()
+        if self.resumed:
             self._restore(ckpt.load(checkpoint_path, self.fingerprint))
+        distributed.check_same_start(self.iteration)
         if self.iteration > self.config.iterations:
             raise DistillError(
                 f"the checkpoint is at iteration {self.iteration}, beyond "
@@ -645,12 +650,15 @@ class Distiller:
                     metrics_log.write({"event": "iteration", "iteration": self.iteration, **last})
                     reporter.update(self.iteration, last)
                     due = self.iteration % self.config.checkpoint_every == 0
-                    save = stop.requested or (due and self.iteration < total)
+                    # Under torchrun every rank stops after the same iteration, whichever
+                    # saw the Ctrl-C first (one alone would leave the others in a collective).
+                    stopping = distributed.any_rank(stop.requested)
+                    save = stopping or (due and self.iteration < total)
                     if save and main:
                         ckpt.save(checkpoint_path, self._state())
                     if kill_after and self.iteration == kill_after:
                         os.kill(os.getpid(), signal.SIGKILL)  # the crash-recovery test's kill
-                    if stop.requested:
+                    if stopping:
                         metrics_log.write({"event": "interrupted", "iteration": self.iteration})
                         raise Interrupted(self.iteration, str(checkpoint_path))
         finally:
@@ -712,7 +720,12 @@ def _draws_per_rank(objective: Objective) -> bool:
 
 def _kill_after() -> int:
     """The iteration after which the crash-recovery test kills the run (0: never; see
-    KILL_AFTER_VARIABLE), read once per run."""
+    KILL_AFTER_VARIABLE), read once per run. Under torchrun only the rank named in
+    KILL_RANK_VARIABLE (every rank when unset) and only on the first attempt, so that a
+    job restarted by ``torchrun --max-restarts`` runs through."""
+    only = os.environ.get(KILL_RANK_VARIABLE, "")
+    if not distributed.first_attempt() or (only and only != str(distributed.rank())):
+        return 0
     return int(os.environ.get(KILL_AFTER_VARIABLE, "0") or 0)
 
 
