@@ -10,8 +10,8 @@ spec pages (not from habactl), and habactl's float32 result must equal them exac
 
 Each file is plain safetensors with one metadata key, "stage": the pipeline entry
 {"name", "version", "configuration"} as canonical JSON (one key, so the bytes are
-reproducible). Tensors: "input" (N, C, H, W) F32 (quantize: the stored bases, U8 or
-F16, uint4 packed to (N, C, H, ceil(W/2))); "output" F32; quantize files add "scale" and
+reproducible). Tensors: "input" (N, C, H, W) F32 (quantize: the stored bases, U8, F16
+or BF16, uint4 packed to (N, C, H, ceil(W/2))); "output" F32; quantize files add "scale" and
 "zero_point" for the integer dtypes; hallucinate files add
 "variant" (N,) I64, "output_all" (N*K, C, H, W) F32 (item b*K + v) and the stage
 parameters under their own names ("encoder.weight", ...).
@@ -101,9 +101,12 @@ def hallucinate_reference(x: np.ndarray, p: dict[str, np.ndarray], v: int) -> np
 
 def quantize_reference(stored: np.ndarray, config: dict, width: int, p: dict) -> np.ndarray:
     """Stored bases -> float values, by codecs/quantize.md: unpack uint4 (low nibble
-    first), then (code - zero_point[c]) * scale[c]; float16 is read as it is."""
+    first), then (code - zero_point[c]) * scale[c]; float16 is read as it is, bfloat16
+    (kept here as its uint16 bits) is the top half of a float32's bits."""
     if config["dtype"] == "float16":
         return stored.astype(np.float64)
+    if config["dtype"] == "bfloat16":
+        return (stored.astype(np.uint32) << np.uint32(16)).view(np.float32).astype(np.float64)
     codes = stored.astype(np.int64)
     if config["dtype"] == "uint4":
         pairs = np.stack([codes & 15, codes >> 4], axis=-1)
@@ -146,6 +149,7 @@ QUANTIZE = {  # case -> (configuration, logical input shape (N, C, H, W))
     "uint8-channel": ({"dtype": "uint8", "granularity": "channel"}, (2, 3, 2, 3)),
     "uint4-tensor": ({"dtype": "uint4", "granularity": "tensor"}, (2, 1, 3, 5)),  # odd width
     "float16": ({"dtype": "float16", "granularity": "tensor"}, (2, 2, 3, 3)),
+    "bfloat16": ({"dtype": "bfloat16", "granularity": "tensor"}, (2, 2, 3, 4)),
 }
 FREQUENCY = {  # case -> (configuration, channels, N)
     "5x7-keep9": ({"height": 5, "width": 7, "keep": 9}, 2, 3),
@@ -196,6 +200,14 @@ def build_cases() -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
         if config["dtype"] == "float16":
             stored = rng.take(shape, -4.0, 4.0).astype(np.float16)
             params: dict[str, np.ndarray] = {}
+        elif config["dtype"] == "bfloat16":
+            # Values of few significant bits (exact in bfloat16), spread over float32's
+            # range (2^-100 .. 2^100: far beyond float16's), kept as their bits.
+            scale = np.array([2.0 ** e for e in (-100, 0, 60, 100)]).reshape(1, 1, 1, 4)
+            values = (rng.take(shape, -4.0, 4.0) * scale).astype(np.float32)
+            stored = (values.view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+            assert np.array_equal(quantize_reference(stored, config, w, {}), values)
+            params = {}
         else:
             levels = 256 if config["dtype"] == "uint8" else 16
             codes = (rng.take(shape, 0.0, (levels - 1) / 8) * 8).astype(np.uint8)
@@ -232,6 +244,8 @@ def decode_with_habactl(entry: dict, tensors: dict) -> dict:
     stored = np.asarray(tensors["input"])
     narrow = stored.dtype in (np.uint8, np.float16)
     x = torch.as_tensor(stored if narrow else stored.astype(np.float32))
+    if stored.dtype == np.uint16:  # bfloat16 bits (numpy has no bfloat16)
+        x = torch.from_numpy(stored.copy()).view(torch.bfloat16)
     # A quantize stage may store its input packed: its shape is the output's.
     shape = tensors["output"].shape[1:] if entry["name"] == "quantize" else x.shape[1:]
     # (frequency's input shape is (C, 1, keep): the stored coefficients themselves)
@@ -249,6 +263,16 @@ def decode_with_habactl(entry: dict, tensors: dict) -> dict:
     return out
 
 
+def _save_bfloat16(tensors: dict[str, np.ndarray], path: Path, meta: dict[str, str]) -> None:
+    """Save through torch, uint16 arrays as the BF16 they hold (numpy has no bfloat16)."""
+    import torch
+    from safetensors.torch import save_file as save_torch
+
+    out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}
+    out = {k: t.view(torch.bfloat16) if t.dtype == torch.uint16 else t for k, t in out.items()}
+    save_torch(out, str(path), metadata=meta)
+
+
 def main(out_dir: Path = HERE) -> list[Path]:
     from safetensors.numpy import save_file
 
@@ -257,7 +281,7 @@ def main(out_dir: Path = HERE) -> list[Path]:
         # The DCT's cosines are not dyadic: frequency outputs are float32 of the float64
         # reference, and habactl must agree within float32 rounding (1e-6), not bit for bit.
         inexact = entry["name"] == "frequency"
-        stored = {k: v if v.dtype in (np.int64, np.uint8, np.float16)
+        stored = {k: v if v.dtype in (np.int64, np.uint8, np.float16, np.uint16)
                   else v.astype(np.float32) if inexact and k == "output"
                   else _exact32(v, f"{stem}:{k}")
                   for k, v in tensors.items()}
@@ -268,7 +292,10 @@ def main(out_dir: Path = HERE) -> list[Path]:
                 raise AssertionError(f"{stem}: habactl's {key} differs from the reference by {diff}")
         path = Path(out_dir) / f"{stem}.safetensors"
         meta = {"stage": json.dumps(entry, sort_keys=True, separators=(",", ":"))}
-        save_file({k: np.ascontiguousarray(v) for k, v in stored.items()}, str(path), metadata=meta)
+        if any(v.dtype == np.uint16 for v in stored.values()):
+            _save_bfloat16(stored, path, meta)
+        else:
+            save_file({k: np.ascontiguousarray(v) for k, v in stored.items()}, str(path), metadata=meta)
         written.append(path)
     return written
 

@@ -131,8 +131,8 @@ def compress(
     quantize: str | None = typer.Option(
         None,
         "--quantize",
-        help="Store the bases at lower precision: float16, uint8 or uint4 (two codes a "
-        "byte); distillation trains through the rounding. Any codec.",
+        help="Store the bases at lower precision: float16, bfloat16, uint8 or uint4 (two "
+        "codes a byte); distillation trains through the rounding. Any codec.",
         rich_help_panel=_BUDGET,
     ),
     quantize_granularity: str = typer.Option(

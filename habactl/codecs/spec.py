@@ -184,6 +184,7 @@ def describe_hallucinate(configuration: Any, in_shape: Any) -> StageSpec:
 # levels is None for the float dtypes, which have no scale and no zero-point.
 QUANTIZE_DTYPES: dict[str, tuple[str, int, int | None]] = {
     "float16": ("F16", 1, None),
+    "bfloat16": ("BF16", 1, None),  # the top 16 bits of a float32: its range, 8-bit mantissa
     "uint8": ("U8", 1, 256),
     "uint4": ("U8", 2, 16),  # two 4-bit codes per byte along the width, low nibble first
 }
