@@ -22,6 +22,7 @@ from habactl.format.bfloat16 import widen
 from habactl.format.limits import DEFAULT_LIMITS
 from habactl.format.manifest import validate_manifest
 from habactl.loader import HabaDataset
+from test_codecs import QuantizeContract
 from test_quantize import _forge
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,6 +30,12 @@ runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "format" / "golden" / "v1" / "quantize-bfloat16-idc.haba"
 TINY = ["--iterations", "2", "--real-per-class", "4", "-q"]
+
+
+class TestQuantizeBfloat16(QuantizeContract):
+    """The whole stage contract, for bfloat16 bases."""
+
+    configuration, in_shape = {"dtype": "bfloat16"}, (2, 3, 4)
 
 
 def test_widening_the_bits_is_torchs_bfloat16_for_every_pattern():

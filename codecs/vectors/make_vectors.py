@@ -12,7 +12,8 @@ Each file is plain safetensors with one metadata key, "stage": the pipeline entr
 {"name", "version", "configuration"} as canonical JSON (one key, so the bytes are
 reproducible). Tensors: "input" (N, C, H, W) F32 (quantize: the stored bases, U8, F16
 or BF16, uint4 packed to (N, C, H, ceil(W/2))); "output" F32; quantize files add "scale" and
-"zero_point" for the integer dtypes; hallucinate files add
+"zero_point" for the integer dtypes; frequency files add "mask" U8 and, for a per-class
+mask, "classes" (N,) I64 (each input's class); hallucinate files add
 "variant" (N,) I64, "output_all" (N*K, C, H, W) F32 (item b*K + v) and the stage
 parameters under their own names ("encoder.weight", ...).
 """
@@ -117,11 +118,13 @@ def quantize_reference(stored: np.ndarray, config: dict, width: int, p: dict) ->
     return (codes - zero) * scale
 
 
-def frequency_reference(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def frequency_reference(x: np.ndarray, mask: np.ndarray, classes=None) -> np.ndarray:
     """Coefficients (N, C, 1, K) -> images, by codecs/frequency.md: place them at the
-    mask's ones in row-major order, then the orthonormal inverse DCT as explicit sums."""
+    mask's ones in row-major order, then the orthonormal inverse DCT as explicit sums.
+    A per-class mask (classes, C, H, W) decodes basis b through mask[classes[b]]."""
     n, c, _, _ = x.shape
-    _, h, w = mask.shape
+    h, w = mask.shape[-2:]
+    masks = [mask] * n if classes is None else [mask[k] for k in classes]
 
     def basis(size: int) -> np.ndarray:  # a[k, i] = alpha_k cos(pi (2i + 1) k / 2 size)
         a = np.array([[math.cos(math.pi * (2 * i + 1) * k / (2 * size)) for i in range(size)]
@@ -132,8 +135,8 @@ def frequency_reference(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     rows, cols = basis(h), basis(w)
     y = np.zeros((n, c, h, w))
     for ch in range(c):
-        where = [(r, q) for r in range(h) for q in range(w) if mask[ch, r, q]]
         for b in range(n):
+            where = [(r, q) for r in range(h) for q in range(w) if masks[b][ch, r, q]]
             for j, (u, v) in enumerate(where):
                 y[b, ch] += x[b, ch, 0, j] * np.outer(rows[u], cols[v])
     return y
@@ -154,6 +157,9 @@ QUANTIZE = {  # case -> (configuration, logical input shape (N, C, H, W))
 FREQUENCY = {  # case -> (configuration, channels, N)
     "5x7-keep9": ({"height": 5, "width": 7, "keep": 9}, 2, 3),
     "4x4-keep16": ({"height": 4, "width": 4, "keep": 16}, 1, 2),  # every coefficient kept
+    # one mask per class (3 classes), bases of classes 2, 0, 2, 1: "classes" says which
+    "4x5-keep6-per-class": (
+        {"classes": 3, "height": 4, "keep": 6, "mask": "per-class", "width": 5}, 2, 4),
 }
 HALLUCINATE = {
     "pixel-affine": ({"arch": "pixel-affine", "count": 2, "hidden": 2, "kernel": 3}, (2, 1, 6, 6)),
@@ -224,14 +230,24 @@ def build_cases() -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
     for seed, (case, (config, c, n)) in enumerate(FREQUENCY.items(), start=31):
         rng, (h, w, k) = Dyadic(seed), (config["height"], config["width"], config["keep"])
         x = rng.take((n, c, 1, k), -2.0, 2.0)
-        mask = np.zeros((c, h * w), dtype=np.uint8)
-        for ch in range(c):  # a different, scattered choice per channel
-            order = sorted(range(h * w), key=lambda i, ch=ch: ((i * 7 + ch * 3) % (h * w), i))
-            mask[ch, order[:k]] = 1
-        mask = mask.reshape(c, h, w)
+        masks = config.get("classes", 1)
+        mask = np.zeros((masks, c, h * w), dtype=np.uint8)
+        for m in range(masks):
+            for ch in range(c):  # a different, scattered choice per channel (and class)
+                order = sorted(range(h * w),
+                               key=lambda i, ch=ch, m=m: ((i * 7 + ch * 3 + m * 5) % (h * w), i))
+                mask[m, ch, order[:k]] = 1
+        if "classes" not in config:
+            mask = mask.reshape(c, h, w)
+            extra, classes = {}, None
+        else:
+            mask = mask.reshape(masks, c, h, w)
+            classes = np.array([2, 0, 2, 1][:n], dtype=np.int64)
+            extra = {"classes": classes}
         cases[f"frequency-{case}"] = (
             {"name": "frequency", "version": 1, "configuration": config},
-            {"input": x, "output": frequency_reference(x, mask), "mask": mask})
+            {"input": x, "output": frequency_reference(x, mask, classes), "mask": mask,
+             **extra})
     return cases
 
 
@@ -254,7 +270,9 @@ def decode_with_habactl(entry: dict, tensors: dict) -> dict:
                         if k in stage.spec.params})
     out = {}
     with torch.no_grad():
-        if stage.expansion > 1:
+        if stage.per_class:
+            out["output"] = stage(x, None, classes=torch.as_tensor(tensors["classes"])).numpy()
+        elif stage.expansion > 1:
             out["output"] = stage(x, torch.as_tensor(tensors["variant"])).numpy()
         else:
             out["output"] = stage(x).numpy()

@@ -170,6 +170,24 @@ def cases() -> dict[str, tuple[dict, dict[str, torch.Tensor]]]:
                  pipeline=pipeline, version="1.1",
                  normalization={"kind": "mean-std", "mean": [0.25], "std": [0.5]}),
         {"bases": bases, "labels": torch.tensor([0, 1, 2])})
+    # 9. A per-class frequency mask (one 3x3 mask of 4 kept frequencies per class, three
+    #    classes, each different) in front of two channel-affine hallucinators: every
+    #    basis decodes through its own class's mask.
+    mask = torch.zeros(3, 1, 9, dtype=torch.uint8)
+    mask[0, 0, [0, 1, 3, 4]] = 1
+    mask[1, 0, [0, 2, 6, 8]] = 1
+    mask[2, 0, [1, 3, 5, 7]] = 1
+    pipeline = [{"name": "frequency", "version": 1,
+                 "configuration": {"classes": 3, "height": 3, "keep": 4, "mask": "per-class",
+                                   "width": 3}},
+                hallucinate("channel-affine", 2)]
+    bases = wave(6, 1, 1, 4, phase=7.0)
+    out["frequency-per-class-haba"] = (
+        manifest(classes=["e", "f", "g"], image=(1, 3, 3), bases=bases, base_shape=[1, 1, 4],
+                 labels_kind="hard", pipeline=pipeline, version="1.1", ipc=2,
+                 normalization={"kind": "mean-std", "mean": [0.2], "std": [0.3]}),
+        {"bases": bases, "labels": torch.tensor([0, 0, 1, 1, 2, 2]),
+         **stage_tensors(pipeline, (1, 1, 4)), "pipeline.0.mask": mask.reshape(3, 1, 3, 3)})
     return out
 
 

@@ -35,6 +35,7 @@ ENGINE = {
     "quantize": "quantize",
     "quantize_granularity": "quantize_granularity",
     "frequency": "frequency",
+    "frequency_mask": "frequency_mask",
     "budget_counts": "counts",
     "leftover": "leftover",
     "iterations": "iterations",
@@ -126,6 +127,14 @@ def compress(
         min=1,
         help="Store the bases as K DCT coefficients per channel (FreD); the kept "
         "frequencies (a stored mask) are those of most energy in the real images. Any codec.",
+        rich_help_panel=_BUDGET,
+    ),
+    frequency_mask: str = typer.Option(
+        "shared",
+        "--frequency-mask",
+        help="With --frequency: one mask of kept frequencies for all classes (shared), or "
+        "one per class, each chosen on its own class's images (per-class; stored and "
+        "counted: classes x C x H x W bytes).",
         rich_help_panel=_BUDGET,
     ),
     quantize: str | None = typer.Option(
@@ -384,6 +393,12 @@ def compress(
         raise HabaError("give the budget as --ipc or as --budget-bytes, not both")
     if settings["quantize"] is None and "quantize_granularity" in given | set(recipe):
         raise HabaError("--quantize-granularity applies with --quantize only")
+    if settings["frequency"] is None and "frequency_mask" in given | set(recipe):
+        raise HabaError("--frequency-mask applies with --frequency only")
+    if settings["frequency_mask"] not in ("shared", "per-class"):
+        raise HabaError(
+            f"--frequency-mask must be shared or per-class, got {settings['frequency_mask']!r}"
+        )
     target = _target(settings)
     if surface is None:
         _compress_random(settings, target)

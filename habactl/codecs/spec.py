@@ -41,6 +41,9 @@ class StageSpec(NamedTuple):
     # stores anything but float32.
     param_dtypes: dict[str, str] | None = None
     input_dtype: str = "F32"
+    # A stage that decodes each basis through its class's tensors (a per-class frequency
+    # mask) names the number of classes it has them for; the archive must have as many.
+    classes: int | None = None
 
 
 def check_shape(stage: str, shape: Any, what: str = "input shape") -> Shape:
@@ -225,14 +228,17 @@ def quantize_stored_shape(spec: StageSpec) -> Shape:
 # --- frequency (FreD-style, format 1.1) ---------------------------------------------
 
 FREQUENCY_MAX_VALUES = 1 << 20  # H x W of one channel: bounds the DCT matrices
+FREQUENCY_MASKS = ("shared", "per-class")
+FREQUENCY_MAX_CLASSES = 100_000  # the format's own bound on classes (Limits.max_classes)
 
 
 def describe_frequency(configuration: Any, in_shape: Any) -> StageSpec:
     """(C, 1, keep) DCT coefficients -> (C, height, width) through the inverse 2-D DCT.
 
-    The kept frequencies are the stored ``mask`` (U8, (C, height, width), exactly
-    ``keep`` ones per channel); coefficient j of channel c goes to the j-th one of the
-    mask in row-major order.
+    The kept frequencies are the stored ``mask`` (U8, exactly ``keep`` ones per channel):
+    one (C, height, width) mask shared by every basis, or with ``mask: "per-class"`` one
+    per class, (classes, C, height, width), each basis decoded through its class's.
+    Coefficient j of channel c goes to the j-th one of the mask in row-major order.
     """
     reader = ConfigReader("frequency", configuration)
     height = reader.integer("height", 1, MAX_SIDE)
@@ -242,12 +248,19 @@ def describe_frequency(configuration: Any, in_shape: Any) -> StageSpec:
             f"stage 'frequency': {height}x{width} exceeds {FREQUENCY_MAX_VALUES} values"
         )
     keep = reader.integer("keep", 1, height * width)
+    # "mask" is optional and absent from a shared mask's configuration as habactl writes
+    # it, so every archive made before per-class masks existed keeps its bytes.
+    shared = "mask" not in reader.source or reader.choice("mask", FREQUENCY_MASKS) == "shared"
+    if shared and "classes" in reader.source:
+        raise CodecError("stage 'frequency': configuration 'classes' applies to mask 'per-class'")
+    classes = None if shared else reader.integer("classes", 1, FREQUENCY_MAX_CLASSES)
     config = reader.finish()
     c, one, k = check_shape("frequency", in_shape)
     if (one, k) != (1, keep):
         raise CodecError(
             f"stage 'frequency': input must be (C, 1, keep) = (C, 1, {keep}), got {[c, one, k]}"
         )
+    mask = (c, height, width) if classes is None else (classes, c, height, width)
     return StageSpec(
         "frequency",
         1,
@@ -255,8 +268,9 @@ def describe_frequency(configuration: Any, in_shape: Any) -> StageSpec:
         (c, 1, keep),
         (c, height, width),
         1,
-        {"mask": (c, height, width)},
+        {"mask": mask},
         {"mask": "U8"},
+        classes=classes,
     )
 
 
@@ -264,13 +278,20 @@ def describe_frequency(configuration: Any, in_shape: Any) -> StageSpec:
 
 
 class Description(NamedTuple):
-    """A stage's name, its newest version and its pure describe function."""
+    """A stage's name, its newest version, its pure describe function, and where in a
+    pipeline it may stand (what describe_pipeline reads instead of stage names)."""
 
     name: str
     version: int
     describe: Callable[[Any, Any], StageSpec]
     since_minor: int = 0  # the format 1.x that introduced the stage (writers emit >= it)
     first_only: bool = False  # reads the stored `bases` tensor itself: only stage 0
+    # A stage that reads stored data but may sit behind a stage that only narrows it:
+    # it must be stage 0 or follow a first stage named here (None: anywhere).
+    leads_after: tuple[str, ...] | None = None
+    why_placed: str = ""  # the reason given when it stands anywhere else
+    # The shape one stored basis has when the stage is stage 0 and packs the bases.
+    stored_shape: Callable[[StageSpec], Shape] | None = None
 
 
 DESCRIPTIONS: dict[str, Description] = {
@@ -278,8 +299,23 @@ DESCRIPTIONS: dict[str, Description] = {
     for d in (
         Description("upsample", 1, describe_upsample),
         Description("hallucinate", 1, describe_hallucinate),
-        Description("quantize", 1, describe_quantize, since_minor=1, first_only=True),
-        Description("frequency", 1, describe_frequency, since_minor=1),
+        Description(
+            "quantize",
+            1,
+            describe_quantize,
+            since_minor=1,
+            first_only=True,
+            why_placed="stores the bases themselves",
+            stored_shape=quantize_stored_shape,
+        ),
+        Description(
+            "frequency",
+            1,
+            describe_frequency,
+            since_minor=1,
+            leads_after=("quantize",),
+            why_placed="decodes the stored coefficients",
+        ),
     )
 }
 
@@ -299,6 +335,8 @@ class PipelineSpec(NamedTuple):
     dtypes: dict[str, str] | None = None
     stored_base_shape: Shape | None = None
     minor: int = 0
+    # The classes a per-class stage decodes for (None: no stage needs a basis' class).
+    classes: int | None = None
 
 
 def format_version_for(pipeline: Any) -> str:
@@ -359,15 +397,10 @@ def describe_pipeline(pipeline: Any, base_shape: Any) -> PipelineSpec:
     expansion = 1
     stored_shape, minor = shape, 0
     dtypes: dict[str, str] = {}
+    classes: int | None = None
     for i, entry in enumerate(pipeline):
         # Order first: a stage in the wrong place is refused for that, not for a shape.
-        name = entry.get("name") if isinstance(entry, Mapping) else None
-        if name == "frequency" and not (i == 0 or (i == 1 and stages[0].name == "quantize")):
-            raise CodecError(
-                "stage 'frequency' decodes the stored coefficients: it must be the first "
-                "stage, or follow a first quantize stage",
-                index=i,
-            )
+        _check_leads(entry, i, stages)
         try:
             spec = describe_entry(entry, shape)
         except CodecError as error:
@@ -376,14 +409,16 @@ def describe_pipeline(pipeline: Any, base_shape: Any) -> PipelineSpec:
         minor = max(minor, described.since_minor)
         if described.first_only and i > 0:
             raise CodecError(
-                f"stage {quote(spec.name)} stores the bases themselves: it must be the "
+                f"stage {quote(spec.name)} {described.why_placed}: it must be the "
                 f"first stage of the pipeline",
                 index=i,
             )
         if i == 0 and spec.input_dtype != "F32":
             dtypes["bases"] = spec.input_dtype
-            if spec.name == "quantize":
-                stored_shape = quantize_stored_shape(spec)
+            if described.stored_shape is not None:
+                stored_shape = described.stored_shape(spec)
+        if spec.classes is not None:
+            classes = spec.classes
         for name, dtype in (spec.param_dtypes or {}).items():
             dtypes[f"pipeline.{i}.{name}"] = dtype
         if spec.expansion > 1 and expansion > 1:
@@ -396,7 +431,23 @@ def describe_pipeline(pipeline: Any, base_shape: Any) -> PipelineSpec:
         stages.append(spec)
         params.update({f"pipeline.{i}.{name}": s for name, s in spec.params.items()})
         shape = spec.out_shape
-    return PipelineSpec(stages, shape, expansion, params, dtypes, stored_shape, minor)
+    return PipelineSpec(stages, shape, expansion, params, dtypes, stored_shape, minor, classes)
+
+
+def _check_leads(entry: Any, index: int, before: list[StageSpec]) -> None:
+    """A stage that must lead (after only a first stage it names) stands where it may."""
+    name = entry.get("name") if isinstance(entry, Mapping) else None
+    described = DESCRIPTIONS.get(name) if isinstance(name, str) else None
+    if described is None or described.leads_after is None or index == 0:
+        return
+    if index == 1 and before[0].name in described.leads_after:
+        return
+    after = " or ".join(described.leads_after)
+    raise CodecError(
+        f"stage {quote(described.name)} {described.why_placed}: it must be the first "
+        f"stage, or follow a first {after} stage",
+        index=index,
+    )
 
 
 class Storage(NamedTuple):

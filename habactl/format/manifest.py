@@ -556,6 +556,11 @@ def _plan(m: dict[str, Any], c: _Checker, stages: StageLookup) -> Plan:
             f"needs format 1.{stored.minor} (its stages are newer than 1.{c.minor}); the "
             f"archive says {m['format_version']}",
         )
+    if stored.classes is not None and stored.classes != n_classes:
+        raise c.fail(
+            "pipeline",
+            f"decodes per class for {stored.classes} classes, but the archive has {n_classes}",
+        )
     expected: dict[str, tuple[str, tuple[int, ...]]] = {
         "bases": (stored.dtypes.get("bases", "F32"), (count, *stored.base_shape))
     }
@@ -620,6 +625,7 @@ class Stored:
     dtypes: dict[str, str]
     base_shape: tuple[int, ...]
     minor: int
+    classes: int | None = None  # a per-class stage's class count (a per-class mask)
 
 
 def describe(
@@ -641,6 +647,7 @@ def describe(
             {str(k): str(v) for k, v in (getattr(spec, "dtypes", None) or {}).items()},
             tuple(int(d) for d in packed),
             int(getattr(spec, "minor", 0)),
+            getattr(spec, "classes", None),
         )
     except Exception as error:  # hostile configurations must not escape as raw errors
         raise _stage_error(entries, base_shape, error, stages) from None
