@@ -254,8 +254,8 @@ def test_packed_bases_of_the_wrong_size_are_refused_before_reading_data(uint4_go
     "change, message",
     [
         (lambda t: t["bases"].__setitem__((0, 0, 0, 1), 0xF5), "padding nibble"),
-        (lambda t: t["pipeline.0.zero_point"].fill_(16.0), "zero_point' must lie in 0..15"),
-        (lambda t: t["pipeline.0.scale"].fill_(0.0), "'scale' must be positive"),
+        (lambda t: t["pipeline.0.zero_point"].fill_(16.0), "zero_point': must lie in 0..15"),
+        (lambda t: t["pipeline.0.scale"].fill_(0.0), "scale': must be positive"),
     ],
 )
 def test_hostile_codes_and_grids_are_refused(uint4_golden, tmp_path, change, message):

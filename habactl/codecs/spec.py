@@ -25,6 +25,11 @@ MAX_CHANNELS = 4096
 
 _REQUIRED = object()
 
+# A content rule of one stored tensor: its values (a numpy array) -> the problem, or None.
+# Pure numpy, so `habactl verify` (and the writer) check a stage's stored values without
+# building the stage: a hostile archive is named there, not only when it is decoded.
+ValueRule = Callable[[Any], "str | None"]
+
 
 class StageSpec(NamedTuple):
     """What a stage will do, computed without allocating anything."""
@@ -218,6 +223,33 @@ def describe_quantize(configuration: Any, in_shape: Any) -> StageSpec:
     return StageSpec("quantize", 1, config, (c, h, w), (c, h, w), 1, params, None, stored)
 
 
+def quantize_rules(spec: StageSpec, index: int) -> dict[str, ValueRule]:
+    """The stored values codecs/quantize.md requires: a positive scale, a zero-point
+    among the codes, a zero padding nibble in odd-width uint4 rows."""
+    _, per, levels = QUANTIZE_DTYPES[spec.configuration["dtype"]]
+    rules: dict[str, ValueRule] = {}
+    if levels is None:
+        return rules
+    top = levels - 1
+
+    def positive(scale: Any) -> str | None:
+        return None if bool((scale > 0).all()) else "must be positive (a quantisation step)"
+
+    def among_codes(zero: Any) -> str | None:
+        inside = bool(((zero >= 0) & (zero <= top)).all())
+        return None if inside else f"must lie in 0..{top} (a zero-point is a code)"
+
+    def padding(packed: Any) -> str | None:
+        clean = not bool((packed[..., -1] >> 4).any())
+        return None if clean else "the padding nibble of an odd-width uint4 row is not 0"
+
+    rules[f"pipeline.{index}.scale"] = positive
+    rules[f"pipeline.{index}.zero_point"] = among_codes
+    if per == 2 and spec.in_shape[2] % 2 and index == 0:
+        rules["bases"] = padding
+    return rules
+
+
 def quantize_stored_shape(spec: StageSpec) -> Shape:
     """The shape one stored basis has: (C, H, ceil(W / codes per byte))."""
     _, per, _ = QUANTIZE_DTYPES[spec.configuration["dtype"]]
@@ -274,6 +306,26 @@ def describe_frequency(configuration: Any, in_shape: Any) -> StageSpec:
     )
 
 
+def frequency_rules(spec: StageSpec, index: int) -> dict[str, ValueRule]:
+    """The stored mask codecs/frequency.md requires: 0 or 1, `keep` ones per channel."""
+    keep = spec.configuration["keep"]
+
+    def mask_rule(mask: Any) -> str | None:
+        if bool((mask > 1).any()):
+            return "a frequency mask holds values other than 0, 1"
+        counts = mask.reshape(*mask.shape[:-2], -1).sum(-1)
+        wrong = list(zip(*(counts != keep).nonzero()))
+        if not wrong:
+            return None
+        where = ", ".join(str(int(i)) for i in wrong[0])  # (channel) or (class, channel)
+        return (
+            f"a frequency mask must keep exactly {keep} coefficients per channel; "
+            f"[{where}] keeps {int(counts[wrong[0]])}"
+        )
+
+    return {f"pipeline.{index}.mask": mask_rule}
+
+
 # --- the registry of descriptions and whole pipelines --------------------------------
 
 
@@ -292,6 +344,8 @@ class Description(NamedTuple):
     why_placed: str = ""  # the reason given when it stands anywhere else
     # The shape one stored basis has when the stage is stage 0 and packs the bases.
     stored_shape: Callable[[StageSpec], Shape] | None = None
+    # Content rules of the tensors it stores (by tensor name), for the stage at an index.
+    value_rules: Callable[[StageSpec, int], dict[str, ValueRule]] | None = None
 
 
 DESCRIPTIONS: dict[str, Description] = {
@@ -307,6 +361,7 @@ DESCRIPTIONS: dict[str, Description] = {
             first_only=True,
             why_placed="stores the bases themselves",
             stored_shape=quantize_stored_shape,
+            value_rules=quantize_rules,
         ),
         Description(
             "frequency",
@@ -315,6 +370,7 @@ DESCRIPTIONS: dict[str, Description] = {
             since_minor=1,
             leads_after=("quantize",),
             why_placed="decodes the stored coefficients",
+            value_rules=frequency_rules,
         ),
     )
 }
@@ -337,6 +393,8 @@ class PipelineSpec(NamedTuple):
     minor: int = 0
     # The classes a per-class stage decodes for (None: no stage needs a basis' class).
     classes: int | None = None
+    # Content rules of stored tensors beyond SPEC §2's (tensor name -> rule).
+    rules: dict[str, ValueRule] | None = None
 
 
 def format_version_for(pipeline: Any) -> str:
@@ -398,6 +456,7 @@ def describe_pipeline(pipeline: Any, base_shape: Any) -> PipelineSpec:
     stored_shape, minor = shape, 0
     dtypes: dict[str, str] = {}
     classes: int | None = None
+    rules: dict[str, ValueRule] = {}
     for i, entry in enumerate(pipeline):
         # Order first: a stage in the wrong place is refused for that, not for a shape.
         _check_leads(entry, i, stages)
@@ -419,6 +478,8 @@ def describe_pipeline(pipeline: Any, base_shape: Any) -> PipelineSpec:
                 stored_shape = described.stored_shape(spec)
         if spec.classes is not None:
             classes = spec.classes
+        if described.value_rules is not None:
+            rules.update(described.value_rules(spec, i))
         for name, dtype in (spec.param_dtypes or {}).items():
             dtypes[f"pipeline.{i}.{name}"] = dtype
         if spec.expansion > 1 and expansion > 1:
@@ -431,7 +492,9 @@ def describe_pipeline(pipeline: Any, base_shape: Any) -> PipelineSpec:
         stages.append(spec)
         params.update({f"pipeline.{i}.{name}": s for name, s in spec.params.items()})
         shape = spec.out_shape
-    return PipelineSpec(stages, shape, expansion, params, dtypes, stored_shape, minor, classes)
+    return PipelineSpec(
+        stages, shape, expansion, params, dtypes, stored_shape, minor, classes, rules
+    )
 
 
 def _check_leads(entry: Any, index: int, before: list[StageSpec]) -> None:

@@ -187,6 +187,10 @@ def check_values(name: str, tensor: Any, plan: Plan) -> None:
         bad = int((~np.isfinite(array)).sum())
         if bad:
             raise ArchiveError(f"{where}: {bad} values are NaN or infinite")
+    rule = plan.rules.get(name)
+    problem = rule(array) if rule is not None else None
+    if problem:  # a stage's own rule (codecs/*.md), e.g. a positive quantisation scale
+        raise ArchiveError(f"{where}: {problem}")
     if name != "labels":
         return
     if plan.label_kind == "soft":

@@ -11,7 +11,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from habactl.errors import HabaError
@@ -169,6 +169,8 @@ class Plan:
     image_shape: tuple[int, int, int]
     expansion: int
     expanded_items: int  # bases.count * expansion
+    # Content rules the pipeline's stages add (tensor name -> values -> problem or None).
+    rules: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict)
 
 
 # --- field checks --------------------------------------------------------------------
@@ -607,6 +609,7 @@ def _plan(m: dict[str, Any], c: _Checker, stages: StageLookup) -> Plan:
         image_shape=image,
         expansion=expansion,
         expanded_items=count * expansion,
+        rules=stored.rules,
     )
 
 
@@ -626,6 +629,7 @@ class Stored:
     base_shape: tuple[int, ...]
     minor: int
     classes: int | None = None  # a per-class stage's class count (a per-class mask)
+    rules: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict)
 
 
 def describe(
@@ -648,6 +652,7 @@ def describe(
             tuple(int(d) for d in packed),
             int(getattr(spec, "minor", 0)),
             getattr(spec, "classes", None),
+            dict(getattr(spec, "rules", None) or {}),
         )
     except Exception as error:  # hostile configurations must not escape as raw errors
         raise _stage_error(entries, base_shape, error, stages) from None
