@@ -457,21 +457,15 @@ def describe_pipeline(pipeline: Any, base_shape: Any) -> PipelineSpec:
     dtypes: dict[str, str] = {}
     classes: int | None = None
     rules: dict[str, ValueRule] = {}
+    # Order first: a stage in the wrong place is refused for that, not for a shape.
+    check_order(pipeline)
     for i, entry in enumerate(pipeline):
-        # Order first: a stage in the wrong place is refused for that, not for a shape.
-        _check_leads(entry, i, stages)
         try:
             spec = describe_entry(entry, shape)
         except CodecError as error:
             raise CodecError(error.detail, index=i) from None
         described = DESCRIPTIONS[spec.name]
         minor = max(minor, described.since_minor)
-        if described.first_only and i > 0:
-            raise CodecError(
-                f"stage {quote(spec.name)} {described.why_placed}: it must be the "
-                f"first stage of the pipeline",
-                index=i,
-            )
         if i == 0 and spec.input_dtype != "F32":
             dtypes["bases"] = spec.input_dtype
             if described.stored_shape is not None:
@@ -497,20 +491,29 @@ def describe_pipeline(pipeline: Any, base_shape: Any) -> PipelineSpec:
     )
 
 
-def _check_leads(entry: Any, index: int, before: list[StageSpec]) -> None:
-    """A stage that must lead (after only a first stage it names) stands where it may."""
-    name = entry.get("name") if isinstance(entry, Mapping) else None
-    described = DESCRIPTIONS.get(name) if isinstance(name, str) else None
-    if described is None or described.leads_after is None or index == 0:
-        return
-    if index == 1 and before[0].name in described.leads_after:
-        return
-    after = " or ".join(described.leads_after)
-    raise CodecError(
-        f"stage {quote(described.name)} {described.why_placed}: it must be the first "
-        f"stage, or follow a first {after} stage",
-        index=index,
-    )
+def check_order(pipeline: Sequence[Any]) -> None:
+    """Every stage stands where it may (its Description's ``first_only`` and
+    ``leads_after``), judged from the names alone: the planner asks this before it walks
+    shapes back, so a misplaced stage is refused for its place, whatever its sizes.
+    Unknown names and malformed entries are left to ``describe_entry`` to name."""
+    names = [e.get("name") if isinstance(e, Mapping) else None for e in pipeline]
+    for i, name in enumerate(names):
+        described = DESCRIPTIONS.get(name) if isinstance(name, str) else None
+        if described is None or i == 0:
+            continue
+        if described.first_only:
+            raise CodecError(
+                f"stage {quote(described.name)} {described.why_placed}: it must be the "
+                f"first stage of the pipeline",
+                index=i,
+            )
+        if described.leads_after is not None and not (i == 1 and names[0] in described.leads_after):
+            after = " or ".join(described.leads_after)
+            raise CodecError(
+                f"stage {quote(described.name)} {described.why_placed}: it must be the first "
+                f"stage, or follow a first {after} stage",
+                index=i,
+            )
 
 
 class Storage(NamedTuple):
