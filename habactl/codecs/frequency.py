@@ -107,8 +107,8 @@ class Frequency(Stage):
         c, h, w = self.out_shape
         keep = self.spec.configuration["keep"]
         order = torch.argsort(-energy, dim=2, stable=True)[..., :keep]
-        mask = torch.zeros(self._masks(), c, h * w, dtype=torch.uint8)
-        mask.scatter_(2, order, 1)
+        mask = torch.zeros(self._masks(), c, h * w, dtype=torch.uint8, device=order.device)
+        mask.scatter_(2, order, 1)  # on the images' device; the buffer copies it in
         self._set_mask(mask.view(self.get_buffer("mask").shape))
 
     def _groups(self, labels: Tensor | None, count: int) -> list[Tensor]:
