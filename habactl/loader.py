@@ -31,6 +31,7 @@ class _Decoded:
 
     def __init__(self, path: Path, verify: bool) -> None:
         from habactl.codecs import Pipeline
+        from habactl.codecs.pipeline import basis_classes
         from habactl.format import open_archive
 
         with open_archive(path, verify=verify) as archive:
@@ -44,6 +45,8 @@ class _Decoded:
         )
         self.pipeline.load_tensors({k: v for k, v in tensors.items() if k.startswith("pipeline.")})
         self.pipeline.eval().requires_grad_(False)
+        # Each basis' class (bases are class-sorted): a per-class stage decodes by it.
+        self.classes = basis_classes(manifest["bases"]["per_class"])
         self.zca = tensors.get("normalization.zca")
         self.pid = os.getpid()
         self.expanded: Tensor | None = None
@@ -52,7 +55,10 @@ class _Decoded:
         """Every (basis, variant) pair, item b*E + v, decoded in batches of `chunk` bases."""
         if self.expanded is None:
             with torch.no_grad():
-                parts = [self.pipeline.decode_all(b) for b in self.bases.split(chunk)]
+                parts = [
+                    self.pipeline.decode_all(b, classes=k)
+                    for b, k in zip(self.bases.split(chunk), self.classes.split(chunk))
+                ]
             self.expanded = torch.cat(parts)
         return self.expanded
 
@@ -168,7 +174,9 @@ class HabaDataset(Dataset):
             images = state.expand_all()[basis * self.expansion + variant]
         else:
             with torch.no_grad():
-                images = state.pipeline.decode(state.bases[basis], variant)
+                images = state.pipeline.decode(
+                    state.bases[basis], variant, classes=state.classes[basis]
+                )
         return images, state.labels[basis]
 
     def tensors(self) -> tuple[Tensor, Tensor]:

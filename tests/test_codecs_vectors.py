@@ -42,7 +42,7 @@ def test_vector_decodes(path):
     params = {
         f"pipeline.0.{k}": v
         for k, v in tensors.items()
-        if k not in ("input", "variant", "output", "output_all")
+        if k not in ("input", "variant", "classes", "output", "output_all")
     }
     pipeline.load_tensors(params)
     assert pipeline.to_manifest() == [entry]
@@ -52,8 +52,8 @@ def test_vector_decodes(path):
             torch.testing.assert_close(
                 pipeline.decode_all(x), tensors["output_all"], atol=1e-6, rtol=0
             )
-        else:
-            got = pipeline.decode(x)
+        else:  # a per-class frequency mask: "classes" names each input's class
+            got = pipeline.decode(x, classes=tensors.get("classes"))
     torch.testing.assert_close(got, tensors["output"], atol=1e-6, rtol=0)
 
 

@@ -37,12 +37,15 @@ def frequency(h: int, w: int, keep: int) -> dict:
     }
 
 
-def place(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Coefficients (N, C, 1, K) at the mask's ones, row-major; zeros elsewhere."""
+def place(x: np.ndarray, mask: np.ndarray, classes=None) -> np.ndarray:
+    """Coefficients (N, C, 1, K) at the mask's ones, row-major; zeros elsewhere. A
+    per-class mask (classes, C, H, W) places basis b at mask[classes[b]]'s ones."""
     n, c = x.shape[:2]
-    full = np.zeros((n, c, *mask.shape[1:]))
-    for ch in range(c):
-        full[:, ch][:, mask[ch].astype(bool)] = x[:, ch, 0]
+    full = np.zeros((n, c, *mask.shape[-2:]))
+    for b in range(n):
+        own = mask if classes is None else mask[classes[b]]
+        for ch in range(c):
+            full[b, ch][own[ch].astype(bool)] = x[b, ch, 0]
     return full
 
 
@@ -61,7 +64,9 @@ def test_decoding_is_scipys_orthonormal_inverse_dct(h, w, keep, c):
 def test_the_vectors_agree_with_scipy(path):
     with safe_open(str(path), "np") as f:
         x, mask, output = (f.get_tensor(k) for k in ("input", "mask", "output"))
-    expected = scipy.fft.idctn(place(x.astype(np.float64), mask), axes=(-2, -1), norm="ortho")
+        classes = f.get_tensor("classes") if "classes" in f.keys() else None
+    placed = place(x.astype(np.float64), mask, classes)
+    expected = scipy.fft.idctn(placed, axes=(-2, -1), norm="ortho")
     np.testing.assert_allclose(output, expected, rtol=0, atol=1e-6)
 
 

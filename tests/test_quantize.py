@@ -20,7 +20,7 @@ from habactl.codecs import CodecError, Pipeline, describe_pipeline
 from habactl.codecs.spec import DESCRIPTIONS
 from habactl.errors import HabaError
 from habactl.format import ArchiveError, open_archive, save_archive, storage_account
-from habactl.format.digest import tensor_sha256, tensors_content_digest
+from habactl.format.digest import dtype_name, tensor_sha256, tensors_content_digest
 from habactl.format.limits import DEFAULT_LIMITS
 from habactl.format.manifest import canonical_json, validate_manifest
 from habactl.loader import HabaDataset
@@ -211,9 +211,9 @@ def _forge(tensors: dict, manifest: dict) -> bytes:
 
 
 def _dtype(t: torch.Tensor) -> str:
-    return {torch.float32: "F32", torch.int64: "I64", torch.uint8: "U8", torch.float16: "F16"}[
-        t.dtype
-    ]
+    name = dtype_name(t)
+    assert name is not None, t.dtype
+    return name
 
 
 def _open(data: bytes, tmp: Path | None = None) -> tuple:
@@ -254,8 +254,8 @@ def test_packed_bases_of_the_wrong_size_are_refused_before_reading_data(uint4_go
     "change, message",
     [
         (lambda t: t["bases"].__setitem__((0, 0, 0, 1), 0xF5), "padding nibble"),
-        (lambda t: t["pipeline.0.zero_point"].fill_(16.0), "zero_point' must lie in 0..15"),
-        (lambda t: t["pipeline.0.scale"].fill_(0.0), "'scale' must be positive"),
+        (lambda t: t["pipeline.0.zero_point"].fill_(16.0), "zero_point': must lie in 0..15"),
+        (lambda t: t["pipeline.0.scale"].fill_(0.0), "scale': must be positive"),
     ],
 )
 def test_hostile_codes_and_grids_are_refused(uint4_golden, tmp_path, change, message):
@@ -278,7 +278,7 @@ def test_preview_draws_a_quantised_archive(archives, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--quantize", "int3"], "'dtype' must be one of float16, uint8, uint4"),
+        (["--quantize", "int3"], "'dtype' must be one of float16, bfloat16, uint8, uint4"),
         (["--quantize-granularity", "channel"], "--quantize-granularity applies with --quantize"),
         (["--quantize", "float16", "--quantize-granularity", "channel"], "applies to the integer"),
         (["--objective", "random", "--quantize", "uint8"], "does not apply to --objective random"),

@@ -10,9 +10,10 @@ spec pages (not from habactl), and habactl's float32 result must equal them exac
 
 Each file is plain safetensors with one metadata key, "stage": the pipeline entry
 {"name", "version", "configuration"} as canonical JSON (one key, so the bytes are
-reproducible). Tensors: "input" (N, C, H, W) F32 (quantize: the stored bases, U8 or
-F16, uint4 packed to (N, C, H, ceil(W/2))); "output" F32; quantize files add "scale" and
-"zero_point" for the integer dtypes; hallucinate files add
+reproducible). Tensors: "input" (N, C, H, W) F32 (quantize: the stored bases, U8, F16
+or BF16, uint4 packed to (N, C, H, ceil(W/2))); "output" F32; quantize files add "scale" and
+"zero_point" for the integer dtypes; frequency files add "mask" U8 and, for a per-class
+mask, "classes" (N,) I64 (each input's class); hallucinate files add
 "variant" (N,) I64, "output_all" (N*K, C, H, W) F32 (item b*K + v) and the stage
 parameters under their own names ("encoder.weight", ...).
 """
@@ -101,9 +102,12 @@ def hallucinate_reference(x: np.ndarray, p: dict[str, np.ndarray], v: int) -> np
 
 def quantize_reference(stored: np.ndarray, config: dict, width: int, p: dict) -> np.ndarray:
     """Stored bases -> float values, by codecs/quantize.md: unpack uint4 (low nibble
-    first), then (code - zero_point[c]) * scale[c]; float16 is read as it is."""
+    first), then (code - zero_point[c]) * scale[c]; float16 is read as it is, bfloat16
+    (kept here as its uint16 bits) is the top half of a float32's bits."""
     if config["dtype"] == "float16":
         return stored.astype(np.float64)
+    if config["dtype"] == "bfloat16":
+        return (stored.astype(np.uint32) << np.uint32(16)).view(np.float32).astype(np.float64)
     codes = stored.astype(np.int64)
     if config["dtype"] == "uint4":
         pairs = np.stack([codes & 15, codes >> 4], axis=-1)
@@ -114,11 +118,13 @@ def quantize_reference(stored: np.ndarray, config: dict, width: int, p: dict) ->
     return (codes - zero) * scale
 
 
-def frequency_reference(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def frequency_reference(x: np.ndarray, mask: np.ndarray, classes=None) -> np.ndarray:
     """Coefficients (N, C, 1, K) -> images, by codecs/frequency.md: place them at the
-    mask's ones in row-major order, then the orthonormal inverse DCT as explicit sums."""
+    mask's ones in row-major order, then the orthonormal inverse DCT as explicit sums.
+    A per-class mask (classes, C, H, W) decodes basis b through mask[classes[b]]."""
     n, c, _, _ = x.shape
-    _, h, w = mask.shape
+    h, w = mask.shape[-2:]
+    masks = [mask] * n if classes is None else [mask[k] for k in classes]
 
     def basis(size: int) -> np.ndarray:  # a[k, i] = alpha_k cos(pi (2i + 1) k / 2 size)
         a = np.array([[math.cos(math.pi * (2 * i + 1) * k / (2 * size)) for i in range(size)]
@@ -129,8 +135,8 @@ def frequency_reference(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     rows, cols = basis(h), basis(w)
     y = np.zeros((n, c, h, w))
     for ch in range(c):
-        where = [(r, q) for r in range(h) for q in range(w) if mask[ch, r, q]]
         for b in range(n):
+            where = [(r, q) for r in range(h) for q in range(w) if masks[b][ch, r, q]]
             for j, (u, v) in enumerate(where):
                 y[b, ch] += x[b, ch, 0, j] * np.outer(rows[u], cols[v])
     return y
@@ -146,10 +152,14 @@ QUANTIZE = {  # case -> (configuration, logical input shape (N, C, H, W))
     "uint8-channel": ({"dtype": "uint8", "granularity": "channel"}, (2, 3, 2, 3)),
     "uint4-tensor": ({"dtype": "uint4", "granularity": "tensor"}, (2, 1, 3, 5)),  # odd width
     "float16": ({"dtype": "float16", "granularity": "tensor"}, (2, 2, 3, 3)),
+    "bfloat16": ({"dtype": "bfloat16", "granularity": "tensor"}, (2, 2, 3, 4)),
 }
 FREQUENCY = {  # case -> (configuration, channels, N)
     "5x7-keep9": ({"height": 5, "width": 7, "keep": 9}, 2, 3),
     "4x4-keep16": ({"height": 4, "width": 4, "keep": 16}, 1, 2),  # every coefficient kept
+    # one mask per class (3 classes), bases of classes 2, 0, 2, 1: "classes" says which
+    "4x5-keep6-per-class": (
+        {"classes": 3, "height": 4, "keep": 6, "mask": "per-class", "width": 5}, 2, 4),
 }
 HALLUCINATE = {
     "pixel-affine": ({"arch": "pixel-affine", "count": 2, "hidden": 2, "kernel": 3}, (2, 1, 6, 6)),
@@ -196,6 +206,14 @@ def build_cases() -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
         if config["dtype"] == "float16":
             stored = rng.take(shape, -4.0, 4.0).astype(np.float16)
             params: dict[str, np.ndarray] = {}
+        elif config["dtype"] == "bfloat16":
+            # Values of few significant bits (exact in bfloat16), spread over float32's
+            # range (2^-100 .. 2^100: far beyond float16's), kept as their bits.
+            scale = np.array([2.0 ** e for e in (-100, 0, 60, 100)]).reshape(1, 1, 1, 4)
+            values = (rng.take(shape, -4.0, 4.0) * scale).astype(np.float32)
+            stored = (values.view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+            assert np.array_equal(quantize_reference(stored, config, w, {}), values)
+            params = {}
         else:
             levels = 256 if config["dtype"] == "uint8" else 16
             codes = (rng.take(shape, 0.0, (levels - 1) / 8) * 8).astype(np.uint8)
@@ -212,14 +230,24 @@ def build_cases() -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
     for seed, (case, (config, c, n)) in enumerate(FREQUENCY.items(), start=31):
         rng, (h, w, k) = Dyadic(seed), (config["height"], config["width"], config["keep"])
         x = rng.take((n, c, 1, k), -2.0, 2.0)
-        mask = np.zeros((c, h * w), dtype=np.uint8)
-        for ch in range(c):  # a different, scattered choice per channel
-            order = sorted(range(h * w), key=lambda i, ch=ch: ((i * 7 + ch * 3) % (h * w), i))
-            mask[ch, order[:k]] = 1
-        mask = mask.reshape(c, h, w)
+        masks = config.get("classes", 1)
+        mask = np.zeros((masks, c, h * w), dtype=np.uint8)
+        for m in range(masks):
+            for ch in range(c):  # a different, scattered choice per channel (and class)
+                order = sorted(range(h * w),
+                               key=lambda i, ch=ch, m=m: ((i * 7 + ch * 3 + m * 5) % (h * w), i))
+                mask[m, ch, order[:k]] = 1
+        if "classes" not in config:
+            mask = mask.reshape(c, h, w)
+            extra, classes = {}, None
+        else:
+            mask = mask.reshape(masks, c, h, w)
+            classes = np.array([2, 0, 2, 1][:n], dtype=np.int64)
+            extra = {"classes": classes}
         cases[f"frequency-{case}"] = (
             {"name": "frequency", "version": 1, "configuration": config},
-            {"input": x, "output": frequency_reference(x, mask), "mask": mask})
+            {"input": x, "output": frequency_reference(x, mask, classes), "mask": mask,
+             **extra})
     return cases
 
 
@@ -232,6 +260,8 @@ def decode_with_habactl(entry: dict, tensors: dict) -> dict:
     stored = np.asarray(tensors["input"])
     narrow = stored.dtype in (np.uint8, np.float16)
     x = torch.as_tensor(stored if narrow else stored.astype(np.float32))
+    if stored.dtype == np.uint16:  # bfloat16 bits (numpy has no bfloat16)
+        x = torch.from_numpy(stored.copy()).view(torch.bfloat16)
     # A quantize stage may store its input packed: its shape is the output's.
     shape = tensors["output"].shape[1:] if entry["name"] == "quantize" else x.shape[1:]
     # (frequency's input shape is (C, 1, keep): the stored coefficients themselves)
@@ -240,13 +270,25 @@ def decode_with_habactl(entry: dict, tensors: dict) -> dict:
                         if k in stage.spec.params})
     out = {}
     with torch.no_grad():
-        if stage.expansion > 1:
+        if stage.per_class:
+            out["output"] = stage(x, None, classes=torch.as_tensor(tensors["classes"])).numpy()
+        elif stage.expansion > 1:
             out["output"] = stage(x, torch.as_tensor(tensors["variant"])).numpy()
         else:
             out["output"] = stage(x).numpy()
         if "output_all" in tensors:
             out["output_all"] = stage.forward_all(x).numpy()
     return out
+
+
+def _save_bfloat16(tensors: dict[str, np.ndarray], path: Path, meta: dict[str, str]) -> None:
+    """Save through torch, uint16 arrays as the BF16 they hold (numpy has no bfloat16)."""
+    import torch
+    from safetensors.torch import save_file as save_torch
+
+    out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in tensors.items()}
+    out = {k: t.view(torch.bfloat16) if t.dtype == torch.uint16 else t for k, t in out.items()}
+    save_torch(out, str(path), metadata=meta)
 
 
 def main(out_dir: Path = HERE) -> list[Path]:
@@ -257,7 +299,7 @@ def main(out_dir: Path = HERE) -> list[Path]:
         # The DCT's cosines are not dyadic: frequency outputs are float32 of the float64
         # reference, and habactl must agree within float32 rounding (1e-6), not bit for bit.
         inexact = entry["name"] == "frequency"
-        stored = {k: v if v.dtype in (np.int64, np.uint8, np.float16)
+        stored = {k: v if v.dtype in (np.int64, np.uint8, np.float16, np.uint16)
                   else v.astype(np.float32) if inexact and k == "output"
                   else _exact32(v, f"{stem}:{k}")
                   for k, v in tensors.items()}
@@ -268,7 +310,10 @@ def main(out_dir: Path = HERE) -> list[Path]:
                 raise AssertionError(f"{stem}: habactl's {key} differs from the reference by {diff}")
         path = Path(out_dir) / f"{stem}.safetensors"
         meta = {"stage": json.dumps(entry, sort_keys=True, separators=(",", ":"))}
-        save_file({k: np.ascontiguousarray(v) for k, v in stored.items()}, str(path), metadata=meta)
+        if any(v.dtype == np.uint16 for v in stored.values()):
+            _save_bfloat16(stored, path, meta)
+        else:
+            save_file({k: np.ascontiguousarray(v) for k, v in stored.items()}, str(path), metadata=meta)
         written.append(path)
     return written
 

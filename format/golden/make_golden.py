@@ -3,8 +3,9 @@
     python format/golden/make_golden.py [--check]
 
 Run once per released format version; the files are then kept forever and read by
-`tests/test_golden.py`. `--check` regenerates into a temporary folder and compares
-bytes instead of writing (the writer must reproduce every golden file exactly).
+`tests/test_golden.py`. Without `--check` it adds the files that do not exist yet and
+compares the others (it never rewrites a kept file); `--check` only compares, and
+fails on a missing file too (the writer must reproduce every golden file exactly).
 Values are spelled out by closed-form arithmetic (no RNG), so any implementation
 can regenerate them.
 """
@@ -14,12 +15,13 @@ from __future__ import annotations
 import argparse
 import filecmp
 import math
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save
+from safetensors.torch import load_file, save
 
 HERE = Path(__file__).resolve().parent / "v1"
 CREATED = "2026-11-24T00:00:00Z"
@@ -157,6 +159,35 @@ def cases() -> dict[str, tuple[dict, dict[str, torch.Tensor]]]:
          "pipeline.0.scale": torch.tensor([0.03125]),
          "pipeline.0.zero_point": torch.tensor([128.0]),
          "pipeline.1.mask": mask.reshape(2, 3, 3)})
+    # 8. bfloat16 bases (the top half of a float32: its range, 8 significant bits), three
+    #    classes, upsampled x2 (bicubic). Values beyond float16's range are kept.
+    pipeline = [{"name": "quantize", "version": 1, "configuration": {"dtype": "bfloat16"}},
+                {"name": "upsample", "version": 1,
+                 "configuration": {"factor": 2, "mode": "bicubic"}}]
+    bases = (wave(3, 1, 3, 4, phase=6.0) * torch.tensor([1.0, 1e-20, 1e20, 1.0])).bfloat16()
+    out["quantize-bfloat16-idc"] = (
+        manifest(classes=["r", "s", "t"], image=(1, 6, 8), bases=bases, labels_kind="hard",
+                 pipeline=pipeline, version="1.1",
+                 normalization={"kind": "mean-std", "mean": [0.25], "std": [0.5]}),
+        {"bases": bases, "labels": torch.tensor([0, 1, 2])})
+    # 9. A per-class frequency mask (one 3x3 mask of 4 kept frequencies per class, three
+    #    classes, each different) in front of two channel-affine hallucinators: every
+    #    basis decodes through its own class's mask.
+    mask = torch.zeros(3, 1, 9, dtype=torch.uint8)
+    mask[0, 0, [0, 1, 3, 4]] = 1
+    mask[1, 0, [0, 2, 6, 8]] = 1
+    mask[2, 0, [1, 3, 5, 7]] = 1
+    pipeline = [{"name": "frequency", "version": 1,
+                 "configuration": {"classes": 3, "height": 3, "keep": 4, "mask": "per-class",
+                                   "width": 3}},
+                hallucinate("channel-affine", 2)]
+    bases = wave(6, 1, 1, 4, phase=7.0)
+    out["frequency-per-class-haba"] = (
+        manifest(classes=["e", "f", "g"], image=(1, 3, 3), bases=bases, base_shape=[1, 1, 4],
+                 labels_kind="hard", pipeline=pipeline, version="1.1", ipc=2,
+                 normalization={"kind": "mean-std", "mean": [0.2], "std": [0.3]}),
+        {"bases": bases, "labels": torch.tensor([0, 0, 1, 1, 2, 2]),
+         **stage_tensors(pipeline, (1, 1, 4)), "pipeline.0.mask": mask.reshape(3, 1, 3, 3)})
     return out
 
 
@@ -174,19 +205,36 @@ def write(folder: Path) -> list[Path]:
     return written
 
 
+def same(made: Path, kept: Path) -> bool:
+    """Archives byte for byte; expected outputs value by value within SPEC §7's
+    tolerance (decoding may round differently from one machine or torch to another)."""
+    if filecmp.cmp(made, kept, shallow=False):
+        return True
+    if not kept.name.endswith(".expected.safetensors"):
+        return False
+    a, b = load_file(made), load_file(kept)
+    return set(a) == set(b) and torch.equal(a["labels"], b["labels"]) and torch.allclose(
+        a["images"], b["images"], atol=1e-5, rtol=1e-5)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
     args = parser.parse_args()
-    if not args.check:
-        for path in write(HERE):
-            print(f"wrote {path.relative_to(HERE.parent.parent)}")
-        return 0
     with tempfile.TemporaryDirectory() as temp:
-        mismatched = [p.name for p in write(Path(temp))
-                      if not filecmp.cmp(p, HERE / p.name, shallow=False)]
+        made = write(Path(temp))
+        # Kept files are never rewritten: they are compared; only missing ones are added.
+        kept = [p for p in made if (HERE / p.name).exists()]
+        mismatched = [p.name for p in kept if not same(p, HERE / p.name)]
+        missing = [p for p in made if p not in kept]
+        if not args.check:
+            for path in missing:
+                shutil.copyfile(path, HERE / path.name)
+                print(f"wrote {(HERE / path.name).relative_to(HERE.parent.parent)}")
+    if args.check and missing:
+        print(f"missing: {[p.name for p in missing]}")
     print("golden files reproduced" if not mismatched else f"differ: {mismatched}")
-    return 1 if mismatched else 0
+    return 1 if mismatched or (args.check and missing) else 0
 
 
 if __name__ == "__main__":

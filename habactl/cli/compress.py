@@ -35,6 +35,7 @@ ENGINE = {
     "quantize": "quantize",
     "quantize_granularity": "quantize_granularity",
     "frequency": "frequency",
+    "frequency_mask": "frequency_mask",
     "budget_counts": "counts",
     "leftover": "leftover",
     "iterations": "iterations",
@@ -128,11 +129,19 @@ def compress(
         "frequencies (a stored mask) are those of most energy in the real images. Any codec.",
         rich_help_panel=_BUDGET,
     ),
+    frequency_mask: str = typer.Option(
+        "shared",
+        "--frequency-mask",
+        help="With --frequency: one mask of kept frequencies for all classes (shared), or "
+        "one per class, each chosen on its own class's images (per-class; stored and "
+        "counted: classes x C x H x W bytes).",
+        rich_help_panel=_BUDGET,
+    ),
     quantize: str | None = typer.Option(
         None,
         "--quantize",
-        help="Store the bases at lower precision: float16, uint8 or uint4 (two codes a "
-        "byte); distillation trains through the rounding. Any codec.",
+        help="Store the bases at lower precision: float16, bfloat16, uint8 or uint4 (two "
+        "codes a byte); distillation trains through the rounding. Any codec.",
         rich_help_panel=_BUDGET,
     ),
     quantize_granularity: str = typer.Option(
@@ -389,6 +398,12 @@ def compress(
         raise HabaError("give the budget as --ipc or as --budget-bytes, not both")
     if settings["quantize"] is None and "quantize_granularity" in given | set(recipe):
         raise HabaError("--quantize-granularity applies with --quantize only")
+    if settings["frequency"] is None and "frequency_mask" in given | set(recipe):
+        raise HabaError("--frequency-mask applies with --frequency only")
+    if settings["frequency_mask"] not in ("shared", "per-class"):
+        raise HabaError(
+            f"--frequency-mask must be shared or per-class, got {settings['frequency_mask']!r}"
+        )
     target = _target(settings)
     if surface is None:
         _compress_random(settings, target)

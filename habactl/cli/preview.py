@@ -228,7 +228,7 @@ def draw(archive: Path, per_class: int | None, scale: int) -> Drawn:
         )
 
     with torch.no_grad():
-        cells = [plain_decode(state.pipeline, state.bases[bases])]
+        cells = [plain_decode(state.pipeline, state.bases[bases], state.classes[bases])]
         for variant in range(columns - 1):
             cells.append(dataset.fetch(bases * dataset.expansion + variant)[0])
     transform = dataset.test_transform()
@@ -272,10 +272,13 @@ def fit_text(text: str, width_of: Any) -> str:
     return text + "…"
 
 
-def plain_decode(pipeline: Any, bases: Any) -> Any:
-    """The basis through every stage that does not expand (e.g. IDC upsampling) only."""
+def plain_decode(pipeline: Any, bases: Any, classes: Any = None) -> Any:
+    """The basis through every stage that does not expand (e.g. IDC upsampling) only;
+    ``classes``: each basis' class, for a per-class stage (a per-class frequency mask)."""
     out = bases
     for stage in pipeline.stages:
-        if stage.expansion == 1:
+        if stage.per_class:
+            out = stage(out, None, classes=classes)
+        elif stage.expansion == 1:
             out = stage(out)
     return out

@@ -104,6 +104,12 @@ class Stage(nn.Module):
         return self.spec.expansion
 
     @property
+    def per_class(self) -> bool:
+        """True for a stage that decodes each basis through its class's tensors: it is
+        called as ``stage(x, None, classes=...)`` (a per-class frequency mask)."""
+        return False
+
+    @property
     def in_shape(self) -> Shape:
         return self.spec.in_shape
 

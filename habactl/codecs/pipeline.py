@@ -13,6 +13,13 @@ from habactl.codecs.errors import CodecError, quote
 from habactl.codecs.registry import PipelineSpec, describe_pipeline, get_stage
 
 
+def basis_classes(per_class: list[int]) -> Tensor:
+    """The class of every basis of a class-sorted set (``bases.per_class``): what a
+    per-class pipeline's ``decode(..., classes=)`` takes."""
+    counts = torch.tensor([int(n) for n in per_class], dtype=torch.long)
+    return torch.repeat_interleave(torch.arange(len(counts)), counts)
+
+
 class Pipeline(nn.Module):
     """Stages in order; stage i's input shape is stage i-1's output shape.
 
@@ -61,21 +68,35 @@ class Pipeline(nn.Module):
             for s in self.stage_list
         ]
 
-    def decode(self, bases: Tensor, variant: Tensor | None = None) -> Tensor:
-        """Basis n through variant[n]: (N, *base_shape) -> (N, *out_shape)."""
+    @property
+    def per_class(self) -> bool:
+        """True when decoding needs each basis' class (a per-class frequency mask)."""
+        return any(stage.per_class for stage in self.stage_list)
+
+    def decode(
+        self, bases: Tensor, variant: Tensor | None = None, *, classes: Tensor | None = None
+    ) -> Tensor:
+        """Basis n through variant[n]: (N, *base_shape) -> (N, *out_shape). ``classes``
+        (N,) int64: each basis' class, needed (only) by a per-class stage."""
         self._check(bases)
         out = bases
         for stage in self.stage_list:
+            if stage.per_class:  # it stands before any expansion: one class per item
+                out = stage(out, None, classes=classes)
+                continue
             # Variants index the one expanding stage; the others must not see them
             # (a count-1 hallucinator after it would read them as out of range).
             out = stage(out, variant if stage.expansion > 1 else None)
         return out
 
-    def decode_all(self, bases: Tensor) -> Tensor:
+    def decode_all(self, bases: Tensor, *, classes: Tensor | None = None) -> Tensor:
         """Every basis through every variant: (N·E, *out_shape), item b·E + v."""
         self._check(bases)
         out = bases
         for stage in self.stage_list:
+            if stage.per_class:  # per-class stages lead the pipeline: N items, N classes
+                out = stage(out, None, classes=classes)
+                continue
             # Stages after the expanding one see N·E items, each already expanded.
             out = stage.forward_all(out)
         return out

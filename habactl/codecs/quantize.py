@@ -1,4 +1,4 @@
-"""`quantize`: bases stored at lower precision (float16, uint8, packed uint4).
+"""`quantize`: bases stored at lower precision (float16, bfloat16, uint8, packed uint4).
 
 Normative description: codecs/quantize.md. The stage is always the first one: its input
 is the stored `bases` tensor. Decoding dequantises it to float32. During distillation the
@@ -20,19 +20,24 @@ from habactl.codecs.base import Stage, StageOption, StageSpec
 from habactl.codecs.errors import CodecError, quote
 from habactl.codecs.spec import QUANTIZE_DTYPES, describe_quantize, quantize_stored_shape
 
+# The float dtypes: stored as the nearest value of that type, no scale.
+FLOAT_TYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
 
 class Quantize(Stage):
     """(C, H, W) codes -> (C, H, W) float32; expansion 1."""
 
     name = "quantize"
     version = 1
-    summary = "bases stored as float16, uint8 or packed uint4 codes"
+    summary = "bases stored as float16, bfloat16, uint8 or packed uint4 codes"
     # No stage flags: `compress --quantize DTYPE` puts this stage in front of any codec.
     options = (StageOption("dtype", "uint8"), StageOption("granularity", "tensor"))
 
     def __init__(self, spec: StageSpec) -> None:
         super().__init__(spec)
-        _, self.per_byte, self.levels = QUANTIZE_DTYPES[spec.configuration["dtype"]]
+        dtype = spec.configuration["dtype"]
+        _, self.per_byte, self.levels = QUANTIZE_DTYPES[dtype]
+        self.float_type = FLOAT_TYPES.get(dtype)  # None for the integer codes
         self.stored_shape = quantize_stored_shape(spec)
         # Buffers, not parameters: the grid is fitted to the bases (calibrate), never
         # learned, so no optimiser may move it; they are still stored and counted.
@@ -105,8 +110,8 @@ class Quantize(Stage):
     def encode(self, bases: Tensor) -> Tensor:
         """Float bases -> the stored tensor (calibrate first)."""
         x = bases.detach().float()
-        if self.levels is None:
-            return x.half()
+        if self.float_type is not None:
+            return x.to(self.float_type)
         codes = self.codes(x).to(torch.uint8)
         if self.per_byte == 1:
             return codes
@@ -129,7 +134,7 @@ class Quantize(Stage):
         if isinstance(x, Tensor) and x.dtype == torch.float32:
             self.check_input(x)
             return self._fake_quantize(x)
-        expected = torch.float16 if self.levels is None else torch.uint8
+        expected = self.float_type or torch.uint8
         if (
             not isinstance(x, Tensor)
             or x.dtype != expected
@@ -141,14 +146,14 @@ class Quantize(Stage):
                 f"stage {quote(self.name)}: stored bases must be {expected} "
                 f"(N, {', '.join(map(str, self.stored_shape))}), got {got}"
             )
-        if self.levels is None:
+        if self.float_type is not None:
             return x.float()
         return self._dequantize(self._unpack(x) if self.per_byte == 2 else x)
 
     def _fake_quantize(self, x: Tensor) -> Tensor:
         """The stored values in the forward pass, the identity's gradient backwards."""
-        if self.levels is None:
-            stored = x.half().float()
+        if self.float_type is not None:
+            stored = x.to(self.float_type).float()
         else:
             stored = self._dequantize(self.codes(x))
         return x + (stored - x).detach()

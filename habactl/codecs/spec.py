@@ -25,6 +25,11 @@ MAX_CHANNELS = 4096
 
 _REQUIRED = object()
 
+# A content rule of one stored tensor: its values (a numpy array) -> the problem, or None.
+# Pure numpy, so `habactl verify` (and the writer) check a stage's stored values without
+# building the stage: a hostile archive is named there, not only when it is decoded.
+ValueRule = Callable[[Any], "str | None"]
+
 
 class StageSpec(NamedTuple):
     """What a stage will do, computed without allocating anything."""
@@ -41,6 +46,9 @@ class StageSpec(NamedTuple):
     # stores anything but float32.
     param_dtypes: dict[str, str] | None = None
     input_dtype: str = "F32"
+    # A stage that decodes each basis through its class's tensors (a per-class frequency
+    # mask) names the number of classes it has them for; the archive must have as many.
+    classes: int | None = None
 
 
 def check_shape(stage: str, shape: Any, what: str = "input shape") -> Shape:
@@ -184,6 +192,7 @@ def describe_hallucinate(configuration: Any, in_shape: Any) -> StageSpec:
 # levels is None for the float dtypes, which have no scale and no zero-point.
 QUANTIZE_DTYPES: dict[str, tuple[str, int, int | None]] = {
     "float16": ("F16", 1, None),
+    "bfloat16": ("BF16", 1, None),  # the top 16 bits of a float32: its range, 8-bit mantissa
     "uint8": ("U8", 1, 256),
     "uint4": ("U8", 2, 16),  # two 4-bit codes per byte along the width, low nibble first
 }
@@ -214,6 +223,33 @@ def describe_quantize(configuration: Any, in_shape: Any) -> StageSpec:
     return StageSpec("quantize", 1, config, (c, h, w), (c, h, w), 1, params, None, stored)
 
 
+def quantize_rules(spec: StageSpec, index: int) -> dict[str, ValueRule]:
+    """The stored values codecs/quantize.md requires: a positive scale, a zero-point
+    among the codes, a zero padding nibble in odd-width uint4 rows."""
+    _, per, levels = QUANTIZE_DTYPES[spec.configuration["dtype"]]
+    rules: dict[str, ValueRule] = {}
+    if levels is None:
+        return rules
+    top = levels - 1
+
+    def positive(scale: Any) -> str | None:
+        return None if bool((scale > 0).all()) else "must be positive (a quantisation step)"
+
+    def among_codes(zero: Any) -> str | None:
+        inside = bool(((zero >= 0) & (zero <= top)).all())
+        return None if inside else f"must lie in 0..{top} (a zero-point is a code)"
+
+    def padding(packed: Any) -> str | None:
+        clean = not bool((packed[..., -1] >> 4).any())
+        return None if clean else "the padding nibble of an odd-width uint4 row is not 0"
+
+    rules[f"pipeline.{index}.scale"] = positive
+    rules[f"pipeline.{index}.zero_point"] = among_codes
+    if per == 2 and spec.in_shape[2] % 2 and index == 0:
+        rules["bases"] = padding
+    return rules
+
+
 def quantize_stored_shape(spec: StageSpec) -> Shape:
     """The shape one stored basis has: (C, H, ceil(W / codes per byte))."""
     _, per, _ = QUANTIZE_DTYPES[spec.configuration["dtype"]]
@@ -224,14 +260,17 @@ def quantize_stored_shape(spec: StageSpec) -> Shape:
 # --- frequency (FreD-style, format 1.1) ---------------------------------------------
 
 FREQUENCY_MAX_VALUES = 1 << 20  # H x W of one channel: bounds the DCT matrices
+FREQUENCY_MASKS = ("shared", "per-class")
+FREQUENCY_MAX_CLASSES = 100_000  # the format's own bound on classes (Limits.max_classes)
 
 
 def describe_frequency(configuration: Any, in_shape: Any) -> StageSpec:
     """(C, 1, keep) DCT coefficients -> (C, height, width) through the inverse 2-D DCT.
 
-    The kept frequencies are the stored ``mask`` (U8, (C, height, width), exactly
-    ``keep`` ones per channel); coefficient j of channel c goes to the j-th one of the
-    mask in row-major order.
+    The kept frequencies are the stored ``mask`` (U8, exactly ``keep`` ones per channel):
+    one (C, height, width) mask shared by every basis, or with ``mask: "per-class"`` one
+    per class, (classes, C, height, width), each basis decoded through its class's.
+    Coefficient j of channel c goes to the j-th one of the mask in row-major order.
     """
     reader = ConfigReader("frequency", configuration)
     height = reader.integer("height", 1, MAX_SIDE)
@@ -241,12 +280,19 @@ def describe_frequency(configuration: Any, in_shape: Any) -> StageSpec:
             f"stage 'frequency': {height}x{width} exceeds {FREQUENCY_MAX_VALUES} values"
         )
     keep = reader.integer("keep", 1, height * width)
+    # "mask" is optional and absent from a shared mask's configuration as habactl writes
+    # it, so every archive made before per-class masks existed keeps its bytes.
+    shared = "mask" not in reader.source or reader.choice("mask", FREQUENCY_MASKS) == "shared"
+    if shared and "classes" in reader.source:
+        raise CodecError("stage 'frequency': configuration 'classes' applies to mask 'per-class'")
+    classes = None if shared else reader.integer("classes", 1, FREQUENCY_MAX_CLASSES)
     config = reader.finish()
     c, one, k = check_shape("frequency", in_shape)
     if (one, k) != (1, keep):
         raise CodecError(
             f"stage 'frequency': input must be (C, 1, keep) = (C, 1, {keep}), got {[c, one, k]}"
         )
+    mask = (c, height, width) if classes is None else (classes, c, height, width)
     return StageSpec(
         "frequency",
         1,
@@ -254,22 +300,52 @@ def describe_frequency(configuration: Any, in_shape: Any) -> StageSpec:
         (c, 1, keep),
         (c, height, width),
         1,
-        {"mask": (c, height, width)},
+        {"mask": mask},
         {"mask": "U8"},
+        classes=classes,
     )
+
+
+def frequency_rules(spec: StageSpec, index: int) -> dict[str, ValueRule]:
+    """The stored mask codecs/frequency.md requires: 0 or 1, `keep` ones per channel."""
+    keep = spec.configuration["keep"]
+
+    def mask_rule(mask: Any) -> str | None:
+        if bool((mask > 1).any()):
+            return "a frequency mask holds values other than 0, 1"
+        counts = mask.reshape(*mask.shape[:-2], -1).sum(-1)
+        wrong = list(zip(*(counts != keep).nonzero()))
+        if not wrong:
+            return None
+        where = ", ".join(str(int(i)) for i in wrong[0])  # (channel) or (class, channel)
+        return (
+            f"a frequency mask must keep exactly {keep} coefficients per channel; "
+            f"[{where}] keeps {int(counts[wrong[0]])}"
+        )
+
+    return {f"pipeline.{index}.mask": mask_rule}
 
 
 # --- the registry of descriptions and whole pipelines --------------------------------
 
 
 class Description(NamedTuple):
-    """A stage's name, its newest version and its pure describe function."""
+    """A stage's name, its newest version, its pure describe function, and where in a
+    pipeline it may stand (what describe_pipeline reads instead of stage names)."""
 
     name: str
     version: int
     describe: Callable[[Any, Any], StageSpec]
     since_minor: int = 0  # the format 1.x that introduced the stage (writers emit >= it)
     first_only: bool = False  # reads the stored `bases` tensor itself: only stage 0
+    # A stage that reads stored data but may sit behind a stage that only narrows it:
+    # it must be stage 0 or follow a first stage named here (None: anywhere).
+    leads_after: tuple[str, ...] | None = None
+    why_placed: str = ""  # the reason given when it stands anywhere else
+    # The shape one stored basis has when the stage is stage 0 and packs the bases.
+    stored_shape: Callable[[StageSpec], Shape] | None = None
+    # Content rules of the tensors it stores (by tensor name), for the stage at an index.
+    value_rules: Callable[[StageSpec, int], dict[str, ValueRule]] | None = None
 
 
 DESCRIPTIONS: dict[str, Description] = {
@@ -277,8 +353,25 @@ DESCRIPTIONS: dict[str, Description] = {
     for d in (
         Description("upsample", 1, describe_upsample),
         Description("hallucinate", 1, describe_hallucinate),
-        Description("quantize", 1, describe_quantize, since_minor=1, first_only=True),
-        Description("frequency", 1, describe_frequency, since_minor=1),
+        Description(
+            "quantize",
+            1,
+            describe_quantize,
+            since_minor=1,
+            first_only=True,
+            why_placed="stores the bases themselves",
+            stored_shape=quantize_stored_shape,
+            value_rules=quantize_rules,
+        ),
+        Description(
+            "frequency",
+            1,
+            describe_frequency,
+            since_minor=1,
+            leads_after=("quantize",),
+            why_placed="decodes the stored coefficients",
+            value_rules=frequency_rules,
+        ),
     )
 }
 
@@ -298,6 +391,10 @@ class PipelineSpec(NamedTuple):
     dtypes: dict[str, str] | None = None
     stored_base_shape: Shape | None = None
     minor: int = 0
+    # The classes a per-class stage decodes for (None: no stage needs a basis' class).
+    classes: int | None = None
+    # Content rules of stored tensors beyond SPEC §2's (tensor name -> rule).
+    rules: dict[str, ValueRule] | None = None
 
 
 def format_version_for(pipeline: Any) -> str:
@@ -358,31 +455,25 @@ def describe_pipeline(pipeline: Any, base_shape: Any) -> PipelineSpec:
     expansion = 1
     stored_shape, minor = shape, 0
     dtypes: dict[str, str] = {}
+    classes: int | None = None
+    rules: dict[str, ValueRule] = {}
+    # Order first: a stage in the wrong place is refused for that, not for a shape.
+    check_order(pipeline)
     for i, entry in enumerate(pipeline):
-        # Order first: a stage in the wrong place is refused for that, not for a shape.
-        name = entry.get("name") if isinstance(entry, Mapping) else None
-        if name == "frequency" and not (i == 0 or (i == 1 and stages[0].name == "quantize")):
-            raise CodecError(
-                "stage 'frequency' decodes the stored coefficients: it must be the first "
-                "stage, or follow a first quantize stage",
-                index=i,
-            )
         try:
             spec = describe_entry(entry, shape)
         except CodecError as error:
             raise CodecError(error.detail, index=i) from None
         described = DESCRIPTIONS[spec.name]
         minor = max(minor, described.since_minor)
-        if described.first_only and i > 0:
-            raise CodecError(
-                f"stage {quote(spec.name)} stores the bases themselves: it must be the "
-                f"first stage of the pipeline",
-                index=i,
-            )
         if i == 0 and spec.input_dtype != "F32":
             dtypes["bases"] = spec.input_dtype
-            if spec.name == "quantize":
-                stored_shape = quantize_stored_shape(spec)
+            if described.stored_shape is not None:
+                stored_shape = described.stored_shape(spec)
+        if spec.classes is not None:
+            classes = spec.classes
+        if described.value_rules is not None:
+            rules.update(described.value_rules(spec, i))
         for name, dtype in (spec.param_dtypes or {}).items():
             dtypes[f"pipeline.{i}.{name}"] = dtype
         if spec.expansion > 1 and expansion > 1:
@@ -395,7 +486,34 @@ def describe_pipeline(pipeline: Any, base_shape: Any) -> PipelineSpec:
         stages.append(spec)
         params.update({f"pipeline.{i}.{name}": s for name, s in spec.params.items()})
         shape = spec.out_shape
-    return PipelineSpec(stages, shape, expansion, params, dtypes, stored_shape, minor)
+    return PipelineSpec(
+        stages, shape, expansion, params, dtypes, stored_shape, minor, classes, rules
+    )
+
+
+def check_order(pipeline: Sequence[Any]) -> None:
+    """Every stage stands where it may (its Description's ``first_only`` and
+    ``leads_after``), judged from the names alone: the planner asks this before it walks
+    shapes back, so a misplaced stage is refused for its place, whatever its sizes.
+    Unknown names and malformed entries are left to ``describe_entry`` to name."""
+    names = [e.get("name") if isinstance(e, Mapping) else None for e in pipeline]
+    for i, name in enumerate(names):
+        described = DESCRIPTIONS.get(name) if isinstance(name, str) else None
+        if described is None or i == 0:
+            continue
+        if described.first_only:
+            raise CodecError(
+                f"stage {quote(described.name)} {described.why_placed}: it must be the "
+                f"first stage of the pipeline",
+                index=i,
+            )
+        if described.leads_after is not None and not (i == 1 and names[0] in described.leads_after):
+            after = " or ".join(described.leads_after)
+            raise CodecError(
+                f"stage {quote(described.name)} {described.why_placed}: it must be the first "
+                f"stage, or follow a first {after} stage",
+                index=i,
+            )
 
 
 class Storage(NamedTuple):

@@ -68,8 +68,10 @@ class DistillConfig:
     # bases stored as float16 / uint8 / uint4 (a quantize stage in front of the pipeline)
     quantize: str | None = None
     quantize_granularity: str = "tensor"
-    # bases stored as this many DCT coefficients per channel (a frequency stage in front)
+    # bases stored as this many DCT coefficients per channel (a frequency stage in front),
+    # the kept frequencies one mask for all classes ("shared") or one per class
     frequency: int | None = None
+    frequency_mask: str = "shared"
     counts: str = "all"
     factor: int | None = None
     hallucinators: int = 5
@@ -155,11 +157,13 @@ def check_config(c: DistillConfig) -> None:
 
 
 def pipeline_entries(
-    c: DistillConfig, image_shape: tuple[int, int, int] | None = None
+    c: DistillConfig,
+    image_shape: tuple[int, int, int] | None = None,
+    classes: int | None = None,
 ) -> list[dict[str, Any]]:
     """The run's decode pipeline as manifest entries: `pipeline`, else the codec preset;
-    then a frequency stage (`c.frequency`, sized for what the rest decodes from) and a
-    quantize stage (`c.quantize`) in front."""
+    then a frequency stage (`c.frequency`, sized for what the rest decodes from; with
+    per-class masks for `classes` classes) and a quantize stage (`c.quantize`) in front."""
     if c.pipeline is not None:
         entries = [dict(entry) for entry in c.pipeline]
     else:
@@ -177,7 +181,11 @@ def pipeline_entries(
         from habactl.distill.planner import base_shape_for
 
         _, height, width = base_shape_for(entries, image_shape)
-        sizes = {"height": height, "keep": int(c.frequency), "width": width}
+        sizes: dict[str, Any] = {"height": height, "keep": int(c.frequency), "width": width}
+        if c.frequency_mask != "shared":  # a shared mask's entry is as it always was
+            if classes is None:
+                raise DistillError("internal: per-class frequency masks need the class count")
+            sizes.update({"mask": c.frequency_mask, "classes": int(classes)})
         entries.insert(0, {"name": "frequency", "version": 1, "configuration": sizes})
     if c.quantize is not None:
         configuration = {"dtype": c.quantize, "granularity": c.quantize_granularity}
@@ -187,7 +195,8 @@ def pipeline_entries(
 
 def _codec_label(c: DistillConfig) -> str:
     """The preset's name, with the bases' stored dtype when they are quantised."""
-    label = c.codec if c.frequency is None else f"{c.codec}+frequency"
+    per_class = "-per-class" if c.frequency_mask == "per-class" else ""
+    label = c.codec if c.frequency is None else f"{c.codec}+frequency{per_class}"
     return label if c.quantize is None else f"{label}+{c.quantize}"
 
 
@@ -303,7 +312,7 @@ class Distiller:
         classes = len(self.source.classes)
         spread = class_spread(images, labels, classes)
         return plan_pipeline(
-            pipeline_entries(c, self.image_shape),
+            pipeline_entries(c, self.image_shape, classes),
             self.image_shape,
             classes,
             c.ipc,
@@ -341,22 +350,28 @@ class Distiller:
             self.plan.pipeline, self.plan.base_shape, generator=init, noise=noise
         )
         if frequency:
-            bases = self._frequency_bases(pipeline, images, bases)
+            bases = self._frequency_bases(pipeline, images, labels, bases)
         return SyntheticSet(bases, self.plan.per_class, pipeline).to(self.device)
 
-    def _frequency_bases(self, pipeline: Any, images: Tensor, chosen: Tensor) -> Tensor:
+    def _frequency_bases(
+        self, pipeline: Any, images: Tensor, labels: Tensor, chosen: Tensor
+    ) -> Tensor:
         """Fit the frequency stage's mask to the real training images (at the size it
-        decodes to) and start the bases as the chosen images' kept coefficients."""
+        decodes to; per class, each class's mask to its own images) and start the bases
+        as the chosen images' kept coefficients (through their class's mask)."""
+        from habactl.codecs.pipeline import basis_classes
+
         stage = next(s for s in pipeline.stages if s.name == "frequency")
         _, h, w = stage.out_shape
 
         def sized(x: Tensor) -> Tensor:
             return x if tuple(x.shape[2:]) == (h, w) else F.adaptive_avg_pool2d(x, (h, w))
 
-        stage.fit(sized(images))
+        stage.fit(sized(images), labels)
         if self.config.init == "noise":  # noise bases stay noise, in coefficient space
             return chosen
-        return stage.analyse(sized(chosen)).contiguous()
+        classes = basis_classes(self.plan.per_class)
+        return stage.analyse(sized(chosen), classes).contiguous()
 
     def _augmenter(self) -> Any:
         from habactl.augment import SiameseAugment

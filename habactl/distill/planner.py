@@ -205,8 +205,13 @@ def base_shape_for(
 ) -> tuple[int, int, int]:
     """The stored bases' shape: the image shape walked back through every stage."""
     from habactl.codecs.registry import get_stage
+    from habactl.codecs.spec import check_order
     from habactl.errors import HabaError
 
+    try:  # a stage in the wrong place is refused for its place, before any shape
+        check_order(list(pipeline))
+    except HabaError as error:
+        raise DistillError(str(error)) from None
     c, h, w = (int(s) for s in image_shape)
     shape: tuple[int, int, int] = (c, h, w)
     for entry in reversed(list(pipeline)):

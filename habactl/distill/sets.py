@@ -115,17 +115,19 @@ class SyntheticSet(nn.Module):
         # A quantize stage rounds to the grid the stored bases will have: fitted to all
         # of them, however few are decoded now.
         self.pipeline.calibrate(self.bases)
+        # Each basis' class: a per-class stage (a per-class frequency mask) decodes by it.
         if variant is None and self.expansion > 1:
             if basis is not None and basis.numel() != self.bases.shape[0] * self.expansion:
                 raise ValueError("variant None decodes every variant of every basis")
-            return self.pipeline.decode_all(self.bases)
+            return self.pipeline.decode_all(self.bases, classes=self.labels)
         if basis is None:
-            return self.pipeline.decode(self.bases)
+            return self.pipeline.decode(self.bases, classes=self.labels)
         x = self.bases[basis.to(device)]
+        classes = self.labels[basis.to(self.labels.device)]
         if self.expansion == 1:
-            return self.pipeline.decode(x)
+            return self.pipeline.decode(x, classes=classes)
         assert variant is not None  # expansion > 1 and a basis subset: draw gave variants
-        return self.pipeline.decode(x, variant.to(device))
+        return self.pipeline.decode(x, variant.to(device), classes=classes)
 
     def item_labels(self, basis: Tensor) -> Tensor:
         return self.labels[basis.to(self.labels.device)]

@@ -179,11 +179,18 @@ def check_values(name: str, tensor: Any, plan: Plan) -> None:
     import numpy as np
 
     where = f"tensor {quote(name)}"
-    array = np.asarray(tensor.detach().cpu() if hasattr(tensor, "detach") else tensor)
+    if hasattr(tensor, "detach"):  # a torch tensor (the writer's): numpy has no bfloat16
+        tensor = tensor.detach().cpu()
+        tensor = tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor
+    array = np.asarray(tensor)
     if np.issubdtype(array.dtype, np.floating):
         bad = int((~np.isfinite(array)).sum())
         if bad:
             raise ArchiveError(f"{where}: {bad} values are NaN or infinite")
+    rule = plan.rules.get(name)
+    problem = rule(array) if rule is not None else None
+    if problem:  # a stage's own rule (codecs/*.md), e.g. a positive quantisation scale
+        raise ArchiveError(f"{where}: {problem}")
     if name != "labels":
         return
     if plan.label_kind == "soft":

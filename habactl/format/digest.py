@@ -16,8 +16,10 @@ from typing import Any
 _CONTENT_TAG = b"haba-content-digest-v1\x00"
 
 # safetensors dtype names of the element types an archive may hold, keyed by the
-# dtype's text in numpy ("float32") and in torch ("torch.float32").
-_NAMES = {"float32": "F32", "int64": "I64", "float16": "F16", "uint8": "U8"}
+# dtype's text in numpy ("float32") and in torch ("torch.float32"). numpy has no
+# bfloat16: the torch-free reader keeps BF16 data as its raw uint16 bits and names the
+# dtype from the header (format/bfloat16.py).
+_NAMES = {"float32": "F32", "int64": "I64", "float16": "F16", "uint8": "U8", "bfloat16": "BF16"}
 
 
 def dtype_name(tensor: Any) -> str | None:
@@ -37,7 +39,12 @@ def raw_bytes(tensor: Any) -> memoryview:
     import numpy as np
 
     if hasattr(tensor, "detach"):  # a torch tensor
-        tensor = tensor.detach().cpu().numpy()
+        tensor = tensor.detach().cpu()
+        if str(tensor.dtype) == "torch.bfloat16":  # numpy cannot hold it: its bits
+            import torch  # already loaded: the tensor is one of its
+
+            tensor = tensor.view(torch.int16)
+        tensor = tensor.numpy()
     array = np.ascontiguousarray(tensor)
     array = array.astype(array.dtype.newbyteorder("<"), copy=False)
     # A flat uint8 view: memoryview.cast refuses zero-size arrays.
@@ -69,11 +76,14 @@ def content_digest(items: Iterable[tuple[str, str, Sequence[int], bytes | memory
     return "sha256:" + hasher.hexdigest()
 
 
-def tensors_content_digest(tensors: Mapping[str, Any]) -> str:
-    """content_digest of a name -> array (or tensor) mapping (F32 / I64 only)."""
+def tensors_content_digest(
+    tensors: Mapping[str, Any], dtypes: Mapping[str, str] | None = None
+) -> str:
+    """content_digest of a name -> array (or tensor) mapping; ``dtypes`` names the
+    stored dtype where the array's own cannot (BF16 kept as its raw uint16 bits)."""
     items = []
     for name, t in tensors.items():
-        dtype = dtype_name(t)
+        dtype = (dtypes or {}).get(name) or dtype_name(t)
         if dtype is None:
             raise KeyError(f"{name}: dtype {t.dtype} cannot be stored")
         items.append((name, dtype, tuple(t.shape), raw_bytes(t)))

@@ -11,7 +11,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from habactl.errors import HabaError
@@ -169,6 +169,8 @@ class Plan:
     image_shape: tuple[int, int, int]
     expansion: int
     expanded_items: int  # bases.count * expansion
+    # Content rules the pipeline's stages add (tensor name -> values -> problem or None).
+    rules: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict)
 
 
 # --- field checks --------------------------------------------------------------------
@@ -556,6 +558,11 @@ def _plan(m: dict[str, Any], c: _Checker, stages: StageLookup) -> Plan:
             f"needs format 1.{stored.minor} (its stages are newer than 1.{c.minor}); the "
             f"archive says {m['format_version']}",
         )
+    if stored.classes is not None and stored.classes != n_classes:
+        raise c.fail(
+            "pipeline",
+            f"decodes per class for {stored.classes} classes, but the archive has {n_classes}",
+        )
     expected: dict[str, tuple[str, tuple[int, ...]]] = {
         "bases": (stored.dtypes.get("bases", "F32"), (count, *stored.base_shape))
     }
@@ -602,6 +609,7 @@ def _plan(m: dict[str, Any], c: _Checker, stages: StageLookup) -> Plan:
         image_shape=image,
         expansion=expansion,
         expanded_items=count * expansion,
+        rules=stored.rules,
     )
 
 
@@ -620,6 +628,8 @@ class Stored:
     dtypes: dict[str, str]
     base_shape: tuple[int, ...]
     minor: int
+    classes: int | None = None  # a per-class stage's class count (a per-class mask)
+    rules: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict)
 
 
 def describe(
@@ -641,6 +651,8 @@ def describe(
             {str(k): str(v) for k, v in (getattr(spec, "dtypes", None) or {}).items()},
             tuple(int(d) for d in packed),
             int(getattr(spec, "minor", 0)),
+            getattr(spec, "classes", None),
+            dict(getattr(spec, "rules", None) or {}),
         )
     except Exception as error:  # hostile configurations must not escape as raw errors
         raise _stage_error(entries, base_shape, error, stages) from None

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from habactl.codecs.spec import describe_pipeline  # the pure description: no torch
+from habactl.format.bfloat16 import BF16, read_bits, widen
 from habactl.format.checks import (  # noqa: F401  (shared with the writer; re-exported)
     DTYPE_SIZES,
     Entry,
@@ -76,8 +77,10 @@ class Archive:
         entries: dict[str, Entry],
         text: str,
         verify: bool,
+        data_start: int = 0,
     ) -> None:
         self.path = path
+        self._data_start = data_start  # file offset of the data section (8 + header)
         self.manifest = manifest
         self.plan = plan
         self.verify = verify
@@ -94,17 +97,44 @@ class Archive:
 
     def tensor(self, name: str) -> torch.Tensor:
         """One tensor (a fresh copy); checked on first load when verify is on."""
-        import torch
-
-        return torch.from_numpy(self.array(name))
+        return _to_torch(self._stored(name), self._entries[name].dtype)
 
     def array(self, name: str) -> numpy.ndarray:
         """One tensor as a numpy array (a fresh copy); checked on first load when
-        verify is on. Needs no torch."""
+        verify is on. Needs no torch. numpy has no bfloat16: a ``BF16`` tensor comes
+        back widened to float32 (exactly the same values)."""
+        stored = self._stored(name)
+        return widen(stored) if self._entries[name].dtype == BF16 else stored
+
+    def _stored(self, name: str) -> numpy.ndarray:
+        """The tensor as stored (BF16 as its raw uint16 bits), checked on first load."""
         if name not in self._entries:
             raise ArchiveError(f"tensor {quote(name)}: no such tensor in the archive", self._label)
         if self._closed:
             raise ArchiveError("archive is closed", self._label)
+        entry = self._entries[name]
+        if entry.dtype == BF16:
+            tensor = self._read_bfloat16(name, entry)
+        else:
+            tensor = self._read(name)
+            if dtype_name(tensor) != entry.dtype or tuple(tensor.shape) != entry.shape:
+                # The file changed between our header check and safe_open's.
+                raise ArchiveError(f"tensor {quote(name)}: changed while open", self._label)
+        if self.verify and name not in self._verified:
+            expected = self.manifest["tensors"][name]["sha256"]
+            if not hmac.compare_digest(tensor_sha256(tensor), expected):
+                raise ArchiveError(
+                    f"tensor {quote(name)}: sha256 mismatch (data damaged)", self._label
+                )
+            values = widen(tensor) if entry.dtype == BF16 else tensor
+            try:
+                check_values(name, values, self.plan)
+            except ArchiveError as error:
+                raise error.at(self._label) from None
+            self._verified.add(name)
+        return tensor
+
+    def _read(self, name: str) -> numpy.ndarray:
         if self._handle is None:
             # Opened here, not in open_archive: safetensors' numpy framework imports numpy,
             # and reading a header (inspect) needs neither.
@@ -113,37 +143,39 @@ class Archive:
             except ArchiveError as error:
                 raise error.at(self._label) from None
         try:
-            tensor = self._handle.get_tensor(name)
+            return self._handle.get_tensor(name)
         except Exception as error:  # safetensors raises its own types
             raise ArchiveError(
                 f"tensor {quote(name)}: cannot be read ({error})", self._label
             ) from None
-        entry = self._entries[name]
-        if dtype_name(tensor) != entry.dtype or tuple(tensor.shape) != entry.shape:
-            # The file changed between our header check and safe_open's.
-            raise ArchiveError(f"tensor {quote(name)}: changed while open", self._label)
-        if self.verify and name not in self._verified:
-            expected = self.manifest["tensors"][name]["sha256"]
-            if not hmac.compare_digest(tensor_sha256(tensor), expected):
-                raise ArchiveError(
-                    f"tensor {quote(name)}: sha256 mismatch (data damaged)", self._label
-                )
-            try:
-                check_values(name, tensor, self.plan)
-            except ArchiveError as error:
-                raise error.at(self._label) from None
-            self._verified.add(name)
-        return tensor
+
+    def _read_bfloat16(self, name: str, entry: Entry) -> numpy.ndarray:
+        # safetensors' numpy framework refuses BF16: the bits are read here, at the
+        # offsets the header check tied to the file's size.
+        try:
+            return read_bits(self.path, self._data_start + entry.begin, entry.shape)
+        except (OSError, EOFError) as error:
+            raise ArchiveError(
+                f"tensor {quote(name)}: cannot be read ({error})", self._label
+            ) from None
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """All tensors; with verify on, each one and the content digest are checked."""
-        import torch
-
-        return {name: torch.from_numpy(array) for name, array in self.arrays().items()}
+        return {
+            name: _to_torch(stored, self._entries[name].dtype)
+            for name, stored in self._stored_all().items()
+        }
 
     def arrays(self) -> dict[str, numpy.ndarray]:
-        """All tensors as numpy arrays, checked as ``tensors`` checks them."""
-        loaded = {name: self.array(name) for name in self.names()}
+        """All tensors as numpy arrays (BF16 widened to float32), checked as ``tensors``
+        checks them."""
+        return {
+            name: widen(stored) if self._entries[name].dtype == BF16 else stored
+            for name, stored in self._stored_all().items()
+        }
+
+    def _stored_all(self) -> dict[str, numpy.ndarray]:
+        loaded = {name: self._stored(name) for name in self.names()}
         if self.verify:
             check_content_digest(self.manifest, loaded, self._label)
         return loaded
@@ -168,8 +200,10 @@ class Archive:
 
 
 def check_content_digest(manifest: dict[str, Any], tensors: dict[str, Any], label: str) -> None:
-    """The manifest's content_digest must match the tensors."""
-    if not hmac.compare_digest(tensors_content_digest(tensors), manifest["content_digest"]):
+    """The manifest's content_digest must match the tensors (as stored: BF16 as bits)."""
+    dtypes = {name: manifest["tensors"][name]["dtype"] for name in tensors}
+    digest = tensors_content_digest(tensors, dtypes)
+    if not hmac.compare_digest(digest, manifest["content_digest"]):
         raise ArchiveError("content_digest mismatch (manifest edited or damaged)", label)
 
 
@@ -208,7 +242,15 @@ def _open(path: Path, verify: bool, limits: Limits) -> Archive:
         raise ArchiveError("header: file shrank while reading (truncated)")
     text, entries = parse_header(raw, size - 8 - length, limits)
     manifest, plan = check_manifest(text, entries, limits, describe_pipeline)
-    return Archive(path, manifest, plan, entries, text, verify)
+    return Archive(path, manifest, plan, entries, text, verify, data_start=8 + length)
+
+
+def _to_torch(stored: numpy.ndarray, dtype: str) -> torch.Tensor:
+    """A stored array as a torch tensor of its stored dtype (BF16 from its bits)."""
+    import torch
+
+    tensor = torch.from_numpy(stored)
+    return tensor.view(torch.bfloat16) if dtype == BF16 else tensor
 
 
 def _safe_open(path: Path, text: str, entries: dict[str, Entry]) -> Any:
@@ -236,7 +278,7 @@ def verify_archive(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIM
     with archive:
         for name in archive.names():
             try:
-                loaded[name] = archive.array(name)
+                loaded[name] = archive._stored(name)
             except ArchiveError as error:
                 problems.append(str(error))
         if not problems:
