@@ -239,6 +239,7 @@ def test_an_objective_not_yet_split_is_refused_under_torchrun(tmp_path):
 
 @pytest.mark.slow
 @needs_torchrun
+@pytest.mark.cuda
 @pytest.mark.skipif(
     not __import__("torch").cuda.is_available(), reason="needs a CUDA device (bench/gpu.sh)"
 )
