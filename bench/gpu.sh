@@ -11,8 +11,8 @@
 #   GPU_SH_DRY=1 bench/gpu.sh          # dry run on a CPU: the same steps, tiny sizes
 #
 # The dry run checks the script's logic, not the GPU: device cpu, gloo instead of NCCL,
-# IPC 1 and 2, 3 iterations, 8 real images per class, 2-epoch experts and evaluation, a
-# 500-image npz. NOT YET RUN ON A GPU: no device was available when it was written.
+# IPC 1 and 2, 3 iterations, 8 real images per class, one inner step for dc, 2 student
+# steps for mtt, 2-epoch experts and evaluation, a 500-image npz. NOT YET RUN ON A GPU: no device was available when it was written.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's habactl
@@ -23,11 +23,12 @@ STARTED=$SECONDS
 
 if [ -n "${GPU_SH_DRY:-}" ]; then
   DEVICE=cpu IPCS="1 2" ITERS=3 EXPERT_EPOCHS=2 EVAL_EPOCHS=2 PER_CLASS=50
-  REAL=(--real-per-class 8)
+  DM=(--real-per-class 8) DC=(--real-per-class 8 --inner-loop 1)
+  MTT=(--syn-steps 2 --expert-epochs 1 --max-start-epoch 1)
   export HABACTL_DIST_BACKEND=gloo
 else
   DEVICE=cuda IPCS="1 10 50" ITERS=${ITERS:-10} EXPERT_EPOCHS=3 EVAL_EPOCHS=50 PER_CLASS=500
-  REAL=()
+  DM=() DC=() MTT=()  # each objective's defaults
   "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench/gpu.sh: no CUDA device (GPU_SH_DRY=1 for a CPU dry run)')" ||
     exit 2
 fi
@@ -97,8 +98,11 @@ for data in mnist-5k "$WORK/rgb.npz"; do
     --epochs "$EXPERT_EPOCHS" --device "$DEVICE" -q || row "$name" - experts FAILED
   for ipc in $IPCS; do
     for objective in dm dc mtt; do
-      extra=("${REAL[@]}")
-      [ "$objective" = mtt ] && extra=(--experts "$experts")
+      case $objective in
+        dm) extra=("${DM[@]}") ;;
+        dc) extra=("${DC[@]}") ;;
+        mtt) extra=(--experts "$experts" "${MTT[@]}") ;;
+      esac
       out="$WORK/$name-$objective-$ipc"
       if step "$out.log" "$PY" -m habactl compress "$data" --objective "$objective" \
         --ipc "$ipc" --iterations "$ITERS" --device "$DEVICE" -q -o "$out.haba" \
@@ -133,7 +137,7 @@ done
 # 3. One rank under torchrun (NCCL on the GPU, gloo in the dry run): the launch path.
 if step "$WORK/torchrun.log" "$PY" -m torch.distributed.run --nproc-per-node 1 -m habactl \
   compress mnist-5k --objective dm --ipc 1 --iterations "$ITERS" --device "$DEVICE" -q \
-  -o "$WORK/nccl.haba" --log-file "$WORK/nccl.jsonl" "${REAL[@]}"; then
+  -o "$WORK/nccl.haba" --log-file "$WORK/nccl.jsonl" "${DM[@]}"; then
   row mnist-5k 1 "dm torchrun" "$(sit "$WORK/nccl.jsonl")"
 else
   row mnist-5k 1 "dm torchrun" FAILED
