@@ -2,7 +2,7 @@
 # GPU check and timings (issue 13 §3). On a CUDA machine: the CUDA-marked tests
 # (`pytest -m cuda`), seconds per iteration of dm / dc / mtt on the GPU for 1x28x28
 # (mnist-5k) and 3x32x32 (random images in an npz) at IPC 1 / 10 / 50, the GFLOP/s of a DM
-# iteration and its share of the GPU's measured matmul peak (bench/distill.py), `evaluate`
+# iteration and its share of the GPU's measured peak (bench/distill.py), `evaluate`
 # on the GPU, and one `torchrun --nproc-per-node 1` run on NCCL. Prints one table and the
 # wall time; meant to finish in < 8 min. A step that fails is a FAILED row (its error is
 # printed after the table) and the script exits 1.
@@ -113,7 +113,7 @@ for data in mnist-5k "$WORK/rgb.npz"; do
       fi
     done
     # GFLOP/s of one DM iteration (raw, the default 32 real images per class; the dry run 8)
-    # against the matmul peak measured in the same process.
+    # against the peak (matmul or conv) measured in the same process.
     real=32
     [ -n "${GPU_SH_DRY:-}" ] && real=8
     if step "$WORK/flops-$name-$ipc.log" "$PY" bench/distill.py one "$shape:$ipc:$real:raw" \
