@@ -4,10 +4,25 @@
     python bench/distill.py speed --case 1x28x28:10:64:raw --iterations 10
     python bench/distill.py accuracy               # default compress vs random, ConvNet-3 accuracy
 
-`speed` prints, per case, seconds per iteration (median after warm-up iterations) and
-the peak RSS of the process that ran it, plus the machine. A case is
-SHAPE:IPC:REAL_PER_CLASS:CODEC[:VIEWS]; 1x28x28 uses the embedded mnist-5k, other
+    python bench/distill.py speed --device cuda     # the same on a GPU
+    python bench/distill.py side --threads 1        # habactl vs a reference-structured DM loop
+
+`speed` prints, per case, seconds per iteration (median after warm-up iterations), the
+floating-point work of one iteration (GFLOP/it: 2 x the multiply-adds of every
+convolution and matrix product run, forward and backward, real side, synthetic side,
+hallucinators and contrastive extractor, counted by torch.utils.flop_counter), the
+achieved GFLOP/s (GFLOP/it over the median seconds), and its share of the machine's
+float32 peak measured in the same process, on the same device and threads, before the
+case and after each timed iteration (the best samples of a matmul and of a compute-bound
+convolution, both printed; see `measured_peak`), and the peak RSS of the process. A case
+is SHAPE:IPC:REAL_PER_CLASS:CODEC[:VIEWS]; 1x28x28 uses the embedded mnist-5k, other
 shapes random images with 10 classes (the cost depends only on the shapes).
+
+`side` times, in one process and interleaved iteration by iteration (so a busy machine
+slows both alike), habactl's DM iteration and `bench/reference_dm.py`'s (our own
+reference-structured loop) on the same data, and splits habactl's iteration into its
+phases (real side; synthetic decode, augmentation, forward, backward; optimiser), with
+the profiler's per-op table of the synthetic side.
 
 `accuracy` trains ConvNet-3 from scratch on archives (SGD lr 0.01, momentum 0.9, weight
 decay 5e-4, batch 256, DSA augmentation, lr x 0.1 at half-time) and reports test
@@ -17,6 +32,7 @@ accuracy on mnist-5k's test split, normalised as each archive says.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -76,7 +92,76 @@ def fake_source(shape: tuple[int, int, int], per_class: int = 300, classes: int 
     )
 
 
-def run_case(case: str, iterations: int, warmup: int) -> dict:
+def sync(device: torch.device) -> None:
+    """Wait for the device (a GPU's queue), so a timer measures the work, not its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _best_rate(device: torch.device, flops: float, run, repeats: int) -> float:
+    """GFLOP/s of the fastest of ``repeats`` calls of ``run`` (after one warm-up)."""
+    best = float("inf")
+    for _ in range(repeats + 1):
+        sync(device)
+        start = time.perf_counter()
+        run()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return flops / best / 1e9
+
+
+def matmul_peak(device: torch.device, repeats: int = 8) -> float:
+    """GFLOP/s of the best of ``repeats`` square float32 matrix products on ``device`` with
+    the current threads. On a GPU the product is allowed TF32 exactly when cuDNN's
+    convolutions are (PyTorch's default: they are)."""
+    n = 1024 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        return _best_rate(device, 2 * n**3, lambda: a @ b, repeats)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def conv_peak(device: torch.device, repeats: int = 8) -> float:
+    """GFLOP/s of the best of ``repeats`` compute-bound 3x3 convolutions: ConvNet-3's
+    128 -> 128 channel layer at 16x16 on 32 images (256 on a GPU). On a CPU this can beat
+    the matmul: oneDNN's convolutions use AVX-512 where MKL's sgemm may not (AMD CPUs)."""
+    import torch.nn.functional as F
+
+    n = 32 if device.type == "cpu" else 256
+    x = torch.randn(n, 128, 16, 16, device=device)
+    w = torch.randn(128, 128, 3, 3, device=device)
+    return _best_rate(
+        device, 2 * n * 128 * 128 * 9 * 16 * 16, lambda: F.conv2d(x, w, padding=1), repeats
+    )
+
+
+def measured_peak(device: torch.device, repeats: int = 8) -> dict[str, float]:
+    """The machine's practical float32 peak here and now: the better of a matmul and a
+    convolution (both are reported)."""
+    rates = {"matmul": matmul_peak(device, repeats), "conv": conv_peak(device, repeats)}
+    return {**rates, "best": max(rates.values())}
+
+
+def _best_of(samples: list[dict[str, float]]) -> dict[str, float]:
+    return {k: max(s[k] for s in samples) for k in samples[0]}
+
+
+def iteration_flops(distiller) -> float:
+    """FLOPs of one iteration (it is run once more, outside the timings): 2 x the
+    multiply-adds of every convolution and matrix product, forward and backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        distiller.step()
+    return float(counter.get_total_flops())
+
+
+def build_case(case: str, device: str = "auto"):
     from habactl.data import load_source
     from habactl.distill import DistillConfig, Distiller
 
@@ -89,31 +174,55 @@ def run_case(case: str, iterations: int, warmup: int) -> dict:
         codec=codec,
         ipc=ipc,
         iterations=0,
+        device=device,
         objective_settings={"real_per_class": real, "views": views},
     )
-    distiller = Distiller(source, config)
+    return source, Distiller(source, config)
+
+
+def run_case(case: str, iterations: int, warmup: int, device: str = "auto") -> dict:
+    source, distiller = build_case(case, device)
+    where = distiller.device
+    peaks = [measured_peak(where)]
     for _ in range(warmup):
         distiller.step()
+    sync(where)
     times = []
     for _ in range(iterations):
         start = time.perf_counter()
         distiller.step()
+        sync(where)
         times.append(time.perf_counter() - start)
+        peaks.append(measured_peak(where, repeats=3))  # sampled all along: a shared machine
+    flops = iteration_flops(distiller)
+    peak = _best_of(peaks)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    seconds = statistics.median(times)
     return {
         "case": case,
+        "device": where.type,
         "plan": distiller.plan.summary(),
         "contrastive": distiller.contrast is not None,
-        "s_per_it": statistics.median(times),
+        "s_per_it": seconds,
         "min_s": min(times),
+        "gflop_per_it": flops / 1e9,
+        "gflop_per_s": flops / 1e9 / seconds,
+        "matmul_gflop_per_s": peak["matmul"],
+        "conv_gflop_per_s": peak["conv"],
+        "peak_gflop_per_s": peak["best"],
+        "share_of_peak": flops / 1e9 / seconds / peak["best"],
+        "share_of_matmul": flops / 1e9 / seconds / peak["matmul"],
         "peak_rss_mib": peak_kib / 1024,
         "iterations": iterations,
     }
 
 
 def speed(args: argparse.Namespace) -> None:
-    print(f"machine: {machine()}")
-    print(f"{'case':24} {'s/it':>7} {'min':>7} {'RSS MiB':>8}  plan")
+    print(f"machine: {machine()}, device {args.device}")
+    print(
+        f"{'case':24} {'s/it':>7} {'min':>7} {'GFLOP/it':>9} {'GFLOP/s':>8} {'matmul':>7} "
+        f"{'conv':>6} {'share':>6} {'RSS MiB':>8}  plan"
+    )
     for case in args.case or DEFAULT_CASES:
         command = [
             sys.executable,
@@ -126,6 +235,8 @@ def speed(args: argparse.Namespace) -> None:
             str(args.warmup),
             "--threads",
             str(args.threads),
+            "--device",
+            args.device,
         ]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
@@ -133,10 +244,189 @@ def speed(args: argparse.Namespace) -> None:
             continue
         r = json.loads(done.stdout.strip().splitlines()[-1])
         print(
-            f"{case:24} {r['s_per_it']:7.3f} {r['min_s']:7.3f} {r['peak_rss_mib']:8.0f}  "
-            f"{r['plan']}{' +contrastive' if r['contrastive'] else ''}",
+            f"{case:24} {r['s_per_it']:7.3f} {r['min_s']:7.3f} {r['gflop_per_it']:9.1f} "
+            f"{r['gflop_per_s']:8.1f} {r['matmul_gflop_per_s']:7.0f} {r['conv_gflop_per_s']:6.0f} "
+            f"{r['share_of_peak']:6.0%} "
+            f"{r['peak_rss_mib']:8.0f}  {r['plan']}{' +contrastive' if r['contrastive'] else ''}",
             flush=True,
         )
+
+
+# -- side by side: habactl vs a reference-structured loop, and where the time goes --------
+
+SIDE_CASES = ["1x28x28:10:32:raw", "1x28x28:10:256:raw"]
+
+
+class Phases:
+    """Seconds (or, with ``flops``, FLOPs) per named phase of one iteration."""
+
+    def __init__(self, device: torch.device, flops: bool = False) -> None:
+        self.device, self.flops = device, flops
+        self.values: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False) if self.flops else contextlib.nullcontext()
+        sync(self.device)
+        start = time.perf_counter()
+        with counter:
+            yield
+        sync(self.device)
+        value = counter.get_total_flops() if self.flops else time.perf_counter() - start
+        self.values[name] = self.values.get(name, 0.0) + float(value)
+
+
+def dm_draws_and_real_side(distiller, phase: Phases):
+    """The first half of one habactl DM iteration (one process): every random draw, then
+    the real side. Mirrors ``DistributionMatching.loss``; returns what the second half needs."""
+    from habactl.nets import seeded as networks
+
+    objective, synthetic = distiller.objective, distiller.synthetic
+    generator, context = distiller.generators["objective"], distiller.objective.context
+    classes, per = context.num_classes, objective.settings["real_per_class"]
+    augment = context.augment
+    with phase("draws (network, indices, augmentation)"):
+        networks.redraw(objective.net, generator)
+        real = context.real.sample(per, generator)
+        basis, variant = synthetic.draw(objective.settings["views"], generator)
+        params = objective._augment_params(generator)
+    with phase("real: augmentation"), torch.inference_mode():
+        real = torch.cat([augment.apply(real[c], params[c]) for c in range(classes)])
+    with phase("real: forward"):
+        with torch.inference_mode():
+            embedded = networks.embed_no_grad(objective.net, real, objective.chunk)
+            real_mean = embedded.view(classes, per, -1).mean(dim=1)
+        real_mean = real_mean.clone()
+    return real_mean, basis, variant, params
+
+
+def dm_synthetic_side(distiller, phase: Phases, real_mean, basis, variant, params) -> None:
+    """The second half: the synthetic side and the step (as ``Distiller.step``, no
+    contrastive term: the cases are raw)."""
+    from habactl.nets import seeded as networks
+
+    objective, synthetic = distiller.objective, distiller.synthetic
+    augment, classes = objective.context.augment, objective.context.num_classes
+    with phase("synthetic: decode"):
+        syn = synthetic.decode(basis, variant)
+        items = synthetic.class_counts(basis)
+    with phase("synthetic: augmentation"):
+        syn = torch.cat([augment.apply(part, p) for part, p in zip(syn.split(items), params)])
+    with phase("synthetic: forward + loss"):
+        embedded = networks.embed(objective.net, syn, objective.chunk)
+        labels = synthetic.item_labels(basis)
+        sums = embedded.new_zeros(classes, embedded.shape[1]).index_add(0, labels, embedded)
+        counts = torch.tensor(items, dtype=embedded.dtype).to(embedded.device).unsqueeze(1)
+        loss = (real_mean - sums / counts).square().sum()
+    with phase("synthetic: backward"):
+        grads = torch.autograd.grad(loss, distiller.learnable, allow_unused=True)
+    with phase("optimizer step"):
+        for p, g in zip(distiller.learnable, grads):
+            p.grad = torch.zeros_like(p) if g is None else g
+        distiller.optimizer.step()
+        distiller.optimizer.zero_grad(set_to_none=True)
+
+
+def dm_phases(distiller, flops: bool = False) -> dict[str, float]:
+    phase = Phases(distiller.device, flops)
+    dm_synthetic_side(distiller, phase, *dm_draws_and_real_side(distiller, phase))
+    return phase.values
+
+
+def synthetic_side_table(distiller, rows: int = 14) -> str:
+    """The profiler's per-op table (self CPU time) of one iteration's synthetic side."""
+    from torch.profiler import profile
+
+    phase = Phases(distiller.device)
+    drawn = dm_draws_and_real_side(distiller, phase)
+    with profile() as trace:
+        dm_synthetic_side(distiller, phase, *drawn)
+    return trace.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def side(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from reference_dm import ReferenceDM
+    from torch.utils.flop_counter import FlopCounterMode
+
+    print(f"machine: {machine()}, device {args.device}", flush=True)
+    results = []
+    for case in args.case or SIDE_CASES:
+        source, distiller = build_case(case, args.device)
+        where = distiller.device
+        _, ipc, real, _ = case.split(":")[:4]
+        reference = ReferenceDM(
+            distiller.real.images,  # the same normalised images, on the same device
+            distiller.real.labels,
+            len(source.classes),
+            int(ipc),
+            int(real),
+            flip=not source.is_digits,
+        )
+        peaks = [measured_peak(where)]
+        for _ in range(args.warmup):
+            distiller.step()
+            reference.step()
+        ours, theirs, phases = [], [], []
+        for _ in range(args.iterations):  # interleaved: the same conditions for both
+            for run, times in ((distiller.step, ours), (reference.step, theirs)):
+                sync(where)
+                start = time.perf_counter()
+                run()
+                sync(where)
+                times.append(time.perf_counter() - start)
+            phases.append(dm_phases(distiller))
+            peaks.append(measured_peak(where, repeats=3))  # sampled all along: a busy machine
+        counter = FlopCounterMode(display=False)
+        with counter:
+            reference.step()
+        flops = {
+            "habactl": iteration_flops(distiller),
+            "reference": float(counter.get_total_flops()),
+        }
+        phase_flops = dm_phases(distiller, flops=True)
+        table = synthetic_side_table(distiller)
+        seconds = {"habactl": statistics.median(ours), "reference": statistics.median(theirs)}
+        phase_seconds = {k: statistics.median(p[k] for p in phases) for k in phases[0]}
+        rates = _best_of(peaks)
+        peak = rates["best"]
+        result = {
+            "case": case,
+            "device": where.type,
+            "threads": torch.get_num_threads(),
+            "peak_gflop_per_s": peak,
+            "matmul_gflop_per_s": rates["matmul"],
+            "conv_gflop_per_s": rates["conv"],
+            "seconds": seconds,
+            "gflop": {k: v / 1e9 for k, v in flops.items()},
+            "phases": {
+                k: {"s": v, "gflop": phase_flops[k] / 1e9} for k, v in phase_seconds.items()
+            },
+            "speedup": seconds["reference"] / seconds["habactl"],
+        }
+        results.append(result)
+        print(
+            f"\n{case}: peak {peak:.1f} GFLOP/s (best samples: matmul {rates['matmul']:.1f}, "
+            f"conv {rates['conv']:.1f})"
+        )
+        print(f"{'':34} {'s/it':>8} {'GFLOP/it':>9} {'GFLOP/s':>8} {'share':>6}")
+        for name in ("habactl", "reference"):
+            rate = flops[name] / 1e9 / seconds[name]
+            print(
+                f"{name:34} {seconds[name]:8.3f} {flops[name] / 1e9:9.2f} {rate:8.1f} "
+                f"{rate / peak:6.0%}"
+            )
+        print(f"reference / habactl: {result['speedup']:.2f}x")
+        print("habactl's iteration by phase (medians):")
+        for name, v in result["phases"].items():
+            rate = v["gflop"] / v["s"] if v["s"] > 0 else 0.0
+            print(f"  {name:32} {v['s']:8.3f} {v['gflop']:9.2f} {rate:8.1f} {rate / peak:6.0%}")
+        print("the synthetic side, per op (one iteration):")
+        print(table, flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine(), "results": results}, indent=1))
 
 
 # -- accuracy ---------------------------------------------------------------------------
@@ -258,11 +548,20 @@ def main() -> None:
     s.add_argument("--iterations", type=int, default=5)
     s.add_argument("--warmup", type=int, default=2)
     s.add_argument("--threads", type=int, default=os.cpu_count())
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     o = sub.add_parser("one")
     o.add_argument("case")
     o.add_argument("--iterations", type=int, default=5)
     o.add_argument("--warmup", type=int, default=2)
     o.add_argument("--threads", type=int, default=os.cpu_count())
+    o.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    d = sub.add_parser("side")
+    d.add_argument("--case", action="append", help="SHAPE:IPC:REAL:raw (default: the two of §3)")
+    d.add_argument("--iterations", type=int, default=3)
+    d.add_argument("--warmup", type=int, default=1)
+    d.add_argument("--threads", type=int, default=1)
+    d.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    d.add_argument("--json", help="also write the results to this file")
     a = sub.add_parser("accuracy")
     a.add_argument("--folder", default="bench-out/distill")
     a.add_argument("--epochs", type=int, default=300)
@@ -274,7 +573,9 @@ def main() -> None:
     if args.mode == "speed":
         speed(args)
     elif args.mode == "one":
-        print(json.dumps(run_case(args.case, args.iterations, args.warmup)))
+        print(json.dumps(run_case(args.case, args.iterations, args.warmup, args.device)))
+    elif args.mode == "side":
+        side(args)
     else:
         accuracy(args)
 

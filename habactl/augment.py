@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from habactl.errors import HabaError
+from habactl.runtime import to_device
 
 OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
@@ -157,8 +158,9 @@ class SiameseAugment:
             return self._crop(x, params.values)
         if op == "cutout":
             return self._cutout(x, params.values)
+        # The values are drawn on the host; moved without waiting for the device.
         v = {
-            k: t.to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+            k: to_device(t.to(x.dtype), x.device).view(-1, 1, 1, 1)
             for k, t in params.values.items()
         }
         if op == "color":
@@ -196,8 +198,8 @@ class SiameseAugment:
             # Shared shift: negative padding crops, so one F.pad moves the whole batch.
             dy, dx = int(ty), int(tx)
             return F.pad(x, (dx, -dx, dy, -dy))
-        rows, row_ok = _source_index(ty.to(x.device), h)
-        cols, col_ok = _source_index(tx.to(x.device), w)
+        rows, row_ok = _source_index(to_device(ty, x.device), h)
+        cols, col_ok = _source_index(to_device(tx, x.device), w)
         x = x.gather(2, rows.view(n, 1, h, 1).expand(n, c, h, w))
         x = x.gather(3, cols.view(n, 1, 1, w).expand(n, c, h, w))
         keep = (row_ok.view(n, 1, h, 1) & col_ok.view(n, 1, 1, w)).to(x.dtype)
@@ -209,8 +211,8 @@ class SiameseAugment:
         ratio = self.params["cutout"]
         size_h, size_w = int(h * ratio + 0.5), int(w * ratio + 0.5)
         # Centres range over the reference's randint(0, side + 1 - size % 2).
-        cy = (values["center_y"] * (h + 1 - size_h % 2)).floor().long().to(x.device)
-        cx = (values["center_x"] * (w + 1 - size_w % 2)).floor().long().to(x.device)
+        cy = to_device((values["center_y"] * (h + 1 - size_h % 2)).floor().long(), x.device)
+        cx = to_device((values["center_x"] * (w + 1 - size_w % 2)).floor().long(), x.device)
         top, left = (cy - size_h // 2).view(-1, 1), (cx - size_w // 2).view(-1, 1)
         r = torch.arange(h, device=x.device).view(1, h)
         col = torch.arange(w, device=x.device).view(1, w)
@@ -279,13 +281,13 @@ class BatchAugment:
 
     def __call__(self, images: Tensor) -> Tensor:
         """The augmented batch (a new tensor, same device and dtype; no gradient)."""
+        # Checked before anything is drawn: a wrong call leaves the stream where it was.
         if images.dim() != 4:
             raise ValueError(
                 f"augmentation expects a batch (N, C, H, W), got shape {tuple(images.shape)}"
             )
-        params = self.augmenter.sample(self._stream(), images.size(0) if self.per_sample else None)
         with torch.no_grad():
-            return self.augmenter.apply(images, params)
+            return self.augmenter(images, self._stream(), per_sample=self.per_sample)
 
     def collate(self, items: list) -> tuple[Tensor, Tensor]:
         """A DataLoader ``collate_fn``: stack (image, label) pairs, augment the images."""

@@ -9,6 +9,7 @@ can be saved in a checkpoint and restored on resume.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
 import torch
 
@@ -30,6 +31,34 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` (on the host) on ``device`` without making the host wait for the device.
+
+    A plain ``.to("cuda")`` of a host tensor waits until the GPU has finished everything
+    queued before it (PyTorch synchronises the stream after a blocking copy, and CUDA may
+    for pageable memory too); the small index, label and parameter tensors the inner loops
+    move every iteration need no such wait. They go through pinned memory with a
+    non-blocking copy: the caching host allocator keeps the pinned copy alive until the
+    transfer is done. Elsewhere (CPU, or already there) this is ``tensor.to(device)``.
+    Device-to-host reads must wait, and do not come here.
+    """
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def host_values(values: Mapping[str, float | torch.Tensor]) -> dict[str, float]:
+    """Numbers as floats, every tensor among them (a loss, device-side metrics) read in
+    one transfer: a loop that reports several numbers waits for its device once, not once
+    per number. Read in float64, so each value is exactly ``float(tensor)``."""
+    tensors = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
+    read: dict[str, float] = {}
+    if tensors:
+        stacked = torch.stack([t.detach().reshape(()).double() for t in tensors.values()])
+        read = dict(zip(tensors, stacked.tolist()))
+    return {k: read[k] if k in read else float(v) for k, v in values.items()}
+
+
 def derived_generator(domain: str, seed: int, purpose: object) -> torch.Generator:
     """An independent CPU generator for one ``purpose`` of a run seeded with ``seed``.
 
@@ -41,4 +70,4 @@ def derived_generator(domain: str, seed: int, purpose: object) -> torch.Generato
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
-__all__ = ["DEVICES", "derived_generator", "resolve_device"]
+__all__ = ["DEVICES", "derived_generator", "host_values", "resolve_device", "to_device"]

@@ -232,6 +232,7 @@ def test_gradient_matching_on_two_ranks_takes_the_step_of_one_process(tmp_path):
 
 @pytest.mark.slow
 @needs_torchrun
+@pytest.mark.cuda
 @pytest.mark.skipif(
     not __import__("torch").cuda.is_available(), reason="needs a CUDA device (bench/gpu.sh)"
 )

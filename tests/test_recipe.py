@@ -249,6 +249,7 @@ def test_transform_follows_the_batch_dtype_and_leaves_it_alone():
         cifar_recipe().augmentation()(images[0])
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_transform_runs_on_the_gpu_with_the_same_draws():
     images = batch()

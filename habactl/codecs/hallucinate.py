@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from habactl.codecs.base import Stage, StageOption, StageSpec
 from habactl.codecs.errors import CodecError
 from habactl.codecs.spec import describe_hallucinate
+from habactl.runtime import to_device
 
 
 class _Weights(nn.Module):
@@ -117,10 +118,10 @@ class Hallucinate(Stage):
             raise CodecError(
                 f"stage 'hallucinate': variant must be an integer tensor of shape ({n},)"
             )
-        variant = variant.to(device=self.scale.device, dtype=torch.long)
+        # Checked before the move: variants drawn on the host need no device read.
         if n and (int(variant.min()) < 0 or int(variant.max()) >= self.count):
             raise CodecError(f"stage 'hallucinate': variant must lie in [0, {self.count})")
-        return variant
+        return to_device(variant.long(), self.scale.device)
 
     def forward(self, x: Tensor, variant: Tensor | None = None) -> Tensor:
         """Sample n through hallucinator variant[n], the whole batch in one grouped

@@ -45,8 +45,13 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def supcon_loss(features: Tensor, labels: Tensor, temperature: float) -> Tensor:
-    """Supervised contrastive loss (Khosla et al. 2020) over L2-normalised features."""
+def supcon_loss(
+    features: Tensor, labels: Tensor, temperature: float, *, paired: bool = False
+) -> Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020) over L2-normalised features.
+
+    ``paired``: the caller knows every anchor has a positive (two views of each item), so
+    the mean is over all anchors, without reading the device to find those that have one."""
     z = F.normalize(features, dim=1)
     logits = z @ z.T / temperature
     n = z.shape[0]
@@ -56,6 +61,8 @@ def supcon_loss(features: Tensor, labels: Tensor, temperature: float) -> Tensor:
     positive = (labels.unsqueeze(0) == labels.unsqueeze(1)) & ~self_mask
     count = positive.sum(dim=1)
     per_anchor = -log_prob.masked_fill(~positive, 0.0).sum(dim=1) / count.clamp_min(1)
+    if paired:
+        return per_anchor.mean()
     has = count > 0
     return per_anchor[has].mean() if bool(has.any()) else features.sum() * 0.0
 
@@ -95,7 +102,7 @@ class AdversarialContrast:
 
     def penalty(
         self, synthetic: SyntheticSet, generator: torch.Generator
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """λ·mean cosine similarity (graph to the stored tensors); prepares F's step."""
         e = synthetic.expansion
         if e < 2:
@@ -122,14 +129,14 @@ class AdversarialContrast:
         logits = self.net.classifier(features)
         both = torch.cat([labels, labels])
         ce = F.cross_entropy(logits, both)
-        con = supcon_loss(features, both, s["temperature"])
+        con = supcon_loss(features, both, s["temperature"], paired=True)  # views in pairs
         extractor_loss = s["ce"] * ce + s["supcon"] * con
         params = list(self.net.parameters())
         self._grads = list(torch.autograd.grad(extractor_loss, params, retain_graph=True))
-        metrics = {
-            "cos": float(similarity.detach()),
-            "extractor_ce": float(ce.detach()),
-            "extractor_supcon": float(con.detach()),
+        metrics = {  # on the device: the engine reads them with the loss
+            "cos": similarity.detach(),
+            "extractor_ce": ce.detach(),
+            "extractor_supcon": con.detach(),
         }
         return s["weight"] * similarity, metrics
 

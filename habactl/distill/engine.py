@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from habactl import distributed
+from habactl import distributed, runtime
 from habactl.distill import checkpoint as ckpt
 from habactl.distill.contrastive import AdversarialContrast
 from habactl.distill.errors import DistillError, Interrupted, NonFiniteLoss
@@ -324,7 +324,7 @@ class Distiller:
         )
 
     def _real_set(self, images: Tensor, labels: Tensor) -> RealSet:
-        real = RealSet(images.to(self.device), labels.to(self.device), len(self.source.classes))
+        real = RealSet(images, labels, len(self.source.classes), self.device)
         empty = [k for k, n in enumerate(real.counts) if n == 0]
         if empty:
             raise DistillError(f"class {self.source.classes[empty[0]]!r} has no training images")
@@ -547,7 +547,7 @@ class Distiller:
         if apart:  # this rank's sample is 1/N of the mean the ranks' sums below make
             loss = loss / world
         total = loss
-        record: dict[str, float] = {f"{self.config.objective}": float(loss.detach()), **metrics}
+        values: dict[str, float | Tensor] = {f"{self.config.objective}": loss, **metrics}
         # Under torchrun each rank's loss covers its own classes (or, for an objective that
         # draws per rank, is its own sample over N) and the gradients are summed over the
         # ranks below; the contrastive term is counted once, on rank 0.
@@ -556,12 +556,14 @@ class Distiller:
                 self.synthetic, self.generators["contrast"]
             )
             total = loss + penalty
-            record.update(contrast_metrics)
-        value = float(total.detach())
+            values.update(contrast_metrics)
+        values["loss"] = total
+        record = runtime.host_values(values)  # the iteration's one wait for the device
+        value = record["loss"]
         if world > 1:
             sums = distributed.sum_floats([record[self.config.objective], value])
             record[self.config.objective], value = sums
-        record["loss"] = value
+            record["loss"] = value
         if not math.isfinite(value):
             raise NonFiniteLoss(f"the loss became {value} at iteration {self.iteration + 1}")
         grads = torch.autograd.grad(total, self.learnable, allow_unused=True)

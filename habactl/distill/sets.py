@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from habactl.distill.errors import DistillError
+from habactl.runtime import to_device
 
 
 class RealSet:
@@ -18,11 +19,15 @@ class RealSet:
     picking a batch does not grow with the number of classes.
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, num_classes: int) -> None:
+    def __init__(
+        self, images: Tensor, labels: Tensor, num_classes: int, device: torch.device | None = None
+    ) -> None:
+        # Sorted and counted where the labels are (the host, from the engine), then moved
+        # to ``device`` once: no round trip to read the counts back.
         order = torch.sort(labels, stable=True).indices
-        self.images = images[order].contiguous()
-        self.labels = labels[order].contiguous()
-        counts = torch.bincount(self.labels.cpu(), minlength=num_classes)
+        counts = torch.bincount(labels.cpu(), minlength=num_classes)
+        self.images = images[order].contiguous().to(device or images.device)
+        self.labels = labels[order].contiguous().to(device or labels.device)
         self.counts: list[int] = [int(n) for n in counts]
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])[:-1]
         self.num_classes = num_classes
@@ -53,7 +58,7 @@ class RealSet:
 
     def sample(self, per_class: int, generator: torch.Generator) -> Tensor:
         """(classes, per_class, C, H, W) random real images."""
-        index = self.sample_indices(per_class, generator).to(self.images.device)
+        index = to_device(self.sample_indices(per_class, generator), self.images.device)
         return self.images[index].view(self.num_classes, per_class, *self.images.shape[1:])
 
     def class_images(self, k: int) -> Tensor:
@@ -81,6 +86,7 @@ class SyntheticSet(nn.Module):
             torch.arange(len(self.per_class)), torch.tensor(self.per_class)
         )
         self.register_buffer("labels", labels, persistent=False)
+        self.host_labels = labels  # stays on the host when the module moves: counts need no sync
 
     @property
     def num_classes(self) -> int:
@@ -122,12 +128,19 @@ class SyntheticSet(nn.Module):
             return self.pipeline.decode_all(self.bases, classes=self.labels)
         if basis is None:
             return self.pipeline.decode(self.bases, classes=self.labels)
-        x = self.bases[basis.to(device)]
-        classes = self.labels[basis.to(self.labels.device)]
+        x = self.bases[to_device(basis, device)]
+        classes = self.labels[to_device(basis, self.labels.device)]
         if self.expansion == 1:
             return self.pipeline.decode(x, classes=classes)
         assert variant is not None  # expansion > 1 and a basis subset: draw gave variants
-        return self.pipeline.decode(x, variant.to(device), classes=classes)
+        # the stage checks the variants on the host, then moves them
+        return self.pipeline.decode(x, variant, classes=classes)
 
     def item_labels(self, basis: Tensor) -> Tensor:
-        return self.labels[basis.to(self.labels.device)]
+        return self.labels[to_device(basis, self.labels.device)]
+
+    def class_counts(self, basis: Tensor) -> list[int]:
+        """How many of the items ``basis`` names belong to each class, read on the host
+        (``basis`` comes from ``draw``, on the host), so no device value is waited for."""
+        items = self.host_labels[basis.cpu()]
+        return torch.bincount(items, minlength=self.num_classes).tolist()

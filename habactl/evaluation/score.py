@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from habactl.runtime import to_device
+
 
 def accuracy(
     net: nn.Module,
@@ -20,7 +22,8 @@ def accuracy(
     """Fraction of `images` (already normalised) that `net` classifies as `labels`.
 
     Images may live on the CPU; they are moved batch by batch to `device` (default: the
-    network's device).
+    network's device). The count of correct answers stays on the device until the end:
+    one read per call, not one per batch.
     """
     if images.shape[0] == 0:
         return float("nan")
@@ -28,14 +31,15 @@ def accuracy(
         device = next(net.parameters()).device
     was_training = net.training
     net.eval()
-    correct = 0
+    device = torch.device(device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
     with torch.inference_mode():
         for start in range(0, images.shape[0], batch_size):
-            batch = images[start : start + batch_size].to(device, non_blocking=True)
-            predicted = net(batch).argmax(dim=1).cpu()
-            correct += int((predicted == labels[start : start + batch_size].cpu()).sum())
+            batch = to_device(images[start : start + batch_size], device)
+            truth = to_device(labels[start : start + batch_size], device)
+            correct += (net(batch).argmax(dim=1) == truth).sum()
     net.train(was_training)
-    return correct / images.shape[0]
+    return int(correct) / images.shape[0]
 
 
 def summarize(accuracies: Sequence[float]) -> tuple[float, float]:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from habactl.errors import HabaError
 from habactl.evaluation.protocol import Protocol
+from habactl.runtime import to_device
 
 # Called at the start of every epoch, after the lr of that epoch is set.
 EpochCallback = Callable[[int, torch.optim.Optimizer], None]
@@ -75,7 +76,7 @@ def train_net(
             group["lr"] = protocol.lr_at(epoch, base_lr)
         if on_epoch is not None:
             on_epoch(epoch, optimizer)
-        order = torch.randperm(count, generator=generator).to(images.device)
+        order = to_device(torch.randperm(count, generator=generator), images.device)
         for start in range(0, count, protocol.batch_size):
             index = order[start : start + protocol.batch_size]
             batch = images[index]

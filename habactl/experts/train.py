@@ -11,6 +11,7 @@ generator derived from (seed, i): a resumed buffer is the same as an uninterrupt
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from habactl import runtime
 from habactl.experts.buffer import (
     INDEX,
     KIND,
@@ -36,7 +38,7 @@ from habactl.experts.buffer import (
 )
 from habactl.experts.flat import FlatNet
 from habactl.nets import seeded
-from habactl.runtime import derived_generator
+from habactl.runtime import derived_generator, to_device
 
 
 @dataclass(frozen=True)
@@ -248,8 +250,11 @@ def _train_one(
     n = labels.shape[0]
     accuracy = 0.0
     for epoch in range(1, s.epochs + 1):
-        order = torch.randperm(n, generator=generator).to(device)
-        correct, total_loss = 0, 0.0
+        order = to_device(torch.randperm(n, generator=generator), device)
+        # Summed on the device (the loss in float64, as Python would) and read once an
+        # epoch: the batches never wait for the device.
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        summed = torch.zeros((), dtype=torch.float64, device=device)
         for batch in order.split(s.batch_size):
             x = augment(images[batch], generator, per_sample=True)
             logits = net(x)
@@ -257,14 +262,16 @@ def _train_one(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            correct += int((logits.argmax(1) == labels[batch]).sum())
-            total_loss += float(loss.detach()) * len(batch)
-        if not torch.isfinite(torch.tensor(total_loss)):
+            correct += (logits.argmax(1) == labels[batch]).sum()
+            summed += loss.detach().double() * len(batch)
+        read = runtime.host_values({"loss": summed, "correct": correct})  # once an epoch
+        total_loss = read["loss"]
+        if not math.isfinite(total_loss):
             raise ExpertsError(
                 f"expert {i}: the loss became non-finite in epoch {epoch}; lower --lr"
             )
         rows.append(flat.flatten())
-        accuracy = correct / n
+        accuracy = read["correct"] / n
         if progress:
             progress(i, epoch, s.epochs, {"loss": total_loss / n, "accuracy": accuracy})
     return torch.stack(rows), accuracy

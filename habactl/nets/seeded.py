@@ -22,6 +22,7 @@ from habactl.nets.base import Net
 from habactl.nets.convnet import ConvNet
 from habactl.nets.pool import pool2
 from habactl.nets.registry import build_net
+from habactl.runtime import to_device
 
 # Images per forward on a CPU. ConvNet-3's first block makes a 128x32x32 map per image
 # (512 KiB); in batches of 32 the elementwise layers (norm, ReLU, pool) stay in cache, and
@@ -53,7 +54,7 @@ def redraw(module: nn.Module, generator: torch.Generator) -> None:
 
 def _uniform(tensor: torch.Tensor, bound: float, generator: torch.Generator) -> None:
     values = torch.rand(tensor.shape, generator=generator, dtype=torch.float32)
-    tensor.copy_(values.mul_(2 * bound).sub_(bound))
+    tensor.copy_(to_device(values.mul_(2 * bound).sub_(bound), tensor.device))
 
 
 def build(

@@ -90,9 +90,11 @@ class Objective:
 
     def loss(
         self, synthetic: SyntheticSet, generator: torch.Generator
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, Mapping[str, float | Tensor]]:
         """The objective's loss for this iteration (a scalar with a graph to the stored
-        tensors) and any metrics worth logging. Draw all randomness from ``generator``."""
+        tensors) and any metrics worth logging: floats, or scalar tensors on the device,
+        which the engine reads with the loss in one transfer. Draw all randomness from
+        ``generator``."""
         raise NotImplementedError
 
     def after_step(self, synthetic: SyntheticSet, generator: torch.Generator) -> None:

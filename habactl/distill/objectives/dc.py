@@ -41,6 +41,7 @@ from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective, setting
 from habactl.distill.sets import SyntheticSet
 from habactl.nets import seeded as networks
+from habactl.runtime import to_device
 
 # The reference's (outer_loop, inner_loop) by images per class; an IPC between two
 # entries takes the lower one.
@@ -185,8 +186,7 @@ class GradientMatching(Objective):
         )
 
         syn = synthetic.decode(basis, variant)  # class-sorted
-        labels = synthetic.item_labels(basis)
-        items = torch.bincount(labels.cpu(), minlength=classes).tolist()
+        items = synthetic.class_counts(basis)  # on the host: no device read
         parts = list(syn.split(items))
         ids = list(range(classes))
         if distributed.world_size() > 1:  # under torchrun: this rank's classes only; every
@@ -201,7 +201,7 @@ class GradientMatching(Objective):
         if self.settings["per_class"] == "loop":
             return self._loop_loss(real, parts, ids), {}
         syn_batch, mask = _pad_classes(parts)
-        class_labels = torch.tensor(ids, device=real.device)
+        class_labels = to_device(torch.tensor(ids), real.device)
 
         with torch.no_grad():
             g_real = self._gradients(real, class_labels.unsqueeze(1).expand(len(ids), per), None)
@@ -241,7 +241,7 @@ class GradientMatching(Objective):
             labels = synthetic.item_labels(basis)
         batch = self.settings["batch_train"]
         for _ in range(self.settings["inner_loop"]):
-            order = torch.randperm(images.shape[0], generator=generator).to(images.device)
+            order = to_device(torch.randperm(images.shape[0], generator=generator), images.device)
             for index in order.split(batch):
                 x = images[index]
                 if self.siamese_augmentation:
@@ -287,7 +287,8 @@ def _pad_classes(parts: list[Tensor]) -> tuple[Tensor, Tensor]:
         else p
         for p in parts
     ]
-    mask = torch.tensor(
-        [[1.0] * n + [0.0] * (longest - n) for n in lengths], device=first.device, dtype=first.dtype
+    mask = to_device(
+        torch.tensor([[1.0] * n + [0.0] * (longest - n) for n in lengths], dtype=first.dtype),
+        first.device,
     )
     return torch.stack(padded), mask

@@ -28,6 +28,7 @@ from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective, setting
 from habactl.distill.sets import SyntheticSet
 from habactl.nets import seeded as networks
+from habactl.runtime import to_device
 
 
 class DistributionMatching(Objective):
@@ -90,9 +91,7 @@ class DistributionMatching(Objective):
         if distributed.world_size() > 1:  # every draw above is made on every rank alike
             return self._share_loss(synthetic, basis, variant, real, params)
         syn = synthetic.decode(basis, variant)  # (M, C, H, W), class-sorted
-        items = torch.bincount(
-            synthetic.labels[basis.to(synthetic.labels.device)], minlength=classes
-        ).tolist()
+        items = synthetic.class_counts(basis)  # on the host: no device read
         augment = context.augment
         syn = torch.cat([augment.apply(part, p) for part, p in zip(syn.split(items), params)])
 
@@ -103,10 +102,10 @@ class DistributionMatching(Objective):
         real_mean = real_mean.clone()  # an ordinary tensor, usable next to autograd ones
 
         embedded = networks.embed(self.net, syn, self.chunk)
-        labels = synthetic.labels[basis.to(synthetic.labels.device)]
+        labels = synthetic.item_labels(basis)
         sums = torch.zeros(classes, embedded.shape[1], device=embedded.device, dtype=embedded.dtype)
         sums = sums.index_add(0, labels, embedded)
-        counts = torch.tensor(items, device=embedded.device, dtype=embedded.dtype).unsqueeze(1)
+        counts = to_device(torch.tensor(items, dtype=embedded.dtype), embedded.device).unsqueeze(1)
         syn_mean = sums / counts
         loss = (real_mean - syn_mean).square().sum()
         return loss, {}
@@ -127,8 +126,7 @@ class DistributionMatching(Objective):
         owned = distributed.my_share(classes)
         if not owned:  # more ranks than classes: this one has nothing to add
             return synthetic.bases.sum() * 0.0, {}
-        labels = synthetic.labels[basis.to(synthetic.labels.device)]
-        items = torch.bincount(labels, minlength=classes).tolist()
+        items = synthetic.class_counts(basis)
         syn = synthetic.decode(basis, variant).split(items)
         augment = context.augment
         embedded = networks.embed(

@@ -47,6 +47,7 @@ from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective, setting
 from habactl.distill.sets import SyntheticSet
 from habactl.nets import seeded as networks
+from habactl.runtime import to_device
 
 UNROLLS = ("recompute", "full")
 VARIANTS = ("one-per-step", "all")
@@ -266,12 +267,13 @@ class TrajectoryMatching(Objective):
 
     def loss(
         self, synthetic: SyntheticSet, generator: torch.Generator
-    ) -> tuple[Tensor, dict[str, float]]:
+    ) -> tuple[Tensor, dict[str, float | Tensor]]:
         s = self.settings
         expert = int(torch.randint(len(self.buffer), (1,), generator=generator))
         start_epoch = int(torch.randint(s["max_start_epoch"], (1,), generator=generator))
         rows = self.buffer.trajectory_rows(expert, [start_epoch, start_epoch + s["expert_epochs"]])
-        start, target = rows[0].to(self.context.device), rows[1].to(self.context.device)
+        device = self.context.device
+        start, target = to_device(rows[0], device), to_device(rows[1], device)
         steps = self._plan(synthetic, generator)
         distance = (start - target).square().sum()
         if s["unroll"] == "full":
@@ -282,7 +284,8 @@ class TrajectoryMatching(Objective):
             loss = (theta - target).square().sum() / distance
         else:
             loss = self._recomputed(synthetic, steps, start, target, distance)
-        return loss, {"lr": float(self.syn_lr.detach()), "start_epoch": float(start_epoch)}
+        # The lr stays on the device: the engine reads it with the loss, before the step.
+        return loss, {"lr": self.syn_lr.detach(), "start_epoch": float(start_epoch)}
 
     def _recomputed(
         self, synthetic: SyntheticSet, steps: list, start: Tensor, target: Tensor, distance: Tensor
