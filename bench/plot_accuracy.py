@@ -4,7 +4,9 @@
         -o bench/results/accuracy-all.png
 
 Runs at different IPCs may use different evaluation settings (the IPC-10 run here used
-fewer epochs and models to fit the CPU); the title names each file's settings.
+fewer epochs and models to fit the CPU); the title names each file's settings. When two
+files hold the same arm, IPC and distillation seed, the record with more models is kept.
+`--table` also prints one Markdown row per arm and IPC (models of every seed pooled).
 """
 
 from __future__ import annotations
@@ -15,7 +17,37 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import plot  # noqa: E402
+from accuracy import ARMS, plot, pooled  # noqa: E402
+
+
+def keep_largest(records: list[dict]) -> list[dict]:
+    """One record per (arm, IPC, distillation seed): the one with the most models."""
+    best: dict[tuple, dict] = {}
+    for r in records:
+        key = (r["arm"], r["ipc"], r.get("distill_seed", 0))
+        if key not in best or len(r.get("accuracies") or []) > len(
+            best[key].get("accuracies") or []
+        ):
+            best[key] = r
+    return list(best.values())
+
+
+def markdown(results: list[dict]) -> str:
+    """Rows: arm, IPC, counted bytes, x budget, training images, seeds x models, accuracy."""
+    lines = [
+        "| arm | IPC | counted bytes | × budget | training images | seeds × models "
+        "| accuracy (%) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(pooled(results), key=lambda r: (r["ipc"], -r["accuracy_mean"])):
+        seeds = len(r["seeds"])
+        models = len(r["accuracies"]) // seeds
+        lines.append(
+            f"| {ARMS[r['arm']][2]} (`{r['arm']}`) | {r['ipc']} | {r['counted_bytes']:,} | "
+            f"{r['ratio_bytes']:.3f} | {r['training_images']:,} | {seeds} × {models} | "
+            f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -25,6 +57,7 @@ def main() -> None:
     )
     parser.add_argument("-o", "--out", type=Path, required=True, help="PNG to write")
     parser.add_argument("--arms", help="comma list of arms to show (default: all)")
+    parser.add_argument("--table", action="store_true", help="print a Markdown table too")
     args = parser.parse_args()
     wanted = set(args.arms.split(",")) if args.arms else None
     results = []
@@ -43,8 +76,11 @@ def main() -> None:
             f"{path}: {len(payload['results'])} results "
             f"({s['epochs']} epochs, {s['models']} models)"
         )
+    results = keep_largest(results)
     plot(results, args.out, note="evaluation — " + "; ".join(notes))
     print(f"wrote {args.out}")
+    if args.table:
+        print(markdown(results))
 
 
 if __name__ == "__main__":
