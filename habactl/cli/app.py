@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
+from habactl.distributed import JobError  # cheap: torch is imported only for a job
 from habactl.errors import HabaError
 
 # Shown under each command's --help. A command may pass its own `epilog` instead.
@@ -146,14 +147,18 @@ def debug_enabled() -> bool:
     return os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
 
 
-def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print one line on stderr and return the exit to raise."""
+def fail(message: str, code: int = 1, *, every_rank: bool = False) -> typer.Exit:
+    """Print one line on stderr and return the exit to raise. `every_rank`: the error is
+    raised by every rank of a torchrun job alike, so rank 0 alone prints it."""
     stream, prefix = sys.stderr, ""
     if "WORLD_SIZE" in os.environ:  # under torchrun: the first failing rank prints, named
         from habactl import distributed
 
         if distributed.active():
-            if not distributed.claim_error():
+            # A job-wide error must not race for the store: rank 0 may already have
+            # exited (and taken a hand-launched job's store with it) when the others ask.
+            first = distributed.is_main() if every_rank else distributed.claim_error()
+            if not first:
                 return typer.Exit(code)
             stream, prefix = distributed.error_stream(), distributed.error_prefix()
     # Plain print, not rich: the message must stay one line whatever the terminal width.
@@ -171,7 +176,8 @@ def guarded(command: F) -> F:
         except HabaError as error:
             if debug_enabled():
                 raise
-            raise fail(str(error).replace("\n", " ")) from None
+            every_rank = isinstance(error, JobError)
+            raise fail(str(error).replace("\n", " "), every_rank=every_rank) from None
         except KeyboardInterrupt:
             if debug_enabled():
                 raise
