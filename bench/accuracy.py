@@ -359,9 +359,13 @@ def pooled(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in results:
         if r["arm"] == "full":
             continue
-        row = rows.setdefault((r["arm"], r["ipc"]), {**r, "accuracies": [], "seeds": []})
-        row["accuracies"] = row["accuracies"] + list(r.get("accuracies") or [r["accuracy_mean"]])
+        row = rows.setdefault(
+            (r["arm"], r["ipc"]), {**r, "accuracies": [], "seeds": [], "models_per_seed": []}
+        )
+        mine = list(r.get("accuracies") or [r["accuracy_mean"]])
+        row["accuracies"] = row["accuracies"] + mine
         row["seeds"].append(r.get("distill_seed", 0))
+        row["models_per_seed"].append(len(mine))
     for row in rows.values():
         row["accuracy_mean"] = round(statistics.fmean(row["accuracies"]), 2)
         row["accuracy_std"] = round(statistics.pstdev(row["accuracies"]), 2)

@@ -40,11 +40,13 @@ def markdown(results: list[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in sorted(pooled(results), key=lambda r: (r["ipc"], -r["accuracy_mean"])):
-        seeds = len(r["seeds"])
-        models = len(r["accuracies"]) // seeds
+        counts = r["models_per_seed"]
+        models = (
+            " + ".join(map(str, counts)) if len(set(counts)) > 1 else f"{len(counts)} × {counts[0]}"
+        )
         lines.append(
             f"| {ARMS[r['arm']][2]} (`{r['arm']}`) | {r['ipc']} | {r['counted_bytes']:,} | "
-            f"{r['ratio_bytes']:.3f} | {r['training_images']:,} | {seeds} × {models} | "
+            f"{r['ratio_bytes']:.3f} | {r['training_images']:,} | {models} | "
             f"{r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f} |"
         )
     return "\n".join(lines)
