@@ -40,7 +40,7 @@ def markdown(results: list[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in sorted(pooled(results), key=lambda r: (r["ipc"], -r["accuracy_mean"])):
-        counts = r["models_per_seed"]
+        counts = [n for _, n in sorted(zip(r["seeds"], r["models_per_seed"]))]  # by seed
         models = (
             " + ".join(map(str, counts)) if len(set(counts)) > 1 else f"{len(counts)} × {counts[0]}"
         )
