@@ -63,14 +63,16 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
-    for name in sorted({r["arm"] for r in rows}):
+    colours = plt.get_cmap("tab20").colors  # twelve arms: the default cycle repeats at ten
+    for index, name in enumerate(sorted({r["arm"] for r in rows})):
         points = sorted(
             (r["counted_bytes"], r["accuracy_mean"], r["accuracy_std"])
             for r in rows
             if r["arm"] == name
         )
         xs, ys, es = zip(*points)
-        left.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name)
+        colour = colours[index % len(colours)]
+        left.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name, color=colour)
     left.set_xscale("log")
     left.set_xlabel("counted bytes (every stored tensor)")
     left.set_ylabel("ConvNet-3 test accuracy on mnist-5k (%)")
