@@ -116,7 +116,8 @@ CASES = {
 }
 
 
-def _distiller(case: str, buffer) -> Distiller:
+def _distiller(case: str, buffer, device: str = "cpu") -> Distiller:
+    """`device` is a name only: on the meta tests the one place decides."""
     objective, codec, ipc, settings = CASES[case]
     if objective == "mtt":
         settings = {**settings, "experts": str(buffer)}
@@ -125,7 +126,7 @@ def _distiller(case: str, buffer) -> Distiller:
         codec=codec,
         ipc=ipc,
         iterations=0,
-        device="cpu",  # any name: the one place decides
+        device=device,
         contrastive_settings={"batch": 4},
         objective_settings=settings,
     )
@@ -246,19 +247,8 @@ def test_expert_training_reads_its_device_once_an_epoch(on_meta, monkeypatch, tm
 def test_cuda_iterations_synchronise_as_documented(case, buffer):
     from torch.profiler import ProfilerActivity, profile
 
-    objective, codec, ipc, settings = CASES[case]
-    if objective == "mtt":
-        settings = {**settings, "experts": str(buffer)}
-    config = DistillConfig(
-        objective=objective,
-        codec=codec,
-        ipc=ipc,
-        iterations=0,
-        device="cuda",
-        contrastive_settings={"batch": 4},
-        objective_settings=settings,
-    )
-    distiller = Distiller(tiny_mnist(), config)
+    objective = CASES[case][0]
+    distiller = _distiller(case, buffer, device="cuda")
     distiller.step()  # warm-up (allocator, kernels)
     torch.cuda.synchronize()
     steps = 3
