@@ -26,6 +26,7 @@ import habactl.cli.verify  # noqa: F401
 from habactl.cli.app import app
 from habactl.format import open_archive, storage_account
 from habactl.loader import HabaDataset
+from test_distill import _compress_process  # the same subprocess compress, fixed SOURCE_DATE_EPOCH
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -204,22 +205,6 @@ def test_evaluate_trains_on_it(archives, name):
 
 
 # -- resume ------------------------------------------------------------------------------
-def _compress(args: list[str], **env: str) -> subprocess.CompletedProcess:
-    environment = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "SOURCE_DATE_EPOCH": "1700000000",
-        **env,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "habactl", "compress", *args],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 @pytest.mark.slow
 def test_a_killed_and_resumed_run_gives_the_archive_of_an_uninterrupted_one(tmp_path):
     # One run that is both a quantize run (uint4, a grid per channel) and a frequency run
@@ -229,12 +214,12 @@ def test_a_killed_and_resumed_run_gives_the_archive_of_an_uninterrupted_one(tmp_
     flags += ["--quantize-granularity", "channel"]
     args = ["digits", *flags, "--iterations", "5", "--real-per-class", "4"]
     args += ["--no-contrastive", "--checkpoint-every", "2", "-q"]
-    whole = _compress([*args, "-o", str(tmp_path / "whole.haba")])
+    whole = _compress_process([*args, "-o", str(tmp_path / "whole.haba")])
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "killed.haba"
-    killed = _compress([*args, "-o", str(out)], HABACTL_FAULT_KILL_AFTER="3")
+    killed = _compress_process([*args, "-o", str(out)], HABACTL_FAULT_KILL_AFTER="3")
     assert killed.returncode == -9 and not out.exists()
-    resumed = _compress([*args, "-o", str(out), "--resume"])
+    resumed = _compress_process([*args, "-o", str(out), "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     with open_archive(out) as a, open_archive(tmp_path / "whole.haba") as b:
         assert a.manifest["content_digest"] == b.manifest["content_digest"]
