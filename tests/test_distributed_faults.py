@@ -160,6 +160,14 @@ def test_ctrl_c_of_the_job_stops_every_rank_in_one_line_and_resume_finishes(runs
     assert not (tmp_path / "c.haba.ckpt").exists()
 
 
+def freeze_rank_1(ranks: list[subprocess.Popen]) -> tuple[str, float]:
+    """SIGSTOP rank 1 (alive, silent); rank 0's stderr and seconds until it exited."""
+    os.kill(ranks[1].pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    _, stderr = ranks[0].communicate(timeout=60)
+    return stderr, time.monotonic() - stopped
+
+
 def test_a_rank_that_stops_answering_fails_its_peer_at_the_collective_timeout(tmp_path):
     # Launched by hand (no torchrun agent to notice anything): rank 1 is frozen with
     # SIGSTOP mid-run, so rank 0 waits in a collective until HABACTL_DIST_TIMEOUT.
@@ -167,10 +175,7 @@ def test_a_rank_that_stops_answering_fails_its_peer_at_the_collective_timeout(tm
     ranks = by_hand([args, args], tmp_path, {distributed.TIMEOUT_VARIABLE: "5"})
     try:
         wait_for_iteration(tmp_path / "s.jsonl", ranks[0])
-        os.kill(ranks[1].pid, signal.SIGSTOP)
-        stopped = time.monotonic()
-        _, stderr = ranks[0].communicate(timeout=60)
-        seconds = time.monotonic() - stopped
+        stderr, seconds = freeze_rank_1(ranks)
     finally:
         end(ranks)
     assert ranks[0].returncode == 1, stderr
@@ -217,10 +222,7 @@ def test_a_peer_busy_longer_than_the_timeout_is_waited_for_and_a_frozen_one_is_n
         while not (tmp_path / "working").exists():
             assert time.monotonic() < deadline and ranks[1].poll() is None
             time.sleep(0.02)
-        os.kill(ranks[1].pid, signal.SIGSTOP)
-        stopped = time.monotonic()
-        _, stderr = ranks[0].communicate(timeout=60)
-        seconds = time.monotonic() - stopped
+        stderr, seconds = freeze_rank_1(ranks)
     finally:
         end(ranks)
     assert ranks[0].returncode == 1, stderr
