@@ -372,24 +372,20 @@ def pooled(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
-def plot(results: list[dict[str, Any]], path: Path, note: str = "") -> None:
-    """Accuracy versus stored size, one line per arm; `note` goes under the title. The x
-    axis is counted bytes when every arm recorded them, stored values otherwise."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
+def draw_arms(ax: Any, results: list[dict[str, Any]], colours: Any = None) -> None:
+    """One errorbar line per arm (seeds pooled), in the order the arms first appear, and
+    the full-data ceiling; the x axis is counted bytes when every arm recorded them,
+    stored values otherwise. `colours`: a sequence to cycle instead of the default."""
     arms = pooled(results)
     in_bytes = all("counted_bytes" in r for r in arms)
     x_key = "counted_bytes" if in_bytes else "stored_values"
-    for name in dict.fromkeys(r["arm"] for r in arms):
+    for index, name in enumerate(dict.fromkeys(r["arm"] for r in arms)):
         points = sorted(
             (r[x_key], r["accuracy_mean"], r["accuracy_std"]) for r in arms if r["arm"] == name
         )
         xs, ys, es = zip(*points)
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name)
+        colour = None if colours is None else colours[index % len(colours)]
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name, color=colour)
     for r in results:
         if r["arm"] == "full":
             ax.axhline(
@@ -402,9 +398,20 @@ def plot(results: list[dict[str, Any]], path: Path, note: str = "") -> None:
         else "stored values (every tensor counted)"
     )
     ax.set_ylabel("ConvNet-3 test accuracy on mnist-5k (%)")
-    ax.set_title("accuracy vs true storage" + (f"\n{note}" if note else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+
+
+def plot(results: list[dict[str, Any]], path: Path, note: str = "") -> None:
+    """Accuracy versus stored size (see `draw_arms`); `note` goes under the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    draw_arms(ax, results)
+    ax.set_title("accuracy vs true storage" + (f"\n{note}" if note else ""), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

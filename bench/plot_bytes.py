@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import STORAGES, pooled  # noqa: E402
+from accuracy import STORAGES, draw_arms, pooled  # noqa: E402
 from plot_accuracy import keep_largest, markdown  # noqa: E402
 
 BYTES_PER_VALUE = {"": 4, "-f16": 2, "-u8": 1}
@@ -63,22 +63,10 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
-    colours = plt.get_cmap("tab20").colors  # twelve arms: the default cycle repeats at ten
-    for index, name in enumerate(sorted({r["arm"] for r in rows})):
-        points = sorted(
-            (r["counted_bytes"], r["accuracy_mean"], r["accuracy_std"])
-            for r in rows
-            if r["arm"] == name
-        )
-        xs, ys, es = zip(*points)
-        colour = colours[index % len(colours)]
-        left.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name, color=colour)
-    left.set_xscale("log")
-    left.set_xlabel("counted bytes (every stored tensor)")
-    left.set_ylabel("ConvNet-3 test accuracy on mnist-5k (%)")
+    # twelve arms: the default colour cycle repeats after ten
+    by_name = sorted(records, key=lambda r: r["arm"])
+    draw_arms(left, by_name, colours=plt.get_cmap("tab20").colors)
     left.set_title("accuracy vs true bytes (IPC 1 and 10 budgets)", fontsize=10)
-    left.grid(alpha=0.3)
-    left.legend(fontsize=7)
     for storage, points in storage_lines(rows, args.ipc).items():
         xs, ys, es = zip(*points)
         right.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=STORAGES[storage][1])
