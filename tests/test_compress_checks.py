@@ -4,7 +4,6 @@ line on stderr, before it loads any data (so before any distillation starts)."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +35,10 @@ def no_data(monkeypatch):
 
 
 def refused_early(*args) -> str:
-    started = time.perf_counter()
+    """The one error line of a compress that stops before its data (`no_data` fails a
+    run that loads it)."""
     result = run(*args)
     assert result.exit_code == 1, result.output
-    assert time.perf_counter() - started < 10  # no distillation, no data
     return one_error_line(result)
 
 
