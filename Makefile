@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-cpus lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,18 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+# The numerical tests again under each CPU kernel level PyTorch, oneDNN and MKL can be held
+# to, so one machine checks what another CPU kind would run (docs/reproducibility.md).
+NUMERICAL := tests/test_golden.py tests/test_codecs_vectors.py tests/test_distributed.py \
+	tests/test_distributed_mtt.py tests/test_distributed_faults.py tests/test_distill.py \
+	tests/test_new_representations.py tests/test_objectives_dc.py tests/test_objectives_mtt.py \
+	tests/test_stability.py tests/test_examples.py tests/test_recipe.py tests/test_evaluate.py
+ISA_default := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2
+ISA_avx2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+ISA_avx512 := ATEN_CPU_CAPABILITY=avx512 ONEDNN_MAX_CPU_ISA=ALL MKL_ENABLE_INSTRUCTIONS=AVX512
+test-cpus: $(STAMP)
+	$(foreach level,default avx2 avx512,$(ISA_$(level)) $(VENV)/bin/python -m pytest -q $(NUMERICAL) &&) true
 
 # Lint, formatting and types (settings in pyproject.toml); `ruff format` fixes formatting.
 LINTED := habactl tests bench $(wildcard examples)
