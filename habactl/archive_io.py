@@ -13,8 +13,9 @@ from torch import Tensor
 
 from habactl import __version__
 from habactl.codecs.spec import format_version_for
-from habactl.evaluation.protocol import STANDARD
+from habactl.evaluation.protocol import STANDARD, STANDARD_ARCH
 from habactl.format.account import budget_values
+from habactl.nets.registry import arch_name
 
 
 def created_timestamp() -> str:
@@ -54,7 +55,9 @@ def build_manifest(
 ) -> dict[str, Any]:
     """Everything but `tensors` and `content_digest`, which the writer fills in."""
     channels, height, width = image_shape
-    recommended = dict(protocol or STANDARD.recommended())
+    # The network for the image size: "convnet" (depth 3) up to 45 px, as archives always
+    # recorded it; "convnet-d4" at 64 px and so on (habactl.nets.registry.arch_name).
+    recommended = dict(protocol or STANDARD.recommended(arch_name(STANDARD_ARCH, height, width)))
     if learned_lr is not None:
         recommended["lr"] = float(learned_lr)
     return {

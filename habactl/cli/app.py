@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -71,6 +72,79 @@ def examples_epilog(lines: list[str]) -> str:
     return "\n".join(["Examples:", *(f"  {line}" for line in lines), EXIT_LINE])
 
 
+# A line that starts a list item: "- x", "* x", "• x", "1. x", "2) x" (any indentation).
+_ITEM = re.compile(r"\s*(?:[-*•]|\d+[.)])\s")
+
+
+def _reflow_paragraph(paragraph: str) -> list[str]:
+    """The paragraph's lines once its prose is joined: a source line break inside a
+    sentence goes, so that the terminal wraps the text at its own width.
+
+    A plain line continues the prose line before it. A list item ("- ", "1. ") starts a
+    new line, and an indented line under it continues it. Any other indented line (an
+    example, a command to type) stays as it is, and so does a paragraph that starts with
+    click's no-rewrap marker ``\\b``.
+    """
+    if paragraph.startswith("\b"):
+        return paragraph.split("\n")
+    lines: list[str] = []
+    kinds: list[str] = []  # "prose", "item" or "verbatim", one per line in `lines`
+    for line in paragraph.split("\n"):
+        if not line.strip():
+            continue
+        indent = _indent(line)
+        if _ITEM.match(line):
+            lines.append(line.rstrip())
+            kinds.append("item")
+        elif indent and kinds and kinds[-1] == "item" and indent > _indent(lines[-1]):
+            lines[-1] += " " + line.strip()
+        elif indent:
+            lines.append(line.rstrip())
+            kinds.append("verbatim")
+        elif kinds and kinds[-1] == "prose":
+            lines[-1] += " " + line.strip()
+        else:
+            lines.append(line.rstrip())
+            kinds.append("prose")
+    return lines
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def reflow(text: str | None, *, mark_blocks: bool = False) -> str | None:
+    """`text` with each prose paragraph on one line; blank lines still separate paragraphs.
+
+    `mark_blocks`: prefix a paragraph that keeps several lines (a list, examples) with
+    ``\\b``, which typer reads in an option's help as "keep these line breaks" (it joins
+    the lines of every other paragraph there).
+    """
+    if not text:
+        return text
+    paragraphs = []
+    for paragraph in text.split("\n\n"):
+        lines = _reflow_paragraph(paragraph)
+        if mark_blocks and len(lines) > 1 and not lines[0].startswith("\b"):
+            lines.insert(0, "\b")
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+def _reflow_help(command: Any) -> None:
+    """Reflow a command's help, short help, epilog and every parameter's help.
+
+    Docstrings break their lines at the source's width; typer keeps those breaks in the
+    description and in the list of commands, so `--help` showed sentences cut mid-way.
+    """
+    command.help = reflow(command.help)
+    command.short_help = reflow(command.short_help)
+    command.epilog = reflow(command.epilog)
+    for param in command.params:
+        if getattr(param, "help", None):
+            param.help = reflow(param.help, mark_blocks=True)
+
+
 def _tidy_params(command: Any, ctx: Any) -> None:
     for param in command.get_params(ctx):
         if param.metavar is not None:
@@ -82,17 +156,26 @@ def _tidy_params(command: Any, ctx: Any) -> None:
 
 
 class HabaCommand(TyperCommand):
-    """A command whose --help shows no value placeholder on flags and ends with examples."""
+    """A command whose --help reflows its text to the terminal, shows no value placeholder
+    on flags and ends with examples."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _reflow_help(self)
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         _tidy_params(self, ctx)
         if self.epilog is None and self.name in EXAMPLES:
-            self.epilog = examples_epilog(EXAMPLES[self.name])
+            self.epilog = reflow(examples_epilog(EXAMPLES[self.name]))
         super().format_help(ctx, formatter)
 
 
 class HabaGroup(TyperGroup):
-    """The root command, with the same tidy --help."""
+    """The root command, with the same tidy, reflowed --help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _reflow_help(self)
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         _tidy_params(self, ctx)

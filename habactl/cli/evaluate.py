@@ -27,8 +27,9 @@ def evaluate(
     arch: list[str] | None = typer.Option(
         None,
         "--arch",
-        help="Architectures, comma-separated or repeated: convnet, mlp, alexnet, "
-        "vgg11, resnet18 \\[default: convnet].",
+        help="Architectures, comma-separated or repeated: convnet (its depth follows the "
+        "image size: 3 up to 45 px, 4 at 64, 5 at 128, 6 at 224), convnet-d3 to convnet-d6 "
+        "(a fixed depth), mlp, alexnet, vgg11, resnet18 \\[default: convnet].",
     ),
     models: int | None = typer.Option(
         None, "--models", min=1, help="Networks trained per architecture \\[default: 5; --fast: 2]."

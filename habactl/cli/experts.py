@@ -32,7 +32,12 @@ def experts(
         0.01, "--lr", help="SGD learning rate (no momentum, as the reference)."
     ),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Batch size."),
-    arch: str = typer.Option("convnet", "--arch", help="Expert (and student) architecture."),
+    arch: str = typer.Option(
+        "convnet",
+        "--arch",
+        help="Expert (and student) architecture: convnet (depth by image size), "
+        "convnet-d3 to convnet-d6, mlp, alexnet, vgg11, resnet18.",
+    ),
     width: float = typer.Option(
         1.0, "--width", help="Width multiplier of the network (1.0: 128 channels)."
     ),
@@ -100,12 +105,14 @@ def experts(
             bar["progress"] = ProgressLine(stderr, unit="epochs")
             # Name the ops that really run: digit data drop the flip (a mirrored 2 is no 2).
             from habactl.augment import SiameseAugment
+            from habactl.nets.registry import arch_name
 
             ops = SiameseAugment(augment, flip=not source.is_digits).ops
             shown = "_".join(ops) or "none"
+            built = arch_name(arch, source.height, source.width)  # "convnet-d4" at 64 px
             bar["progress"].message(
                 f"[bold]{source.name}[/]: {plural(count, 'expert')} × {plural(epochs, 'epoch')}, "
-                f"{arch} width {width}, SGD lr {lr}, batch {batch_size}, augmentation {shown}"
+                f"{built} width {width}, SGD lr {lr}, batch {batch_size}, augmentation {shown}"
             )
             bar["progress"].start(count * total, 0, "experts")
         status = (

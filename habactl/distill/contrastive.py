@@ -1,7 +1,7 @@
 """The adversarial contrastive constraint of HaBa (docs/method.md).
 
-A feature extractor F (ConvNet-3 body + linear head) persists across iterations and
-takes one SGD step per iteration on
+A feature extractor F (ConvNet body, at the depth for the image size, + linear head)
+persists across iterations and takes one SGD step per iteration on
 
     ce · CE(F(h_a(b)), y) + supcon · SupCon([F(h_a(b)), F(h_b(b))], y; τ)
 
@@ -32,6 +32,7 @@ from torch import Tensor
 from habactl.distill.errors import DistillError
 from habactl.distill.sets import SyntheticSet
 from habactl.nets import seeded as networks
+from habactl.nets.registry import arch_name
 
 DEFAULTS: dict[str, Any] = {
     "weight": 0.1,  # λ on the bases/hallucinator side
@@ -90,6 +91,7 @@ class AdversarialContrast:
                 raise DistillError(f"contrastive: {key} must be >= 0, got {s[key]}")
         if s["temperature"] <= 0:
             raise DistillError("contrastive: temperature must be positive")
+        s["arch"] = arch_name(s["arch"], *image_shape[1:])  # "convnet-d4" at 64 px
         self.net = networks.build(
             s["arch"], image_shape, num_classes, device=device, generator=generator, trainable=True
         )
@@ -121,7 +123,7 @@ class AdversarialContrast:
             ]
         )
         labels = synthetic.item_labels(basis)
-        features = networks.embed(self.net, views, networks.chunk_size(views.device))
+        features = networks.embed(self.net, views, networks.chunk_size(views.device, views.shape))
         fa, fb = features.chunk(2)
         similarity = F.cosine_similarity(fa, fb, dim=1).mean()
 

@@ -18,7 +18,9 @@ from habactl.errors import HabaError
 
 AUGMENTATIONS = ("dsa", "none")
 DEFAULT_LR = 0.01
-STANDARD_ARCH = "convnet"  # the network the standard protocol trains (ConvNet-3)
+# The network the standard protocol trains: ConvNet at the depth for the image size (3 up
+# to 45 px, 4 at 64, 5 at 128, 6 at 224-256; habactl.nets.registry.convnet_depth).
+STANDARD_ARCH = "convnet"
 
 # Training on the whole real set costs (real images / synthetic images) times more per
 # epoch: 4,000 vs 10 images on mnist-5k, about 13 minutes per 15 epochs on a busy 2-core

@@ -338,6 +338,7 @@ def _evaluate_archive(
     from habactl.format import storage_account
     from habactl.loader import HabaDataset
     from habactl.nets import ARCHITECTURES
+    from habactl.nets.registry import arch_name
 
     started = time.perf_counter()
     if lr is not None and not lr > 0:
@@ -358,6 +359,8 @@ def _evaluate_archive(
     if not path.is_file():
         raise HabaError(f"{path}: no such archive")
     dataset = HabaDataset(path)
+    # Results name the network trained: "convnet" at 64 px is reported as "convnet-d4".
+    archs = list(dict.fromkeys(arch_name(a, *dataset.image_shape[1:]) for a in archs))
     source = load_test_source(dataset, data, root, note)
     test_images, test_labels = prepare_test_images(dataset, source)
     manifest = dataset.manifest

@@ -1,7 +1,8 @@
 """Training expert trajectories on the real training set (MTT's buffer; docs/method.md).
 
 Reference settings: SGD lr 0.01, no momentum, no weight decay, batch 256, DSA
-augmentation (one draw per image) on every batch, ConvNet-3, 50 epochs. Images are
+augmentation (one draw per image) on every batch, ConvNet (depth 3 at 32 px, deeper for
+larger images), 50 epochs. Images are
 normalised exactly as ``habactl compress`` normalises them (per-channel mean and std of
 the training split), so a student trained on the synthetic set lives in the same space.
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from habactl.experts.buffer import (
 )
 from habactl.experts.flat import FlatNet
 from habactl.nets import seeded
+from habactl.nets.registry import arch_name
 from habactl.runtime import derived_generator, to_device
 
 
@@ -101,6 +103,9 @@ def train_experts(
 
     device = distributed.device_for(settings.device)  # under torchrun: this rank's GPU
     shape = (source.channels, source.height, source.width)
+    # The index records the network built ("convnet-d4" for "convnet" at 64 px): MTT's
+    # student is built from that name, so it has the experts' depth whatever the size.
+    settings = replace(settings, arch=arch_name(settings.arch, source.height, source.width))
     classes = len(source.classes)
     normalization = mean_std(source.mean(), source.std())
     images = Normalizer(normalization)(source.train.images.float()).to(device)

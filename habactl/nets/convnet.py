@@ -1,4 +1,5 @@
-"""ConvNet-3, the standard network of dataset distillation (docs/method.md)."""
+"""ConvNet, the standard network of dataset distillation: depth 3 at 32 px, deeper for
+larger images (docs/method.md, "Networks by resolution")."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ class ConvNet(Net):
 
     28x28 inputs get padding 3 on the first conv (-> 32x32) as in the reference, so
     MNIST-sized data has the same 2048 features as CIFAR. Smaller inputs skip the pools
-    that would leave a later norm a 1x1 map (8x8: 8 -> 4 -> 2 -> 1, 128 features).
+    that would leave a later norm a 1x1 map (8x8: 8 -> 4 -> 2 -> 1, 128 features). Each
+    further block halves the map once more: depth 4 at 64x64, 5 at 128x128 and 6 at
+    256x256 all end on 4x4 maps (2048 features); 224x224 at depth 6 ends on 3x3.
     """
 
     def __init__(
@@ -59,7 +62,14 @@ def build_convnet(
     *,
     width_mult: float = 1.0,
     norm: str = "instance",
+    depth: int = 3,
 ) -> ConvNet:
     return ConvNet(
-        channels, height, width, num_classes, net_width=scaled(128, width_mult), norm=norm
+        channels,
+        height,
+        width,
+        num_classes,
+        net_width=scaled(128, width_mult),
+        depth=depth,
+        norm=norm,
     )

@@ -1,4 +1,5 @@
-"""ResNet-18 with instance norm, as in the DD cross-architecture evaluation."""
+"""ResNet-18 with instance norm, as in the DD cross-architecture evaluation; with
+torchvision's stem for ImageNet-sized images."""
 
 from __future__ import annotations
 
@@ -30,11 +31,21 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
+# Smallest image side (px) that gets torchvision's ImageNet stem: the sizes nearer 256
+# than 128 on a log scale, where ConvNet also takes depth 6 (habactl.nets.registry).
+TORCHVISION_STEM_FROM = 182
+
+
 class ResNet18(Net):
     """Stem conv -> 4 stages x 2 BasicBlocks (64/128/256/512) -> global average -> Linear.
 
     A stage downsamples (stride 2) only while the map stays at least 2x2, because
     instance norm on 1x1 maps discards the input; 32x32 follows the reference exactly.
+
+    The stem is the 3x3 stride-1 conv of the DD codebases for images up to 181 px (the
+    smaller side) and torchvision's from TORCHVISION_STEM_FROM on (7x7 stride-2 conv,
+    norm, ReLU, 3x3 stride-2 max pool: 224x224 reaches the stages at 56x56 and ends on
+    7x7, as torchvision's ResNet-18 does on ImageNet).
     """
 
     def __init__(
@@ -49,13 +60,24 @@ class ResNet18(Net):
     ) -> None:
         super().__init__()
         widths = [scaled(c, width_mult) for c in (64, 128, 256, 512)]
-        self.stem = nn.Sequential(
-            nn.Conv2d(channels, widths[0], kernel_size=3, stride=1, padding=1, bias=False),
-            make_norm(norm, widths[0]),
-            nn.ReLU(),
-        )
+        h, w = height, width
+        if min(height, width) >= TORCHVISION_STEM_FROM:
+            self.stem = nn.Sequential(
+                nn.Conv2d(channels, widths[0], kernel_size=7, stride=2, padding=3, bias=False),
+                make_norm(norm, widths[0]),
+                nn.ReLU(),
+                nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+            )
+            for _ in range(2):  # each halves the map, rounding up
+                h, w = (h + 1) // 2, (w + 1) // 2
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(channels, widths[0], kernel_size=3, stride=1, padding=1, bias=False),
+                make_norm(norm, widths[0]),
+                nn.ReLU(),
+            )
         blocks: list[nn.Module] = []
-        h, w, in_ch = height, width, widths[0]
+        in_ch = widths[0]
         for i, out_ch in enumerate(widths):
             stride = 2 if i > 0 and can_pool(h) and can_pool(w) else 1
             if stride == 2:

@@ -27,7 +27,10 @@ from habactl.runtime import to_device
 # Images per forward on a CPU. ConvNet-3's first block makes a 128x32x32 map per image
 # (512 KiB); in batches of 32 the elementwise layers (norm, ReLU, pool) stay in cache, and
 # on a 2-core CPU that runs ~1.5-2x faster than batches of 128-640 (bench/distill.py).
+# Larger images get proportionally fewer per chunk (8 at 64x64, 1 from 182x182 on), so a
+# chunk's maps stay the same size: 32 images of 224x224 would need ~800 MiB per layer.
 CPU_CHUNK = 32
+CPU_CHUNK_PIXELS = CPU_CHUNK * 32 * 32
 
 
 @torch.no_grad()
@@ -77,9 +80,13 @@ def build(
     return net.to(device)
 
 
-def chunk_size(device: torch.device) -> int:
-    """Cache-sized batches pay off on a CPU; a GPU wants the whole batch at once."""
-    return CPU_CHUNK if device.type == "cpu" else 1 << 16
+def chunk_size(device: torch.device, image_shape: tuple[int, ...] | None = None) -> int:
+    """Cache-sized batches pay off on a CPU; a GPU wants the whole batch at once.
+    `image_shape` (C, H, W): fewer images per chunk above 32x32 pixels."""
+    if device.type != "cpu":
+        return 1 << 16
+    pixels = 1 if image_shape is None else image_shape[-2] * image_shape[-1]
+    return min(CPU_CHUNK, max(1, CPU_CHUNK_PIXELS // pixels))
 
 
 def embed(net: Net, images: Tensor, chunk: int) -> Tensor:

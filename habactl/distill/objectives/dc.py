@@ -41,6 +41,7 @@ from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective, setting
 from habactl.distill.sets import SyntheticSet
 from habactl.nets import seeded as networks
+from habactl.nets.registry import arch_name
 from habactl.runtime import to_device
 
 # The reference's (outer_loop, inner_loop) by images per class; an IPC between two
@@ -130,6 +131,7 @@ class GradientMatching(Objective):
         if not s["lr_net"] > 0:
             raise DistillError(f"{self.name}: lr_net must be positive, got {s['lr_net']}")
         context.real.check_per_class(s["real_per_class"])
+        s["net_arch"] = arch_name(s["net_arch"], *context.image_shape[1:])  # as recorded
         self.net = networks.build(
             s["net_arch"],
             context.image_shape,

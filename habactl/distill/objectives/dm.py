@@ -28,6 +28,7 @@ from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective, setting
 from habactl.distill.sets import SyntheticSet
 from habactl.nets import seeded as networks
+from habactl.nets.registry import arch_name
 from habactl.runtime import to_device
 
 
@@ -58,6 +59,7 @@ class DistributionMatching(Objective):
             raise DistillError(f"dm: siamese must be 'class' or 'iteration', got {s['siamese']!r}")
         s["embed_width"] = float(s["embed_width"])
         context.real.check_per_class(s["real_per_class"])
+        s["embed_arch"] = arch_name(s["embed_arch"], *context.image_shape[1:])  # recorded
         self.net = networks.build(
             s["embed_arch"],
             context.image_shape,
@@ -68,7 +70,7 @@ class DistributionMatching(Objective):
             trainable=False,
         )
         self.net.eval()
-        self.chunk = networks.chunk_size(context.device)
+        self.chunk = networks.chunk_size(context.device, context.image_shape)
 
     def _augment_params(self, generator: torch.Generator) -> list[Any]:
         augment = self.context.augment
