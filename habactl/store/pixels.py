@@ -75,6 +75,19 @@ def to_uint8_nchw(chunk: np.ndarray, layout: str, where: str) -> np.ndarray:
     return np.ascontiguousarray(np.rint(chunk.astype(np.float64) * 255.0).astype(np.uint8))
 
 
+def convert_mode(chunk: np.ndarray, mode: str) -> np.ndarray:
+    """uint8 (n, C, H, W) as ``mode``: L (PIL's luma, ITU-R 601-2) or RGB (grey repeated)."""
+    channels = chunk.shape[1]
+    if mode == "RGB" and channels == 1:
+        return np.ascontiguousarray(np.repeat(chunk, 3, axis=1))
+    if mode == "L" and channels == 3:
+        # PIL's integer formula, so that an array and the same image as a file agree.
+        weights = np.array([19595, 38470, 7471], dtype=np.uint32).reshape(1, 3, 1, 1)
+        luma = (chunk.astype(np.uint32) * weights).sum(axis=1, keepdims=True) + 0x8000
+        return (luma >> 16).astype(np.uint8)
+    return chunk
+
+
 def resized_shape(height: int, width: int, resolution: int) -> tuple[int, int]:
     """(height, width) after the shorter side is scaled to ``resolution`` (the longer
     side truncated, as torchvision's Resize(int) does)."""

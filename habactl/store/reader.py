@@ -50,8 +50,8 @@ def read_index(path: str | os.PathLike[str]) -> Index:
     if not index_path.is_file():
         if (folder / STATE).is_file():
             raise StoreError(
-                f"{folder}: incomplete store (its prepare did not finish): rerun the same "
-                f"prepare command to continue"
+                f"{folder}: incomplete: rerun the same prepare command to continue (its "
+                f"prepare did not finish)"
             )
         raise StoreError(f"{folder}: not a store (no {INDEX}); make one with habactl prepare")
     try:

@@ -1,7 +1,8 @@
 """Writing a store's data files class by class, resumably, and its index last.
 
-Each finished class is synced to disk and then recorded (count, sha256 of its bytes,
-pixel sums, skipped files) in the state file, itself written atomically. A prepare that
+Finished classes are synced to disk and then recorded (count, sha256 of its bytes,
+pixel sums, skipped files) in the state file, itself written atomically, every few
+seconds and at the end of each split. A prepare that
 is killed or runs out of disk leaves the classes it finished; the next run truncates
 each data file to its last finished class and continues. ``index.json`` is written
 only when both splits are complete, so a store without it never looks complete.
@@ -13,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,9 @@ from habactl.store.layout import (
 )
 
 STATE_FORMAT = "habactl-store-state"
+# Finished classes are recorded (two syncs and a rename) at most this often, and at the
+# end of each split: a killed prepare redoes at most this much work.
+SAVE_SECONDS = 2.0
 # A piece is one class's images in order; (class index, uint8 (n, C, H, W)).
 Piece = tuple[int, np.ndarray]
 
@@ -60,12 +65,12 @@ class _ClassHash:
     def add(self, chunk: np.ndarray) -> None:
         self.digest.update(chunk.data)
         self.count += chunk.shape[0]
-        values = np.arange(256, dtype=np.int64)
+        # Integer sums are exact (255² fits in uint16; a chunk's sums fit in uint64).
+        sums = chunk.sum(axis=(0, 2, 3), dtype=np.uint64).tolist()
+        squares = np.square(chunk, dtype=np.uint16).sum(axis=(0, 2, 3), dtype=np.uint64).tolist()
         for c in range(chunk.shape[1]):
-            # A histogram makes the sums exact and needs no wide temporary array.
-            histogram = np.bincount(chunk[:, c].reshape(-1), minlength=256).astype(np.int64)
-            self.sums[c] += int(histogram @ values)
-            self.squares[c] += int(histogram @ (values * values))
+            self.sums[c] += int(sums[c])
+            self.squares[c] += int(squares[c])
 
     def record(self) -> ClassRecord:
         return ClassRecord(
@@ -88,6 +93,7 @@ class StoreWriter:
         self.image_shape = tuple(int(v) for v in image_shape)
         self.identity = identity
         self.done: dict[str, list[ClassRecord]] = {s: [] for s in SPLITS}
+        self._saved = 0.0
 
     @property
     def image_bytes(self) -> int:
@@ -135,6 +141,7 @@ class StoreWriter:
     def _save_state(self) -> None:
         text = json.dumps(self._state(), sort_keys=True) + "\n"
         atomic.write_text(self.folder / STATE, text)
+        self._saved = time.monotonic()
 
     # -- data -----------------------------------------------------------------------
     def write(
@@ -186,9 +193,11 @@ class StoreWriter:
     def _finish_class(self, fd: int, split: str, hasher: _ClassHash, skipped) -> None:
         if skipped is not None:
             hasher.skipped = skipped(len(self.done[split]))
-        os.fsync(fd)  # the bytes are on disk before the state says they are
         self.done[split].append(hasher.record())
-        self._save_state()
+        last = len(self.done[split]) == len(self.classes)
+        if last or time.monotonic() - self._saved >= SAVE_SECONDS:
+            os.fsync(fd)  # the bytes are on disk before the state says they are
+            self._save_state()
 
     # -- the index --------------------------------------------------------------------
     def finish(self, *, name: str, is_digits: bool, source: dict, settings: dict) -> Index:

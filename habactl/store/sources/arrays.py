@@ -19,6 +19,7 @@ from habactl.store.layout import StoreError
 from habactl.store.pixels import (
     array_layout,
     check_dtype,
+    convert_mode,
     image_shape,
     resize_chunk,
     to_uint8_nchw,
@@ -46,9 +47,11 @@ class ArraySource(Source):
         description: dict | None = None,
         identity: dict | None = None,
         resolution: int | None = None,
+        mode: str | None = None,
     ) -> None:
         self.where = where
         self.resolution = resolution
+        self.mode = mode
         self.arrays: dict[str, Any] = {}
         self.layouts: dict[str, str] = {}
         labels: dict[str, np.ndarray] = {}
@@ -76,8 +79,9 @@ class ArraySource(Source):
             classes = class_names(raw_classes, top, where)
         elif top > len(classes):
             raise StoreError(f"{where}: label {top - 1} is outside [0, {len(classes)})")
-        self.members = _members(labels, len(classes))
+        self.members = split_members(labels, len(classes))
         c, h, w = shapes["train"]
+        c = {"L": 1, "RGB": 3}[mode] if mode else c
         shape = (c, resolution, resolution) if resolution else (c, h, w)
         counts = {s: [len(m) for m in self.members[s][1]] for s in self.members}
         self.header = Header(
@@ -99,12 +103,14 @@ class ArraySource(Source):
             rows = members[cls]
             for start in range(0, rows.size, step):
                 chunk = to_uint8_nchw(_rows(images, rows[start : start + step]), layout, where)
+                if self.mode:
+                    chunk = convert_mode(chunk, self.mode)
                 if self.resolution:
                     chunk = resize_chunk(chunk, self.resolution)
                 yield cls, chunk
 
 
-def _members(
+def split_members(
     labels: dict[str, np.ndarray], num_classes: int
 ) -> dict[str, tuple[str, list[np.ndarray]]]:
     """Per store split: the array split it reads and each class's rows (ascending)."""
