@@ -283,3 +283,40 @@ def test_a_saved_hugging_face_dataset_and_its_parquet_file(tmp_path):
     np.testing.assert_array_equal(same.images("train"), saved.images("train"))
     np.testing.assert_array_equal(same.images("test"), saved.images("test"))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no cache left
+
+
+# --- registry sets and where the store may go ---------------------------------------------------
+
+
+def test_a_torchvision_set_is_stored_as_its_own_uint8_pixels(tmp_path):
+    from test_data_torchvision import write_fake_mnist
+
+    raw = write_fake_mnist(tmp_path / "root")
+    store = open_store(prepare("mnist", tmp_path / "m.store", "--root", tmp_path / "root"))
+    pixels = np.frombuffer((raw / "train-images-idx3-ubyte").read_bytes()[16:], dtype=np.uint8)
+    np.testing.assert_array_equal(store.images("train").reshape(-1), pixels)  # class-sorted already
+    assert store.is_digits and store.classes == [str(d) for d in range(10)]
+    assert store.source == {"kind": "torchvision", "name": "mnist"}
+    line = one_error_line(run("prepare", "digits", "-o", tmp_path / "d", "--root", tmp_path))
+    assert "--root does not apply to digits" in line
+
+
+def test_the_store_goes_neither_inside_its_source_nor_over_other_outputs(tmp_path):
+    pngs(tmp_path / "set" / "a", 3)
+    pngs(tmp_path / "set" / "b", 3)
+    line = one_error_line(run("prepare", tmp_path / "set", "-o", tmp_path / "set" / "s.store"))
+    assert "inside the source folder" in line
+    assert sorted(os.listdir(tmp_path / "set")) == ["a", "b"]
+    # A folder another habactl command wrote (expand's images) is replaced only with --force.
+    images = tmp_path / "images"
+    (images / "0").mkdir(parents=True)
+    (images / "0" / "0.png").write_bytes(b"png")
+    (images / ".habactl-output.json").write_text('{"kind": "habactl-output"}')
+    assert "--force" in one_error_line(run("prepare", "digits", "-o", images))
+    store = prepare("digits", images, "--force")
+    assert sorted(os.listdir(store)) == [
+        ".habactl-output.json",
+        "index.json",
+        "test.u8",
+        "train.u8",
+    ]

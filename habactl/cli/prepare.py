@@ -94,7 +94,7 @@ def prepare(
         download=download,
         resolution=resolution,
         mode=mode,
-        workers=os.cpu_count() or 1 if workers is None else workers,
+        workers=(os.cpu_count() or 1) if workers is None else workers,
         skip_bad=skip_bad,
         labels=str(labels) if labels is not None else None,
         images_key=images_key,

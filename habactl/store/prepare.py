@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,7 +47,20 @@ def check_target(target: Path, force: bool) -> str:
         if not force:
             raise atomic.OutputExists(f"{target} is a prepared store; pass --force to replace it")
         return "fresh"
-    return "resume" if (path / STATE).exists() else "fresh"
+    if (path / STATE).exists():
+        return "resume"
+    if os.listdir(path) and not force:  # another output of habactl's (expand's images)
+        raise atomic.OutputExists(
+            f"{target} exists (written by habactl); pass --force to replace it"
+        )
+    return "fresh"
+
+
+def check_apart(spec: str, target: Path) -> None:
+    """A store inside the folder it is prepared from would be read as a class folder."""
+    source, store = atomic.absolute(spec), atomic.absolute(target)
+    if os.path.isdir(source) and (store == source or source in store.parents):
+        raise StoreError(f"{target} lies inside the source folder {spec}; put the store elsewhere")
 
 
 def prepare(
@@ -64,6 +78,7 @@ def prepare(
     begun = time.perf_counter()
     folder = atomic.absolute(target)
     status = check_target(Path(target), force)
+    check_apart(spec, Path(target))
     with open_source(spec, options, scratch=folder) as source:
         header = source.header
         empty = [header.classes[i] for i, n in enumerate(header.counts["train"]) if n == 0]
@@ -71,6 +86,8 @@ def prepare(
             raise StoreError(f"{spec}: class {empty[0]!r} has no train images")
         if status == "new":  # only now: a source that cannot be read leaves nothing behind
             _make_folder(folder)
+        elif status == "fresh":  # habactl's own folder (checked above), replaced by --force
+            _empty(folder)
         if not atomic.is_ours(folder):
             atomic.write_text(folder / atomic.MARKER, _marker())
         identity = {"source": header.identity, "settings": options.settings()}
@@ -133,6 +150,23 @@ def _marker() -> str:
 
     record = {"kind": "habactl-output", "written_by": WRITTEN_BY}
     return json.dumps(record, sort_keys=True) + "\n"
+
+
+def _empty(folder: Path) -> None:
+    """Remove what an earlier output left in ``folder``, the index first (from then on
+    it no longer looks like a complete store) and the marker last."""
+    names = sorted(os.listdir(folder), key=lambda n: (n != INDEX, n == atomic.MARKER))
+    for name in names:
+        path = folder / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError as error:
+            raise atomic.OutputError(
+                atomic.describe(error, path), atomic.reason_of(error)
+            ) from None
 
 
 def _make_folder(folder: Path) -> None:
