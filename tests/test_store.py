@@ -78,6 +78,8 @@ def test_round_trip_keeps_each_class_in_order(tmp_path):
         "test": 9,
     }
     assert not store.images("train").flags.writeable
+    with open_store(path) as again:
+        assert again.read("test", [0]).shape[0] == 1
 
 
 def test_torch_tensors_are_accepted_and_float_images_are_not(tmp_path):

@@ -177,6 +177,16 @@ class Store:
             "test": self.count("test"),
         }
 
+    def close(self) -> None:
+        """Drop the memory maps (arrays already handed out keep theirs)."""
+        self._maps.clear()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, {self.describe()})"
 
