@@ -195,13 +195,22 @@ def write_new_file(path: Path, data: Data) -> None:
     # 0o666 and the kernel's umask give the same mode as open(path, "w") would.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        view = memoryview(data).cast("B")
-        while view:
-            written = _write(fd, view[:_CHUNK])
-            view = view[written:]
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_all(fd: int, data: Data) -> None:
+    """Write all of ``data`` at ``fd``'s position, in pieces of at most 1 MiB.
+
+    Raises plain ``OSError``. Files written in place (a prepared store's data files)
+    use it too, so that a test's simulated full disk reaches them as well.
+    """
+    view = memoryview(data).cast("B")
+    while view:
+        written = _write(fd, view[:_CHUNK])
+        view = view[written:]
 
 
 def _place_without_replacing(temp: Path, target: Path) -> None:

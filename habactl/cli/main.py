@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "experts",
     "import_cmd",
     "export",
+    "prepare",
 )
 
 for _name in COMMAND_MODULES:

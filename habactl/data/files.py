@@ -36,7 +36,7 @@ def load_hdf5(
     import h5py
 
     path = Path(path)
-    _check_kind(path, "HDF5")
+    check_kind(path, "HDF5")
     try:
         with h5py.File(path, "r") as f:
             if isinstance(f.get("train"), h5py.Group):
@@ -78,7 +78,7 @@ def load_npz(
     from the optional array ``classes``.
     """
     path = Path(path)
-    _check_kind(path, "npz")
+    check_kind(path, "npz")
     try:
         # allow_pickle=False: an .npz from elsewhere must not run code when loaded.
         with np.load(path, allow_pickle=False) as npz:
@@ -141,7 +141,7 @@ def _check_lengths(where: str, images: np.ndarray, labels: np.ndarray) -> None:
         )
 
 
-def _check_kind(path: Path, kind: str) -> None:
+def check_kind(path: Path, kind: str) -> None:
     """Say what a file is when it is not the kind its name promises (before a library
     gives a misleading reason, e.g. numpy's "pickled data" for a text file)."""
     if path.is_dir():

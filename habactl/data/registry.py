@@ -49,10 +49,10 @@ def load_source(
     text = os.fspath(spec)
     key = text.strip().lower()
     key = ALIASES.get(key, key)
-    if key in EMBEDDED and not _looks_like_path(text):
+    if key in EMBEDDED and not looks_like_path(text):
         _no_options(key, options)
         return EMBEDDED[key]()
-    if key in TORCHVISION_SPECS and not _looks_like_path(text):
+    if key in TORCHVISION_SPECS and not looks_like_path(text):
         _no_options(key, options)
         return load_torchvision(key, root=root, download=download)
     path = Path(text).expanduser()
@@ -82,7 +82,7 @@ def load_source(
     )
 
 
-def _looks_like_path(text: str) -> bool:
+def looks_like_path(text: str) -> bool:
     return os.sep in text or "/" in text or text.startswith(("~", "."))
 
 

@@ -33,13 +33,21 @@ def split_indices(labels: Tensor, seed: int = SPLIT_SEED) -> tuple[Tensor, Tenso
     train_parts, test_parts = [], []
     for cls in np.unique(labels_np).tolist():
         members = np.flatnonzero(labels_np == cls)
-        order = np.random.default_rng([seed, int(cls)]).permutation(members.size)
-        n_test = holdout_count(members.size)
-        test_parts.append(members[order[:n_test]])
-        train_parts.append(members[order[n_test:]])
+        train_pos, test_pos = split_class(int(cls), members.size, seed)
+        test_parts.append(members[test_pos])
+        train_parts.append(members[train_pos])
     train_idx = np.sort(np.concatenate(train_parts)) if train_parts else np.zeros(0, np.int64)
     test_idx = np.sort(np.concatenate(test_parts)) if test_parts else np.zeros(0, np.int64)
     return torch.from_numpy(train_idx.astype(np.int64)), torch.from_numpy(test_idx.astype(np.int64))
+
+
+def split_class(cls: int, size: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (sorted) within class ``cls``'s ``size`` items, in their original
+    order, that go to train and to test: the rule of :func:`split_indices` for one
+    class, for sources that list a class at a time."""
+    order = np.random.default_rng([seed, int(cls)]).permutation(size)
+    n_test = holdout_count(size)
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
 def split_per_class(

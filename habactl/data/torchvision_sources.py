@@ -73,6 +73,16 @@ def load_torchvision(
     name: str, root: str | os.PathLike | None = None, download: bool = False
 ) -> DataSource:
     """Train and test splits of the torchvision data set registered as ``name``."""
+    classes, arrays = torchvision_arrays(name, root, download)
+    train, test = (_to_split(name, *arrays[s], s) for s in ("train", "test"))
+    return make_source(name, classes, train, test, is_digits=SPECS[name].is_digits)
+
+
+def torchvision_arrays(
+    name: str, root: str | os.PathLike | None = None, download: bool = False
+) -> tuple[list[str], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Class names and, per split, the data set's own (images, labels) arrays, as
+    torchvision holds them (uint8, the data set's layout)."""
     spec = SPECS[name]
     root_path = Path(root).expanduser() if root is not None else default_root()
     folder = spec.folder(root_path)
@@ -84,7 +94,7 @@ def load_torchvision(
     import torchvision.datasets as tvd
 
     dataset_class = getattr(tvd, spec.class_name)
-    splits = {}
+    arrays, classes = {}, DIGIT_CLASSES
     for split in ("train", "test"):
         kwargs = {"split": split} if name == "svhn" else {"train": split == "train"}
         try:
@@ -94,16 +104,20 @@ def load_torchvision(
             raise DataError(
                 f"{name}: cannot load the {split} split from {folder} ({reason(exc)}){hint}"
             ) from exc
-        splits[split] = dataset
-    train, test = (_to_split(name, splits[s], s) for s in ("train", "test"))
-    classes = DIGIT_CLASSES if spec.digit_classes else list(splits["train"].classes)
-    return make_source(name, classes, train, test, is_digits=spec.is_digits)
+        arrays[split] = _arrays(dataset)
+        if split == "train" and not spec.digit_classes:
+            classes = list(dataset.classes)
+    return list(classes), arrays
 
 
-def _to_split(name: str, dataset, split: str) -> LabeledImages:
-    where = f"{name} ({split})"
+def _arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
     data = dataset.data
     data = data.numpy() if hasattr(data, "numpy") else np.asarray(data)
     targets = dataset.labels if hasattr(dataset, "labels") else dataset.targets
     targets = targets.numpy() if hasattr(targets, "numpy") else np.asarray(targets)
+    return data, targets
+
+
+def _to_split(name: str, data: np.ndarray, targets: np.ndarray, split: str) -> LabeledImages:
+    where = f"{name} ({split})"
     return LabeledImages(images_from_array(data, where), labels_from_array(targets, where))
