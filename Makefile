@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	# torch first, pinned to the release this machine carries (a newer one is a multi-GB download).
+	# torch first, pinned to 2.14.1, the build pip finds offline where habactl is developed (newer: a multi-GB download).
 	$(VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(VENV)/bin/pip install -q -e '.[dev,bench]'
 	touch $(STAMP)

@@ -1,4 +1,4 @@
-"""Accuracy versus TRUE storage budget on mnist-5k, for every codec (issue 4 §2).
+"""Accuracy versus TRUE storage budget on mnist-5k, for every codec.
 
     .venv/bin/python bench/accuracy.py [--ipc 1 10] [--iterations 300] [--epochs 300]
         [--models 3] [--jobs 2] [--arms random,dm-raw,...] [--out bench/results/accuracy.json]
@@ -77,7 +77,7 @@ ARMS: dict[str, tuple[str, dict[str, Any], str]] = {
         {"codec": "haba+idc", "factor": 2},
         "ablation: the HaBa + IDC bases with identity hallucinators",
     ),
-    # The other objectives (issue 5), IPC 1, with settings scaled to this CPU (see --help).
+    # The other objectives, IPC 1, with settings scaled to this CPU (see --help).
     "dc-raw": ("dc", {"codec": "raw"}, "DC, raw images"),
     "dc-haba-idc": ("dc", {"codec": "haba+idc", "factor": 2}, "DC, HaBa + IDC"),
     "dsa-raw": ("dsa", {"codec": "raw"}, "DSA, raw images"),
@@ -85,7 +85,7 @@ ARMS: dict[str, tuple[str, dict[str, Any], str]] = {
     "mtt-raw": ("mtt", {"codec": "raw"}, "MTT, raw images"),
     "mtt-haba-idc": ("mtt", {"codec": "haba+idc", "factor": 2}, "MTT, HaBa + IDC"),
 }
-# Issue 15 §4: each storage (raw, IDC, DCT coefficients, HaBa + IDC) at float32, float16
+# Each storage (raw, IDC, DCT coefficients, HaBa + IDC) at float32, float16
 # and uint8 under the same byte budget; fewer bytes per value buy more bases.
 STORAGES: dict[str, tuple[dict[str, Any], str]] = {
     "dm-raw": ({"codec": "raw"}, "DM, raw images"),

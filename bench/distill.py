@@ -1,6 +1,6 @@
 """Distillation benchmarks: seconds per DM iteration, and a quick accuracy check.
 
-    python bench/distill.py speed   # the issue-3 matrix (each case in its own process)
+    python bench/distill.py speed   # the default cases (each in its own process)
     python bench/distill.py speed --case 1x28x28:10:64:raw --iterations 10
     python bench/distill.py accuracy               # default compress vs random, ConvNet-3 accuracy
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check and timings (issue 13 §3). On a CUDA machine: the CUDA-marked tests
+# GPU check and timings. On a CUDA machine: the CUDA-marked tests
 # (`pytest -m cuda`), seconds per iteration of dm / dc / mtt on the GPU for 1x28x28
 # (mnist-5k) and 3x32x32 (random images in an npz) at IPC 1 / 10 / 50, the GFLOP/s of a DM
 # iteration and its share of the GPU's measured peak (bench/distill.py), `evaluate`

@@ -5,7 +5,7 @@
 
 Each case runs in its own process and prints the process's peak RSS before the
 iteration (data, networks, buffer) and after it, seconds for the iteration, and the
-machine. The issue's limit is 8 GiB for `unroll recompute` (the default). `unroll full`
+machine. It should stay under 8 GiB for `unroll recompute` (the default). `unroll full`
 (the whole unrolled graph kept) is run with fewer steps, to show what it costs per step.
 """
 

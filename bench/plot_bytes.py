@@ -1,4 +1,4 @@
-"""Which storage buys the most accuracy per byte (issue 15 §4): one figure, two panels.
+"""Which storage buys the most accuracy per byte: one figure, two panels.
 
     python bench/plot_bytes.py bench/results/accuracy-bytes-*.json \
         -o bench/results/accuracy-bytes.png

@@ -1,4 +1,4 @@
-"""A reference-structured DM iteration, for timing side by side with habactl (issue 13 §3).
+"""A reference-structured DM iteration, for timing side by side with habactl.
 
 NOT habactl's code path and not the authors' code: our own minimal implementation of the
 *structure* of the public distribution-matching reference (Zhao & Bilen), written here

@@ -58,6 +58,7 @@ def test_the_golden_archive_reads_the_same_with_numpy_and_with_torch():
     assert np.abs(arrays["bases"]).max() > 1e19 and np.abs(arrays["bases"]).min() < 1e-19
 
 
+@pytest.mark.slow
 def test_verify_and_the_numpy_arrays_need_no_torch():
     code = (
         "import sys, json\n"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import fields
 from pathlib import Path
 
 import h5py
@@ -14,6 +16,9 @@ from typer.testing import CliRunner
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
 from conftest import hallucinate_stage, one_error_line
 from habactl.cli.app import app
+from habactl.distill import DistillConfig
+from habactl.distill.objectives import get_objective
+from habactl.evaluation.protocol import FAST, STANDARD
 
 runner = CliRunner()
 
@@ -49,6 +54,51 @@ def test_help_explains_every_option_with_its_default(command, shown):
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert shown in result.stdout
+
+
+def shown_default(command: str, option: str) -> str:
+    """What `habactl COMMAND --help` shows as OPTION's default: the "[default: ...]" of the
+    option's row (its help text may wrap onto the rows below it)."""
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    rows = [line.strip("│ ") for line in result.stdout.splitlines()]
+    start = next(i for i, row in enumerate(rows) if row.split()[:1] == [option])
+    end = next((i for i in range(start + 1, len(rows)) if rows[i].startswith("-")), len(rows))
+    text = " ".join(" ".join(rows[start:end]).split())
+    found = re.findall(r"\[default: ([^\]]*?)\.?\]", text)
+    assert len(found) == 1, text
+    return found[0]
+
+
+def config_default(name: str):
+    return next(f.default for f in fields(DistillConfig) if f.name == name)
+
+
+@pytest.mark.parametrize(
+    "command, option, expected",
+    [
+        ("compress", "--iterations", lambda: str(config_default("iterations"))),
+        ("compress", "--momentum", lambda: str(config_default("momentum"))),
+        ("compress", "--lr-hallucinators", lambda: str(config_default("lr_hallucinators"))),
+        ("compress", "--hallucinators", lambda: str(config_default("hallucinators"))),
+        (
+            "compress",
+            "--real-per-class",
+            lambda: (
+                f"dm {get_objective('dm').defaults['real_per_class']}; "
+                f"dc, dsa {get_objective('dc').defaults['real_per_class']}"
+            ),
+        ),
+        ("compress", "--syn-steps", lambda: str(get_objective("mtt").defaults["syn_steps"])),
+        ("evaluate", "--epochs", lambda: f"{STANDARD.epochs}; --fast: {FAST.epochs}"),
+        ("evaluate", "--models", lambda: f"{STANDARD.models}; --fast: {FAST.models}"),
+        ("evaluate", "--batch-size", lambda: str(STANDARD.batch_size)),
+    ],
+)
+def test_help_shows_the_defaults_the_code_uses(command, option, expected):
+    # The values come from where the code reads them: the engine's DistillConfig, the
+    # objective's Settings, the evaluation protocol's STANDARD and FAST.
+    assert shown_default(command, option) == expected()
 
 
 def test_compress_random_writes_an_honest_raw_archive(digits_archive):

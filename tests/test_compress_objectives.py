@@ -13,7 +13,7 @@ import habactl.cli.compress  # noqa: F401  (registers the command)
 import habactl.cli.inspect_cmd  # noqa: F401
 from conftest import one_error_line
 from habactl.cli.app import app
-from habactl.distill import objectives
+from habactl.distill import DistillConfig, objectives
 from habactl.distill.objectives import OBJECTIVES, Objective
 from habactl.distill.objectives.base import setting
 from habactl.format import open_archive
@@ -98,6 +98,67 @@ def test_every_registered_objective_is_offered_with_its_summary():
         for flag in cls.options():
             assert flag in text, flag
     assert "random" in text
+
+
+# The defaults as docs/objectives.md documents them, written out here rather than read from
+# the Settings dataclasses, so that a changed default fails until the page says it too.
+DOCUMENTED_SETTINGS = {
+    "dm": {
+        "real_per_class": 32,
+        "views": 1,
+        "embed_arch": "convnet",
+        "embed_width": 1.0,
+        "siamese": "class",
+    },
+    "dc": {
+        "real_per_class": 64,
+        "views": 0,
+        "outer_loop": None,  # by IPC, from the reference's table
+        "inner_loop": None,
+        "lr_net": 0.01,
+        "batch_train": 256,
+        "net_arch": "convnet",
+        "net_width": 1.0,
+        "per_class": "loop",
+    },
+    "mtt": {
+        "experts": None,  # required: mtt refuses to run without a buffer
+        "syn_steps": 20,
+        "expert_epochs": 2,
+        "max_start_epoch": None,  # min(20, buffer epochs - M + 1)
+        "lr_init": None,  # the experts' lr
+        "lr_lr": 1e-5,
+        "lr_momentum": 0.5,
+        "lr_min": 1e-6,
+        "batch_syn": 0,
+        "variants": "one-per-step",
+        "unroll": "recompute",
+        "max_step": 0.01,
+        "lr_max_step": 0.002,
+    },
+}
+DOCUMENTED_SETTINGS["dsa"] = DOCUMENTED_SETTINGS["dc"]
+DOCUMENTED_ENGINE = {
+    "dm": {},  # DistillConfig's own: lr_bases 1.0, momentum 0.5, the DSA strategy
+    "dc": {"lr_bases": 0.1, "momentum": 0.5, "augment": "none"},
+    "dsa": {"lr_bases": 0.1, "momentum": 0.5},
+    "mtt": {"lr_bases": 100.0, "momentum": 0.5},
+}
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED_SETTINGS))
+def test_every_objective_runs_with_its_documented_defaults(name):
+    assert set(OBJECTIVES) == set(DOCUMENTED_SETTINGS)  # a new objective gets its table
+    cls = OBJECTIVES[name]
+    assert cls.defaults == DOCUMENTED_SETTINGS[name]
+    assert cls.engine_defaults == DOCUMENTED_ENGINE[name]
+
+
+def test_the_engine_defaults_are_the_documented_ones():
+    engine = {f.name: f.default for f in fields(DistillConfig)}
+    assert (engine["lr_bases"], engine["momentum"], engine["iterations"]) == (1.0, 0.5, 300)
+    assert engine["lr_hallucinators"] == 0.001 and engine["hallucinators"] == 5
+    assert engine["augment"] == "color_crop_cutout_flip_scale_rotate"
 
 
 def test_settings_are_typed_dataclasses_and_defaults_follow_them():

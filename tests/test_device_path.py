@@ -1,4 +1,4 @@
-"""The device path (issue 13 §3): one place chooses the device, and the inner loops never
+"""The device path: one place chooses the device, and the inner loops never
 wait for it.
 
 Every command takes its device from ``habactl.runtime.resolve_device`` (through

@@ -69,8 +69,11 @@ def test_own_loop_example_learns_the_digits(digits_archive):
 
 @pytest.mark.slow
 def test_own_loop_example_takes_a_zoo_network(digits_archive):
-    accuracy = accuracy_of(run_example(str(digits_archive), "--epochs", "2", "--net", "convnet"))
-    assert 0 <= accuracy <= 100
+    # ConvNet-3, 100 epochs of one batch: seeds 0-5 measured 87.2-90.3 %; guessing gives 10 %.
+    # A CPU's rounding moves one network by a few points, not by the 25 points down to the
+    # bound, while a network the loop does not train stays near 10 %.
+    result = run_example(str(digits_archive), "--epochs", "100", "--net", "convnet")
+    assert accuracy_of(result) > 60
 
 
 # The README's lines that differ from the script: fixed values where the script takes options.
@@ -106,10 +109,10 @@ def test_readme_shows_the_example_loop():
 @pytest.mark.slow
 def test_readme_loop_runs_as_shown(digits_archive):
     code = readme_code()
-    # Two epochs on the small archive instead of the recorded 1,000 on mnist-5k.
+    # 20 epochs on the small archive instead of the recorded 1,000 on mnist-5k.
     code = code.replace('"mnist-5k.haba"', repr(str(digits_archive)))
-    code = code.replace("recipe = train.recipe ", "recipe = train.recipe.with_(epochs=2) ")
-    assert "with_(epochs=2)" in code
+    code = code.replace("recipe = train.recipe ", "recipe = train.recipe.with_(epochs=20) ")
+    assert "with_(epochs=20)" in code
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -120,3 +123,6 @@ def test_readme_loop_runs_as_shown(digits_archive):
     )
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"\d+\.\d\d %", result.stdout.strip()), result.stdout
+    # ResNet-18, 20 epochs of one batch: seeds 0-4 measured 81.3-84.7 %; guessing gives 10 %
+    # (2 epochs: 8.6 and 11.7). The bound leaves 30 points for a CPU's rounding.
+    assert float(result.stdout.split()[0]) > 50, result.stdout

@@ -22,6 +22,9 @@ import habactl.cli.main  # noqa: F401  (registers the subcommands)
 from conftest import hallucinate_stage, one_error_line
 from habactl.cli.app import app
 
+# Mounts file systems in subprocesses and trains experts: seconds, not milliseconds.
+pytestmark = pytest.mark.slow
+
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 TINY_EXPERTS = ("--experts", "1", "--epochs", "1", "--width", "0.125", "-q")
 

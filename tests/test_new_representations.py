@@ -1,4 +1,4 @@
-"""Issue 15's new representations, end to end: bfloat16 bases, uint4 codes with a grid
+"""Four representations, end to end: bfloat16 bases, uint4 codes with a grid
 per channel, per-class frequency masks, and uint8 DCT coefficients under HaBa + IDC. Each
 is made by `compress`, then read by every command and by `HabaDataset`, and decoded
 from the spec alone (numpy, the codec pages' own float64 references, no torch)."""
@@ -155,6 +155,7 @@ def test_the_dataset_expand_and_the_spec_alone_agree(archives, name, tmp_path):
         np.testing.assert_array_equal(npz["labels"], labels.numpy())
 
 
+@pytest.mark.slow
 def test_the_spec_only_reading_needs_no_torch(archives):
     code = (
         "import json, sys\n"

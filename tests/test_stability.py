@@ -6,7 +6,7 @@ Only the per-iteration cost is made tiny (real images per class, student steps, 
 expert); learning rates, momentum, initialisation and augmentation are the defaults that
 ``habactl compress`` uses for each objective. Without the step bound of trajectory
 matching (``max_step: 0, lr_max_step: 0``), the mtt runs here grow stored values to
-25-220 in three iterations; with the issue's buffer they reach 1e4-1e6 or NaN.
+25-220 in three iterations; with a full-width expert buffer they reach 1e4-1e6 or NaN.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ OBJECTIVES = ("dm", "dc", "dsa", "mtt")
 CODECS = ("raw", "idc", "haba", "haba+idc")
 # Normalised images span a few units (digits, mnist-5k: within +-3). Bounded mtt keeps its
 # stored values below 2 here; unbounded, they reach 25-220 in these three tiny iterations
-# (1e4-1e6 with the issue's buffer). Gradient matching's first step at the reference lr
+# (1e4-1e6 with a full-width expert buffer). Gradient matching's first step at the reference lr
 # moves the bases 1-3.5 times their norm (values 15-110), then they stay: only a value
 # no image could have counts against it.
 LARGEST_VALUE = {"mtt": 10.0}
@@ -44,7 +44,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def buffers(tmp_path_factory):
-    """A 1-expert, 3-epoch buffer per data set (narrow network; the issue's buffer, cheaper)."""
+    """A 1-expert, 3-epoch buffer per data set (a narrow network: a full-width buffer, cheaper)."""
     folders = {}
     for name in DATASETS:
         folder = tmp_path_factory.mktemp("stability") / name
@@ -94,6 +94,9 @@ def run_and_check(config: DistillConfig, data: str, output) -> None:
         assert learned > 10 * distiller.objective.settings["lr_min"], learned
 
 
+# Every test that takes ``buffers`` is slow: the fixture trains two expert buffers (~25 s
+# on 2 cores) before the first distillation, and this one runs 32 distillations.
+@pytest.mark.slow
 @pytest.mark.parametrize("data", DATASETS)
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("objective", OBJECTIVES)
@@ -105,13 +108,15 @@ def test_defaults_stay_finite(objective, codec, data, buffers, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_the_reported_case_finishes(buffers, tmp_path):
-    """Issue 11: digits, mtt, haba+idc, IPC 1, 3 iterations, seed 2."""
+    """digits, mtt, haba+idc, IPC 1, seed 2: the run whose unbounded step diverges (below)."""
     run_and_check(
         make_config("mtt", "haba+idc", 2, 3, buffers, "digits"), "digits", tmp_path / "a.haba"
     )
 
 
+@pytest.mark.slow
 def test_an_unbounded_mtt_step_is_what_diverges(buffers):
     """The same run with the bound off takes a first step far larger than the bases."""
     bounded, unbounded = (
@@ -129,6 +134,7 @@ def test_an_unbounded_mtt_step_is_what_diverges(buffers):
     assert sizes[0] <= 0.01 + 1e-6 < 1.0 < sizes[1], sizes
 
 
+@pytest.mark.slow
 def test_max_step_is_validated_and_recorded(buffers):
     with pytest.raises(Exception, match="max_step must be 0"):
         Distiller(
