@@ -458,12 +458,9 @@ class Bench:
     def data_set(self, data: DataSet) -> None:
         free = shutil.disk_usage(self.work).free
         if free < data.disk_bytes():
-            note = (
-                f"skipped: needs {data.disk_bytes() / GiB:.1f} GiB of disk, "
-                f"{free / GiB:.1f} GiB free"
-            )
+            note = f"needs {data.disk_bytes() / GiB:.1f} GiB of disk, {free / GiB:.1f} GiB free"
             self.rows.append(Row(data.name, "all", "skipped", note=note))
-            print(f"[{data.name}] {note}", file=sys.stderr, flush=True)
+            print(f"[{data.name}] skipped: {note}", file=sys.stderr, flush=True)
             return
         folder = self.work / data.name
         folder.mkdir()
@@ -543,7 +540,7 @@ class Bench:
                 stage = f"compress {codec} (in memory)"
                 if not (small or (args.in_memory and fits)):
                     why = "add --in-memory to run it" if fits else f"{available / GiB:.1f} GiB free"
-                    note = f"skipped: needs about {need / GiB:.1f} GiB of RAM; {why}"
+                    note = f"needs about {need / GiB:.1f} GiB of RAM; {why}"
                     self.rows.append(Row(data.name, stage, "skipped", note=note))
                     continue
                 archive = folder / f"{codec.replace('+', '-')}-memory.haba"
