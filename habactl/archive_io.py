@@ -59,7 +59,7 @@ def build_manifest(
         recommended["lr"] = float(learned_lr)
     return {
         "format": "haba",
-        "format_version": format_version_for(pipeline),  # 1.0 unless a 1.1 stage is used
+        "format_version": format_version_for(pipeline),  # 1.2: with a manifest digest
         "classes": list(classes),
         "image": {"channels": channels, "height": height, "width": width},
         "bases": {
