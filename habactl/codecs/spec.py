@@ -226,7 +226,8 @@ def describe_quantize(configuration: Any, in_shape: Any) -> StageSpec:
 
 def quantize_rules(spec: StageSpec, index: int) -> dict[str, ValueRule]:
     """The stored values codecs/quantize.md requires: a positive scale, a zero-point
-    among the codes, a zero padding nibble in odd-width uint4 rows."""
+    that is one of the codes (a whole number in 0..L-1), a zero padding nibble in
+    odd-width uint4 rows."""
     _, per, levels = QUANTIZE_DTYPES[spec.configuration["dtype"]]
     rules: dict[str, ValueRule] = {}
     if levels is None:
@@ -238,7 +239,11 @@ def quantize_rules(spec: StageSpec, index: int) -> dict[str, ValueRule]:
 
     def among_codes(zero: Any) -> str | None:
         inside = bool(((zero >= 0) & (zero <= top)).all())
-        return None if inside else f"must lie in 0..{top} (a zero-point is a code)"
+        if not inside:
+            return f"must lie in 0..{top} (a zero-point is a code)"
+        # Stored as F32, but a code: 2.5 would shift every value by half a step.
+        whole = bool((zero == zero.round()).all())
+        return None if whole else f"must hold whole numbers in 0..{top} (a zero-point is a code)"
 
     def padding(packed: Any) -> str | None:
         clean = not bool((packed[..., -1] >> 4).any())

@@ -679,14 +679,19 @@ def _stage_error(
     error: Exception,
     stages: StageLookup,
 ) -> ArchiveError:
-    """Name the first stage whose prefix of the pipeline fails to describe."""
-    index = len(entries) - 1
-    for i in range(len(entries)):
-        try:
-            stages(entries[: i + 1], tuple(base_shape))
-        except Exception as prefix_error:
-            index, error = i, prefix_error
-            break
+    """Name the stage the error is about: the index a codec error carries (habactl's
+    registry checks every stage's place before any configuration, so a misplaced stage
+    is named for its place, format/SPEC.md §3.2), else the first stage whose prefix of the
+    pipeline fails to describe (a registry that names no index)."""
+    index = getattr(error, "index", None)
+    if not (isinstance(index, int) and 0 <= index < len(entries)):
+        index = len(entries) - 1
+        for i in range(len(entries)):
+            try:
+                stages(entries[: i + 1], tuple(base_shape))
+            except Exception as prefix_error:
+                index, error = i, prefix_error
+                break
     name = entries[index]["name"]
     # Codec errors are HabaErrors with a ``detail``; anything else is a bug worth naming.
     detail = (
