@@ -52,7 +52,8 @@ def build_manifest(
     learned_lr: float | None = None,
     protocol: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything but `tensors` and `content_digest`, which the writer fills in."""
+    """Everything but `tensors`, `content_digest` and `manifest_digest`, which the writer
+    fills in."""
     channels, height, width = image_shape
     recommended = dict(protocol or STANDARD.recommended())
     if learned_lr is not None:
