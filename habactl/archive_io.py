@@ -53,7 +53,8 @@ def build_manifest(
     learned_lr: float | None = None,
     protocol: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything but `tensors` and `content_digest`, which the writer fills in."""
+    """Everything but `tensors`, `content_digest` and `manifest_digest`, which the writer
+    fills in."""
     channels, height, width = image_shape
     # The network for the image size: "convnet" (depth 3) up to 45 px, as archives always
     # recorded it; "convnet-d4" at 64 px and so on (habactl.nets.registry.arch_name).
@@ -62,7 +63,7 @@ def build_manifest(
         recommended["lr"] = float(learned_lr)
     return {
         "format": "haba",
-        "format_version": format_version_for(pipeline),  # 1.0 unless a 1.1 stage is used
+        "format_version": format_version_for(pipeline),  # 1.2: with a manifest digest
         "classes": list(classes),
         "image": {"channels": channels, "height": height, "width": width},
         "bases": {

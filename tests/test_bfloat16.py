@@ -106,7 +106,7 @@ def archive(tmp_path_factory):
 def test_compress_bfloat16_stores_twice_the_bases_in_the_same_bytes(archive):
     with open_archive(archive) as a:
         manifest, tensors = a.manifest, a.tensors()
-    assert manifest["format_version"] == "1.1"
+    assert manifest["format_version"] == "1.2"
     assert manifest["pipeline"][0]["configuration"] == {
         "dtype": "bfloat16",
         "granularity": "tensor",

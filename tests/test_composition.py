@@ -126,7 +126,7 @@ def test_every_sensible_order_round_trips_through_an_archive(tmp_path, case):
     with open_archive(path) as archive:
         manifest = archive.manifest
     assert [e["name"] for e in manifest["pipeline"]] == names
-    assert manifest["format_version"] == "1.1"
+    assert manifest["format_version"] == "1.2"
     account = storage_account(manifest)
     # What the planner counts per basis and for the stages is what the archive stores.
     assert account["counted_bytes"] == 6 * plan.basis_bytes + plan.pipeline_bytes

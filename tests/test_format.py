@@ -29,7 +29,7 @@ from habactl.format import (
     storage_account,
     verify_archive,
 )
-from habactl.format.digest import content_digest
+from habactl.format.digest import content_digest, manifest_digest
 
 FINGERPRINT = "sha256:" + "ab" * 32
 
@@ -133,7 +133,10 @@ def rewrite(path: Path, edit_manifest=None, edit_data=None, fix_digests: bool = 
     """Edit an archive in place: its manifest and/or tensor data bytes.
 
     With fix_digests the sha256 fields and content_digest are recomputed, so that only
-    the check under test can catch the edit.
+    the check under test can catch the edit. The manifest digest (format 1.2), when the
+    manifest has one, is always recomputed after the edit, as a forger would: the edit
+    is then caught by the check under test, not by the digest (tests/test_manifest_digest.py
+    damages manifests without it).
     """
     header, body = split(path.read_bytes())
     manifest = json.loads(header["__metadata__"]["haba"])
@@ -151,6 +154,11 @@ def rewrite(path: Path, edit_manifest=None, edit_data=None, fix_digests: bool = 
         manifest["content_digest"] = content_digest(items)
     if edit_manifest:
         edit_manifest(manifest)
+    if isinstance(manifest, dict) and "manifest_digest" in manifest:
+        try:
+            manifest["manifest_digest"] = manifest_digest(manifest)
+        except ArchiveError:  # not canonical JSON at all (NaN, a lone surrogate): the
+            pass  # reader refuses it before any digest is looked at
     header["__metadata__"]["haba"] = json.dumps(manifest)
     path.write_bytes(craft(header, bytes(body)))
 
@@ -192,11 +200,11 @@ def test_round_trip(saved):
     for name in tensors:
         assert torch.equal(loaded[name], tensors[name])
         assert loaded[name].dtype == tensors[name].dtype
-    assert m["format"] == "haba" and m["format_version"] == FORMAT_VERSION == "1.0"
+    assert m["format"] == "haba" and m["format_version"] == FORMAT_VERSION == "1.2"
     assert {
         k: v
         for k, v in m.items()
-        if k not in ("tensors", "content_digest", "format", "format_version")
+        if k not in ("tensors", "content_digest", "manifest_digest", "format", "format_version")
     } == manifest
     assert m["tensors"]["bases"] == {
         "dtype": "F32",
@@ -257,6 +265,13 @@ def test_pinned_bytes_of_a_tiny_archive():
     manifest = make_manifest(classes=2, per_class=1, shape=(1, 2, 2))
     tensors = {"bases": torch.arange(8.0).reshape(2, 1, 2, 2) / 8, "labels": torch.tensor([0, 1])}
     data = archive_bytes(tensors, manifest)
+    assert len(data) == 1528
+    assert (
+        hashlib.sha256(data).hexdigest()
+        == "4e712d7d9c1224f27a4ec49198049612eb4c6a32d5695ce40e3bc9c45babb71c"
+    )
+    # The same archive as format 1.0 (no manifest digest), as habactl wrote it before 1.2.
+    data = archive_bytes(tensors, manifest, legacy=True)
     assert len(data) == 1432
     assert (
         hashlib.sha256(data).hexdigest()
@@ -351,7 +366,7 @@ def test_refuses_existing_target_without_overwrite(saved):
         ),
         (lambda m, t: t["bases"].__setitem__((0, 0, 0, 0), float("nan")), "NaN or infinite"),
         (lambda m, t: t["labels"].__setitem__(0, 7), "label 7 at index 0 is out of range"),
-        (lambda m, t: m.update(format_version="1.1"), "this writer writes 1.0"),
+        (lambda m, t: m.update(format_version="1.1"), "this writer writes 1.2"),
         (lambda m, t: m["provenance"].update(seed=float("nan")), "canonical JSON"),
         (lambda m, t: m.update(unknown=1), "unknown field 'unknown'"),
     ],

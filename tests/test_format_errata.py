@@ -1,4 +1,5 @@
-"""Errata to format 1.0 (format/SPEC.md): each clarified rule, checked against the code.
+"""Errata to format 1.0, 1.1 and 1.2 (format/SPEC.md, codecs/*.md): each clarified rule,
+checked against the code.
 
 No byte of any golden archive changes; these pin what the spec now states.
 """
@@ -14,11 +15,23 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from habactl.format import DEFAULT_LIMITS, ArchiveError, open_archive, save_archive
+from habactl.codecs import CodecError, describe_pipeline
+from habactl.codecs.quantize import Quantize
+from habactl.codecs.spec import DESCRIPTIONS, describe_quantize
+from habactl.format import (
+    DEFAULT_LIMITS,
+    ArchiveError,
+    open_archive,
+    save_archive,
+    save_legacy_archive,
+    verify_archive,
+    verify_report,
+)
 from habactl.format.checks import DTYPE_SIZES, MAX_NDIM, parse_header
 from habactl.format.manifest import check_version, parse_json
 from habactl.loader import HabaDataset
 from test_format import make_manifest, make_tensors, rejects, rewrite
+from test_quantize import _forge
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = (ROOT / "format" / "SPEC.md").read_text(encoding="utf-8")
@@ -218,6 +231,107 @@ def test_stages_are_specified_by_their_pages_not_the_package():
     for page in ("codecs/upsample.md", "codecs/hallucinate.md"):
         assert page in section and (ROOT / page).is_file()
     assert "habactl/codecs" not in section
+    # Every registered stage's page is listed there, not only those of format 1.0.
+    for name in DESCRIPTIONS:
+        assert f"[`codecs/{name}.md`](../codecs/{name}.md)" in section, name
+
+
+# --- format 1.2 errata: what the text left to a guess -------------------------------------
+
+
+def test_a_zero_point_must_be_a_whole_code(tmp_path):
+    with open_archive(GOLDEN / "quantize-uint4-idc.haba") as archive:
+        fields = {k: v for k, v in archive.manifest.items() if k != "tensors"}
+        tensors = {k: v.clone() for k, v in archive.tensors().items()}
+    assert tensors["pipeline.0.zero_point"].tolist() == [8.0, 3.0]  # whole codes, as F32
+    tensors["pipeline.0.zero_point"][1] = 2.5
+    path = tmp_path / "half.haba"
+    path.write_bytes(_forge(tensors, fields))
+    assert verify_archive(path) == [
+        "half.haba: tensor 'pipeline.0.zero_point': must hold whole numbers in 0..15 "
+        "(a zero-point is a code)"
+    ]
+    with pytest.raises(ArchiveError, match="must hold whole numbers"):
+        HabaDataset(path).tensors()
+    # The decoder refuses it too, given the tensors directly.
+    stage = Quantize.from_config({"dtype": "uint4", "granularity": "channel"}, (2, 3, 3))
+    with pytest.raises(CodecError, match="'zero_point' must hold whole numbers in 0..15"):
+        stage.load_tensors(
+            {"scale": tensors["pipeline.0.scale"], "zero_point": torch.tensor([8.0, 2.5])}
+        )
+    assert "MUST be a whole number" in (ROOT / "codecs" / "quantize.md").read_text()
+
+
+def test_an_absent_granularity_means_tensor_which_float_dtypes_allow():
+    for dtype in ("float16", "bfloat16", "uint8", "uint4"):
+        absent = describe_quantize({"dtype": dtype}, (2, 3, 4))
+        given = describe_quantize({"dtype": dtype, "granularity": "tensor"}, (2, 3, 4))
+        assert absent == given and absent.configuration["granularity"] == "tensor"
+    for dtype in ("float16", "bfloat16"):
+        with pytest.raises(CodecError, match="granularity 'channel' applies to the integer"):
+            describe_quantize({"dtype": dtype, "granularity": "channel"}, (2, 3, 4))
+    # Golden archives written with the key absent stay as they are and decode.
+    omitted = []
+    for path in sorted(GOLDEN.glob("*.haba")):
+        with open_archive(path) as archive:
+            stages = archive.manifest["pipeline"]
+        if stages and stages[0]["name"] == "quantize":
+            if "granularity" not in stages[0]["configuration"]:
+                omitted.append(path.name)
+                HabaDataset(path).tensors()
+    assert len(omitted) == 3, omitted
+    page = (ROOT / "codecs" / "quantize.md").read_text()
+    assert "`granularity` may be absent, and then means `tensor`, for every `dtype`" in page
+
+
+def test_a_stage_out_of_place_is_refused_for_its_place_before_its_configuration(tmp_path):
+    manifest = make_manifest()
+    path = save_archive(tmp_path / "order.haba", make_tensors(manifest), manifest)
+    upsample = {"name": "upsample", "version": 1, "configuration": {"factor": 99}}
+    shape = {"height": 4, "width": 4, "keep": 4}
+    frequency = {"name": "frequency", "version": 1, "configuration": shape}
+    both = [upsample, frequency]
+    rewrite(path, lambda m: m.update(pipeline=both))
+    message = rejects(path, "manifest: pipeline[1] (stage 'frequency')", "must be the first")
+    assert "factor" not in message
+    with pytest.raises(CodecError, match=r"pipeline\[1\]: stage 'frequency'"):
+        describe_pipeline(both, (1, 1, 4))
+    # Once the stage is in place, the configuration is the error.
+    rewrite(path, lambda m: m.update(pipeline=[upsample]))
+    rejects(path, "manifest: pipeline[0] (stage 'upsample')", "'factor' must be 1..16, got 99")
+    assert "**Order of refusals.**" in SPEC
+
+
+def test_frequency_vectors_agree_within_an_absolute_tolerance():
+    page = (ROOT / "codecs" / "frequency.md").read_text()
+    assert "**absolute** 1e-6" in page and "no\nrelative term" in page
+    for path in sorted((ROOT / "codecs" / "vectors").glob("frequency-*.safetensors")):
+        output = load_file(path)["output"]
+        assert float(output.abs().max()) < 4  # as the page says: 1e-6 is >= 4 float32 steps
+        assert float(torch.finfo(torch.float32).eps) * 2 * 4 <= 1e-6
+
+
+def test_a_symbolic_link_is_followed_to_a_regular_file(tmp_path):
+    manifest = make_manifest()
+    target = save_archive(tmp_path / "real.haba", make_tensors(manifest), manifest)
+    (tmp_path / "link.haba").symlink_to(target)
+    assert verify_archive(tmp_path / "link.haba") == []
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "to-folder.haba").symlink_to(tmp_path / "folder")
+    rejects(tmp_path / "to-folder.haba", "is a folder")
+    (tmp_path / "dangling.haba").symlink_to(tmp_path / "gone.haba")
+    rejects(tmp_path / "dangling.haba", "no such file")
+    assert "a symbolic link is followed" in SPEC
+
+
+def test_a_1_1_label_on_an_archive_without_1_1_features_is_valid(tmp_path):
+    manifest = make_manifest()
+    path = save_legacy_archive(tmp_path / "plain.haba", make_tensors(manifest), manifest)
+    assert open_archive(path).manifest["format_version"] == "1.0"
+    rewrite(path, lambda m: m.update(format_version="1.1"))  # no digest to recompute
+    report = verify_report(path)
+    assert report == ([], "1.1", False)  # intact; the manifest has no digest to check
+    assert 'A `"1.1"` archive that uses no 1.1\n  stage is valid' in SPEC
 
 
 # --- §7 golden tolerance ----------------------------------------------------------------

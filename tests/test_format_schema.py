@@ -33,9 +33,11 @@ def written_manifests(tmp_path: Path) -> list[dict]:
 
 def test_schema_lists_every_field_the_writer_writes(tmp_path):
     assert SCHEMA["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    # manifest_digest is required from format 1.2 on: by the schema's if/else.
+    required = set(SCHEMA["required"]) | set(SCHEMA["else"]["required"])
     for manifest in written_manifests(tmp_path):
         fields = {k for k in manifest if not k.startswith("x-")}
-        assert fields == set(SCHEMA["required"]) == set(SCHEMA["properties"])
+        assert fields == required == set(SCHEMA["properties"])
 
 
 def test_schema_accepts_written_manifests_and_refuses_broken_ones(tmp_path):
@@ -130,6 +132,11 @@ HOSTILE = {
     ),
     "unknown field in image": _set("image.depth", 1),
     "string width": _set("image.width", "6"),
+    "1.2 without a manifest digest": lambda m: (
+        m.update(format_version="1.2"),
+        m.pop("manifest_digest", None),
+    ),
+    "malformed manifest digest": _set("manifest_digest", "sha256:" + "0" * 63),
 }
 # Rules across fields, or of the calendar, that a JSON Schema cannot state: the reader
 # alone refuses them, and the schema's description says so.

@@ -118,7 +118,7 @@ def archive(tmp_path_factory):
 def test_compress_frequency_then_read_it_back(archive, tmp_path):
     with open_archive(archive) as a:
         manifest, tensors = a.manifest, a.tensors()
-    assert manifest["format_version"] == "1.1"
+    assert manifest["format_version"] == "1.2"
     assert [e["name"] for e in manifest["pipeline"]] == ["frequency", "upsample"]
     assert manifest["pipeline"][0]["configuration"] == {"height": 4, "keep": 8, "width": 4}
     mask = tensors["pipeline.0.mask"]

@@ -114,7 +114,7 @@ def test_inspect_shows_the_stored_dtype_and_the_account_in_bytes(archives, name)
     result = runner.invoke(app, ["inspect", str(archives[name])])
     assert result.exit_code == 0, result.output
     words = " ".join(result.stdout.split())  # the pipeline line wraps to the terminal
-    assert "format haba 1.1" in words and shown in words
+    assert "format haba 1.2" in words and shown in words
     as_json = runner.invoke(app, ["inspect", "--json", str(archives[name])])
     report = json.loads(as_json.stdout)
     manifest = report["manifest"]

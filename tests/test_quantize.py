@@ -19,8 +19,19 @@ from habactl.cli.app import app
 from habactl.codecs import CodecError, Pipeline, describe_pipeline
 from habactl.codecs.spec import DESCRIPTIONS
 from habactl.errors import HabaError
-from habactl.format import ArchiveError, open_archive, save_archive, storage_account
-from habactl.format.digest import dtype_name, tensor_sha256, tensors_content_digest
+from habactl.format import (
+    ArchiveError,
+    open_archive,
+    save_archive,
+    save_legacy_archive,
+    storage_account,
+)
+from habactl.format.digest import (
+    dtype_name,
+    manifest_digest,
+    tensor_sha256,
+    tensors_content_digest,
+)
 from habactl.format.limits import DEFAULT_LIMITS
 from habactl.format.manifest import canonical_json, validate_manifest
 from habactl.loader import HabaDataset
@@ -121,8 +132,8 @@ def test_lower_precision_buys_more_bases_in_the_same_bytes(archives):
     # 2,560 bytes: 10 float32 bases; uint8: (2560 - 8) // 64 = 39; uint4 per channel
     # (1 channel: 8 bytes of grid): (2560 - 8) // 32 = 79.
     assert counts == {"f32": 10, "u8": 39, "u4": 79}
-    assert manifests["f32"]["format_version"] == "1.0"  # no 1.1 feature: still 1.0
-    assert manifests["u8"]["format_version"] == manifests["u4"]["format_version"] == "1.1"
+    # Every new archive is 1.2 (the manifest digest), with or without a 1.1 stage.
+    assert {m["format_version"] for m in manifests.values()} == {"1.2"}
     assert manifests["u4"]["tensors"]["bases"] == {
         **manifests["u4"]["tensors"]["bases"],
         "dtype": "U8",
@@ -135,7 +146,7 @@ def test_inspect_verify_expand_and_the_dataset_read_quantised_archives(archives,
     path = archives["u4"]
     shown = runner.invoke(app, ["inspect", str(path)])
     assert shown.exit_code == 0 and "quantize(dtype=uint4" in shown.stdout
-    assert "haba 1.1" in shown.stdout
+    assert "haba 1.2" in shown.stdout
     assert runner.invoke(app, ["verify", str(path)]).exit_code == 0
     with open_archive(path) as archive:
         tensors = archive.tensors()
@@ -190,6 +201,8 @@ def test_quantize_in_a_1_0_archive_is_refused_and_the_writer_picks_1_1():
         tensors = archive.tensors()
     assert manifest["format_version"] == "1.1"
     with pytest.raises(ArchiveError, match="writes 1.1 for this archive"):
+        save_legacy_archive("/nonexistent/x.haba", tensors, {**manifest, "format_version": "1.0"})
+    with pytest.raises(ArchiveError, match="writes 1.2 for this archive"):
         save_archive("/nonexistent/x.haba", tensors, {**manifest, "format_version": "1.0"})
     forged = _forge(tensors, {**manifest, "format_version": "1.0"})
     with pytest.raises(ArchiveError, match=r"needs format 1\.1"):
@@ -198,13 +211,16 @@ def test_quantize_in_a_1_0_archive_is_refused_and_the_writer_picks_1_1():
 
 # -- hostile packed data --------------------------------------------------------------
 def _forge(tensors: dict, manifest: dict) -> bytes:
-    """An archive's bytes with no validation (what a hostile writer can make)."""
-    m = dict(manifest)
+    """An archive's bytes with no validation (what a hostile writer can make): every
+    digest recomputed, the manifest digest too from format 1.2 on."""
+    m = {k: v for k, v in manifest.items() if k != "manifest_digest"}
     m["tensors"] = {
         name: {"dtype": _dtype(t), "shape": list(t.shape), "sha256": tensor_sha256(t)}
         for name, t in tensors.items()
     }
     m["content_digest"] = tensors_content_digest(tensors)
+    if m.get("format_version") not in ("1.0", "1.1"):
+        m["manifest_digest"] = manifest_digest(m)
     return save(
         {k: v.contiguous() for k, v in tensors.items()}, metadata={"haba": canonical_json(m)}
     )

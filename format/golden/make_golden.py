@@ -1,4 +1,4 @@
-"""Write the golden archives of format v1 (1.0 and 1.1) and their expected decoded output.
+"""Write the golden archives of format v1 (1.0, 1.1, 1.2) and their expected decoded output.
 
     python format/golden/make_golden.py [--check]
 
@@ -7,7 +7,10 @@ Run once per released format version; the files are then kept forever and read b
 compares the others (it never rewrites a kept file); `--check` only compares, and
 fails on a missing file too (the writer must reproduce every golden file exactly).
 Values are spelled out by closed-form arithmetic (no RNG), so any implementation
-can regenerate them.
+can regenerate them. The 1.0 and 1.1 files are written by `save_legacy_archive`, which
+exists for this purpose only (no manifest digest, the lowest version that holds the
+archive, as habactl wrote them then); the 1.2 files by `save_archive`, like every new
+archive.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ def wave(*shape: int, phase: float = 0.0) -> torch.Tensor:
 
 
 def manifest(*, classes, image, bases, labels_kind, pipeline, normalization, learned_lr=None,
-             objective="random", ipc=1, counts="all", version="1.0", base_shape=None) -> dict:
+             objective="random", ipc=1, counts="all", version="1.0", base_shape=None,
+             hyperparameters=None) -> dict:
     # base_shape: the bases' [C, h, w] when the stored tensor has another shape (packed).
     return {
         "format": "haba",
@@ -54,7 +58,8 @@ def manifest(*, classes, image, bases, labels_kind, pipeline, normalization, lea
                                      "momentum": 0.9, "weight_decay": 0.0005,
                                      "lr_decay_at": 0.5, "augmentation": "dsa"}},
         "provenance": {"dataset": {"name": "golden", "fingerprint": "sha256:" + "0" * 64},
-                       "objective": objective, "hyperparameters": {}, "iterations": 0,
+                       "objective": objective, "hyperparameters": hyperparameters or {},
+                       "iterations": 0,
                        "seed": 0, "library": "habactl 0.1.0", "created": CREATED},
         "storage": {"ipc": ipc, "counts": counts,
                     "budget_values": ipc * len(classes) * math.prod(image)},
@@ -188,16 +193,40 @@ def cases() -> dict[str, tuple[dict, dict[str, torch.Tensor]]]:
                  normalization={"kind": "mean-std", "mean": [0.2], "std": [0.3]}),
         {"bases": bases, "labels": torch.tensor([0, 0, 1, 1, 2, 2]),
          **stage_tensors(pipeline, (1, 1, 4)), "pipeline.0.mask": mask.reshape(3, 1, 3, 3)})
+    # Format 1.2 (the manifest digest): small on purpose, so that tests/test_manifest_digest.py
+    # can change every byte of them one at a time. Numbers with an exponent and text
+    # beyond ASCII are in the manifest, so that its canonical form is exercised.
+    # 10. Raw images, the MNIST normalisation.
+    bases = wave(2, 1, 3, 3, phase=8.0)
+    out["raw-1.2"] = (
+        manifest(classes=["zéro", "un"], image=(1, 3, 3), bases=bases, labels_kind="hard",
+                 pipeline=[], version="1.2",
+                 normalization={"kind": "mean-std", "mean": [0.1307], "std": [0.3081]},
+                 hyperparameters={"eps": 1e-05, "scale": 1e+16}),
+        {"bases": bases, "labels": torch.tensor([0, 1])})
+    # 11. HaBa: two channel-affine hallucinators of one hidden channel, a learned lr.
+    pipeline = [{"name": "hallucinate", "version": 1,
+                 "configuration": {"arch": "channel-affine", "count": 2, "hidden": 1,
+                                   "kernel": 3}}]
+    bases = wave(2, 1, 3, 3, phase=9.0)
+    out["haba-1.2"] = (
+        manifest(classes=["x", "y"], image=(1, 3, 3), bases=bases, labels_kind="hard",
+                 pipeline=pipeline, version="1.2", learned_lr=0.0125, objective="mtt", ipc=2,
+                 normalization={"kind": "mean-std", "mean": [0.1307], "std": [0.3081]},
+                 hyperparameters={"syn_steps": 20, "lr_lr": 1e-05}),
+        {"bases": bases, "labels": torch.tensor([0, 1]), **stage_tensors(pipeline, (1, 3, 3))})
     return out
 
 
 def write(folder: Path) -> list[Path]:
-    from habactl.format import save_archive
+    from habactl.format import FORMAT_VERSION, save_archive, save_legacy_archive
     from habactl.loader import HabaDataset
 
     written = []
     for name, (manifest_, tensors) in cases().items():
-        path = save_archive(folder / f"{name}.haba", tensors, manifest_, overwrite=True)
+        # Files of the versions before 1.2 are reproduced as they were written then.
+        writer = save_archive if manifest_["format_version"] == FORMAT_VERSION else save_legacy_archive
+        path = writer(folder / f"{name}.haba", tensors, manifest_, overwrite=True)
         images, labels = HabaDataset(path).tensors()
         expected = folder / f"{name}.expected.safetensors"
         expected.write_bytes(save({"images": images.contiguous(), "labels": labels.contiguous()}))

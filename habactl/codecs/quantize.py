@@ -62,9 +62,10 @@ class Quantize(Stage):
         scale, zero = self.get_buffer("scale"), self.get_buffer("zero_point")
         if not bool((scale > 0).all()):
             raise CodecError(f"stage {quote(self.name)}: tensor 'scale' must be positive")
-        if not bool(((zero >= 0) & (zero <= self.levels - 1)).all()):
+        if not bool(((zero >= 0) & (zero <= self.levels - 1) & (zero == zero.round())).all()):
             raise CodecError(
-                f"stage {quote(self.name)}: tensor 'zero_point' must lie in 0..{self.levels - 1}"
+                f"stage {quote(self.name)}: tensor 'zero_point' must hold whole numbers in "
+                f"0..{self.levels - 1} (a zero-point is a code)"
             )
 
     # -- the grid --------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from habactl.codecs.errors import CodecError, quote
 from habactl.format.account import DTYPE_SIZES  # torch-free: bytes per element
+from habactl.format.manifest import MANIFEST_DIGEST_MINOR
 
 Shape = tuple[int, int, int]
 
@@ -225,7 +226,8 @@ def describe_quantize(configuration: Any, in_shape: Any) -> StageSpec:
 
 def quantize_rules(spec: StageSpec, index: int) -> dict[str, ValueRule]:
     """The stored values codecs/quantize.md requires: a positive scale, a zero-point
-    among the codes, a zero padding nibble in odd-width uint4 rows."""
+    that is one of the codes (a whole number in 0..L-1), a zero padding nibble in
+    odd-width uint4 rows."""
     _, per, levels = QUANTIZE_DTYPES[spec.configuration["dtype"]]
     rules: dict[str, ValueRule] = {}
     if levels is None:
@@ -237,7 +239,11 @@ def quantize_rules(spec: StageSpec, index: int) -> dict[str, ValueRule]:
 
     def among_codes(zero: Any) -> str | None:
         inside = bool(((zero >= 0) & (zero <= top)).all())
-        return None if inside else f"must lie in 0..{top} (a zero-point is a code)"
+        if not inside:
+            return f"must lie in 0..{top} (a zero-point is a code)"
+        # Stored as F32, but a code: 2.5 would shift every value by half a step.
+        whole = bool((zero == zero.round()).all())
+        return None if whole else f"must hold whole numbers in 0..{top} (a zero-point is a code)"
 
     def padding(packed: Any) -> str | None:
         clean = not bool((packed[..., -1] >> 4).any())
@@ -397,15 +403,28 @@ class PipelineSpec(NamedTuple):
     rules: dict[str, ValueRule] | None = None
 
 
-def format_version_for(pipeline: Any) -> str:
-    """The lowest format version that has every stage of `pipeline`: "1.0", or "1.1"
+def stages_minor(pipeline: Any) -> int:
+    """The lowest format minor version 1.x that has every stage of `pipeline`: 0, or 1
     with a stage of 1.1 (unknown names count as 1.0; validation names them)."""
     minor = 0
     for entry in pipeline if isinstance(pipeline, (list, tuple)) else ():
         name = entry.get("name") if isinstance(entry, Mapping) else None
         if isinstance(name, str) and name in DESCRIPTIONS:
             minor = max(minor, DESCRIPTIONS[name].since_minor)
-    return f"1.{minor}"
+    return minor
+
+
+def format_version_for(pipeline: Any) -> str:
+    """The format version habactl writes for `pipeline`: "1.2" (the manifest digest),
+    or a later 1.x should a stage need one."""
+    # Every archive written since format 1.2 carries a manifest digest (format/SPEC.md §7).
+    return f"1.{max(MANIFEST_DIGEST_MINOR, stages_minor(pipeline))}"
+
+
+def legacy_format_version_for(pipeline: Any) -> str:
+    """The version habactl wrote for `pipeline` before 1.2, the lowest that has its
+    stages ("1.0", or "1.1" with a stage of 1.1); only for reproducing old archives."""
+    return f"1.{stages_minor(pipeline)}"
 
 
 def get_description(name: Any) -> Description:

@@ -11,8 +11,10 @@ from typing import Any
 
 _EXPORTS = {
     "save_archive": "writer",
+    "save_legacy_archive": "writer",
     "open_archive": "reader",
     "verify_archive": "reader",
+    "verify_report": "reader",
     "Archive": "reader",
     "ArchiveError": "errors",
     "Limits": "limits",
@@ -24,8 +26,10 @@ _EXPORTS = {
 
 __all__ = [
     "save_archive",
+    "save_legacy_archive",
     "open_archive",
     "verify_archive",
+    "verify_report",
     "Archive",
     "ArchiveError",
     "Limits",

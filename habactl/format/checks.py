@@ -8,10 +8,12 @@ in (``stages``), as ``validate_manifest`` takes it.
 
 from __future__ import annotations
 
+import hmac
 import struct
 from typing import Any, NamedTuple
 
 from habactl.format.account import DTYPE_SIZES  # bytes per element; others are refused
+from habactl.format.digest import manifest_digest
 from habactl.format.errors import ArchiveError, quote
 from habactl.format.limits import Limits
 from habactl.format.manifest import Plan, StageLookup, parse_json, validate_manifest
@@ -130,9 +132,18 @@ def _check_layout(entries: dict[str, Entry], data_size: int) -> None:
 
 
 def check_manifest(
-    text: str, entries: dict[str, Entry], limits: Limits, stages: StageLookup
+    text: str,
+    entries: dict[str, Entry],
+    limits: Limits,
+    stages: StageLookup,
+    *,
+    digest: bool = True,
 ) -> tuple[dict[str, Any], Plan]:
-    """Parse and validate the manifest, and match it against the tensors present."""
+    """Parse and validate the manifest, match it against the tensors present, then (with
+    ``digest``, a verifying open) check its manifest digest, when it carries one.
+
+    The digest comes last so that a manifest a field check refuses gets that check's
+    specific message; a damaged manifest that passes them all is caught here."""
     manifest = parse_json(text, "manifest")
     plan = validate_manifest(manifest, limits, stages=stages)
     check_tensor_set(plan, entries)
@@ -148,7 +159,19 @@ def check_manifest(
             )
     for name in sorted(set(manifest["tensors"]) - set(plan.tensors)):
         raise ArchiveError(f"manifest: tensors: entry {quote(name)} names no tensor of the archive")
+    if digest:
+        check_manifest_digest(manifest)
     return manifest, plan
+
+
+def check_manifest_digest(manifest: dict[str, Any]) -> None:
+    """A ``manifest_digest`` (required from 1.2 on, see ``validate_manifest``) must match
+    the manifest's other fields; an older manifest without one has nothing to check."""
+    recorded = manifest.get("manifest_digest")
+    if recorded is None:
+        return
+    if not hmac.compare_digest(manifest_digest(manifest), recorded):
+        raise ArchiveError("manifest: digest mismatch (manifest damaged)")
 
 
 def check_tensor_set(plan: Plan, entries: dict[str, Entry]) -> None:
@@ -226,6 +249,7 @@ __all__ = [
     "header_length",
     "parse_header",
     "check_manifest",
+    "check_manifest_digest",
     "check_tensor_set",
     "check_values",
 ]

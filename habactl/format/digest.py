@@ -1,4 +1,4 @@
-"""Per-tensor sha256 and the content digest (framing in format/SPEC.md §5).
+"""Per-tensor sha256, the content digest and the manifest digest (format/SPEC.md §5).
 
 Torch-free: the functions take numpy arrays or torch tensors, so that `habactl verify`
 checks an archive with the standard library and numpy alone.
@@ -11,9 +11,12 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from habactl.format.manifest import canonical_json
+
 # Domain separation: a content digest can never equal the sha256 of some other
-# byte string that happens to share the framing.
+# byte string that happens to share the framing, nor a manifest digest.
 _CONTENT_TAG = b"haba-content-digest-v1\x00"
+_MANIFEST_TAG = b"haba-manifest-digest-v1\x00"
 
 # safetensors dtype names of the element types an archive may hold, keyed by the
 # dtype's text in numpy ("float32") and in torch ("torch.float32"). numpy has no
@@ -88,3 +91,15 @@ def tensors_content_digest(
             raise KeyError(f"{name}: dtype {t.dtype} cannot be stored")
         items.append((name, dtype, tuple(t.shape), raw_bytes(t)))
     return content_digest(items)
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """``sha256:<hex>`` over the canonical JSON (SPEC §4) of ``manifest`` without its
+    ``manifest_digest`` field: every other field, ``tensors``, ``content_digest`` and
+    ``x-`` fields included.
+
+    Computed from the parsed value, never from the text as read: readers need not
+    require canonical text, so ``1E-5`` and ``1e-05`` digest alike."""
+    fields = {key: value for key, value in manifest.items() if key != "manifest_digest"}
+    text = canonical_json(fields).encode("utf-8")
+    return "sha256:" + hashlib.sha256(_MANIFEST_TAG + text).hexdigest()

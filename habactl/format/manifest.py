@@ -24,12 +24,14 @@ from habactl.format.limits import Limits
 StageLookup = Callable[[list[dict[str, Any]], tuple[int, ...]], Any]
 
 FORMAT_NAME = "haba"
-# Writers emit the lowest version that can express an archive (format/SPEC.md §7):
-# FORMAT_VERSION, 1.0, unless a stage of 1.1 (quantize) is used. The reader reads up to
-# READER_VERSION.
-FORMAT_VERSION = "1.0"
-READER_VERSION = "1.1"
-_READER_MAJOR, _READER_MINOR = 1, 1
+# Writers emit FORMAT_VERSION, 1.2: every archive carries a manifest digest since 1.2
+# (format/SPEC.md §7). The reader reads up to READER_VERSION; 1.0 and 1.1 archives (no
+# manifest digest) are read as before.
+FORMAT_VERSION = "1.2"
+READER_VERSION = "1.2"
+_READER_MAJOR, _READER_MINOR = 1, 2
+# The first minor version whose manifests must carry ``manifest_digest``.
+MANIFEST_DIGEST_MINOR = 2
 
 _VERSION_RE = re.compile(r"(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})")
 _HEX64_RE = re.compile(r"[0-9a-f]{64}")
@@ -43,7 +45,7 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _SURROGATE_RE = re.compile(r"[\ud800-\udfff]")  # only lone ones survive JSON decoding
 _MAX_TEXT = 1024  # characters in one name or label: they end up on terminals
 
-WRITER_FIELDS = ("tensors", "content_digest")
+WRITER_FIELDS = ("tensors", "content_digest", "manifest_digest")
 
 
 # --- canonical JSON ---------------------------------------------------------------
@@ -336,7 +338,10 @@ def validate_manifest(
     ``stages`` describes a pipeline (``habactl.codecs.describe_pipeline`` in habactl):
     passed in, so that this module depends on no codec and a caller can bring its own
     registry. ``written=False`` is the writer's check of the manifest it was given: the
-    fields the writer fills in (``tensors``, ``content_digest``) may then be absent.
+    fields the writer fills in (``tensors``, ``content_digest``, ``manifest_digest``) may
+    then be absent. ``manifest_digest`` is required from format 1.2 on; in an older
+    manifest it is allowed (and checked by the reader like any other: it can only be
+    there when a 1.2 archive's version was altered).
     """
     if not isinstance(manifest, dict):
         raise ArchiveError(f"manifest: must be a JSON object, got {_kind(manifest)}")
@@ -521,14 +526,21 @@ def validate_manifest(
         "provenance": provenance,
         "storage": storage,
     }
+
+    def digest(value: Any, path: str) -> None:
+        c.pattern(value, path, _DIGEST_RE, "'sha256:' and 64 hex digits")
+
     writer_fields: dict[str, Callable[[Any, str], Any]] = {
         "tensors": tensors,
-        "content_digest": lambda v, p: c.pattern(v, p, _DIGEST_RE, "'sha256:' and 64 hex digits"),
+        "content_digest": digest,
     }
-    if written:
-        c.obj(manifest, "", {**fields, **writer_fields})
+    since_1_2 = {"manifest_digest": digest}
+    if not written:
+        c.obj(manifest, "", fields, {**writer_fields, **since_1_2})
+    elif minor >= MANIFEST_DIGEST_MINOR:
+        c.obj(manifest, "", {**fields, **writer_fields, **since_1_2})
     else:
-        c.obj(manifest, "", fields, writer_fields)
+        c.obj(manifest, "", {**fields, **writer_fields}, since_1_2)
     return _plan(manifest, c, stages)
 
 
@@ -667,14 +679,19 @@ def _stage_error(
     error: Exception,
     stages: StageLookup,
 ) -> ArchiveError:
-    """Name the first stage whose prefix of the pipeline fails to describe."""
-    index = len(entries) - 1
-    for i in range(len(entries)):
-        try:
-            stages(entries[: i + 1], tuple(base_shape))
-        except Exception as prefix_error:
-            index, error = i, prefix_error
-            break
+    """Name the stage the error is about: the index a codec error carries (habactl's
+    registry checks every stage's place before any configuration, so a misplaced stage
+    is named for its place, format/SPEC.md §3.2), else the first stage whose prefix of the
+    pipeline fails to describe (a registry that names no index)."""
+    index = getattr(error, "index", None)
+    if not (isinstance(index, int) and 0 <= index < len(entries)):
+        index = len(entries) - 1
+        for i in range(len(entries)):
+            try:
+                stages(entries[: i + 1], tuple(base_shape))
+            except Exception as prefix_error:
+                index, error = i, prefix_error
+                break
     name = entries[index]["name"]
     # Codec errors are HabaErrors with a ``detail``; anything else is a bug worth naming.
     detail = (

@@ -17,7 +17,7 @@ import os
 import stat
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from habactl.codecs.spec import describe_pipeline  # the pure description: no torch
 from habactl.format.bfloat16 import BF16, read_bits, widen
@@ -90,6 +90,12 @@ class Archive:
         self._closed = False
         self._verified: set[str] = set()
         self._label = path.name or str(path)
+
+    @property
+    def manifest_checked(self) -> bool:
+        """Whether the manifest itself was checked against its digest: a verifying open
+        of a 1.2 (or later) archive. 1.0 and 1.1 archives carry no manifest digest."""
+        return self.verify and "manifest_digest" in self.manifest
 
     def names(self) -> list[str]:
         """Tensor names, sorted."""
@@ -241,7 +247,7 @@ def _open(path: Path, verify: bool, limits: Limits) -> Archive:
     if len(raw) != length:
         raise ArchiveError("header: file shrank while reading (truncated)")
     text, entries = parse_header(raw, size - 8 - length, limits)
-    manifest, plan = check_manifest(text, entries, limits, describe_pipeline)
+    manifest, plan = check_manifest(text, entries, limits, describe_pipeline, digest=verify)
     return Archive(path, manifest, plan, entries, text, verify, data_start=8 + length)
 
 
@@ -267,12 +273,27 @@ def _safe_open(path: Path, text: str, entries: dict[str, Entry]) -> Any:
     return handle
 
 
+class VerifyReport(NamedTuple):
+    """What ``verify_report`` found: the problems ([] when intact) and, for an archive
+    that opened, its format version and whether its manifest was checked too."""
+
+    problems: list[str]
+    format_version: str | None = None
+    manifest_checked: bool = False
+
+
 def verify_archive(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS) -> list[str]:
     """Every problem found in the file (each damaged tensor named); [] when intact."""
+    return verify_report(path, limits=limits).problems
+
+
+def verify_report(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS) -> VerifyReport:
+    """Check the whole file: header, manifest (and its digest, from format 1.2 on), every
+    tensor's sha256 and content rules, the content digest."""
     try:
         archive = open_archive(path, verify=True, limits=limits)
     except ArchiveError as error:
-        return [str(error)]
+        return VerifyReport([str(error)])
     problems: list[str] = []
     loaded: dict[str, Any] = {}
     with archive:
@@ -286,7 +307,7 @@ def verify_archive(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIM
                 check_content_digest(archive.manifest, loaded, archive.path.name)
             except ArchiveError as error:
                 problems.append(str(error))
-    return problems
+    return VerifyReport(problems, archive.manifest["format_version"], archive.manifest_checked)
 
 
-__all__ = ["Archive", "open_archive", "verify_archive"]
+__all__ = ["Archive", "VerifyReport", "open_archive", "verify_archive", "verify_report"]

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from habactl.codecs.spec import describe_pipeline, format_version_for
+from habactl.codecs.spec import describe_pipeline, format_version_for, legacy_format_version_for
 from habactl.format.checks import (
     Entry,
     check_manifest,
@@ -20,7 +20,12 @@ from habactl.format.checks import (
     header_length,
     parse_header,
 )
-from habactl.format.digest import dtype_name, tensor_sha256, tensors_content_digest
+from habactl.format.digest import (
+    dtype_name,
+    manifest_digest,
+    tensor_sha256,
+    tensors_content_digest,
+)
 from habactl.format.errors import ArchiveError, quote
 from habactl.format.limits import DEFAULT_LIMITS, Limits
 from habactl.format.manifest import (
@@ -41,13 +46,40 @@ def save_archive(
 ) -> Path:
     """Validate, then write ``path`` atomically; return it.
 
-    ``manifest`` holds every field except ``tensors`` and ``content_digest``, which are
-    computed here (values given for them are ignored). ``format`` and
-    ``format_version`` default to this writer's ("haba", "1.0").
+    ``manifest`` holds every field except ``tensors``, ``content_digest`` and
+    ``manifest_digest``, which are computed here (values given for them are ignored).
+    ``format`` and ``format_version`` default to this writer's ("haba", "1.2"); another
+    ``format_version`` is refused.
     """
+    return _save(path, tensors, manifest, overwrite, legacy=False)
+
+
+def save_legacy_archive(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    manifest: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write an archive of format 1.0 or 1.1, byte for byte as habactl wrote them before
+    1.2: no manifest digest, and the lowest version that has the pipeline's stages.
+
+    Only for reproducing the kept golden files (format/golden/make_golden.py and its
+    test): every new archive is 1.2 (``save_archive``), whose manifest is covered.
+    """
+    return _save(path, tensors, manifest, overwrite, legacy=True)
+
+
+def _save(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    manifest: Mapping[str, Any],
+    overwrite: bool,
+    legacy: bool,
+) -> Path:
     path = Path(path)
     try:
-        data = archive_bytes(tensors, manifest)
+        data = archive_bytes(tensors, manifest, legacy=legacy)
         _write_atomically(path, data, overwrite)
     except ArchiveError as error:
         raise error.at(path.name or str(path)) from None
@@ -58,8 +90,12 @@ def archive_bytes(
     tensors: Mapping[str, torch.Tensor],
     manifest: Mapping[str, Any],
     limits: Limits = DEFAULT_LIMITS,
+    *,
+    legacy: bool = False,
 ) -> bytes:
-    """The archive's bytes: a pure function of (tensors, manifest)."""
+    """The archive's bytes: a pure function of (tensors, manifest).
+
+    ``legacy``: the format 1.0/1.1 bytes (see ``save_legacy_archive``)."""
     if not isinstance(manifest, Mapping):
         raise ArchiveError(f"manifest: must be a mapping, got {type(manifest).__name__}")
     # A canonical-JSON round trip: a deep copy with tuples as lists, and the proof
@@ -68,14 +104,20 @@ def archive_bytes(
     for field in WRITER_FIELDS:
         m.pop(field, None)
     m.setdefault("format", FORMAT_NAME)
-    # Writers emit the lowest version that can express the archive: 1.0, or 1.1 when a
-    # stage of 1.1 is used (format/SPEC.md §7).
-    lowest = format_version_for(m.get("pipeline"))
-    m.setdefault("format_version", lowest)
-    if m["format_version"] != lowest:
+    # Writers emit 1.2, the version with the manifest digest (format/SPEC.md §7); before
+    # 1.2 they emitted the lowest version that held the archive (1.0, or 1.1 with a
+    # stage of 1.1), which the legacy path still reproduces.
+    if legacy:
+        version = legacy_format_version_for(m.get("pipeline"))
+        why = "the lowest version that holds it, without a manifest digest"
+    else:
+        version = format_version_for(m.get("pipeline"))
+        why = "every archive now carries a manifest digest"
+    m.setdefault("format_version", version)
+    if m["format_version"] != version:
         raise ArchiveError(
             f"manifest: format_version {quote(m['format_version'])}: "
-            f"this writer writes {lowest} for this archive (the lowest version that holds it)"
+            f"this writer writes {version} for this archive ({why})"
         )
     plan = validate_manifest(m, limits, stages=describe_pipeline, written=False)
 
@@ -88,6 +130,8 @@ def archive_bytes(
         for name, t in stored.items()
     }
     m["content_digest"] = tensors_content_digest(stored)
+    if not legacy:  # last: it covers every other field, the two digests above included
+        m["manifest_digest"] = manifest_digest(m)
     text = canonical_json(m)
 
     from safetensors.torch import save
