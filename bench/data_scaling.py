@@ -8,13 +8,16 @@ first iteration, seconds per iteration.
     python bench/data_scaling.py run tiny.store --classes-per-iteration 50   # any compress option
 
 `make` writes random uint8 images (3x64x64 by default) as a store or as an .npz (the
-same pixels for the same seed and sizes), class by class, so that a Tiny-ImageNet-
-shaped set needs no download. `run` starts `habactl compress DATA --objective dm --ipc 1`
-as a child process with a metrics log and prints one Markdown row: the peak resident
-memory of the child (ru_maxrss, what `/usr/bin/time -v` reports as "Maximum resident
-set size"), the wall seconds from the start of the process to the start of its loop
-(the log's start line: loading, planning, initial bases) and to the end of its first
-iteration (the log's first iteration line; both polled), the median seconds per
+same pixels for the same seed and sizes), so that a Tiny-ImageNet-shaped set needs no
+download.
+
+`run` starts `habactl compress DATA --objective dm --ipc 1` as a child process with a
+metrics log and prints one Markdown row: the peak resident memory of the child
+(ru_maxrss, what `/usr/bin/time -v` reports as "Maximum resident set size"; Linux
+carries a process's maximum over exec, so the parent imports nothing heavy: a few MiB
+of it are counted), the wall seconds from the start of the process to the start of its
+loop (the log's start line: loading, planning, initial bases) and to the end of its
+first iteration (the log's first iteration line; both polled), the median seconds per
 iteration after the first (from the log's `elapsed_s`), and the whole run's seconds.
 """
 
