@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from habactl import distributed
@@ -157,14 +157,21 @@ def _embed_parts(net: Any, parts: Iterable[Tensor], chunk: int) -> Tensor:
     return torch.cat(outputs)
 
 
+# Above this many bytes of activations kept for the backward pass (estimated from the
+# first layer's output, about a sixth of what a ConvNet block keeps), the synthetic side
+# recomputes them instead: below it the extra forward pass would cost time for no need.
+RECOMPUTE_ABOVE = 512 << 20
+
+
 def _embed_recomputed(net: Any, images: Tensor, chunk: int) -> Tensor:
-    """``networks.embed`` (chunk by chunk, with a graph to ``images``), each chunk's
-    activations recomputed in the backward pass instead of kept: memory holds one
-    chunk's, not every synthetic image's (at 64x64, 200 classes, IPC 1 on a CPU that
-    is 1.2 GiB less), for one more forward pass of the synthetic side. The values and
-    the gradients are those of ``networks.embed``. One chunk (a GPU, small sets) is
-    embedded as it is."""
-    if images.shape[0] <= chunk:
+    """``networks.embed`` (chunk by chunk, with a graph to ``images``); when the graph
+    would keep more than ``RECOMPUTE_ABOVE`` bytes of activations (at 64x64, 200
+    classes, IPC 1 it keeps 1.2 GiB), each chunk's are recomputed in the backward pass
+    instead, for one more forward pass of the synthetic side. The values and the
+    gradients are those of ``networks.embed`` either way."""
+    width = next((m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)), 128)
+    kept = 6 * 4 * width * images.shape[0] * images.shape[2] * images.shape[3]
+    if images.shape[0] <= chunk or kept <= RECOMPUTE_ABOVE:
         return networks.embed(net, images, chunk)
     return torch.cat(
         [
