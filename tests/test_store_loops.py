@@ -209,7 +209,8 @@ def test_streamed_passes_give_what_the_whole_set_in_memory_gives(data, mask):
     images = distiller.normalize(source.train.images[:])
     labels = source.train.labels
     streamed = stored.class_spread(source, distiller.normalize)
-    assert streamed == pytest.approx(engine.class_spread(images, labels, 4), rel=1e-9)
+    # exact integer sums against float32 pixels: equal to float32's precision
+    assert streamed == pytest.approx(engine.class_spread(images, labels, 4), rel=1e-5)
     fitted = next(s for s in distiller.synthetic.pipeline.stages if s.name == "frequency")
     fresh = fitted.from_config(fitted.to_config(), fitted.in_shape)
     fresh.fit(images, labels)

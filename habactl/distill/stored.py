@@ -139,12 +139,25 @@ class StoredRealSet(RealSide):
 
 def class_spread(source: Any, normalize: Any) -> list[float]:
     """The engine's class spread (mean squared distance of a class's images to their
-    class mean, in the normalised space), one class read at a time."""
+    class mean, in the normalised space), one class read at a time.
+
+    Exact integer sums over the uint8 pixels: per pixel position, the sum and the sum of
+    squares over the class's images give ``Σ_i (u_i - ū)² = Q - S² / n``; the mean-std
+    normalisation only scales channel c by ``1 / (255 std_c)`` (the mean cancels). One
+    pass of integer arithmetic over the store, no float copies of it."""
+    std = [float(v) for v in normalize.std]
     out = []
     for k in range(source.num_classes):
-        flat = normalize(source.class_images("train", k)).reshape(source.train.counts[k], -1)
-        flat = flat.double()
-        out.append(float((flat - flat.mean(0)).square().sum(1).mean()))
+        start, count = source.train.offsets[k], source.train.counts[k]
+        pixels = source.train.file.range(start, start + count)  # (n, C, H, W) uint8
+        sums = pixels.sum(axis=0, dtype=np.int64)
+        wide = pixels.astype(np.uint16)
+        squares = np.multiply(wide, wide).sum(axis=0, dtype=np.int64)  # 255² fits in 16 bits
+        spread = 0.0
+        for c, s in enumerate(std):
+            deviation = squares[c] - sums[c].astype(np.float64) ** 2 / count
+            spread += float(deviation.sum()) / (255.0 * s) ** 2
+        out.append(spread / count)
     return out
 
 
