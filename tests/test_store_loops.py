@@ -145,7 +145,7 @@ def config(**changes) -> DistillConfig:
         codec="raw",
         iterations=changes.pop("iterations", 4),
         augment="none",
-        checkpoint_every=100,
+        checkpoint_every=changes.pop("checkpoint_every", 100),
         **changes,
     )
 
@@ -174,8 +174,10 @@ def test_the_real_side_reads_what_it_samples_and_nothing_more_ahead_of_time(data
         assert sorted(set(owners)) == classes and len(set(indices)) == len(indices)
 
 
-def test_a_store_run_is_reproducible_and_records_the_classes_per_iteration(data, tmp_path):
-    os.environ.setdefault("SOURCE_DATE_EPOCH", "0")
+def test_a_store_run_is_reproducible_and_records_the_classes_per_iteration(
+    data, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
     paths = []
     for name in ("a.haba", "b.haba"):
         source = open_stored(data / "toy.store")
@@ -183,6 +185,30 @@ def test_a_store_run_is_reproducible_and_records_the_classes_per_iteration(data,
     assert paths[0].read_bytes() == paths[1].read_bytes()
     hyper = open_archive(paths[0]).manifest["provenance"]["hyperparameters"]
     assert hyper["classes_per_iteration"] == 3
+
+
+def test_a_resumed_store_run_writes_the_archive_of_an_uninterrupted_one(
+    data, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "0")
+    settings = config(iterations=4, checkpoint_every=2, classes_per_iteration=3)
+    whole = Distiller(open_stored(data / "toy.store"), settings).run(tmp_path / "whole.haba")
+    stopped = Distiller(open_stored(data / "toy.store"), settings)
+    step = stopped.step
+
+    def failing_step():
+        if stopped.iteration == 3:
+            raise RuntimeError("stop")
+        return step()
+
+    stopped.step = failing_step  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="stop"):
+        stopped.run(tmp_path / "part.haba")
+    assert (tmp_path / "part.haba.ckpt").is_file()
+    again = Distiller(open_stored(data / "toy.store"), settings)
+    resumed = again.run(tmp_path / "part.haba", resume=True)
+    assert resumed.resumed_from == 2
+    assert resumed.path.read_bytes() == whole.path.read_bytes()
 
 
 @pytest.mark.parametrize("stored", [False, True], ids=["in-memory", "store"])
