@@ -49,6 +49,7 @@ ENGINE = {
     "seed": "seed",
     "device": "device",
     "checkpoint_every": "checkpoint_every",
+    "classes_per_iteration": "classes_per_iteration",
 }
 # Parameters -> the contrastive term's settings.
 CONTRAST = {"contrast_weight": "weight", "extractor_lr": "lr", "contrast_batch": "batch"}
@@ -78,7 +79,8 @@ def compress(
         DEFAULT_SOURCE,
         help="Data set: an embedded name (mnist-5k, digits), a torchvision name "
         "(mnist, fashion-mnist, kmnist, cifar10, cifar100, svhn) with --root, "
-        "an ImageFolder directory, or an .h5/.npz file.",
+        "an ImageFolder directory, an .h5/.npz file, or a store (habactl prepare; "
+        "read lazily: any size).",
     ),
     output: Path | None = typer.Option(
         None,
@@ -199,6 +201,14 @@ def compress(
         "--iterations",
         min=0,
         help="Distillation iterations \\[default: 300].",
+        rich_help_panel=_DISTILL,
+    ),
+    classes_per_iteration: int | None = typer.Option(
+        None,
+        "--classes-per-iteration",
+        min=1,
+        help="dm, dc, dsa: match K random classes per iteration instead of all "
+        "(for many classes) \\[default: all].",
         rich_help_panel=_DISTILL,
     ),
     real_per_class: int | None = typer.Option(
@@ -524,17 +534,18 @@ def _target(settings: dict[str, Any]) -> Path:
         return output
     data = Path(str(settings["data"]))
     name = data.name if data.name not in ("", ".", "..") else data.resolve().name
-    if data.suffix.lower() in FILE_SUFFIXES:
+    if data.suffix.lower() in FILE_SUFFIXES or data.suffix.lower() == ".store":
         name = data.stem
     return Path(f"{name or 'data'}.haba")
 
 
 def _load(settings: dict[str, Any]) -> Any:
-    from habactl.data import load_source
+    """The data: a store (read lazily), or a source loaded into memory."""
+    from habactl.data.opening import open_data
 
     options = {k: settings[k] for k in ("images_key", "labels_key") if settings[k] is not None}
     root = settings["root"]
-    return load_source(
+    return open_data(
         settings["data"], root=str(root) if root else None, download=settings["download"], **options
     )
 

@@ -20,7 +20,9 @@ EXAMPLES = [
 @app.command(epilog=examples_epilog(EXAMPLES))
 @guarded
 def experts(
-    data: str = typer.Argument(..., help="Data set, as for compress (e.g. mnist-5k, digits)."),
+    data: str = typer.Argument(
+        ..., help="Data set, as for compress (e.g. mnist-5k, digits, a store of any size)."
+    ),
     output: Path = typer.Option(
         ..., "-o", "--output", help="Buffer folder (created; resumed if it exists)."
     ),
@@ -67,7 +69,7 @@ def experts(
     writes into a folder of other files.
     """
     from habactl.atomic import OutputError, check_folder_writable, describe
-    from habactl.data import load_source
+    from habactl.data.opening import open_data
     from habactl.experts import ExpertSettings, train_experts
     from habactl.experts.buffer import check_buffer_folder
 
@@ -92,7 +94,7 @@ def experts(
         import torch
 
         torch.set_num_threads(threads)
-    source = load_source(data, root=str(root) if root else None)
+    source = open_data(data, root=str(root) if root else None)
     started = time.perf_counter()
     bar: dict = {}
 

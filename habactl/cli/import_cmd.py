@@ -97,9 +97,9 @@ def import_(
         means, stds = list(chosen.mean), list(chosen.std)
     norm = Normalisation(mean=means, std=stds)
     if zca_from is not None:
-        from habactl.data import load_source
+        from habactl.data.opening import open_data
 
-        norm.zca_images = load_source(zca_from, root=root).train.images
+        norm.zca_images = open_data(zca_from, root=root).train.images
     imported = read(
         list(files), Options(classes=names, factor=factor, experiment=experiment, dataset=dataset)
     )

@@ -104,6 +104,13 @@ class Frequency(Stage):
         else:
             groups = self._groups(labels, len(images))
             energy = torch.stack([coeffs[g].square().mean(0) for g in groups])
+        self.fit_energy(energy)
+
+    @torch.no_grad()
+    def fit_energy(self, energy: Tensor) -> None:
+        """Keep the coefficients of most ``energy`` (masks, C, H*W): the mean square
+        coefficient, over all images (one mask) or each class's (one per class), as
+        :meth:`fit` computes it; for callers that stream the images."""
         c, h, w = self.out_shape
         keep = self.spec.configuration["keep"]
         order = torch.argsort(-energy, dim=2, stable=True)[..., :keep]

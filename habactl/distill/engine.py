@@ -36,7 +36,7 @@ from habactl.distill.errors import DistillError, Interrupted, NonFiniteLoss
 from habactl.distill.objectives import Context, Objective, get_objective
 from habactl.distill.planner import Plan, plan_pipeline, preset_pipeline
 from habactl.distill.progress import MetricsLog, Reporter
-from habactl.distill.sets import RealSet, SyntheticSet
+from habactl.distill.sets import RealSet, RealSide, SyntheticSet
 from habactl.distill.stepbound import bound_steps
 from habactl.runtime import derived_generator
 
@@ -95,6 +95,8 @@ class DistillConfig:
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int = 50
+    # classes matched per iteration, drawn afresh each time (None: every class)
+    classes_per_iteration: int | None = None
 
 
 @dataclass
@@ -150,6 +152,10 @@ def check_config(c: DistillConfig) -> None:
         raise DistillError(f"--iterations must be 0 or more, got {c.iterations}")
     if c.checkpoint_every < 1:
         raise DistillError(f"--checkpoint-every must be at least 1, got {c.checkpoint_every}")
+    if c.classes_per_iteration is not None and c.classes_per_iteration < 1:
+        raise DistillError(
+            f"--classes-per-iteration must be at least 1, got {c.classes_per_iteration}"
+        )
     _check_number("--lr-bases", c.lr_bases)
     _check_number("--lr-hallucinators", c.lr_hallucinators, strict=False)
     _check_number("--momentum", c.momentum, strict=False, high=1.0)
@@ -263,11 +269,18 @@ class Distiller:
     Construction is a fixed sequence of named steps (the order matters: the ``init``
     random stream is drawn by the bases, the pipeline, the objective and the
     contrastive term, in that order, and a seed must keep giving the same archive).
+
+    The source is a DataSource in memory, or a prepared store (``habactl.data.stored``):
+    then nothing of the training set is loaded, and every pass over it streams from
+    the store (habactl.distill.stored).
     """
 
     def __init__(self, source: Any, config: DistillConfig) -> None:
+        from habactl.data.stored import is_stored
+
         self.source = source
         self.config = config
+        self.stored = is_stored(source)
         check_config(config)
         self.device = distributed.device_for(config.device)  # resolve_device, per rank
         self.image_shape = (source.channels, source.height, source.width)
@@ -295,36 +308,74 @@ class Distiller:
         self.resumed = False  # set by run: whether it restored a checkpoint
 
     # -- construction steps -----------------------------------------------------------
-    def _training_set(self) -> tuple[dict[str, Any], Tensor, Tensor]:
-        """The normalisation the archive records, and the real training set in it."""
+    def _training_set(self) -> tuple[dict[str, Any], Tensor | None, Tensor | None]:
+        """The normalisation the archive records, and the real training set in it (None,
+        None from a store: its images are read when needed)."""
         from habactl.normalization import Normalizer, mean_std
 
         normalization = mean_std(self.source.mean(), self.source.std())
-        images = Normalizer(normalization)(self.source.train.images.float())
+        self.normalize = Normalizer(normalization)
+        if self.stored:
+            return normalization, None, None
+        images = self.normalize(self.source.train.images.float())
         labels = self.source.train.labels.long()
         if len(labels) == 0:
             raise DistillError(f"data set {self.source.name} has no training images")
         return normalization, images, labels
 
-    def _plan(self, images: Tensor, labels: Tensor) -> Plan:
-        """The budget plan; leftover budget buys extra bases for the most varied classes."""
+    def _plan(self, images: Tensor | None, labels: Tensor | None) -> Plan:
+        """The budget plan; leftover budget buys extra bases for the most varied classes
+        (from a store, the spread is streamed, and only when there is such budget)."""
         c = self.config
         classes = len(self.source.classes)
-        spread = class_spread(images, labels, classes)
-        return plan_pipeline(
-            pipeline_entries(c, self.image_shape, classes),
-            self.image_shape,
-            classes,
-            c.ipc,
-            counts=c.counts,
-            leftover=c.leftover,
-            class_priority=sorted(range(classes), key=lambda k: (-spread[k], k)),
-            codec=None if c.pipeline is not None else _codec_label(c),
-            budget_bytes=c.budget_bytes,
-        )
 
-    def _real_set(self, images: Tensor, labels: Tensor) -> RealSet:
-        real = RealSet(images, labels, len(self.source.classes), self.device)
+        def plan(spread: list[float] | None) -> Plan:
+            return plan_pipeline(
+                pipeline_entries(c, self.image_shape, classes),
+                self.image_shape,
+                classes,
+                c.ipc,
+                counts=c.counts,
+                leftover=c.leftover,
+                class_priority=None
+                if spread is None
+                else sorted(range(classes), key=lambda k: (-spread[k], k)),
+                codec=None if c.pipeline is not None else _codec_label(c),
+                budget_bytes=c.budget_bytes,
+            )
+
+        if images is None or labels is None:
+            first = plan(None)
+            if not first.extra_classes:  # no leftover bases: the order does not matter
+                return first
+            from habactl.distill import stored
+
+            return plan(stored.class_spread(self.source, self.normalize))
+        return plan(class_spread(images, labels, classes))
+
+    def _real_set(self, images: Tensor | None, labels: Tensor | None) -> RealSide:
+        c = self.config
+        real: RealSide
+        if images is None or labels is None:
+            from habactl.distill.stored import StoredRealSet
+
+            real = StoredRealSet(
+                self.source,
+                self.normalize,
+                self.device,
+                seed=c.seed,
+                iterations=c.iterations,
+                classes_per_iteration=c.classes_per_iteration,
+            )
+        else:
+            real = RealSet(
+                images,
+                labels,
+                len(self.source.classes),
+                self.device,
+                seed=c.seed,
+                classes_per_iteration=c.classes_per_iteration,
+            )
         empty = [k for k, n in enumerate(real.counts) if n == 0]
         if empty:
             raise DistillError(f"class {self.source.classes[empty[0]]!r} has no training images")
@@ -339,7 +390,7 @@ class Distiller:
             )
         return real
 
-    def _synthetic_set(self, images: Tensor, labels: Tensor) -> SyntheticSet:
+    def _synthetic_set(self, images: Tensor | None, labels: Tensor | None) -> SyntheticSet:
         from habactl.codecs import Pipeline
 
         init = self.generators["init"]
@@ -354,7 +405,7 @@ class Distiller:
         return SyntheticSet(bases, self.plan.per_class, pipeline).to(self.device)
 
     def _frequency_bases(
-        self, pipeline: Any, images: Tensor, labels: Tensor, chosen: Tensor
+        self, pipeline: Any, images: Tensor | None, labels: Tensor | None, chosen: Tensor
     ) -> Tensor:
         """Fit the frequency stage's mask to the real training images (at the size it
         decodes to; per class, each class's mask to its own images) and start the bases
@@ -367,7 +418,13 @@ class Distiller:
         def sized(x: Tensor) -> Tensor:
             return x if tuple(x.shape[2:]) == (h, w) else F.adaptive_avg_pool2d(x, (h, w))
 
-        stage.fit(sized(images), labels)
+        if images is None or labels is None:
+            from habactl.distill.stored import frequency_energy
+
+            per_class = stage.classes is not None
+            stage.fit_energy(frequency_energy(stage, self.source, self.normalize, sized, per_class))
+        else:
+            stage.fit(sized(images), labels)
         if self.config.init == "noise":  # noise bases stay noise, in coefficient space
             return chosen
         classes = basis_classes(self.plan.per_class)
@@ -390,7 +447,15 @@ class Distiller:
             ipc=c.ipc,
             dataset={"name": self.source.name, "fingerprint": self.source.fingerprint},
         )
-        return get_objective(c.objective)(context, dict(c.objective_settings))
+        objective = get_objective(c.objective)(context, dict(c.objective_settings))
+        if c.classes_per_iteration is not None and not objective.samples_real:
+            from habactl.distill.objectives import OBJECTIVES
+
+            users = [name for name, cls in OBJECTIVES.items() if cls.samples_real]
+            raise DistillError(
+                f"--classes-per-iteration applies to --objective {', '.join(users)} only"
+            )
+        return objective
 
     def _contrast(self) -> AdversarialContrast | None:
         c = self.config
@@ -421,21 +486,33 @@ class Distiller:
 
     # -- initialisation ---------------------------------------------------------------
     def _initial_bases(
-        self, images: Tensor, labels: Tensor, generator: torch.Generator, pool: bool = True
+        self,
+        images: Tensor | None,
+        labels: Tensor | None,
+        generator: torch.Generator,
+        pool: bool = True,
     ) -> Tensor:
         """Bases start as real images of their class, downsampled for an `upsample` stage
-        (area average, the inverse of what bilinear upsampling blurs least)."""
+        (area average, the inverse of what bilinear upsampling blurs least). From a
+        store only the images picked are read."""
         plan = self.plan
         if self.config.init == "noise":
             return torch.randn(plan.bases, *plan.base_shape, generator=generator)
         chosen = []
         for k, n in enumerate(plan.per_class):
-            members = torch.nonzero(labels == k).flatten()
-            order = torch.randperm(len(members), generator=generator)
-            picks = members[order[torch.arange(n) % len(members)]]
-            part = images[picks].clone()
-            if n > len(members):  # more bases than images: repeats start slightly apart
-                repeat = (torch.arange(n) >= len(members)).view(-1, 1, 1, 1).float()
+            if images is None or labels is None:  # a store: class k is one range of it
+                count, offset = self.source.train.counts[k], self.source.train.offsets[k]
+                order = torch.randperm(count, generator=generator)
+                picks = order[torch.arange(n) % count] + offset
+                part = self.normalize(self.source.train.images[picks])
+            else:
+                members = torch.nonzero(labels == k).flatten()
+                count = len(members)
+                order = torch.randperm(count, generator=generator)
+                picks = members[order[torch.arange(n) % count]]
+                part = images[picks].clone()
+            if n > count:  # more bases than images: repeats start slightly apart
+                repeat = (torch.arange(n) >= count).view(-1, 1, 1, 1).float()
                 part = part + repeat * 0.01 * torch.randn(part.shape, generator=generator)
             chosen.append(part)
         bases = torch.cat(chosen)
@@ -446,7 +523,7 @@ class Distiller:
 
     def _hyperparameters(self) -> dict[str, Any]:
         c = self.config
-        return {
+        record = {
             "objective": {"name": c.objective, **self.objective.hyperparameters()},
             "budget": self.plan.describe(),
             "pipeline": self._pipeline_record(),
@@ -468,6 +545,12 @@ class Distiller:
             # Float results depend on the CPU thread count: same seed + same threads = same archive.
             "threads": torch.get_num_threads(),
         }
+        # Recorded only when they apply, so that other runs' records stay as they were.
+        if c.classes_per_iteration is not None:
+            record["classes_per_iteration"] = int(c.classes_per_iteration)
+        if self.stored:  # real images read from a store, drawn from their own streams
+            record["real_images"] = "store"
+        return record
 
     def _provenance_hyperparameters(self) -> dict[str, Any]:
         """The hyperparameters as the archive records them: with the world size under
@@ -541,6 +624,7 @@ class Distiller:
     def step(self) -> dict[str, float]:
         """One iteration: loss, gradients of the stored tensors, one optimiser step."""
         world = distributed.world_size()
+        self.real.begin(self.iteration)  # which classes; a store starts reading ahead
         apart = world > 1 and _draws_per_rank(self.objective)
         generator = self._rank_generator() if apart else self.generators["objective"]
         loss, metrics = self.objective.loss(self.synthetic, generator)
@@ -618,7 +702,10 @@ class Distiller:
             }
         )
         clock = time.perf_counter()
-        last = self._loop(checkpoint_path, metrics_log, reporter or Reporter())
+        try:
+            last = self._loop(checkpoint_path, metrics_log, reporter or Reporter())
+        finally:
+            self.real.close()
         path = self._write(output, force) if main else output
         if main:
             ckpt.remove(checkpoint_path)

@@ -99,6 +99,8 @@ def recipe_from_manifest(
             "threads": hyper["threads"],
         }
     )
+    if "classes_per_iteration" in hyper:  # recorded only when it was set
+        recipe["classes_per_iteration"] = hyper["classes_per_iteration"]
     stages = [entry["name"] for entry in manifest["pipeline"]]
     if "hallucinate" not in stages:  # recorded from the config only; keep it as it was
         recipe["hallucinator_hidden"] = hyper["pipeline"]["hidden"]

@@ -8,29 +8,43 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from habactl import distributed
 from habactl.distill.errors import DistillError
-from habactl.runtime import to_device
+from habactl.runtime import derived_generator, to_device
 
 
-class RealSet:
-    """Normalised real training images, class-sorted, on the run's device.
+def iteration_classes(
+    seed: int, iteration: int, num_classes: int, per_iteration: int | None
+) -> list[int]:
+    """The classes one iteration matches, ascending: all of them, or ``per_iteration``
+    drawn afresh for each iteration from its own stream (derived from the seed and the
+    iteration, so a resumed run and every torchrun rank draw the same ones)."""
+    if per_iteration is None or per_iteration >= num_classes:
+        return list(range(num_classes))
+    generator = derived_generator("distill", seed, f"classes/iteration-{iteration}")
+    return sorted(torch.randperm(num_classes, generator=generator)[:per_iteration].tolist())
 
-    ``sample`` draws images of every class with one generator call, so the cost of
-    picking a batch does not grow with the number of classes.
-    """
 
-    def __init__(
-        self, images: Tensor, labels: Tensor, num_classes: int, device: torch.device | None = None
-    ) -> None:
-        # Sorted and counted where the labels are (the host, from the engine), then moved
-        # to ``device`` once: no round trip to read the counts back.
-        order = torch.sort(labels, stable=True).indices
-        counts = torch.bincount(labels.cpu(), minlength=num_classes)
-        self.images = images[order].contiguous().to(device or images.device)
-        self.labels = labels[order].contiguous().to(device or labels.device)
-        self.counts: list[int] = [int(n) for n in counts]
-        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])[:-1]
-        self.num_classes = num_classes
+class RealSide:
+    """What every real side shares: per-class counts, the per-class check, and which
+    classes an iteration matches on this process."""
+
+    counts: list[int]
+    num_classes: int
+
+    def __init__(self, *, seed: int = 0, classes_per_iteration: int | None = None) -> None:
+        if classes_per_iteration is not None and not 1 <= classes_per_iteration:
+            raise DistillError(
+                f"--classes-per-iteration must be at least 1, got {classes_per_iteration}"
+            )
+        if classes_per_iteration is not None and classes_per_iteration > self.num_classes:
+            raise DistillError(
+                f"--classes-per-iteration {classes_per_iteration} is more than the data "
+                f"set's {self.num_classes} classes"
+            )
+        self.seed = seed
+        self.classes_per_iteration = classes_per_iteration
+        self.iteration = 0
 
     @property
     def smallest_class(self) -> int:
@@ -47,6 +61,68 @@ class RealSet:
                 f"{worst} has ({small} training images); use {option} {small} or fewer"
             )
 
+    def begin(self, iteration: int) -> None:
+        """The engine says which iteration starts (before the objective's loss)."""
+        self.iteration = iteration
+
+    def matched_at(self, iteration: int) -> list[int]:
+        """The classes ``iteration`` matches in this process: the iteration's classes
+        and, under torchrun, every world-th of them from this rank's position (all
+        classes: rank, rank + N, ..., each rank's share as before)."""
+        active = iteration_classes(
+            self.seed, iteration, self.num_classes, self.classes_per_iteration
+        )
+        if distributed.world_size() > 1:
+            return active[distributed.rank() :: distributed.world_size()]
+        return active
+
+    def matched(self) -> list[int]:
+        """The classes the current iteration matches in this process (ascending)."""
+        return self.matched_at(self.iteration)
+
+    def sample(
+        self, per_class: int, generator: torch.Generator, classes: list[int] | None = None
+    ) -> Tensor:
+        """(len(classes), per_class, C, H, W) random normalised real images of ``classes``
+        (default: all), on the run's device."""
+        raise NotImplementedError
+
+    def class_images(self, k: int) -> Tensor:
+        """Every training image of class ``k``, normalised."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop any reading ahead (the engine calls it when the run ends)."""
+
+
+class RealSet(RealSide):
+    """Normalised real training images, class-sorted, on the run's device.
+
+    ``sample`` draws images of every class with one generator call, so the cost of
+    picking a batch does not grow with the number of classes.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        num_classes: int,
+        device: torch.device | None = None,
+        *,
+        seed: int = 0,
+        classes_per_iteration: int | None = None,
+    ) -> None:
+        # Sorted and counted where the labels are (the host, from the engine), then moved
+        # to ``device`` once: no round trip to read the counts back.
+        order = torch.sort(labels, stable=True).indices
+        counts = torch.bincount(labels.cpu(), minlength=num_classes)
+        self.images = images[order].contiguous().to(device or images.device)
+        self.labels = labels[order].contiguous().to(device or labels.device)
+        self.counts: list[int] = [int(n) for n in counts]
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])[:-1]
+        self.num_classes = num_classes
+        super().__init__(seed=seed, classes_per_iteration=classes_per_iteration)
+
     def sample_indices(self, per_class: int, generator: torch.Generator) -> Tensor:
         """(classes * per_class,) indices, ``per_class`` distinct images of each class in order."""
         longest = max(self.counts)
@@ -56,10 +132,19 @@ class RealSet:
         picked = keys.argsort(dim=1)[:, :per_class]
         return (picked + self.offsets.unsqueeze(1)).flatten()
 
-    def sample(self, per_class: int, generator: torch.Generator) -> Tensor:
-        """(classes, per_class, C, H, W) random real images."""
-        index = to_device(self.sample_indices(per_class, generator), self.images.device)
-        return self.images[index].view(self.num_classes, per_class, *self.images.shape[1:])
+    def sample(
+        self, per_class: int, generator: torch.Generator, classes: list[int] | None = None
+    ) -> Tensor:
+        """(len(classes), per_class, C, H, W) random real images of ``classes`` (default:
+        all). Every class's indices are drawn whichever are asked for, so the stream
+        does not depend on the classes."""
+        picked = self.sample_indices(per_class, generator)
+        rows = self.num_classes
+        if classes is not None and list(classes) != list(range(self.num_classes)):
+            rows = len(classes)
+            picked = picked.view(self.num_classes, per_class)[list(classes)].flatten()
+        index = to_device(picked, self.images.device)
+        return self.images[index].view(rows, per_class, *self.images.shape[1:])
 
     def class_images(self, k: int) -> Tensor:
         start = int(self.offsets[k])

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from habactl.data.stored import is_stored, is_stored_images
 from habactl.errors import HabaError
 from habactl.evaluation.parallel import ModelScore, ModelTask, Progress, default_jobs, run_tasks
 from habactl.evaluation.protocol import DEFAULT_LR, FULL_DATA_EPOCH_DIVISOR, Protocol
@@ -71,13 +72,16 @@ def load_test_source(
     root: str | os.PathLike[str] | None = None,
     warn: Warn | None = None,
 ) -> Any:
-    """The real data set to test on: `data`, else the one named in the archive's provenance."""
-    from habactl.data import load_source
+    """The real data set to test on: `data`, else the one named in the archive's provenance.
+
+    A store is read lazily; its fingerprint is the one recorded when it was prepared
+    (nothing is rehashed)."""
+    from habactl.data.opening import open_data
 
     recorded = dataset.manifest["provenance"]["dataset"]
     name = data or recorded["name"]
     try:
-        source = load_source(name, root=str(root) if root is not None else None)
+        source = open_data(name, root=str(root) if root is not None else None)
     except HabaError as error:
         if data is None:
             raise HabaError(
@@ -106,6 +110,12 @@ def check_compatible(dataset: Any, source: Any) -> None:
             f"the archive has {len(dataset.classes)} classes but data set "
             f"{source.name!r} has {source.num_classes}"
         )
+    if is_stored(source) and list(source.classes) != list(dataset.classes):
+        k = next(i for i, (a, b) in enumerate(zip(source.classes, dataset.classes)) if a != b)
+        raise HabaError(
+            f"store {str(source.path)!r} has other classes than the archive (class {k} is "
+            f"{source.classes[k]!r} there, {dataset.classes[k]!r} in the archive)"
+        )
 
 
 def prepare_test_images(dataset: Any, source: Any) -> tuple[Tensor, Tensor]:
@@ -116,7 +126,15 @@ def prepare_test_images(dataset: Any, source: Any) -> tuple[Tensor, Tensor]:
     """
     check_compatible(dataset, source)
     normalize = dataset.test_transform()
-    return normalize(source.test.images), source.test.labels
+    return transformed(source.test.images, normalize), source.test.labels
+
+
+def transformed(images: Any, transform: Any) -> Any:
+    """``transform(images)``; for a store's images (read when indexed) the transform is
+    applied to each batch read."""
+    if is_stored_images(images):
+        return images.transformed(transform)
+    return transform(images)
 
 
 def budget_per_class(manifest: dict[str, Any]) -> int:
@@ -153,7 +171,7 @@ def full_training_set(
     epochs: int | None = None,
 ) -> TrainingSet:
     normalize = dataset.test_transform()
-    images = normalize(source.train.images)
+    images = transformed(source.train.images, normalize)
     full = protocol.full_data(epochs)
     note = (
         f"whole real training set, {full.epochs} epochs "

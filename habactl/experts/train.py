@@ -89,6 +89,7 @@ def train_experts(
     """
     from habactl import __version__
     from habactl.augment import SiameseAugment
+    from habactl.data.stored import is_stored
     from habactl.normalization import Normalizer, mean_std
 
     _check(settings)
@@ -108,7 +109,11 @@ def train_experts(
     settings = replace(settings, arch=arch_name(settings.arch, source.height, source.width))
     classes = len(source.classes)
     normalization = mean_std(source.mean(), source.std())
-    images = Normalizer(normalization)(source.train.images.float()).to(device)
+    images: Any
+    if is_stored(source):  # each batch is read from the store (ascending) when drawn
+        images = source.train.images.transformed(Normalizer(normalization)).to(device)
+    else:
+        images = Normalizer(normalization)(source.train.images.float()).to(device)
     labels = source.train.labels.long().to(device)
     augment = SiameseAugment(settings.augment, flip=not source.is_digits)
 
@@ -230,7 +235,7 @@ def _train_one(
     s: ExpertSettings,
     shape: tuple[int, int, int],
     classes: int,
-    images: torch.Tensor,
+    images: Any,  # a tensor, or a store's images (read when indexed)
     labels: torch.Tensor,
     augment: Any,
     device: torch.device,

@@ -18,7 +18,9 @@ shifted alike and the archive poses exactly MTT's problem, moved by ``c``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,15 +43,33 @@ class ZcaFit:
         return float(self.offset.abs().max())
 
 
-def fit_zca(images: Tensor, eps: float = MTT_EPS) -> ZcaFit:
-    """``images`` (N, C, H, W) in [0, 1]; the fit kornia's ZCAWhitening makes."""
+def fit_zca(images: Any, eps: float = MTT_EPS) -> ZcaFit:
+    """``images`` (N, C, H, W) in [0, 1]; the fit kornia's ZCAWhitening makes.
+
+    A tensor, or a store's images (``habactl.data.stored``), which are read in chunks,
+    twice (the mean, then the covariance): memory holds the (D, D) matrices and one
+    chunk, whatever N."""
     n, c, h, w = images.shape
     if n < 2:
         raise ValueError("a ZCA fit needs at least two images")
-    flat = images.reshape(n, -1)
-    mean = flat.sum(0, dtype=torch.float64) / n
+    chunks: Callable[[], Iterator[Tensor]]
+    if isinstance(images, Tensor):
+        flat = images.reshape(n, -1)
+        mean = flat.sum(0, dtype=torch.float64) / n
+
+        def chunks() -> Iterator[Tensor]:
+            return iter(flat.split(_CHUNK))
+    else:
+
+        def chunks() -> Iterator[Tensor]:
+            return (images[s : s + _CHUNK].reshape(-1, c * h * w) for s in range(0, n, _CHUNK))
+
+        mean = torch.zeros(c * h * w, dtype=torch.float64)
+        for chunk in chunks():
+            mean += chunk.sum(0, dtype=torch.float64)
+        mean /= n
     cov = torch.zeros(c * h * w, c * h * w, dtype=torch.float64)
-    for chunk in flat.split(_CHUNK):
+    for chunk in chunks():
         centred = chunk.to(torch.float64) - mean
         cov += centred.T @ centred
     cov /= n - 1  # kornia's default: unbiased

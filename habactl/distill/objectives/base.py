@@ -19,14 +19,14 @@ import torch
 from torch import Tensor
 
 from habactl.distill.errors import DistillError
-from habactl.distill.sets import RealSet, SyntheticSet
+from habactl.distill.sets import RealSide, SyntheticSet
 
 
 @dataclass
 class Context:
     """What an objective may know about the problem."""
 
-    real: RealSet
+    real: RealSide
     image_shape: tuple[int, int, int]
     num_classes: int
     device: torch.device
@@ -62,6 +62,9 @@ class Objective:
     engine_defaults: ClassVar[dict[str, Any]] = {}
     # Every setting the objective reads, with its default (derived from ``Settings``).
     defaults: ClassVar[dict[str, Any]] = {}
+    # Whether ``loss`` samples the real side (``context.real.sample``) every iteration:
+    # then ``--classes-per-iteration`` applies to it.
+    samples_real: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call, grad, vmap
 
-from habactl import distributed
 from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective, setting
 from habactl.distill.sets import SyntheticSet
@@ -81,6 +80,7 @@ class GradientMatching(Objective):
     name = "dc"
     summary = "gradient matching"
     siamese_augmentation = False
+    samples_real = True
 
     @dataclass(frozen=True)
     class Settings:
@@ -178,7 +178,9 @@ class GradientMatching(Objective):
         if self.outer == 0:
             networks.redraw(self.net, generator)
             self.optimizer.state.clear()
-        real = context.real.sample(per, generator)  # (classes, per, C, H, W)
+        # all classes, unless shared by torchrun's ranks or subsampled per iteration
+        ids = context.real.matched()
+        real = context.real.sample(per, generator, ids)  # (len(ids), per, C, H, W)
         basis, variant = synthetic.draw(self.settings["views"], generator)
         augment = context.augment
         params = (
@@ -190,12 +192,10 @@ class GradientMatching(Objective):
         syn = synthetic.decode(basis, variant)  # class-sorted
         items = synthetic.class_counts(basis)  # on the host: no device read
         parts = list(syn.split(items))
-        ids = list(range(classes))
-        if distributed.world_size() > 1:  # under torchrun: this rank's classes only; every
-            ids = distributed.my_share(classes)  # draw above was made on every rank alike
+        if len(ids) < classes:  # every draw above was made on every rank alike
             if not ids:
                 return synthetic.bases.sum() * 0.0, {}
-            real, parts = real[ids], [parts[c] for c in ids]
+            parts = [parts[c] for c in ids]
         if params is not None:  # a class's draw is its own: augmenting a share changes no bit
             parts = [augment.apply(part, params[c]) for c, part in zip(ids, parts)]
             with torch.no_grad():

@@ -16,12 +16,13 @@ Where the time goes on a CPU, and what is done about it:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from habactl import distributed
 from habactl.distill.errors import DistillError
@@ -35,6 +36,7 @@ from habactl.runtime import to_device
 class DistributionMatching(Objective):
     name = "dm"
     summary = "distribution matching"
+    samples_real = True
 
     @dataclass(frozen=True)
     class Settings:
@@ -86,24 +88,28 @@ class DistributionMatching(Objective):
         per = self.settings["real_per_class"]
         # Fixed order of draws: network, real indices, hallucinations, augmentation.
         networks.redraw(self.net, generator)
-        real = context.real.sample(per, generator)  # (classes, per, C, H, W)
+        ids = context.real.matched()  # all classes, unless shared by ranks or subsampled
+        real = context.real.sample(per, generator, ids)  # (len(ids), per, C, H, W)
         basis, variant = synthetic.draw(self.settings["views"], generator)
         params = self._augment_params(generator)
 
-        if distributed.world_size() > 1:  # every draw above is made on every rank alike
-            return self._share_loss(synthetic, basis, variant, real, params)
+        if not ids:  # more ranks than classes: this one has nothing to add
+            return synthetic.bases.sum() * 0.0, {}
+        augment = context.augment
+        with torch.inference_mode():  # each class augmented as the chunks need it
+            parts = (augment.apply(row, params[c]) for row, c in zip(real, ids))
+            embedded = _embed_parts(self.net, parts, self.chunk)
+            real_mean = embedded.view(len(ids), per, -1).mean(dim=1)
+        real_mean = real_mean.clone()  # an ordinary tensor, usable next to autograd ones
+        del real, embedded  # the synthetic side's graph needs the room
+
+        if distributed.world_size() > 1 or len(ids) < classes:  # draws made on every rank alike
+            return self._share_loss(synthetic, basis, variant, real_mean, params, ids)
         syn = synthetic.decode(basis, variant)  # (M, C, H, W), class-sorted
         items = synthetic.class_counts(basis)  # on the host: no device read
-        augment = context.augment
         syn = torch.cat([augment.apply(part, p) for part, p in zip(syn.split(items), params)])
 
-        with torch.inference_mode():
-            real = torch.cat([augment.apply(real[c], params[c]) for c in range(classes)])
-            embedded = networks.embed_no_grad(self.net, real, self.chunk)
-            real_mean = embedded.view(classes, per, -1).mean(dim=1)
-        real_mean = real_mean.clone()  # an ordinary tensor, usable next to autograd ones
-
-        embedded = networks.embed(self.net, syn, self.chunk)
+        embedded = _embed_recomputed(self.net, syn, self.chunk)
         labels = synthetic.item_labels(basis)
         sums = torch.zeros(classes, embedded.shape[1], device=embedded.device, dtype=embedded.dtype)
         sums = sums.index_add(0, labels, embedded)
@@ -117,28 +123,61 @@ class DistributionMatching(Objective):
         synthetic: SyntheticSet,
         basis: Tensor,
         variant: Tensor | None,
-        real: Tensor,
+        real_mean: Tensor,
         params: list[Any],
+        owned: list[int],
     ) -> tuple[Tensor, dict[str, float]]:
-        """This rank's classes' part of the loss (under torchrun): the same terms as
-        ``loss``, for classes rank, rank + N, ...; the engine sums the gradients."""
-        context = self.context
-        classes = context.num_classes
-        per = self.settings["real_per_class"]
-        owned = distributed.my_share(classes)
-        if not owned:  # more ranks than classes: this one has nothing to add
-            return synthetic.bases.sum() * 0.0, {}
+        """The loss's terms of some classes: this rank's share under torchrun (classes
+        rank, rank + N, ...; the engine sums the gradients), or this iteration's
+        classes (``--classes-per-iteration``). ``real_mean`` holds their rows, in order."""
         items = synthetic.class_counts(basis)
         syn = synthetic.decode(basis, variant).split(items)
-        augment = context.augment
-        embedded = networks.embed(
+        augment = self.context.augment
+        embedded = _embed_recomputed(
             self.net, torch.cat([augment.apply(syn[c], params[c]) for c in owned]), self.chunk
         )
-        with torch.inference_mode():
-            mine = torch.cat([augment.apply(real[c], params[c]) for c in owned])
-            real_mean = networks.embed_no_grad(self.net, mine, self.chunk)
-            real_mean = real_mean.view(len(owned), per, -1).mean(dim=1)
-        real_mean = real_mean.clone()
         means = embedded.split([items[c] for c in owned])
         syn_mean = torch.stack([part.mean(dim=0) for part in means])
         return (real_mean - syn_mean).square().sum(), {}
+
+
+def _embed_parts(net: Any, parts: Iterable[Tensor], chunk: int) -> Tensor:
+    """``embed_no_grad(net, torch.cat(parts), chunk)`` without the concatenation: the
+    same chunks of ``chunk`` images (so the same numbers), each embedded as soon as the
+    parts fill it, so that memory holds about one chunk and one part, not every part."""
+    outputs, pending, held = [], [], 0
+    for part in parts:
+        pending.append(part)
+        held += part.shape[0]
+        if held >= chunk:
+            joined = torch.cat(pending)
+            full = held - held % chunk
+            outputs.append(networks.embed_no_grad(net, joined[:full], chunk))
+            pending, held = ([joined[full:]] if full < held else []), held - full
+    if held:
+        outputs.append(networks.embed_no_grad(net, torch.cat(pending), chunk))
+    return torch.cat(outputs)
+
+
+# Above this many bytes of activations kept for the backward pass (estimated from the
+# first layer's output, about a sixth of what a ConvNet block keeps), the synthetic side
+# recomputes them instead: below it the extra forward pass would cost time for no need.
+RECOMPUTE_ABOVE = 512 << 20
+
+
+def _embed_recomputed(net: Any, images: Tensor, chunk: int) -> Tensor:
+    """``networks.embed`` (chunk by chunk, with a graph to ``images``); when the graph
+    would keep more than ``RECOMPUTE_ABOVE`` bytes of activations (at 64x64, 200
+    classes, IPC 1 it keeps 1.2 GiB), each chunk's are recomputed in the backward pass
+    instead, for one more forward pass of the synthetic side. The values and the
+    gradients are those of ``networks.embed`` either way."""
+    width = next((m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)), 128)
+    kept = 6 * 4 * width * images.shape[0] * images.shape[2] * images.shape[3]
+    if images.shape[0] <= chunk or kept <= RECOMPUTE_ABOVE:
+        return networks.embed(net, images, chunk)
+    return torch.cat(
+        [
+            checkpoint(net.embed, part, use_reentrant=False, preserve_rng_state=False)
+            for part in images.split(chunk)
+        ]
+    )
