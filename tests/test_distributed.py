@@ -163,10 +163,25 @@ def stored_tensors(path: Path) -> dict:
         archive.close()
 
 
-# The tolerance of the N = 2 equivalence: one step on two ranks is one step on one process
-# up to the order of the floating-point sums (each rank sums its own classes, then the
-# ranks' gradients are summed); over 12 iterations that stays below 1e-4 (measured ~1e-6).
-TOLERANCE = 1e-4
+# The N = 2 equivalence. One step on two ranks is one step on one process up to the order
+# of the floating-point sums (each rank sums its own classes, then the ranks' gradients are
+# summed), so the first iteration's loss agrees to float32 rounding: 1e-5 relative. Later
+# iterations amplify those last bits at a rate that depends on the CPU's kernels: after 12
+# iterations the bases differed by ~1e-6 with AVX-512 on an AMD EPYC and by 1.3e-4 with
+# PyTorch's scalar kernels on an Intel Xeon. So the stored tensors are only held to 1e-2,
+# an order of magnitude inside what a real difference makes (a class whose bases were not
+# distilled keeps its initial images: differences of order 1).
+FIRST_LOSS_TOLERANCE = 1e-5
+TOLERANCE = 1e-2
+
+
+def first_loss(log: Path) -> float:
+    """The loss of iteration 1 in a metrics log (rank 0's: the job's total)."""
+    for line in log.read_text().splitlines():
+        record = json.loads(line)
+        if record["event"] == "iteration":
+            return float(record["loss"])
+    raise AssertionError(f"no iteration in {log}")
 
 
 @pytest.mark.slow
@@ -174,11 +189,14 @@ TOLERANCE = 1e-4
 def test_compress_dm_on_two_ranks_matches_one_process_and_refuses_a_resume_on_one(tmp_path):
     args = ("compress", "digits", "--objective", "dm", "--ipc", "1", "--iterations", "12",
             "--threads", "1", "--checkpoint-every", "4")  # fmt: skip
-    one = habactl(*args, "-q", "-o", "one.haba", cwd=tmp_path, world=None)
+    one = habactl(*args, "-q", "-o", "one.haba", "--log-file", "one.jsonl", cwd=tmp_path,
+                  world=None)  # fmt: skip
     two = habactl(*args, "-o", "two.haba", "--log-file", "two.jsonl", cwd=tmp_path, world=2)
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
     assert two.stderr.count("wrote two.haba") == 1  # rank 0 alone reports
+    single_loss, split_loss = first_loss(tmp_path / "one.jsonl"), first_loss(tmp_path / "two.jsonl")
+    assert split_loss == pytest.approx(single_loss, rel=FIRST_LOSS_TOLERANCE)
     single, split = stored_tensors(tmp_path / "one.haba"), stored_tensors(tmp_path / "two.haba")
     assert sorted(split) == sorted(single)
     for name in single:
@@ -190,7 +208,9 @@ def test_compress_dm_on_two_ranks_matches_one_process_and_refuses_a_resume_on_on
     assert manifest["provenance"]["hyperparameters"]["world_size"] == 2
     log = (tmp_path / "two.jsonl").read_text().splitlines()
     assert sum('"event": "iteration"' in line for line in log) == 12  # one log, rank 0's
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.haba", "two.haba", "two.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "one.haba", "one.jsonl", "two.haba", "two.jsonl"
+    ]  # fmt: skip
 
     # A checkpoint made by two ranks cannot be resumed by one process (nor the reverse).
     stopped = habactl(*args, "-q", "-o", "three.haba", cwd=tmp_path, world=2,
