@@ -38,7 +38,7 @@ class PullToMean(Objective):
         means = [real.class_images(k).mean(0) for k in range(self.context.num_classes)]
         target = torch.stack([means[int(y)] for y in synthetic.labels])
         decoded = synthetic.decode()
-        return self.settings["scale"] * (decoded - target).square().mean(), {}
+        return self.settings.scale * (decoded - target).square().mean(), {}
 
 
 @pytest.fixture

@@ -711,9 +711,9 @@ def _header(name: str, distiller: Any) -> list[str]:
     """Two lines for people: the plan, then the objective and its command-line settings."""
     objective = distiller.objective
     shown = [
-        f"{key.replace('_', ' ')} {objective.settings[key]}"
+        f"{key.replace('_', ' ')} {getattr(objective.settings, key)}"
         for key in type(objective).options().values()
-        if key != "experts" and objective.settings.get(key) is not None
+        if key != "experts" and getattr(objective.settings, key) is not None
     ]
     return [
         f"[bold]{name}[/]: {distiller.plan.summary()}",
