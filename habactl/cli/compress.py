@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import sys
 import time
+import typing
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from habactl.cli.app import app, guarded, plural, stderr
+from habactl.codecs.spec import HALLUCINATE_DEFAULTS, UPSAMPLE_DEFAULTS  # torch-free
 from habactl.errors import HabaError
 
 DEFAULT_SOURCE = "mnist-5k"
@@ -28,40 +31,24 @@ _DISTILL = "Distillation"
 _BUDGET = "Budget and codec"
 _RUN = "Run control"
 
-# Parameters -> DistillConfig fields (the engine's own settings, for every objective).
-ENGINE = {
-    "ipc": "ipc",
-    "budget_bytes": "budget_bytes",
-    "quantize": "quantize",
-    "quantize_granularity": "quantize_granularity",
-    "frequency": "frequency",
-    "frequency_mask": "frequency_mask",
+# The DistillConfig fields whose option has another name; every other DistillConfig field
+# is set from the option of its own name (the engine's settings, for every objective).
+RENAMED = {
     "budget_counts": "counts",
-    "leftover": "leftover",
-    "iterations": "iterations",
-    "lr_bases": "lr_bases",
-    "lr_hallucinators": "lr_hallucinators",
-    "momentum": "momentum",
-    "init": "init",
-    "hallucinator_noise": "hallucinator_noise",
-    "augment": "augment",
-    "contrastive": "contrastive",
-    "seed": "seed",
-    "device": "device",
-    "checkpoint_every": "checkpoint_every",
-    "classes_per_iteration": "classes_per_iteration",
+    "hallucinator_hidden": "hidden",
+    "hallucinator_kernel": "kernel",
 }
+# DistillConfig fields that _config sets itself rather than from one option.
+COMPOSED = ("objective_settings", "pipeline", "codec", "contrastive_settings")
 # Parameters -> the contrastive term's settings.
 CONTRAST = {"contrast_weight": "weight", "extractor_lr": "lr", "contrast_batch": "batch"}
-# What applies whatever the objective: where the data and the archive are, and how to run.
+# What applies whatever the objective or baseline: where the data and the archive are,
+# and how to run.
 ALWAYS = (
     "data",
     "output",
     "config",
     "objective",
-    "ipc",
-    "codec",
-    "seed",
     "root",
     "download",
     "images_key",
@@ -163,27 +150,31 @@ def compress(
         None,
         "--factor",
         min=1,
-        help="IDC downsampling factor of the bases \\[default: 2].",
+        help=f"IDC downsampling factor of the bases \\[default: {UPSAMPLE_DEFAULTS['factor']}].",
         rich_help_panel=_BUDGET,
     ),
     hallucinators: int = typer.Option(
-        5, "--hallucinators", min=1, help="Number of hallucinators.", rich_help_panel=_BUDGET
+        HALLUCINATE_DEFAULTS["count"],
+        "--hallucinators",
+        min=1,
+        help="Number of hallucinators.",
+        rich_help_panel=_BUDGET,
     ),
     hallucinator_arch: str = typer.Option(
-        "channel-affine",
+        HALLUCINATE_DEFAULTS["arch"],
         "--hallucinator-arch",
         help="channel-affine (a few dozen values each) or pixel-affine (the reference design).",
         rich_help_panel=_BUDGET,
     ),
     hallucinator_hidden: int = typer.Option(
-        3,
+        HALLUCINATE_DEFAULTS["hidden"],
         "--hallucinator-hidden",
         min=1,
         help="Hidden channels of a hallucinator.",
         rich_help_panel=_BUDGET,
     ),
     hallucinator_kernel: int = typer.Option(
-        3,
+        HALLUCINATE_DEFAULTS["kernel"],
         "--hallucinator-kernel",
         min=1,
         help="Kernel size of a hallucinator (odd).",
@@ -415,8 +406,8 @@ def compress(
             f"--frequency-mask must be shared or per-class, got {settings['frequency_mask']!r}"
         )
     target = _target(settings)
-    if surface is None:
-        _compress_random(settings, target)
+    if _is_baseline(surface):
+        _compress_baseline(surface, settings, target)
         return
     _compress_distilled(settings, given, recipe, surface, target)
 
@@ -446,30 +437,43 @@ def _merge(values: dict[str, Any], given: set[str], recipe: dict[str, Any]) -> d
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """A recipe value in the type its flag takes (TOML has no paths; 1 may mean 1.0)."""
-    annotation = str(compress.__annotations__.get(name, ""))
+    kind = _option_type(name)
     flag = "--" + name.replace("_", "-")
-    if "Path" in annotation and isinstance(value, str):
+    if kind is Path and isinstance(value, str):
         return Path(value)
-    if "float" in annotation and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    if "int" in annotation and (isinstance(value, bool) or not isinstance(value, int)):
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise HabaError(f"--config: {name} must be an integer ({flag}), got {value!r}")
-    if "bool" in annotation and not isinstance(value, bool):
+    if kind is bool and not isinstance(value, bool):
         raise HabaError(f"--config: {name} must be true or false ({flag}), got {value!r}")
-    if "str" in annotation and not isinstance(value, str):
+    if kind is str and not isinstance(value, str):
         raise HabaError(f"--config: {name} must be a string ({flag}), got {value!r}")
     return value
 
 
+def _option_type(name: str) -> Any:
+    """The type an option's value has, from the command's signature (``int | None``: int)."""
+    kind = typing.get_type_hints(compress).get(name)
+    choices = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+    return choices[0] if len(choices) == 1 else kind
+
+
 def _objective_surface(name: str) -> Any:
-    """The chosen objective's class (None for the random baseline), from the registry."""
+    """The chosen objective's class, or the baseline of that name, from the registries."""
+    from habactl.baselines import BASELINES
     from habactl.distill.objectives import OBJECTIVES
 
-    if name == "random":
-        return None
-    if name not in OBJECTIVES:
-        raise HabaError(f"unknown objective {name!r} (known: {', '.join([*OBJECTIVES, 'random'])})")
-    return OBJECTIVES[name]
+    known: dict[str, Any] = {**OBJECTIVES, **BASELINES}
+    if name not in known:
+        raise HabaError(f"unknown objective {name!r} (known: {', '.join(known)})")
+    return known[name]
+
+
+def _is_baseline(surface: Any) -> bool:
+    from habactl.baselines import Baseline
+
+    return isinstance(surface, Baseline)
 
 
 def _objective_flags() -> dict[str, list[str]]:
@@ -489,14 +493,15 @@ def _check_applicable(
     """One rule: an option set (by flag or recipe) that the objective does not use is an error."""
     chosen = settings["objective"]
     chosen_set = given | set(recipe)
-    if surface is None:
-        if settings["codec"] not in (None, "raw"):
+    if _is_baseline(surface):
+        if settings["codec"] not in (None, *surface.codecs):
             raise HabaError(
-                "--objective random keeps real images as they are: only --codec raw applies"
+                f"--objective {chosen} keeps real images as they are: only "
+                f"{', '.join('--codec ' + c for c in surface.codecs)} applies"
             )
-        for name in sorted(chosen_set - set(ALWAYS)):
+        for name in sorted(chosen_set - set(ALWAYS) - set(surface.options)):
             raise HabaError(
-                f"{_flag(name)} does not apply to --objective random (it keeps real "
+                f"{_flag(name)} does not apply to --objective {chosen} (it keeps real "
                 "images as they are; nothing is optimised)"
             )
         return
@@ -550,9 +555,8 @@ def _load(settings: dict[str, Any]) -> Any:
     )
 
 
-def _compress_random(settings: dict[str, Any], target: Path) -> None:
+def _compress_baseline(baseline: Any, settings: dict[str, Any], target: Path) -> None:
     from habactl import distributed
-    from habactl.baselines import random_archive
     from habactl.distill.engine import check_archive_target
 
     # Nothing to split under torchrun: rank 0 picks and writes the archive of one process
@@ -563,7 +567,7 @@ def _compress_random(settings: dict[str, Any], target: Path) -> None:
     check_archive_target(target, force=settings["force"])
     started = time.perf_counter()
     source = _load(settings)
-    path = random_archive(
+    path = baseline.make(
         source, target, ipc=settings["ipc"], seed=settings["seed"], overwrite=settings["force"]
     )
     distributed.barrier()
@@ -634,8 +638,10 @@ def _config(s: dict[str, Any], given: set[str], recipe: dict[str, Any], surface:
     from habactl.distill import DistillConfig
 
     chosen = given | set(recipe)
+    options = {RENAMED.get(name, name): name for name in s}
     engine: dict[str, Any] = {}
-    for name, field_name in ENGINE.items():
+    for field_name in (f.name for f in fields(DistillConfig) if f.name not in COMPOSED):
+        name = options.get(field_name, field_name)
         value = s.get(name)
         if name in chosen and value is not None:
             engine[field_name] = value
@@ -659,15 +665,9 @@ def _config(s: dict[str, Any], given: set[str], recipe: dict[str, Any], surface:
         },
     }
     return DistillConfig(
-        objective=s["objective"],
         objective_settings=objective_settings,
         pipeline=_pipeline(s, given, recipe),
         codec=s["codec"] or DEFAULT_CODEC,
-        factor=s["factor"],
-        hallucinators=s["hallucinators"],
-        hallucinator_arch=s["hallucinator_arch"],
-        hidden=s["hallucinator_hidden"],
-        kernel=s["hallucinator_kernel"],
         contrastive_settings=contrast,
         **engine,
     )
