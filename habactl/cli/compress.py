@@ -14,11 +14,12 @@ import time
 import typing
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from habactl.cli.app import app, guarded, plural, stderr
+from habactl.cli.options import Quiet, Root, Seed
 from habactl.codecs.spec import HALLUCINATE_DEFAULTS, UPSAMPLE_DEFAULTS  # torch-free
 from habactl.errors import HabaError
 
@@ -58,330 +59,469 @@ ALWAYS = (
 )
 
 
-@app.command()
-@guarded
-def compress(
-    ctx: typer.Context,
-    data: str = typer.Argument(
-        DEFAULT_SOURCE,
+Data = Annotated[
+    str,
+    typer.Argument(
         help="Data set: an embedded name (mnist-5k, digits), a torchvision name "
         "(mnist, fashion-mnist, kmnist, cifar10, cifar100, svhn) with --root, "
         "an ImageFolder directory, an .h5/.npz file, or a store (habactl prepare; "
-        "read lazily: any size).",
+        "read lazily: any size)."
     ),
-    output: Path | None = typer.Option(
-        None,
-        "-o",
-        "--output",
-        help="Archive to write \\[default: <data>.haba in the current folder].",
+]
+Output = Annotated[
+    Path | None,
+    typer.Option(
+        "-o", "--output", help="Archive to write \\[default: <data>.haba in the current folder]."
     ),
-    config: Path | None = typer.Option(
-        None,
+]
+Config = Annotated[
+    Path | None,
+    typer.Option(
         "--config",
         help="A recipe file (TOML) with any of these settings; flags given "
         "here override it. habactl inspect A.haba --recipe prints the one that rebuilds A.",
     ),
-    objective: str = typer.Option(
-        DEFAULT_OBJECTIVE,
+]
+Objective = Annotated[
+    str,
+    typer.Option(
         "--objective",
         help="How the synthetic set is made: dm (distribution matching), dc (gradient matching), "
         "dsa (gradient matching with Siamese augmentation), mtt (trajectory matching; needs "
         "--experts) or random (real images). An option that does not apply to it is an error.",
     ),
-    ipc: int = typer.Option(
-        1,
+]
+Ipc = Annotated[
+    int,
+    typer.Option(
         "--ipc",
         min=1,
         help="Budget: images per class; N means N float32 images' bytes per class.",
         rich_help_panel=_BUDGET,
     ),
-    budget_bytes: int | None = typer.Option(
-        None,
+]
+BudgetBytes = Annotated[
+    int | None,
+    typer.Option(
         "--budget-bytes",
         min=1,
         help="Budget in bytes for the whole archive's synthetic set, instead of --ipc "
         "(every stored byte counts; the archive records the smallest IPC that holds it).",
         rich_help_panel=_BUDGET,
     ),
-    codec: str | None = typer.Option(
-        None,
+]
+Codec = Annotated[
+    str | None,
+    typer.Option(
         "--codec",
         help="What is stored: raw images, idc (low-resolution bases), haba "
         "(bases x hallucinators) or haba+idc \\[default: haba+idc; raw for --objective random].",
         rich_help_panel=_BUDGET,
     ),
-    frequency: int | None = typer.Option(
-        None,
+]
+Frequency = Annotated[
+    int | None,
+    typer.Option(
         "--frequency",
         min=1,
         help="Store the bases as K DCT coefficients per channel (FreD); the kept "
         "frequencies (a stored mask) are those of most energy in the real images. Any codec.",
         rich_help_panel=_BUDGET,
     ),
-    frequency_mask: str = typer.Option(
-        "shared",
+]
+FrequencyMask = Annotated[
+    str,
+    typer.Option(
         "--frequency-mask",
         help="With --frequency: one mask of kept frequencies for all classes (shared), or "
         "one per class, each chosen on its own class's images (per-class; stored and "
         "counted: classes x C x H x W bytes).",
         rich_help_panel=_BUDGET,
     ),
-    quantize: str | None = typer.Option(
-        None,
+]
+Quantize = Annotated[
+    str | None,
+    typer.Option(
         "--quantize",
         help="Store the bases at lower precision: float16, bfloat16, uint8 or uint4 (two "
         "codes a byte); distillation trains through the rounding. Any codec.",
         rich_help_panel=_BUDGET,
     ),
-    quantize_granularity: str = typer.Option(
-        "tensor",
+]
+QuantizeGranularity = Annotated[
+    str,
+    typer.Option(
         "--quantize-granularity",
         help="One scale and zero-point for all bases (tensor) or one per channel (uint8, uint4).",
         rich_help_panel=_BUDGET,
     ),
-    budget_counts: str = typer.Option(
-        "all",
+]
+BudgetCounts = Annotated[
+    str,
+    typer.Option(
         "--budget-counts",
         help="What the budget is charged with: all stored values, or "
         "bases only (the reference code's counting; hallucinators ride free).",
         rich_help_panel=_BUDGET,
     ),
-    factor: int | None = typer.Option(
-        None,
+]
+Factor = Annotated[
+    int | None,
+    typer.Option(
         "--factor",
         min=1,
         help=f"IDC downsampling factor of the bases \\[default: {UPSAMPLE_DEFAULTS['factor']}].",
         rich_help_panel=_BUDGET,
     ),
-    hallucinators: int = typer.Option(
-        HALLUCINATE_DEFAULTS["count"],
-        "--hallucinators",
-        min=1,
-        help="Number of hallucinators.",
-        rich_help_panel=_BUDGET,
+]
+Hallucinators = Annotated[
+    int,
+    typer.Option(
+        "--hallucinators", min=1, help="Number of hallucinators.", rich_help_panel=_BUDGET
     ),
-    hallucinator_arch: str = typer.Option(
-        HALLUCINATE_DEFAULTS["arch"],
+]
+HallucinatorArch = Annotated[
+    str,
+    typer.Option(
         "--hallucinator-arch",
         help="channel-affine (a few dozen values each) or pixel-affine (the reference design).",
         rich_help_panel=_BUDGET,
     ),
-    hallucinator_hidden: int = typer.Option(
-        HALLUCINATE_DEFAULTS["hidden"],
+]
+HallucinatorHidden = Annotated[
+    int,
+    typer.Option(
         "--hallucinator-hidden",
         min=1,
         help="Hidden channels of a hallucinator.",
         rich_help_panel=_BUDGET,
     ),
-    hallucinator_kernel: int = typer.Option(
-        HALLUCINATE_DEFAULTS["kernel"],
+]
+HallucinatorKernel = Annotated[
+    int,
+    typer.Option(
         "--hallucinator-kernel",
         min=1,
         help="Kernel size of a hallucinator (odd).",
         rich_help_panel=_BUDGET,
     ),
-    leftover: str = typer.Option(
-        "bases",
+]
+Leftover = Annotated[
+    str,
+    typer.Option(
         "--leftover",
         help="Budget left after equal bases per class: bases (one more "
         "basis for the most varied classes) or none.",
         rich_help_panel=_BUDGET,
     ),
-    iterations: int | None = typer.Option(
-        None,
+]
+Iterations = Annotated[
+    int | None,
+    typer.Option(
         "--iterations",
         min=0,
         help="Distillation iterations \\[default: 300].",
         rich_help_panel=_DISTILL,
     ),
-    classes_per_iteration: int | None = typer.Option(
-        None,
+]
+ClassesPerIteration = Annotated[
+    int | None,
+    typer.Option(
         "--classes-per-iteration",
         min=1,
         help="dm, dc, dsa: match K random classes per iteration instead of all "
         "(for many classes) \\[default: all].",
         rich_help_panel=_DISTILL,
     ),
-    real_per_class: int | None = typer.Option(
-        None,
+]
+RealPerClass = Annotated[
+    int | None,
+    typer.Option(
         "--real-per-class",
         min=1,
         help="Real images per class per iteration \\[default: dm 32; dc, dsa 64].",
         rich_help_panel=_DISTILL,
     ),
-    views: int | None = typer.Option(
-        None,
+]
+Views = Annotated[
+    int | None,
+    typer.Option(
         "--views",
         min=0,
         help="Hallucinations per basis per iteration, 0 = all \\[default: dm 1; dc, dsa 0].",
         rich_help_panel=_DISTILL,
     ),
-    outer_loop: int | None = typer.Option(
-        None,
+]
+OuterLoop = Annotated[
+    int | None,
+    typer.Option(
         "--outer-loop",
         min=1,
         help="dc/dsa: matches per network \\[default: by IPC, as the reference].",
         rich_help_panel=_DISTILL,
     ),
-    inner_loop: int | None = typer.Option(
-        None,
+]
+InnerLoop = Annotated[
+    int | None,
+    typer.Option(
         "--inner-loop",
         min=0,
         help="dc/dsa: network epochs on the synthetic set between matches \\[default: by IPC].",
         rich_help_panel=_DISTILL,
     ),
-    experts: Path | None = typer.Option(
-        None,
+]
+Experts = Annotated[
+    Path | None,
+    typer.Option(
         "--experts",
         help="mtt: the experts buffer (make one with habactl experts).",
         rich_help_panel=_DISTILL,
     ),
-    syn_steps: int | None = typer.Option(
-        None,
+]
+SynSteps = Annotated[
+    int | None,
+    typer.Option(
         "--syn-steps",
         min=1,
         help="mtt: student steps per iteration \\[default: 20].",
         rich_help_panel=_DISTILL,
     ),
-    expert_epochs: int | None = typer.Option(
-        None,
+]
+ExpertEpochs = Annotated[
+    int | None,
+    typer.Option(
         "--expert-epochs",
         min=1,
         help="mtt: expert epochs to match (M) \\[default: 2].",
         rich_help_panel=_DISTILL,
     ),
-    max_start_epoch: int | None = typer.Option(
-        None,
+]
+MaxStartEpoch = Annotated[
+    int | None,
+    typer.Option(
         "--max-start-epoch",
         min=1,
         help="mtt: students start below this epoch \\[default: min(20, buffer epochs - M + 1)].",
         rich_help_panel=_DISTILL,
     ),
-    lr_lr: float | None = typer.Option(
-        None,
+]
+LrLr = Annotated[
+    float | None,
+    typer.Option(
         "--lr-lr",
         help="mtt: learning rate of the learned learning rate \\[default: 1e-5].",
         rich_help_panel=_DISTILL,
     ),
-    batch_syn: int | None = typer.Option(
-        None,
+]
+BatchSyn = Annotated[
+    int | None,
+    typer.Option(
         "--batch-syn",
         min=0,
         help="mtt: bases per student step (0: all) \\[default: 0].",
         rich_help_panel=_DISTILL,
     ),
-    unroll: str | None = typer.Option(
-        None,
+]
+Unroll = Annotated[
+    str | None,
+    typer.Option(
         "--unroll",
         help="mtt: recompute (one step's graph in memory at a time) or full "
         "\\[default: recompute].",
         rich_help_panel=_DISTILL,
     ),
-    lr_bases: float | None = typer.Option(
-        None,
+]
+LrBases = Annotated[
+    float | None,
+    typer.Option(
         "--lr-bases",
         help="SGD learning rate of the bases \\[default: 1.0 for dm, 0.1 for dc/dsa, 100 for mtt].",
         rich_help_panel=_DISTILL,
     ),
-    lr_hallucinators: float | None = typer.Option(
-        None,
+]
+LrHallucinators = Annotated[
+    float | None,
+    typer.Option(
         "--lr-hallucinators",
         help="SGD learning rate of the hallucinators \\[default: 0.001].",
         rich_help_panel=_DISTILL,
     ),
-    momentum: float | None = typer.Option(
-        None,
+]
+Momentum = Annotated[
+    float | None,
+    typer.Option(
         "--momentum",
         help="SGD momentum of the stored tensors \\[default: 0.5].",
         rich_help_panel=_DISTILL,
     ),
-    init: str = typer.Option(
-        "real", "--init", help="Bases start as real images or noise.", rich_help_panel=_DISTILL
-    ),
-    augment: str | None = typer.Option(
-        None,
+]
+Init = Annotated[
+    str,
+    typer.Option("--init", help="Bases start as real images or noise.", rich_help_panel=_DISTILL),
+]
+Augment = Annotated[
+    str | None,
+    typer.Option(
         "--augment",
         help="Siamese augmentation ops joined by _ (no flip on digit data), or none "
         "\\[default: color_crop_cutout_flip_scale_rotate; none for dc].",
         rich_help_panel=_DISTILL,
     ),
-    contrastive: bool | None = typer.Option(
-        None,
+]
+Contrastive = Annotated[
+    bool | None,
+    typer.Option(
         "--contrastive/--no-contrastive",
         help="HaBa's adversarial contrastive term \\[default: on when there are hallucinators].",
         rich_help_panel=_DISTILL,
     ),
-    contrast_weight: float = typer.Option(
-        0.1,
+]
+ContrastWeight = Annotated[
+    float,
+    typer.Option(
         "--contrast-weight",
         help="Weight of the cosine penalty on the synthetic side.",
         rich_help_panel=_DISTILL,
     ),
-    extractor_lr: float = typer.Option(
-        1e-3,
+]
+ExtractorLr = Annotated[
+    float,
+    typer.Option(
         "--extractor-lr",
         help="SGD learning rate of the contrastive feature extractor.",
         rich_help_panel=_DISTILL,
     ),
-    contrast_batch: int = typer.Option(
-        32,
+]
+ContrastBatch = Annotated[
+    int,
+    typer.Option(
         "--contrast-batch",
         min=0,
         help="Bases per iteration in the contrastive term (0: all).",
         rich_help_panel=_DISTILL,
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed for every random choice."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda.", rich_help_panel=_RUN),
-    threads: int = typer.Option(
-        0,
+]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.", rich_help_panel=_RUN)]
+Threads = Annotated[
+    int,
+    typer.Option(
         "--threads",
         min=0,
         help="CPU threads for torch (0: torch's default, one per core). Results "
         "depend on it (it is recorded); on a CPU busy with other work, 1 is often much faster.",
         rich_help_panel=_RUN,
     ),
-    checkpoint_every: int = typer.Option(
-        50,
-        "--checkpoint-every",
-        min=1,
-        help="Iterations between checkpoints.",
-        rich_help_panel=_RUN,
+]
+CheckpointEvery = Annotated[
+    int,
+    typer.Option(
+        "--checkpoint-every", min=1, help="Iterations between checkpoints.", rich_help_panel=_RUN
     ),
-    checkpoint: Path | None = typer.Option(
-        None,
-        "--checkpoint",
-        help="Checkpoint file \\[default: <output>.ckpt].",
-        rich_help_panel=_RUN,
+]
+Checkpoint = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint", help="Checkpoint file \\[default: <output>.ckpt].", rich_help_panel=_RUN
     ),
-    resume: bool = typer.Option(
-        False,
+]
+Resume = Annotated[
+    bool,
+    typer.Option(
         "--resume",
         help="Continue from the checkpoint if there is one, else start from the beginning "
         "(with a note): the same command serves a first run and every restart "
         "(torchrun --max-restarts).",
         rich_help_panel=_RUN,
     ),
-    log: bool = typer.Option(
-        False, "--log", help="Write a JSONL metrics log next to the output.", rich_help_panel=_RUN
+]
+Log = Annotated[
+    bool,
+    typer.Option(
+        "--log", help="Write a JSONL metrics log next to the output.", rich_help_panel=_RUN
     ),
-    log_file: Path | None = typer.Option(
-        None,
-        "--log-file",
-        help="Write the JSONL metrics log here (implies --log).",
-        rich_help_panel=_RUN,
+]
+LogFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--log-file", help="Write the JSONL metrics log here (implies --log).", rich_help_panel=_RUN
     ),
-    root: Path | None = typer.Option(None, "--root", help="Folder holding torchvision data sets."),
-    download: bool = typer.Option(
-        False, "--download", help="Let torchvision download (needs a network)."
+]
+Download = Annotated[
+    bool, typer.Option("--download", help="Let torchvision download (needs a network).")
+]
+ImagesKey = Annotated[
+    str | None,
+    typer.Option(
+        "--images-key", help="The images' dataset in an .h5/.npz file \\[default: images]."
     ),
-    images_key: str | None = typer.Option(
-        None, "--images-key", help="The images' dataset in an .h5/.npz file \\[default: images]."
+]
+LabelsKey = Annotated[
+    str | None,
+    typer.Option(
+        "--labels-key", help="The labels' dataset in an .h5/.npz file \\[default: labels]."
     ),
-    labels_key: str | None = typer.Option(
-        None, "--labels-key", help="The labels' dataset in an .h5/.npz file \\[default: labels]."
-    ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
+]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
+
+
+@app.command()
+@guarded
+def compress(
+    ctx: typer.Context,
+    data: Data = DEFAULT_SOURCE,
+    output: Output = None,
+    config: Config = None,
+    objective: Objective = DEFAULT_OBJECTIVE,
+    ipc: Ipc = 1,
+    budget_bytes: BudgetBytes = None,
+    codec: Codec = None,
+    frequency: Frequency = None,
+    frequency_mask: FrequencyMask = "shared",
+    quantize: Quantize = None,
+    quantize_granularity: QuantizeGranularity = "tensor",
+    budget_counts: BudgetCounts = "all",
+    factor: Factor = None,
+    hallucinators: Hallucinators = HALLUCINATE_DEFAULTS["count"],
+    hallucinator_arch: HallucinatorArch = HALLUCINATE_DEFAULTS["arch"],
+    hallucinator_hidden: HallucinatorHidden = HALLUCINATE_DEFAULTS["hidden"],
+    hallucinator_kernel: HallucinatorKernel = HALLUCINATE_DEFAULTS["kernel"],
+    leftover: Leftover = "bases",
+    iterations: Iterations = None,
+    classes_per_iteration: ClassesPerIteration = None,
+    real_per_class: RealPerClass = None,
+    views: Views = None,
+    outer_loop: OuterLoop = None,
+    inner_loop: InnerLoop = None,
+    experts: Experts = None,
+    syn_steps: SynSteps = None,
+    expert_epochs: ExpertEpochs = None,
+    max_start_epoch: MaxStartEpoch = None,
+    lr_lr: LrLr = None,
+    batch_syn: BatchSyn = None,
+    unroll: Unroll = None,
+    lr_bases: LrBases = None,
+    lr_hallucinators: LrHallucinators = None,
+    momentum: Momentum = None,
+    init: Init = "real",
+    augment: Augment = None,
+    contrastive: Contrastive = None,
+    contrast_weight: ContrastWeight = 0.1,
+    extractor_lr: ExtractorLr = 1e-3,
+    contrast_batch: ContrastBatch = 32,
+    seed: Seed = 0,
+    device: Device = "auto",
+    threads: Threads = 0,
+    checkpoint_every: CheckpointEvery = 50,
+    checkpoint: Checkpoint = None,
+    resume: Resume = False,
+    log: Log = False,
+    log_file: LogFile = None,
+    root: Root = None,
+    download: Download = False,
+    images_key: ImagesKey = None,
+    labels_key: LabelsKey = None,
+    force: Force = False,
+    quiet: Quiet = False,
 ) -> None:
     """Compress DATA into a .haba archive (default: HaBa + distribution matching on mnist-5k,
     IPC 1)."""
@@ -395,21 +535,26 @@ def compress(
     settings = _merge(values, given, recipe)
     surface = _objective_surface(settings["objective"])
     _check_applicable(settings, given, recipe, surface)
-    if settings["budget_bytes"] is not None and "ipc" in given | set(recipe):
-        raise HabaError("give the budget as --ipc or as --budget-bytes, not both")
-    if settings["quantize"] is None and "quantize_granularity" in given | set(recipe):
-        raise HabaError("--quantize-granularity applies with --quantize only")
-    if settings["frequency"] is None and "frequency_mask" in given | set(recipe):
-        raise HabaError("--frequency-mask applies with --frequency only")
-    if settings["frequency_mask"] not in ("shared", "per-class"):
-        raise HabaError(
-            f"--frequency-mask must be shared or per-class, got {settings['frequency_mask']!r}"
-        )
+    _check_combinations(settings, given | set(recipe))
     target = _target(settings)
     if _is_baseline(surface):
         _compress_baseline(surface, settings, target)
         return
     _compress_distilled(settings, given, recipe, surface, target)
+
+
+def _check_combinations(settings: dict[str, Any], chosen: set[str]) -> None:
+    """Options that only mean something together, or one of a few values."""
+    if settings["budget_bytes"] is not None and "ipc" in chosen:
+        raise HabaError("give the budget as --ipc or as --budget-bytes, not both")
+    if settings["quantize"] is None and "quantize_granularity" in chosen:
+        raise HabaError("--quantize-granularity applies with --quantize only")
+    if settings["frequency"] is None and "frequency_mask" in chosen:
+        raise HabaError("--frequency-mask applies with --frequency only")
+    if settings["frequency_mask"] not in ("shared", "per-class"):
+        raise HabaError(
+            f"--frequency-mask must be shared or per-class, got {settings['frequency_mask']!r}"
+        )
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
