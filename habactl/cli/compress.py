@@ -663,12 +663,18 @@ def _check_applicable(
 
 
 def _flag(name: str) -> str:
-    return (
-        "--" + name.replace("_", "-")
-        if name
-        not in ("data", "pipeline", "settings", "contrastive_settings", "hallucinator_noise")
-        else name
-    )
+    """How a user names a setting: its flag, or its recipe key when it has none."""
+    return "--" + name.replace("_", "-") if name in _options() else name
+
+
+def _options() -> set[str]:
+    """The parameters of compress that are options (not DATA, not recipe-only keys)."""
+    hints = typing.get_type_hints(compress, include_extras=True)
+    return {
+        name
+        for name, hint in hints.items()
+        if any(isinstance(m, typer.models.OptionInfo) for m in getattr(hint, "__metadata__", ()))
+    }
 
 
 def _target(settings: dict[str, Any]) -> Path:
