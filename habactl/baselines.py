@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,6 @@ def random_per_class(labels: Tensor, per_class: int, num_classes: int, seed: int
     return torch.cat(chosen)
 
 
-# What `random` offers on the command line: the budget and the seed, nothing to optimise.
 RANDOM_SUMMARY = "random real images (the coreset baseline)"
 
 
@@ -63,3 +64,24 @@ def random_archive(
             overwrite=overwrite,
         )
     )
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A way to make an archive that `habactl compress --objective NAME` offers beside
+    the distillation objectives: real images kept as they are, nothing optimised.
+
+    ``options``: the compress options it takes besides where the data and the archive
+    are (any other is an error); ``codecs``: the codecs it can store; ``make(source,
+    path, ipc=, seed=, overwrite=)`` writes the archive.
+    """
+
+    name: str
+    summary: str
+    make: Callable[..., Path]
+    options: tuple[str, ...] = ("ipc", "seed", "codec")
+    codecs: tuple[str, ...] = ("raw",)
+
+
+# What --objective offers besides the objectives (habactl.distill.objectives.OBJECTIVES).
+BASELINES = {"random": Baseline("random", RANDOM_SUMMARY, random_archive)}

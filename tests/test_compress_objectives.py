@@ -38,7 +38,7 @@ class PullToMean(Objective):
         means = [real.class_images(k).mean(0) for k in range(self.context.num_classes)]
         target = torch.stack([means[int(y)] for y in synthetic.labels])
         decoded = synthetic.decode()
-        return self.settings["scale"] * (decoded - target).square().mean(), {}
+        return self.settings.scale * (decoded - target).square().mean(), {}
 
 
 @pytest.fixture
@@ -166,3 +166,57 @@ def test_settings_are_typed_dataclasses_and_defaults_follow_them():
         declared = {f.name: f.default for f in fields(cls.Settings)}
         assert declared == cls.defaults
         assert cls.summary and all(f.type for f in fields(cls.Settings))
+
+
+def test_the_toy_objective_reads_a_settings_instance(tmp_path, toy):
+    from habactl.data import load_source
+    from habactl.distill import Distiller
+
+    config = DistillConfig(
+        objective="toy", objective_settings={"scale": 3.0}, codec="raw", iterations=1
+    )
+    distiller = Distiller(load_source("digits"), config)
+    assert isinstance(distiller.objective.settings, PullToMean.Settings)
+    assert distiller.objective.settings.scale == 3.0
+    assert distiller.objective.hyperparameters() == {"scale": 3.0}
+
+
+def test_a_new_baseline_is_one_registry_entry(tmp_path, monkeypatch):
+    from habactl.baselines import BASELINES, Baseline, random_archive
+
+    made = []
+
+    def first_images(source, path, *, ipc, seed, overwrite):
+        made.append((ipc, seed))
+        return random_archive(source, path, ipc=ipc, seed=seed, overwrite=overwrite)
+
+    monkeypatch.setitem(BASELINES, "first", Baseline("first", "the first images", first_images))
+    out = tmp_path / "first.haba"
+    args = ["compress", "digits", "--objective", "first", "--ipc", "2", "--seed", "3"]
+    result = runner.invoke(app, [*args, "-q", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert made == [(2, 3)] and out.is_file()
+    result = runner.invoke(app, [*args, "--iterations", "5", "-o", str(tmp_path / "y.haba")])
+    assert "--iterations does not apply to --objective first" in one_error_line(result)
+    result = runner.invoke(app, [*args, "--codec", "idc", "-o", str(tmp_path / "z.haba")])
+    assert "--objective first keeps real images as they are" in one_error_line(result)
+    result = runner.invoke(app, ["compress", "digits", "--objective", "nope"])
+    assert "(known: dm, dc, dsa, mtt, random, first)" in one_error_line(result)
+
+
+def test_hallucinator_defaults_are_the_stage_options_everywhere():
+    from habactl.codecs.hallucinate import Hallucinate
+    from habactl.distill.planner import preset_pipeline
+
+    declared = {opt.key: opt.default for opt in Hallucinate.options}
+    (entry,) = [e for e in preset_pipeline("haba") if e["name"] == "hallucinate"]
+    assert entry["configuration"] == declared
+    engine = {f.name: f.default for f in fields(DistillConfig)}
+    assert (engine["hallucinators"], engine["hallucinator_arch"]) == (
+        declared["count"],
+        declared["arch"],
+    )
+    assert (engine["hidden"], engine["kernel"]) == (declared["hidden"], declared["kernel"])
+    result = runner.invoke(app, ["compress", "--help"], env={"COLUMNS": "200"})
+    text = " ".join(result.stdout.split())
+    assert f"Number of hallucinators. [default: {declared['count']}]" in text

@@ -100,12 +100,12 @@ def test_loops_follow_the_reference_table_and_can_be_overridden():
     assert loops_for_ipc(5) == (1, 1) and loops_for_ipc(15) == (10, 50)
     source = tiny_mnist()
     made = Distiller(source, config("dc", "raw", 10))
-    assert (made.objective.settings["outer_loop"], made.objective.settings["inner_loop"]) == (
+    assert (made.objective.settings.outer_loop, made.objective.settings.inner_loop) == (
         10,
         50,
     )
     made = Distiller(source, config("dsa", "raw", 10, outer_loop=3, inner_loop=0))
-    assert (made.objective.settings["outer_loop"], made.objective.settings["inner_loop"]) == (3, 0)
+    assert (made.objective.settings.outer_loop, made.objective.settings.inner_loop) == (3, 0)
     assert (
         get_objective("dsa").siamese_augmentation and not get_objective("dc").siamese_augmentation
     )

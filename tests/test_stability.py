@@ -91,7 +91,7 @@ def run_and_check(config: DistillConfig, data: str, output) -> None:
     if config.objective == "mtt":
         learned = distiller.objective.learned_lr()
         # Stuck at its floor, the recorded lr would train a network to nothing.
-        assert learned > 10 * distiller.objective.settings["lr_min"], learned
+        assert learned > 10 * distiller.objective.settings.lr_min, learned
 
 
 # Every test that takes ``buffers`` is slow: the fixture trains two expert buffers (~25 s

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import sys
 import time
+import typing
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from habactl.cli.app import app, guarded, plural, stderr
+from habactl.cli.options import Quiet, Root, Seed
+from habactl.codecs.spec import HALLUCINATE_DEFAULTS, UPSAMPLE_DEFAULTS  # torch-free
 from habactl.errors import HabaError
 
 DEFAULT_SOURCE = "mnist-5k"
@@ -28,40 +32,24 @@ _DISTILL = "Distillation"
 _BUDGET = "Budget and codec"
 _RUN = "Run control"
 
-# Parameters -> DistillConfig fields (the engine's own settings, for every objective).
-ENGINE = {
-    "ipc": "ipc",
-    "budget_bytes": "budget_bytes",
-    "quantize": "quantize",
-    "quantize_granularity": "quantize_granularity",
-    "frequency": "frequency",
-    "frequency_mask": "frequency_mask",
+# The DistillConfig fields whose option has another name; every other DistillConfig field
+# is set from the option of its own name (the engine's settings, for every objective).
+RENAMED = {
     "budget_counts": "counts",
-    "leftover": "leftover",
-    "iterations": "iterations",
-    "lr_bases": "lr_bases",
-    "lr_hallucinators": "lr_hallucinators",
-    "momentum": "momentum",
-    "init": "init",
-    "hallucinator_noise": "hallucinator_noise",
-    "augment": "augment",
-    "contrastive": "contrastive",
-    "seed": "seed",
-    "device": "device",
-    "checkpoint_every": "checkpoint_every",
-    "classes_per_iteration": "classes_per_iteration",
+    "hallucinator_hidden": "hidden",
+    "hallucinator_kernel": "kernel",
 }
+# DistillConfig fields that _config sets itself rather than from one option.
+COMPOSED = ("objective_settings", "pipeline", "codec", "contrastive_settings")
 # Parameters -> the contrastive term's settings.
 CONTRAST = {"contrast_weight": "weight", "extractor_lr": "lr", "contrast_batch": "batch"}
-# What applies whatever the objective: where the data and the archive are, and how to run.
+# What applies whatever the objective or baseline: where the data and the archive are,
+# and how to run.
 ALWAYS = (
     "data",
     "output",
     "config",
     "objective",
-    "ipc",
-    "codec",
-    "seed",
     "root",
     "download",
     "images_key",
@@ -71,326 +59,469 @@ ALWAYS = (
 )
 
 
-@app.command()
-@guarded
-def compress(
-    ctx: typer.Context,
-    data: str = typer.Argument(
-        DEFAULT_SOURCE,
+Data = Annotated[
+    str,
+    typer.Argument(
         help="Data set: an embedded name (mnist-5k, digits), a torchvision name "
         "(mnist, fashion-mnist, kmnist, cifar10, cifar100, svhn) with --root, "
         "an ImageFolder directory, an .h5/.npz file, or a store (habactl prepare; "
-        "read lazily: any size).",
+        "read lazily: any size)."
     ),
-    output: Path | None = typer.Option(
-        None,
-        "-o",
-        "--output",
-        help="Archive to write \\[default: <data>.haba in the current folder].",
+]
+Output = Annotated[
+    Path | None,
+    typer.Option(
+        "-o", "--output", help="Archive to write \\[default: <data>.haba in the current folder]."
     ),
-    config: Path | None = typer.Option(
-        None,
+]
+Config = Annotated[
+    Path | None,
+    typer.Option(
         "--config",
         help="A recipe file (TOML) with any of these settings; flags given "
         "here override it. habactl inspect A.haba --recipe prints the one that rebuilds A.",
     ),
-    objective: str = typer.Option(
-        DEFAULT_OBJECTIVE,
+]
+Objective = Annotated[
+    str,
+    typer.Option(
         "--objective",
         help="How the synthetic set is made: dm (distribution matching), dc (gradient matching), "
         "dsa (gradient matching with Siamese augmentation), mtt (trajectory matching; needs "
         "--experts) or random (real images). An option that does not apply to it is an error.",
     ),
-    ipc: int = typer.Option(
-        1,
+]
+Ipc = Annotated[
+    int,
+    typer.Option(
         "--ipc",
         min=1,
         help="Budget: images per class; N means N float32 images' bytes per class.",
         rich_help_panel=_BUDGET,
     ),
-    budget_bytes: int | None = typer.Option(
-        None,
+]
+BudgetBytes = Annotated[
+    int | None,
+    typer.Option(
         "--budget-bytes",
         min=1,
         help="Budget in bytes for the whole archive's synthetic set, instead of --ipc "
         "(every stored byte counts; the archive records the smallest IPC that holds it).",
         rich_help_panel=_BUDGET,
     ),
-    codec: str | None = typer.Option(
-        None,
+]
+Codec = Annotated[
+    str | None,
+    typer.Option(
         "--codec",
         help="What is stored: raw images, idc (low-resolution bases), haba "
         "(bases x hallucinators) or haba+idc \\[default: haba+idc; raw for --objective random].",
         rich_help_panel=_BUDGET,
     ),
-    frequency: int | None = typer.Option(
-        None,
+]
+Frequency = Annotated[
+    int | None,
+    typer.Option(
         "--frequency",
         min=1,
         help="Store the bases as K DCT coefficients per channel (FreD); the kept "
         "frequencies (a stored mask) are those of most energy in the real images. Any codec.",
         rich_help_panel=_BUDGET,
     ),
-    frequency_mask: str = typer.Option(
-        "shared",
+]
+FrequencyMask = Annotated[
+    str,
+    typer.Option(
         "--frequency-mask",
         help="With --frequency: one mask of kept frequencies for all classes (shared), or "
         "one per class, each chosen on its own class's images (per-class; stored and "
         "counted: classes x C x H x W bytes).",
         rich_help_panel=_BUDGET,
     ),
-    quantize: str | None = typer.Option(
-        None,
+]
+Quantize = Annotated[
+    str | None,
+    typer.Option(
         "--quantize",
         help="Store the bases at lower precision: float16, bfloat16, uint8 or uint4 (two "
         "codes a byte); distillation trains through the rounding. Any codec.",
         rich_help_panel=_BUDGET,
     ),
-    quantize_granularity: str = typer.Option(
-        "tensor",
+]
+QuantizeGranularity = Annotated[
+    str,
+    typer.Option(
         "--quantize-granularity",
         help="One scale and zero-point for all bases (tensor) or one per channel (uint8, uint4).",
         rich_help_panel=_BUDGET,
     ),
-    budget_counts: str = typer.Option(
-        "all",
+]
+BudgetCounts = Annotated[
+    str,
+    typer.Option(
         "--budget-counts",
         help="What the budget is charged with: all stored values, or "
         "bases only (the reference code's counting; hallucinators ride free).",
         rich_help_panel=_BUDGET,
     ),
-    factor: int | None = typer.Option(
-        None,
+]
+Factor = Annotated[
+    int | None,
+    typer.Option(
         "--factor",
         min=1,
-        help="IDC downsampling factor of the bases \\[default: 2].",
+        help=f"IDC downsampling factor of the bases \\[default: {UPSAMPLE_DEFAULTS['factor']}].",
         rich_help_panel=_BUDGET,
     ),
-    hallucinators: int = typer.Option(
-        5, "--hallucinators", min=1, help="Number of hallucinators.", rich_help_panel=_BUDGET
+]
+Hallucinators = Annotated[
+    int,
+    typer.Option(
+        "--hallucinators", min=1, help="Number of hallucinators.", rich_help_panel=_BUDGET
     ),
-    hallucinator_arch: str = typer.Option(
-        "channel-affine",
+]
+HallucinatorArch = Annotated[
+    str,
+    typer.Option(
         "--hallucinator-arch",
         help="channel-affine (a few dozen values each) or pixel-affine (the reference design).",
         rich_help_panel=_BUDGET,
     ),
-    hallucinator_hidden: int = typer.Option(
-        3,
+]
+HallucinatorHidden = Annotated[
+    int,
+    typer.Option(
         "--hallucinator-hidden",
         min=1,
         help="Hidden channels of a hallucinator.",
         rich_help_panel=_BUDGET,
     ),
-    hallucinator_kernel: int = typer.Option(
-        3,
+]
+HallucinatorKernel = Annotated[
+    int,
+    typer.Option(
         "--hallucinator-kernel",
         min=1,
         help="Kernel size of a hallucinator (odd).",
         rich_help_panel=_BUDGET,
     ),
-    leftover: str = typer.Option(
-        "bases",
+]
+Leftover = Annotated[
+    str,
+    typer.Option(
         "--leftover",
         help="Budget left after equal bases per class: bases (one more "
         "basis for the most varied classes) or none.",
         rich_help_panel=_BUDGET,
     ),
-    iterations: int | None = typer.Option(
-        None,
+]
+Iterations = Annotated[
+    int | None,
+    typer.Option(
         "--iterations",
         min=0,
         help="Distillation iterations \\[default: 300].",
         rich_help_panel=_DISTILL,
     ),
-    classes_per_iteration: int | None = typer.Option(
-        None,
+]
+ClassesPerIteration = Annotated[
+    int | None,
+    typer.Option(
         "--classes-per-iteration",
         min=1,
         help="dm, dc, dsa: match K random classes per iteration instead of all "
         "(for many classes) \\[default: all].",
         rich_help_panel=_DISTILL,
     ),
-    real_per_class: int | None = typer.Option(
-        None,
+]
+RealPerClass = Annotated[
+    int | None,
+    typer.Option(
         "--real-per-class",
         min=1,
         help="Real images per class per iteration \\[default: dm 32; dc, dsa 64].",
         rich_help_panel=_DISTILL,
     ),
-    views: int | None = typer.Option(
-        None,
+]
+Views = Annotated[
+    int | None,
+    typer.Option(
         "--views",
         min=0,
         help="Hallucinations per basis per iteration, 0 = all \\[default: dm 1; dc, dsa 0].",
         rich_help_panel=_DISTILL,
     ),
-    outer_loop: int | None = typer.Option(
-        None,
+]
+OuterLoop = Annotated[
+    int | None,
+    typer.Option(
         "--outer-loop",
         min=1,
         help="dc/dsa: matches per network \\[default: by IPC, as the reference].",
         rich_help_panel=_DISTILL,
     ),
-    inner_loop: int | None = typer.Option(
-        None,
+]
+InnerLoop = Annotated[
+    int | None,
+    typer.Option(
         "--inner-loop",
         min=0,
         help="dc/dsa: network epochs on the synthetic set between matches \\[default: by IPC].",
         rich_help_panel=_DISTILL,
     ),
-    experts: Path | None = typer.Option(
-        None,
+]
+Experts = Annotated[
+    Path | None,
+    typer.Option(
         "--experts",
         help="mtt: the experts buffer (make one with habactl experts).",
         rich_help_panel=_DISTILL,
     ),
-    syn_steps: int | None = typer.Option(
-        None,
+]
+SynSteps = Annotated[
+    int | None,
+    typer.Option(
         "--syn-steps",
         min=1,
         help="mtt: student steps per iteration \\[default: 20].",
         rich_help_panel=_DISTILL,
     ),
-    expert_epochs: int | None = typer.Option(
-        None,
+]
+ExpertEpochs = Annotated[
+    int | None,
+    typer.Option(
         "--expert-epochs",
         min=1,
         help="mtt: expert epochs to match (M) \\[default: 2].",
         rich_help_panel=_DISTILL,
     ),
-    max_start_epoch: int | None = typer.Option(
-        None,
+]
+MaxStartEpoch = Annotated[
+    int | None,
+    typer.Option(
         "--max-start-epoch",
         min=1,
         help="mtt: students start below this epoch \\[default: min(20, buffer epochs - M + 1)].",
         rich_help_panel=_DISTILL,
     ),
-    lr_lr: float | None = typer.Option(
-        None,
+]
+LrLr = Annotated[
+    float | None,
+    typer.Option(
         "--lr-lr",
         help="mtt: learning rate of the learned learning rate \\[default: 1e-5].",
         rich_help_panel=_DISTILL,
     ),
-    batch_syn: int | None = typer.Option(
-        None,
+]
+BatchSyn = Annotated[
+    int | None,
+    typer.Option(
         "--batch-syn",
         min=0,
         help="mtt: bases per student step (0: all) \\[default: 0].",
         rich_help_panel=_DISTILL,
     ),
-    unroll: str | None = typer.Option(
-        None,
+]
+Unroll = Annotated[
+    str | None,
+    typer.Option(
         "--unroll",
         help="mtt: recompute (one step's graph in memory at a time) or full "
         "\\[default: recompute].",
         rich_help_panel=_DISTILL,
     ),
-    lr_bases: float | None = typer.Option(
-        None,
+]
+LrBases = Annotated[
+    float | None,
+    typer.Option(
         "--lr-bases",
         help="SGD learning rate of the bases \\[default: 1.0 for dm, 0.1 for dc/dsa, 100 for mtt].",
         rich_help_panel=_DISTILL,
     ),
-    lr_hallucinators: float | None = typer.Option(
-        None,
+]
+LrHallucinators = Annotated[
+    float | None,
+    typer.Option(
         "--lr-hallucinators",
         help="SGD learning rate of the hallucinators \\[default: 0.001].",
         rich_help_panel=_DISTILL,
     ),
-    momentum: float | None = typer.Option(
-        None,
+]
+Momentum = Annotated[
+    float | None,
+    typer.Option(
         "--momentum",
         help="SGD momentum of the stored tensors \\[default: 0.5].",
         rich_help_panel=_DISTILL,
     ),
-    init: str = typer.Option(
-        "real", "--init", help="Bases start as real images or noise.", rich_help_panel=_DISTILL
-    ),
-    augment: str | None = typer.Option(
-        None,
+]
+Init = Annotated[
+    str,
+    typer.Option("--init", help="Bases start as real images or noise.", rich_help_panel=_DISTILL),
+]
+Augment = Annotated[
+    str | None,
+    typer.Option(
         "--augment",
         help="Siamese augmentation ops joined by _ (no flip on digit data), or none "
         "\\[default: color_crop_cutout_flip_scale_rotate; none for dc].",
         rich_help_panel=_DISTILL,
     ),
-    contrastive: bool | None = typer.Option(
-        None,
+]
+Contrastive = Annotated[
+    bool | None,
+    typer.Option(
         "--contrastive/--no-contrastive",
         help="HaBa's adversarial contrastive term \\[default: on when there are hallucinators].",
         rich_help_panel=_DISTILL,
     ),
-    contrast_weight: float = typer.Option(
-        0.1,
+]
+ContrastWeight = Annotated[
+    float,
+    typer.Option(
         "--contrast-weight",
         help="Weight of the cosine penalty on the synthetic side.",
         rich_help_panel=_DISTILL,
     ),
-    extractor_lr: float = typer.Option(
-        1e-3,
+]
+ExtractorLr = Annotated[
+    float,
+    typer.Option(
         "--extractor-lr",
         help="SGD learning rate of the contrastive feature extractor.",
         rich_help_panel=_DISTILL,
     ),
-    contrast_batch: int = typer.Option(
-        32,
+]
+ContrastBatch = Annotated[
+    int,
+    typer.Option(
         "--contrast-batch",
         min=0,
         help="Bases per iteration in the contrastive term (0: all).",
         rich_help_panel=_DISTILL,
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed for every random choice."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda.", rich_help_panel=_RUN),
-    threads: int = typer.Option(
-        0,
+]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.", rich_help_panel=_RUN)]
+Threads = Annotated[
+    int,
+    typer.Option(
         "--threads",
         min=0,
         help="CPU threads for torch (0: torch's default, one per core). Results "
         "depend on it (it is recorded); on a CPU busy with other work, 1 is often much faster.",
         rich_help_panel=_RUN,
     ),
-    checkpoint_every: int = typer.Option(
-        50,
-        "--checkpoint-every",
-        min=1,
-        help="Iterations between checkpoints.",
-        rich_help_panel=_RUN,
+]
+CheckpointEvery = Annotated[
+    int,
+    typer.Option(
+        "--checkpoint-every", min=1, help="Iterations between checkpoints.", rich_help_panel=_RUN
     ),
-    checkpoint: Path | None = typer.Option(
-        None,
-        "--checkpoint",
-        help="Checkpoint file \\[default: <output>.ckpt].",
-        rich_help_panel=_RUN,
+]
+Checkpoint = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint", help="Checkpoint file \\[default: <output>.ckpt].", rich_help_panel=_RUN
     ),
-    resume: bool = typer.Option(
-        False,
+]
+Resume = Annotated[
+    bool,
+    typer.Option(
         "--resume",
         help="Continue from the checkpoint if there is one, else start from the beginning "
         "(with a note): the same command serves a first run and every restart "
         "(torchrun --max-restarts).",
         rich_help_panel=_RUN,
     ),
-    log: bool = typer.Option(
-        False, "--log", help="Write a JSONL metrics log next to the output.", rich_help_panel=_RUN
+]
+Log = Annotated[
+    bool,
+    typer.Option(
+        "--log", help="Write a JSONL metrics log next to the output.", rich_help_panel=_RUN
     ),
-    log_file: Path | None = typer.Option(
-        None,
-        "--log-file",
-        help="Write the JSONL metrics log here (implies --log).",
-        rich_help_panel=_RUN,
+]
+LogFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--log-file", help="Write the JSONL metrics log here (implies --log).", rich_help_panel=_RUN
     ),
-    root: Path | None = typer.Option(None, "--root", help="Folder holding torchvision data sets."),
-    download: bool = typer.Option(
-        False, "--download", help="Let torchvision download (needs a network)."
+]
+Download = Annotated[
+    bool, typer.Option("--download", help="Let torchvision download (needs a network).")
+]
+ImagesKey = Annotated[
+    str | None,
+    typer.Option(
+        "--images-key", help="The images' dataset in an .h5/.npz file \\[default: images]."
     ),
-    images_key: str | None = typer.Option(
-        None, "--images-key", help="The images' dataset in an .h5/.npz file \\[default: images]."
+]
+LabelsKey = Annotated[
+    str | None,
+    typer.Option(
+        "--labels-key", help="The labels' dataset in an .h5/.npz file \\[default: labels]."
     ),
-    labels_key: str | None = typer.Option(
-        None, "--labels-key", help="The labels' dataset in an .h5/.npz file \\[default: labels]."
-    ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
+]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output file.")]
+
+
+@app.command()
+@guarded
+def compress(
+    ctx: typer.Context,
+    data: Data = DEFAULT_SOURCE,
+    output: Output = None,
+    config: Config = None,
+    objective: Objective = DEFAULT_OBJECTIVE,
+    ipc: Ipc = 1,
+    budget_bytes: BudgetBytes = None,
+    codec: Codec = None,
+    frequency: Frequency = None,
+    frequency_mask: FrequencyMask = "shared",
+    quantize: Quantize = None,
+    quantize_granularity: QuantizeGranularity = "tensor",
+    budget_counts: BudgetCounts = "all",
+    factor: Factor = None,
+    hallucinators: Hallucinators = HALLUCINATE_DEFAULTS["count"],
+    hallucinator_arch: HallucinatorArch = HALLUCINATE_DEFAULTS["arch"],
+    hallucinator_hidden: HallucinatorHidden = HALLUCINATE_DEFAULTS["hidden"],
+    hallucinator_kernel: HallucinatorKernel = HALLUCINATE_DEFAULTS["kernel"],
+    leftover: Leftover = "bases",
+    iterations: Iterations = None,
+    classes_per_iteration: ClassesPerIteration = None,
+    real_per_class: RealPerClass = None,
+    views: Views = None,
+    outer_loop: OuterLoop = None,
+    inner_loop: InnerLoop = None,
+    experts: Experts = None,
+    syn_steps: SynSteps = None,
+    expert_epochs: ExpertEpochs = None,
+    max_start_epoch: MaxStartEpoch = None,
+    lr_lr: LrLr = None,
+    batch_syn: BatchSyn = None,
+    unroll: Unroll = None,
+    lr_bases: LrBases = None,
+    lr_hallucinators: LrHallucinators = None,
+    momentum: Momentum = None,
+    init: Init = "real",
+    augment: Augment = None,
+    contrastive: Contrastive = None,
+    contrast_weight: ContrastWeight = 0.1,
+    extractor_lr: ExtractorLr = 1e-3,
+    contrast_batch: ContrastBatch = 32,
+    seed: Seed = 0,
+    device: Device = "auto",
+    threads: Threads = 0,
+    checkpoint_every: CheckpointEvery = 50,
+    checkpoint: Checkpoint = None,
+    resume: Resume = False,
+    log: Log = False,
+    log_file: LogFile = None,
+    root: Root = None,
+    download: Download = False,
+    images_key: ImagesKey = None,
+    labels_key: LabelsKey = None,
+    force: Force = False,
+    quiet: Quiet = False,
 ) -> None:
     """Compress DATA into a .haba archive (default: HaBa + distribution matching on mnist-5k,
     IPC 1)."""
@@ -404,21 +535,26 @@ def compress(
     settings = _merge(values, given, recipe)
     surface = _objective_surface(settings["objective"])
     _check_applicable(settings, given, recipe, surface)
-    if settings["budget_bytes"] is not None and "ipc" in given | set(recipe):
+    _check_combinations(settings, given | set(recipe))
+    target = _target(settings)
+    if _is_baseline(surface):
+        _compress_baseline(surface, settings, target)
+        return
+    _compress_distilled(settings, given, recipe, surface, target)
+
+
+def _check_combinations(settings: dict[str, Any], chosen: set[str]) -> None:
+    """Options that only mean something together, or one of a few values."""
+    if settings["budget_bytes"] is not None and "ipc" in chosen:
         raise HabaError("give the budget as --ipc or as --budget-bytes, not both")
-    if settings["quantize"] is None and "quantize_granularity" in given | set(recipe):
+    if settings["quantize"] is None and "quantize_granularity" in chosen:
         raise HabaError("--quantize-granularity applies with --quantize only")
-    if settings["frequency"] is None and "frequency_mask" in given | set(recipe):
+    if settings["frequency"] is None and "frequency_mask" in chosen:
         raise HabaError("--frequency-mask applies with --frequency only")
     if settings["frequency_mask"] not in ("shared", "per-class"):
         raise HabaError(
             f"--frequency-mask must be shared or per-class, got {settings['frequency_mask']!r}"
         )
-    target = _target(settings)
-    if surface is None:
-        _compress_random(settings, target)
-        return
-    _compress_distilled(settings, given, recipe, surface, target)
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -446,30 +582,43 @@ def _merge(values: dict[str, Any], given: set[str], recipe: dict[str, Any]) -> d
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """A recipe value in the type its flag takes (TOML has no paths; 1 may mean 1.0)."""
-    annotation = str(compress.__annotations__.get(name, ""))
+    kind = _option_type(name)
     flag = "--" + name.replace("_", "-")
-    if "Path" in annotation and isinstance(value, str):
+    if kind is Path and isinstance(value, str):
         return Path(value)
-    if "float" in annotation and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
-    if "int" in annotation and (isinstance(value, bool) or not isinstance(value, int)):
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise HabaError(f"--config: {name} must be an integer ({flag}), got {value!r}")
-    if "bool" in annotation and not isinstance(value, bool):
+    if kind is bool and not isinstance(value, bool):
         raise HabaError(f"--config: {name} must be true or false ({flag}), got {value!r}")
-    if "str" in annotation and not isinstance(value, str):
+    if kind is str and not isinstance(value, str):
         raise HabaError(f"--config: {name} must be a string ({flag}), got {value!r}")
     return value
 
 
+def _option_type(name: str) -> Any:
+    """The type an option's value has, from the command's signature (``int | None``: int)."""
+    kind = typing.get_type_hints(compress).get(name)
+    choices = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+    return choices[0] if len(choices) == 1 else kind
+
+
 def _objective_surface(name: str) -> Any:
-    """The chosen objective's class (None for the random baseline), from the registry."""
+    """The chosen objective's class, or the baseline of that name, from the registries."""
+    from habactl.baselines import BASELINES
     from habactl.distill.objectives import OBJECTIVES
 
-    if name == "random":
-        return None
-    if name not in OBJECTIVES:
-        raise HabaError(f"unknown objective {name!r} (known: {', '.join([*OBJECTIVES, 'random'])})")
-    return OBJECTIVES[name]
+    known: dict[str, Any] = {**OBJECTIVES, **BASELINES}
+    if name not in known:
+        raise HabaError(f"unknown objective {name!r} (known: {', '.join(known)})")
+    return known[name]
+
+
+def _is_baseline(surface: Any) -> bool:
+    from habactl.baselines import Baseline
+
+    return isinstance(surface, Baseline)
 
 
 def _objective_flags() -> dict[str, list[str]]:
@@ -489,14 +638,15 @@ def _check_applicable(
     """One rule: an option set (by flag or recipe) that the objective does not use is an error."""
     chosen = settings["objective"]
     chosen_set = given | set(recipe)
-    if surface is None:
-        if settings["codec"] not in (None, "raw"):
+    if _is_baseline(surface):
+        if settings["codec"] not in (None, *surface.codecs):
             raise HabaError(
-                "--objective random keeps real images as they are: only --codec raw applies"
+                f"--objective {chosen} keeps real images as they are: only "
+                f"{', '.join('--codec ' + c for c in surface.codecs)} applies"
             )
-        for name in sorted(chosen_set - set(ALWAYS)):
+        for name in sorted(chosen_set - set(ALWAYS) - set(surface.options)):
             raise HabaError(
-                f"{_flag(name)} does not apply to --objective random (it keeps real "
+                f"{_flag(name)} does not apply to --objective {chosen} (it keeps real "
                 "images as they are; nothing is optimised)"
             )
         return
@@ -513,12 +663,18 @@ def _check_applicable(
 
 
 def _flag(name: str) -> str:
-    return (
-        "--" + name.replace("_", "-")
-        if name
-        not in ("data", "pipeline", "settings", "contrastive_settings", "hallucinator_noise")
-        else name
-    )
+    """How a user names a setting: its flag, or its recipe key when it has none."""
+    return "--" + name.replace("_", "-") if name in _options() else name
+
+
+def _options() -> set[str]:
+    """The parameters of compress that are options (not DATA, not recipe-only keys)."""
+    hints = typing.get_type_hints(compress, include_extras=True)
+    return {
+        name
+        for name, hint in hints.items()
+        if any(isinstance(m, typer.models.OptionInfo) for m in getattr(hint, "__metadata__", ()))
+    }
 
 
 def _target(settings: dict[str, Any]) -> Path:
@@ -550,9 +706,8 @@ def _load(settings: dict[str, Any]) -> Any:
     )
 
 
-def _compress_random(settings: dict[str, Any], target: Path) -> None:
+def _compress_baseline(baseline: Any, settings: dict[str, Any], target: Path) -> None:
     from habactl import distributed
-    from habactl.baselines import random_archive
     from habactl.distill.engine import check_archive_target
 
     # Nothing to split under torchrun: rank 0 picks and writes the archive of one process
@@ -563,7 +718,7 @@ def _compress_random(settings: dict[str, Any], target: Path) -> None:
     check_archive_target(target, force=settings["force"])
     started = time.perf_counter()
     source = _load(settings)
-    path = random_archive(
+    path = baseline.make(
         source, target, ipc=settings["ipc"], seed=settings["seed"], overwrite=settings["force"]
     )
     distributed.barrier()
@@ -634,8 +789,10 @@ def _config(s: dict[str, Any], given: set[str], recipe: dict[str, Any], surface:
     from habactl.distill import DistillConfig
 
     chosen = given | set(recipe)
+    options = {RENAMED.get(name, name): name for name in s}
     engine: dict[str, Any] = {}
-    for name, field_name in ENGINE.items():
+    for field_name in (f.name for f in fields(DistillConfig) if f.name not in COMPOSED):
+        name = options.get(field_name, field_name)
         value = s.get(name)
         if name in chosen and value is not None:
             engine[field_name] = value
@@ -659,15 +816,9 @@ def _config(s: dict[str, Any], given: set[str], recipe: dict[str, Any], surface:
         },
     }
     return DistillConfig(
-        objective=s["objective"],
         objective_settings=objective_settings,
         pipeline=_pipeline(s, given, recipe),
         codec=s["codec"] or DEFAULT_CODEC,
-        factor=s["factor"],
-        hallucinators=s["hallucinators"],
-        hallucinator_arch=s["hallucinator_arch"],
-        hidden=s["hallucinator_hidden"],
-        kernel=s["hallucinator_kernel"],
         contrastive_settings=contrast,
         **engine,
     )
@@ -711,9 +862,9 @@ def _header(name: str, distiller: Any) -> list[str]:
     """Two lines for people: the plan, then the objective and its command-line settings."""
     objective = distiller.objective
     shown = [
-        f"{key.replace('_', ' ')} {objective.settings[key]}"
+        f"{key.replace('_', ' ')} {getattr(objective.settings, key)}"
         for key in type(objective).options().values()
-        if key != "experts" and objective.settings.get(key) is not None
+        if key != "experts" and getattr(objective.settings, key) is not None
     ]
     return [
         f"[bold]{name}[/]: {distiller.plan.summary()}",

@@ -5,55 +5,67 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from habactl.cli.app import app, guarded, plural, stderr, stdout
+from habactl.cli.options import Device
 
-
-@app.command()
-@guarded
-def evaluate(
-    archive: Path = typer.Argument(..., help="The .haba archive."),
-    data: str | None = typer.Option(
-        None, "--data", help="Data set to test on \\[default: the one in the archive's provenance]."
+Archive = Annotated[Path, typer.Argument(help="The .haba archive.")]
+Data = Annotated[
+    str | None,
+    typer.Option(
+        "--data", help="Data set to test on \\[default: the one in the archive's provenance]."
     ),
-    root: Path | None = typer.Option(
-        None,
+]
+Root = Annotated[
+    Path | None,
+    typer.Option(
         "--root",
         help="Folder holding torchvision data sets \\[default: none; the embedded sets need none].",
     ),
-    arch: list[str] | None = typer.Option(
-        None,
+]
+Arch = Annotated[
+    list[str] | None,
+    typer.Option(
         "--arch",
         help="Architectures, comma-separated or repeated: convnet (its depth follows the "
         "image size: 3 up to 45 px, 4 at 64, 5 at 128, 6 at 224), convnet-d3 to convnet-d6 "
         "(a fixed depth), mlp, alexnet, vgg11, resnet18 \\[default: convnet].",
     ),
-    models: int | None = typer.Option(
-        None, "--models", min=1, help="Networks trained per architecture \\[default: 5; --fast: 2]."
+]
+Models = Annotated[
+    int | None,
+    typer.Option(
+        "--models", min=1, help="Networks trained per architecture \\[default: 5; --fast: 2]."
     ),
-    epochs: int | None = typer.Option(
-        None, "--epochs", min=1, help="Training epochs \\[default: 1000; --fast: 150]."
-    ),
-    fast: bool = typer.Option(
-        False,
+]
+Epochs = Annotated[
+    int | None,
+    typer.Option("--epochs", min=1, help="Training epochs \\[default: 1000; --fast: 150]."),
+]
+Fast = Annotated[
+    bool,
+    typer.Option(
         "--fast",
         help="Quick look: 150 epochs, 2 models (a few minutes for the default archive on 2 cores).",
     ),
-    lr: float | None = typer.Option(
-        None,
+]
+Lr = Annotated[
+    float | None,
+    typer.Option(
         "--lr",
         help="Learning rate \\[default: the archive's learned lr, else its recommended 0.01].",
     ),
-    batch_size: int | None = typer.Option(
-        None, "--batch-size", min=1, help="Batch size \\[default: 256]."
-    ),
-    seed: int = typer.Option(0, "--seed", help="Model i uses seed + i."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    jobs: int | None = typer.Option(
-        None,
+]
+BatchSize = Annotated[
+    int | None, typer.Option("--batch-size", min=1, help="Batch size \\[default: 256].")
+]
+Seed = Annotated[int, typer.Option("--seed", help="Model i uses seed + i.")]
+Jobs = Annotated[
+    int | None,
+    typer.Option(
         "--jobs",
         "-j",
         min=1,
@@ -61,31 +73,58 @@ def evaluate(
         "\\[default: one per CPU core, at most one per network; 1 on a GPU]. The results do "
         "not depend on it.",
     ),
-    threads: int = typer.Option(
-        1,
+]
+Threads = Annotated[
+    int,
+    typer.Option(
         "--threads",
         min=1,
         help="CPU threads for torch in each process. The batches are "
         "tiny: on a busy 2-core machine one thread trained 3.5x faster than two, so use "
         "--jobs for the cores. Results are reproducible for a given thread count.",
     ),
-    baseline: list[str] | None = typer.Option(
-        None,
+]
+Baseline = Annotated[
+    list[str] | None,
+    typer.Option(
         "--baseline",
         help="Also train on: full (the whole real training set, epochs // 50 "
         "epochs) and/or random (random real images at the archive's true budget) \\[default: "
         "none].",
     ),
-    full_epochs: int | None = typer.Option(
-        None,
-        "--full-epochs",
-        min=1,
-        help="Epochs of the full-data baseline \\[default: epochs // 50].",
+]
+FullEpochs = Annotated[
+    int | None,
+    typer.Option(
+        "--full-epochs", min=1, help="Epochs of the full-data baseline \\[default: epochs // 50]."
     ),
-    as_json: bool = typer.Option(
-        False, "--json", help="Print one JSON object on stdout, nothing else."
-    ),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress or warnings on stderr."),
+]
+AsJson = Annotated[
+    bool, typer.Option("--json", help="Print one JSON object on stdout, nothing else.")
+]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress or warnings on stderr.")]
+
+
+@app.command()
+@guarded
+def evaluate(
+    archive: Archive,
+    data: Data = None,
+    root: Root = None,
+    arch: Arch = None,
+    models: Models = None,
+    epochs: Epochs = None,
+    fast: Fast = False,
+    lr: Lr = None,
+    batch_size: BatchSize = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    jobs: Jobs = None,
+    threads: Threads = 1,
+    baseline: Baseline = None,
+    full_epochs: FullEpochs = None,
+    as_json: AsJson = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train networks from scratch on ARCHIVE and report their real test accuracy.
 

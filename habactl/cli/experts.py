@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from habactl.cli.app import app, examples_epilog, guarded, plural, stderr
+from habactl.cli.options import Device, Quiet, Root, Seed
 
 EXAMPLES = [
     "habactl experts digits -o digits-experts --experts 2 --epochs 10",
@@ -17,51 +20,67 @@ EXAMPLES = [
 ]
 
 
-@app.command(epilog=examples_epilog(EXAMPLES))
-@guarded
-def experts(
-    data: str = typer.Argument(
-        ..., help="Data set, as for compress (e.g. mnist-5k, digits, a store of any size)."
-    ),
-    output: Path = typer.Option(
-        ..., "-o", "--output", help="Buffer folder (created; resumed if it exists)."
-    ),
-    count: int = typer.Option(5, "--experts", min=1, help="Number of expert trajectories."),
-    epochs: int = typer.Option(
-        50, "--epochs", min=1, help="Epochs per expert (one stored checkpoint each)."
-    ),
-    lr: float = typer.Option(
-        0.01, "--lr", help="SGD learning rate (no momentum, as the reference)."
-    ),
-    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Batch size."),
-    arch: str = typer.Option(
-        "convnet",
+Data = Annotated[
+    str,
+    typer.Argument(help="Data set, as for compress (e.g. mnist-5k, digits, a store of any size)."),
+]
+Output = Annotated[
+    Path, typer.Option("-o", "--output", help="Buffer folder (created; resumed if it exists).")
+]
+Count = Annotated[int, typer.Option("--experts", min=1, help="Number of expert trajectories.")]
+Epochs = Annotated[
+    int, typer.Option("--epochs", min=1, help="Epochs per expert (one stored checkpoint each).")
+]
+Lr = Annotated[
+    float, typer.Option("--lr", help="SGD learning rate (no momentum, as the reference).")
+]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Batch size.")]
+Arch = Annotated[
+    str,
+    typer.Option(
         "--arch",
         help="Expert (and student) architecture: convnet (depth by image size), "
         "convnet-d3 to convnet-d6, mlp, alexnet, vgg11, resnet18.",
     ),
-    width: float = typer.Option(
-        1.0, "--width", help="Width multiplier of the network (1.0: 128 channels)."
-    ),
-    augment: str = typer.Option(
-        "color_crop_cutout_flip_scale_rotate",
-        "--augment",
-        help="DSA ops joined by _ (no flip on digit data), or none.",
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed for every random choice."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    threads: int = typer.Option(
-        0,
+]
+Width = Annotated[
+    float, typer.Option("--width", help="Width multiplier of the network (1.0: 128 channels).")
+]
+Augment = Annotated[
+    str, typer.Option("--augment", help="DSA ops joined by _ (no flip on digit data), or none.")
+]
+Threads = Annotated[
+    int,
+    typer.Option(
         "--threads",
         min=0,
         help="CPU threads for torch (0: torch's default). On a CPU busy "
         "with other work, 1 is often much faster.",
     ),
-    root: Path | None = typer.Option(None, "--root", help="Folder holding torchvision data sets."),
-    force: bool = typer.Option(
-        False, "--force", help="Start over in a folder made with other settings."
-    ),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
+]
+Force = Annotated[
+    bool, typer.Option("--force", help="Start over in a folder made with other settings.")
+]
+
+
+@app.command(epilog=examples_epilog(EXAMPLES))
+@guarded
+def experts(
+    data: Data,
+    output: Output,
+    count: Count = 5,
+    epochs: Epochs = 50,
+    lr: Lr = 0.01,
+    batch_size: BatchSize = 256,
+    arch: Arch = "convnet",
+    width: Width = 1.0,
+    augment: Augment = "color_crop_cutout_flip_scale_rotate",
+    seed: Seed = 0,
+    device: Device = "auto",
+    threads: Threads = 0,
+    root: Root = None,
+    force: Force = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train N expert networks on DATA and store their trajectories (safetensors + index.json).
 
@@ -97,33 +116,7 @@ def experts(
     source = open_data(data, root=str(root) if root else None)
     started = time.perf_counter()
     bar: dict = {}
-
-    def progress(i: int, epoch: int, total: int, metrics: dict) -> None:
-        if quiet:
-            return
-        if not bar:  # started on the first report, so that a refusal stays one line
-            from habactl.distill.progress import ProgressLine  # one progress display (H2)
-
-            bar["progress"] = ProgressLine(stderr, unit="epochs")
-            # Name the ops that really run: digit data drop the flip (a mirrored 2 is no 2).
-            from habactl.augment import SiameseAugment
-            from habactl.nets.registry import arch_name
-
-            ops = SiameseAugment(augment, flip=not source.is_digits).ops
-            shown = "_".join(ops) or "none"
-            built = arch_name(arch, source.height, source.width)  # "convnet-d4" at 64 px
-            bar["progress"].message(
-                f"[bold]{source.name}[/]: {plural(count, 'expert')} × {plural(epochs, 'epoch')}, "
-                f"{built} width {width}, SGD lr {lr}, batch {batch_size}, augmentation {shown}"
-            )
-            bar["progress"].start(count * total, 0, "experts")
-        status = (
-            f"expert {i + 1}/{count}: already done"
-            if "skipped" in metrics
-            else f"expert {i + 1}/{count} epoch {epoch}/{total} loss {metrics['loss']:.3f} "
-            f"acc {metrics['accuracy']:.3f}"
-        )
-        bar["progress"].update(i * total + epoch, status=status)
+    progress = _progress(bar, source, quiet, count, epochs, lr, batch_size, arch, width, augment)
 
     def note(text: str) -> None:
         if not quiet:
@@ -166,3 +159,47 @@ def remove_if_unused(folder: Path, created: bool) -> None:
         folder.rmdir()
     except (OSError, ValueError, KeyError, TypeError):
         pass  # leaving an empty buffer behind is harmless
+
+
+def _progress(
+    bar: dict,
+    source: Any,
+    quiet: bool,
+    count: int,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    arch: str,
+    width: float,
+    augment: str,
+) -> Callable[[int, int, int, dict], None]:
+    """The progress callback of train_experts: one line, started on the first report."""
+
+    def progress(i: int, epoch: int, total: int, metrics: dict) -> None:
+        if quiet:
+            return
+        if not bar:  # started on the first report, so that a refusal stays one line
+            from habactl.distill.progress import ProgressLine  # one progress display (H2)
+
+            bar["progress"] = ProgressLine(stderr, unit="epochs")
+            # Name the ops that really run: digit data drop the flip (a mirrored 2 is no 2).
+            from habactl.augment import SiameseAugment
+            from habactl.nets.registry import arch_name
+
+            ops = SiameseAugment(augment, flip=not source.is_digits).ops
+            shown = "_".join(ops) or "none"
+            built = arch_name(arch, source.height, source.width)  # "convnet-d4" at 64 px
+            bar["progress"].message(
+                f"[bold]{source.name}[/]: {plural(count, 'expert')} × {plural(epochs, 'epoch')}, "
+                f"{built} width {width}, SGD lr {lr}, batch {batch_size}, augmentation {shown}"
+            )
+            bar["progress"].start(count * total, 0, "experts")
+        status = (
+            f"expert {i + 1}/{count}: already done"
+            if "skipped" in metrics
+            else f"expert {i + 1}/{count} epoch {epoch}/{total} loss {metrics['loss']:.3f} "
+            f"acc {metrics['accuracy']:.3f}"
+        )
+        bar["progress"].update(i * total + epoch, status=status)
+
+    return progress

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -40,40 +41,64 @@ def _floats(text: str | None, option: str) -> list[float] | None:
         raise HabaError(f"{option}: expected comma-separated numbers, got {text!r}") from None
 
 
-@app.command("import", epilog=EXAMPLES)
-@guarded
-def import_(
-    kind: str = typer.Argument(..., help=f"The layout. {_KINDS}."),
-    files: list[Path] = typer.Argument(..., help="The files (or the folder holding them)."),
-    output: Path = typer.Option(..., "-o", "--output", help="The .haba archive to write."),
-    dataset: str | None = typer.Option(
-        None,
+Kind = Annotated[str, typer.Argument(help=f"The layout. {_KINDS}.")]
+Files = Annotated[list[Path], typer.Argument(help="The files (or the folder holding them).")]
+Output = Annotated[Path, typer.Option("-o", "--output", help="The .haba archive to write.")]
+Dataset = Annotated[
+    str | None,
+    typer.Option(
         "--dataset",
         help="Class names and the mean/std the public code normalises with: "
         "mnist, fashion-mnist, cifar10, cifar100, svhn, tiny-imagenet.",
     ),
-    mean: str | None = typer.Option(None, "--mean", help="Per-channel mean, e.g. 0.49,0.48,0.45."),
-    std: str | None = typer.Option(None, "--std", help="Per-channel std (with --mean)."),
-    zca_from: str | None = typer.Option(
-        None,
+]
+Mean = Annotated[str | None, typer.Option("--mean", help="Per-channel mean, e.g. 0.49,0.48,0.45.")]
+Std = Annotated[str | None, typer.Option("--std", help="Per-channel std (with --mean).")]
+ZcaFrom = Annotated[
+    str | None,
+    typer.Option(
         "--zca-from",
         help="Real training data (a data set name or file) to rebuild the ZCA "
         "whitening from, as MTT does (kornia, eps 0.1, on [0,1] pixels).",
     ),
-    root: Path | None = typer.Option(None, "--root", help="Folder of the --zca-from data set."),
-    classes: str | None = typer.Option(None, "--classes", help="Comma-separated class names."),
-    ipc: int | None = typer.Option(
-        None,
+]
+Root = Annotated[Path | None, typer.Option("--root", help="Folder of the --zca-from data set.")]
+Classes = Annotated[str | None, typer.Option("--classes", help="Comma-separated class names.")]
+Ipc = Annotated[
+    int | None,
+    typer.Option(
         "--ipc",
         min=1,
         help="The images-per-class budget claimed; inspect shows the true "
         "account. Default: what the stored bases take.",
     ),
-    factor: int = typer.Option(1, "--factor", min=1, help="idc: the multi-formation factor."),
-    experiment: int | None = typer.Option(
-        None, "--experiment", min=0, help="dc: which experiment of res_*.pt (default: the last)."
+]
+Factor = Annotated[int, typer.Option("--factor", min=1, help="idc: the multi-formation factor.")]
+Experiment = Annotated[
+    int | None,
+    typer.Option(
+        "--experiment", min=0, help="dc: which experiment of res_*.pt (default: the last)."
     ),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
+
+
+@app.command("import", epilog=EXAMPLES)
+@guarded
+def import_(
+    kind: Kind,
+    files: Files,
+    output: Output,
+    dataset: Dataset = None,
+    mean: Mean = None,
+    std: Std = None,
+    zca_from: ZcaFrom = None,
+    root: Root = None,
+    classes: Classes = None,
+    ipc: Ipc = None,
+    factor: Factor = 1,
+    experiment: Experiment = None,
+    force: Force = False,
 ) -> None:
     """Import a distilled set saved by a public codebase, safely, into a .haba archive."""
     from habactl.atomic import check_file_target

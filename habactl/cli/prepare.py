@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -18,59 +20,90 @@ EXAMPLES = [
 ]
 
 
-@app.command(epilog=examples_epilog(EXAMPLES))
-@guarded
-def prepare(
-    source: str = typer.Argument(
-        ...,
+Source = Annotated[
+    str,
+    typer.Argument(
         help="A registry name (digits, mnist-5k, cifar10, ...), a folder of class folders, "
-        "an .npz, .h5/.hdf5 or .npy file; with --verify, the store to check.",
+        "an .npz, .h5/.hdf5 or .npy file; with --verify, the store to check."
     ),
-    output: Path | None = typer.Option(
-        None, "-o", "--output", help="The store: a new folder (or one prepare left unfinished)."
+]
+Output = Annotated[
+    Path | None,
+    typer.Option(
+        "-o", "--output", help="The store: a new folder (or one prepare left unfinished)."
     ),
-    resolution: int | None = typer.Option(
-        None,
+]
+Resolution = Annotated[
+    int | None,
+    typer.Option(
         "--resolution",
         min=1,
         help="Resize the shorter side to R (antialiased) and crop the centre R x R. "
         "Without it all images must share one size.",
     ),
-    mode: str | None = typer.Option(
-        None, "--mode", help="Convert every image to RGB or L (grayscale) instead of refusing."
-    ),
-    workers: int | None = typer.Option(
-        None, "--workers", min=0, help="Decoding processes for image folders (default: cores)."
-    ),
-    skip_bad: bool = typer.Option(
-        False, "--skip-bad", help="Leave out images that do not decode, and list them."
-    ),
-    root: Path | None = typer.Option(
-        None, "--root", help="Folder of torchvision data sets (default: $HABACTL_DATA)."
-    ),
-    download: bool = typer.Option(False, "--download", help="Fetch torchvision data sets."),
-    labels: Path | None = typer.Option(
-        None, "--labels", help="With an images .npy file: the .npy file of its labels."
-    ),
-    images_key: str | None = typer.Option(
-        None, "--images-key", help="HDF5/npz: the images array (default: images)."
-    ),
-    labels_key: str | None = typer.Option(
-        None, "--labels-key", help="HDF5/npz: the labels array (default: labels)."
-    ),
-    verify: bool = typer.Option(
-        False,
+]
+Mode = Annotated[
+    str | None,
+    typer.Option("--mode", help="Convert every image to RGB or L (grayscale) instead of refusing."),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option("--workers", min=0, help="Decoding processes for image folders (default: cores)."),
+]
+SkipBad = Annotated[
+    bool, typer.Option("--skip-bad", help="Leave out images that do not decode, and list them.")
+]
+Root = Annotated[
+    Path | None,
+    typer.Option("--root", help="Folder of torchvision data sets (default: $HABACTL_DATA)."),
+]
+Download = Annotated[bool, typer.Option("--download", help="Fetch torchvision data sets.")]
+Labels = Annotated[
+    Path | None,
+    typer.Option("--labels", help="With an images .npy file: the .npy file of its labels."),
+]
+ImagesKey = Annotated[
+    str | None, typer.Option("--images-key", help="HDF5/npz: the images array (default: images).")
+]
+LabelsKey = Annotated[
+    str | None, typer.Option("--labels-key", help="HDF5/npz: the labels array (default: labels).")
+]
+Verify = Annotated[
+    bool,
+    typer.Option(
         "--verify",
         help="Rehash every class of the store SOURCE and compare with its fingerprint "
         "(then a copied store opens again).",
     ),
-    force: bool = typer.Option(
-        False,
+]
+Force = Annotated[
+    bool,
+    typer.Option(
         "--force",
         help="Replace a finished store, or restart an unfinished one (a folder only if "
         "habactl wrote it).",
     ),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress line."),
+]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No progress line.")]
+
+
+@app.command(epilog=examples_epilog(EXAMPLES))
+@guarded
+def prepare(
+    source: Source,
+    output: Output = None,
+    resolution: Resolution = None,
+    mode: Mode = None,
+    workers: Workers = None,
+    skip_bad: SkipBad = False,
+    root: Root = None,
+    download: Download = False,
+    labels: Labels = None,
+    images_key: ImagesKey = None,
+    labels_key: LabelsKey = None,
+    verify: Verify = False,
+    force: Force = False,
+    quiet: Quiet = False,
 ) -> None:
     """Decode a data set once into a store: uint8 images, class after class, on disk.
 
@@ -100,24 +133,7 @@ def prepare(
         images_key=images_key,
         labels_key=labels_key,
     )
-    line = None
-    if not quiet:
-        from habactl.distill.progress import ProgressLine
-
-        line = ProgressLine(stderr, unit="img")
-
-    def started(text: str) -> None:
-        if line is not None:
-            line.message(f"prepare {text}")
-
-    def progress(done: int, total: int) -> None:
-        if line is None:
-            return
-        if not line.elapsed():
-            line.start(total, done, "prepare")
-        rate = line.rate()
-        line.update(done, total=total, speed="" if rate is None else f"{rate:,.0f} img/s")
-
+    line, started, progress = _progress_line(quiet)
     try:
         result = run_prepare(
             source, output, options=options, force=force, progress=progress, started=started
@@ -138,6 +154,29 @@ def prepare(
         markup=False,
     )
     stderr.print(f"fingerprint {index.fingerprint}", markup=False)
+
+
+def _progress_line(quiet: bool) -> tuple[Any, Callable[[str], None], Callable[[int, int], None]]:
+    """The progress line (None when quiet) and prepare's two callbacks that feed it."""
+    line = None
+    if not quiet:
+        from habactl.distill.progress import ProgressLine
+
+        line = ProgressLine(stderr, unit="img")
+
+    def started(text: str) -> None:
+        if line is not None:
+            line.message(f"prepare {text}")
+
+    def progress(done: int, total: int) -> None:
+        if line is None:
+            return
+        if not line.elapsed():
+            line.start(total, done, "prepare")
+        rate = line.rate()
+        line.update(done, total=total, speed="" if rate is None else f"{rate:,.0f} img/s")
+
+    return line, started, progress
 
 
 def _skipped(names: list[str]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,7 +174,7 @@ def draw(archive: Path, per_class: int | None, scale: int) -> Drawn:
 
     import numpy as np
     import torch
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
     from PIL.PngImagePlugin import PngInfo
 
     from habactl.loader import HabaDataset
@@ -186,19 +187,7 @@ def draw(archive: Path, per_class: int | None, scale: int) -> Drawn:
     _, height, width = dataset.image_shape
     zoom = scale or auto_zoom(height, width)
 
-    font = ImageFont.load_default(size=FONT_SIZE)
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-
-    def text_width(text: str) -> int:
-        return int(measure.textlength(text, font=font))
-
-    # load_default(size=...) gives a FreeType font whenever Pillow has FreeType, and the
-    # older bitmap font otherwise, which has no metrics: fall back to its box.
-    if isinstance(font, ImageFont.FreeTypeFont):
-        ascent, descent = font.getmetrics()
-    else:
-        ascent, descent = FONT_SIZE, 0
-    line_height = ascent + descent + 2
+    font, text_width, line_height = _font()
     names = [fit_text(name, text_width) for name in dataset.classes]
     label_width = max(text_width(n) for n in names) + 2 * PAD + 4
 
@@ -242,17 +231,10 @@ def draw(archive: Path, per_class: int | None, scale: int) -> Drawn:
             canvas[y : y + big.shape[0], x : x + big.shape[1]] = big  # grayscale broadcasts to RGB
 
     picture = Image.fromarray(canvas)
-    pen = ImageDraw.Draw(picture)
     titles = column_titles(columns, lambda text: text_width(text) <= layout.column_width)
-    for column, title in enumerate(titles):
-        x = layout.label_width + PAD + column * (layout.column_width + PAD)
-        x += max(0, (layout.column_width - text_width(title)) // 2)
-        pen.text((x, 1), title, fill=(0, 0, 0), font=font)
+    row_names = [names[int(labels[b])] for b in bases.tolist()]
+    _label(ImageDraw.Draw(picture), layout, titles, row_names, font, text_width, line_height)
     row_classes = [dataset.classes[int(labels[b])] for b in bases.tolist()]
-    for row, b in enumerate(bases.tolist()):
-        y = layout.header_height + PAD + row * (layout.row_height + PAD)
-        y += (layout.row_height - line_height) // 2
-        pen.text((PAD, y), names[int(labels[b])], fill=(0, 0, 0), font=font)
 
     # The labels again as text chunks, for programs (and tests) that read the grid.
     info = PngInfo()
@@ -261,6 +243,45 @@ def draw(archive: Path, per_class: int | None, scale: int) -> Drawn:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", pnginfo=info)
     return Drawn(buffer.getvalue(), layout, titles, row_classes, note)
+
+
+def _font() -> tuple[Any, Callable[[str], int], int]:
+    """The labels' font, a text's width in pixels, and the height of a line."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=FONT_SIZE)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def text_width(text: str) -> int:
+        return int(measure.textlength(text, font=font))
+
+    # load_default(size=...) gives a FreeType font whenever Pillow has FreeType, and the
+    # older bitmap font otherwise, which has no metrics: fall back to its box.
+    if isinstance(font, ImageFont.FreeTypeFont):
+        ascent, descent = font.getmetrics()
+    else:
+        ascent, descent = FONT_SIZE, 0
+    return font, text_width, ascent + descent + 2
+
+
+def _label(
+    pen: Any,
+    layout: Layout,
+    titles: list[str],
+    row_names: list[str],
+    font: Any,
+    text_width: Callable[[str], int],
+    line_height: int,
+) -> None:
+    """Write the column titles above the grid and each row's class name left of it."""
+    for column, title in enumerate(titles):
+        x = layout.label_width + PAD + column * (layout.column_width + PAD)
+        x += max(0, (layout.column_width - text_width(title)) // 2)
+        pen.text((x, 1), title, fill=(0, 0, 0), font=font)
+    for row, name in enumerate(row_names):
+        y = layout.header_height + PAD + row * (layout.row_height + PAD)
+        y += (layout.row_height - line_height) // 2
+        pen.text((PAD, y), name, fill=(0, 0, 0), font=font)
 
 
 def fit_text(text: str, width_of: Any) -> str:

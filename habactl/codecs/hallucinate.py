@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from habactl.codecs.base import Stage, StageOption, StageSpec
 from habactl.codecs.errors import CodecError
-from habactl.codecs.spec import describe_hallucinate
+from habactl.codecs.spec import HALLUCINATE_DEFAULTS, describe_hallucinate
 from habactl.runtime import to_device
 
 
@@ -40,10 +40,10 @@ class Hallucinate(Stage):
     version = 1
     summary = "HaBa: K hallucinators turn each basis into K images"
     options = (
-        StageOption("arch", "channel-affine", "--hallucinator-arch"),
-        StageOption("count", 5, "--hallucinators"),
-        StageOption("hidden", 3, "--hallucinator-hidden"),
-        StageOption("kernel", 3, "--hallucinator-kernel"),
+        StageOption("arch", HALLUCINATE_DEFAULTS["arch"], "--hallucinator-arch"),
+        StageOption("count", HALLUCINATE_DEFAULTS["count"], "--hallucinators"),
+        StageOption("hidden", HALLUCINATE_DEFAULTS["hidden"], "--hallucinator-hidden"),
+        StageOption("kernel", HALLUCINATE_DEFAULTS["kernel"], "--hallucinator-kernel"),
     )
 
     @classmethod

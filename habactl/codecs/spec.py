@@ -134,6 +134,8 @@ class ConfigReader:
 # --- upsample (IDC) ------------------------------------------------------------------
 
 UPSAMPLE_MODES = ("bilinear", "nearest", "bicubic")
+# The upsample stage's option defaults (its `Stage.options`), torch-free as above.
+UPSAMPLE_DEFAULTS: dict[str, Any] = {"factor": 2, "mode": "bilinear"}
 UPSAMPLE_MAX_FACTOR = 16
 
 
@@ -141,7 +143,7 @@ def describe_upsample(configuration: Any, in_shape: Any) -> StageSpec:
     """(C, h, w) -> (C, h·f, w·f); no parameters, expansion 1."""
     reader = ConfigReader("upsample", configuration)
     factor = reader.integer("factor", 1, UPSAMPLE_MAX_FACTOR)
-    reader.choice("mode", UPSAMPLE_MODES, default="bilinear")
+    reader.choice("mode", UPSAMPLE_MODES, default=UPSAMPLE_DEFAULTS["mode"])
     config = reader.finish()
     c, h, w = check_shape("upsample", in_shape)
     if h * factor > MAX_SIDE or w * factor > MAX_SIDE:
@@ -154,6 +156,14 @@ def describe_upsample(configuration: Any, in_shape: Any) -> StageSpec:
 # --- hallucinate (HaBa) --------------------------------------------------------------
 
 HALLUCINATE_ARCHS = ("pixel-affine", "channel-affine")
+# The hallucinate stage's option defaults (its `Stage.options`), here without torch so
+# that the planner, DistillConfig and the command line read the same values.
+HALLUCINATE_DEFAULTS: dict[str, Any] = {
+    "arch": "channel-affine",
+    "count": 5,
+    "hidden": 3,
+    "kernel": 3,
+}
 HALLUCINATE_MAX_COUNT = 4096
 HALLUCINATE_MAX_HIDDEN = 256
 HALLUCINATE_MAX_KERNEL = 7
@@ -164,8 +174,12 @@ def describe_hallucinate(configuration: Any, in_shape: Any) -> StageSpec:
     reader = ConfigReader("hallucinate", configuration)
     arch = reader.choice("arch", HALLUCINATE_ARCHS)
     count = reader.integer("count", 1, HALLUCINATE_MAX_COUNT)
-    hidden = reader.integer("hidden", 1, HALLUCINATE_MAX_HIDDEN, default=3)
-    k = reader.integer("kernel", 1, HALLUCINATE_MAX_KERNEL, default=3, odd=True)
+    hidden = reader.integer(
+        "hidden", 1, HALLUCINATE_MAX_HIDDEN, default=HALLUCINATE_DEFAULTS["hidden"]
+    )
+    k = reader.integer(
+        "kernel", 1, HALLUCINATE_MAX_KERNEL, default=HALLUCINATE_DEFAULTS["kernel"], odd=True
+    )
     config = reader.finish()
     c, h, w = check_shape("hallucinate", in_shape)
     if k > h or k > w:

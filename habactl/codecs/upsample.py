@@ -12,7 +12,7 @@ from torch import Tensor
 
 from habactl.codecs.base import Stage, StageOption, StageSpec
 from habactl.codecs.errors import CodecError
-from habactl.codecs.spec import describe_upsample
+from habactl.codecs.spec import UPSAMPLE_DEFAULTS, describe_upsample
 
 
 class Upsample(Stage):
@@ -22,8 +22,10 @@ class Upsample(Stage):
     version = 1
     summary = "IDC: bases stored at 1/factor resolution"
     options = (
-        StageOption("factor", 2, "--factor", "Downsampling factor of the bases."),
-        StageOption("mode", "bilinear"),
+        StageOption(
+            "factor", UPSAMPLE_DEFAULTS["factor"], "--factor", "Downsampling factor of the bases."
+        ),
+        StageOption("mode", UPSAMPLE_DEFAULTS["mode"]),
     )
 
     @classmethod

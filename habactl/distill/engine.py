@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from habactl import distributed, runtime
+from habactl.codecs.spec import HALLUCINATE_DEFAULTS
 from habactl.distill import checkpoint as ckpt
 from habactl.distill.contrastive import AdversarialContrast
 from habactl.distill.errors import DistillError, Interrupted, NonFiniteLoss
@@ -74,10 +75,10 @@ class DistillConfig:
     frequency_mask: str = "shared"
     counts: str = "all"
     factor: int | None = None
-    hallucinators: int = 5
-    hallucinator_arch: str = "channel-affine"
-    hidden: int = 3
-    kernel: int = 3
+    hallucinators: int = HALLUCINATE_DEFAULTS["count"]
+    hallucinator_arch: str = HALLUCINATE_DEFAULTS["arch"]
+    hidden: int = HALLUCINATE_DEFAULTS["hidden"]
+    kernel: int = HALLUCINATE_DEFAULTS["kernel"]
     leftover: str = "bases"
     # optimisation
     iterations: int = 300

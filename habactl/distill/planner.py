@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from habactl.codecs.registry import PRESETS
+from habactl.codecs.spec import HALLUCINATE_DEFAULTS, UPSAMPLE_DEFAULTS
 from habactl.distill.errors import DistillError
 from habactl.format.account import (  # the one home of the budget formula
     FLOAT32_BYTES,
@@ -38,7 +39,7 @@ CODECS = tuple(PRESETS)  # the codec names are the registry's presets
 HALLUCINATOR_ARCHS = ("channel-affine", "pixel-affine")
 COUNTS = ("all", "bases")
 LEFTOVER = ("bases", "none")
-DEFAULT_FACTOR = 2
+DEFAULT_FACTOR = UPSAMPLE_DEFAULTS["factor"]
 
 
 @dataclass(frozen=True)
@@ -162,10 +163,10 @@ def preset_pipeline(
     codec: str,
     *,
     factor: int | None = None,
-    hallucinators: int = 5,
-    arch: str = "channel-affine",
-    hidden: int = 3,
-    kernel: int = 3,
+    hallucinators: int = HALLUCINATE_DEFAULTS["count"],
+    arch: str = HALLUCINATE_DEFAULTS["arch"],
+    hidden: int = HALLUCINATE_DEFAULTS["hidden"],
+    kernel: int = HALLUCINATE_DEFAULTS["kernel"],
 ) -> list[dict[str, Any]]:
     """The manifest entries of a codec preset (``raw``, ``idc``, ``haba``, ``haba+idc``)
     configured from the command line's stage options."""
@@ -233,10 +234,10 @@ def pipeline_for(
     image_shape: Sequence[int],
     *,
     factor: int | None = None,
-    hallucinators: int = 5,
-    arch: str = "channel-affine",
-    hidden: int = 3,
-    kernel: int = 3,
+    hallucinators: int = HALLUCINATE_DEFAULTS["count"],
+    arch: str = HALLUCINATE_DEFAULTS["arch"],
+    hidden: int = HALLUCINATE_DEFAULTS["hidden"],
+    kernel: int = HALLUCINATE_DEFAULTS["kernel"],
 ) -> tuple[list[dict[str, Any]], tuple[int, int, int]]:
     """The decode pipeline (manifest entries) and base shape of a codec choice."""
     stages = preset_pipeline(
@@ -253,10 +254,10 @@ def plan_budget(
     *,
     counts: str = "all",
     factor: int | None = None,
-    hallucinators: int = 5,
-    arch: str = "channel-affine",
-    hidden: int = 3,
-    kernel: int = 3,
+    hallucinators: int = HALLUCINATE_DEFAULTS["count"],
+    arch: str = HALLUCINATE_DEFAULTS["arch"],
+    hidden: int = HALLUCINATE_DEFAULTS["hidden"],
+    kernel: int = HALLUCINATE_DEFAULTS["kernel"],
     leftover: str = "bases",
     class_priority: Sequence[int] | None = None,
 ) -> Plan:

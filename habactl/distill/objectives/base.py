@@ -12,7 +12,7 @@ stored tensors (trajectory matching's learning rate) add optimiser groups throug
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 import torch
@@ -85,11 +85,17 @@ class Objective:
                 f"(known: {', '.join(sorted(self.defaults)) or 'none'})"
             )
         self.context = context
-        self.settings: dict[str, Any] = {**self.defaults, **dict(settings or {})}
+        # An instance of the subclass's ``Settings``: read as ``self.settings.views``.
+        self.settings: Any = self.Settings(**dict(settings or {}))
+
+    def draft(self) -> dict[str, Any]:
+        """The settings as a dict to check and resolve in ``__init__`` (e.g. a default
+        that depends on the data); ``self.settings = self.Settings(**draft)`` ends it."""
+        return asdict(self.settings)
 
     def hyperparameters(self) -> dict[str, Any]:
         """Every value the objective uses, JSON-ready, for the archive's provenance."""
-        return dict(self.settings)
+        return asdict(self.settings)
 
     def loss(
         self, synthetic: SyntheticSet, generator: torch.Generator

@@ -103,7 +103,7 @@ class GradientMatching(Objective):
 
     def __init__(self, context: Context, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(context, settings)
-        s = self.settings
+        s = self.draft()
         for key in ("real_per_class", "views", "batch_train"):
             if isinstance(s[key], bool) or not isinstance(s[key], int):
                 raise DistillError(f"{self.name}: {key} must be an integer, got {s[key]!r}")
@@ -132,6 +132,7 @@ class GradientMatching(Objective):
             raise DistillError(f"{self.name}: lr_net must be positive, got {s['lr_net']}")
         context.real.check_per_class(s["real_per_class"])
         s["net_arch"] = arch_name(s["net_arch"], *context.image_shape[1:])  # as recorded
+        self.settings = self.Settings(**s)
         self.net = networks.build(
             s["net_arch"],
             context.image_shape,
@@ -146,7 +147,7 @@ class GradientMatching(Objective):
         self.outer = 0  # outer steps taken with the current network
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {**self.settings, "siamese_augmentation": self.siamese_augmentation}
+        return {**super().hyperparameters(), "siamese_augmentation": self.siamese_augmentation}
 
     # -- the match --------------------------------------------------------------------
     def _gradients(
@@ -173,7 +174,7 @@ class GradientMatching(Objective):
     ) -> tuple[Tensor, dict[str, float]]:
         context = self.context
         classes = context.num_classes
-        per = self.settings["real_per_class"]
+        per = self.settings.real_per_class
         # Fixed order of draws: network (first match only), real, hallucinations, augmentation.
         if self.outer == 0:
             networks.redraw(self.net, generator)
@@ -181,7 +182,7 @@ class GradientMatching(Objective):
         # all classes, unless shared by torchrun's ranks or subsampled per iteration
         ids = context.real.matched()
         real = context.real.sample(per, generator, ids)  # (len(ids), per, C, H, W)
-        basis, variant = synthetic.draw(self.settings["views"], generator)
+        basis, variant = synthetic.draw(self.settings.views, generator)
         augment = context.augment
         params = (
             [augment.sample(generator) for _ in range(classes)]
@@ -200,7 +201,7 @@ class GradientMatching(Objective):
             parts = [augment.apply(part, params[c]) for c, part in zip(ids, parts)]
             with torch.no_grad():
                 real = torch.stack([augment.apply(row, params[c]) for c, row in zip(ids, real)])
-        if self.settings["per_class"] == "loop":
+        if self.settings.per_class == "loop":
             return self._loop_loss(real, parts, ids), {}
         syn_batch, mask = _pad_classes(parts)
         class_labels = to_device(torch.tensor(ids), real.device)
@@ -232,17 +233,17 @@ class GradientMatching(Objective):
     # -- the inner loop -----------------------------------------------------------------
     def after_step(self, synthetic: SyntheticSet, generator: torch.Generator) -> None:
         self.outer += 1
-        if self.outer >= self.settings["outer_loop"]:
+        if self.outer >= self.settings.outer_loop:
             self.outer = 0  # the next match draws a new network
             return
-        if self.settings["inner_loop"] == 0:
+        if self.settings.inner_loop == 0:
             return
         with torch.no_grad():
             basis, variant = synthetic.draw(0, generator)
             images = synthetic.decode(basis, variant).detach()
             labels = synthetic.item_labels(basis)
-        batch = self.settings["batch_train"]
-        for _ in range(self.settings["inner_loop"]):
+        batch = self.settings.batch_train
+        for _ in range(self.settings.inner_loop):
             order = to_device(torch.randperm(images.shape[0], generator=generator), images.device)
             for index in order.split(batch):
                 x = images[index]

@@ -51,7 +51,7 @@ class DistributionMatching(Objective):
 
     def __init__(self, context: Context, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(context, settings)
-        s = self.settings
+        s = self.draft()
         for key in ("real_per_class", "views"):
             if isinstance(s[key], bool) or not isinstance(s[key], int):
                 raise DistillError(f"dm: {key} must be an integer, got {s[key]!r}")
@@ -62,6 +62,7 @@ class DistributionMatching(Objective):
         s["embed_width"] = float(s["embed_width"])
         context.real.check_per_class(s["real_per_class"])
         s["embed_arch"] = arch_name(s["embed_arch"], *context.image_shape[1:])  # recorded
+        self.settings = self.Settings(**s)
         self.net = networks.build(
             s["embed_arch"],
             context.image_shape,
@@ -76,7 +77,7 @@ class DistributionMatching(Objective):
 
     def _augment_params(self, generator: torch.Generator) -> list[Any]:
         augment = self.context.augment
-        if self.settings["siamese"] == "iteration":
+        if self.settings.siamese == "iteration":
             return [augment.sample(generator)] * self.context.num_classes
         return [augment.sample(generator) for _ in range(self.context.num_classes)]
 
@@ -85,12 +86,12 @@ class DistributionMatching(Objective):
     ) -> tuple[Tensor, dict[str, float]]:
         context = self.context
         classes = context.num_classes
-        per = self.settings["real_per_class"]
+        per = self.settings.real_per_class
         # Fixed order of draws: network, real indices, hallucinations, augmentation.
         networks.redraw(self.net, generator)
         ids = context.real.matched()  # all classes, unless shared by ranks or subsampled
         real = context.real.sample(per, generator, ids)  # (len(ids), per, C, H, W)
-        basis, variant = synthetic.draw(self.settings["views"], generator)
+        basis, variant = synthetic.draw(self.settings.views, generator)
         params = self._augment_params(generator)
 
         if not ids:  # more ranks than classes: this one has nothing to add

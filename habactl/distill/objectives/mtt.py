@@ -101,7 +101,7 @@ class TrajectoryMatching(Objective):
         from habactl.experts import ExpertBuffer, FlatNet
 
         super().__init__(context, settings)
-        s = self.settings
+        s = self.draft()
         if not s["experts"]:
             raise DistillError(
                 "--objective mtt needs an experts buffer: --experts DIR "
@@ -174,12 +174,13 @@ class TrajectoryMatching(Objective):
             raise DistillError(
                 "mtt: lr_init must be positive, lr_lr and lr_momentum >= 0, 0 < lr_min <= lr_init"
             )
+        self.settings = self.Settings(**s)
         self.syn_lr = nn.Parameter(torch.tensor(s["lr_init"], device=context.device))
 
     def hyperparameters(self) -> dict[str, Any]:
         index = self.buffer.index
         return {
-            **self.settings,
+            **super().hyperparameters(),
             "buffer": {
                 "digest": self.buffer.digest,
                 "experts": len(self.buffer),
@@ -194,15 +195,15 @@ class TrajectoryMatching(Objective):
         return [
             {
                 "params": [self.syn_lr],
-                "lr": self.settings["lr_lr"],
-                "momentum": self.settings["lr_momentum"],
-                "max_step": self.settings["lr_max_step"] or None,
+                "lr": self.settings.lr_lr,
+                "momentum": self.settings.lr_momentum,
+                "max_step": self.settings.lr_max_step or None,
             }
         ]
 
     def max_step(self) -> float | None:
         # Its gradients span orders of magnitude between iterations (see stepbound).
-        return self.settings["max_step"]  # 0: unbounded (the lr group has its own bound)
+        return self.settings.max_step  # 0: unbounded (the lr group has its own bound)
 
     def learned_lr(self) -> float | None:
         value = float(self.syn_lr.detach())
@@ -218,7 +219,7 @@ class TrajectoryMatching(Objective):
         # lr_lr too large can push it through zero, after which the student climbs the
         # loss. Keeping it above a floor keeps the run (and the archive) meaningful.
         with torch.no_grad():
-            self.syn_lr.clamp_(min=self.settings["lr_min"])
+            self.syn_lr.clamp_(min=self.settings.lr_min)
 
     def state_dict(self) -> dict[str, Any]:
         return {"syn_lr": self.syn_lr.detach().cpu().clone()}
@@ -233,12 +234,12 @@ class TrajectoryMatching(Objective):
     ) -> list[tuple[Tensor, Any, Any]]:
         """Every step's (bases, variants, augmentation), drawn up front."""
         n, e = synthetic.bases.shape[0], synthetic.expansion
-        every = self.settings["variants"] == "all" and e > 1
+        every = self.settings.variants == "all" and e > 1
         items = n * e if every else n
-        batch = self.settings["batch_syn"]
+        batch = self.settings.batch_syn
         augment = self.context.augment
         steps = []
-        for _ in range(self.settings["syn_steps"]):
+        for _ in range(self.settings.syn_steps):
             chosen = (
                 torch.randperm(items, generator=generator)[:batch].sort().values
                 if 0 < batch < items
@@ -270,13 +271,13 @@ class TrajectoryMatching(Objective):
     ) -> tuple[Tensor, dict[str, float | Tensor]]:
         s = self.settings
         expert = int(torch.randint(len(self.buffer), (1,), generator=generator))
-        start_epoch = int(torch.randint(s["max_start_epoch"], (1,), generator=generator))
-        rows = self.buffer.trajectory_rows(expert, [start_epoch, start_epoch + s["expert_epochs"]])
+        start_epoch = int(torch.randint(s.max_start_epoch, (1,), generator=generator))
+        rows = self.buffer.trajectory_rows(expert, [start_epoch, start_epoch + s.expert_epochs])
         device = self.context.device
         start, target = to_device(rows[0], device), to_device(rows[1], device)
         steps = self._plan(synthetic, generator)
         distance = (start - target).square().sum()
-        if s["unroll"] == "full":
+        if s.unroll == "full":
             theta = start.clone().requires_grad_(True)
             for step in steps:
                 x, y = self._images(synthetic, step)
