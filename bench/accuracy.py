@@ -184,7 +184,7 @@ def run_arm(
     result = evaluate_archive(path, protocol=protocol, archs=("convnet",), threads=1)
     with open_archive(path) as archive:
         account = storage_account(archive.manifest)
-        expanded = archive.plan.expanded_items
+        expanded = archive.layout.expanded_items
     score = result["results"]["convnet"]
     return {
         "arm": name,

@@ -79,7 +79,7 @@ def test_pipeline_parameters_round_trip(tmp_path, fake_codecs):
     path = save_archive(tmp_path / "t.haba", tensors, manifest)
     with open_archive(path) as archive:
         assert archive.names() == ["bases", "labels", "pipeline.1.scale"]
-        assert archive.plan.expansion == 4 and archive.plan.expanded_items == 24
+        assert archive.layout.expansion == 4 and archive.layout.expanded_items == 24
         assert torch.equal(archive.tensors()["pipeline.1.scale"], tensors["pipeline.1.scale"])
         account = storage_account(archive.manifest)
     assert account["parts"]["hallucinators"] == {"values": 4, "bytes": 16, "counted": True}

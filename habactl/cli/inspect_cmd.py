@@ -213,7 +213,7 @@ def inspect_archive(
 
     with open_archive(archive) as opened:
         manifest = opened.manifest
-        expansion = opened.plan.expansion
+        expansion = opened.layout.expansion
     if as_recipe:
         from habactl.distill.recipe_file import archive_recipe_toml
 
