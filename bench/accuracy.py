@@ -185,7 +185,7 @@ def run_arm(
     with open_archive(path) as archive:
         account = storage_account(archive.manifest)
         expanded = archive.layout.expanded_items
-    score = result["results"]["convnet"]
+    score = result.results["convnet"].to_json()
     return {
         "arm": name,
         "ipc": ipc,
