@@ -291,21 +291,21 @@ def identity_copy(source: Any, distilled: Path, path: Path) -> None:
     from habactl.format import open_archive
 
     with open_archive(distilled) as archive:
-        manifest, tensors = archive.manifest, archive.tensors()
-    pipeline = Pipeline.from_manifest(manifest["pipeline"], tuple(tensors["bases"].shape[1:]))
-    prov = manifest["provenance"]
+        info, tensors = archive.info, archive.tensors()
+    pipeline = Pipeline.from_manifest(info.pipeline_entries(), tuple(tensors["bases"].shape[1:]))
+    prov = info.provenance
     write_haba(
         path,
         source=source,
         bases=tensors["bases"],
         labels=tensors["labels"],
         pipeline=pipeline,
-        normalization=manifest["normalization"],
-        objective=prov["objective"],
-        hyperparameters={**prov["hyperparameters"], "x-ablation": "identity hallucinators"},
-        iterations=prov["iterations"],
-        seed=prov["seed"],
-        ipc=manifest["storage"]["ipc"],
+        normalization=info.normalization.to_json(),
+        objective=prov.objective,
+        hyperparameters={**prov.hyperparameters, "x-ablation": "identity hallucinators"},
+        iterations=prov.iterations,
+        seed=prov.seed,
+        ipc=info.storage.ipc,
         overwrite=True,
     )
 

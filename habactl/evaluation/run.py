@@ -8,9 +8,10 @@ the real test split by their final-epoch accuracy. The result is an
 
 from __future__ import annotations
 
+import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from habactl.evaluation.report import (
     RunSettings,
 )
 from habactl.evaluation.score import summarize
+from habactl.format.view import Manifest
 from habactl.runtime import DEVICES, resolve_device
 
 BASELINES = ("full", "random")
@@ -75,7 +77,7 @@ def archive_lr(dataset: Any, lr: float | None) -> tuple[float, str]:
     """The lr the archive is trained with: --lr, else the learned lr, else the recommended."""
     if lr is not None:
         return float(lr), "option"
-    if dataset.manifest["training"].get("learned_lr") is not None:
+    if dataset.info.training.learned_lr is not None:
         return float(dataset.recommended_lr), "learned"
     return float(dataset.recommended_lr), "archive"
 
@@ -92,8 +94,8 @@ def load_test_source(
     (nothing is rehashed)."""
     from habactl.data.opening import open_data
 
-    recorded = dataset.manifest["provenance"]["dataset"]
-    name = data or recorded["name"]
+    recorded = dataset.info.provenance
+    name = data or recorded.dataset
     try:
         source = open_data(name, root=str(root) if root is not None else None)
     except HabaError as error:
@@ -104,10 +106,10 @@ def load_test_source(
             ) from None
         raise
     check_compatible(dataset, source)
-    if source.fingerprint != recorded["fingerprint"] and warn is not None:
+    if source.fingerprint != recorded.fingerprint and warn is not None:
         warn(
             f"data set {name!r} is not the one the archive was made from "
-            f"(fingerprint {source.fingerprint[:19]}… vs {recorded['fingerprint'][:19]}…): "
+            f"(fingerprint {source.fingerprint[:19]}… vs {recorded.fingerprint[:19]}…): "
             "its test split may overlap the archive's training images"
         )
     return source
@@ -151,15 +153,15 @@ def transformed(images: Any, transform: Any) -> Any:
     return transform(images)
 
 
-def budget_per_class(manifest: dict[str, Any]) -> int:
+def budget_per_class(manifest: Manifest | Mapping[str, Any]) -> int:
     """Real images per class that fit in the archive's true storage: stored values ÷
     values per image ÷ classes, rounded down, at least 1."""
     from habactl.format import storage_account
 
-    account = storage_account(manifest)
-    image = manifest["image"]
-    per_image = image["channels"] * image["height"] * image["width"]
-    return max(1, int(account["stored_values"]) // per_image // len(manifest["classes"]))
+    m = manifest if isinstance(manifest, Manifest) else Manifest.from_json(manifest)
+    account = storage_account(m.json)
+    per_image = math.prod(m.image.shape)
+    return max(1, int(account["stored_values"]) // per_image // len(m.classes))
 
 
 def archive_training_set(dataset: Any, protocol: Protocol, lr: float | None = None) -> TrainingSet:
@@ -201,7 +203,7 @@ def random_training_set(
 ) -> TrainingSet:
     from habactl.baselines import random_per_class
 
-    per_class = budget_per_class(dataset.manifest)
+    per_class = budget_per_class(dataset.info)
     indices = random_per_class(source.train.labels, per_class, source.num_classes, protocol.seed)
     images = dataset.test_transform()(source.train.images[indices])
     return TrainingSet(
@@ -470,25 +472,25 @@ def _train_together(
 def _archive_facts(dataset: Any, path: Path, arm: TrainingSet) -> ArchiveFacts:
     from habactl.format import storage_account
 
-    manifest = dataset.manifest
-    account = storage_account(manifest)
+    info = dataset.info
+    account = storage_account(info.json)
     return ArchiveFacts(
         path=str(path),
-        content_digest=manifest.get("content_digest"),
-        objective=manifest["provenance"]["objective"],
-        bases=int(manifest["bases"]["count"]),
+        content_digest=info.content_digest,
+        objective=info.provenance.objective,
+        bases=info.bases.count,
         expansion=int(dataset.expansion),
         training_images=arm.training_images,
-        labels=manifest["labels"]["kind"],
-        normalization=manifest["normalization"]["kind"],
-        ipc=manifest["storage"]["ipc"],
+        labels=info.label_kind,
+        normalization=info.normalization.kind,
+        ipc=info.storage.ipc,
         stored_values=int(account["stored_values"]),
         budget_values=int(account["budget_values"]),
     )
 
 
 def _data_facts(dataset: Any, source: Any, test_images: int) -> DataFacts:
-    recorded = dataset.manifest["provenance"]["dataset"]["fingerprint"]
+    recorded = dataset.info.provenance.fingerprint
     return DataFacts(
         name=source.name,
         fingerprint=source.fingerprint,

@@ -34,6 +34,7 @@ from habactl.format.digest import dtype_name, tensor_sha256, tensors_content_dig
 from habactl.format.errors import ArchiveError, quote
 from habactl.format.limits import DEFAULT_LIMITS, Limits
 from habactl.format.manifest import Layout
+from habactl.format.view import Manifest
 
 if TYPE_CHECKING:
     import numpy
@@ -67,7 +68,10 @@ def check_not_other_format(first8: bytes) -> None:
 
 
 class Archive:
-    """An open .haba file: the validated manifest, tensors read on first use."""
+    """An open .haba file: the validated manifest, tensors read on first use.
+
+    ``info`` is the manifest as typed values (habactl.format.view); ``manifest`` is the
+    parsed JSON itself, for showing or copying it whole."""
 
     def __init__(
         self,
@@ -82,6 +86,7 @@ class Archive:
         self.path = path
         self._data_start = data_start  # file offset of the data section (8 + header)
         self.manifest = manifest
+        self.info = Manifest.from_json(manifest)
         self.layout = layout
         self.verify = verify
         self._entries = entries
