@@ -121,7 +121,7 @@ def import_(
         count = archive.info.bases.count * archive.layout.expansion
         ipc = archive.info.storage.ipc
     print(
-        f"wrote {path}: {count:,} training images; stores {account['stored_values']:,} values "
-        f"= {account['ratio']:.2f}x the budget of ipc {ipc}",
+        f"wrote {path}: {count:,} training images; stores {account.stored_values:,} values "
+        f"= {account.ratio:.2f}x the budget of ipc {ipc}",
         file=sys.stderr,
     )

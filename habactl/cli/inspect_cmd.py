@@ -16,6 +16,7 @@ import typer
 from habactl.cli.app import app, guarded, plural, stdout
 
 if TYPE_CHECKING:
+    from habactl.format.account import StorageAccount
     from habactl.format.view import Manifest, Storage
 
 # Width of the key column of the listings, and of a listing's lines (before the console
@@ -65,7 +66,7 @@ def summary(manifest: Manifest, expansion: int) -> list[tuple[str, str]]:
     ]
 
 
-def account_table(account: dict[str, Any], storage: Storage) -> Any:
+def account_table(account: StorageAccount, storage: Storage) -> Any:
     from rich.table import Table
 
     table = Table(title="storage account", title_justify="left", show_edge=False)
@@ -73,30 +74,27 @@ def account_table(account: dict[str, Any], storage: Storage) -> Any:
     table.add_column("values", justify="right")
     table.add_column("bytes", justify="right")
     table.add_column("counted")
-    for name, part in account["parts"].items():
-        if part["values"] or part["bytes"]:
+    for name, part in account.parts.items():
+        if part.values or part.bytes:
             table.add_row(
-                name,
-                f"{part['values']:,}",
-                f"{part['bytes']:,}",
-                "yes" if part["counted"] else "no",
+                name, f"{part.values:,}", f"{part.bytes:,}", "yes" if part.counted else "no"
             )
     table.add_row(
         "[bold]counted[/]",
-        f"[bold]{account['stored_values']:,}[/]",
-        f"[bold]{account['counted_bytes']:,}[/]",
+        f"[bold]{account.stored_values:,}[/]",
+        f"[bold]{account.counted_bytes:,}[/]",
         "",
     )
     table.add_row(
         f"budget (IPC {storage.ipc})",
-        f"{account['budget_values']:,}",
-        f"{account['budget_bytes']:,}",
+        f"{account.budget_values:,}",
+        f"{account.budget_bytes:,}",
         "",
     )
-    ratio, ratio_b = account["ratio"], account["ratio_bytes"]
+    ratio, ratio_b = account.ratio, account.ratio_bytes
     style = "green" if ratio_b <= 1.0 + 1e-9 else "red"
     table.add_row("counted / budget", f"{ratio:.2f}×", f"[{style}]{ratio_b:.2f}×[/]", "")
-    table.add_row("all tensors", "", f"{account['stored_bytes']:,}", "")
+    table.add_row("all tensors", "", f"{account.stored_bytes:,}", "")
     return table
 
 
@@ -230,7 +228,7 @@ def inspect_archive(
                 {
                     "path": str(archive),
                     "manifest": manifest,
-                    "account": account,
+                    "account": account.to_json(),
                     "expanded_items": info.bases.count * expansion,
                     "recipe": None if recipe is None else recipe.as_dict(),
                 },

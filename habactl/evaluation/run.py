@@ -161,7 +161,7 @@ def budget_per_class(manifest: Manifest | Mapping[str, Any]) -> int:
     m = manifest if isinstance(manifest, Manifest) else Manifest.from_json(manifest)
     account = storage_account(m.json)
     per_image = math.prod(m.image.shape)
-    return max(1, int(account["stored_values"]) // per_image // len(m.classes))
+    return max(1, account.stored_values // per_image // len(m.classes))
 
 
 def archive_training_set(dataset: Any, protocol: Protocol, lr: float | None = None) -> TrainingSet:
@@ -484,8 +484,8 @@ def _archive_facts(dataset: Any, path: Path, arm: TrainingSet) -> ArchiveFacts:
         labels=info.label_kind,
         normalization=info.normalization.kind,
         ipc=info.storage.ipc,
-        stored_values=int(account["stored_values"]),
-        budget_values=int(account["budget_values"]),
+        stored_values=account.stored_values,
+        budget_values=account.budget_values,
     )
 
 

@@ -26,13 +26,13 @@ def storage_note(manifest: Manifest) -> dict:
     account = storage_account(manifest.json)
     per_image = math.prod(manifest.image.shape)
     classes = len(manifest.classes)
-    equivalent = account["stored_values"] / (classes * per_image)
+    equivalent = account.stored_values / (classes * per_image)
     return {
         "claimed_ipc": manifest.storage.ipc,
         "storage_equivalent_ipc": round(equivalent, 4),
         # A fair random baseline gets at most the same storage: round down (at least 1).
         "ipc_for_random_baseline": budget_per_class(manifest),
-        "stored_values": account["stored_values"],
+        "stored_values": account.stored_values,
         "decoded_images": None,
         "classes": list(manifest.classes),
         "normalization": manifest.normalization.to_json(),
