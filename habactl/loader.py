@@ -132,11 +132,11 @@ class HabaDataset(Dataset):
         training = self.info.training
         if training.learned_lr is not None:
             return float(training.learned_lr)
-        return float(training.recommended["lr"])
+        return float(training.recommended.lr)
 
     @property
     def protocol(self) -> dict[str, Any]:
-        return dict(self.info.training.recommended)
+        return self.info.training.recommended.to_json()
 
     @property
     def recipe(self) -> Recipe:

@@ -118,18 +118,20 @@ class Recipe:
         learned = m.training.learned_lr
         provenance = m.provenance
         dsa = None
-        if str(recommended.get("augmentation", "none")).lower() != "none":
+        if recommended.augmentation.lower() != "none":
             flip = _flip(provenance.hyperparameters, provenance.dataset)
             dsa = DSA(DSA_STRATEGY, flip, dict(DSA_PARAMS))
         return cls(
-            arch=str(recommended["arch"]),
-            epochs=int(recommended["epochs"]),
-            batch_size=int(recommended["batch_size"]),
-            lr=float(learned if learned is not None else recommended["lr"]),
+            arch=recommended.arch,
+            epochs=recommended.epochs,
+            batch_size=recommended.batch_size,
+            lr=float(learned if learned is not None else recommended.lr),
             lr_source="learned" if learned is not None else "recommended",
-            momentum=float(recommended["momentum"]),
-            weight_decay=float(recommended["weight_decay"]),
-            lr_decay_at=float(recommended.get("lr_decay_at", DEFAULT_LR_DECAY_AT)),
+            momentum=recommended.momentum,
+            weight_decay=recommended.weight_decay,
+            lr_decay_at=(
+                DEFAULT_LR_DECAY_AT if recommended.lr_decay_at is None else recommended.lr_decay_at
+            ),
             lr_decay=LR_DECAY,
             dsa=dsa,
             labels=m.label_kind,

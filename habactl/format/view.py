@@ -50,11 +50,29 @@ class Normalization:
 
 
 @dataclass(frozen=True)
+class Recommended:
+    """The training the archive recommends (the evaluation protocol's settings)."""
+
+    arch: str
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    augmentation: str
+    lr_decay_at: float | None  # fraction of the epochs before the lr drops; None: not recorded
+    json: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.json)
+
+
+@dataclass(frozen=True)
 class Training:
     """The recommended training and, when the objective learned one, its lr."""
 
     learned_lr: float | None
-    recommended: Mapping[str, Any]
+    recommended: Recommended
 
 
 @dataclass(frozen=True)
@@ -114,7 +132,7 @@ class Manifest:
             label_kind=str(m["labels"]["kind"]),
             pipeline=tuple(m["pipeline"]),
             normalization=_normalization(m["normalization"]),
-            training=Training(training.get("learned_lr"), training["recommended"]),
+            training=Training(training.get("learned_lr"), _recommended(training["recommended"])),
             provenance=_provenance(m["provenance"]),
             storage=Storage(
                 int(m["storage"]["ipc"]),
@@ -142,6 +160,20 @@ def _normalization(n: Mapping[str, Any]) -> Normalization:
         std=tuple(float(x) for x in n.get("std", ())),
         eps=None if n.get("eps") is None else float(n["eps"]),
         json=n,
+    )
+
+
+def _recommended(r: Mapping[str, Any]) -> Recommended:
+    return Recommended(
+        arch=str(r["arch"]),
+        epochs=int(r["epochs"]),
+        batch_size=int(r["batch_size"]),
+        lr=float(r["lr"]),
+        momentum=float(r["momentum"]),
+        weight_decay=float(r["weight_decay"]),
+        augmentation=str(r["augmentation"]),
+        lr_decay_at=None if r.get("lr_decay_at") is None else float(r["lr_decay_at"]),
+        json=r,
     )
 
 
