@@ -136,7 +136,7 @@ class Manifest:
             provenance=_provenance(m["provenance"]),
             storage=Storage(
                 int(m["storage"]["ipc"]),
-                str(m["storage"].get("counts", "all")),
+                str(m["storage"]["counts"]),
                 int(m["storage"]["budget_values"]),
             ),
             content_digest=m.get("content_digest"),
