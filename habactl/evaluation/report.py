@@ -30,8 +30,15 @@ def scores_json(scores: dict[str, ArchScore]) -> dict[str, dict[str, Any]]:
     return {arch: score.to_json() for arch, score in scores.items()}
 
 
+class _Plain:
+    """A report part whose JSON is its fields as they are."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+
 @dataclass(frozen=True)
-class ArchiveFacts:
+class ArchiveFacts(_Plain):
     """The archive evaluated: what it stores against its budget."""
 
     path: str
@@ -46,12 +53,9 @@ class ArchiveFacts:
     stored_values: int
     budget_values: int
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class DataFacts:
+class DataFacts(_Plain):
     """The real data set tested on, and whether it is the archive's own."""
 
     name: str
@@ -59,9 +63,6 @@ class DataFacts:
     matches_archive: bool
     train_images: int
     test_images: int
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -79,56 +79,31 @@ class Part:
 
 @dataclass(frozen=True)
 class StorageAccount:
-    """What an archive stores against its claimed budget, in values and in bytes."""
+    """What an archive stores against its claimed budget, in values and in bytes; the
+    fields are ``inspect --json``'s account, key for key."""
 
     parts: dict[str, Part]  # bases, hallucinators, labels, normalization
     stored_values: int  # the counted parts' values
     stored_bytes: int  # every tensor's bytes, counted or not
     budget_values: int
+    ratio: float  # stored_values / budget_values
     counts: str  # what the claim counts: "all" stored values, or "bases" only
     claim_values: int
+    claim_ratio: float
     # The same in bytes (the unit that matters once parts are not float32): the budget
     # is IPC float32 images per class.
     counted_bytes: int
     budget_bytes: int
+    ratio_bytes: float
     claim_bytes: int
+    claim_ratio_bytes: float
     note: str | None = None  # why the claim and the account differ (counts "bases")
 
-    @property
-    def ratio(self) -> float:
-        return self.stored_values / self.budget_values
-
-    @property
-    def claim_ratio(self) -> float:
-        return self.claim_values / self.budget_values
-
-    @property
-    def ratio_bytes(self) -> float:
-        return self.counted_bytes / self.budget_bytes
-
-    @property
-    def claim_ratio_bytes(self) -> float:
-        return self.claim_bytes / self.budget_bytes
-
     def to_json(self) -> dict[str, Any]:
-        """The account as ``inspect --json`` shows it."""
-        account: dict[str, Any] = {
-            "parts": {name: asdict(part) for name, part in self.parts.items()},
-            "stored_values": self.stored_values,
-            "stored_bytes": self.stored_bytes,
-            "budget_values": self.budget_values,
-            "ratio": self.ratio,
-            "counts": self.counts,
-            "claim_values": self.claim_values,
-            "claim_ratio": self.claim_ratio,
-            "counted_bytes": self.counted_bytes,
-            "budget_bytes": self.budget_bytes,
-            "ratio_bytes": self.ratio_bytes,
-            "claim_bytes": self.claim_bytes,
-            "claim_ratio_bytes": self.claim_ratio_bytes,
-        }
-        if self.note is not None:
-            account["note"] = self.note
+        """The account as ``inspect --json`` shows it (no note when there is none)."""
+        account = asdict(self)
+        if self.note is None:
+            del account["note"]
         return account
 
 
@@ -167,15 +142,22 @@ def storage_account(manifest: Mapping[str, Any]) -> StorageAccount:
             + (" and soft labels" if soft else "")
             + " are not counted against it"
         )
+    claim = parts["bases"].values if counts == "bases" else stored
+    claim_b = parts["bases"].bytes if counts == "bases" else counted_bytes
+    budget_b = FLOAT32_BYTES * budget
     return StorageAccount(
         parts=parts,
         stored_values=stored,
         stored_bytes=sum(p.bytes for p in parts.values()),
         budget_values=budget,
+        ratio=stored / budget,
         counts=counts,
-        claim_values=parts["bases"].values if counts == "bases" else stored,
+        claim_values=claim,
+        claim_ratio=claim / budget,
         counted_bytes=counted_bytes,
-        budget_bytes=FLOAT32_BYTES * budget,
-        claim_bytes=parts["bases"].bytes if counts == "bases" else counted_bytes,
+        budget_bytes=budget_b,
+        ratio_bytes=counted_bytes / budget_b,
+        claim_bytes=claim_b,
+        claim_ratio_bytes=claim_b / budget_b,
         note=note,
     )
