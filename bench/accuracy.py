@@ -184,19 +184,19 @@ def run_arm(
     result = evaluate_archive(path, protocol=protocol, archs=("convnet",), threads=1)
     with open_archive(path) as archive:
         account = storage_account(archive.manifest)
-        expanded = archive.plan.expanded_items
-    score = result["results"]["convnet"]
+        expanded = archive.layout.expanded_items
+    score = result.results["convnet"].to_json()
     return {
         "arm": name,
         "ipc": ipc,
         "label": label,
         "distill_seed": distill_seed,
-        "stored_values": account["stored_values"],
-        "budget_values": account["budget_values"],
-        "ratio": round(account["ratio"], 4),
-        "counted_bytes": account["counted_bytes"],
-        "budget_bytes": account["budget_bytes"],
-        "ratio_bytes": round(account["ratio_bytes"], 4),
+        "stored_values": account.stored_values,
+        "budget_values": account.budget_values,
+        "ratio": round(account.ratio, 4),
+        "counted_bytes": account.counted_bytes,
+        "budget_bytes": account.budget_bytes,
+        "ratio_bytes": round(account.ratio_bytes, 4),
         "training_images": expanded,
         "accuracy_mean": score["mean"],
         "accuracy_std": score["std"],
@@ -291,21 +291,21 @@ def identity_copy(source: Any, distilled: Path, path: Path) -> None:
     from habactl.format import open_archive
 
     with open_archive(distilled) as archive:
-        manifest, tensors = archive.manifest, archive.tensors()
-    pipeline = Pipeline.from_manifest(manifest["pipeline"], tuple(tensors["bases"].shape[1:]))
-    prov = manifest["provenance"]
+        info, tensors = archive.info, archive.tensors()
+    pipeline = Pipeline.from_manifest(info.pipeline_entries(), tuple(tensors["bases"].shape[1:]))
+    prov = info.provenance
     write_haba(
         path,
         source=source,
         bases=tensors["bases"],
         labels=tensors["labels"],
         pipeline=pipeline,
-        normalization=manifest["normalization"],
-        objective=prov["objective"],
-        hyperparameters={**prov["hyperparameters"], "x-ablation": "identity hallucinators"},
-        iterations=prov["iterations"],
-        seed=prov["seed"],
-        ipc=manifest["storage"]["ipc"],
+        normalization=info.normalization.to_json(),
+        objective=prov.objective,
+        hyperparameters={**prov.hyperparameters, "x-ablation": "identity hallucinators"},
+        iterations=prov.iterations,
+        seed=prov.seed,
+        ipc=info.storage.ipc,
         overwrite=True,
     )
 

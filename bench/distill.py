@@ -443,19 +443,15 @@ def train_and_test(archive: Path, *, epochs: int, seed: int, test_images, test_l
     from habactl.normalization import Normalizer
 
     with open_archive(archive) as a:
-        manifest = a.manifest
+        info = a.info
         tensors = a.tensors()
-    base_shape = tuple(manifest["bases"]["shape"])
-    pipeline = Pipeline.from_manifest(manifest["pipeline"], base_shape)
+    pipeline = Pipeline.from_manifest(info.pipeline_entries(), info.bases.shape)
     pipeline.load_tensors({k: v for k, v in tensors.items() if k.startswith("pipeline.")})
     with torch.no_grad():
         images = pipeline.decode_all(tensors["bases"])
     labels = tensors["labels"].repeat_interleave(pipeline.expansion)
-    image = manifest["image"]
     torch.manual_seed(seed)
-    net = build_net(
-        "convnet", image["channels"], image["height"], image["width"], len(manifest["classes"])
-    )
+    net = build_net("convnet", *info.image.shape, len(info.classes))
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     augment = SiameseAugment(flip=False)
     generator = torch.Generator().manual_seed(seed)
@@ -472,7 +468,7 @@ def train_and_test(archive: Path, *, epochs: int, seed: int, test_images, test_l
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    normalise = Normalizer(manifest["normalization"])
+    normalise = Normalizer(info.normalization.to_json())
     net.eval()
     with torch.no_grad():
         predictions = torch.cat(

@@ -94,7 +94,7 @@ def expand_archive(
             {
                 "classes": classes,
                 "space": "pixels" if pixels else "normalised",
-                "normalization": dataset.manifest["normalization"],
+                "normalization": dataset.info.normalization.to_json(),
                 "source_archive": source,
             },
             sort_keys=True,

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from habactl.errors import HabaError
+from habactl.format.view import Manifest
 from habactl.recipe import Recipe
 
 MODES = ("all-pairs", "random-pair")
@@ -36,17 +37,15 @@ class _Decoded:
 
         with open_archive(path, verify=verify) as archive:
             tensors = archive.tensors()
-            manifest = archive.manifest
+            info = archive.info
         self.bases = tensors["bases"]
         self.labels = tensors["labels"]
         # The bases' shape from the manifest: a quantize stage may store them packed.
-        self.pipeline = Pipeline.from_manifest(
-            manifest["pipeline"], tuple(manifest["bases"]["shape"])
-        )
+        self.pipeline = Pipeline.from_manifest(info.pipeline_entries(), info.bases.shape)
         self.pipeline.load_tensors({k: v for k, v in tensors.items() if k.startswith("pipeline.")})
         self.pipeline.eval().requires_grad_(False)
         # Each basis' class (bases are class-sorted): a per-class stage decodes by it.
-        self.classes = basis_classes(manifest["bases"]["per_class"])
+        self.classes = basis_classes(list(info.bases.per_class))
         self.zca = tensors.get("normalization.zca")
         self.pid = os.getpid()
         self.expanded: Tensor | None = None
@@ -101,8 +100,9 @@ class HabaDataset(Dataset):
         self.epoch: int | None = None
         # Only the header is read here: cheap, and checks the file before any worker starts.
         with open_archive(self.path, verify=verify) as archive:
-            self.manifest: dict[str, Any] = archive.manifest
-        self.num_bases = int(self.manifest["bases"]["count"])
+            self.manifest: dict[str, Any] = archive.manifest  # the parsed JSON
+            self.info: Manifest = archive.info  # the same as typed values
+        self.num_bases = self.info.bases.count
         self.expansion = self._expansion()
         c, h, w = self.image_shape
         expanded_bytes = self.num_bases * self.expansion * c * h * w * 4
@@ -112,46 +112,46 @@ class HabaDataset(Dataset):
     # -- what a training script needs to know -------------------------------------------
     @property
     def classes(self) -> list[str]:
-        return list(self.manifest["classes"])
+        return list(self.info.classes)
 
     @property
     def num_classes(self) -> int:
-        return len(self.manifest["classes"])
+        return len(self.info.classes)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        image = self.manifest["image"]
-        return (image["channels"], image["height"], image["width"])
+        return self.info.image.shape
 
     @property
     def soft_labels(self) -> bool:
-        return self.manifest["labels"]["kind"] == "soft"
+        return self.info.soft_labels
 
     @property
     def recommended_lr(self) -> float:
         """The learned learning rate when the objective made one, else the protocol's."""
-        training = self.manifest["training"]
-        if training.get("learned_lr") is not None:
-            return float(training["learned_lr"])
-        return float(training["recommended"]["lr"])
+        training = self.info.training
+        if training.learned_lr is not None:
+            return float(training.learned_lr)
+        return float(training.recommended.lr)
 
     @property
     def protocol(self) -> dict[str, Any]:
-        return dict(self.manifest["training"]["recommended"])
+        return self.info.training.recommended.to_json()
 
     @property
     def recipe(self) -> Recipe:
         """The archive's whole training recipe: network, epochs, batch size, lr (the learned
         one when there is one), momentum, weight decay, schedule, augmentation, loss and
         normalisation, with helpers that build them (see habactl.recipe)."""
-        return Recipe.from_manifest(self.manifest)
+        return Recipe.from_manifest(self.info)
 
     def test_transform(self):
         """The transform real test images in [0, 1] need to match the training images."""
         from habactl.normalization import Normalizer
 
-        zca = self._state().zca if self.manifest["normalization"]["kind"] == "zca" else None
-        return Normalizer(self.manifest["normalization"], zca)
+        normalization = self.info.normalization
+        zca = self._state().zca if normalization.kind == "zca" else None
+        return Normalizer(normalization.to_json(), zca)
 
     # -- Dataset protocol ----------------------------------------------------------------
     def __len__(self) -> int:
@@ -192,7 +192,7 @@ class HabaDataset(Dataset):
     def _expansion(self) -> int:
         from habactl.codecs import describe_pipeline
 
-        spec = describe_pipeline(self.manifest["pipeline"], tuple(self.manifest["bases"]["shape"]))
+        spec = describe_pipeline(self.info.pipeline_entries(), self.info.bases.shape)
         return int(spec.expansion)
 
     def _state(self) -> _Decoded:

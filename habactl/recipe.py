@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from habactl.evaluation.protocol import STANDARD
+from habactl.format.view import Manifest
 
 if TYPE_CHECKING:  # only for annotations: importing them would import torch
     import torch
@@ -109,34 +110,36 @@ class Recipe:
 
     # -- building -----------------------------------------------------------------------
     @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any]) -> Recipe:
-        """The recipe recorded in a (validated) manifest."""
-        training = manifest["training"]
-        recommended = training["recommended"]
-        learned = training.get("learned_lr")
-        provenance = manifest.get("provenance", {})
-        dataset = str(provenance.get("dataset", {}).get("name", ""))
+    def from_manifest(cls, manifest: Manifest | Mapping[str, Any]) -> Recipe:
+        """The recipe recorded in a (validated) manifest: an archive's ``info``, or the
+        parsed JSON."""
+        m = manifest if isinstance(manifest, Manifest) else Manifest.from_json(manifest)
+        recommended = m.training.recommended
+        learned = m.training.learned_lr
+        provenance = m.provenance
         dsa = None
-        if str(recommended.get("augmentation", "none")).lower() != "none":
-            dsa = DSA(DSA_STRATEGY, _flip(provenance, dataset), dict(DSA_PARAMS))
-        image = manifest["image"]
+        if recommended.augmentation.lower() != "none":
+            flip = _flip(provenance.hyperparameters, provenance.dataset)
+            dsa = DSA(DSA_STRATEGY, flip, dict(DSA_PARAMS))
         return cls(
-            arch=str(recommended["arch"]),
-            epochs=int(recommended["epochs"]),
-            batch_size=int(recommended["batch_size"]),
-            lr=float(learned if learned is not None else recommended["lr"]),
+            arch=recommended.arch,
+            epochs=recommended.epochs,
+            batch_size=recommended.batch_size,
+            lr=float(learned if learned is not None else recommended.lr),
             lr_source="learned" if learned is not None else "recommended",
-            momentum=float(recommended["momentum"]),
-            weight_decay=float(recommended["weight_decay"]),
-            lr_decay_at=float(recommended.get("lr_decay_at", DEFAULT_LR_DECAY_AT)),
+            momentum=recommended.momentum,
+            weight_decay=recommended.weight_decay,
+            lr_decay_at=(
+                DEFAULT_LR_DECAY_AT if recommended.lr_decay_at is None else recommended.lr_decay_at
+            ),
             lr_decay=LR_DECAY,
             dsa=dsa,
-            labels=str(manifest["labels"]["kind"]),
-            normalization=dict(manifest["normalization"]),
-            num_classes=len(manifest["classes"]),
-            image_shape=(int(image["channels"]), int(image["height"]), int(image["width"])),
-            dataset=dataset,
-            objective=str(provenance.get("objective", "")),
+            labels=m.label_kind,
+            normalization=m.normalization.to_json(),
+            num_classes=len(m.classes),
+            image_shape=m.image.shape,
+            dataset=provenance.dataset,
+            objective=provenance.objective,
         )
 
     def with_(self, **changes: Any) -> Recipe:
@@ -299,9 +302,9 @@ class _StepFactor:
         return self.decay if epoch >= self.decay_epoch else 1.0
 
 
-def _flip(provenance: Mapping[str, Any], dataset: str) -> bool:
+def _flip(hyperparameters: Mapping[str, Any], dataset: str) -> bool:
     """Whether mirroring is allowed: as recorded by the distillation, else by data set."""
-    recorded = provenance.get("hyperparameters", {}).get("augmentation")
+    recorded = hyperparameters.get("augmentation")
     if isinstance(recorded, Mapping) and isinstance(recorded.get("flip"), bool):
         return bool(recorded["flip"])
     return dataset.lower() not in DIGIT_DATASETS

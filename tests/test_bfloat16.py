@@ -115,7 +115,7 @@ def test_compress_bfloat16_stores_twice_the_bases_in_the_same_bytes(archive):
     assert manifest["bases"]["count"] == 20
     assert manifest["tensors"]["bases"]["dtype"] == "BF16"
     account = storage_account(manifest)
-    assert account["parts"]["bases"]["bytes"] == 20 * 64 * 2 == account["budget_bytes"]
+    assert account.parts["bases"].bytes == 20 * 64 * 2 == account.budget_bytes
     images, labels = HabaDataset(archive).tensors()
     assert torch.equal(images, tensors["bases"].float()) and len(labels) == 20
     assert runner.invoke(app, ["verify", str(archive)]).exit_code == 0

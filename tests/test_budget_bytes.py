@@ -59,8 +59,8 @@ def test_budget_bytes_on_the_command_line(tmp_path):
         manifest = archive.manifest
     account = storage_account(manifest)
     assert sum(manifest["bases"]["per_class"]) == 15
-    assert account["counted_bytes"] == 15 * 64 * 4 <= 3840
-    assert manifest["storage"]["ipc"] == 2 and account["budget_bytes"] == 2 * 10 * 64 * 4
+    assert account.counted_bytes == 15 * 64 * 4 <= 3840
+    assert manifest["storage"]["ipc"] == 2 and account.budget_bytes == 2 * 10 * 64 * 4
     assert manifest["provenance"]["hyperparameters"]["budget"]["budget_bytes"] == 3840
     both = runner.invoke(
         app, ["compress", "digits", "-o", str(tmp_path / "b.haba"), "--ipc", "2",
@@ -79,15 +79,15 @@ def test_account_and_inspect_show_bytes_and_the_byte_ratio(tmp_path):
     assert result.exit_code == 0, result.output
     with open_archive(out) as archive:
         account = storage_account(archive.manifest)
-    parts = account["parts"]
-    assert parts["bases"]["bytes"] == 4 * parts["bases"]["values"] > 0
-    assert parts["hallucinators"]["bytes"] == 4 * parts["hallucinators"]["values"] > 0
-    assert account["counted_bytes"] == parts["bases"]["bytes"] + parts["hallucinators"]["bytes"]
-    assert account["ratio_bytes"] == pytest.approx(account["counted_bytes"] / (2 * 10 * 64 * 4))
+    parts = account.parts
+    assert parts["bases"].bytes == 4 * parts["bases"].values > 0
+    assert parts["hallucinators"].bytes == 4 * parts["hallucinators"].values > 0
+    assert account.counted_bytes == parts["bases"].bytes + parts["hallucinators"].bytes
+    assert account.ratio_bytes == pytest.approx(account.counted_bytes / (2 * 10 * 64 * 4))
     shown = runner.invoke(app, ["inspect", str(out)])
     assert shown.exit_code == 0, shown.output
-    assert f"{account['counted_bytes']:,}" in shown.stdout
-    assert f"{account['budget_bytes']:,}" in shown.stdout
-    assert f"{account['ratio_bytes']:.2f}×" in shown.stdout
+    assert f"{account.counted_bytes:,}" in shown.stdout
+    assert f"{account.budget_bytes:,}" in shown.stdout
+    assert f"{account.ratio_bytes:.2f}×" in shown.stdout
     data = json.loads(runner.invoke(app, ["inspect", str(out), "--json"]).stdout)
-    assert data["account"]["ratio_bytes"] == pytest.approx(account["ratio_bytes"])
+    assert data["account"]["ratio_bytes"] == pytest.approx(account.ratio_bytes)

@@ -129,7 +129,7 @@ def test_every_sensible_order_round_trips_through_an_archive(tmp_path, case):
     assert manifest["format_version"] == "1.2"
     account = storage_account(manifest)
     # What the planner counts per basis and for the stages is what the archive stores.
-    assert account["counted_bytes"] == 6 * plan.basis_bytes + plan.pipeline_bytes
+    assert account.counted_bytes == 6 * plan.basis_bytes + plan.pipeline_bytes
     images, labels = HabaDataset(path).tensors()
     with torch.no_grad():
         stored = pipeline.encode_bases(bases)

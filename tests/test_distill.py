@@ -72,12 +72,12 @@ def test_each_codec_end_to_end(tmp_path, codec, ipc, expansion):
         manifest = archive.manifest
         tensors = archive.tensors()
     account = storage_account(manifest)
-    assert account["ratio"] <= 1.0  # honest: everything stored fits the budget
+    assert account.ratio <= 1.0  # honest: everything stored fits the budget
     assert manifest["provenance"]["objective"] == "dm"
     assert manifest["provenance"]["iterations"] == 3
     hyper = manifest["provenance"]["hyperparameters"]
     assert hyper["budget"]["codec"] == codec
-    assert hyper["budget"]["stored_values"] == account["stored_values"]
+    assert hyper["budget"]["stored_values"] == account.stored_values
     assert (hyper["contrastive"] is not None) == (expansion > 1)
     stages = [s["name"] for s in manifest["pipeline"]]
     assert ("upsample" in stages) == codec.endswith("idc")
@@ -428,5 +428,5 @@ def test_counting_bases_only_is_recorded_and_the_account_stays_true(tmp_path):
         assert archive.manifest["storage"]["counts"] == "bases"
     # 4x4 bases: 4 per class fill the 64-value budget; the 5 hallucinators come on top.
     assert archive.manifest["bases"]["per_class"] == [4] * 10
-    assert account["claim_ratio"] == pytest.approx(1.0)
-    assert account["ratio"] == pytest.approx((640 + 320) / 640)
+    assert account.claim_ratio == pytest.approx(1.0)
+    assert account.ratio == pytest.approx((640 + 320) / 640)

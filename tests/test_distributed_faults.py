@@ -246,7 +246,9 @@ def test_networks_trained_on_the_two_rank_archive_learn_as_on_the_one_process_ar
 
     protocol = dataclasses.replace(Protocol(), epochs=20, models=2, seed=0)
     one, two = (
-        evaluate_archive(runs / name, protocol=protocol, threads=1, jobs=1)["results"]["convnet"]
+        evaluate_archive(runs / name, protocol=protocol, threads=1, jobs=1)
+        .results["convnet"]
+        .to_json()
         for name in ("one.haba", "two.haba")
     )
     assert min(one["accuracies"] + two["accuracies"]) > 15, (one, two)

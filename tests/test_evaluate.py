@@ -192,8 +192,8 @@ def test_learned_lr_is_used_unless_overridden(write):
     assert archive_lr(learned, 0.2) == (0.2, "option")
     torch.set_num_threads(2)
     result = evaluate_archive(learned.path, protocol=TINY, archs=["mlp"], device="cpu", threads=1)
-    assert result["protocol"]["lr"] == 0.05 and result["protocol"]["lr_source"] == "learned"
-    assert result["protocol"]["threads"] == 1 and torch.get_num_threads() == 2
+    assert result.run.lr == 0.05 and result.run.lr_source == "learned"
+    assert result.run.threads == 1 and torch.get_num_threads() == 2
     torch.set_num_threads(1)
 
 
@@ -336,7 +336,7 @@ def test_networks_trained_side_by_side_give_the_same_numbers(write):
         device="cpu",
         threads=1,
         jobs=1,
-    )
+    ).to_json()
     events: list[tuple] = []
     side_by_side = evaluate_archive(
         path,
@@ -347,7 +347,7 @@ def test_networks_trained_side_by_side_give_the_same_numbers(write):
         threads=1,
         jobs=2,
         progress=lambda *event: events.append(event),
-    )
+    ).to_json()
     assert side_by_side["protocol"]["jobs"] == 2 and one_by_one["protocol"]["jobs"] == 1
     for report in (one_by_one, side_by_side):
         assert len(report["results"]["mlp"]["accuracies"]) == 2

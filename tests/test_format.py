@@ -29,6 +29,7 @@ from habactl.format import (
     storage_account,
     verify_archive,
 )
+from habactl.format.account import Part
 from habactl.format.digest import content_digest, manifest_digest
 
 FINGERPRINT = "sha256:" + "ab" * 32
@@ -314,13 +315,13 @@ def test_storage_account_raw_hard_labels(saved):
     path, _, _ = saved
     with open_archive(path) as archive:
         account = storage_account(archive.manifest)
-    assert account["parts"]["bases"] == {"values": 96, "bytes": 384, "counted": True}
-    assert account["parts"]["labels"] == {"values": 6, "bytes": 48, "counted": False}
-    assert account["parts"]["hallucinators"]["values"] == 0
-    assert account["stored_values"] == 96 and account["stored_bytes"] == 432
-    assert account["budget_values"] == 2 * 3 * 16
-    assert account["ratio"] == 1.0 and account["claim_values"] == 96
-    assert "note" not in account
+    assert account.parts["bases"] == Part(96, 384, True)
+    assert account.parts["labels"] == Part(6, 48, False)
+    assert account.parts["hallucinators"].values == 0
+    assert account.stored_values == 96 and account.stored_bytes == 432
+    assert account.budget_values == 2 * 3 * 16
+    assert account.ratio == 1.0 and account.claim_values == 96
+    assert account.note is None and "note" not in account.to_json()
 
 
 def test_storage_account_soft_labels_counted_zca_not(tmp_path):
@@ -331,10 +332,10 @@ def test_storage_account_soft_labels_counted_zca_not(tmp_path):
     )
     path = save_archive(tmp_path / "s.haba", make_tensors(manifest), manifest)
     account = storage_account(open_archive(path).manifest)
-    assert account["parts"]["labels"] == {"values": 18, "bytes": 72, "counted": True}
-    assert account["parts"]["normalization"] == {"values": 256, "bytes": 1024, "counted": False}
-    assert account["stored_values"] == 96 + 18
-    assert account["claim_values"] == 96 and "not counted" in account["note"]
+    assert account.parts["labels"] == Part(18, 72, True)
+    assert account.parts["normalization"] == Part(256, 1024, False)
+    assert account.stored_values == 96 + 18
+    assert account.claim_values == 96 and "not counted" in account.note
 
 
 # --- writer ----------------------------------------------------------------------------

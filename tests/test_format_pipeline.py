@@ -22,6 +22,7 @@ from habactl.format import (
     storage_account,
     verify_archive,
 )
+from habactl.format.account import Part
 from test_format import make_manifest, make_tensors, rejects, rewrite
 
 
@@ -79,21 +80,21 @@ def test_pipeline_parameters_round_trip(tmp_path, fake_codecs):
     path = save_archive(tmp_path / "t.haba", tensors, manifest)
     with open_archive(path) as archive:
         assert archive.names() == ["bases", "labels", "pipeline.1.scale"]
-        assert archive.plan.expansion == 4 and archive.plan.expanded_items == 24
+        assert archive.layout.expansion == 4 and archive.layout.expanded_items == 24
         assert torch.equal(archive.tensors()["pipeline.1.scale"], tensors["pipeline.1.scale"])
         account = storage_account(archive.manifest)
-    assert account["parts"]["hallucinators"] == {"values": 4, "bytes": 16, "counted": True}
-    assert account["parts"]["bases"]["values"] == 6 * 4
-    assert account["stored_values"] == 24 + 4
+    assert account.parts["hallucinators"] == Part(4, 16, True)
+    assert account.parts["bases"].values == 6 * 4
+    assert account.stored_values == 24 + 4
 
 
 def test_claim_counting_bases_only_is_reported(tmp_path, fake_codecs):
     manifest, tensors = tiled(counts="bases")
     path = save_archive(tmp_path / "t.haba", tensors, manifest)
     account = storage_account(open_archive(path).manifest)
-    assert account["claim_values"] == 96 and account["stored_values"] == 100
-    assert math.isclose(account["ratio"], 100 / 96) and account["claim_ratio"] == 1.0
-    assert "hallucinators" in account["note"]
+    assert account.claim_values == 96 and account.stored_values == 100
+    assert math.isclose(account.ratio, 100 / 96) and account.claim_ratio == 1.0
+    assert "hallucinators" in account.note
 
 
 def test_parameter_tensors_must_match_the_pipeline(tmp_path, fake_codecs):
@@ -200,11 +201,9 @@ def test_real_hallucinate_archive_round_trip(tmp_path):
     assert verify_archive(path) == []
     account = storage_account(open_archive(path).manifest)
     assert (
-        account["parts"]["hallucinators"]["values"]
-        == sum(math.prod(s) for s in spec.params.values())
-        > 0
+        account.parts["hallucinators"].values == sum(math.prod(s) for s in spec.params.values()) > 0
     )
-    assert account["claim_values"] == account["parts"]["bases"]["values"]
+    assert account.claim_values == account.parts["bases"].values
 
 
 def test_real_hallucinate_expansion_bomb(tmp_path):

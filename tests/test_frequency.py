@@ -124,8 +124,8 @@ def test_compress_frequency_then_read_it_back(archive, tmp_path):
     mask = tensors["pipeline.0.mask"]
     assert mask.dtype == torch.uint8 and int(mask.sum()) == 8
     account = storage_account(manifest)
-    assert account["parts"]["hallucinators"]["bytes"] == 16  # the mask is counted
-    assert account["counted_bytes"] <= account["budget_bytes"]
+    assert account.parts["hallucinators"].bytes == 16  # the mask is counted
+    assert account.counted_bytes <= account.budget_bytes
     assert runner.invoke(app, ["verify", str(archive)]).exit_code == 0
     images, labels = HabaDataset(archive).tensors()
     assert images.shape == (manifest["bases"]["count"], 1, 8, 8)
@@ -156,7 +156,7 @@ def test_frequency_composes_with_quantize_upsample_and_hallucinate(tmp_path):
     assert manifest["tensors"]["bases"]["dtype"] == "U8"
     assert manifest["tensors"]["bases"]["shape"][1:] == [1, 1, 10]
     account = storage_account(manifest)
-    assert account["counted_bytes"] <= account["budget_bytes"] == 2 * 10 * 64 * 4
+    assert account.counted_bytes <= account.budget_bytes == 2 * 10 * 64 * 4
     images, _ = HabaDataset(path).tensors()
     assert images.shape == (manifest["bases"]["count"] * 5, 1, 8, 8)
     assert bool(torch.isfinite(images).all())

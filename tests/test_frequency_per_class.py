@@ -169,8 +169,8 @@ def test_compress_per_class_stores_counts_and_decodes_one_mask_per_class(archive
     assert mask.shape == (10, 1, 4, 4) and (mask.sum((1, 2, 3)) == 8).all()
     assert len({m.tobytes() for m in mask}) > 1  # digits differ in what they keep
     account = storage_account(manifest)
-    assert account["parts"]["hallucinators"]["bytes"] == 160  # ten masks, counted
-    assert account["counted_bytes"] <= account["budget_bytes"] == 2 * 10 * 64 * 4
+    assert account.parts["hallucinators"].bytes == 160  # ten masks, counted
+    assert account.counted_bytes <= account.budget_bytes == 2 * 10 * 64 * 4
     with open_archive(archives["shared"]) as a:
         shared = a.manifest
     # The ten masks cost 144 bytes more than one: 144 // 32 = 4 fewer coefficient bases.

@@ -86,7 +86,7 @@ def test_dd_ranking_export_notes_the_storage_equivalent_ipc(tmp_path, haba_idc):
     note = json.loads((folder / "habactl-export.json").read_text())
     manifest = open_archive(haba_idc).manifest
     account = storage_account(manifest)
-    equivalent = account["stored_values"] / (3 * 64)
+    equivalent = account.stored_values / (3 * 64)
     assert note["storage_equivalent_ipc"] == pytest.approx(equivalent, abs=1e-4)
     assert note["ipc_for_random_baseline"] == int(equivalent) >= 1
     assert note["claimed_ipc"] == 2 and note["decoded_images"] == 18

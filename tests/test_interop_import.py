@@ -222,8 +222,8 @@ def test_haba_official_decodes_exactly_as_the_authors_hallucinators(tmp_path):
     # Their claim: 2 bases per class. The true account adds the hallucinators.
     per_style = 2 * 3 * 3 * 9 + 3 + 3 + 2 * 3 * 6 * 6
     assert manifest["storage"] == {"ipc": 2, "counts": "bases", "budget_values": 2 * 2 * 192}
-    assert account["stored_values"] == bases.numel() + 3 * per_style
-    assert account["claim_ratio"] == 1.0 and account["ratio"] > 1.5
+    assert account.stored_values == bases.numel() + 3 * per_style
+    assert account.claim_ratio == 1.0 and account.ratio > 1.5
 
 
 def test_haba_official_with_a_claimed_ipc_counts_everything(tmp_path):
@@ -326,7 +326,7 @@ def test_idc_multi_formation_decodes_as_idc_does(tmp_path):
         {"name": "upsample", "version": 1, "configuration": {"factor": 2, "mode": "bilinear"}}
     ]
     assert m["bases"]["shape"] == [3, 4, 4]
-    assert storage_account(m)["ratio"] == 1.0  # same storage as 3 images per class
+    assert storage_account(m).ratio == 1.0  # same storage as 3 images per class
 
 
 def test_idc_factor_that_does_not_divide_the_image_is_refused(tmp_path):

@@ -120,7 +120,7 @@ def test_inspect_shows_the_stored_dtype_and_the_account_in_bytes(archives, name)
     manifest = report["manifest"]
     assert manifest["tensors"]["bases"]["dtype"] == dtype
     account = storage_account(manifest)
-    assert 0.9 < account["ratio_bytes"] <= 1.0  # the byte budget is filled, not exceeded
+    assert 0.9 < account.ratio_bytes <= 1.0  # the byte budget is filled, not exceeded
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -127,7 +127,7 @@ def test_lower_precision_buys_more_bases_in_the_same_bytes(archives):
         with open_archive(path) as archive:
             manifests[name] = archive.manifest
         account = storage_account(manifests[name])
-        assert account["budget_bytes"] == 10 * 64 * 4 and account["ratio_bytes"] <= 1.0
+        assert account.budget_bytes == 10 * 64 * 4 and account.ratio_bytes <= 1.0
         counts[name] = manifests[name]["bases"]["count"]
     # 2,560 bytes: 10 float32 bases; uint8: (2560 - 8) // 64 = 39; uint4 per channel
     # (1 channel: 8 bytes of grid): (2560 - 8) // 32 = 79.

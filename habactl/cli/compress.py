@@ -881,7 +881,7 @@ def report_written(path: Path, seconds: float) -> None:
     from habactl.format import open_archive, storage_account
 
     with open_archive(path) as archive:
-        account = storage_account(archive.manifest)
+        account = storage_account(archive.manifest).to_json()
     parts = account["parts"]
     split = (
         f"bases {parts['bases']['values']:,} + hallucinators {parts['hallucinators']['values']:,}; "

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from habactl.cli.app import app, guarded, plural, stderr, stdout
 from habactl.cli.options import Device
+
+if TYPE_CHECKING:
+    from habactl.evaluation.report import EvaluationReport
 
 Archive = Annotated[Path, typer.Argument(help="The .haba archive.")]
 Data = Annotated[
@@ -169,7 +172,7 @@ def evaluate(
             warn=warn,
         )
     if as_json:
-        print(json.dumps(result, sort_keys=True))
+        print(json.dumps(result.to_json(), sort_keys=True))
     else:
         print_result(result)
 
@@ -218,14 +221,15 @@ class _progress:
             self.line.stop()
 
 
-def print_result(result: dict[str, Any]) -> None:
+def print_result(result: EvaluationReport) -> None:
     from rich.table import Table
 
-    archive, data, protocol = result["archive"], result["data"], result["protocol"]
+    archive, data, run = result.archive, result.data, result.run
+    protocol = run.protocol
     stdout.print(
-        f"[bold]{archive['path']}[/]: {archive['training_images']:,} training images from "
-        f"{archive['stored_values']:,} stored values (budget {archive['budget_values']:,}); "
-        f"tested on {data['name']} ({data['test_images']:,} test images)"
+        f"[bold]{archive.path}[/]: {archive.training_images:,} training images from "
+        f"{archive.stored_values:,} stored values (budget {archive.budget_values:,}); "
+        f"tested on {data.name} ({data.test_images:,} test images)"
     )
     table = Table(show_edge=False)
     for name, justify in (
@@ -242,15 +246,15 @@ def print_result(result: dict[str, Any]) -> None:
     arms = [
         (
             "archive",
-            archive["training_images"],
-            protocol["epochs"],
-            _lr_text(protocol["lr"], protocol["lr_source"]),
-            result["results"],
+            archive.training_images,
+            protocol.epochs,
+            _lr_text(run.lr, run.lr_source),
+            result.results,
         )
     ]
     arms += [
-        (name, b["training_images"], b["epochs"], f"{b['lr']:g}", b["results"])
-        for name, b in result["baselines"].items()
+        (name, b.training_images, b.epochs, f"{b.lr:g}", b.results)
+        for name, b in result.baselines.items()
     ]
     for arm, images, epochs, lr, results in arms:
         for arch_name, r in results.items():
@@ -260,23 +264,23 @@ def print_result(result: dict[str, Any]) -> None:
                 f"{images:,}",
                 str(epochs),
                 lr,
-                f"{r['mean']:.2f} ± {r['std']:.2f}",
-                str(r["models"]),
-                f"{r['seconds']:.0f} s",
+                f"{r.mean:.2f} ± {r.std:.2f}",
+                str(r.models),
+                f"{r.seconds:.0f} s",
             )
     stdout.print(table)
     stdout.print(
-        f"final-epoch accuracy, mean ± std over models; batch {protocol['batch_size']}, "
-        f"lr × {protocol['lr_decay']:g} at epoch "
-        f"{int(protocol['epochs'] * protocol['lr_decay_at'])}, "
-        f"{protocol['augmentation']} augmentation, seed {protocol['seed']}, "
-        f"{protocol['device']} "
-        f"({protocol['jobs']} at a time, {plural(protocol['threads'], 'thread')} each); "
-        f"{result['seconds']:.0f} s in all"
+        f"final-epoch accuracy, mean ± std over models; batch {protocol.batch_size}, "
+        f"lr × {protocol.lr_decay:g} at epoch "
+        f"{int(protocol.epochs * protocol.lr_decay_at)}, "
+        f"{protocol.augmentation} augmentation, seed {protocol.seed}, "
+        f"{run.device} "
+        f"({run.jobs} at a time, {plural(run.threads, 'thread')} each); "
+        f"{result.seconds:.0f} s in all"
     )
-    for name, b in result["baselines"].items():
-        if b.get("note"):
-            stdout.print(f"{name}: {b['note']}")
+    for name, b in result.baselines.items():
+        if b.note:
+            stdout.print(f"{name}: {b.note}")
 
 
 def _lr_text(lr: float, source: str) -> str:

@@ -143,9 +143,10 @@ def import_(
         print(f"habactl: note: {note}", file=sys.stderr)
     with open_archive(path) as archive:
         account = storage_account(archive.manifest)
-        count = archive.manifest["bases"]["count"] * archive.plan.expansion
+        count = archive.info.bases.count * archive.layout.expansion
+        ipc = archive.info.storage.ipc
     print(
-        f"wrote {path}: {count:,} training images; stores {account['stored_values']:,} values "
-        f"= {account['ratio']:.2f}x the budget of ipc {archive.manifest['storage']['ipc']}",
+        f"wrote {path}: {count:,} training images; stores {account.stored_values:,} values "
+        f"= {account.ratio:.2f}x the budget of ipc {ipc}",
         file=sys.stderr,
     )

@@ -9,11 +9,15 @@ import json
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from habactl.cli.app import app, guarded, plural, stdout
+
+if TYPE_CHECKING:
+    from habactl.format.account import StorageAccount
+    from habactl.format.view import Manifest, Storage
 
 # Width of the key column of the listings, and of a listing's lines (before the console
 # narrows it).
@@ -21,48 +25,48 @@ KEY_WIDTH = 14
 MAX_WIDTH = 100
 
 
-def describe_stage(stage: dict[str, Any]) -> str:
+def describe_stage(stage: Mapping[str, Any]) -> str:
     settings = ", ".join(f"{k}={v}" for k, v in sorted(stage["configuration"].items()))
     return f"{stage['name']}({settings})"
 
 
-def summary(manifest: dict[str, Any], expansion: int) -> list[tuple[str, str]]:
+def summary(manifest: Manifest, expansion: int) -> list[tuple[str, str]]:
     """(key, value) rows of the archive's one-screen summary."""
-    image = manifest["image"]
-    bases = manifest["bases"]
-    prov = manifest["provenance"]
-    per_class = sorted(set(bases["per_class"]))
+    from habactl.format.manifest import FORMAT_NAME
+
+    image, bases, prov = manifest.image, manifest.bases, manifest.provenance
+    per_class = sorted(set(bases.per_class))
     per_class_text = (
         str(per_class[0]) if len(per_class) == 1 else f"{min(per_class)}–{max(per_class)}"
     )
-    pipeline = " → ".join(describe_stage(s) for s in manifest["pipeline"]) or "none (raw images)"
-    classes = manifest["classes"]
+    pipeline = " → ".join(describe_stage(s) for s in manifest.pipeline) or "none (raw images)"
+    classes = manifest.classes
     return [
-        ("format", f"{manifest['format']} {manifest['format_version']}"),
-        ("data set", f"{prov['dataset']['name']}  ({prov['dataset']['fingerprint'][:23]}…)"),
+        ("format", f"{FORMAT_NAME} {manifest.format_version}"),
+        ("data set", f"{prov.dataset}  ({prov.fingerprint[:23]}…)"),
         (
             "classes",
             f"{len(classes)}: {', '.join(classes[:10])}" + (" …" if len(classes) > 10 else ""),
         ),
-        ("image", f"{image['channels']}×{image['height']}×{image['width']}"),
+        ("image", f"{image.channels}×{image.height}×{image.width}"),
         (
             "bases",
-            f"{bases['count']:,} ({per_class_text} per class) at "
-            + "×".join(str(s) for s in bases["shape"]),
+            f"{bases.count:,} ({per_class_text} per class) at "
+            + "×".join(str(s) for s in bases.shape),
         ),
         ("pipeline", pipeline),
-        ("expands to", plural(bases["count"] * expansion, "training image")),
-        ("labels", manifest["labels"]["kind"]),
-        ("normalisation", manifest["normalization"]["kind"]),
+        ("expands to", plural(bases.count * expansion, "training image")),
+        ("labels", manifest.label_kind),
+        ("normalisation", manifest.normalization.kind),
         (
             "objective",
-            f"{prov['objective']}, {plural(prov['iterations'], 'iteration')}, seed {prov['seed']}",
+            f"{prov.objective}, {plural(prov.iterations, 'iteration')}, seed {prov.seed}",
         ),
-        ("made by", f"{prov['library']} at {prov['created']}"),
+        ("made by", f"{prov.library} at {prov.created}"),
     ]
 
 
-def account_table(account: dict[str, Any], storage: dict[str, Any]) -> Any:
+def account_table(account: StorageAccount, storage: Storage) -> Any:
     from rich.table import Table
 
     table = Table(title="storage account", title_justify="left", show_edge=False)
@@ -70,34 +74,31 @@ def account_table(account: dict[str, Any], storage: dict[str, Any]) -> Any:
     table.add_column("values", justify="right")
     table.add_column("bytes", justify="right")
     table.add_column("counted")
-    for name, part in account["parts"].items():
-        if part["values"] or part["bytes"]:
+    for name, part in account.parts.items():
+        if part.values or part.bytes:
             table.add_row(
-                name,
-                f"{part['values']:,}",
-                f"{part['bytes']:,}",
-                "yes" if part["counted"] else "no",
+                name, f"{part.values:,}", f"{part.bytes:,}", "yes" if part.counted else "no"
             )
     table.add_row(
         "[bold]counted[/]",
-        f"[bold]{account['stored_values']:,}[/]",
-        f"[bold]{account['counted_bytes']:,}[/]",
+        f"[bold]{account.stored_values:,}[/]",
+        f"[bold]{account.counted_bytes:,}[/]",
         "",
     )
     table.add_row(
-        f"budget (IPC {storage['ipc']})",
-        f"{account['budget_values']:,}",
-        f"{account['budget_bytes']:,}",
+        f"budget (IPC {storage.ipc})",
+        f"{account.budget_values:,}",
+        f"{account.budget_bytes:,}",
         "",
     )
-    ratio, ratio_b = account["ratio"], account["ratio_bytes"]
+    ratio, ratio_b = account.ratio, account.ratio_bytes
     style = "green" if ratio_b <= 1.0 + 1e-9 else "red"
     table.add_row("counted / budget", f"{ratio:.2f}×", f"[{style}]{ratio_b:.2f}×[/]", "")
-    table.add_row("all tensors", "", f"{account['stored_bytes']:,}", "")
+    table.add_row("all tensors", "", f"{account.stored_bytes:,}", "")
     return table
 
 
-def recipe_of(manifest: dict[str, Any]) -> Any:
+def recipe_of(manifest: Manifest) -> Any:
     """The archive's training recipe (habactl.recipe, torch-free), or None if it has none."""
     from habactl.recipe import Recipe
 
@@ -212,23 +213,23 @@ def inspect_archive(
     from habactl.format.reader import open_archive
 
     with open_archive(archive) as opened:
-        manifest = opened.manifest
-        expansion = opened.plan.expansion
+        manifest, info = opened.manifest, opened.info
+        expansion = opened.layout.expansion
     if as_recipe:
         from habactl.distill.recipe_file import archive_recipe_toml
 
         print(archive_recipe_toml(manifest, archive), end="")
         return
     account = storage_account(manifest)
-    recipe = recipe_of(manifest)
+    recipe = recipe_of(info)
     if as_json:
         print(
             json.dumps(
                 {
                     "path": str(archive),
                     "manifest": manifest,
-                    "account": account,
-                    "expanded_items": manifest["bases"]["count"] * expansion,
+                    "account": account.to_json(),
+                    "expanded_items": info.bases.count * expansion,
                     "recipe": None if recipe is None else recipe.as_dict(),
                 },
                 indent=2,
@@ -240,23 +241,23 @@ def inspect_archive(
 
     width = min(MAX_WIDTH, stdout.width)
     stdout.print(f"[bold]{escape(str(archive))}[/]")
-    for key, value in summary(manifest, expansion):
+    for key, value in summary(info, expansion):
         # Wrapped here, between words: the console itself does not wrap (soft_wrap).
         rows = wrap_items([_text(value)], max(20, width - 1 - 2 - KEY_WIDTH))
         stdout.print(f"  [cyan]{key:<{KEY_WIDTH}}[/]{escape(rows[0])}")
         for row in rows[1:]:
             stdout.print(" " * (2 + KEY_WIDTH) + escape(row))
-    if manifest["storage"].get("counts") == "bases":
+    if info.storage.counts == "bases":
         stdout.print(
             "  [yellow]note[/]: the claim counts bases only (reference counting); "
             "the account below counts every stored value."
         )
-    stdout.print(account_table(account, manifest["storage"]))
+    stdout.print(account_table(account, info.storage))
     if recipe is not None:
         _print_section(
             "training recipe (habactl.recipe; what `habactl evaluate` trains with)",
             [f"  {line}" for line in recipe.lines()],
         )
-    hyper = manifest["provenance"].get("hyperparameters") or {}
+    hyper = info.provenance.hyperparameters
     if hyper:
         _print_section("hyperparameters (how the archive was made)", listing(hyper, 2, width))

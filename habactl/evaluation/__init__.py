@@ -18,6 +18,7 @@ _EXPORTS = {
     "Protocol": "protocol",
     "full_data_epochs": "protocol",
     "BASELINES": "run",
+    "EvaluationReport": "report",
     "evaluate_archive": "run",
     "evaluate_training_set": "run",
     "prepare_test_images": "run",
@@ -28,6 +29,7 @@ _EXPORTS = {
 
 __all__ = [
     "BASELINES",
+    "EvaluationReport",
     "FAST",
     "PRESETS",
     "Protocol",

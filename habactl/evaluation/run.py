@@ -2,15 +2,17 @@
 
 For each architecture, `protocol.models` networks are trained from scratch (model i
 seeded with seed + i, for its initialisation, shuffling and augmentation) and scored on
-the real test split by their final-epoch accuracy. The result is one JSON-ready dict.
+the real test split by their final-epoch accuracy. The result is an
+``EvaluationReport`` (habactl/evaluation/report.py).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,16 @@ from habactl.data.stored import is_stored, is_stored_images
 from habactl.errors import HabaError
 from habactl.evaluation.parallel import ModelScore, ModelTask, Progress, default_jobs, run_tasks
 from habactl.evaluation.protocol import DEFAULT_LR, FULL_DATA_EPOCH_DIVISOR, Protocol
+from habactl.evaluation.report import (
+    ArchiveFacts,
+    ArchScore,
+    BaselineReport,
+    DataFacts,
+    EvaluationReport,
+    RunSettings,
+)
 from habactl.evaluation.score import summarize
+from habactl.format.view import Manifest
 from habactl.runtime import DEVICES, resolve_device
 
 BASELINES = ("full", "random")
@@ -39,7 +50,12 @@ class TrainingSet:
     protocol: Protocol
     lr: float
     lr_source: str
-    details: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None  # how a baseline arm was drawn, shown under the table
+    per_class: int | None = None  # the random arm's real images per class
+
+    @property
+    def training_images(self) -> int:
+        return int(self.images.shape[0])
 
 
 def parse_names(values: Iterable[str] | None, known: Sequence[str], what: str) -> list[str]:
@@ -61,7 +77,7 @@ def archive_lr(dataset: Any, lr: float | None) -> tuple[float, str]:
     """The lr the archive is trained with: --lr, else the learned lr, else the recommended."""
     if lr is not None:
         return float(lr), "option"
-    if dataset.manifest["training"].get("learned_lr") is not None:
+    if dataset.info.training.learned_lr is not None:
         return float(dataset.recommended_lr), "learned"
     return float(dataset.recommended_lr), "archive"
 
@@ -78,8 +94,8 @@ def load_test_source(
     (nothing is rehashed)."""
     from habactl.data.opening import open_data
 
-    recorded = dataset.manifest["provenance"]["dataset"]
-    name = data or recorded["name"]
+    recorded = dataset.info.provenance
+    name = data or recorded.dataset
     try:
         source = open_data(name, root=str(root) if root is not None else None)
     except HabaError as error:
@@ -90,10 +106,10 @@ def load_test_source(
             ) from None
         raise
     check_compatible(dataset, source)
-    if source.fingerprint != recorded["fingerprint"] and warn is not None:
+    if source.fingerprint != recorded.fingerprint and warn is not None:
         warn(
             f"data set {name!r} is not the one the archive was made from "
-            f"(fingerprint {source.fingerprint[:19]}… vs {recorded['fingerprint'][:19]}…): "
+            f"(fingerprint {source.fingerprint[:19]}… vs {recorded.fingerprint[:19]}…): "
             "its test split may overlap the archive's training images"
         )
     return source
@@ -137,29 +153,21 @@ def transformed(images: Any, transform: Any) -> Any:
     return transform(images)
 
 
-def budget_per_class(manifest: dict[str, Any]) -> int:
+def budget_per_class(manifest: Manifest | Mapping[str, Any]) -> int:
     """Real images per class that fit in the archive's true storage: stored values ÷
     values per image ÷ classes, rounded down, at least 1."""
     from habactl.format import storage_account
 
-    account = storage_account(manifest)
-    image = manifest["image"]
-    per_image = image["channels"] * image["height"] * image["width"]
-    return max(1, int(account["stored_values"]) // per_image // len(manifest["classes"]))
+    m = manifest if isinstance(manifest, Manifest) else Manifest.from_json(manifest)
+    account = storage_account(m.json)
+    per_image = math.prod(m.image.shape)
+    return max(1, account.stored_values // per_image // len(m.classes))
 
 
 def archive_training_set(dataset: Any, protocol: Protocol, lr: float | None = None) -> TrainingSet:
     images, labels = dataset.tensors()
     used_lr, source = archive_lr(dataset, lr)
-    return TrainingSet(
-        "archive",
-        images.float(),
-        labels,
-        protocol,
-        used_lr,
-        source,
-        {"training_images": int(images.shape[0])},
-    )
+    return TrainingSet("archive", images.float(), labels, protocol, used_lr, source)
 
 
 def full_training_set(
@@ -186,7 +194,7 @@ def full_training_set(
         full,
         DEFAULT_LR if lr is None else float(lr),
         "protocol" if lr is None else "option",
-        {"training_images": int(images.shape[0]), "note": note},
+        note=note,
     )
 
 
@@ -195,7 +203,7 @@ def random_training_set(
 ) -> TrainingSet:
     from habactl.baselines import random_per_class
 
-    per_class = budget_per_class(dataset.manifest)
+    per_class = budget_per_class(dataset.info)
     indices = random_per_class(source.train.labels, per_class, source.num_classes, protocol.seed)
     images = dataset.test_transform()(source.train.images[indices])
     return TrainingSet(
@@ -205,12 +213,9 @@ def random_training_set(
         protocol,
         DEFAULT_LR if lr is None else float(lr),
         "protocol" if lr is None else "option",
-        {
-            "training_images": int(images.shape[0]),
-            "per_class": per_class,
-            "note": f"{per_class} random real image(s) per class (seed "
-            f"{protocol.seed}): the archive's true storage budget",
-        },
+        note=f"{per_class} random real image(s) per class (seed "
+        f"{protocol.seed}): the archive's true storage budget",
+        per_class=per_class,
     )
 
 
@@ -247,24 +252,22 @@ def model_tasks(
     ]
 
 
-def summarize_arm(
-    tasks: Sequence[ModelTask], scores: Sequence[ModelScore]
-) -> dict[str, dict[str, Any]]:
+def summarize_arm(tasks: Sequence[ModelTask], scores: Sequence[ModelScore]) -> dict[str, ArchScore]:
     """Per architecture: accuracies in percent, mean, std, and training seconds."""
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, ArchScore] = {}
     for arch in dict.fromkeys(task.arch for task in tasks):
         mine = [score for task, score in zip(tasks, scores) if task.arch == arch]
         accuracies = [score.accuracy for score in mine]
         seconds = sum(score.seconds for score in mine)
         mean, std = summarize(accuracies)
-        results[arch] = {
-            "accuracies": [round(a, 4) for a in accuracies],
-            "mean": round(mean, 4),
-            "std": round(std, 4),
-            "models": len(mine),
-            "seconds": round(seconds, 2),
-            "seconds_per_model": round(seconds / len(mine), 2),
-        }
+        results[arch] = ArchScore(
+            accuracies=tuple(round(a, 4) for a in accuracies),
+            mean=round(mean, 4),
+            std=round(std, 4),
+            models=len(mine),
+            seconds=round(seconds, 2),
+            seconds_per_model=round(seconds / len(mine), 2),
+        )
     return results
 
 
@@ -279,7 +282,7 @@ def evaluate_training_set(
     device: torch.device,
     jobs: int = 1,
     progress: Progress | None = None,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, ArchScore]:
     """Train `protocol.models` nets per architecture on `training`; accuracies in percent."""
     tasks = model_tasks(
         training, test_images, test_labels, archs, num_classes=num_classes, flip=flip, device=device
@@ -304,8 +307,9 @@ def evaluate_archive(
     jobs: int | None = 1,
     progress: Progress | None = None,
     warn: Warn | None = None,
-) -> dict[str, Any]:
-    """Evaluate the archive at `path`; see the module docstring. Returns the result dict.
+) -> EvaluationReport:
+    """Evaluate the archive at `path`; see the module docstring. ``.to_json()`` of the
+    report is ``evaluate --json``'s output.
 
     `threads` sets torch's CPU threads for the duration of the call (restored after), in
     this process and in each worker; `jobs` > 1 trains that many networks at a time in
@@ -352,19 +356,13 @@ def _evaluate_archive(
     jobs: int | None,
     progress: Progress | None,
     warn: Warn | None,
-) -> dict[str, Any]:
-    from habactl.format import storage_account
+) -> EvaluationReport:
+    from habactl import distributed
     from habactl.loader import HabaDataset
-    from habactl.nets import ARCHITECTURES
     from habactl.nets.registry import arch_name
 
     started = time.perf_counter()
-    if lr is not None and not lr > 0:
-        raise HabaError(f"lr must be positive, got {lr!r}")
-    archs = parse_names(archs, ARCHITECTURES, "architecture") or ["convnet"]
-    baselines = parse_names(baselines, BASELINES, "baseline")
-    from habactl import distributed
-
+    archs, baselines = _checked_request(lr, archs, baselines)
     target = distributed.device_for(device)  # resolve_device's, or this rank's own GPU
     warnings: list[str] = []
 
@@ -381,15 +379,7 @@ def _evaluate_archive(
     archs = list(dict.fromkeys(arch_name(a, *dataset.image_shape[1:]) for a in archs))
     source = load_test_source(dataset, data, root, note)
     test_images, test_labels = prepare_test_images(dataset, source)
-    manifest = dataset.manifest
-    account = storage_account(manifest)
-
-    arms = [archive_training_set(dataset, protocol, lr)]
-    if "full" in baselines:
-        arms.append(full_training_set(dataset, source, protocol, lr=lr, epochs=full_epochs))
-    if "random" in baselines:
-        arms.append(random_training_set(dataset, source, protocol, lr=lr))
-    # Every network of every arm in one queue, so parallel workers never wait on an arm.
+    arms = _arms(dataset, source, protocol, lr, baselines, full_epochs)
     tasks = {
         arm.name: model_tasks(
             arm,
@@ -402,68 +392,123 @@ def _evaluate_archive(
         )
         for arm in arms
     }
-    queue = [task for arm_tasks in tasks.values() for task in arm_tasks]
+    workers = _workers(jobs, target, sum(len(t) for t in tasks.values()))
+    scores = _train_together(tasks, workers, progress)
+    archive_arm = arms[0]
+    return EvaluationReport(
+        archive=_archive_facts(dataset, path, archive_arm),
+        data=_data_facts(dataset, source, int(test_images.shape[0])),
+        run=RunSettings(
+            protocol=protocol,
+            lr=archive_arm.lr,
+            lr_source=archive_arm.lr_source,
+            device=str(target),
+            threads=torch.get_num_threads(),
+            jobs=workers,
+            world_size=distributed.world_size(),
+            flip=not source.is_digits,
+        ),
+        results=scores[archive_arm.name],
+        baselines={arm.name: _baseline_report(arm, scores[arm.name]) for arm in arms[1:]},
+        warnings=tuple(warnings),
+        seconds=round(time.perf_counter() - started, 2),
+    )
+
+
+def _checked_request(
+    lr: float | None, archs: Sequence[str], baselines: Sequence[str]
+) -> tuple[list[str], list[str]]:
+    """The architectures and baselines asked for, checked (before any data is read)."""
+    from habactl.nets import ARCHITECTURES
+
+    if lr is not None and not lr > 0:
+        raise HabaError(f"lr must be positive, got {lr!r}")
+    return (
+        parse_names(archs, ARCHITECTURES, "architecture") or ["convnet"],
+        parse_names(baselines, BASELINES, "baseline"),
+    )
+
+
+def _arms(
+    dataset: Any,
+    source: Any,
+    protocol: Protocol,
+    lr: float | None,
+    baselines: Sequence[str],
+    full_epochs: int | None,
+) -> list[TrainingSet]:
+    """The archive's training set first, then each baseline asked for."""
+    arms = [archive_training_set(dataset, protocol, lr)]
+    if "full" in baselines:
+        arms.append(full_training_set(dataset, source, protocol, lr=lr, epochs=full_epochs))
+    if "random" in baselines:
+        arms.append(random_training_set(dataset, source, protocol, lr=lr))
+    return arms
+
+
+def _workers(jobs: int | None, target: torch.device, tasks: int) -> int:
+    from habactl import distributed
+
     if jobs is None and distributed.world_size() > 1:
         jobs = 1  # under torchrun the ranks are the parallel workers, one network each
-    workers = default_jobs(target, len(queue)) if jobs is None else min(jobs, len(queue))
+    return default_jobs(target, tasks) if jobs is None else min(jobs, tasks)
+
+
+def _train_together(
+    tasks: dict[str, list[ModelTask]], workers: int, progress: Progress | None
+) -> dict[str, dict[str, ArchScore]]:
+    """Every network of every arm in one queue, so parallel workers never wait on an
+    arm; the scores per arm and architecture."""
+    queue = [task for arm_tasks in tasks.values() for task in arm_tasks]
     scores = iter(
         run_tasks(queue, jobs=workers, threads=torch.get_num_threads(), progress=progress)
     )
-    evaluated = {
-        arm.name: (arm, summarize_arm(tasks[arm.name], [next(scores) for _ in tasks[arm.name]]))
-        for arm in arms
+    return {
+        name: summarize_arm(arm_tasks, [next(scores) for _ in arm_tasks])
+        for name, arm_tasks in tasks.items()
     }
 
-    archive_arm, archive_results = evaluated["archive"]
-    provenance = manifest["provenance"]
-    return {
-        "archive": {
-            "path": str(path),
-            "content_digest": manifest.get("content_digest"),
-            "objective": provenance["objective"],
-            "bases": int(manifest["bases"]["count"]),
-            "expansion": int(dataset.expansion),
-            "training_images": archive_arm.details["training_images"],
-            "labels": manifest["labels"]["kind"],
-            "normalization": manifest["normalization"]["kind"],
-            "ipc": manifest["storage"]["ipc"],
-            "stored_values": int(account["stored_values"]),
-            "budget_values": int(account["budget_values"]),
-        },
-        "data": {
-            "name": source.name,
-            "fingerprint": source.fingerprint,
-            "matches_archive": source.fingerprint == provenance["dataset"]["fingerprint"],
-            "train_images": len(source.train),
-            "test_images": int(test_images.shape[0]),
-        },
-        "protocol": {
-            **protocol.to_dict(),
-            "lr": archive_arm.lr,
-            "lr_source": archive_arm.lr_source,
-            "device": str(target),
-            "threads": torch.get_num_threads(),
-            "jobs": workers,
-            **({"world_size": distributed.world_size()} if distributed.world_size() > 1 else {}),
-            "flip": not source.is_digits,
-            "score": "final-epoch test accuracy, mean and population std over models",
-        },
-        "accuracy_unit": "percent",
-        "results": archive_results,
-        "baselines": {
-            name: {
-                "training_images": arm.details["training_images"],
-                "epochs": arm.protocol.epochs,
-                "lr": arm.lr,
-                **{k: v for k, v in arm.details.items() if k != "training_images"},
-                "results": results,
-            }
-            for name, (arm, results) in evaluated.items()
-            if name != "archive"
-        },
-        "warnings": warnings,
-        "seconds": round(time.perf_counter() - started, 2),
-    }
+
+def _archive_facts(dataset: Any, path: Path, arm: TrainingSet) -> ArchiveFacts:
+    from habactl.format import storage_account
+
+    info = dataset.info
+    account = storage_account(info.json)
+    return ArchiveFacts(
+        path=str(path),
+        content_digest=info.content_digest,
+        objective=info.provenance.objective,
+        bases=info.bases.count,
+        expansion=int(dataset.expansion),
+        training_images=arm.training_images,
+        labels=info.label_kind,
+        normalization=info.normalization.kind,
+        ipc=info.storage.ipc,
+        stored_values=account.stored_values,
+        budget_values=account.budget_values,
+    )
+
+
+def _data_facts(dataset: Any, source: Any, test_images: int) -> DataFacts:
+    recorded = dataset.info.provenance.fingerprint
+    return DataFacts(
+        name=source.name,
+        fingerprint=source.fingerprint,
+        matches_archive=source.fingerprint == recorded,
+        train_images=len(source.train),
+        test_images=test_images,
+    )
+
+
+def _baseline_report(arm: TrainingSet, results: dict[str, ArchScore]) -> BaselineReport:
+    return BaselineReport(
+        training_images=arm.training_images,
+        epochs=arm.protocol.epochs,
+        lr=arm.lr,
+        results=results,
+        note=arm.note,
+        per_class=arm.per_class,
+    )
 
 
 def _shape(shape: Sequence[int]) -> str:
@@ -473,6 +518,7 @@ def _shape(shape: Sequence[int]) -> str:
 __all__ = [
     "BASELINES",
     "DEVICES",
+    "EvaluationReport",
     "TrainingSet",
     "archive_lr",
     "archive_training_set",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from habactl.format.errors import ArchiveError, quote
@@ -67,55 +68,96 @@ def _part(name: str) -> str:
     raise ArchiveError(f"tensor {quote(name)}: belongs to no part of the account")
 
 
-def storage_account(manifest: Mapping[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Part:
+    """One part of the account: its values and bytes, and whether the budget counts it."""
+
+    values: int
+    bytes: int
+    counted: bool
+
+
+@dataclass(frozen=True)
+class StorageAccount:
+    """What an archive stores against its claimed budget, in values and in bytes; the
+    fields are ``inspect --json``'s account, key for key."""
+
+    parts: dict[str, Part]  # bases, hallucinators, labels, normalization
+    stored_values: int  # the counted parts' values
+    stored_bytes: int  # every tensor's bytes, counted or not
+    budget_values: int
+    ratio: float  # stored_values / budget_values
+    counts: str  # what the claim counts: "all" stored values, or "bases" only
+    claim_values: int
+    claim_ratio: float
+    # The same in bytes (the unit that matters once parts are not float32): the budget
+    # is IPC float32 images per class.
+    counted_bytes: int
+    budget_bytes: int
+    ratio_bytes: float
+    claim_bytes: int
+    claim_ratio_bytes: float
+    note: str | None = None  # why the claim and the account differ (counts "bases")
+
+    def to_json(self) -> dict[str, Any]:
+        """The account as ``inspect --json`` shows it (no note when there is none)."""
+        account = asdict(self)
+        if self.note is None:
+            del account["note"]
+        return account
+
+
+def storage_account(manifest: Mapping[str, Any]) -> StorageAccount:
     """Values and bytes per part, the counted total, and its ratio to the budget.
 
-    Counted: bases, hallucinators (every ``pipeline.*`` tensor) and soft labels.
-    Not counted: hard labels (class-sorted, so they carry nothing beyond
-    ``bases.per_class``; their bytes are shown) and normalisation (it describes the
-    real data, not the synthetic set).
+    ``manifest`` is a validated manifest's JSON (an archive's ``manifest``). Counted:
+    bases, hallucinators (every ``pipeline.*`` tensor) and soft labels. Not counted:
+    hard labels (class-sorted, so they carry nothing beyond ``bases.per_class``; their
+    bytes are shown) and normalisation (it describes the real data, not the synthetic
+    set).
     """
     soft = manifest["labels"]["kind"] == "soft"
     counted = {"bases": True, "hallucinators": True, "labels": soft, "normalization": False}
-    parts = {p: {"values": 0, "bytes": 0, "counted": counted[p]} for p in PARTS}
+    values = dict.fromkeys(PARTS, 0)
+    nbytes = dict.fromkeys(PARTS, 0)
     for name, entry in manifest["tensors"].items():
-        values = math.prod(entry["shape"])
-        part = parts[_part(name)]
-        part["values"] += values
-        part["bytes"] += values * DTYPE_SIZES[entry["dtype"]]
+        part = _part(name)
+        count = math.prod(entry["shape"])
+        values[part] += count
+        nbytes[part] += count * DTYPE_SIZES[entry["dtype"]]
+    parts = {p: Part(values[p], nbytes[p], counted[p]) for p in PARTS}
     image = manifest["image"]
     budget = budget_values(
         manifest["storage"]["ipc"],
         len(manifest["classes"]),
         (image["channels"], image["height"], image["width"]),
     )
-    stored = sum(p["values"] for p in parts.values() if p["counted"])
-    counted_bytes = sum(p["bytes"] for p in parts.values() if p["counted"])
-    budget_b = FLOAT32_BYTES * budget
+    stored = sum(p.values for p in parts.values() if p.counted)
+    counted_bytes = sum(p.bytes for p in parts.values() if p.counted)
     counts = manifest["storage"]["counts"]
-    claim = parts["bases"]["values"] if counts == "bases" else stored
-    claim_b = parts["bases"]["bytes"] if counts == "bases" else counted_bytes
-    account: dict[str, Any] = {
-        "parts": parts,
-        "stored_values": stored,
-        "stored_bytes": sum(p["bytes"] for p in parts.values()),
-        "budget_values": budget,
-        "ratio": stored / budget,
-        "counts": counts,
-        "claim_values": claim,
-        "claim_ratio": claim / budget,
-        # The same in bytes (the unit that matters once parts are not float32): the
-        # budget is IPC float32 images per class.
-        "counted_bytes": counted_bytes,
-        "budget_bytes": budget_b,
-        "ratio_bytes": counted_bytes / budget_b,
-        "claim_bytes": claim_b,
-        "claim_ratio_bytes": claim_b / budget_b,
-    }
+    note = None
     if counts == "bases":
-        account["note"] = (
+        note = (
             "the claim counts bases only (as the reference code does): hallucinators"
             + (" and soft labels" if soft else "")
             + " are not counted against it"
         )
-    return account
+    claim = parts["bases"].values if counts == "bases" else stored
+    claim_b = parts["bases"].bytes if counts == "bases" else counted_bytes
+    budget_b = FLOAT32_BYTES * budget
+    return StorageAccount(
+        parts=parts,
+        stored_values=stored,
+        stored_bytes=sum(p.bytes for p in parts.values()),
+        budget_values=budget,
+        ratio=stored / budget,
+        counts=counts,
+        claim_values=claim,
+        claim_ratio=claim / budget,
+        counted_bytes=counted_bytes,
+        budget_bytes=budget_b,
+        ratio_bytes=counted_bytes / budget_b,
+        claim_bytes=claim_b,
+        claim_ratio_bytes=claim_b / budget_b,
+        note=note,
+    )

@@ -16,7 +16,7 @@ from habactl.format.account import DTYPE_SIZES  # bytes per element; others are 
 from habactl.format.digest import manifest_digest
 from habactl.format.errors import ArchiveError, quote
 from habactl.format.limits import Limits
-from habactl.format.manifest import Plan, StageLookup, parse_json, validate_manifest
+from habactl.format.manifest import Layout, StageLookup, parse_json, validate_manifest
 
 MAX_NDIM = 8  # dimensions of one tensor (SPEC §1)
 
@@ -76,7 +76,7 @@ def parse_header(raw: bytes, data_size: int, limits: Limits) -> tuple[str, dict[
     if len(header) > limits.max_tensors:
         raise ArchiveError(f"header: {len(header)} tensors, allowed {limits.max_tensors}")
     entries = {name: _entry(name, value) for name, value in header.items()}
-    _check_layout(entries, data_size)
+    _check_tiling(entries, data_size)
     return metadata["haba"], entries
 
 
@@ -110,7 +110,7 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _check_layout(entries: dict[str, Entry], data_size: int) -> None:
+def _check_tiling(entries: dict[str, Entry], data_size: int) -> None:
     # The data section must be tiled exactly: no gaps, no overlaps, nothing after the
     # end. Overlaps would let two tensors alias, gaps would hide unchecked bytes.
     position = 0
@@ -138,16 +138,16 @@ def check_manifest(
     stages: StageLookup,
     *,
     digest: bool = True,
-) -> tuple[dict[str, Any], Plan]:
+) -> tuple[dict[str, Any], Layout]:
     """Parse and validate the manifest, match it against the tensors present, then (with
     ``digest``, a verifying open) check its manifest digest, when it carries one.
 
     The digest comes last so that a manifest a field check refuses gets that check's
     specific message; a damaged manifest that passes them all is caught here."""
     manifest = parse_json(text, "manifest")
-    plan = validate_manifest(manifest, limits, stages=stages)
-    check_tensor_set(plan, entries)
-    for name in sorted(plan.tensors):
+    layout = validate_manifest(manifest, limits, stages=stages)
+    check_tensor_set(layout, entries)
+    for name in sorted(layout.tensors):
         recorded = manifest["tensors"].get(name)
         if recorded is None:
             raise ArchiveError(f"manifest: tensors: no entry for tensor {quote(name)}")
@@ -157,11 +157,11 @@ def check_manifest(
                 f"tensor {quote(name)}: manifest records {recorded['dtype']} {recorded['shape']}, "
                 f"the file holds {entries[name].dtype} {list(entries[name].shape)}"
             )
-    for name in sorted(set(manifest["tensors"]) - set(plan.tensors)):
+    for name in sorted(set(manifest["tensors"]) - set(layout.tensors)):
         raise ArchiveError(f"manifest: tensors: entry {quote(name)} names no tensor of the archive")
     if digest:
         check_manifest_digest(manifest)
-    return manifest, plan
+    return manifest, layout
 
 
 def check_manifest_digest(manifest: dict[str, Any]) -> None:
@@ -174,15 +174,15 @@ def check_manifest_digest(manifest: dict[str, Any]) -> None:
         raise ArchiveError("manifest: digest mismatch (manifest damaged)")
 
 
-def check_tensor_set(plan: Plan, entries: dict[str, Entry]) -> None:
+def check_tensor_set(layout: Layout, entries: dict[str, Entry]) -> None:
     """The tensors present must be exactly those the manifest implies."""
-    for name in sorted(plan.tensors):
+    for name in sorted(layout.tensors):
         if name not in entries:
             raise ArchiveError(f"tensor {quote(name)}: missing (the manifest implies it)")
     for name in sorted(entries):
-        if name not in plan.tensors:
+        if name not in layout.tensors:
             raise ArchiveError(f"tensor {quote(name)}: not described by the manifest")
-    for name, (dtype, shape) in sorted(plan.tensors.items()):
+    for name, (dtype, shape) in sorted(layout.tensors.items()):
         entry = entries[name]
         if entry.dtype != dtype or entry.shape != shape:
             raise ArchiveError(
@@ -194,7 +194,7 @@ def check_tensor_set(plan: Plan, entries: dict[str, Entry]) -> None:
 # --- values --------------------------------------------------------------------------
 
 
-def check_values(name: str, tensor: Any, plan: Plan) -> None:
+def check_values(name: str, tensor: Any, layout: Layout) -> None:
     """Content rules: finite floats, labels in range and in class order.
 
     ``tensor`` is a numpy array or a torch tensor; the checks run in numpy, so that
@@ -210,13 +210,13 @@ def check_values(name: str, tensor: Any, plan: Plan) -> None:
         bad = int((~np.isfinite(array)).sum())
         if bad:
             raise ArchiveError(f"{where}: {bad} values are NaN or infinite")
-    rule = plan.rules.get(name)
+    rule = layout.rules.get(name)
     problem = rule(array) if rule is not None else None
     if problem:  # a stage's own rule (codecs/*.md), e.g. a positive quantisation scale
         raise ArchiveError(f"{where}: {problem}")
     if name != "labels":
         return
-    if plan.label_kind == "soft":
+    if layout.label_kind == "soft":
         negative = int((array < 0).sum())
         if negative:
             raise ArchiveError(f"{where}: {negative} soft label values are negative")
@@ -224,18 +224,18 @@ def check_values(name: str, tensor: Any, plan: Plan) -> None:
     if array.size == 0:
         return
     low, high = int(array.min()), int(array.max())
-    if low < 0 or high >= plan.classes:
-        index = int(np.flatnonzero((array < 0) | (array >= plan.classes))[0])
+    if low < 0 or high >= layout.classes:
+        index = int(np.flatnonzero((array < 0) | (array >= layout.classes))[0])
         raise ArchiveError(
             f"{where}: label {int(array[index])} at index {index} is out of range "
-            f"(0 to {plan.classes - 1})"
+            f"(0 to {layout.classes - 1})"
         )
-    counts = np.bincount(array, minlength=plan.classes).tolist()
-    if tuple(counts) != plan.per_class:
-        first = next(i for i, (a, b) in enumerate(zip(counts, plan.per_class)) if a != b)
+    counts = np.bincount(array, minlength=layout.classes).tolist()
+    if tuple(counts) != layout.per_class:
+        first = next(i for i, (a, b) in enumerate(zip(counts, layout.per_class)) if a != b)
         raise ArchiveError(
             f"{where}: class {first} has {counts[first]} labels, bases.per_class says "
-            f"{plan.per_class[first]}"
+            f"{layout.per_class[first]}"
         )
     # Bases are class-sorted; hard labels must say so (the storage account relies on it).
     if bool((array[1:] < array[:-1]).any()):

@@ -1,6 +1,6 @@
 """Canonical JSON, version rules and validation of the manifest (format/SPEC.md §3-4).
 
-``validate_manifest`` checks every field and returns a ``Plan``: the tensors the
+``validate_manifest`` checks every field and returns a ``Layout``: the tensors the
 manifest implies (name -> dtype, shape) and the size of the decoded data set. It is
 pure: nothing is allocated and no decoder is built, so it can run on a hostile header.
 """
@@ -157,12 +157,13 @@ def check_version(manifest: Mapping[str, Any]) -> tuple[int, int]:
     return major, minor
 
 
-# --- the plan ------------------------------------------------------------------------
+# --- the layout ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What a valid manifest implies."""
+class Layout:
+    """What a valid manifest implies: the tensors it must hold and the size of the decoded
+    data set (the distillation planner's budget is a ``distill.planner.Plan``)."""
 
     tensors: dict[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, shape)
     classes: int
@@ -332,7 +333,7 @@ def _prod(shape: tuple[int, ...] | list[int]) -> int:
 
 def validate_manifest(
     manifest: Any, limits: Limits, *, stages: StageLookup, written: bool = True
-) -> Plan:
+) -> Layout:
     """Check every field of ``manifest``; return what it implies.
 
     ``stages`` describes a pipeline (``habactl.codecs.describe_pipeline`` in habactl):
@@ -346,205 +347,214 @@ def validate_manifest(
     if not isinstance(manifest, dict):
         raise ArchiveError(f"manifest: must be a JSON object, got {_kind(manifest)}")
     _, minor = check_version(manifest)
-    c = _Checker(limits, minor)
-    lim = limits
-
-    def classes(value: Any, path: str) -> None:
-        c.array(value, path)
-        if not 1 <= len(value) <= lim.max_classes:
-            raise c.fail(path, f"has {len(value)} classes, allowed 1 to {lim.max_classes}")
-        for i, name in enumerate(value):
-            c.text(name, f"{path}[{i}]")
-        seen: set[str] = set()
-        for name in value:
-            if name in seen:
-                raise c.fail(path, f"class {quote(name)} appears twice")
-            seen.add(name)
-
-    def side(value: Any, path: str) -> None:
-        c.integer(value, path, 1, lim.max_image_side)
-
-    def channels(value: Any, path: str) -> None:
-        c.integer(value, path, 1, lim.max_channels)
-
-    def chw(value: Any, path: str) -> None:
-        c.array(value, path, 3)
-        channels(value[0], f"{path}[0]")
-        side(value[1], f"{path}[1]")
-        side(value[2], f"{path}[2]")
-
-    def per_class(value: Any, path: str) -> None:
-        c.array(value, path, len(manifest["classes"]))
-        for i, n in enumerate(value):
-            c.integer(n, f"{path}[{i}]")
-
-    def stage(value: Any, path: str) -> None:
-        c.obj(
-            value,
-            path,
-            {
-                "name": c.text,
-                "version": lambda v, p: c.integer(v, p, 1),
-                "configuration": c.free_object,
-            },
-        )
-
-    def pipeline(value: Any, path: str) -> None:
-        c.array(value, path)
-        if len(value) > lim.max_stages:
-            raise c.fail(path, f"has {len(value)} stages, allowed {lim.max_stages}")
-        for i, entry in enumerate(value):
-            stage(entry, f"{path}[{i}]")
-
-    def float_list(value: Any, path: str, positive: bool) -> None:
-        c.array(value, path, manifest["image"]["channels"])
-        for i, x in enumerate(value):
-            if positive:
-                c.number(x, f"{path}[{i}]", positive=True)
-            else:
-                c.signed_number(x, f"{path}[{i}]")
-
-    def normalization(value: Any, path: str) -> None:
-        if not isinstance(value, dict):
-            raise c.fail(path, f"must be an object, got {_kind(value)}")
-        kind = c.choice(value.get("kind"), f"{path}.kind", ("none", "mean-std", "zca"))
-        fields: dict[str, Callable[[Any, str], Any]] = {"kind": lambda v, p: None}
-        if kind in ("mean-std", "zca"):
-            fields["mean"] = lambda v, p: float_list(v, p, positive=False)
-            fields["std"] = lambda v, p: float_list(v, p, positive=True)
-        if kind == "zca":
-            fields["eps"] = lambda v, p: c.number(v, p, positive=True)
-        c.obj(value, path, fields)
-
-    def learned_lr(value: Any, path: str) -> None:
-        if value is not None:
-            c.number(value, path, positive=True)
-
-    def training(value: Any, path: str) -> None:
-        c.obj(
-            value,
-            path,
-            {
-                "learned_lr": learned_lr,
-                "recommended": lambda v, p: c.obj(
-                    v,
-                    p,
-                    {
-                        "arch": c.text,
-                        "epochs": lambda x, q: c.integer(x, q, 1),
-                        "batch_size": lambda x, q: c.integer(x, q, 1),
-                        "lr": lambda x, q: c.number(x, q, positive=True),
-                        "momentum": c.number,
-                        "weight_decay": c.number,
-                        "augmentation": c.text,
-                    },
-                    {
-                        # Fraction of the epochs after which the lr drops ×0.1 (the protocol: 0.5);
-                        # 1 means it never drops. The evaluation protocol refuses anything above 1.
-                        "lr_decay_at": lambda x, q: c.fraction(x, q),
-                    },
-                ),
-            },
-        )
-
-    def provenance(value: Any, path: str) -> None:
-        c.obj(
-            value,
-            path,
-            {
-                "dataset": lambda v, p: c.obj(
-                    v,
-                    p,
-                    {
-                        "name": c.text,
-                        "fingerprint": lambda x, q: c.pattern(
-                            x, q, _DIGEST_RE, "'sha256:' and 64 hex digits"
-                        ),
-                    },
-                ),
-                "objective": c.text,
-                "hyperparameters": c.free_object,
-                "iterations": c.integer,
-                "seed": lambda v, p: c.integer(v, p, 0, 2**64 - 1),
-                "library": c.text,
-                "created": lambda v, p: _calendar_date(
-                    c, c.pattern(v, p, _CREATED_RE, "a UTC time like 2026-11-24T12:00:00Z"), p
-                ),
-            },
-        )
-
-    def storage(value: Any, path: str) -> None:
-        c.obj(
-            value,
-            path,
-            {
-                "ipc": lambda v, p: c.integer(v, p, 1),
-                "counts": lambda v, p: c.choice(v, p, ("all", "bases")),
-                "budget_values": c.integer,
-            },
-        )
-
-    def tensor_entry(value: Any, path: str) -> None:
-        c.obj(
-            value,
-            path,
-            {
-                "dtype": c.text,
-                "shape": lambda v, p: [
-                    c.integer(d, f"{p}[{i}]") for i, d in enumerate(c.array(v, p))
-                ],
-                "sha256": lambda v, p: c.pattern(v, p, _HEX64_RE, "64 lowercase hex digits"),
-            },
-        )
-
-    def tensors(value: Any, path: str) -> None:
-        if not isinstance(value, dict):
-            raise c.fail(path, f"must be an object, got {_kind(value)}")
-        if len(value) > lim.max_tensors:
-            raise c.fail(path, f"lists {len(value)} tensors, allowed {lim.max_tensors}")
-        for name, entry in value.items():
-            tensor_entry(entry, f"{path}[{quote(name)}]")
-
-    fields: dict[str, Callable[[Any, str], Any]] = {
-        "format": lambda v, p: None,  # checked by check_version
-        "format_version": lambda v, p: None,
-        "classes": classes,
-        "image": lambda v, p: c.obj(v, p, {"channels": channels, "height": side, "width": side}),
-        "bases": lambda v, p: c.obj(
-            v,
-            p,
-            {
-                "count": lambda x, q: c.integer(x, q, 1),
-                "per_class": per_class,
-                "shape": chw,
-            },
-        ),
-        "labels": lambda v, p: c.obj(v, p, {"kind": lambda x, q: c.choice(x, q, ("hard", "soft"))}),
-        "pipeline": pipeline,
-        "normalization": normalization,
-        "training": training,
-        "provenance": provenance,
-        "storage": storage,
-    }
-
-    def digest(value: Any, path: str) -> None:
-        c.pattern(value, path, _DIGEST_RE, "'sha256:' and 64 hex digits")
-
-    writer_fields: dict[str, Callable[[Any, str], Any]] = {
-        "tensors": tensors,
-        "content_digest": digest,
-    }
-    since_1_2 = {"manifest_digest": digest}
+    c = _Fields(limits, minor, manifest)
+    fields, writer_fields = c.top_level(), c.writer_fields()
+    since_1_2 = {"manifest_digest": c.digest}
     if not written:
         c.obj(manifest, "", fields, {**writer_fields, **since_1_2})
     elif minor >= MANIFEST_DIGEST_MINOR:
         c.obj(manifest, "", {**fields, **writer_fields, **since_1_2})
     else:
         c.obj(manifest, "", {**fields, **writer_fields}, since_1_2)
-    return _plan(manifest, c, stages)
+    return _layout(manifest, c, stages)
 
 
-def _plan(m: dict[str, Any], c: _Checker, stages: StageLookup) -> Plan:
+class _Fields(_Checker):
+    """The check of each manifest field, by the field's name; fields whose rules read
+    another field (a list per class, per channel) read it from ``manifest``, which the
+    top-level order has checked first."""
+
+    def __init__(self, limits: Limits, minor: int, manifest: dict[str, Any]) -> None:
+        super().__init__(limits, minor)
+        self.manifest = manifest
+
+    def top_level(self) -> dict[str, Callable[[Any, str], Any]]:
+        return {
+            "format": lambda v, p: None,  # checked by check_version
+            "format_version": lambda v, p: None,
+            "classes": self.classes,
+            "image": self.image,
+            "bases": self.bases,
+            "labels": lambda v, p: self.obj(
+                v, p, {"kind": lambda x, q: self.choice(x, q, ("hard", "soft"))}
+            ),
+            "pipeline": self.pipeline,
+            "normalization": self.normalization,
+            "training": self.training,
+            "provenance": self.provenance,
+            "storage": self.storage,
+        }
+
+    def writer_fields(self) -> dict[str, Callable[[Any, str], Any]]:
+        return {"tensors": self.tensors, "content_digest": self.digest}
+
+    def classes(self, value: Any, path: str) -> None:
+        lim = self.limits
+        self.array(value, path)
+        if not 1 <= len(value) <= lim.max_classes:
+            raise self.fail(path, f"has {len(value)} classes, allowed 1 to {lim.max_classes}")
+        for i, name in enumerate(value):
+            self.text(name, f"{path}[{i}]")
+        seen: set[str] = set()
+        for name in value:
+            if name in seen:
+                raise self.fail(path, f"class {quote(name)} appears twice")
+            seen.add(name)
+
+    def side(self, value: Any, path: str) -> None:
+        self.integer(value, path, 1, self.limits.max_image_side)
+
+    def channels(self, value: Any, path: str) -> None:
+        self.integer(value, path, 1, self.limits.max_channels)
+
+    def image(self, value: Any, path: str) -> None:
+        self.obj(value, path, {"channels": self.channels, "height": self.side, "width": self.side})
+
+    def chw(self, value: Any, path: str) -> None:
+        self.array(value, path, 3)
+        self.channels(value[0], f"{path}[0]")
+        self.side(value[1], f"{path}[1]")
+        self.side(value[2], f"{path}[2]")
+
+    def bases(self, value: Any, path: str) -> None:
+        self.obj(
+            value,
+            path,
+            {
+                "count": lambda x, q: self.integer(x, q, 1),
+                "per_class": self.per_class,
+                "shape": self.chw,
+            },
+        )
+
+    def per_class(self, value: Any, path: str) -> None:
+        self.array(value, path, len(self.manifest["classes"]))
+        for i, n in enumerate(value):
+            self.integer(n, f"{path}[{i}]")
+
+    def stage(self, value: Any, path: str) -> None:
+        self.obj(
+            value,
+            path,
+            {
+                "name": self.text,
+                "version": lambda v, p: self.integer(v, p, 1),
+                "configuration": self.free_object,
+            },
+        )
+
+    def pipeline(self, value: Any, path: str) -> None:
+        self.array(value, path)
+        if len(value) > self.limits.max_stages:
+            raise self.fail(path, f"has {len(value)} stages, allowed {self.limits.max_stages}")
+        for i, entry in enumerate(value):
+            self.stage(entry, f"{path}[{i}]")
+
+    def float_list(self, value: Any, path: str, positive: bool) -> None:
+        self.array(value, path, self.manifest["image"]["channels"])
+        for i, x in enumerate(value):
+            if positive:
+                self.number(x, f"{path}[{i}]", positive=True)
+            else:
+                self.signed_number(x, f"{path}[{i}]")
+
+    def normalization(self, value: Any, path: str) -> None:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"must be an object, got {_kind(value)}")
+        kind = self.choice(value.get("kind"), f"{path}.kind", ("none", "mean-std", "zca"))
+        fields: dict[str, Callable[[Any, str], Any]] = {"kind": lambda v, p: None}
+        if kind in ("mean-std", "zca"):
+            fields["mean"] = lambda v, p: self.float_list(v, p, positive=False)
+            fields["std"] = lambda v, p: self.float_list(v, p, positive=True)
+        if kind == "zca":
+            fields["eps"] = lambda v, p: self.number(v, p, positive=True)
+        self.obj(value, path, fields)
+
+    def learned_lr(self, value: Any, path: str) -> None:
+        if value is not None:
+            self.number(value, path, positive=True)
+
+    def training(self, value: Any, path: str) -> None:
+        self.obj(value, path, {"learned_lr": self.learned_lr, "recommended": self.recommended})
+
+    def recommended(self, value: Any, path: str) -> None:
+        self.obj(
+            value,
+            path,
+            {
+                "arch": self.text,
+                "epochs": lambda x, q: self.integer(x, q, 1),
+                "batch_size": lambda x, q: self.integer(x, q, 1),
+                "lr": lambda x, q: self.number(x, q, positive=True),
+                "momentum": self.number,
+                "weight_decay": self.number,
+                "augmentation": self.text,
+            },
+            {
+                # Fraction of the epochs after which the lr drops ×0.1 (the protocol: 0.5);
+                # 1 means it never drops. The evaluation protocol refuses anything above 1.
+                "lr_decay_at": self.fraction,
+            },
+        )
+
+    def provenance(self, value: Any, path: str) -> None:
+        self.obj(
+            value,
+            path,
+            {
+                "dataset": lambda v, p: self.obj(
+                    v, p, {"name": self.text, "fingerprint": self.digest}
+                ),
+                "objective": self.text,
+                "hyperparameters": self.free_object,
+                "iterations": self.integer,
+                "seed": lambda v, p: self.integer(v, p, 0, 2**64 - 1),
+                "library": self.text,
+                "created": self.created,
+            },
+        )
+
+    def created(self, value: Any, path: str) -> None:
+        text = self.pattern(value, path, _CREATED_RE, "a UTC time like 2026-11-24T12:00:00Z")
+        _calendar_date(self, text, path)
+
+    def storage(self, value: Any, path: str) -> None:
+        self.obj(
+            value,
+            path,
+            {
+                "ipc": lambda v, p: self.integer(v, p, 1),
+                "counts": lambda v, p: self.choice(v, p, ("all", "bases")),
+                "budget_values": self.integer,
+            },
+        )
+
+    def tensor_entry(self, value: Any, path: str) -> None:
+        self.obj(
+            value,
+            path,
+            {
+                "dtype": self.text,
+                "shape": lambda v, p: [
+                    self.integer(d, f"{p}[{i}]") for i, d in enumerate(self.array(v, p))
+                ],
+                "sha256": lambda v, p: self.pattern(v, p, _HEX64_RE, "64 lowercase hex digits"),
+            },
+        )
+
+    def tensors(self, value: Any, path: str) -> None:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"must be an object, got {_kind(value)}")
+        if len(value) > self.limits.max_tensors:
+            raise self.fail(path, f"lists {len(value)} tensors, allowed {self.limits.max_tensors}")
+        for name, entry in value.items():
+            self.tensor_entry(entry, f"{path}[{quote(name)}]")
+
+    def digest(self, value: Any, path: str) -> None:
+        self.pattern(value, path, _DIGEST_RE, "'sha256:' and 64 hex digits")
+
+
+def _layout(m: dict[str, Any], c: _Checker, stages: StageLookup) -> Layout:
     """Cross-field rules, and the tensors the manifest implies."""
     lim = c.limits
     n_classes = len(m["classes"])
@@ -613,7 +623,7 @@ def _plan(m: dict[str, Any], c: _Checker, stages: StageLookup) -> Plan:
             f"expands {count} bases x {expansion} variants to {expanded_values} values, "
             f"more than the limit {lim.max_expanded_values} (expansion bomb?)",
         )
-    return Plan(
+    return Layout(
         tensors=expected,
         classes=n_classes,
         per_class=per_class,

@@ -33,7 +33,8 @@ from habactl.format.checks import (  # noqa: F401  (shared with the writer; re-e
 from habactl.format.digest import dtype_name, tensor_sha256, tensors_content_digest
 from habactl.format.errors import ArchiveError, quote
 from habactl.format.limits import DEFAULT_LIMITS, Limits
-from habactl.format.manifest import Plan
+from habactl.format.manifest import Layout
+from habactl.format.view import Manifest
 
 if TYPE_CHECKING:
     import numpy
@@ -67,13 +68,16 @@ def check_not_other_format(first8: bytes) -> None:
 
 
 class Archive:
-    """An open .haba file: the validated manifest, tensors read on first use."""
+    """An open .haba file: the validated manifest, tensors read on first use.
+
+    ``info`` is the manifest as typed values (habactl.format.view); ``manifest`` is the
+    parsed JSON itself, for showing or copying it whole."""
 
     def __init__(
         self,
         path: Path,
         manifest: dict[str, Any],
-        plan: Plan,
+        layout: Layout,
         entries: dict[str, Entry],
         text: str,
         verify: bool,
@@ -82,7 +86,8 @@ class Archive:
         self.path = path
         self._data_start = data_start  # file offset of the data section (8 + header)
         self.manifest = manifest
-        self.plan = plan
+        self.info = Manifest.from_json(manifest)
+        self.layout = layout
         self.verify = verify
         self._entries = entries
         self._text = text  # the manifest as read, to check safe_open sees the same file
@@ -134,7 +139,7 @@ class Archive:
                 )
             values = widen(tensor) if entry.dtype == BF16 else tensor
             try:
-                check_values(name, values, self.plan)
+                check_values(name, values, self.layout)
             except ArchiveError as error:
                 raise error.at(self._label) from None
             self._verified.add(name)
@@ -247,8 +252,8 @@ def _open(path: Path, verify: bool, limits: Limits) -> Archive:
     if len(raw) != length:
         raise ArchiveError("header: file shrank while reading (truncated)")
     text, entries = parse_header(raw, size - 8 - length, limits)
-    manifest, plan = check_manifest(text, entries, limits, describe_pipeline, digest=verify)
-    return Archive(path, manifest, plan, entries, text, verify, data_start=8 + length)
+    manifest, layout = check_manifest(text, entries, limits, describe_pipeline, digest=verify)
+    return Archive(path, manifest, layout, entries, text, verify, data_start=8 + length)
 
 
 def _to_torch(stored: numpy.ndarray, dtype: str) -> torch.Tensor:

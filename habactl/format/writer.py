@@ -119,12 +119,12 @@ def archive_bytes(
             f"manifest: format_version {quote(m['format_version'])}: "
             f"this writer writes {version} for this archive ({why})"
         )
-    plan = validate_manifest(m, limits, stages=describe_pipeline, written=False)
+    layout = validate_manifest(m, limits, stages=describe_pipeline, written=False)
 
     stored = _prepare(tensors)
-    check_tensor_set(plan, {name: _entry_of(t) for name, t in stored.items()})
+    check_tensor_set(layout, {name: _entry_of(t) for name, t in stored.items()})
     for name, tensor in stored.items():
-        check_values(name, tensor, plan)
+        check_values(name, tensor, layout)
     m["tensors"] = {
         name: {"dtype": dtype_name(t), "shape": list(t.shape), "sha256": tensor_sha256(t)}
         for name, t in stored.items()

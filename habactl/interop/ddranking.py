@@ -10,31 +10,32 @@ its claimed IPC: ``habactl-export.json`` gives that storage-equivalent IPC.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 
 from habactl.evaluation.run import budget_per_class
+from habactl.format.view import Manifest
 
 
-def storage_note(manifest: dict) -> dict:
+def storage_note(manifest: Manifest) -> dict:
     """The numbers to give DD-Ranking, from the archive's true storage account."""
     from habactl.format import storage_account
 
-    account = storage_account(manifest)
-    image = manifest["image"]
-    per_image = image["channels"] * image["height"] * image["width"]
-    classes = len(manifest["classes"])
-    equivalent = account["stored_values"] / (classes * per_image)
+    account = storage_account(manifest.json)
+    per_image = math.prod(manifest.image.shape)
+    classes = len(manifest.classes)
+    equivalent = account.stored_values / (classes * per_image)
     return {
-        "claimed_ipc": manifest["storage"]["ipc"],
+        "claimed_ipc": manifest.storage.ipc,
         "storage_equivalent_ipc": round(equivalent, 4),
         # A fair random baseline gets at most the same storage: round down (at least 1).
         "ipc_for_random_baseline": budget_per_class(manifest),
-        "stored_values": account["stored_values"],
+        "stored_values": account.stored_values,
         "decoded_images": None,
-        "classes": list(manifest["classes"]),
-        "normalization": manifest["normalization"],
+        "classes": list(manifest.classes),
+        "normalization": manifest.normalization.to_json(),
         "note": (
             "images.pt is in the archive's normalised space; give DD-Ranking "
             "ipc_for_random_baseline as ipc so that its random baseline uses the same "
@@ -48,7 +49,7 @@ def export(archive: Path, folder: Path, *, force: bool = False) -> list[str]:
     from habactl.interop.build import expanded, write_folder
 
     images, labels, dataset = expanded(archive)
-    note = storage_note(dataset.manifest)
+    note = storage_note(dataset.info)
     note["decoded_images"] = int(images.shape[0])
     files: dict[str, torch.Tensor | str] = {
         "images.pt": images,

@@ -90,7 +90,7 @@ def export(archive: Path, folder: Path, *, force: bool = False) -> list[str]:
 
     images, labels, dataset = expanded(archive)
     files = {"images_best.pt": images, "labels_best.pt": labels}
-    lr = dataset.manifest["training"]["learned_lr"]
+    lr = dataset.info.training.learned_lr
     if lr is not None:
         files["lr_best.pt"] = torch.tensor(float(lr))
     return write_folder(folder, files, force=force)
