@@ -881,24 +881,23 @@ def report_written(path: Path, seconds: float) -> None:
     from habactl.format import open_archive, storage_account
 
     with open_archive(path) as archive:
-        account = storage_account(archive.manifest).to_json()
-    parts = account["parts"]
+        account = storage_account(archive.manifest)
+    bases, hallucinators = account.parts["bases"], account.parts["hallucinators"]
     split = (
-        f"bases {parts['bases']['values']:,} + hallucinators {parts['hallucinators']['values']:,}; "
-        if parts["hallucinators"]["values"]
+        f"bases {bases.values:,} + hallucinators {hallucinators.values:,}; "
+        if hallucinators.values
         else ""
     )
     stderr.print(
         f"[bold green]wrote[/] {path}  "
-        f"({account['stored_values']:,} stored values = {split}"
-        f"{account['counted_bytes']:,} bytes, {account['ratio_bytes']:.2f}× the budget "
-        f"of {account['budget_bytes']:,} bytes; file {path.stat().st_size:,} bytes; "
+        f"({account.stored_values:,} stored values = {split}"
+        f"{account.counted_bytes:,} bytes, {account.ratio_bytes:.2f}× the budget "
+        f"of {account.budget_bytes:,} bytes; file {path.stat().st_size:,} bytes; "
         f"{seconds:.1f} s)"
     )
-    if account["counts"] == "bases":
+    if account.counts == "bases":
         stderr.print(
-            f"note: {account['note']}; claimed {account['claim_ratio']:.2f}×, "
-            f"true {account['ratio']:.2f}×"
+            f"note: {account.note}; claimed {account.claim_ratio:.2f}×, true {account.ratio:.2f}×"
         )
     stderr.print(
         f"next: habactl inspect {path}  ·  habactl preview {path} -o {path.with_suffix('.png')}"
