@@ -696,11 +696,13 @@ class Distiller:
         log: Path | None = None,
         reporter: Reporter | None = None,
     ) -> DistillResult:
-        """Check the outputs, start (or resume), iterate, write the archive."""
+        """Start (or resume), iterate, write the archive.
+
+        The outputs are checked once, before any data is loaded, by whoever loads it
+        (``habactl compress``, :func:`distill`: :func:`check_outputs`); a run takes them
+        as checked (the archive is still never written over a file without ``force``)."""
         output = Path(output)
-        checkpoint_path = check_outputs(
-            output, checkpoint=checkpoint_path, log=log, force=force, resume=resume
-        )
+        checkpoint_path = Path(checkpoint_path) if checkpoint_path else ckpt.default_path(output)
         started_at = self._start(checkpoint_path, resume)
         main = self.collective.is_main  # under torchrun only rank 0 writes files
         metrics_log = MetricsLog(log if main else None)
@@ -860,8 +862,17 @@ class _StopFlag:
 
 
 def distill(source: Any, config: DistillConfig, output: Path, **run_options: Any) -> DistillResult:
-    """Plan, initialise, optimise and write ``output``; see ``Distiller.run`` for options."""
-    return Distiller(source, config).run(output, **run_options)
+    """Check the outputs, then plan, initialise, optimise and write ``output``; see
+    ``Distiller.run`` for the options."""
+    option = run_options.get
+    checkpoint = check_outputs(
+        output,
+        checkpoint=option("checkpoint_path"),
+        log=option("log"),
+        force=option("force", False),
+        resume=option("resume", False),
+    )
+    return Distiller(source, config).run(output, **{**run_options, "checkpoint_path": checkpoint})
 
 
 def config_dict(config: DistillConfig) -> dict[str, Any]:

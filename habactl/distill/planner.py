@@ -295,16 +295,7 @@ def plan_pipeline(
     from habactl.codecs.registry import describe_pipeline, preset_name
     from habactl.errors import HabaError
 
-    if counts not in COUNTS:
-        raise DistillError(f"unknown budget counting {counts!r} (known: {', '.join(COUNTS)})")
-    if leftover not in LEFTOVER:
-        raise DistillError(f"unknown leftover policy {leftover!r} (known: {', '.join(LEFTOVER)})")
-    if budget_bytes is None and ipc < 1:
-        raise DistillError(f"--ipc must be at least 1, got {ipc}")
-    if budget_bytes is not None and (isinstance(budget_bytes, bool) or budget_bytes < 1):
-        raise DistillError(f"--budget-bytes must be at least 1, got {budget_bytes}")
-    if num_classes < 1:
-        raise DistillError("the data set has no classes")
+    _check_plan_arguments(counts, leftover, ipc, budget_bytes, num_classes)
     stages = [dict(entry) for entry in pipeline]
     try:
         label = codec or preset_name(stages)
@@ -347,12 +338,7 @@ def plan_pipeline(
     extra: list[int] = []
     if leftover == "bases":
         spare = (available - per * num_classes * per_basis) // per_basis
-        order = (
-            list(range(num_classes)) if class_priority is None else [int(k) for k in class_priority]
-        )
-        if sorted(order) != list(range(num_classes)):
-            raise DistillError("class_priority must list every class exactly once")
-        extra = sorted(order[:spare])
+        extra = _extra_classes(spare, num_classes, class_priority)
         for k in extra:
             per_class[k] += 1
     return Plan(
@@ -373,6 +359,30 @@ def plan_pipeline(
         pipeline_bytes=pipeline_bytes,
         budget_bytes_given=budget_bytes is not None,
     )
+
+
+def _check_plan_arguments(
+    counts: str, leftover: str, ipc: int, budget_bytes: int | None, num_classes: int
+) -> None:
+    if counts not in COUNTS:
+        raise DistillError(f"unknown budget counting {counts!r} (known: {', '.join(COUNTS)})")
+    if leftover not in LEFTOVER:
+        raise DistillError(f"unknown leftover policy {leftover!r} (known: {', '.join(LEFTOVER)})")
+    if budget_bytes is None and ipc < 1:
+        raise DistillError(f"--ipc must be at least 1, got {ipc}")
+    if budget_bytes is not None and (isinstance(budget_bytes, bool) or budget_bytes < 1):
+        raise DistillError(f"--budget-bytes must be at least 1, got {budget_bytes}")
+    if num_classes < 1:
+        raise DistillError("the data set has no classes")
+
+
+def _extra_classes(spare: int, num_classes: int, priority: Sequence[int] | None) -> list[int]:
+    """The classes that get one basis more from ``spare`` leftover bases: the first of
+    ``priority`` (default: class order), ascending."""
+    order = list(range(num_classes)) if priority is None else [int(k) for k in priority]
+    if sorted(order) != list(range(num_classes)):
+        raise DistillError("class_priority must list every class exactly once")
+    return sorted(order[:spare])
 
 
 def _too_small(

@@ -102,7 +102,8 @@ class DistributionMatching(Objective):
         real_mean = real_mean.clone()  # an ordinary tensor, usable next to autograd ones
         del real, embedded  # the synthetic side's graph needs the room
 
-        # draws made on every rank alike
+        # A share of the classes (torchrun's ranks, or a subsample): the draws above were
+        # made on every rank alike.
         if context.collective.world_size > 1 or len(ids) < classes:
             return self._share_loss(synthetic, basis, variant, real_mean, params, ids)
         syn = synthetic.decode(basis, variant)  # (M, C, H, W), class-sorted
