@@ -318,14 +318,7 @@ def plan_pipeline(
     storage = pipeline_storage(spec, base_shape)
     per_basis = storage.basis_bytes
     pipeline_bytes = storage.param_bytes
-    image_bytes = budget_bytes_for(1, num_classes, (c, h, w))  # one float32 image per class
-    if budget_bytes is not None:
-        budget_b = int(budget_bytes)
-        ipc = max(1, -(-budget_b // image_bytes))  # the smallest IPC whose budget holds it
-        what = f"--budget-bytes {budget_b:,}"
-    else:
-        budget_b = budget_bytes_for(ipc, num_classes, (c, h, w))
-        what = f"IPC {ipc} is {budget_b // FLOAT32_BYTES:,} stored values ({budget_b:,} bytes)"
+    ipc, budget_b, what = _budget(ipc, budget_bytes, num_classes, (c, h, w))
     budget = budget_values(ipc, num_classes, (c, h, w))
     fixed = pipeline_bytes if counts == "all" else 0
     available = budget_b - fixed
@@ -359,6 +352,23 @@ def plan_pipeline(
         pipeline_bytes=pipeline_bytes,
         budget_bytes_given=budget_bytes is not None,
     )
+
+
+def _budget(
+    ipc: int, budget_bytes: int | None, num_classes: int, image_shape: tuple[int, int, int]
+) -> tuple[int, int, str]:
+    """The IPC, the budget in bytes and how a message names it: from ``ipc`` float32
+    images per class, or from ``budget_bytes`` (then the smallest IPC that holds it)."""
+    if budget_bytes is None:
+        budget_b = budget_bytes_for(ipc, num_classes, image_shape)
+        return (
+            ipc,
+            budget_b,
+            (f"IPC {ipc} is {budget_b // FLOAT32_BYTES:,} stored values ({budget_b:,} bytes)"),
+        )
+    image_bytes = budget_bytes_for(1, num_classes, image_shape)  # one float32 image per class
+    budget_b = int(budget_bytes)
+    return max(1, -(-budget_b // image_bytes)), budget_b, f"--budget-bytes {budget_b:,}"
 
 
 def _check_plan_arguments(
