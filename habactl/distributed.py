@@ -5,9 +5,11 @@ line with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT in their
 environment. :func:`launch` (called by the CLI entry point when WORLD_SIZE is set) joins
 them in one process group (NCCL on CUDA, gloo on the CPU), pins each rank to its local
 GPU, silences every rank but rank 0, and tears the group down on success, error and
-Ctrl-C. The commands then ask :func:`world_size`, :func:`rank` and :func:`is_main` to
-split their work; outside torchrun they see one process of rank 0, and nothing here
-imports torch unless a process group is started.
+Ctrl-C. The job's :class:`Collective` (:func:`current`: a :class:`Torchrun` while the
+group is up, else :data:`SINGLE`, one process of rank 0 whose collectives are the
+identity) is what the commands split their work with: the engine, the objectives and the
+experts are handed it, so their one-process path reads without the torchrun one. Nothing
+here imports torch unless a process group is started.
 
 An error on any rank ends the job: that rank prints one ``habactl: error: rank R/N: ...``
 line (only the first rank to fail prints, so an input error shared by every rank is one
@@ -32,7 +34,10 @@ from habactl.errors import HabaError
 TIMEOUT_VARIABLE = "HABACTL_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
 
-_state: dict[str, Any] = {"active": False, "error_stream": None, "device": None}
+# What `launch` sets up for the one command this process runs: the job's collective and
+# the real stderr (the rest of the package is handed the collective; only the CLI's edges
+# and the default of an engine built without one read it here).
+_state: dict[str, Any] = {"collective": None, "error_stream": None}
 
 
 class JobError(HabaError):
@@ -45,28 +50,110 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
+class Collective:
+    """One process: rank 0 of 1, every collective the identity (no torch.distributed).
+
+    :class:`Torchrun` answers the same calls for a rank of a process group; code handed
+    a collective splits its work by ``rank`` / ``world_size`` and exchanges results
+    through these methods, whichever it is."""
+
+    rank = 0
+    world_size = 1
+    local_rank = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process prints and writes the outputs (rank 0)."""
+        return self.rank == 0
+
+    def share(self, count: int) -> list[int]:
+        """The indices of `count` work items this rank takes: i with i % world == rank."""
+        return list(range(self.rank, count, self.world_size))
+
+    def device_for(self, name: str) -> Any:
+        """The device of this rank for a ``--device`` name (resolve_device's)."""
+        from habactl import runtime
+
+        return runtime.resolve_device(name)
+
+    def gather_objects(self, mine: dict[int, Any]) -> dict[int, Any]:
+        """Every rank's ``{index: result}`` merged, on every rank."""
+        return dict(mine)
+
+    def barrier(self) -> None:
+        """Every rank reaches this point before any goes on."""
+
+    def sum_floats(self, values: list[float]) -> list[float]:
+        """Each number summed over the ranks (in float64), the same list on every rank."""
+        return list(values)
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any (a Ctrl-C seen by one rank)."""
+        return flag
+
+    def check_same_start(self, iteration: int) -> None:
+        """Every rank must start (or resume) at the same iteration (JobError if not)."""
+
+    def all_reduce_sum(self, tensors: list[Any]) -> None:
+        """Sum each tensor over the ranks, in place (gradients of shared tensors)."""
+
+    def wait_for_peers(self, tag: str) -> None:
+        """Wait until every rank has reached this point (see :meth:`Torchrun.wait_for_peers`)."""
+
+
+SINGLE = Collective()
+
+
+def current() -> Collective:
+    """The collective of the job this process runs in: SINGLE outside torchrun."""
+    collective = _state["collective"]
+    return collective if collective is not None else SINGLE
+
+
 def active() -> bool:
     """True while a process group of this run is up."""
-    return bool(_state["active"])
+    return _state["collective"] is not None
 
 
+# The CLI's edges (and evaluation) ask the current job directly.
 def world_size() -> int:
     """Processes in the job: 1 outside torchrun."""
-    return int(os.environ.get("WORLD_SIZE", "1")) if active() else 1
+    return current().world_size
 
 
 def rank() -> int:
     """This process's rank in the job: 0 outside torchrun."""
-    return int(os.environ.get("RANK", "0")) if active() else 0
+    return current().rank
 
 
 def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0")) if active() else 0
+    return current().local_rank
 
 
 def is_main() -> bool:
     """Whether this process prints and writes the outputs (rank 0)."""
-    return rank() == 0
+    return current().is_main
+
+
+def device_for(name: str) -> Any:
+    """The device of this rank for a ``--device`` name: its local GPU under torchrun."""
+    return current().device_for(name)
+
+
+def my_share(count: int) -> list[int]:
+    return current().share(count)
+
+
+def gather_objects(mine: dict[int, Any]) -> dict[int, Any]:
+    return current().gather_objects(mine)
+
+
+def barrier() -> None:
+    current().barrier()
+
+
+def wait_for_peers(tag: str) -> None:
+    current().wait_for_peers(tag)
 
 
 def timeout_seconds() -> float:
@@ -139,18 +226,6 @@ def claim_error() -> bool:
         return True
 
 
-def device_for(name: str) -> Any:
-    """The device of this rank for a ``--device`` name: its local GPU under torchrun."""
-    import torch
-
-    from habactl.runtime import resolve_device
-
-    device = resolve_device(name)
-    if device.type == "cuda" and active():
-        return torch.device("cuda", local_rank())
-    return device
-
-
 def _start() -> None:
     import datetime
 
@@ -177,8 +252,11 @@ def _start() -> None:
             world_size=world,
             timeout=timeout,
         )
-    _state["active"] = True
-    _state["heartbeat"] = _Heartbeat()
+    _state["collective"] = Torchrun(
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
 
 
 def _store() -> Any:
@@ -198,11 +276,11 @@ class _Heartbeat:
     rank waiting for its peers' share of the work (:func:`wait_for_peers`) tells a busy
     peer from a frozen or vanished one by it, with no clock shared between machines."""
 
-    def __init__(self) -> None:
+    def __init__(self, rank: int) -> None:
         import threading
 
         self.stop = threading.Event()
-        self.key = _key(f"beat/{rank()}")
+        self.key = _key(f"beat/{rank}")
         self.thread = threading.Thread(target=self._beat, name="habactl-heartbeat", daemon=True)
         self.thread.start()
 
@@ -224,48 +302,12 @@ def heartbeat_seconds() -> float:
     return min(5.0, timeout_seconds() / 4)
 
 
-def wait_for_peers(tag: str) -> None:
-    """Wait until every rank has reached this point, as long as their heartbeats go on.
-
-    The collectives' timeout bounds one exchange; the wait for the others to finish
-    their share of the work (networks, experts: minutes each, unevenly split) has no
-    bound but fails within ``timeout_seconds()`` of a peer's last heartbeat.
-    """
-    import time
-
-    from habactl.errors import HabaError
-
-    if world_size() == 1:
-        return
-    store = _store()
-    store.set(_key(f"{tag}/done/{rank()}"), "1")
-    others = [r for r in range(world_size()) if r != rank()]
-    last: dict[int, tuple[int, float]] = {r: (-1, time.monotonic()) for r in others}
-    while True:
-        pending = [r for r in others if not store.check([_key(f"{tag}/done/{r}")])]
-        if not pending:
-            return
-        now = time.monotonic()
-        for peer in pending:
-            beats = int(store.add(_key(f"beat/{peer}"), 0))
-            if beats != last[peer][0]:
-                last[peer] = (beats, now)
-            elif now - last[peer][1] > timeout_seconds():
-                raise HabaError(
-                    f"rank {peer} gave no sign of life for {timeout_seconds():g} s "
-                    f"({TIMEOUT_VARIABLE}) while this rank waited for its share of the "
-                    f"work; it is stuck or gone"
-                )
-        time.sleep(min(1.0, heartbeat_seconds()))
-
-
 def _stop(clean: bool) -> None:
-    if not _state["active"]:
+    collective = _state["collective"]
+    if collective is None:
         return
-    heartbeat = _state.pop("heartbeat", None)
-    if heartbeat is not None:
-        heartbeat.close()
-    _state["active"] = False
+    collective.heartbeat.close()
+    _state["collective"] = None
     try:
         import torch.distributed as dist
 
@@ -343,118 +385,123 @@ def launch(run: Callable[[], Any]) -> None:
     os._exit(code)
 
 
-# --- collectives (no-ops on one process) -------------------------------------------------
-
-
-def my_share(count: int) -> list[int]:
-    """The indices of `count` work items this rank takes: i with i % world == rank."""
-    return list(range(rank(), count, world_size()))
-
-
-FAIL_VARIABLE = "HABACTL_DIST_FAIL_RANK"
-
-
 def first_attempt() -> bool:
     """False in a job that ``torchrun --max-restarts`` restarted (it counts attempts in
-    TORCHELASTIC_RESTART_COUNT); True otherwise, one process included. The fault
-    injections fire on the first attempt only, so that the restarted job runs through."""
+    TORCHELASTIC_RESTART_COUNT); True otherwise, one process included."""
     return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") in ("", "0")
 
 
-def _injected_failure() -> None:
-    """Fault injection for the tests: the rank named in HABACTL_DIST_FAIL_RANK crashes
-    just before a collective, while its peers wait in it (first attempt only)."""
-    if os.environ.get(FAIL_VARIABLE, "") == str(rank()) and first_attempt():
-        raise RuntimeError(f"injected failure ({FAIL_VARIABLE}={rank()})")
+class Torchrun(Collective):
+    """This rank of the process group :func:`launch` started (gloo or NCCL)."""
 
+    def __init__(self, *, rank: int, world_size: int, local_rank: int) -> None:
+        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self.gathers = 0
+        self.heartbeat = _Heartbeat(rank)
 
-def gather_objects(mine: dict[int, Any]) -> dict[int, Any]:
-    """Every rank's ``{index: result}`` merged, on every rank."""
-    if world_size() == 1:
-        return dict(mine)
-    _injected_failure()
-    import torch.distributed as dist
+    def device_for(self, name: str) -> Any:
+        """Its local GPU for a CUDA device."""
+        import torch
 
-    # The ranks arrive when their share is done, minutes apart: wait on heartbeats, so
-    # that the exchange itself is all the collective timeout has to cover.
-    _state["gathers"] = _state.get("gathers", 0) + 1
-    wait_for_peers(f"gather-{_state['gathers']}")
-    parts: list[Any] = [None] * world_size()
-    dist.all_gather_object(parts, mine)
-    merged: dict[int, Any] = {}
-    for part in parts:
-        merged.update(part)
-    return merged
+        device = super().device_for(name)
+        return torch.device("cuda", self.local_rank) if device.type == "cuda" else device
 
+    def gather_objects(self, mine: dict[int, Any]) -> dict[int, Any]:
+        import torch.distributed as dist
 
-def barrier() -> None:
-    if world_size() > 1:
+        # The ranks arrive when their share is done, minutes apart: wait on heartbeats, so
+        # that the exchange itself is all the collective timeout has to cover.
+        self.gathers += 1
+        self.wait_for_peers(f"gather-{self.gathers}")
+        parts: list[Any] = [None] * self.world_size
+        dist.all_gather_object(parts, mine)
+        merged: dict[int, Any] = {}
+        for part in parts:
+            merged.update(part)
+        return merged
+
+    def barrier(self) -> None:
         import torch.distributed as dist
 
         dist.barrier()
 
+    def sum_floats(self, values: list[float]) -> list[float]:
+        import torch
+        import torch.distributed as dist
 
-def sum_floats(values: list[float]) -> list[float]:
-    """Each number summed over the ranks (in float64), the same list on every rank."""
-    if world_size() == 1:
-        return list(values)
-    import torch
-    import torch.distributed as dist
+        total = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return [float(v) for v in total]
 
-    total = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return [float(v) for v in total]
+    def any_rank(self, flag: bool) -> bool:
+        import torch
+        import torch.distributed as dist
 
+        value = torch.tensor([int(flag)], dtype=torch.int64)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank when `flag` is true on any (a Ctrl-C seen by one rank)."""
-    if world_size() == 1:
-        return flag
-    import torch
-    import torch.distributed as dist
+    def check_same_start(self, iteration: int) -> None:
+        """A checkpoint that some ranks see and others do not (not on a shared file
+        system) is an error, not a silent divergence."""
+        import torch
+        import torch.distributed as dist
 
-    value = torch.tensor([int(flag)], dtype=torch.int64)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+        bounds = torch.tensor([iteration, -iteration], dtype=torch.int64)
+        dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
+        high, low = int(bounds[0]), -int(bounds[1])
+        if high != low:
+            raise JobError(
+                f"the ranks start at different iterations ({low} to {high}): every rank "
+                f"must read the same checkpoint; put it on a file system that every "
+                f"machine sees"
+            )
 
+    def all_reduce_sum(self, tensors: list[Any]) -> None:
+        import torch.distributed as dist
 
-def check_same_start(iteration: int) -> None:
-    """Every rank must start (or resume) at the same iteration: a checkpoint that some
-    ranks see and others do not (not on a shared file system) is an error, not a
-    silent divergence."""
-    if world_size() == 1:
-        return
-    import torch
-    import torch.distributed as dist
+        for tensor in tensors:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
 
-    bounds = torch.tensor([iteration, -iteration], dtype=torch.int64)
-    dist.all_reduce(bounds, op=dist.ReduceOp.MAX)
-    high, low = int(bounds[0]), -int(bounds[1])
-    if high != low:
-        raise JobError(
-            f"the ranks start at different iterations ({low} to {high}): every rank must "
-            f"read the same checkpoint; put it on a file system that every machine sees"
-        )
+    def wait_for_peers(self, tag: str) -> None:
+        """Wait until every rank has reached this point, as long as their heartbeats go on.
 
+        The collectives' timeout bounds one exchange; the wait for the others to finish
+        their share of the work (networks, experts: minutes each, unevenly split) has no
+        bound but fails within ``timeout_seconds()`` of a peer's last heartbeat.
+        """
+        import time
 
-def all_reduce_sum(tensors: list[Any]) -> None:
-    """Sum each tensor over the ranks, in place (gradients of shared tensors)."""
-    if world_size() == 1:
-        return
-    import torch.distributed as dist
-
-    _injected_failure()
-    for tensor in tensors:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        store = _store()
+        store.set(_key(f"{tag}/done/{self.rank}"), "1")
+        others = [r for r in range(self.world_size) if r != self.rank]
+        last: dict[int, tuple[int, float]] = {r: (-1, time.monotonic()) for r in others}
+        while True:
+            pending = [r for r in others if not store.check([_key(f"{tag}/done/{r}")])]
+            if not pending:
+                return
+            now = time.monotonic()
+            for peer in pending:
+                beats = int(store.add(_key(f"beat/{peer}"), 0))
+                if beats != last[peer][0]:
+                    last[peer] = (beats, now)
+                elif now - last[peer][1] > timeout_seconds():
+                    raise HabaError(
+                        f"rank {peer} gave no sign of life for {timeout_seconds():g} s "
+                        f"({TIMEOUT_VARIABLE}) while this rank waited for its share of the "
+                        f"work; it is stuck or gone"
+                    )
+            time.sleep(min(1.0, heartbeat_seconds()))
 
 
 __all__ = [
-    "active",
-    "all_reduce_sum",
-    "any_rank",
-    "barrier",
-    "check_same_start",
+    "SINGLE",
+    "Collective",
     "JobError",
+    "Torchrun",
+    "active",
+    "barrier",
+    "current",
     "device_for",
     "error_prefix",
     "error_stream",
@@ -466,7 +513,6 @@ __all__ = [
     "local_rank",
     "my_share",
     "rank",
-    "sum_floats",
     "wait_for_peers",
     "world_size",
 ]

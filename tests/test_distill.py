@@ -14,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import faults
 import habactl.cli.compress  # noqa: F401  (registers the command)
 import habactl.cli.inspect_cmd  # noqa: F401  (a second command: the app stays a group)
 from conftest import one_error_line
@@ -241,13 +242,11 @@ def test_same_seed_gives_a_byte_identical_archive(tmp_path, monkeypatch):
 
 
 def _compress_process(args: list[str], **env: str) -> subprocess.CompletedProcess:
-    code = (
-        "import habactl.cli.compress, habactl.cli.inspect_cmd; "
-        "from habactl.cli.app import app; app()"
-    )
+    """`habactl compress ARGS` in a process of its own, through tests/faults.py (which
+    kills it after an iteration when `env` names HABACTL_FAULT_KILL_AFTER)."""
     environment = {**os.environ, "SOURCE_DATE_EPOCH": EPOCH, **env}
     return subprocess.run(
-        [sys.executable, "-c", code, "compress", *args],
+        [sys.executable, str(faults.SCRIPT), "compress", *args],
         env=environment,
         capture_output=True,
         text=True,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from faults import FAIL_VARIABLE, SCRIPT
+from faults import VARIABLES as FAULT_VARIABLES
 from habactl import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,22 +30,27 @@ def environment(env: dict | None = None) -> dict:
     return environment
 
 
-def command(world: int | None, *launcher: str) -> list[str]:
+def command(world: int | None, *launcher: str, faults: bool = False) -> list[str]:
     """``python -m habactl`` (world None) or ``torchrun ... -m habactl`` with `world` ranks
-    and the torchrun options `launcher` (e.g. ``--max-restarts 1``)."""
+    and the torchrun options `launcher` (e.g. ``--max-restarts 1``); with `faults`, the
+    script tests/faults.py in place of ``-m habactl`` (the same command line, with the
+    faults its environment variables name)."""
+    program = [str(SCRIPT)] if faults else ["-m", "habactl"]
     if world is None:
-        return [sys.executable, "-m", "habactl"]
+        return [sys.executable, *program]
     port = str(29500 + (os.getpid() % 2000))
     torchrun = [str(TORCHRUN), "--nproc-per-node", str(world), "--master-port", port]
-    return [*torchrun, *launcher, "-m", "habactl"]
+    return [*torchrun, *launcher, *program]
 
 
 def habactl(
     *args, cwd: Path, world: int | None = 2, env: dict | None = None, timeout=60, launcher=()
 ):
-    """Run habactl as one process (world None) or under torchrun with `world` ranks."""
+    """Run habactl as one process (world None) or under torchrun with `world` ranks; a
+    run whose `env` sets a fault variable goes through tests/faults.py."""
+    faults = any(name in FAULT_VARIABLES for name in env or {})
     return subprocess.run(
-        [*command(world, *launcher), *map(str, args)],
+        [*command(world, *launcher, faults=faults), *map(str, args)],
         cwd=cwd,
         env=environment(env),
         capture_output=True,
@@ -123,7 +130,7 @@ def test_a_crash_on_one_rank_ends_the_job_in_one_line_without_a_hang(archive):
     # (torchrun stops rank 0; the collective timeout backs it up), non-zero, one line.
     done = habactl(
         "evaluate", archive, "--epochs", "1", "--models", "2", "--threads", "1",
-        cwd=archive.parent, env={distributed.FAIL_VARIABLE: "1"}, timeout=45,
+        cwd=archive.parent, env={FAIL_VARIABLE: "1"}, timeout=45,
     )  # fmt: skip
     assert done.returncode != 0
     lines = error_lines(done.stderr)

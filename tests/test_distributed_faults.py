@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from faults import KILL_AFTER_VARIABLE, KILL_RANK_VARIABLE
 from habactl import distributed
-from habactl.distill.engine import KILL_AFTER_VARIABLE, KILL_RANK_VARIABLE
 from test_distributed import ROOT, command, environment, error_lines, habactl, needs_torchrun
 
 pytestmark = [pytest.mark.slow, needs_torchrun]

@@ -39,12 +39,8 @@ from habactl.distill.planner import Plan, plan_pipeline, preset_pipeline
 from habactl.distill.progress import MetricsLog, Reporter
 from habactl.distill.sets import RealSet, RealSide, SyntheticSet
 from habactl.distill.stepbound import bound_steps
+from habactl.distributed import Collective
 from habactl.runtime import derived_generator
-
-# Fault injection for the crash-recovery test: SIGKILL this process right after the
-# given iteration (and its checkpoint, if one falls due) - a real kill, not an exception.
-KILL_AFTER_VARIABLE = "HABACTL_FAULT_KILL_AFTER"
-KILL_RANK_VARIABLE = "HABACTL_FAULT_KILL_RANK"
 
 INITS = ("real", "noise")
 
@@ -274,16 +270,23 @@ class Distiller:
     The source is a DataSource in memory, or a prepared store (``habactl.data.stored``):
     then nothing of the training set is loaded, and every pass over it streams from
     the store (habactl.distill.stored).
+
+    ``collective`` is the job the run is one process of (default: the one this process
+    was launched in, ``distributed.SINGLE`` outside torchrun): it splits the classes and
+    sums the gradients over torchrun's ranks, and is the identity for one process.
     """
 
-    def __init__(self, source: Any, config: DistillConfig) -> None:
+    def __init__(
+        self, source: Any, config: DistillConfig, collective: Collective | None = None
+    ) -> None:
         from habactl.data.stored import is_stored
 
         self.source = source
         self.config = config
+        self.collective = collective if collective is not None else distributed.current()
         self.stored = is_stored(source)
         check_config(config)
-        self.device = distributed.device_for(config.device)  # resolve_device, per rank
+        self.device = self.collective.device_for(config.device)  # its own GPU, per rank
         self.image_shape = (source.channels, source.height, source.width)
         self.normalization, train_images, train_labels = self._training_set()
         self.plan = self._plan(train_images, train_labels)
@@ -367,6 +370,7 @@ class Distiller:
                 seed=c.seed,
                 iterations=c.iterations,
                 classes_per_iteration=c.classes_per_iteration,
+                collective=self.collective,
             )
         else:
             real = RealSet(
@@ -376,6 +380,7 @@ class Distiller:
                 self.device,
                 seed=c.seed,
                 classes_per_iteration=c.classes_per_iteration,
+                collective=self.collective,
             )
         empty = [k for k, n in enumerate(real.counts) if n == 0]
         if empty:
@@ -447,6 +452,7 @@ class Distiller:
             init_generator=self.generators["init"],
             ipc=c.ipc,
             dataset={"name": self.source.name, "fingerprint": self.source.fingerprint},
+            collective=self.collective,
         )
         objective = get_objective(c.objective)(context, dict(c.objective_settings))
         if c.classes_per_iteration is not None and not objective.samples_real:
@@ -556,7 +562,7 @@ class Distiller:
     def _provenance_hyperparameters(self) -> dict[str, Any]:
         """The hyperparameters as the archive records them: with the world size under
         torchrun (not part of the settings fingerprint: --resume names it itself)."""
-        world = distributed.world_size()
+        world = self.collective.world_size
         return self.hyperparameters if world == 1 else {**self.hyperparameters, "world_size": world}
 
     def _pipeline_record(self) -> dict[str, Any]:
@@ -592,7 +598,7 @@ class Distiller:
                 for k, v in self.synthetic.pipeline.named_tensors().items()
             },
             "optimizer": self.optimizer.state_dict(),
-            "world_size": distributed.world_size(),
+            "world_size": self.collective.world_size,
             "objective": self.objective.state_dict(),
             "contrast": None if self.contrast is None else self.contrast.state_dict(),
             "rng": {
@@ -602,7 +608,7 @@ class Distiller:
         }
 
     def _restore(self, state: Mapping[str, Any]) -> None:
-        made_by, world = int(state.get("world_size", 1)), distributed.world_size()
+        made_by, world = int(state.get("world_size", 1)), self.collective.world_size
         if made_by != world:  # each rank's share of the classes would change
             raise DistillError(
                 f"the checkpoint was made by {made_by} process(es), this run has {world}; "
@@ -623,39 +629,22 @@ class Distiller:
 
     # -- the loop -----------------------------------------------------------------------
     def step(self) -> dict[str, float]:
-        """One iteration: loss, gradients of the stored tensors, one optimiser step."""
-        world = distributed.world_size()
+        """One iteration: loss, gradients of the stored tensors, one optimiser step.
+
+        Under torchrun each rank's loss covers its own classes (or, for an objective that
+        draws per rank, is its own sample over N), the collective sums the losses and the
+        gradients over the ranks, and every rank takes the same step; the contrastive
+        term is counted once, on rank 0. For one process those sums are the identity."""
         self.real.begin(self.iteration)  # which classes; a store starts reading ahead
-        apart = world > 1 and _draws_per_rank(self.objective)
-        generator = self._rank_generator() if apart else self.generators["objective"]
-        loss, metrics = self.objective.loss(self.synthetic, generator)
-        if apart:  # this rank's sample is 1/N of the mean the ranks' sums below make
-            loss = loss / world
-        total = loss
-        values: dict[str, float | Tensor] = {f"{self.config.objective}": loss, **metrics}
-        # Under torchrun each rank's loss covers its own classes (or, for an objective that
-        # draws per rank, is its own sample over N) and the gradients are summed over the
-        # ranks below; the contrastive term is counted once, on rank 0.
-        if self.contrast is not None and distributed.is_main():  # rank 0 alone, too
-            penalty, contrast_metrics = self.contrast.penalty(
-                self.synthetic, self.generators["contrast"]
+        total, record = self._loss()
+        if not math.isfinite(record["loss"]):
+            raise NonFiniteLoss(
+                f"the loss became {record['loss']} at iteration {self.iteration + 1}"
             )
-            total = loss + penalty
-            values.update(contrast_metrics)
-        values["loss"] = total
-        record = runtime.host_values(values)  # the iteration's one wait for the device
-        value = record["loss"]
-        if world > 1:
-            sums = distributed.sum_floats([record[self.config.objective], value])
-            record[self.config.objective], value = sums
-            record["loss"] = value
-        if not math.isfinite(value):
-            raise NonFiniteLoss(f"the loss became {value} at iteration {self.iteration + 1}")
         grads = torch.autograd.grad(total, self.learnable, allow_unused=True)
         for p, g in zip(self.learnable, grads):
             p.grad = torch.zeros_like(p) if g is None else g
-        if world > 1:  # every rank then takes the same step from the same full gradient
-            distributed.all_reduce_sum([p.grad for p in self.learnable])
+        self.collective.all_reduce_sum([p.grad for p in self.learnable])
         bound = self.objective.max_step()
         if bound is not None:  # only objectives whose gradients can explode ask (mtt)
             bound_steps(self.optimizer.param_groups, bound)
@@ -667,13 +656,35 @@ class Distiller:
         self.iteration += 1
         return record
 
+    def _loss(self) -> tuple[Tensor, dict[str, float]]:
+        """This process's loss (the objective's, plus the contrastive term on rank 0) and
+        the iteration's record, its losses summed over the ranks."""
+        name = self.config.objective
+        apart = self.collective.world_size > 1 and _draws_per_rank(self.objective)
+        generator = self._rank_generator() if apart else self.generators["objective"]
+        loss, metrics = self.objective.loss(self.synthetic, generator)
+        if apart:  # this rank's sample is 1/N of the mean the ranks' sums make
+            loss = loss / self.collective.world_size
+        total = loss
+        values: dict[str, float | Tensor] = {name: loss, **metrics}
+        if self.contrast is not None and self.collective.is_main:
+            penalty, contrast_metrics = self.contrast.penalty(
+                self.synthetic, self.generators["contrast"]
+            )
+            total = loss + penalty
+            values.update(contrast_metrics)
+        values["loss"] = total
+        record = runtime.host_values(values)  # the iteration's one wait for the device
+        record[name], record["loss"] = self.collective.sum_floats([record[name], record["loss"]])
+        return total, record
+
     def _rank_generator(self) -> torch.Generator:
         """This rank's own stream for this iteration (objectives that draw per rank).
 
         Derived afresh from the seed, the rank and the iteration, never carried over: a
         checkpoint holds rank 0's generators only, and a resume at the same world size
         must draw what the uninterrupted run drew on every rank."""
-        purpose = f"objective/rank-{distributed.rank()}/iteration-{self.iteration}"
+        purpose = f"objective/rank-{self.collective.rank}/iteration-{self.iteration}"
         return stream(self.config.seed, purpose)
 
     def run(
@@ -686,13 +697,15 @@ class Distiller:
         log: Path | None = None,
         reporter: Reporter | None = None,
     ) -> DistillResult:
-        """Check the outputs, start (or resume), iterate, write the archive."""
+        """Start (or resume), iterate, write the archive.
+
+        The outputs are checked once, before any data is loaded, by whoever loads it
+        (``habactl compress``, :func:`distill`: :func:`check_outputs`); a run takes them
+        as checked (the archive is still never written over a file without ``force``)."""
         output = Path(output)
-        checkpoint_path = check_outputs(
-            output, checkpoint=checkpoint_path, log=log, force=force, resume=resume
-        )
+        checkpoint_path = Path(checkpoint_path) if checkpoint_path else ckpt.default_path(output)
         started_at = self._start(checkpoint_path, resume)
-        main = distributed.is_main()  # under torchrun only rank 0 writes files
+        main = self.collective.is_main  # under torchrun only rank 0 writes files
         metrics_log = MetricsLog(log if main else None)
         metrics_log.write(
             {
@@ -730,7 +743,7 @@ class Distiller:
         self.resumed = resume and checkpoint_path.is_file()
         if self.resumed:
             self._restore(ckpt.load(checkpoint_path, self.fingerprint))
-        distributed.check_same_start(self.iteration)
+        self.collective.check_same_start(self.iteration)
         if self.iteration > self.config.iterations:
             raise DistillError(
                 f"the checkpoint is at iteration {self.iteration}, beyond "
@@ -745,8 +758,7 @@ class Distiller:
         total = self.config.iterations
         stop = _StopFlag()
         last: dict[str, float] = {}
-        main = distributed.is_main()
-        kill_after = _kill_after()
+        main = self.collective.is_main
         reporter.start(total, self.iteration, f"{self.config.objective} {self.plan.codec}")
         try:
             with stop.installed():
@@ -757,12 +769,10 @@ class Distiller:
                     due = self.iteration % self.config.checkpoint_every == 0
                     # Under torchrun every rank stops after the same iteration, whichever
                     # saw the Ctrl-C first (one alone would leave the others in a collective).
-                    stopping = distributed.any_rank(stop.requested)
+                    stopping = self.collective.any_rank(stop.requested)
                     save = stopping or (due and self.iteration < total)
                     if save and main:
                         ckpt.save(checkpoint_path, self._state())
-                    if kill_after and self.iteration == kill_after:
-                        os.kill(os.getpid(), signal.SIGKILL)  # the crash-recovery test's kill
                     if stopping:
                         metrics_log.write({"event": "interrupted", "iteration": self.iteration})
                         raise Interrupted(self.iteration, str(checkpoint_path))
@@ -823,17 +833,6 @@ def _draws_per_rank(objective: Objective) -> bool:
     return bool(getattr(objective, "draws_per_rank", False))
 
 
-def _kill_after() -> int:
-    """The iteration after which the crash-recovery test kills the run (0: never; see
-    KILL_AFTER_VARIABLE), read once per run. Under torchrun only the rank named in
-    KILL_RANK_VARIABLE (every rank when unset) and only on the first attempt, so that a
-    job restarted by ``torchrun --max-restarts`` runs through."""
-    only = os.environ.get(KILL_RANK_VARIABLE, "")
-    if not distributed.first_attempt() or (only and only != str(distributed.rank())):
-        return 0
-    return int(os.environ.get(KILL_AFTER_VARIABLE, "0") or 0)
-
-
 class _StopFlag:
     """Ctrl-C asks the loop to stop at the end of the iteration (after a checkpoint);
     a second Ctrl-C stops at once."""
@@ -864,8 +863,17 @@ class _StopFlag:
 
 
 def distill(source: Any, config: DistillConfig, output: Path, **run_options: Any) -> DistillResult:
-    """Plan, initialise, optimise and write ``output``; see ``Distiller.run`` for options."""
-    return Distiller(source, config).run(output, **run_options)
+    """Check the outputs, then plan, initialise, optimise and write ``output``; see
+    ``Distiller.run`` for the options."""
+    option = run_options.get
+    checkpoint = check_outputs(
+        output,
+        checkpoint=option("checkpoint_path"),
+        log=option("log"),
+        force=option("force", False),
+        resume=option("resume", False),
+    )
+    return Distiller(source, config).run(output, **{**run_options, "checkpoint_path": checkpoint})
 
 
 def config_dict(config: DistillConfig) -> dict[str, Any]:

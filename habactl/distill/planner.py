@@ -296,16 +296,7 @@ def plan_pipeline(
     from habactl.codecs.registry import describe_pipeline, preset_name
     from habactl.errors import HabaError
 
-    if counts not in COUNTS:
-        raise DistillError(f"unknown budget counting {counts!r} (known: {', '.join(COUNTS)})")
-    if leftover not in LEFTOVER:
-        raise DistillError(f"unknown leftover policy {leftover!r} (known: {', '.join(LEFTOVER)})")
-    if budget_bytes is None and ipc < 1:
-        raise DistillError(f"--ipc must be at least 1, got {ipc}")
-    if budget_bytes is not None and (isinstance(budget_bytes, bool) or budget_bytes < 1):
-        raise DistillError(f"--budget-bytes must be at least 1, got {budget_bytes}")
-    if num_classes < 1:
-        raise DistillError("the data set has no classes")
+    _check_plan_arguments(counts, leftover, ipc, budget_bytes, num_classes)
     stages = [dict(entry) for entry in pipeline]
     try:
         label = codec or preset_name(stages)
@@ -328,14 +319,7 @@ def plan_pipeline(
     storage = pipeline_storage(spec, base_shape)
     per_basis = storage.basis_bytes
     pipeline_bytes = storage.param_bytes
-    image_bytes = budget_bytes_for(1, num_classes, (c, h, w))  # one float32 image per class
-    if budget_bytes is not None:
-        budget_b = int(budget_bytes)
-        ipc = max(1, -(-budget_b // image_bytes))  # the smallest IPC whose budget holds it
-        what = f"--budget-bytes {budget_b:,}"
-    else:
-        budget_b = budget_bytes_for(ipc, num_classes, (c, h, w))
-        what = f"IPC {ipc} is {budget_b // FLOAT32_BYTES:,} stored values ({budget_b:,} bytes)"
+    ipc, budget_b, what = _budget(ipc, budget_bytes, num_classes, (c, h, w))
     budget = budget_values(ipc, num_classes, (c, h, w))
     fixed = pipeline_bytes if counts == "all" else 0
     available = budget_b - fixed
@@ -348,12 +332,7 @@ def plan_pipeline(
     extra: list[int] = []
     if leftover == "bases":
         spare = (available - per * num_classes * per_basis) // per_basis
-        order = (
-            list(range(num_classes)) if class_priority is None else [int(k) for k in class_priority]
-        )
-        if sorted(order) != list(range(num_classes)):
-            raise DistillError("class_priority must list every class exactly once")
-        extra = sorted(order[:spare])
+        extra = _extra_classes(spare, num_classes, class_priority)
         for k in extra:
             per_class[k] += 1
     return Plan(
@@ -374,6 +353,47 @@ def plan_pipeline(
         pipeline_bytes=pipeline_bytes,
         budget_bytes_given=budget_bytes is not None,
     )
+
+
+def _budget(
+    ipc: int, budget_bytes: int | None, num_classes: int, image_shape: tuple[int, int, int]
+) -> tuple[int, int, str]:
+    """The IPC, the budget in bytes and how a message names it: from ``ipc`` float32
+    images per class, or from ``budget_bytes`` (then the smallest IPC that holds it)."""
+    if budget_bytes is None:
+        budget_b = budget_bytes_for(ipc, num_classes, image_shape)
+        return (
+            ipc,
+            budget_b,
+            (f"IPC {ipc} is {budget_b // FLOAT32_BYTES:,} stored values ({budget_b:,} bytes)"),
+        )
+    image_bytes = budget_bytes_for(1, num_classes, image_shape)  # one float32 image per class
+    budget_b = int(budget_bytes)
+    return max(1, -(-budget_b // image_bytes)), budget_b, f"--budget-bytes {budget_b:,}"
+
+
+def _check_plan_arguments(
+    counts: str, leftover: str, ipc: int, budget_bytes: int | None, num_classes: int
+) -> None:
+    if counts not in COUNTS:
+        raise DistillError(f"unknown budget counting {counts!r} (known: {', '.join(COUNTS)})")
+    if leftover not in LEFTOVER:
+        raise DistillError(f"unknown leftover policy {leftover!r} (known: {', '.join(LEFTOVER)})")
+    if budget_bytes is None and ipc < 1:
+        raise DistillError(f"--ipc must be at least 1, got {ipc}")
+    if budget_bytes is not None and (isinstance(budget_bytes, bool) or budget_bytes < 1):
+        raise DistillError(f"--budget-bytes must be at least 1, got {budget_bytes}")
+    if num_classes < 1:
+        raise DistillError("the data set has no classes")
+
+
+def _extra_classes(spare: int, num_classes: int, priority: Sequence[int] | None) -> list[int]:
+    """The classes that get one basis more from ``spare`` leftover bases: the first of
+    ``priority`` (default: class order), ascending."""
+    order = list(range(num_classes)) if priority is None else [int(k) for k in priority]
+    if sorted(order) != list(range(num_classes)):
+        raise DistillError("class_priority must list every class exactly once")
+    return sorted(order[:spare])
 
 
 def _too_small(

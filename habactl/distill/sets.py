@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from habactl import distributed
 from habactl.distill.errors import DistillError
+from habactl.distributed import SINGLE, Collective
 from habactl.runtime import derived_generator, to_device
 
 
@@ -32,7 +32,13 @@ class RealSide:
     counts: list[int]
     num_classes: int
 
-    def __init__(self, *, seed: int = 0, classes_per_iteration: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        classes_per_iteration: int | None = None,
+        collective: Collective = SINGLE,
+    ) -> None:
         if classes_per_iteration is not None and not 1 <= classes_per_iteration:
             raise DistillError(
                 f"--classes-per-iteration must be at least 1, got {classes_per_iteration}"
@@ -44,6 +50,7 @@ class RealSide:
             )
         self.seed = seed
         self.classes_per_iteration = classes_per_iteration
+        self.collective = collective  # whose ranks share the classes
         self.iteration = 0
 
     @property
@@ -72,9 +79,7 @@ class RealSide:
         active = iteration_classes(
             self.seed, iteration, self.num_classes, self.classes_per_iteration
         )
-        if distributed.world_size() > 1:
-            return active[distributed.rank() :: distributed.world_size()]
-        return active
+        return active[self.collective.rank :: self.collective.world_size]
 
     def matched(self) -> list[int]:
         """The classes the current iteration matches in this process (ascending)."""
@@ -111,6 +116,7 @@ class RealSet(RealSide):
         *,
         seed: int = 0,
         classes_per_iteration: int | None = None,
+        collective: Collective = SINGLE,
     ) -> None:
         # Sorted and counted where the labels are (the host, from the engine), then moved
         # to ``device`` once: no round trip to read the counts back.
@@ -121,7 +127,9 @@ class RealSet(RealSide):
         self.counts: list[int] = [int(n) for n in counts]
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])[:-1]
         self.num_classes = num_classes
-        super().__init__(seed=seed, classes_per_iteration=classes_per_iteration)
+        super().__init__(
+            seed=seed, classes_per_iteration=classes_per_iteration, collective=collective
+        )
 
     def sample_indices(self, per_class: int, generator: torch.Generator) -> Tensor:
         """(classes * per_class,) indices, ``per_class`` distinct images of each class in order."""

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from habactl.distill.sets import RealSide
+from habactl.distributed import SINGLE, Collective
 from habactl.runtime import derived_generator
 
 
@@ -50,6 +51,7 @@ class StoredRealSet(RealSide):
         seed: int,
         iterations: int,
         classes_per_iteration: int | None = None,
+        collective: Collective = SINGLE,
     ) -> None:
         self.source = source
         self.normalize = normalize
@@ -59,7 +61,9 @@ class StoredRealSet(RealSide):
         self.num_classes = len(self.counts)
         self.iterations = iterations
         self.image_shape = tuple(source.image_shape)
-        super().__init__(seed=seed, classes_per_iteration=classes_per_iteration)
+        super().__init__(
+            seed=seed, classes_per_iteration=classes_per_iteration, collective=collective
+        )
         self.per_class: int | None = None  # known once an objective checks it
         self._ahead: dict[int, tuple[tuple[int, tuple[int, ...]], Future[np.ndarray]]] = {}
         self._pool: ThreadPoolExecutor | None = None

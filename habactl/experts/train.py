@@ -22,7 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from habactl import runtime
+from habactl import distributed, runtime
+from habactl.distributed import Collective
 from habactl.experts.buffer import (
     INDEX,
     KIND,
@@ -82,54 +83,117 @@ def train_experts(
     force: bool = False,
     progress: Progress | None = None,
     note: Callable[[str], None] | None = None,
+    collective: Collective | None = None,
 ) -> dict[str, Any]:
     """Train experts 0..N-1 into ``folder`` (created if needed), skipping finished ones.
 
     Returns the final index. ``force`` starts over in a folder made with other settings.
+    ``collective``: the job whose ranks share the experts (default: the one this process
+    was launched in; one process outside torchrun).
     """
-    from habactl import __version__
     from habactl.augment import SiameseAugment
-    from habactl.data.stored import is_stored
-    from habactl.normalization import Normalizer, mean_std
 
     _check(settings)
     folder = Path(folder)
     note = note or (lambda text: None)
+    _check_folder(folder)
+    job = collective if collective is not None else distributed.current()
+    device = job.device_for(settings.device)  # under torchrun: this rank's GPU
+    # The index records the network built ("convnet-d4" for "convnet" at 64 px): MTT's
+    # student is built from that name, so it has the experts' depth whatever the size.
+    settings = replace(settings, arch=arch_name(settings.arch, source.height, source.width))
+    data = _TrainingData.of(source, device)
+    augment = SiameseAugment(settings.augment, flip=not source.is_digits)
+    probe = _probe(settings, data)
+    index = _index(source, settings, data, augment, probe)
+    finished = _finished(folder, index, force, note)
+    if job.is_main:
+        folder.mkdir(exist_ok=True)
+    job.barrier()  # the folder exists before any rank writes into it
+    if job.world_size == 1:  # one process: the index after every expert, so it resumes
+        _save_index(folder, index, finished)
+    # Under torchrun rank r trains experts r, r + N, ... (each from its own seeded stream,
+    # so the files are those of one process) and writes their trajectory files; rank 0
+    # writes the index once, complete, when every rank is done.
+    mine = job.share(settings.experts)
+    for i in mine:
+        if expert_file(i) in finished:
+            if progress:
+                progress(i, settings.epochs, settings.epochs, {"skipped": 1.0})
+            continue
+        finished[expert_file(i)] = _train_and_write(
+            i, folder, settings, data, augment, device, probe.count, progress
+        )
+        if job.world_size == 1:
+            _save_index(folder, index, finished)
+    if job.world_size > 1:
+        gathered = job.gather_objects({i: finished[expert_file(i)] for i in mine})
+        finished.update({entry["file"]: entry for entry in gathered.values()})
+        if job.is_main:
+            _save_index(folder, index, finished)
+        job.barrier()  # no rank reports success before the index is in place
+        index["experts"] = [finished[k] for k in sorted(finished)]
+    return index
+
+
+def _check_folder(folder: Path) -> None:
     if folder.exists() and not folder.is_dir():
         raise ExpertsError(f"{folder} exists and is not a folder")
     if not folder.parent.is_dir():
         raise ExpertsError(f"cannot write {folder}: folder {folder.parent} does not exist")
     check_buffer_folder(folder)  # never writes into a folder of someone's files
-    from habactl import distributed
 
-    device = distributed.device_for(settings.device)  # under torchrun: this rank's GPU
-    shape = (source.channels, source.height, source.width)
-    # The index records the network built ("convnet-d4" for "convnet" at 64 px): MTT's
-    # student is built from that name, so it has the experts' depth whatever the size.
-    settings = replace(settings, arch=arch_name(settings.arch, source.height, source.width))
-    classes = len(source.classes)
-    normalization = mean_std(source.mean(), source.std())
-    images: Any
-    if is_stored(source):  # each batch is read from the store (ascending) when drawn
-        images = source.train.images.transformed(Normalizer(normalization)).to(device)
-    else:
-        images = Normalizer(normalization)(source.train.images.float()).to(device)
-    labels = source.train.labels.long().to(device)
-    augment = SiameseAugment(settings.augment, flip=not source.is_digits)
 
+@dataclass(frozen=True)
+class _TrainingData:
+    """The real training set, normalised as ``habactl compress`` normalises it."""
+
+    normalization: dict[str, Any]
+    images: Any  # a tensor, or a store's images (read when indexed)
+    labels: torch.Tensor
+    shape: tuple[int, int, int]
+    classes: int
+
+    @classmethod
+    def of(cls, source: Any, device: torch.device) -> _TrainingData:
+        from habactl.data.stored import is_stored
+        from habactl.normalization import Normalizer, mean_std
+
+        normalization = mean_std(source.mean(), source.std())
+        images: Any
+        if is_stored(source):  # each batch is read from the store (ascending) when drawn
+            images = source.train.images.transformed(Normalizer(normalization)).to(device)
+        else:
+            images = Normalizer(normalization)(source.train.images.float()).to(device)
+        labels = source.train.labels.long().to(device)
+        shape = (source.channels, source.height, source.width)
+        return cls(normalization, images, labels, shape, len(source.classes))
+
+
+def _probe(settings: ExpertSettings, data: _TrainingData) -> FlatNet:
+    """The network's parameter layout (built on the CPU, the global RNG untouched)."""
     with torch.random.fork_rng(devices=[]):
-        probe = FlatNet(
+        return FlatNet(
             seeded.build(
                 settings.arch,
-                shape,
-                classes,
+                data.shape,
+                data.classes,
                 width_mult=settings.width,
                 device=torch.device("cpu"),
                 generator=torch.Generator(),
                 trainable=True,
             )
         )
-    index: dict[str, Any] = {
+
+
+def _index(
+    source: Any, settings: ExpertSettings, data: _TrainingData, augment: Any, probe: FlatNet
+) -> dict[str, Any]:
+    """The buffer's index, with no experts yet."""
+    from habactl import __version__
+
+    channels, height, width = data.shape
+    return {
         "kind": KIND,
         "version": VERSION,
         "library": f"habactl {__version__}",
@@ -137,10 +201,10 @@ def train_experts(
             "name": source.name,
             "fingerprint": source.fingerprint,
             "classes": list(source.classes),
-            "image": {"channels": shape[0], "height": shape[1], "width": shape[2]},
-            "train": int(labels.shape[0]),
+            "image": {"channels": channels, "height": height, "width": width},
+            "train": int(data.labels.shape[0]),
         },
-        "normalization": dict(normalization),
+        "normalization": dict(data.normalization),
         "arch": {"name": settings.arch, "width": float(settings.width), "norm": "instance"},
         "parameters": {"count": probe.count, "layout": probe.describe()},
         "training": {
@@ -156,78 +220,71 @@ def train_experts(
         },
         "experts": [],
     }
+
+
+def _finished(
+    folder: Path, index: dict[str, Any], force: bool, note: Callable[[str], None]
+) -> dict[str, dict[str, Any]]:
+    """The intact experts of an earlier run with the same settings, by file name."""
     finished: dict[str, dict[str, Any]] = {}
-    if (folder / INDEX).exists():
-        try:
-            old = read_index(folder)
-        except ExpertsError:
-            if not force:
-                raise
-            old = None
-        if old is not None:
-            changed = differing(settings_of(old), settings_of(index))
-            if changed and not force:
-                raise ExpertsError(
-                    f"{folder} holds experts made with other settings "
-                    f"({', '.join(changed[:4])}); use another folder, or --force to "
-                    f"start over"
-                )
-            if not changed:
-                for entry in old["experts"]:
-                    path = folder / entry["file"]
-                    if path.is_file() and sha256_file(path) == entry.get("sha256"):
-                        finished[entry["file"]] = entry
-                    else:
-                        note(f"{entry['file']} is missing or damaged; training it again")
-    world = distributed.world_size()
-    if distributed.is_main():
-        folder.mkdir(exist_ok=True)
-    distributed.barrier()  # the folder exists before any rank writes into it
-
-    def save_index() -> None:
-        index["experts"] = [finished[k] for k in sorted(finished)]
-        write_json_atomic(folder / INDEX, index)
-
-    if world == 1:
-        save_index()
-    # Under torchrun rank r trains experts r, r + N, ... (each from its own seeded stream,
-    # so the files are those of one process) and writes their trajectory files; rank 0
-    # writes the index once, complete, when every rank is done.
-    mine = set(distributed.my_share(settings.experts))
-    for i in range(settings.experts):
-        name = expert_file(i)
-        if i not in mine:
-            continue
-        if name in finished:
-            if progress:
-                progress(i, settings.epochs, settings.epochs, {"skipped": 1.0})
-            continue
-        started = time.perf_counter()
-        trajectory, accuracy = _train_one(
-            i, settings, shape, classes, images, labels, augment, device, progress
+    if not (folder / INDEX).exists():
+        return finished
+    try:
+        old = read_index(folder)
+    except ExpertsError:
+        if not force:
+            raise
+        return finished
+    changed = differing(settings_of(old), settings_of(index))
+    if changed and not force:
+        raise ExpertsError(
+            f"{folder} holds experts made with other settings "
+            f"({', '.join(changed[:4])}); use another folder, or --force to "
+            f"start over"
         )
-        sha = write_trajectory(
-            folder / name,
-            trajectory,
-            {"expert": str(i), "epochs": str(settings.epochs), "parameters": str(probe.count)},
-        )
-        finished[name] = {
-            "file": name,
-            "expert": i,
-            "sha256": sha,
-            "train_accuracy": round(accuracy, 4),
-            "seconds": round(time.perf_counter() - started, 1),
-        }
-        if world == 1:
-            save_index()
-    if world > 1:
-        gathered = distributed.gather_objects({i: finished[expert_file(i)] for i in mine})
-        finished.update({entry["file"]: entry for entry in gathered.values()})
-        if distributed.is_main():
-            save_index()
-        distributed.barrier()  # no rank reports success before the index is in place
-        index["experts"] = [finished[k] for k in sorted(finished)]
-    return index
+    if not changed:
+        for entry in old["experts"]:
+            path = folder / entry["file"]
+            if path.is_file() and sha256_file(path) == entry.get("sha256"):
+                finished[entry["file"]] = entry
+            else:
+                note(f"{entry['file']} is missing or damaged; training it again")
+    return finished
+
+
+def _save_index(folder: Path, index: dict[str, Any], finished: dict[str, dict[str, Any]]) -> None:
+    index["experts"] = [finished[k] for k in sorted(finished)]
+    write_json_atomic(folder / INDEX, index)
+
+
+def _train_and_write(
+    i: int,
+    folder: Path,
+    settings: ExpertSettings,
+    data: _TrainingData,
+    augment: Any,
+    device: torch.device,
+    parameters: int,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """Train expert ``i``, write its trajectory file; its entry in the index."""
+    name = expert_file(i)
+    started = time.perf_counter()
+    trajectory, accuracy = _train_one(
+        i, settings, data.shape, data.classes, data.images, data.labels, augment, device, progress
+    )
+    sha = write_trajectory(
+        folder / name,
+        trajectory,
+        {"expert": str(i), "epochs": str(settings.epochs), "parameters": str(parameters)},
+    )
+    return {
+        "file": name,
+        "expert": i,
+        "sha256": sha,
+        "train_accuracy": round(accuracy, 4),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def _train_one(

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from habactl.distill.errors import DistillError
 from habactl.distill.sets import RealSide, SyntheticSet
+from habactl.distributed import SINGLE, Collective
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Context:
     init_generator: torch.Generator  # for drawing initial state at construction
     ipc: int = 1  # the budget's images per class (gradient matching's loops)
     dataset: Mapping[str, str] | None = None  # {"name", "fingerprint"} of the source
+    collective: Collective = SINGLE  # the job's ranks (one process: SINGLE)
 
 
 def setting(default: Any, flag: str | None = None, help: str = "") -> Any:

@@ -24,7 +24,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from habactl import distributed
 from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective, setting
 from habactl.distill.sets import SyntheticSet
@@ -104,7 +103,9 @@ class DistributionMatching(Objective):
         real_mean = real_mean.clone()  # an ordinary tensor, usable next to autograd ones
         del real, embedded  # the synthetic side's graph needs the room
 
-        if distributed.world_size() > 1 or len(ids) < classes:  # draws made on every rank alike
+        # A share of the classes (torchrun's ranks, or a subsample): the draws above were
+        # made on every rank alike.
+        if context.collective.world_size > 1 or len(ids) < classes:
             return self._share_loss(synthetic, basis, variant, real_mean, params, ids)
         syn = synthetic.decode(basis, variant)  # (M, C, H, W), class-sorted
         items = synthetic.class_counts(basis)  # on the host: no device read
