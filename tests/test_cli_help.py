@@ -162,9 +162,11 @@ def test_plural_words():
 
 
 def test_inspect_says_one_iteration_not_one_iterations():
+    from habactl.format.view import Manifest
+
     manifest = open_archive(GOLDEN / "raw.haba").manifest
     manifest["provenance"]["iterations"] = 1
-    rows = dict(summary(manifest, 1))
+    rows = dict(summary(Manifest.from_json(manifest), 1))
     assert "1 iteration," in rows["objective"] and "iterations" not in rows["objective"]
 
 
