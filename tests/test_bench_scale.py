@@ -1,6 +1,7 @@
-"""bench/scale.py --quick end to end: every set is generated and prepared at a positive
-rate, every other stage is measured or a FAILED row that says why, the JSON parses, and
-nothing is left behind in the work folder."""
+"""bench/scale.py --quick end to end on its array set (the folder and ImageNet-shaped sets
+run the same stages on other generators; they are left to the benchmark for time): the
+set is generated and prepared at a positive rate, every stage from the store and from
+memory is measured, the JSON parses, and nothing is left behind in the work folder."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def test_quick_run_prints_prepare_rates_and_reports_every_stage(tmp_path):
     work = tmp_path / "work"
     out = tmp_path / "scale.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "scale.py"), "--quick"]
+        [sys.executable, str(ROOT / "bench" / "scale.py"), "--quick", "--sets", "tiny"]
         + ["--workdir", str(work), "--json", str(out)],
         capture_output=True,
         text=True,
@@ -32,7 +33,7 @@ def test_quick_run_prints_prepare_rates_and_reports_every_stage(tmp_path):
     rows = payload["rows"]
 
     prepares = {r["set"]: r for r in rows if r["stage"] == "prepare"}
-    assert set(prepares) == {"tiny", "folder", "imagenet"}
+    assert set(prepares) == {"tiny"}
     for row in prepares.values():
         assert row["status"] == "ok", row
         assert row["img_per_s"] > 0 and row["peak_rss_mib"] > 0
@@ -49,13 +50,9 @@ def test_quick_run_prints_prepare_rates_and_reports_every_stage(tmp_path):
     assert {"compress haba+idc", "experts", "compress haba+idc (in memory)"} <= stages
     assert any(r["stage"].startswith("evaluate") for r in rows)
     for row in rows:
-        if row["status"] == "ok":
-            assert row["seconds"] > 0 and row["peak_rss_mib"] > 0, row
-            if row["stage"].startswith("compress"):
-                assert row["s_per_it"] is not None and row["s_per_it"] > 0, row
-        else:
-            assert row["status"] == "FAILED", row
-            assert row["note"].strip() and "\n" not in row["note"], row
-            assert f"FAILED: {row['note']}" in result.stdout
+        assert row["status"] == "ok", row
+        assert row["seconds"] > 0 and row["peak_rss_mib"] > 0, row
+        if row["stage"].startswith("compress"):
+            assert row["s_per_it"] is not None and row["s_per_it"] > 0, row
     # Generated data, stores and archives are removed at the end.
     assert list(work.iterdir()) == []
