@@ -279,15 +279,15 @@ def train_buffer(folder: Path, args: dict[str, Any]) -> None:
 
 
 def make_random(source: Any, ipc: int, path: Path) -> None:
-    from habactl.baselines import random_archive
+    from habactl.distill.baselines import random_archive
 
     random_archive(source, path, ipc=ipc, seed=0, overwrite=True)
 
 
 def identity_copy(source: Any, distilled: Path, path: Path) -> None:
     """The same learned bases, with every hallucinator reset to the identity map."""
-    from habactl.archive_io import write_haba
     from habactl.codecs import Pipeline
+    from habactl.distill.archive import write_haba
     from habactl.format import open_archive
 
     with open_archive(distilled) as archive:
@@ -319,8 +319,8 @@ def full_data(args: dict[str, Any]) -> dict[str, Any]:
     from habactl.evaluation.protocol import Protocol
     from habactl.evaluation.score import accuracy
     from habactl.evaluation.train import make_augment, train_net
+    from habactl.format.normalization import Normalizer, mean_std
     from habactl.nets import build_net
-    from habactl.normalization import Normalizer, mean_std
 
     source = load_source("mnist-5k")
     normalise = Normalizer(mean_std(source.mean(), source.std()))

@@ -436,11 +436,11 @@ def train_and_test(archive: Path, *, epochs: int, seed: int, test_images, test_l
     """ConvNet-3 from scratch on the expanded archive; test accuracy (%) on real images."""
     import torch.nn.functional as F
 
-    from habactl.augment import SiameseAugment
     from habactl.codecs import Pipeline
     from habactl.format import open_archive
+    from habactl.format.normalization import Normalizer
     from habactl.nets import build_net
-    from habactl.normalization import Normalizer
+    from habactl.training.augment import SiameseAugment
 
     with open_archive(archive) as a:
         info = a.info

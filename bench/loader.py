@@ -25,10 +25,10 @@ from types import SimpleNamespace
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from habactl.archive_io import write_haba
 from habactl.codecs import Pipeline
-from habactl.loader import HabaDataset
-from habactl.normalization import mean_std
+from habactl.distill.archive import write_haba
+from habactl.format.normalization import mean_std
+from habactl.training.dataset import HabaDataset
 
 BATCH = 256
 

@@ -66,12 +66,12 @@ def net_factory(name: str, resnet_width: float) -> Callable[..., torch.nn.Module
 def make_zca_archive(path: Path, per_class: int, seed: int = 0) -> Path:
     """`per_class` random real mnist-5k training images per class, ZCA-whitened (eps 0.1,
     fitted on the whole training split), as a raw archive."""
-    from habactl.archive_io import write_haba
-    from habactl.baselines import random_per_class
     from habactl.codecs import Pipeline
     from habactl.data import load_source
+    from habactl.distill.archive import write_haba
+    from habactl.distill.baselines import random_per_class
+    from habactl.format.normalization import Normalizer
     from habactl.interop.zca import fit_zca
-    from habactl.normalization import Normalizer
 
     source = load_source("mnist-5k")
     fit = fit_zca(source.train.images)
@@ -110,7 +110,7 @@ def evaluate_side(archive: str, net: str, epochs: int, seed: int, resnet_width: 
     from habactl.evaluation.run import prepare_test_images
     from habactl.evaluation.score import accuracy
     from habactl.evaluation.train import make_augment, train_net
-    from habactl.loader import HabaDataset
+    from habactl.training.dataset import HabaDataset
 
     dataset = HabaDataset(archive)
     recipe = dataset.recipe

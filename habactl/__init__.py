@@ -10,7 +10,7 @@ __all__ = ["HabaDataset", "HabaError", "__version__"]
 def __getattr__(name: str):
     # Lazy so that `import habactl` (and the CLI's --version) stays fast.
     if name == "HabaDataset":
-        from habactl.loader import HabaDataset
+        from habactl.training.dataset import HabaDataset
 
         return HabaDataset
     raise AttributeError(name)

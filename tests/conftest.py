@@ -15,9 +15,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from habactl.archive_io import write_haba
 from habactl.data.base import LabeledImages, make_source
-from habactl.normalization import mean_std
+from habactl.distill.archive import write_haba
+from habactl.format.normalization import mean_std
 
 
 def one_error_line(result, exit_code: int = 1) -> str:

@@ -54,7 +54,7 @@ def install_kill_after(after: int) -> None:
 
 def install_failure(rank: str) -> None:
     """Rank `rank` of a torchrun job raises as it enters a gather or a gradient sum."""
-    from habactl.distributed import Torchrun
+    from habactl.runtime.distributed import Torchrun
 
     def failing(method):
         def wrapper(self, *args, **kwargs):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from habactl.augment import OPS, AugmentParams, SiameseAugment
 from habactl.errors import HabaError
+from habactl.training.augment import OPS, AugmentParams, SiameseAugment
 
 # Hand-made values that move every op away from the identity.
 FIXED = {

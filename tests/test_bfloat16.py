@@ -21,7 +21,7 @@ from habactl.format import ArchiveError, open_archive, storage_account
 from habactl.format.bfloat16 import widen
 from habactl.format.limits import DEFAULT_LIMITS
 from habactl.format.manifest import validate_manifest
-from habactl.loader import HabaDataset
+from habactl.training.dataset import HabaDataset
 from test_codecs import QuantizeContract
 from test_quantize import _forge
 

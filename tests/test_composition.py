@@ -10,15 +10,15 @@ from typer.testing import CliRunner
 import habactl.cli.compress  # noqa: F401  (registers the commands)
 import habactl.cli.verify  # noqa: F401  (two commands: the app keeps its subcommands)
 from conftest import fake_source, one_error_line
-from habactl.archive_io import write_haba
 from habactl.cli.app import app
 from habactl.codecs.pipeline import Pipeline, basis_classes
+from habactl.distill.archive import write_haba
 from habactl.distill.engine import DistillConfig, pipeline_entries
 from habactl.distill.errors import DistillError
 from habactl.distill.planner import base_shape_for, plan_pipeline
 from habactl.format import open_archive, storage_account
-from habactl.loader import HabaDataset
-from habactl.normalization import mean_std
+from habactl.format.normalization import mean_std
+from habactl.training.dataset import HabaDataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()

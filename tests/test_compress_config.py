@@ -1,5 +1,5 @@
 """Recipe files: `compress --config` takes every setting from TOML (flags override it) and
-`inspect --recipe` prints the recipe that rebuilds an archive byte for byte."""
+`inspect --config` prints the config that rebuilds an archive byte for byte."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ def invoke(*args) -> object:
     return runner.invoke(app, [str(a) for a in args])
 
 
-def recipe_of(path) -> str:
-    result = invoke("inspect", path, "--recipe")
+def config_of(path) -> str:
+    result = invoke("inspect", path, "--config")
     assert result.exit_code == 0, result.output
     return result.stdout
 
@@ -41,28 +41,28 @@ def fixed_clock(monkeypatch):
         ["--objective", "random", "--ipc", "2", "--seed", "5"],
     ],
 )
-def test_the_printed_recipe_rebuilds_the_archive_byte_for_byte(tmp_path, args):
+def test_the_printed_config_rebuilds_the_archive_byte_for_byte(tmp_path, args):
     first, again = tmp_path / "a.haba", tmp_path / "b.haba"
     options = args if "random" in args else [*TINY, *args]
     result = invoke("compress", "digits", "-o", first, *options, "-q")
     assert result.exit_code == 0, result.output
-    recipe = tmp_path / "a.toml"
-    recipe.write_text(recipe_of(first))
-    parsed = tomllib.loads(recipe.read_text())
+    config = tmp_path / "a.toml"
+    config.write_text(config_of(first))
+    parsed = tomllib.loads(config.read_text())
     assert parsed["data"] == "digits"
-    result = invoke("compress", "--config", recipe, "-o", again, "-q")
+    result = invoke("compress", "--config", config, "-o", again, "-q")
     assert result.exit_code == 0, result.output
     assert again.read_bytes() == first.read_bytes()
 
 
-def test_flags_override_the_recipe_and_the_recipe_overrides_defaults(tmp_path):
-    recipe = tmp_path / "r.toml"
-    recipe.write_text(
+def test_flags_override_the_config_and_the_config_overrides_defaults(tmp_path):
+    config = tmp_path / "r.toml"
+    config.write_text(
         'data = "digits"\niterations = 1\nseed = 4\nthreads = 1\n'
         "contrast_batch = 8\n\n[settings]\nreal_per_class = 5\nembed_width = 0.5\n"
     )
     out = tmp_path / "r.haba"
-    result = invoke("compress", "--config", recipe, "-o", out, "--seed", "6", "-q")
+    result = invoke("compress", "--config", config, "-o", out, "--seed", "6", "-q")
     assert result.exit_code == 0, result.output
     with open_archive(out) as archive:
         provenance = archive.manifest["provenance"]
@@ -72,9 +72,9 @@ def test_flags_override_the_recipe_and_the_recipe_overrides_defaults(tmp_path):
     assert provenance["hyperparameters"]["contrastive"]["batch"] == 8
 
 
-def test_a_stage_flag_edits_the_recipes_pipeline(tmp_path):
-    recipe = tmp_path / "p.toml"
-    recipe.write_text(
+def test_a_stage_flag_edits_the_configs_pipeline(tmp_path):
+    config = tmp_path / "p.toml"
+    config.write_text(
         'data = "digits"\niterations = 1\nthreads = 1\n\n'
         "[settings]\nreal_per_class = 4\n\n"
         '[[pipeline]]\nname = "hallucinate"\nversion = 1\n'
@@ -82,7 +82,7 @@ def test_a_stage_flag_edits_the_recipes_pipeline(tmp_path):
     )
     out = tmp_path / "p.haba"
     result = invoke(
-        "compress", "--config", recipe, "--ipc", "3", "--hallucinators", "2", "-o", out, "-q"
+        "compress", "--config", config, "--ipc", "3", "--hallucinators", "2", "-o", out, "-q"
     )
     assert result.exit_code == 0, result.output
     with open_archive(out) as archive:
@@ -90,7 +90,7 @@ def test_a_stage_flag_edits_the_recipes_pipeline(tmp_path):
         budget = archive.manifest["provenance"]["hyperparameters"]["budget"]
     assert [s["name"] for s in stages] == ["hallucinate"]
     assert stages[0]["configuration"]["count"] == 2 and budget["codec"] == "haba"
-    result = invoke("compress", "--config", recipe, "--factor", "2", "-o", tmp_path / "q.haba")
+    result = invoke("compress", "--config", config, "--factor", "2", "-o", tmp_path / "q.haba")
     assert "no upsample stage" in one_error_line(result)
 
 
@@ -108,15 +108,15 @@ def test_a_stage_flag_edits_the_recipes_pipeline(tmp_path):
         ("unroll = 'full'\n", "--unroll applies to --objective mtt only"),
     ],
 )
-def test_a_bad_recipe_is_one_error_line(tmp_path, text, message):
-    recipe = tmp_path / "bad.toml"
-    recipe.write_text(text)
-    result = invoke("compress", "digits", "--config", recipe, "-o", tmp_path / "x.haba")
+def test_a_bad_config_is_one_error_line(tmp_path, text, message):
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    result = invoke("compress", "digits", "--config", config, "-o", tmp_path / "x.haba")
     assert result.exit_code == 1
     assert message in one_error_line(result)
     assert not (tmp_path / "x.haba").exists()
 
 
-def test_a_missing_recipe_is_named(tmp_path):
+def test_a_missing_config_is_named(tmp_path):
     result = invoke("compress", "--config", tmp_path / "none.toml", "-o", tmp_path / "x.haba")
     assert result.exit_code == 1 and "none.toml: no such file" in one_error_line(result)

@@ -182,7 +182,7 @@ def test_the_toy_objective_reads_a_settings_instance(tmp_path, toy):
 
 
 def test_a_new_baseline_is_one_registry_entry(tmp_path, monkeypatch):
-    from habactl.baselines import BASELINES, Baseline, random_archive
+    from habactl.distill.baselines import BASELINES, Baseline, random_archive
 
     made = []
 

@@ -1,7 +1,7 @@
 """The device path: one place chooses the device, and the inner loops never
 wait for it.
 
-Every command takes its device from ``habactl.runtime.resolve_device`` (through
+Every command takes its device from ``habactl.runtime.device.resolve_device`` (through
 ``distributed.device_for``). These tests make that one place answer PyTorch's ``meta``
 device: tensors there have shapes and no values, so reading a device value on the host
 (``.item()``, ``float()``, ``.tolist()``, ``.cpu()``, a boolean mask, an op whose output
@@ -32,10 +32,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from conftest import tiny_mnist
-from habactl import runtime
 from habactl.distill import DistillConfig, Distiller
 from habactl.distill import engine as engine_module
 from habactl.distill.stepbound import bound_steps
+from habactl.runtime import device as runtime
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

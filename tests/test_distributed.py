@@ -14,7 +14,7 @@ import pytest
 
 from faults import FAIL_VARIABLE, SCRIPT
 from faults import VARIABLES as FAULT_VARIABLES
-from habactl import distributed
+from habactl.runtime import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from faults import KILL_AFTER_VARIABLE, KILL_RANK_VARIABLE
-from habactl import distributed
+from habactl.runtime import distributed
 from test_distributed import ROOT, command, environment, error_lines, habactl, needs_torchrun
 
 pytestmark = [pytest.mark.slow, needs_torchrun]
@@ -189,7 +189,7 @@ def test_a_rank_that_stops_answering_fails_its_peer_at_the_collective_timeout(tm
 UNEVEN_SHARES = """
 import sys, time
 from pathlib import Path
-from habactl import distributed
+from habactl.runtime import distributed
 def run():
     if distributed.rank() == 1:
         Path("working").touch()

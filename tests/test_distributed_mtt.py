@@ -141,8 +141,8 @@ def test_a_killed_mtt_run_resumes_on_two_ranks_to_the_uninterrupted_archive(unin
 
 
 def test_random_on_two_ranks_writes_the_archive_of_one_process(folder):
-    from habactl.baselines import random_archive
     from habactl.data import load_source
+    from habactl.distill.baselines import random_archive
 
     done = habactl("compress", "digits", "--objective", "random", "--ipc", "2", "-o", "r2.haba",
                    cwd=folder, world=2)  # fmt: skip

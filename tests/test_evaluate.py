@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
 from conftest import one_error_line
-from habactl.archive_io import write_haba
 from habactl.cli.app import app
+from habactl.distill.archive import write_haba
 from habactl.errors import HabaError
 from habactl.evaluation import FAST, STANDARD, Protocol, accuracy, summarize, train_net
 from habactl.evaluation.run import (
@@ -28,9 +28,9 @@ from habactl.evaluation.run import (
     prepare_test_images,
     random_training_set,
 )
-from habactl.loader import HabaDataset
+from habactl.format.normalization import Normalizer, mean_std
 from habactl.nets import build_net
-from habactl.normalization import Normalizer, mean_std
+from habactl.training.dataset import HabaDataset
 
 runner = CliRunner()
 TINY = Protocol(epochs=2, models=1, batch_size=64)
@@ -73,7 +73,7 @@ def write(tmp_path_factory, digits):
         source=None,
         stages: list[dict] | None = None,
     ) -> Path:
-        from habactl.baselines import random_per_class
+        from habactl.distill.baselines import random_per_class
 
         normalization = normalization or mean_std(digits.mean(), digits.std())
         picked = random_per_class(digits.train.labels, per_class, digits.num_classes, 0)
@@ -142,7 +142,7 @@ def test_training_is_reproducible_and_takes_soft_labels():
     protocol = Protocol(epochs=3, batch_size=5)
 
     def trained(labels, seed=1):
-        from habactl.augment import SiameseAugment
+        from habactl.training.augment import SiameseAugment
 
         torch.manual_seed(seed)
         net = build_net("convnet", 1, 8, 8, 3)

@@ -17,11 +17,11 @@ EXAMPLE = ROOT / "examples" / "train_own_loop.py"
 @pytest.fixture(scope="module")
 def digits_archive(tmp_path_factory) -> Path:
     """Ten real 8x8 digits per class: an archive whose recorded data set loads offline."""
-    from habactl.archive_io import write_haba
-    from habactl.baselines import random_per_class
     from habactl.codecs import Pipeline
     from habactl.data import load_source
-    from habactl.normalization import Normalizer, mean_std
+    from habactl.distill.archive import write_haba
+    from habactl.distill.baselines import random_per_class
+    from habactl.format.normalization import Normalizer, mean_std
 
     source = load_source("digits")
     normalization = mean_std(source.mean(), source.std())

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import habactl.atomic
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
+import habactl.runtime.atomic
 from conftest import hallucinate_stage, one_error_line
 from habactl.cli.app import app
 
@@ -99,7 +99,7 @@ def disk_full(monkeypatch):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return os.write(fd, data[: max(1, len(data) // 2)])
 
-    monkeypatch.setattr(habactl.atomic, "_write", write)
+    monkeypatch.setattr(habactl.runtime.atomic, "_write", write)
     return calls
 
 
@@ -129,7 +129,7 @@ def test_preview_and_experts_into_a_read_only_folder(archive, readonly_folder):
 def test_expand_on_a_full_disk_keeps_the_earlier_output(tmp_path, archive, disk_full, name):
     target = tmp_path / name
     with pytest.MonkeyPatch.context() as unpatched:  # the first, successful run
-        unpatched.setattr(habactl.atomic, "_write", os.write)
+        unpatched.setattr(habactl.runtime.atomic, "_write", os.write)
         assert run("expand", archive, "-o", target).exit_code == 0
     before = snapshot(target) if target.is_dir() else target.read_bytes()
     line = one_error_line(run("expand", archive, "-o", target, "--force"))
@@ -177,7 +177,7 @@ def test_checkpoint_on_a_full_disk_is_a_clear_error_and_keeps_the_last_one(tmp_p
 
     path = tmp_path / "run.ckpt"
     with pytest.MonkeyPatch.context() as unpatched:
-        unpatched.setattr(habactl.atomic, "_write", os.write)
+        unpatched.setattr(habactl.runtime.atomic, "_write", os.write)
         checkpoint.save(path, {"fingerprint": "f", "bases": torch.zeros(3)})
     before = path.read_bytes()
     with pytest.raises(HabaError, match=r"run\.ckpt: No space left on device \(folder "):

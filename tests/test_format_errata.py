@@ -29,7 +29,7 @@ from habactl.format import (
 )
 from habactl.format.checks import DTYPE_SIZES, MAX_NDIM, parse_header
 from habactl.format.manifest import check_version, parse_json
-from habactl.loader import HabaDataset
+from habactl.training.dataset import HabaDataset
 from test_format import make_manifest, make_tensors, rejects, rewrite
 from test_quantize import _forge
 

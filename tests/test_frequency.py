@@ -21,7 +21,7 @@ from habactl.distill.errors import DistillError
 from habactl.distill.planner import plan_pipeline
 from habactl.errors import HabaError
 from habactl.format import open_archive, storage_account
-from habactl.loader import HabaDataset
+from habactl.training.dataset import HabaDataset
 from test_quantize import _forge
 
 runner = CliRunner()

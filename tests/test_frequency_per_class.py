@@ -20,7 +20,7 @@ from habactl.codecs.pipeline import basis_classes
 from habactl.distill.planner import plan_pipeline
 from habactl.errors import HabaError
 from habactl.format import ArchiveError, open_archive, storage_account
-from habactl.loader import HabaDataset
+from habactl.training.dataset import HabaDataset
 from test_frequency import place
 from test_quantize import _forge
 

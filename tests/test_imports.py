@@ -118,7 +118,7 @@ def test_the_graph_reader_sees_function_local_imports_and_packages(tmp_path):
     source = tmp_path / "m.py"
     source.write_text(
         "import os\n\ndef f():\n    from habactl.distill import engine\n"
-        "if TYPE_CHECKING:\n    import habactl.loader\n"
+        "if TYPE_CHECKING:\n    import habactl.training.dataset\n"
     )
     assert imported_names("habactl.m", source) == {"habactl.distill", "habactl.distill.engine"}
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]

@@ -13,7 +13,7 @@ import habactl.cli.main  # noqa: F401  (registers the subcommands)
 from conftest import hallucinate_stage, one_error_line
 from habactl.cli.app import app
 from habactl.format import open_archive, storage_account
-from habactl.loader import HabaDataset
+from habactl.training.dataset import HabaDataset
 
 runner = CliRunner()
 UPSAMPLE = {"name": "upsample", "version": 1, "configuration": {"factor": 2, "mode": "bilinear"}}

@@ -16,7 +16,7 @@ import habactl.cli.main  # noqa: F401  (registers the subcommands)
 from conftest import one_error_line
 from habactl.cli.app import app
 from habactl.format import open_archive, storage_account
-from habactl.loader import HabaDataset
+from habactl.training.dataset import HabaDataset
 
 runner = CliRunner()
 

@@ -13,7 +13,7 @@ from habactl.cli.app import app
 from habactl.data import load_source
 from habactl.format import open_archive
 from habactl.interop.zca import fit_zca, whiten_like_kornia
-from habactl.loader import HabaDataset
+from habactl.training.dataset import HabaDataset
 
 runner = CliRunner()
 

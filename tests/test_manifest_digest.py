@@ -32,7 +32,7 @@ from habactl.format import (
 )
 from habactl.format.digest import manifest_digest
 from habactl.format.manifest import canonical_json, parse_json, validate_manifest
-from habactl.loader import HabaDataset
+from habactl.training.dataset import HabaDataset
 from test_format import make_manifest, make_tensors, rewrite, split
 
 ROOT = Path(__file__).resolve().parents[1]

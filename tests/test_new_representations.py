@@ -25,7 +25,7 @@ import habactl.cli.preview  # noqa: F401
 import habactl.cli.verify  # noqa: F401
 from habactl.cli.app import app
 from habactl.format import open_archive, storage_account
-from habactl.loader import HabaDataset
+from habactl.training.dataset import HabaDataset
 from test_distill import _compress_process  # the same subprocess compress, fixed SOURCE_DATE_EPOCH
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,7 +11,7 @@ from habactl.distill import checkpoint as ckpt
 from habactl.distill.objectives import get_objective
 from habactl.distill.objectives.dc import layer_distance, loops_for_ipc
 from habactl.format import open_archive
-from habactl.loader import HabaDataset
+from habactl.training.dataset import HabaDataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -16,7 +16,7 @@ from habactl.errors import HabaError
 from habactl.evaluation.run import archive_lr
 from habactl.experts import ExpertSettings, train_experts
 from habactl.format import open_archive
-from habactl.loader import HabaDataset
+from habactl.training.dataset import HabaDataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,7 +14,7 @@ import habactl.cli.main  # noqa: F401  (registers the subcommands)
 import habactl.cli.preview as preview
 from conftest import hallucinate_stage
 from habactl.cli.app import app
-from habactl.loader import HabaDataset
+from habactl.training.dataset import HabaDataset
 
 
 def run(*args):

@@ -34,7 +34,7 @@ from habactl.format.digest import (
 )
 from habactl.format.limits import DEFAULT_LIMITS
 from habactl.format.manifest import canonical_json, validate_manifest
-from habactl.loader import HabaDataset
+from habactl.training.dataset import HabaDataset
 
 runner = CliRunner()
 GOLDEN = Path(__file__).resolve().parent.parent / "format" / "golden" / "v1"

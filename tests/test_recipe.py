@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from habactl import HabaDataset
-from habactl.recipe import DIGIT_DATASETS, DSA_PARAMS, DSA_STRATEGY, Recipe
+from habactl.training.recipe import DIGIT_DATASETS, DSA_PARAMS, DSA_STRATEGY, Recipe
 
 GOLDEN = Path(__file__).resolve().parent.parent / "format" / "golden" / "v1"
 
@@ -106,7 +106,7 @@ def test_no_recorded_augmentation_means_the_batch_is_left_alone():
 @pytest.mark.slow
 def test_the_recipe_module_is_torch_free():
     code = (
-        "import json, sys; from habactl.recipe import Recipe; "
+        "import json, sys; from habactl.training.recipe import Recipe; "
         "Recipe.from_manifest(json.loads(sys.stdin.read())).lines(); "
         "print('torch' in sys.modules)"
     )
@@ -122,9 +122,9 @@ def test_the_recipe_module_is_torch_free():
 
 
 def test_constants_agree_with_the_augmenter_and_the_data_registry():
-    from habactl.augment import DEFAULT_PARAMS, DEFAULT_STRATEGY
     from habactl.data.registry import EMBEDDED
     from habactl.data.torchvision_sources import SPECS
+    from habactl.training.augment import DEFAULT_PARAMS, DEFAULT_STRATEGY
 
     assert (DSA_STRATEGY, DSA_PARAMS) == (DEFAULT_STRATEGY, DEFAULT_PARAMS)
     digits = {name for name, spec in SPECS.items() if spec.is_digits}

@@ -17,19 +17,19 @@ from torch import nn
 from typer.testing import CliRunner
 
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
-from habactl.archive_io import build_manifest
 from habactl.cli.app import app
 from habactl.codecs import Pipeline
 from habactl.data.base import LabeledImages, make_source
 from habactl.distill import DistillConfig, Distiller
+from habactl.distill.archive import build_manifest
 from habactl.distill.errors import DistillError
 from habactl.distill.planner import plan_budget
 from habactl.errors import HabaError
 from habactl.experts.train import ExpertSettings, train_experts
-from habactl.loader import HabaDataset
 from habactl.nets import ARCHITECTURES, ConvNet, build_net, seeded
 from habactl.nets.registry import arch_name, convnet_depth
-from habactl.recipe import Recipe
+from habactl.training.dataset import HabaDataset
+from habactl.training.recipe import Recipe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import habactl.atomic
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
+import habactl.runtime.atomic
 from conftest import one_error_line
 from habactl.cli.app import app
 from habactl.store import StoreError, open_store
@@ -28,7 +28,7 @@ CLASSES = 6
 # Every finished class is recorded, so that the points are the same on any machine.
 KILLER = """
 import os, signal, sys
-from habactl import atomic
+from habactl.runtime import atomic
 from habactl.store import writer
 where, count, calls = sys.argv[1], int(sys.argv[2]), [0]
 writer.SAVE_SECONDS = 0  # every finished class is recorded
@@ -140,7 +140,7 @@ def disk_full_after(monkeypatch):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             return os.write(fd, data)
 
-        monkeypatch.setattr(habactl.atomic, "_write", write)
+        monkeypatch.setattr(habactl.runtime.atomic, "_write", write)
 
     return fill
 
@@ -158,6 +158,6 @@ def test_a_full_disk_leaves_nothing_that_looks_complete(tmp_path, disk_full_afte
     with pytest.raises(StoreError):
         open_store(store)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files
-    habactl.atomic._write = os.write  # space again (monkeypatch restores it afterwards)
+    habactl.runtime.atomic._write = os.write  # space again (monkeypatch restores it afterwards)
     assert run("prepare", source, "-o", store, "-q").exit_code == 0
     assert contents(store) == contents(reference)

@@ -220,7 +220,7 @@ def cases() -> dict[str, tuple[dict, dict[str, torch.Tensor]]]:
 
 def write(folder: Path) -> list[Path]:
     from habactl.format import FORMAT_VERSION, save_archive, save_legacy_archive
-    from habactl.loader import HabaDataset
+    from habactl.training.dataset import HabaDataset
 
     written = []
     for name, (manifest_, tensors) in cases().items():

@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from habactl.distributed import JobError  # cheap: torch is imported only for a job
 from habactl.errors import HabaError
+from habactl.runtime.distributed import JobError  # cheap: torch is imported only for a job
 
 # Shown under each command's --help. A command may pass its own `epilog` instead.
 EXAMPLES: dict[str, list[str]] = {
@@ -27,7 +27,7 @@ EXAMPLES: dict[str, list[str]] = {
         "habactl compress                              # embedded mnist-5k -> mnist-5k.haba",
         "habactl compress digits --objective random --ipc 10 -o digits.haba",
         "habactl compress data.npz --codec haba+idc --ipc 1 -o small.haba",
-        "habactl compress --config recipe.toml          # settings from a file, flags override",
+        "habactl compress --config config.toml          # settings from a file, flags override",
     ],
     "inspect": [
         "habactl inspect mnist-5k.haba                 # header only, nothing decoded",
@@ -235,7 +235,7 @@ def fail(message: str, code: int = 1, *, every_rank: bool = False) -> typer.Exit
     raised by every rank of a torchrun job alike, so rank 0 alone prints it."""
     stream, prefix = sys.stderr, ""
     if "WORLD_SIZE" in os.environ:  # under torchrun: the first failing rank prints, named
-        from habactl import distributed
+        from habactl.runtime import distributed
 
         if distributed.active():
             # A job-wide error must not race for the store: rank 0 may already have

@@ -1,6 +1,6 @@
 """`habactl compress`: make a .haba archive from a data set.
 
-A thin shell over the library. Settings come from the defaults, then a recipe file
+A thin shell over the library. Settings come from the defaults, then a config file
 (``--config``), then the flags given; each objective declares which of its settings
 the command line offers (``Objective.Settings``), each stage its options
 (``Stage.options``), so an option that does not apply to the chosen objective is an
@@ -78,8 +78,8 @@ Config = Annotated[
     Path | None,
     typer.Option(
         "--config",
-        help="A recipe file (TOML) with any of these settings; flags given "
-        "here override it. habactl inspect A.haba --recipe prints the one that rebuilds A.",
+        help="A config file (TOML) with any of these settings; flags given "
+        "here override it. habactl inspect A.haba --config prints the one that rebuilds A.",
     ),
 ]
 Objective = Annotated[
@@ -529,9 +529,9 @@ def compress(
     given = {name for name in values if _given(ctx, name)}
     recipe: dict[str, Any] = {}
     if config is not None:
-        from habactl.distill.recipe_file import load_recipe
+        from habactl.distill.config_file import load_config
 
-        recipe = load_recipe(config)
+        recipe = load_config(config)
     settings = _merge(values, given, recipe)
     surface = _objective_surface(settings["objective"])
     _check_applicable(settings, given, recipe, surface)
@@ -606,7 +606,7 @@ def _option_type(name: str) -> Any:
 
 def _objective_surface(name: str) -> Any:
     """The chosen objective's class, or the baseline of that name, from the registries."""
-    from habactl.baselines import BASELINES
+    from habactl.distill.baselines import BASELINES
     from habactl.distill.objectives import OBJECTIVES
 
     known: dict[str, Any] = {**OBJECTIVES, **BASELINES}
@@ -616,7 +616,7 @@ def _objective_surface(name: str) -> Any:
 
 
 def _is_baseline(surface: Any) -> bool:
-    from habactl.baselines import Baseline
+    from habactl.distill.baselines import Baseline
 
     return isinstance(surface, Baseline)
 
@@ -707,8 +707,8 @@ def _load(settings: dict[str, Any]) -> Any:
 
 
 def _compress_baseline(baseline: Any, settings: dict[str, Any], target: Path) -> None:
-    from habactl import distributed
     from habactl.distill.engine import check_archive_target
+    from habactl.runtime import distributed
 
     # Nothing to split under torchrun: rank 0 picks and writes the archive of one process
     # while the others wait (checking the target too could see rank 0's new file).
@@ -773,7 +773,7 @@ def _compress_distilled(
             file=sys.stderr,
         )
         raise typer.Exit(130) from None
-    from habactl import distributed
+    from habactl.runtime import distributed
 
     if not s["quiet"] and distributed.is_main():  # under torchrun rank 0 wrote the archive
         if result.resumed_from:

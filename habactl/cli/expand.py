@@ -37,7 +37,7 @@ def expand(
     An existing folder is replaced (with --force) only if habactl wrote
     it or it is empty; a folder holding other files is never deleted.
     """
-    from habactl.expand import expand_archive
+    from habactl.interop.expand import expand_archive
 
     # It checks the output before decoding anything: a refusal costs nothing.
     result = expand_archive(archive, output, pixels=pixels, force=force)

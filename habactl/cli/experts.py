@@ -87,10 +87,10 @@ def experts(
     The folder must be new, empty or an experts buffer: habactl never
     writes into a folder of other files.
     """
-    from habactl.atomic import OutputError, check_folder_writable, describe
     from habactl.data.opening import open_data
     from habactl.experts import ExpertSettings, train_experts
     from habactl.experts.buffer import check_buffer_folder
+    from habactl.runtime.atomic import OutputError, check_folder_writable, describe
 
     # Every check on the output before the data is loaded and training starts.
     if output.exists() and not output.is_dir():
@@ -183,8 +183,8 @@ def _progress(
 
             bar["progress"] = ProgressLine(stderr, unit="epochs")
             # Name the ops that really run: digit data drop the flip (a mirrored 2 is no 2).
-            from habactl.augment import SiameseAugment
             from habactl.nets.registry import arch_name
+            from habactl.training.augment import SiameseAugment
 
             ops = SiameseAugment(augment, flip=not source.is_digits).ops
             shown = "_".join(ops) or "none"

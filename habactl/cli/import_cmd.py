@@ -101,12 +101,12 @@ def import_(
     force: Force = False,
 ) -> None:
     """Import a distilled set saved by a public codebase, safely, into a .haba archive."""
-    from habactl.atomic import check_file_target
     from habactl.format import open_archive, storage_account
     from habactl.interop.build import Normalisation, build_archive
     from habactl.interop.common import Options
     from habactl.interop.presets import preset as find_preset
     from habactl.interop.registry import importer
+    from habactl.runtime.atomic import check_file_target
 
     read = importer(kind)
     kind = kind.strip().lower()

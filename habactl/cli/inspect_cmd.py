@@ -99,8 +99,8 @@ def account_table(account: StorageAccount, storage: Storage) -> Any:
 
 
 def recipe_of(manifest: Manifest) -> Any:
-    """The archive's training recipe (habactl.recipe, torch-free), or None if it has none."""
-    from habactl.recipe import Recipe
+    """The archive's training recipe (training.recipe, torch-free), or None if it has none."""
+    from habactl.training.recipe import Recipe
 
     try:
         return Recipe.from_manifest(manifest)
@@ -200,10 +200,10 @@ def inspect_archive(
         help="Print the manifest, the storage account and the training recipe "
         "as one JSON object on stdout.",
     ),
-    as_recipe: bool = typer.Option(
+    as_config: bool = typer.Option(
         False,
-        "--recipe",
-        help="Print the compress recipe (TOML) that rebuilds the archive: "
+        "--config",
+        help="Print the compress config (TOML) that rebuilds the archive: "
         "habactl compress --config it.",
     ),
 ) -> None:
@@ -215,10 +215,10 @@ def inspect_archive(
     with open_archive(archive) as opened:
         manifest, info = opened.manifest, opened.info
         expansion = opened.layout.expansion
-    if as_recipe:
-        from habactl.distill.recipe_file import archive_recipe_toml
+    if as_config:
+        from habactl.distill.config_file import archive_config_toml
 
-        print(archive_recipe_toml(manifest, archive), end="")
+        print(archive_config_toml(manifest, archive), end="")
         return
     account = storage_account(manifest)
     recipe = recipe_of(info)
@@ -255,7 +255,7 @@ def inspect_archive(
     stdout.print(account_table(account, info.storage))
     if recipe is not None:
         _print_section(
-            "training recipe (habactl.recipe; what `habactl evaluate` trains with)",
+            "training recipe (habactl.training.recipe; what `habactl evaluate` trains with)",
             [f"  {line}" for line in recipe.lines()],
         )
     hyper = info.provenance.hyperparameters

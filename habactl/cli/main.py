@@ -10,8 +10,9 @@ import importlib
 
 import typer
 
-from habactl import __version__, distributed
+from habactl import __version__
 from habactl.cli.app import app
+from habactl.runtime import distributed
 
 # Each module registers its command on `app` when imported; a missing one is skipped
 # so that partial checkouts still give a working CLI.

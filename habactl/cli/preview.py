@@ -135,7 +135,7 @@ def preview(
     name. Without --per-class every basis is shown, as many per class as fit
     in a 40-megapixel picture.
     """
-    from habactl.atomic import OutputError, check_file_target, write_bytes
+    from habactl.runtime.atomic import OutputError, check_file_target, write_bytes
 
     if output.suffix.lower() != ".png" and not output.is_dir():
         raise OutputError(f"{output}: preview writes a PNG; give a file name ending in .png")
@@ -177,7 +177,7 @@ def draw(archive: Path, per_class: int | None, scale: int) -> Drawn:
     from PIL import Image, ImageDraw
     from PIL.PngImagePlugin import PngInfo
 
-    from habactl.loader import HabaDataset
+    from habactl.training.dataset import HabaDataset
 
     dataset = HabaDataset(archive)
     state = dataset._state()

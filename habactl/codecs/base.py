@@ -29,7 +29,7 @@ class StageOption:
     """One configuration key of a stage as `habactl compress` offers it.
 
     A declaration for the planner and the command line; decoding never reads it.
-    ``flag`` is None for keys the command line does not offer (a recipe file still can).
+    ``flag`` is None for keys the command line does not offer (a config file still can).
     """
 
     key: str

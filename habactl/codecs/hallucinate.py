@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from habactl.codecs.base import Stage, StageOption, StageSpec
 from habactl.codecs.errors import CodecError
 from habactl.codecs.spec import HALLUCINATE_DEFAULTS, describe_hallucinate
-from habactl.runtime import to_device
+from habactl.runtime.device import to_device
 
 
 class _Weights(nn.Module):

@@ -121,7 +121,7 @@ def to_float(pixels: Tensor | np.ndarray, device: torch.device | None = None) ->
     """uint8 images as float32 in [0, 1] on ``device``: moved as uint8 (a quarter of the
     bytes), converted there. The arithmetic is the in-memory sources' (``/ 255``), so a
     store's images equal the ones its source loads."""
-    from habactl.runtime import to_device
+    from habactl.runtime.device import to_device
 
     tensor = torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels
     if device is not None and tensor.device != device:

@@ -1,7 +1,7 @@
 """Distillation: learn the stored tensors of a .haba archive from a real data set.
 
 The names below load on first use (PEP 562), so that torch-free parts of the package
-(``habactl.distill.recipe_file``, used by ``habactl inspect --recipe``) import no torch.
+(``habactl.distill.config_file``, used by ``habactl inspect --config``) import no torch.
 """
 
 from __future__ import annotations

@@ -34,10 +34,10 @@ def default_path(output: Path) -> Path:
 
 
 def save(path: Path, state: Mapping[str, Any]) -> None:
-    """Write ``state`` atomically to ``path`` (through habactl.atomic, like every output)."""
+    """Write ``state`` atomically to ``path`` (through runtime.atomic, like every output)."""
     import io
 
-    from habactl.atomic import write_bytes
+    from habactl.runtime.atomic import write_bytes
 
     path = Path(path)
     payload = {"kind": KIND, "version": VERSION, **state}

@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from habactl import distributed, runtime
 from habactl.codecs.spec import HALLUCINATE_DEFAULTS
 from habactl.distill import checkpoint as ckpt
 from habactl.distill.contrastive import AdversarialContrast
@@ -39,8 +38,10 @@ from habactl.distill.planner import Plan, plan_pipeline, preset_pipeline
 from habactl.distill.progress import MetricsLog, Reporter
 from habactl.distill.sets import RealSet, RealSide, SyntheticSet
 from habactl.distill.stepbound import bound_steps
-from habactl.distributed import Collective
-from habactl.runtime import derived_generator
+from habactl.runtime import device as runtime
+from habactl.runtime import distributed
+from habactl.runtime.device import derived_generator
+from habactl.runtime.distributed import Collective
 
 INITS = ("real", "noise")
 
@@ -315,7 +316,7 @@ class Distiller:
     def _training_set(self) -> tuple[dict[str, Any], Tensor | None, Tensor | None]:
         """The normalisation the archive records, and the real training set in it (None,
         None from a store: its images are read when needed)."""
-        from habactl.normalization import Normalizer, mean_std
+        from habactl.format.normalization import Normalizer, mean_std
 
         normalization = mean_std(self.source.mean(), self.source.std())
         self.normalize = Normalizer(normalization)
@@ -437,7 +438,7 @@ class Distiller:
         return stage.analyse(sized(chosen), classes).contiguous()
 
     def _augmenter(self) -> Any:
-        from habactl.augment import SiameseAugment
+        from habactl.training.augment import SiameseAugment
 
         return SiameseAugment(self.config.augment, flip=not self.source.is_digits)
 
@@ -796,7 +797,7 @@ class Distiller:
 
     def _write(self, output: Path, force: bool) -> Path:
         """The archive, once every stored tensor is known to be finite."""
-        from habactl.archive_io import write_haba
+        from habactl.distill.archive import write_haba
 
         bases = self.synthetic.bases.detach().cpu()
         if not bool(torch.isfinite(bases).all()) or not all(

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from habactl.distill.errors import DistillError
-from habactl.distributed import SINGLE, Collective
-from habactl.runtime import derived_generator, to_device
+from habactl.runtime.device import derived_generator, to_device
+from habactl.runtime.distributed import SINGLE, Collective
 
 
 def iteration_classes(

@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 
 from habactl.distill.sets import RealSide
-from habactl.distributed import SINGLE, Collective
-from habactl.runtime import derived_generator
+from habactl.runtime.device import derived_generator
+from habactl.runtime.distributed import SINGLE, Collective
 
 
 def real_generator(seed: int, iteration: int, k: int) -> torch.Generator:

@@ -2,7 +2,7 @@
 
 The names below load on first use: ``habactl.evaluation.protocol`` (the standard protocol,
 which archives record) stays importable without torch, and a module that needs only the
-protocol (``habactl.archive_io``) does not pull in the training code, which itself builds
+protocol (``habactl.distill.archive``) does not pull in the training code, which itself builds
 archives.
 """
 

@@ -111,7 +111,7 @@ def run_tasks(
     report = _reporter(tasks, progress)
     for index in range(len(tasks)):  # announce every network first: totals for the bar
         report(index, 0)
-    from habactl import distributed
+    from habactl.runtime import distributed
 
     if distributed.world_size() > 1:
         # Under torchrun each rank trains every world-th network (each keeps its own

@@ -33,7 +33,7 @@ from habactl.evaluation.report import (
 )
 from habactl.evaluation.score import summarize
 from habactl.format.view import Manifest
-from habactl.runtime import DEVICES, resolve_device
+from habactl.runtime.device import DEVICES, resolve_device
 
 BASELINES = ("full", "random")
 
@@ -201,7 +201,7 @@ def full_training_set(
 def random_training_set(
     dataset: Any, source: Any, protocol: Protocol, *, lr: float | None = None
 ) -> TrainingSet:
-    from habactl.baselines import random_per_class
+    from habactl.distill.baselines import random_per_class
 
     per_class = budget_per_class(dataset.info)
     indices = random_per_class(source.train.labels, per_class, source.num_classes, protocol.seed)
@@ -357,9 +357,9 @@ def _evaluate_archive(
     progress: Progress | None,
     warn: Warn | None,
 ) -> EvaluationReport:
-    from habactl import distributed
-    from habactl.loader import HabaDataset
     from habactl.nets.registry import arch_name
+    from habactl.runtime import distributed
+    from habactl.training.dataset import HabaDataset
 
     started = time.perf_counter()
     archs, baselines = _checked_request(lr, archs, baselines)
@@ -447,7 +447,7 @@ def _arms(
 
 
 def _workers(jobs: int | None, target: torch.device, tasks: int) -> int:
-    from habactl import distributed
+    from habactl.runtime import distributed
 
     if jobs is None and distributed.world_size() > 1:
         jobs = 1  # under torchrun the ranks are the parallel workers, one network each

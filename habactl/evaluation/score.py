@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from habactl.runtime import to_device
+from habactl.runtime.device import to_device
 
 
 def accuracy(

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from habactl.errors import HabaError
 from habactl.evaluation.protocol import Protocol
-from habactl.runtime import to_device
+from habactl.runtime.device import to_device
 
 # Called at the start of every epoch, after the lr of that epoch is set.
 EpochCallback = Callable[[int, torch.optim.Optimizer], None]
@@ -25,7 +25,7 @@ def make_augment(protocol: Protocol, *, flip: bool) -> Any | None:
     """The DSA transform of the protocol (None when augmentation is off)."""
     if protocol.augmentation == "none":
         return None
-    from habactl.augment import SiameseAugment
+    from habactl.training.augment import SiameseAugment
 
     return SiameseAugment(flip=flip)
 

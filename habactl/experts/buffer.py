@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from habactl.atomic import OutputError, reason_of, write_bytes, write_text
 from habactl.errors import HabaError
+from habactl.runtime.atomic import OutputError, reason_of, write_bytes, write_text
 
 KIND = "habactl-experts"
 VERSION = 1

@@ -22,8 +22,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from habactl import distributed, runtime
-from habactl.distributed import Collective
 from habactl.experts.buffer import (
     INDEX,
     KIND,
@@ -41,7 +39,10 @@ from habactl.experts.buffer import (
 from habactl.experts.flat import FlatNet
 from habactl.nets import seeded
 from habactl.nets.registry import arch_name
-from habactl.runtime import derived_generator, to_device
+from habactl.runtime import device as runtime
+from habactl.runtime import distributed
+from habactl.runtime.device import derived_generator, to_device
+from habactl.runtime.distributed import Collective
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def train_experts(
     ``collective``: the job whose ranks share the experts (default: the one this process
     was launched in; one process outside torchrun).
     """
-    from habactl.augment import SiameseAugment
+    from habactl.training.augment import SiameseAugment
 
     _check(settings)
     folder = Path(folder)
@@ -157,7 +158,7 @@ class _TrainingData:
     @classmethod
     def of(cls, source: Any, device: torch.device) -> _TrainingData:
         from habactl.data.stored import is_stored
-        from habactl.normalization import Normalizer, mean_std
+        from habactl.format.normalization import Normalizer, mean_std
 
         normalization = mean_std(source.mean(), source.std())
         images: Any

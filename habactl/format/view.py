@@ -45,7 +45,7 @@ class Normalization:
     json: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        """The manifest entry, as ``habactl.normalization.Normalizer`` takes it."""
+        """The manifest entry, as ``habactl.format.normalization.Normalizer`` takes it."""
         return dict(self.json)
 
 

@@ -180,13 +180,13 @@ def _self_check(data: bytes, text: str, manifest: dict[str, Any], limits: Limits
 
 
 def _write_atomically(path: Path, data: bytes, overwrite: bool) -> None:
-    """Through habactl.atomic, the one atomic writer: temp file in the target folder,
+    """Through habactl.runtime.atomic, the one atomic writer: temp file in the target folder,
     fsync, rename (a hard link when not overwriting), fsync the folder; mode from the
     umask. On any exception the temp file is removed and the target is untouched. A
     process killed outright (SIGKILL, power loss) can leave ``.<name>.tmp-<hex>``
     beside the target, never a partial file at the target path.
     """
-    from habactl.atomic import OutputError, OutputExists, write_bytes
+    from habactl.runtime.atomic import OutputError, OutputExists, write_bytes
 
     folder = path.parent
     if not folder.is_dir():

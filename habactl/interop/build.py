@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from habactl.format.normalization import Normalizer, mean_std
 from habactl.interop.common import Imported, InteropError
 from habactl.interop.presets import Preset
-from habactl.normalization import Normalizer, mean_std
 
 
 @dataclass
@@ -128,7 +128,7 @@ def build_archive(
     force: bool = False,
 ) -> Path:
     """Write the archive; the claimed IPC defaults to the bases' storage-equivalent IPC."""
-    from habactl.archive_io import build_manifest
+    from habactl.distill.archive import build_manifest
     from habactl.format import save_archive
 
     normalization, zca = normalisation_entry(imported, norm)
@@ -188,7 +188,7 @@ def build_archive(
 
 def expanded(archive: Path) -> tuple[Tensor, Tensor, Any]:
     """Every decoded image (class-major: item b·E + v) and its label, and the dataset."""
-    from habactl.loader import HabaDataset
+    from habactl.training.dataset import HabaDataset
 
     dataset = HabaDataset(archive)
     images, labels = dataset.tensors()
@@ -196,11 +196,11 @@ def expanded(archive: Path) -> tuple[Tensor, Tensor, Any]:
 
 
 def write_folder(folder: Path, files: Mapping[str, Tensor | str], *, force: bool) -> list[str]:
-    """The files, written into a new folder atomically (habactl/atomic.py: nothing
+    """The files, written into a new folder atomically (habactl/runtime/atomic.py: nothing
     half-written, and a folder of the user's own files is never replaced)."""
     import io
 
-    from habactl.atomic import atomic_folder, check_folder_target, write_new_file
+    from habactl.runtime.atomic import atomic_folder, check_folder_target, write_new_file
 
     check_folder_target(folder, force)
     with atomic_folder(folder, kind="export") as temp:

@@ -11,7 +11,7 @@ from habactl.errors import HabaError
 # kind -> (module, function, one line for --help)
 IMPORTERS: dict[str, tuple[str, str, str]] = {
     "mtt": (
-        "mtt",
+        "mtt_layout",
         "read",
         "images_best.pt + labels_best.pt (+ syn_lr/lr_best.pt): MTT, DATM, FreD",
     ),
@@ -23,7 +23,7 @@ IMPORTERS: dict[str, tuple[str, str, str]] = {
     "dc": ("dc", "read", "res_*.pt of the DC / DSA / DM code: 'data' lists (images, labels)"),
     "idc": ("idc", "read", "IDC's data.pt, (images, targets); --factor f unpacks multi-formation"),
     "npz": ("arrays", "read", "your own .npz / .safetensors / .pt of images, labels, optional lr"),
-    "dd-ranking": ("mtt", "read", "images.pt + labels.pt + lr.pt as DD-Ranking takes them"),
+    "dd-ranking": ("mtt_layout", "read", "images.pt + labels.pt + lr.pt as DD-Ranking takes them"),
 }
 EXPORTERS: dict[str, tuple[str, str, str]] = {
     "dd-ranking": (
@@ -31,7 +31,7 @@ EXPORTERS: dict[str, tuple[str, str, str]] = {
         "export",
         "images.pt, labels.pt, lr.pt + the storage-equivalent IPC",
     ),
-    "mtt": ("mtt", "export", "images_best.pt, labels_best.pt, lr_best.pt (expanded)"),
+    "mtt": ("mtt_layout", "export", "images_best.pt, labels_best.pt, lr_best.pt (expanded)"),
     "imagefolder": (
         "imagefolder",
         "export",

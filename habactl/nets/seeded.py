@@ -22,7 +22,7 @@ from habactl.nets.base import Net
 from habactl.nets.convnet import ConvNet
 from habactl.nets.pool import pool2
 from habactl.nets.registry import build_net
-from habactl.runtime import to_device
+from habactl.runtime.device import to_device
 
 # Images per forward on a CPU. ConvNet-3's first block makes a 128x32x32 map per image
 # (512 KiB); in batches of 32 the elementwise layers (norm, ReLU, pool) stay in cache, and

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from habactl import atomic
+from habactl.runtime import atomic
 from habactl.store.layout import INDEX, SPLITS, STATE, Index, StoreError
 from habactl.store.sources import Options, open_source
 from habactl.store.writer import StoreWriter, read_state

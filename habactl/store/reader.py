@@ -271,7 +271,7 @@ def reseal(path: str | os.PathLike[str]) -> Index:
     modification times, so that a copied (and verified) store opens again."""
     from dataclasses import replace
 
-    from habactl import atomic
+    from habactl.runtime import atomic
 
     folder = Path(path)
     index = read_index(folder)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from habactl import atomic
+from habactl.runtime import atomic
 from habactl.store.layout import SPLITS, StoreError
 from habactl.store.sources.arrays import ArraySource
 from habactl.store.writer import StoreWriter

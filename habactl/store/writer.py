@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from habactl import __version__, atomic
+from habactl import __version__
+from habactl.runtime import atomic
 from habactl.store.layout import (
     DATA_FILES,
     INDEX,

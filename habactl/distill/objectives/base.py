@@ -20,7 +20,7 @@ from torch import Tensor
 
 from habactl.distill.errors import DistillError
 from habactl.distill.sets import RealSide, SyntheticSet
-from habactl.distributed import SINGLE, Collective
+from habactl.runtime.distributed import SINGLE, Collective
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Context:
     image_shape: tuple[int, int, int]
     num_classes: int
     device: torch.device
-    augment: Any  # habactl.augment.SiameseAugment
+    augment: Any  # habactl.training.augment.SiameseAugment
     init_generator: torch.Generator  # for drawing initial state at construction
     ipc: int = 1  # the budget's images per class (gradient matching's loops)
     dataset: Mapping[str, str] | None = None  # {"name", "fingerprint"} of the source

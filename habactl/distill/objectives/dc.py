@@ -41,7 +41,7 @@ from habactl.distill.objectives.base import Context, Objective, setting
 from habactl.distill.sets import SyntheticSet
 from habactl.nets import seeded as networks
 from habactl.nets.registry import arch_name
-from habactl.runtime import to_device
+from habactl.runtime.device import to_device
 
 # The reference's (outer_loop, inner_loop) by images per class; an IPC between two
 # entries takes the lower one.

@@ -47,7 +47,7 @@ from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective, setting
 from habactl.distill.sets import SyntheticSet
 from habactl.nets import seeded as networks
-from habactl.runtime import to_device
+from habactl.runtime.device import to_device
 
 UNROLLS = ("recompute", "full")
 VARIANTS = ("one-per-step", "all")

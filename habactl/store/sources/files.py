@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from habactl import atomic
 from habactl.data.base import reason
 from habactl.data.files import check_kind
+from habactl.runtime import atomic
 from habactl.store.layout import StoreError
 from habactl.store.sources.arrays import ArraySource
 from habactl.store.sources.base import CHUNK_BYTES

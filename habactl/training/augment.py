@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from habactl.errors import HabaError
-from habactl.runtime import to_device
+from habactl.runtime.device import to_device
 
 OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"

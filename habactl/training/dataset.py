@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from habactl.errors import HabaError
 from habactl.format.view import Manifest
-from habactl.recipe import Recipe
+from habactl.training.recipe import Recipe
 
 MODES = ("all-pairs", "random-pair")
 # Decoding is deterministic, so a small expanded set is decoded once per process and kept.
@@ -142,12 +142,12 @@ class HabaDataset(Dataset):
     def recipe(self) -> Recipe:
         """The archive's whole training recipe: network, epochs, batch size, lr (the learned
         one when there is one), momentum, weight decay, schedule, augmentation, loss and
-        normalisation, with helpers that build them (see habactl.recipe)."""
+        normalisation, with helpers that build them (see habactl.training.recipe)."""
         return Recipe.from_manifest(self.info)
 
     def test_transform(self):
         """The transform real test images in [0, 1] need to match the training images."""
-        from habactl.normalization import Normalizer
+        from habactl.format.normalization import Normalizer
 
         normalization = self.info.normalization
         zca = self._state().zca if normalization.kind == "zca" else None

@@ -1,7 +1,7 @@
-"""Compress recipes: every `habactl compress` setting in one TOML file.
+"""Compress configs: every `habactl compress` setting in one TOML file.
 
-``habactl compress --config recipe.toml`` reads one (flags given on the command line
-override it); ``habactl inspect A.haba --recipe`` writes the one that rebuilds A from
+``habactl compress --config config.toml`` reads one (flags given on the command line
+override it); ``habactl inspect A.haba --config`` writes the one that rebuilds A from
 its provenance. The file's keys are the compress options' names with ``_`` for ``-``
 (``lr_bases = 0.5`` is ``--lr-bases 0.5``), plus what the command line cannot say:
 
@@ -34,11 +34,11 @@ else:  # pragma: no cover - Python 3.10
 TABLES = ("settings", "contrastive_settings")
 
 
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """The settings of a recipe file; DistillError naming the file when it cannot be read."""
+def load_config(path: str | Path) -> dict[str, Any]:
+    """The settings of a config file; DistillError naming the file when it cannot be read."""
     path = Path(path)
     if path.is_dir():
-        raise DistillError(f"--config {path} is a folder, not a recipe file")
+        raise DistillError(f"--config {path} is a folder, not a config file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -46,26 +46,26 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as error:
         raise DistillError(f"--config {path} cannot be read ({error})") from None
     try:
-        recipe = tomllib.loads(text)
+        config = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise DistillError(f"--config {path} is not valid TOML ({error})") from None
     for table in TABLES:
-        if table in recipe and not isinstance(recipe[table], dict):
+        if table in config and not isinstance(config[table], dict):
             raise DistillError(f"--config {path}: {table} must be a table")
-    pipeline = recipe.get("pipeline")
+    pipeline = config.get("pipeline")
     if pipeline is not None and not (
         isinstance(pipeline, list) and all(isinstance(e, dict) for e in pipeline)
     ):
         raise DistillError(
             f"--config {path}: pipeline must be a list of {{name, version, configuration}} tables"
         )
-    return recipe
+    return config
 
 
-def recipe_from_manifest(
+def config_from_manifest(
     manifest: Mapping[str, Any], setting_names: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The recipe that rebuilds an archive, from its manifest's provenance.
+    """The config that rebuilds an archive, from its manifest's provenance.
 
     ``setting_names``: the names of the objective's settings (its ``defaults``); the
     provenance also records facts that are not settings (e.g. the experts buffer's
@@ -74,16 +74,16 @@ def recipe_from_manifest(
     provenance = manifest["provenance"]
     hyper = provenance.get("hyperparameters") or {}
     objective = provenance["objective"]
-    recipe: dict[str, Any] = {
+    config: dict[str, Any] = {
         "data": provenance["dataset"]["name"],
         "objective": objective,
         "ipc": manifest["storage"]["ipc"],
         "seed": provenance["seed"],
     }
     if objective == "random" or "budget" not in hyper:
-        return recipe
+        return config
     optimizer, init = hyper["optimizer"], hyper["init"]
-    recipe.update(
+    config.update(
         {
             "budget_counts": manifest["storage"].get("counts", "all"),
             "leftover": hyper["budget"]["leftover"],
@@ -100,36 +100,36 @@ def recipe_from_manifest(
         }
     )
     if "classes_per_iteration" in hyper:  # recorded only when it was set
-        recipe["classes_per_iteration"] = hyper["classes_per_iteration"]
+        config["classes_per_iteration"] = hyper["classes_per_iteration"]
     stages = [entry["name"] for entry in manifest["pipeline"]]
     if "hallucinate" not in stages:  # recorded from the config only; keep it as it was
-        recipe["hallucinator_hidden"] = hyper["pipeline"]["hidden"]
-        recipe["hallucinator_kernel"] = hyper["pipeline"]["kernel"]
+        config["hallucinator_hidden"] = hyper["pipeline"]["hidden"]
+        config["hallucinator_kernel"] = hyper["pipeline"]["kernel"]
     recorded = {k: v for k, v in hyper["objective"].items() if k != "name"}
     if setting_names is not None:
         recorded = {k: v for k, v in recorded.items() if k in setting_names}
-    recipe["settings"] = {k: v for k, v in recorded.items() if v is not None}
+    config["settings"] = {k: v for k, v in recorded.items() if v is not None}
     if hyper["contrastive"] is not None:
-        recipe["contrastive_settings"] = dict(hyper["contrastive"])
-    recipe["pipeline"] = [
+        config["contrastive_settings"] = dict(hyper["contrastive"])
+    config["pipeline"] = [
         {"name": e["name"], "version": e["version"], "configuration": dict(e["configuration"])}
         for e in manifest["pipeline"]
     ]
-    return recipe
+    return config
 
 
-def to_toml(recipe: Mapping[str, Any], title: str = "") -> str:
-    """A recipe as TOML: plain keys first, then tables, then ``[[pipeline]]`` entries."""
+def to_toml(config: Mapping[str, Any], title: str = "") -> str:
+    """A config as TOML: plain keys first, then tables, then ``[[pipeline]]`` entries."""
     lines = [f"# {line}" for line in title.splitlines()]
-    plain = {k: v for k, v in recipe.items() if k not in TABLES and k != "pipeline"}
-    pipeline = recipe.get("pipeline")
+    plain = {k: v for k, v in config.items() if k not in TABLES and k != "pipeline"}
+    pipeline = config.get("pipeline")
     if pipeline is not None and not pipeline:
         plain["pipeline"] = []  # no decode stages: the bases are the images
     lines += [f"{key} = {_value(value)}" for key, value in plain.items()]
     for table in TABLES:
-        if table in recipe:
+        if table in config:
             lines += ["", f"[{table}]"]
-            lines += [f"{_key(k)} = {_value(v)}" for k, v in recipe[table].items() if v is not None]
+            lines += [f"{_key(k)} = {_value(v)}" for k, v in config[table].items() if v is not None]
     for entry in pipeline or []:
         lines += [
             "",
@@ -153,7 +153,7 @@ def _value(value: Any) -> str:
         return str(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise DistillError(f"a recipe cannot hold the number {value}")
+            raise DistillError(f"a config cannot hold the number {value}")
         return repr(value)  # shortest text that reads back as the same double
     if isinstance(value, str):
         return json.dumps(value)  # a TOML basic string: the same escapes
@@ -165,11 +165,11 @@ def _value(value: Any) -> str:
             + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items() if v is not None)
             + "}"
         )
-    raise DistillError(f"a recipe cannot hold {type(value).__name__} values")
+    raise DistillError(f"a config cannot hold {type(value).__name__} values")
 
 
-def archive_recipe_toml(manifest: Mapping[str, Any], path: str | Path = "") -> str:
-    """The TOML recipe that rebuilds the archive ``manifest`` describes (``inspect --recipe``).
+def archive_config_toml(manifest: Mapping[str, Any], path: str | Path = "") -> str:
+    """The TOML config that rebuilds the archive ``manifest`` describes (``inspect --config``).
 
     Imports the objective registry (and with it torch) to tell the objective's settings
     from the other facts its provenance records.
@@ -183,9 +183,9 @@ def archive_recipe_toml(manifest: Mapping[str, Any], path: str | Path = "") -> s
         names = None if known is None else known.defaults
     dataset = provenance["dataset"]
     title = (
-        f"habactl compress recipe for {Path(path).name or 'an archive'} "
+        f"habactl compress config for {Path(path).name or 'an archive'} "
         f"(made by {provenance.get('library', 'habactl')})\n"
         f"data set {dataset['name']}, {dataset.get('fingerprint', '')}\n"
         "rebuild: habactl compress --config THIS.toml -o OUT.haba"
     )
-    return to_toml(recipe_from_manifest(manifest, names), title)
+    return to_toml(config_from_manifest(manifest, names), title)

@@ -72,7 +72,7 @@ class Collective:
 
     def device_for(self, name: str) -> Any:
         """The device of this rank for a ``--device`` name (resolve_device's)."""
-        from habactl import runtime
+        from habactl.runtime import device as runtime
 
         return runtime.resolve_device(name)
 

@@ -3,7 +3,7 @@
 
 Three outputs: a folder of class folders of PNGs (an ImageFolder, as torchvision reads
 it), an HDF5 file or a ``.npz`` file. Every output is written atomically through
-:mod:`habactl.atomic`: a full or read-only disk leaves the target as it was.
+:mod:`habactl.runtime.atomic`: a full or read-only disk leaves the target as it was.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from habactl.atomic import (
+from habactl.runtime.atomic import (
     OutputError,
     atomic_folder,
     check_file_target,
@@ -75,7 +75,7 @@ def expand_archive(
     An existing output is replaced only with ``force``, and a folder only if it is empty
     or habactl wrote it.
     """
-    from habactl.loader import HabaDataset
+    from habactl.training.dataset import HabaDataset
 
     output = Path(output)
     kind = check_output(output, force, kind)
@@ -125,7 +125,7 @@ def write_image_folder(
     """Write ``pixels`` ((N, C, H, W) in [0, 1]) as ``target/NNN_class/NNNNNN.png``.
 
     Hard labels (N,) or soft labels (N, classes), whose argmax is the folder. Call
-    :func:`check_output` (or :func:`habactl.atomic.check_folder_target`) first. Returns
+    :func:`check_output` (or :func:`habactl.runtime.atomic.check_folder_target`) first. Returns
     the number of images written.
     """
     import torch

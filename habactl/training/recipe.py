@@ -26,12 +26,12 @@ from habactl.format.view import Manifest
 if TYPE_CHECKING:  # only for annotations: importing them would import torch
     import torch
 
-    from habactl.augment import BatchAugment
     from habactl.evaluation.protocol import Protocol
+    from habactl.training.augment import BatchAugment
 
 # The DSA that `habactl evaluate` applies to every training batch: every op group of
-# habactl.augment with its default parameters, one draw per image. These copies keep this
-# module torch-free; tests/test_recipe.py checks that they equal habactl.augment's.
+# habactl.training.augment with its default parameters, one draw per image. These copies keep this
+# module torch-free; tests/test_recipe.py checks that they equal habactl.training.augment's.
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 DSA_PARAMS: dict[str, float] = {
     "brightness": 1.0,
@@ -256,7 +256,7 @@ class Recipe:
         as a DataLoader's ``collate_fn`` to augment in the workers. With no augmentation
         recorded it returns the batch unchanged.
         """
-        from habactl.augment import BatchAugment, SiameseAugment
+        from habactl.training.augment import BatchAugment, SiameseAugment
 
         if self.dsa is None:
             return BatchAugment(SiameseAugment("none"), seed=seed)

@@ -39,9 +39,9 @@ def random_archive(
 ) -> Path:
     """Write the coreset baseline: `ipc` random real images per class, stored as they
     are (normalised by the training set's mean and std, no decode stages)."""
-    from habactl.archive_io import write_haba
     from habactl.codecs import Pipeline
-    from habactl.normalization import Normalizer, mean_std
+    from habactl.distill.archive import write_haba
+    from habactl.format.normalization import Normalizer, mean_std
 
     normalization = mean_std(source.mean(), source.std())
     indices = random_per_class(source.train.labels, ipc, source.num_classes, seed)
