@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from habactl.data.base import pick_split
 from habactl.store import Store, open_store
 from habactl.store.layout import StoreError
 
@@ -265,11 +266,7 @@ class StoredSource:
         return self.store.std
 
     def split(self, split: str) -> StoredSplit:
-        if split == "train":
-            return self.train
-        if split == "test":
-            return self.test
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+        return pick_split(split, self.train, self.test)
 
     def per_class_counts(self, split: str = "train") -> list[int]:
         return list(self.split(split).counts)
