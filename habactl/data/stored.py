@@ -27,7 +27,7 @@ from torch import Tensor
 
 from habactl.data.base import pick_split
 from habactl.store import Store, open_store
-from habactl.store.layout import StoreError
+from habactl.store.layout import StoreError, bytes_per_image
 
 # Images per read when a whole class or split is streamed (class statistics, ZCA).
 STREAM_CHUNK = 1024
@@ -41,7 +41,7 @@ class StoreFile:
         self.path = path
         self.count = count
         self.image_shape = image_shape
-        self.image_bytes = int(np.prod(image_shape))
+        self.image_bytes = bytes_per_image(image_shape)
         self._fd: int | None = None
         self._lock = threading.Lock()
 
