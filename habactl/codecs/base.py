@@ -144,13 +144,9 @@ class Stage(nn.Module):
     def load_tensors(self, tensors: Mapping[str, Tensor]) -> None:
         """Copy stored tensors in; names and shapes must match the spec exactly."""
         expected = self.spec.params
-        missing = sorted(set(expected) - set(tensors))
-        extra = sorted(set(tensors) - set(expected))
-        if missing or extra:
-            raise CodecError(
-                f"stage {quote(self.name)}: tensors do not match the configuration "
-                f"(missing {missing}, unexpected {[quote(k) for k in extra]})"
-            )
+        require_names(
+            expected, tensors, f"stage {quote(self.name)}: tensors do not match the configuration"
+        )
         own = self.named_tensors()
         for key, shape in expected.items():
             value = tensors[key]
@@ -183,3 +179,12 @@ class Stage(nn.Module):
     def forward_all(self, x: Tensor) -> Tensor:
         """Every sample through every variant, item b·E + v; expansion-1 stages: forward."""
         return self.forward(x)
+
+
+def require_names(expected: Mapping[str, Any], tensors: Mapping[str, Any], mismatch: str) -> None:
+    """CodecError ``mismatch (missing [...], unexpected [...])`` unless ``tensors`` has
+    exactly the names of ``expected``."""
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CodecError(f"{mismatch} (missing {missing}, unexpected {[quote(k) for k in extra]})")

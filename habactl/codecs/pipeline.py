@@ -8,8 +8,8 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from habactl.codecs.base import Shape, Stage
-from habactl.codecs.errors import CodecError, quote
+from habactl.codecs.base import Shape, Stage, require_names
+from habactl.codecs.errors import CodecError
 from habactl.codecs.registry import PipelineSpec, describe_pipeline, get_stage
 
 
@@ -126,14 +126,7 @@ class Pipeline(nn.Module):
 
     def load_tensors(self, tensors: Mapping[str, Tensor]) -> None:
         """Load every `pipeline.{i}.{param}`; names and shapes must match exactly."""
-        expected = self.spec.params
-        missing = sorted(set(expected) - set(tensors))
-        extra = sorted(set(tensors) - set(expected))
-        if missing or extra:
-            raise CodecError(
-                f"pipeline tensors do not match the manifest "
-                f"(missing {missing}, unexpected {[quote(k) for k in extra]})"
-            )
+        require_names(self.spec.params, tensors, "pipeline tensors do not match the manifest")
         for i, stage in enumerate(self.stage_list):
             prefix = f"pipeline.{i}."
             stage.load_tensors(

@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -23,6 +24,18 @@ _STATS_CHUNK = 4096
 
 class DataError(HabaError):
     """A data set that cannot be read or does not meet the data contract."""
+
+
+T = TypeVar("T")
+
+
+def pick_split(split: str, train: T, test: T) -> T:
+    """``train`` or ``test`` by the split's name; ValueError for any other name."""
+    if split == "train":
+        return train
+    if split == "test":
+        return test
+    raise ValueError(f"split must be 'train' or 'test', not {split!r}")
 
 
 def reason(exc: BaseException) -> str:
@@ -90,11 +103,7 @@ class DataSource:
         return channel_stats(self.train.images)
 
     def split(self, split: str) -> LabeledImages:
-        if split == "train":
-            return self.train
-        if split == "test":
-            return self.test
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+        return pick_split(split, self.train, self.test)
 
     def per_class_counts(self, split: str = "train") -> list[int]:
         """Number of images of each class in ``split`` ("train" or "test")."""

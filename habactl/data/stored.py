@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from habactl.data.base import pick_split
 from habactl.store import Store, open_store
-from habactl.store.layout import StoreError
+from habactl.store.layout import StoreError, bytes_per_image
 
 # Images per read when a whole class or split is streamed (class statistics, ZCA).
 STREAM_CHUNK = 1024
@@ -40,7 +41,7 @@ class StoreFile:
         self.path = path
         self.count = count
         self.image_shape = image_shape
-        self.image_bytes = int(np.prod(image_shape))
+        self.image_bytes = bytes_per_image(image_shape)
         self._fd: int | None = None
         self._lock = threading.Lock()
 
@@ -265,11 +266,7 @@ class StoredSource:
         return self.store.std
 
     def split(self, split: str) -> StoredSplit:
-        if split == "train":
-            return self.train
-        if split == "test":
-            return self.test
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+        return pick_split(split, self.train, self.test)
 
     def per_class_counts(self, split: str = "train") -> list[int]:
         return list(self.split(split).counts)

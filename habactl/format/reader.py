@@ -21,11 +21,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from habactl.codecs.spec import describe_pipeline  # the pure description: no torch
 from habactl.format.bfloat16 import BF16, read_bits, widen
-from habactl.format.checks import (  # noqa: F401  (shared with the writer; re-exported)
-    DTYPE_SIZES,
+from habactl.format.checks import (
     Entry,
     check_manifest,
-    check_tensor_set,
     check_values,
     header_length,
     parse_header,

@@ -15,9 +15,7 @@ from habactl.interop.common import (
     Imported,
     InteropError,
     Options,
-    as_images,
-    as_labels,
-    class_order,
+    labelled_images,
     one_file,
     scalar_lr,
 )
@@ -41,8 +39,7 @@ def read(files: list[Path], options: Options) -> Imported:
     if isinstance(raw, torch.Tensor) and raw.dtype == torch.uint8:
         raw, space = raw.to(torch.float32) / 255.0, "pixels"
         notes.append("uint8 images read as pixels / 255")
-    images = as_images(raw, f"{path.name} images")
-    labels = as_labels(content["labels"], images.shape[0], f"{path.name} labels", notes)
+    names = (f"{path.name} images", f"{path.name} labels")
+    images, labels = labelled_images(raw, content["labels"], names, notes)
     lr = scalar_lr(content["lr"], f"{path.name} lr") if "lr" in content else None
-    images, labels = class_order(images, labels, notes)
     return Imported(bases=images, labels=labels, space=space, learned_lr=lr, notes=notes)

@@ -93,6 +93,15 @@ def class_order(bases: Tensor, labels: Tensor, notes: list[str]) -> tuple[Tensor
     return bases[order].contiguous(), labels[order].contiguous()
 
 
+def labelled_images(
+    images: Any, labels: Any, names: tuple[str, str], notes: list[str]
+) -> tuple[Tensor, Tensor]:
+    """Checked images (``as_images``) and their labels (``as_labels``), in class order;
+    ``names`` are the images' and the labels' places for error messages."""
+    checked = as_images(images, names[0])
+    return class_order(checked, as_labels(labels, checked.shape[0], names[1], notes), notes)
+
+
 def scalar_lr(value: Any, name: str) -> float:
     """A learned learning rate from a scalar tensor or number (> 0)."""
     if isinstance(value, Tensor):

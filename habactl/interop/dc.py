@@ -8,15 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from habactl.interop.common import (
-    Imported,
-    InteropError,
-    Options,
-    as_images,
-    as_labels,
-    class_order,
-    one_file,
-)
+from habactl.interop.common import Imported, InteropError, Options, labelled_images, one_file
 from habactl.interop.safe_load import load_torch
 
 
@@ -38,7 +30,5 @@ def read(files: list[Path], options: Options) -> Imported:
         raise InteropError(f"{path.name}: data[{index}] is not an [images, labels] pair")
     where = f"{path.name} data[{index}]"
     notes = [f"experiment {index} of {len(experiments)}"]
-    images = as_images(pair[0], where)
-    labels = as_labels(pair[1], images.shape[0], where, notes)
-    images, labels = class_order(images, labels, notes)
+    images, labels = labelled_images(pair[0], pair[1], (where, where), notes)
     return Imported(bases=images, labels=labels, space="normalised", notes=notes)

@@ -12,15 +12,7 @@ from pathlib import Path
 
 import torch
 
-from habactl.interop.common import (
-    Imported,
-    InteropError,
-    Options,
-    as_images,
-    as_labels,
-    class_order,
-    scalar_lr,
-)
+from habactl.interop.common import Imported, InteropError, Options, labelled_images, scalar_lr
 from habactl.interop.safe_load import load_torch
 
 
@@ -68,17 +60,18 @@ def find_files(files: list[Path]) -> dict[str, Path]:
 def read(files: list[Path], options: Options) -> Imported:
     found = find_files(files)
     notes: list[str] = []
-    images = as_images(load_torch(found["images"]), found["images"].name)
-    if "labels" in found:
-        labels = as_labels(
-            load_torch(found["labels"]), images.shape[0], found["labels"].name, notes
-        )
-    else:
-        raise InteropError(f"no labels file beside {found['images'].name} (labels_best.pt)")
+    images_path, labels_path = found["images"], found.get("labels")
+    if labels_path is None:
+        raise InteropError(f"no labels file beside {images_path.name} (labels_best.pt)")
+    images, labels = labelled_images(
+        load_torch(images_path),
+        load_torch(labels_path),
+        (images_path.name, labels_path.name),
+        notes,
+    )
     learned_lr = None
     if "lr" in found:
         learned_lr = scalar_lr(load_torch(found["lr"]), found["lr"].name)
-    images, labels = class_order(images, labels, notes)
     return Imported(
         bases=images, labels=labels, space="normalised", learned_lr=learned_lr, notes=notes
     )

@@ -1,6 +1,9 @@
-"""What every network shares: an embedding body, a linear head, and the norm layer."""
+"""What every network shares: what it is built from (NetSpec), an embedding body and a
+linear head, the norm layer and the conv -> norm -> ReLU block."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
@@ -20,18 +23,47 @@ def make_norm(norm: str, channels: int) -> nn.Module:
     raise HabaError(f"unknown norm {norm!r}; known: {', '.join(NORMS)}")
 
 
+@dataclass(frozen=True)
+class NetSpec:
+    """What every architecture is built from: the input images, the classes, a width
+    multiplier for its channel counts and the norm after each conv."""
+
+    channels: int
+    height: int
+    width: int
+    num_classes: int
+    width_mult: float = 1.0
+    norm: str = "instance"
+
+
+def conv_norm_relu(
+    in_ch: int,
+    out_ch: int,
+    norm: str,
+    *,
+    kernel_size: int,
+    padding: int = 0,
+    stride: int = 1,
+    bias: bool = True,
+) -> list[nn.Module]:
+    """Conv2d -> norm -> ReLU, created in that order: a network's initial weights are
+    drawn in the order its layers are made."""
+    conv = nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=bias)
+    return [conv, make_norm(norm, out_ch), nn.ReLU()]
+
+
 def scaled(width: int, width_mult: float) -> int:
     """A channel count scaled by width_mult, never below 1."""
     return max(1, round(width * width_mult))
 
 
-def can_pool(side: int, *, last: bool = False) -> bool:
-    """Whether a 2x pool fits here.
+def can_pool(height: int, width: int, *, last: bool = False) -> bool:
+    """Whether a 2x pool fits a height x width map.
 
     Instance norm on a 1x1 map outputs its bias whatever the input, so a pool that
     more conv+norm layers follow must leave at least 2x2; the last pool may reach 1.
     """
-    return side // 2 >= (1 if last else 2)
+    return min(height, width) // 2 >= (1 if last else 2)
 
 
 class Net(nn.Module):
@@ -65,4 +97,13 @@ def check_shape(channels: int, height: int, width: int, num_classes: int) -> Non
             raise HabaError(f"network {name} must be a positive integer, got {value!r}")
 
 
-__all__ = ["NORMS", "Net", "can_pool", "check_shape", "make_norm", "scaled"]
+__all__ = [
+    "NORMS",
+    "Net",
+    "NetSpec",
+    "can_pool",
+    "check_shape",
+    "conv_norm_relu",
+    "make_norm",
+    "scaled",
+]

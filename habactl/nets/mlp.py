@@ -4,39 +4,26 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from habactl.nets.base import Net, scaled
+from habactl.nets.base import Net, NetSpec, scaled
 
 
 class MLP(Net):
-    """flatten -> 128 -> ReLU -> 128 -> ReLU -> classes."""
+    """flatten -> 128 -> ReLU -> 128 -> ReLU -> classes (128 times the width multiplier).
 
-    def __init__(
-        self, channels: int, height: int, width: int, num_classes: int, *, hidden: int = 128
-    ) -> None:
+    An MLP has no conv to normalise: the spec's norm is not used."""
+
+    def __init__(self, spec: NetSpec) -> None:
         super().__init__()
+        hidden = scaled(128, spec.width_mult)
         self.body = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(channels * height * width, hidden),
+            nn.Linear(spec.channels * spec.height * spec.width, hidden),
             nn.ReLU(),
             nn.Linear(hidden, hidden),
             nn.ReLU(),
         )
         self.feature_dim = hidden
-        self.classifier = nn.Linear(hidden, num_classes)
+        self.classifier = nn.Linear(hidden, spec.num_classes)
 
     def embed(self, x: Tensor) -> Tensor:
         return self.body(x)
-
-
-def build_mlp(
-    channels: int,
-    height: int,
-    width: int,
-    num_classes: int,
-    *,
-    width_mult: float = 1.0,
-    norm: str = "instance",
-) -> MLP:
-    # An MLP has no conv to normalise; norm is accepted so every arch shares one signature.
-    del norm
-    return MLP(channels, height, width, num_classes, hidden=scaled(128, width_mult))

@@ -12,12 +12,12 @@ from collections.abc import Callable
 from functools import partial
 
 from habactl.errors import HabaError
-from habactl.nets.alexnet import build_alexnet
-from habactl.nets.base import NORMS, Net, check_shape
-from habactl.nets.convnet import build_convnet
-from habactl.nets.mlp import build_mlp
-from habactl.nets.resnet import build_resnet18
-from habactl.nets.vgg import build_vgg11
+from habactl.nets.alexnet import AlexNet
+from habactl.nets.base import NORMS, Net, NetSpec, check_shape
+from habactl.nets.convnet import ConvNet
+from habactl.nets.mlp import MLP
+from habactl.nets.resnet import ResNet18
+from habactl.nets.vgg import VGG
 
 CONVNET = "convnet"  # the depth follows the image size
 CONVNET_DEPTHS = (3, 4, 5, 6)
@@ -25,12 +25,13 @@ CONVNET_DEPTHS = (3, 4, 5, 6)
 # subsets), 256. A size in between takes the depth of the nearest one on a log scale.
 _DEPTH_SIDES = {3: 32, 4: 64, 5: 128, 6: 256}
 
-_BUILDERS: dict[str, Callable[..., Net]] = {
-    **{f"{CONVNET}-d{depth}": partial(build_convnet, depth=depth) for depth in CONVNET_DEPTHS},
-    "mlp": build_mlp,
-    "alexnet": build_alexnet,
-    "vgg11": build_vgg11,
-    "resnet18": build_resnet18,
+# Name -> the network built from a NetSpec (VGG's default layout is VGG-11).
+_BUILDERS: dict[str, Callable[[NetSpec], Net]] = {
+    **{f"{CONVNET}-d{depth}": partial(ConvNet, depth=depth) for depth in CONVNET_DEPTHS},
+    "mlp": MLP,
+    "alexnet": AlexNet,
+    "vgg11": VGG,
+    "resnet18": ResNet18,
 }
 
 ARCHITECTURES: tuple[str, ...] = (CONVNET, *_BUILDERS)
@@ -96,4 +97,4 @@ def build_net(
     builder = _BUILDERS[resolve_arch(arch, height, width)]
     if not width_mult > 0:
         raise HabaError(f"width_mult must be positive, got {width_mult!r}")
-    return builder(channels, height, width, num_classes, width_mult=width_mult, norm=norm)
+    return builder(NetSpec(channels, height, width, num_classes, width_mult, norm))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from habactl.nets.base import Net, can_pool, make_norm, scaled
+from habactl.nets.base import Net, NetSpec, can_pool, conv_norm_relu, make_norm, scaled
 
 
 class BasicBlock(nn.Module):
@@ -48,58 +48,37 @@ class ResNet18(Net):
     7x7, as torchvision's ResNet-18 does on ImageNet).
     """
 
-    def __init__(
-        self,
-        channels: int,
-        height: int,
-        width: int,
-        num_classes: int,
-        *,
-        width_mult: float = 1.0,
-        norm: str = "instance",
-    ) -> None:
+    def __init__(self, spec: NetSpec) -> None:
         super().__init__()
-        widths = [scaled(c, width_mult) for c in (64, 128, 256, 512)]
-        h, w = height, width
-        if min(height, width) >= TORCHVISION_STEM_FROM:
-            self.stem = nn.Sequential(
-                nn.Conv2d(channels, widths[0], kernel_size=7, stride=2, padding=3, bias=False),
-                make_norm(norm, widths[0]),
-                nn.ReLU(),
-                nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+        widths = [scaled(c, spec.width_mult) for c in (64, 128, 256, 512)]
+        h, w = spec.height, spec.width
+        if min(h, w) >= TORCHVISION_STEM_FROM:
+            stem = conv_norm_relu(
+                spec.channels, widths[0], spec.norm, kernel_size=7, stride=2, padding=3, bias=False
             )
+            stem.append(nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
             for _ in range(2):  # each halves the map, rounding up
                 h, w = (h + 1) // 2, (w + 1) // 2
         else:
-            self.stem = nn.Sequential(
-                nn.Conv2d(channels, widths[0], kernel_size=3, stride=1, padding=1, bias=False),
-                make_norm(norm, widths[0]),
-                nn.ReLU(),
+            stem = conv_norm_relu(
+                spec.channels, widths[0], spec.norm, kernel_size=3, padding=1, bias=False
             )
+        self.stem = nn.Sequential(*stem)
         blocks: list[nn.Module] = []
         in_ch = widths[0]
         for i, out_ch in enumerate(widths):
-            stride = 2 if i > 0 and can_pool(h) and can_pool(w) else 1
+            stride = 2 if i > 0 and can_pool(h, w) else 1
             if stride == 2:
                 h, w = (h + 1) // 2, (w + 1) // 2  # a stride-2 3x3 conv with padding 1 rounds up
-            blocks += [BasicBlock(in_ch, out_ch, stride, norm), BasicBlock(out_ch, out_ch, 1, norm)]
+            blocks += [
+                BasicBlock(in_ch, out_ch, stride, spec.norm),
+                BasicBlock(out_ch, out_ch, 1, spec.norm),
+            ]
             in_ch = out_ch
         self.layers = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = in_ch
-        self.classifier = nn.Linear(in_ch, num_classes)
+        self.classifier = nn.Linear(in_ch, spec.num_classes)
 
     def embed(self, x: Tensor) -> Tensor:
         return self.pool(self.layers(self.stem(x))).flatten(1)
-
-
-def build_resnet18(
-    channels: int,
-    height: int,
-    width: int,
-    num_classes: int,
-    *,
-    width_mult: float = 1.0,
-    norm: str = "instance",
-) -> ResNet18:
-    return ResNet18(channels, height, width, num_classes, width_mult=width_mult, norm=norm)

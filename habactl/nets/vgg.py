@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from habactl.nets.base import Net, can_pool, make_norm, scaled
+from habactl.nets.base import Net, NetSpec, can_pool, conv_norm_relu, scaled
 
 VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
@@ -17,53 +17,27 @@ class VGG(Net):
     the final global average makes the head 512 wide for any input size.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        height: int,
-        width: int,
-        num_classes: int,
-        *,
-        cfg: tuple = VGG11,
-        width_mult: float = 1.0,
-        norm: str = "instance",
-    ) -> None:
+    def __init__(self, spec: NetSpec, *, cfg: tuple = VGG11) -> None:
         super().__init__()
-        pad_first = 3 if (height, width) == (28, 28) else 1
-        h, w = height + 2 * (pad_first - 1), width + 2 * (pad_first - 1)
+        pad_first = 3 if (spec.height, spec.width) == (28, 28) else 1
+        h, w = spec.height + 2 * (pad_first - 1), spec.width + 2 * (pad_first - 1)
         last_pool = max(i for i, item in enumerate(cfg) if item == "M")
         layers: list[nn.Module] = []
-        in_ch = channels
+        in_ch = spec.channels
         for i, item in enumerate(cfg):
             if item == "M":
-                last = i == last_pool
-                if can_pool(h, last=last) and can_pool(w, last=last):
+                if can_pool(h, w, last=i == last_pool):
                     layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
                     h, w = h // 2, w // 2
                 continue
-            out_ch = scaled(item, width_mult)
-            layers += [
-                nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=pad_first if i == 0 else 1),
-                make_norm(norm, out_ch),
-                nn.ReLU(),
-            ]
+            out_ch = scaled(item, spec.width_mult)
+            pad = pad_first if i == 0 else 1
+            layers += conv_norm_relu(in_ch, out_ch, spec.norm, kernel_size=3, padding=pad)
             in_ch = out_ch
         layers.append(nn.AdaptiveAvgPool2d(1))
         self.features = nn.Sequential(*layers)
         self.feature_dim = in_ch
-        self.classifier = nn.Linear(in_ch, num_classes)
+        self.classifier = nn.Linear(in_ch, spec.num_classes)
 
     def embed(self, x: Tensor) -> Tensor:
         return self.features(x).flatten(1)
-
-
-def build_vgg11(
-    channels: int,
-    height: int,
-    width: int,
-    num_classes: int,
-    *,
-    width_mult: float = 1.0,
-    norm: str = "instance",
-) -> VGG:
-    return VGG(channels, height, width, num_classes, width_mult=width_mult, norm=norm)

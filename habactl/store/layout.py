@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,11 @@ DATA_FILES = {"train": "train.u8", "test": "test.u8"}
 # Bumped only if the bytes fed to the hash change; old fingerprints then stop matching.
 FINGERPRINT_DOMAIN = b"habactl-store-fingerprint-v1\0"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def bytes_per_image(image_shape: Sequence[int]) -> int:
+    """A stored image's size in its data file: one uint8 per value of (C, H, W)."""
+    return math.prod(image_shape)
 
 
 class StoreError(DataError):
@@ -114,8 +120,7 @@ class Index:
 
     @property
     def image_bytes(self) -> int:
-        c, h, w = self.image_shape
-        return c * h * w
+        return bytes_per_image(self.image_shape)
 
     def record(self) -> dict:
         return {
@@ -163,7 +168,7 @@ def parse_index(raw: Any, where: Path) -> Index:
     if len(image) != 3 or not all(_is_count(v) and v > 0 for v in image):
         raise bad(f"image must be [channels, height, width], got {quote(image)}")
     is_digits = _typed(raw, "is_digits", bool, bad)
-    image_bytes = image[0] * image[1] * image[2]
+    image_bytes = bytes_per_image(image)
     splits_raw = _typed(raw, "splits", dict, bad)
     splits = {s: _parse_split(splits_raw.get(s), s, len(classes), image_bytes, bad) for s in SPLITS}
     if splits["train"].count == 0 or 0 in splits["train"].counts:

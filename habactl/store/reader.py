@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from habactl.data.base import pick_split
 from habactl.store.layout import (
     INDEX,
     SPLITS,
@@ -125,9 +126,8 @@ class Store:
         return self._split(split).offsets
 
     def _split(self, split: str):
-        if split not in SPLITS:
-            raise ValueError(f"split must be 'train' or 'test', not {split!r}")
-        return self.index.splits[split]
+        splits = self.index.splits
+        return pick_split(split, splits["train"], splits["test"])
 
     # -- pixels -----------------------------------------------------------------------
     def images(self, split: str) -> np.ndarray:

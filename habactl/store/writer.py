@@ -31,6 +31,7 @@ from habactl.store.layout import (
     Index,
     SplitIndex,
     StoreError,
+    bytes_per_image,
     fingerprint,
 )
 
@@ -92,14 +93,10 @@ class StoreWriter:
         self.folder = Path(folder)
         self.classes = list(classes)
         self.image_shape = tuple(int(v) for v in image_shape)
+        self.image_bytes = bytes_per_image(self.image_shape)
         self.identity = identity
         self.done: dict[str, list[ClassRecord]] = {s: [] for s in SPLITS}
         self._saved = 0.0
-
-    @property
-    def image_bytes(self) -> int:
-        c, h, w = self.image_shape
-        return c * h * w
 
     # -- the state file -------------------------------------------------------------
     def _state(self) -> dict:
