@@ -43,6 +43,7 @@ def test_one_process_is_rank_zero_of_one():
     assert distributed.gather_objects({1: "a"}) == {1: "a"}
 
 
+@pytest.mark.slow
 def test_inspect_under_a_launcher_environment_without_a_group_stays_torch_free(tmp_path):
     # WORLD_SIZE alone (no RANK) is not a torchrun launch: the plain CLI, no torch.
     code = (

@@ -132,6 +132,7 @@ def test_a_mask_that_keeps_the_wrong_number_is_refused(archive, tmp_path):
         HabaDataset(path).tensors()
 
 
+@pytest.mark.slow
 def test_frequency_composes_with_quantize_upsample_and_hallucinate(tmp_path):
     path = tmp_path / "all.haba"
     args = ["compress", "digits", "-o", str(path), "--codec", "haba+idc", "--frequency", "10"]
