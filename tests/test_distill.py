@@ -203,6 +203,7 @@ def test_manifest_records_every_hyperparameter(tmp_path):
         assert f'"{name}"' in recorded, name
 
 
+@pytest.mark.slow  # 20 steps and 8 loss evaluations at 28x28: seconds, not milliseconds
 def test_loss_goes_down_on_a_tiny_problem():
     # 28x28 (digits' 8x8 maps shrink to 2x2 before the last instance norm, which leaves
     # DM little to match); a narrow embedder keeps it to a couple of seconds.
@@ -230,6 +231,7 @@ def test_loss_goes_down_on_a_tiny_problem():
     assert after < 0.7 * before, (before, after)
 
 
+@pytest.mark.slow  # three compress runs
 def test_same_seed_gives_a_byte_identical_archive(tmp_path, monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
     paths = [tmp_path / "one.haba", tmp_path / "two.haba", tmp_path / "other.haba"]
