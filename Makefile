@@ -23,7 +23,7 @@ test: $(STAMP)
 # to, so one machine checks what another CPU kind would run (docs/reproducibility.md).
 NUMERICAL := tests/test_golden.py tests/test_codecs_vectors.py tests/test_distributed.py \
 	tests/test_distributed_mtt.py tests/test_distributed_faults.py tests/test_distill.py \
-	tests/test_new_representations.py tests/test_objectives_dc.py tests/test_objectives_mtt.py \
+	tests/test_representations_end_to_end.py tests/test_objectives_dc.py tests/test_objectives_mtt.py \
 	tests/test_stability.py tests/test_examples.py tests/test_recipe.py tests/test_evaluate.py
 ISA_default := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2
 ISA_avx2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2

@@ -1,35 +1,18 @@
-"""Shared helpers and fixtures: small real archives made through the public API, tiny
-real data, the one-line error check of the CLI, a one-thread torch.
-
-Test modules import the plain helpers by name (``from conftest import one_error_line``);
-fixtures need no import.
-"""
+"""The suite's fixtures and hooks: torch's thread count restored after every test, a
+one-thread torch for modules of tiny batches, small real archives made through the public
+API. Fixtures need no import; the plain helpers are in helpers.py."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from habactl.data.base import LabeledImages, make_source
 from habactl.distill.archive import write_haba
 from habactl.format.normalization import mean_std
-
-
-def one_error_line(result, exit_code: int = 1) -> str:
-    """The stderr of a failed command: exit status ``exit_code`` (1: a HabaError), exactly
-    one line, ``habactl: error: ...``, and no traceback anywhere in the output. Returns
-    that line for the caller's own checks."""
-    assert result.exit_code == exit_code, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("habactl: error: ")
-    assert "Traceback" not in result.output
-    return lines[0]
+from helpers import fake_source
 
 
 @pytest.fixture(autouse=True)
@@ -51,48 +34,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@functools.cache
-def tiny_mnist(classes: int = 3, train_per_class: int = 20, test_per_class: int = 5):
-    """The first `classes` digits of mnist-5k, `train_per_class` training images each."""
-    from habactl.data import load_source
-
-    full = load_source("mnist-5k")
-
-    def take(split: LabeledImages, per: int) -> LabeledImages:
-        picks = torch.cat(
-            [torch.nonzero(split.labels == k).flatten()[:per] for k in range(classes)]
-        )
-        return LabeledImages(images=split.images[picks].clone(), labels=split.labels[picks].clone())
-
-    return make_source(
-        f"mnist-5k-{classes}",
-        full.classes[:classes],
-        take(full.train, train_per_class),
-        take(full.test, test_per_class),
-        is_digits=True,
-    )
-
-
-def fake_source(shape=(1, 8, 8), classes=3) -> SimpleNamespace:
-    channels, height, width = shape
-    return SimpleNamespace(
-        name="fixture",
-        fingerprint="sha256:" + "ab" * 32,
-        classes=[f"class-{c}" for c in range(classes)],
-        channels=channels,
-        height=height,
-        width=width,
-    )
-
-
-def hallucinate_stage(count: int = 3, arch: str = "channel-affine") -> dict:
-    return {
-        "name": "hallucinate",
-        "version": 1,
-        "configuration": {"arch": arch, "count": count, "hidden": 3, "kernel": 3},
-    }
 
 
 @pytest.fixture

@@ -22,20 +22,13 @@ from habactl.format.bfloat16 import widen
 from habactl.format.limits import DEFAULT_LIMITS
 from habactl.format.manifest import validate_manifest
 from habactl.training.dataset import HabaDataset
-from test_codecs import QuantizeContract
-from test_quantize import _forge
+from helpers import forge_archive
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "format" / "golden" / "v1" / "quantize-bfloat16-idc.haba"
 TINY = ["--iterations", "2", "--real-per-class", "4", "-q"]
-
-
-class TestQuantizeBfloat16(QuantizeContract):
-    """The whole stage contract, for bfloat16 bases."""
-
-    configuration, in_shape = {"dtype": "bfloat16"}, (2, 3, 4)
 
 
 def test_widening_the_bits_is_torchs_bfloat16_for_every_pattern():
@@ -135,6 +128,6 @@ def test_a_1_0_reader_refuses_a_bfloat16_archive_and_so_does_a_1_0_manifest(tmp_
     with pytest.raises(ArchiveError, match=r"pipeline\[0\] \(stage 'quantize'\): unknown stage"):
         validate_manifest(manifest, DEFAULT_LIMITS, stages=reader_1_0)
     path = tmp_path / "old.haba"
-    path.write_bytes(_forge(tensors, {**fields, "format_version": "1.0"}))
+    path.write_bytes(forge_archive(tensors, {**fields, "format_version": "1.0"}))
     with pytest.raises(ArchiveError, match=r"needs format 1\.1"):
         open_archive(path)

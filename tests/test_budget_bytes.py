@@ -9,11 +9,11 @@ from typer.testing import CliRunner
 
 import habactl.cli.compress  # noqa: F401  (registers the command)
 import habactl.cli.inspect_cmd  # noqa: F401
-from conftest import one_error_line
 from habactl.cli.app import app
 from habactl.distill.errors import DistillError
 from habactl.distill.planner import plan_budget, plan_pipeline, preset_pipeline
 from habactl.format import open_archive, storage_account
+from helpers import one_error_line
 
 runner = CliRunner()
 MNIST = (1, 28, 28)

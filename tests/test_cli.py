@@ -14,11 +14,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
-from conftest import hallucinate_stage, one_error_line
 from habactl.cli.app import app
 from habactl.distill import DistillConfig
 from habactl.distill.objectives import get_objective
 from habactl.evaluation.protocol import FAST, STANDARD
+from helpers import hallucinate_stage, one_error_line
 
 runner = CliRunner()
 

@@ -13,11 +13,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
-from conftest import one_error_line
 from habactl.cli.app import app, plural
 from habactl.cli.inspect_cmd import listing, summary
 from habactl.distill.progress import ProgressLine, RichReporter, fit_line
 from habactl.format import open_archive
+from helpers import one_error_line
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "format" / "golden" / "v1"

@@ -471,6 +471,10 @@ class TestQuantizeFloat16(QuantizeContract):
     configuration, in_shape = {"dtype": "float16"}, (2, 3, 4)
 
 
+class TestQuantizeBfloat16(QuantizeContract):
+    configuration, in_shape = {"dtype": "bfloat16"}, (2, 3, 4)
+
+
 class FrequencyContract(StageContract):
     """frequency's mask is fitted to the real images, not learned: stored (a uint8
     buffer), never moved by an optimiser; gradients reach the coefficients."""

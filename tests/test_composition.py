@@ -9,7 +9,6 @@ from typer.testing import CliRunner
 
 import habactl.cli.compress  # noqa: F401  (registers the commands)
 import habactl.cli.verify  # noqa: F401  (two commands: the app keeps its subcommands)
-from conftest import fake_source, one_error_line
 from habactl.cli.app import app
 from habactl.codecs.pipeline import Pipeline, basis_classes
 from habactl.distill.archive import write_haba
@@ -19,6 +18,7 @@ from habactl.distill.planner import base_shape_for, plan_pipeline
 from habactl.format import open_archive, storage_account
 from habactl.format.normalization import mean_std
 from habactl.training.dataset import HabaDataset
+from helpers import fake_source, one_error_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 import habactl.cli.compress as compress_cmd
 import habactl.cli.inspect_cmd  # noqa: F401  (a second command: the app stays a group)
-from conftest import one_error_line
 from habactl.cli.app import app
 from habactl.format import open_archive
+from helpers import one_error_line
 
 runner = CliRunner()
 TINY = ["--iterations", "2", "--real-per-class", "4", "--contrast-batch", "8"]

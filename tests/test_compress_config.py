@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 import habactl.cli.compress  # noqa: F401  (registers the command)
 import habactl.cli.inspect_cmd  # noqa: F401
-from conftest import one_error_line
 from habactl.cli.app import app
 from habactl.format import open_archive
+from helpers import one_error_line
 
 runner = CliRunner()
 EPOCH = "1700000000"

@@ -6,7 +6,7 @@ import torch
 
 from habactl.data import load_source
 from habactl.data.embedded import mnist_5k
-from test_data_contract import SourceContract
+from source_contract import SourceContract
 
 # Recorded in docs/data.md; a change here means every archive's provenance changes.
 MNIST_5K_FINGERPRINT = "sha256:bc9c8688879d5af07a6a95a6f6040ae30e9627e2c86dfffda5fda5746e50118d"

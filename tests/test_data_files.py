@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from habactl.data import DataError, load_source
-from test_data_contract import SourceContract
+from source_contract import SourceContract
 
 
 def arrays(n_per_class=5, classes=3, shape=(8, 8), channels_last=None, seed=0):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from habactl.data import DataError, load_source
-from test_data_contract import SourceContract
+from source_contract import SourceContract
 
 
 def write_images(folder: Path, count: int, size=(6, 5), mode="L", seed=0) -> None:

@@ -2,40 +2,19 @@
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from habactl.data import DataError, load_source
-from test_data_contract import SourceContract
-
-TRAIN_PER_CLASS, TEST_PER_CLASS = 3, 1
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """IDX: magic 0x0000 08 <ndim> (ubyte data), then each dimension as big-endian uint32."""
-    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
-
-
-def write_fake_mnist(root: Path, folder: str = "MNIST", size: int = 28) -> Path:
-    """The four uncompressed raw files torchvision's MNIST family reads, 10 classes."""
-    raw = root / folder / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, per_class in (("train", TRAIN_PER_CLASS), ("t10k", TEST_PER_CLASS)):
-        labels = np.repeat(np.arange(10, dtype=np.uint8), per_class)
-        images = rng.integers(0, 256, size=(labels.size, size, size), dtype=np.uint8)
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-    return raw
+from helpers import FAKE_MNIST_TEST_PER_CLASS, FAKE_MNIST_TRAIN_PER_CLASS, write_fake_mnist
+from source_contract import SourceContract
 
 
 class TestMnist(SourceContract):
     classes, shape, is_digits = 10, (1, 28, 28), True
-    train_size, test_size = 10 * TRAIN_PER_CLASS, 10 * TEST_PER_CLASS
+    train_size, test_size = 10 * FAKE_MNIST_TRAIN_PER_CLASS, 10 * FAKE_MNIST_TEST_PER_CLASS
 
     def write(self, folder):
         write_fake_mnist(folder)
@@ -54,7 +33,7 @@ class TestMnist(SourceContract):
 
 class TestFashionMnist(SourceContract):
     classes, shape, is_digits = 10, (1, 28, 28), False
-    train_size, test_size = 10 * TRAIN_PER_CLASS, 10 * TEST_PER_CLASS
+    train_size, test_size = 10 * FAKE_MNIST_TRAIN_PER_CLASS, 10 * FAKE_MNIST_TEST_PER_CLASS
 
     def write(self, folder):
         write_fake_mnist(folder, "FashionMNIST")

@@ -31,11 +31,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from conftest import tiny_mnist
 from habactl.distill import DistillConfig, Distiller
 from habactl.distill import engine as engine_module
 from habactl.distill.stepbound import bound_steps
 from habactl.runtime import device as runtime
+from helpers import tiny_mnist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,18 +14,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import faults
 import habactl.cli.compress  # noqa: F401  (registers the command)
 import habactl.cli.inspect_cmd  # noqa: F401  (a second command: the app stays a group)
-from conftest import one_error_line
 from habactl.cli.app import app
 from habactl.data import load_source
 from habactl.distill import DistillConfig, Distiller
 from habactl.format import open_archive, storage_account
+from helpers import EPOCH, compress_process, one_error_line
 
 runner = CliRunner()
 TINY = ["--iterations", "3", "--real-per-class", "4", "--contrast-batch", "8"]
-EPOCH = "1700000000"
 
 
 def run(*args) -> object:
@@ -205,6 +203,7 @@ def test_manifest_records_every_hyperparameter(tmp_path):
         assert f'"{name}"' in recorded, name
 
 
+@pytest.mark.slow  # 20 steps and 8 loss evaluations at 28x28: seconds, not milliseconds
 def test_loss_goes_down_on_a_tiny_problem():
     # 28x28 (digits' 8x8 maps shrink to 2x2 before the last instance norm, which leaves
     # DM little to match); a narrow embedder keeps it to a couple of seconds.
@@ -232,6 +231,7 @@ def test_loss_goes_down_on_a_tiny_problem():
     assert after < 0.7 * before, (before, after)
 
 
+@pytest.mark.slow  # three compress runs
 def test_same_seed_gives_a_byte_identical_archive(tmp_path, monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
     paths = [tmp_path / "one.haba", tmp_path / "two.haba", tmp_path / "other.haba"]
@@ -239,19 +239,6 @@ def test_same_seed_gives_a_byte_identical_archive(tmp_path, monkeypatch):
         assert run("digits", "-o", path, "--seed", seed, *TINY, "-q").exit_code == 0
     assert paths[0].read_bytes() == paths[1].read_bytes()
     assert paths[0].read_bytes() != paths[2].read_bytes()
-
-
-def _compress_process(args: list[str], **env: str) -> subprocess.CompletedProcess:
-    """`habactl compress ARGS` in a process of its own, through tests/faults.py (which
-    kills it after an iteration when `env` names HABACTL_FAULT_KILL_AFTER)."""
-    environment = {**os.environ, "SOURCE_DATE_EPOCH": EPOCH, **env}
-    return subprocess.run(
-        [sys.executable, str(faults.SCRIPT), "compress", *args],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 @pytest.mark.slow
@@ -268,15 +255,15 @@ def test_killed_and_resumed_run_gives_the_same_archive(tmp_path):
         "2",
         "-q",
     ]
-    whole = _compress_process([*args, "-o", str(tmp_path / "whole.haba")])
+    whole = compress_process([*args, "-o", str(tmp_path / "whole.haba")])
     assert whole.returncode == 0, whole.stderr
 
     out = tmp_path / "killed.haba"
-    killed = _compress_process([*args, "-o", str(out), "--log"], HABACTL_FAULT_KILL_AFTER="3")
+    killed = compress_process([*args, "-o", str(out), "--log"], HABACTL_FAULT_KILL_AFTER="3")
     assert killed.returncode == -9  # a real SIGKILL after iteration 3
     assert not out.exists() and (tmp_path / "killed.haba.ckpt").exists()
 
-    resumed = _compress_process([*args, "-o", str(out), "--resume", "--log"])
+    resumed = compress_process([*args, "-o", str(out), "--resume", "--log"])
     assert resumed.returncode == 0, resumed.stderr
     events = [
         json.loads(line) for line in (tmp_path / "killed.haba.jsonl").read_text().splitlines()
@@ -294,7 +281,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
     assert fresh.exit_code == 0 and "no checkpoint at" in fresh.stderr  # starts from iteration 0
     ckpt = tmp_path / "r.haba.ckpt"
     env = {"HABACTL_FAULT_KILL_AFTER": "2"}
-    killed = _compress_process(
+    killed = compress_process(
         ["digits", "-o", str(out), *TINY, "--checkpoint-every", "1", "-q"], **env
     )
     assert killed.returncode == -9 and ckpt.exists()

@@ -5,71 +5,29 @@ line instead of a hang. Each torchrun test is marked slow and kept to a few seco
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from faults import FAIL_VARIABLE, SCRIPT
-from faults import VARIABLES as FAULT_VARIABLES
+from faults import FAIL_VARIABLE
 from habactl.runtime import distributed
-
-ROOT = Path(__file__).resolve().parents[1]
-TORCHRUN = Path(sys.executable).with_name("torchrun")
-
-
-def environment(env: dict | None = None) -> dict:
-    """This environment without a launcher's variables, one thread, this checkout."""
-    environment = {
-        k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")
-    }
-    environment.update({"OMP_NUM_THREADS": "1", "HABACTL_DIST_TIMEOUT": "30", **(env or {})})
-    environment["PYTHONPATH"] = str(ROOT)
-    return environment
-
-
-def command(world: int | None, *launcher: str, faults: bool = False) -> list[str]:
-    """``python -m habactl`` (world None) or ``torchrun ... -m habactl`` with `world` ranks
-    and the torchrun options `launcher` (e.g. ``--max-restarts 1``); with `faults`, the
-    script tests/faults.py in place of ``-m habactl`` (the same command line, with the
-    faults its environment variables name)."""
-    program = [str(SCRIPT)] if faults else ["-m", "habactl"]
-    if world is None:
-        return [sys.executable, *program]
-    port = str(29500 + (os.getpid() % 2000))
-    torchrun = [str(TORCHRUN), "--nproc-per-node", str(world), "--master-port", port]
-    return [*torchrun, *launcher, *program]
-
-
-def habactl(
-    *args, cwd: Path, world: int | None = 2, env: dict | None = None, timeout=60, launcher=()
-):
-    """Run habactl as one process (world None) or under torchrun with `world` ranks; a
-    run whose `env` sets a fault variable goes through tests/faults.py."""
-    faults = any(name in FAULT_VARIABLES for name in env or {})
-    return subprocess.run(
-        [*command(world, *launcher, faults=faults), *map(str, args)],
-        cwd=cwd,
-        env=environment(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("habactl: error:")]
-
-
-needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
+from helpers import (
+    FIRST_LOSS_TOLERANCE,
+    ROOT,
+    TOLERANCE,
+    error_lines,
+    needs_torchrun,
+    run_habactl,
+    stored_tensors,
+)
 
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("dist")
-    done = habactl(
+    done = run_habactl(
         "compress", "digits", "--objective", "random", "--ipc", "1", "-q", "-o", "d.haba",
         cwd=folder, world=None,
     )  # fmt: skip
@@ -85,6 +43,7 @@ def test_one_process_is_rank_zero_of_one():
     assert distributed.gather_objects({1: "a"}) == {1: "a"}
 
 
+@pytest.mark.slow
 def test_inspect_under_a_launcher_environment_without_a_group_stays_torch_free(tmp_path):
     # WORLD_SIZE alone (no RANK) is not a torchrun launch: the plain CLI, no torch.
     code = (
@@ -102,8 +61,8 @@ def test_inspect_under_a_launcher_environment_without_a_group_stays_torch_free(t
 @needs_torchrun
 def test_evaluate_on_two_ranks_prints_one_table_with_the_numbers_of_one_process(archive):
     args = ("evaluate", archive, "--epochs", "2", "--models", "4", "--threads", "1", "--json")
-    one = habactl(*args, cwd=archive.parent, world=None)
-    two = habactl(*args, cwd=archive.parent, world=2)
+    one = run_habactl(*args, cwd=archive.parent, world=None)
+    two = run_habactl(*args, cwd=archive.parent, world=2)
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
     single, split = json.loads(one.stdout), json.loads(two.stdout)  # one JSON object: rank 0's
@@ -115,7 +74,7 @@ def test_evaluate_on_two_ranks_prints_one_table_with_the_numbers_of_one_process(
 @pytest.mark.slow
 @needs_torchrun
 def test_an_error_on_every_rank_is_one_line(tmp_path):
-    done = habactl("evaluate", "missing.haba", cwd=tmp_path, world=2)
+    done = run_habactl("evaluate", "missing.haba", cwd=tmp_path, world=2)
     assert done.returncode != 0
     lines = error_lines(done.stderr)
     assert len(lines) == 1, done.stderr
@@ -128,7 +87,7 @@ def test_an_error_on_every_rank_is_one_line(tmp_path):
 def test_a_crash_on_one_rank_ends_the_job_in_one_line_without_a_hang(archive):
     # Rank 1 dies just before the gather while rank 0 waits in it: the job must end
     # (torchrun stops rank 0; the collective timeout backs it up), non-zero, one line.
-    done = habactl(
+    done = run_habactl(
         "evaluate", archive, "--epochs", "1", "--models", "2", "--threads", "1",
         cwd=archive.parent, env={FAIL_VARIABLE: "1"}, timeout=45,
     )  # fmt: skip
@@ -143,8 +102,8 @@ def test_a_crash_on_one_rank_ends_the_job_in_one_line_without_a_hang(archive):
 @needs_torchrun
 def test_experts_on_two_ranks_write_the_files_of_one_process_and_one_complete_index(tmp_path):
     args = ("experts", "digits", "--experts", "3", "--epochs", "1", "--threads", "1", "-q")
-    one = habactl(*args, "-o", "one", cwd=tmp_path, world=None)
-    two = habactl(*args, "-o", "two", cwd=tmp_path, world=2)
+    one = run_habactl(*args, "-o", "one", cwd=tmp_path, world=None)
+    two = run_habactl(*args, "-o", "two", cwd=tmp_path, world=2)
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
     assert two.stdout == ""  # -q: nothing from any rank
@@ -158,28 +117,6 @@ def test_experts_on_two_ranks_write_the_files_of_one_process_and_one_complete_in
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
         p.name for p in (tmp_path / "one").iterdir()
     )  # no temporary files left behind
-
-
-def stored_tensors(path: Path) -> dict:
-    from habactl.format import open_archive
-
-    archive = open_archive(path)
-    try:
-        return archive.tensors()
-    finally:
-        archive.close()
-
-
-# The N = 2 equivalence. One step on two ranks is one step on one process up to the order
-# of the floating-point sums (each rank sums its own classes, then the ranks' gradients are
-# summed), so the first iteration's loss agrees to float32 rounding: 1e-5 relative. Later
-# iterations amplify those last bits at a rate that depends on the CPU's kernels: after 12
-# iterations the bases differed by ~1e-6 with AVX-512 on an AMD EPYC and by 1.3e-4 with
-# PyTorch's scalar kernels on an Intel Xeon. So the stored tensors are only held to 1e-2,
-# an order of magnitude inside what a real difference makes (a class whose bases were not
-# distilled keeps its initial images: differences of order 1).
-FIRST_LOSS_TOLERANCE = 1e-5
-TOLERANCE = 1e-2
 
 
 def first_loss(log: Path) -> float:
@@ -196,9 +133,9 @@ def first_loss(log: Path) -> float:
 def test_compress_dm_on_two_ranks_matches_one_process_and_refuses_a_resume_on_one(tmp_path):
     args = ("compress", "digits", "--objective", "dm", "--ipc", "1", "--iterations", "12",
             "--threads", "1", "--checkpoint-every", "4")  # fmt: skip
-    one = habactl(*args, "-q", "-o", "one.haba", "--log-file", "one.jsonl", cwd=tmp_path,
-                  world=None)  # fmt: skip
-    two = habactl(*args, "-o", "two.haba", "--log-file", "two.jsonl", cwd=tmp_path, world=2)
+    one = run_habactl(*args, "-q", "-o", "one.haba", "--log-file", "one.jsonl", cwd=tmp_path,
+                      world=None)  # fmt: skip
+    two = run_habactl(*args, "-o", "two.haba", "--log-file", "two.jsonl", cwd=tmp_path, world=2)
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
     assert two.stderr.count("wrote two.haba") == 1  # rank 0 alone reports
@@ -220,18 +157,18 @@ def test_compress_dm_on_two_ranks_matches_one_process_and_refuses_a_resume_on_on
     ]  # fmt: skip
 
     # A checkpoint made by two ranks cannot be resumed by one process (nor the reverse).
-    stopped = habactl(*args, "-q", "-o", "three.haba", cwd=tmp_path, world=2,
-                      env={"HABACTL_FAULT_KILL_AFTER": "10"})  # fmt: skip
+    stopped = run_habactl(*args, "-q", "-o", "three.haba", cwd=tmp_path, world=2,
+                          env={"HABACTL_FAULT_KILL_AFTER": "10"})  # fmt: skip
     assert stopped.returncode != 0  # SIGKILLed after iteration 10; checkpoint of 8 kept
     assert (tmp_path / "three.haba.ckpt").is_file()
-    resumed = habactl(*args, "-q", "-o", "three.haba", "--resume", cwd=tmp_path, world=None)
+    resumed = run_habactl(*args, "-q", "-o", "three.haba", "--resume", cwd=tmp_path, world=None)
     assert resumed.returncode == 1
     lines = error_lines(resumed.stderr)
     assert len(lines) == 1 and "made by 2 process(es), this run has 1" in lines[0], lines
     assert not (tmp_path / "three.haba").exists()
 
     # The same world size resumes to the very archive of the uninterrupted run.
-    again = habactl(*args, "-q", "-o", "three.haba", "--resume", cwd=tmp_path, world=2)
+    again = run_habactl(*args, "-q", "-o", "three.haba", "--resume", cwd=tmp_path, world=2)
     assert again.returncode == 0, again.stderr
     resumed_manifest = open_archive(tmp_path / "three.haba").manifest
     assert resumed_manifest["content_digest"] == manifest["content_digest"]
@@ -247,8 +184,8 @@ def test_gradient_matching_on_two_ranks_takes_the_step_of_one_process(tmp_path):
     # the first step can be compared tensor by tensor.
     args = ("compress", "digits", "--objective", "dsa", "--ipc", "1", "--iterations", "1",
             "--threads", "1", "-q")  # fmt: skip
-    one = habactl(*args, "-o", "one.haba", cwd=tmp_path, world=None)
-    two = habactl(*args, "-o", "two.haba", cwd=tmp_path, world=2)
+    one = run_habactl(*args, "-o", "one.haba", cwd=tmp_path, world=None)
+    two = run_habactl(*args, "-o", "two.haba", cwd=tmp_path, world=2)
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
     single, split = stored_tensors(tmp_path / "one.haba"), stored_tensors(tmp_path / "two.haba")
@@ -265,6 +202,6 @@ def test_gradient_matching_on_two_ranks_takes_the_step_of_one_process(tmp_path):
 )
 def test_cuda_one_rank_on_nccl_pins_its_gpu_and_writes_the_archive(tmp_path):
     args = ("compress", "mnist-5k", "--objective", "dm", "--ipc", "1", "--iterations", "3")
-    done = habactl(*args, "--device", "cuda", "-q", "-o", "g.haba", cwd=tmp_path, world=1)
+    done = run_habactl(*args, "--device", "cuda", "-q", "-o", "g.haba", cwd=tmp_path, world=1)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "g.haba").is_file()

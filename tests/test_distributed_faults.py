@@ -17,7 +17,7 @@ import pytest
 
 from faults import KILL_AFTER_VARIABLE, KILL_RANK_VARIABLE
 from habactl.runtime import distributed
-from test_distributed import ROOT, command, environment, error_lines, habactl, needs_torchrun
+from helpers import ROOT, command, environment, error_lines, needs_torchrun, run_habactl
 
 pytestmark = [pytest.mark.slow, needs_torchrun]
 
@@ -38,7 +38,7 @@ def runs(tmp_path_factory) -> Path:
     (two.haba)."""
     folder = tmp_path_factory.mktemp("faults")
     for world, name in ((None, "one.haba"), (2, "two.haba")):
-        done = habactl(*ARGS, "-q", "-o", name, cwd=folder, world=world)
+        done = run_habactl(*ARGS, "-q", "-o", name, cwd=folder, world=world)
         assert done.returncode == 0, done.stderr
     return folder
 
@@ -92,7 +92,7 @@ def test_a_rank_killed_then_restarted_by_torchrun_gives_the_uninterrupted_archiv
     # One command line for every attempt: --resume with no checkpoint yet starts fresh.
     # On the first attempt rank 1 alone is SIGKILLed after iteration 10 (checkpoint of 8
     # kept); torchrun restarts both ranks, which resume at 8 and run through.
-    done = habactl(
+    done = run_habactl(
         *ARGS, "-o", "r.haba", "--resume", cwd=tmp_path, launcher=("--max-restarts", "1"),
         env={KILL_AFTER_VARIABLE: "10", KILL_RANK_VARIABLE: "1"}, timeout=150,
     )  # fmt: skip
@@ -153,7 +153,7 @@ def test_ctrl_c_of_the_job_stops_every_rank_in_one_line_and_resume_finishes(runs
     assert f"the ranks start at different iterations (0 to {stopped['iteration']})" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.haba.ckpt", "c.jsonl"]
 
-    resumed = habactl(*resume, cwd=tmp_path, world=2)
+    resumed = run_habactl(*resume, cwd=tmp_path, world=2)
     assert resumed.returncode == 0, resumed.stderr
     assert digest(tmp_path / "c.haba") == digest(runs / "two.haba")
     assert not (tmp_path / "c.haba.ckpt").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_distributed import habactl, needs_torchrun
+from helpers import needs_torchrun, run_habactl
 
 pytestmark = [pytest.mark.slow, needs_torchrun, pytest.mark.usefixtures("one_thread")]
 
@@ -41,17 +41,17 @@ def manifest(path: Path) -> dict:
 def folder(tmp_path_factory) -> Path:
     """A tiny experts buffer of digits, made the way a user makes one."""
     folder = tmp_path_factory.mktemp("mtt-dist")
-    done = habactl("experts", "digits", "-o", "buf", "--experts", "2", "--epochs", "3",
-                   "--width", "0.125", "--batch-size", "64", "--threads", "1", "-q",
-                   cwd=folder, world=None)  # fmt: skip
+    done = run_habactl("experts", "digits", "-o", "buf", "--experts", "2", "--epochs", "3",
+                       "--width", "0.125", "--batch-size", "64", "--threads", "1", "-q",
+                       cwd=folder, world=None)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return folder
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(folder: Path) -> Path:
-    done = habactl(*mtt_args(folder / "buf"), "-q", "-o", "two.haba", "--log-file", "two.jsonl",
-                   cwd=folder, world=2)  # fmt: skip
+    done = run_habactl(*mtt_args(folder / "buf"), "-q", "-o", "two.haba", "--log-file", "two.jsonl",
+                       cwd=folder, world=2)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return folder / "two.haba"
 
@@ -127,11 +127,13 @@ def test_the_loss_of_two_ranks_is_the_mean_of_their_trajectories_and_they_step_a
 def test_a_killed_mtt_run_resumes_on_two_ranks_to_the_uninterrupted_archive(uninterrupted):
     folder = uninterrupted.parent
     args = (*mtt_args(folder / "buf"), "-q", "-o", "three.haba")
-    stopped = habactl(*args, cwd=folder, world=2, env={"HABACTL_FAULT_KILL_AFTER": str(KILL_AFTER)})
+    stopped = run_habactl(
+        *args, cwd=folder, world=2, env={"HABACTL_FAULT_KILL_AFTER": str(KILL_AFTER)}
+    )
     assert stopped.returncode != 0
     assert (folder / "three.haba.ckpt").is_file() and not (folder / "three.haba").exists()
 
-    resumed = habactl(*args, "--resume", cwd=folder, world=2)
+    resumed = run_habactl(*args, "--resume", cwd=folder, world=2)
     assert resumed.returncode == 0, resumed.stderr
     assert (
         manifest(folder / "three.haba")["content_digest"]
@@ -144,8 +146,8 @@ def test_random_on_two_ranks_writes_the_archive_of_one_process(folder):
     from habactl.data import load_source
     from habactl.distill.baselines import random_archive
 
-    done = habactl("compress", "digits", "--objective", "random", "--ipc", "2", "-o", "r2.haba",
-                   cwd=folder, world=2)  # fmt: skip
+    done = run_habactl("compress", "digits", "--objective", "random", "--ipc", "2", "-o", "r2.haba",
+                       cwd=folder, world=2)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("wrote r2.haba") == 1  # rank 0 alone reports
     one = random_archive(load_source("digits"), folder / "r1.haba", ipc=2, seed=0)

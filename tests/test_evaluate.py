@@ -15,7 +15,6 @@ import torch
 from typer.testing import CliRunner
 
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
-from conftest import one_error_line
 from habactl.cli.app import app
 from habactl.distill.archive import write_haba
 from habactl.errors import HabaError
@@ -31,6 +30,7 @@ from habactl.evaluation.run import (
 from habactl.format.normalization import Normalizer, mean_std
 from habactl.nets import build_net
 from habactl.training.dataset import HabaDataset
+from helpers import hallucinate_stage, one_error_line
 
 runner = CliRunner()
 TINY = Protocol(epochs=2, models=1, batch_size=64)
@@ -229,8 +229,6 @@ def test_a_zca_archive_without_its_matrix_does_not_pass(digits):
 
 
 def test_random_baseline_spends_the_true_budget(write, digits):
-    from conftest import hallucinate_stage
-
     raw = HabaDataset(write("raw.haba", per_class=2))
     assert budget_per_class(raw.manifest) == 2
     # 2 bases per class plus 3 hallucinators: the hallucinators' values buy more real images.

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 import habactl.cli.experts  # noqa: F401  (registers the command)
 import habactl.cli.inspect_cmd  # noqa: F401  (a second command: the app stays a group)
-from conftest import tiny_mnist
 from habactl.cli.app import app
 from habactl.experts import ExpertBuffer, ExpertsError, ExpertSettings, FlatNet, train_experts
+from helpers import tiny_mnist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -30,81 +30,16 @@ from habactl.format import (
     verify_archive,
 )
 from habactl.format.account import Part
-from habactl.format.digest import content_digest, manifest_digest
+from helpers import (
+    craft_archive,
+    make_manifest,
+    make_tensors,
+    rejects,
+    rewrite,
+    split_archive,
+)
 
-FINGERPRINT = "sha256:" + "ab" * 32
-
-
-# --- building archives -------------------------------------------------------------
-
-
-def make_manifest(
-    classes: int = 3,
-    per_class: int = 2,
-    shape: tuple[int, int, int] = (1, 4, 4),
-    labels: str = "hard",
-    normalization: dict | None = None,
-    pipeline: list | None = None,
-    base_shape: tuple[int, int, int] | None = None,
-    counts: str = "all",
-) -> dict:
-    c, h, w = shape
-    return {
-        "classes": [f"class-{i}" for i in range(classes)],
-        "image": {"channels": c, "height": h, "width": w},
-        "bases": {
-            "count": classes * per_class,
-            "per_class": [per_class] * classes,
-            "shape": list(base_shape or shape),
-        },
-        "labels": {"kind": labels},
-        "pipeline": pipeline or [],
-        "normalization": normalization
-        or {"kind": "mean-std", "mean": [0.5] * c, "std": [0.25] * c},
-        "training": {
-            "learned_lr": None,
-            "recommended": {
-                "arch": "convnet",
-                "epochs": 10,
-                "batch_size": 256,
-                "lr": 0.01,
-                "momentum": 0.9,
-                "weight_decay": 0.0005,
-                "augmentation": "dsa",
-            },
-        },
-        "provenance": {
-            "dataset": {"name": "toy", "fingerprint": FINGERPRINT},
-            "objective": "random",
-            "hyperparameters": {"ipc": 1},
-            "iterations": 0,
-            "seed": 0,
-            "library": "habactl 0.1.0",
-            "created": "2026-11-24T12:00:00Z",
-        },
-        "storage": {
-            "ipc": per_class,
-            "counts": counts,
-            "budget_values": per_class * classes * c * h * w,
-        },
-    }
-
-
-def make_tensors(manifest: dict, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    count = manifest["bases"]["count"]
-    n_classes = len(manifest["classes"])
-    tensors = {"bases": torch.randn(count, *manifest["bases"]["shape"], generator=g)}
-    if manifest["labels"]["kind"] == "hard":
-        tensors["labels"] = torch.repeat_interleave(
-            torch.arange(n_classes), torch.tensor(manifest["bases"]["per_class"])
-        )
-    else:
-        tensors["labels"] = torch.softmax(torch.randn(count, n_classes, generator=g), dim=1)
-    if manifest["normalization"]["kind"] == "zca":
-        d = manifest["image"]["channels"] * manifest["image"]["height"] * manifest["image"]["width"]
-        tensors["normalization.zca"] = torch.eye(d)
-    return tensors
+# --- a saved toy archive -------------------------------------------------------------
 
 
 @pytest.fixture
@@ -115,53 +50,7 @@ def saved(tmp_path: Path) -> tuple[Path, dict, dict]:
     return path, tensors, manifest
 
 
-# --- crafting raw files --------------------------------------------------------------
-
-
-def split(data: bytes) -> tuple[dict, bytes]:
-    (n,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8 : 8 + n]), data[8 + n :]
-
-
-def craft(header: dict | bytes, body: bytes = b"", length: int | None = None) -> bytes:
-    """Raw safetensors bytes with an arbitrary header (and optionally a lying length)."""
-    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw) if length is None else length) + raw + body
-
-
-def rewrite(path: Path, edit_manifest=None, edit_data=None, fix_digests: bool = False) -> None:
-    """Edit an archive in place: its manifest and/or tensor data bytes.
-
-    With fix_digests the sha256 fields and content_digest are recomputed, so that only
-    the check under test can catch the edit. The manifest digest (format 1.2), when the
-    manifest has one, is always recomputed after the edit, as a forger would: the edit
-    is then caught by the check under test, not by the digest (tests/test_manifest_digest.py
-    damages manifests without it).
-    """
-    header, body = split(path.read_bytes())
-    manifest = json.loads(header["__metadata__"]["haba"])
-    body = bytearray(body)
-    if edit_data:
-        edit_data(header, body)
-    if fix_digests:
-        items = []
-        for name, entry in header.items():
-            if name == "__metadata__":
-                continue
-            b, e = entry["data_offsets"]
-            manifest["tensors"][name]["sha256"] = hashlib.sha256(body[b:e]).hexdigest()
-            items.append((name, entry["dtype"], entry["shape"], bytes(body[b:e])))
-        manifest["content_digest"] = content_digest(items)
-    if edit_manifest:
-        edit_manifest(manifest)
-    if isinstance(manifest, dict) and "manifest_digest" in manifest:
-        try:
-            manifest["manifest_digest"] = manifest_digest(manifest)
-        except ArchiveError:  # not canonical JSON at all (NaN, a lone surrogate): the
-            pass  # reader refuses it before any digest is looked at
-    header["__metadata__"]["haba"] = json.dumps(manifest)
-    path.write_bytes(craft(header, bytes(body)))
+# --- edits for rewrite() -------------------------------------------------------------
 
 
 def put_tensor(name: str, tensor: torch.Tensor):
@@ -172,20 +61,6 @@ def put_tensor(name: str, tensor: torch.Tensor):
         body[b:e] = tensor.contiguous().numpy().tobytes()
 
     return edit
-
-
-def rejects(path: Path, *fragments: str, verify_all: bool = False, **kwargs) -> str:
-    """Assert the archive is refused with one ArchiveError naming the file and fragments."""
-    with pytest.raises(ArchiveError) as info:
-        with open_archive(path, **kwargs) as archive:
-            if verify_all:
-                archive.tensors()
-    message = str(info.value)
-    assert message.startswith(f"{path.name}: "), message
-    for fragment in fragments:
-        assert fragment in message, message
-    assert "\n" not in message
-    return message
 
 
 # --- round trip --------------------------------------------------------------------
@@ -233,7 +108,7 @@ def test_round_trip_soft_labels_and_zca(tmp_path):
 
 def test_one_metadata_key_holding_canonical_json(saved):
     path, _, _ = saved
-    header, _ = split(path.read_bytes())
+    header, _ = split_archive(path.read_bytes())
     assert list(header["__metadata__"]) == ["haba"]
     text = header["__metadata__"]["haba"]
     assert text == canonical_json(json.loads(text))
@@ -434,7 +309,7 @@ def test_sigkill_mid_write_never_leaves_a_partial_target(saved):
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_format import make_manifest, make_tensors
+        from helpers import make_manifest, make_tensors
         from habactl.format import save_archive
         real_write = os.write
         def write(fd, data):  # half the bytes reach the disk, then the process dies
@@ -473,7 +348,7 @@ def test_truncation(saved, cut):
 
 def test_hostile_header_length_is_refused_before_reading(tmp_path):
     path = tmp_path / "hostile.haba"
-    path.write_bytes(craft(b"{}", length=2**40))
+    path.write_bytes(craft_archive(b"{}", length=2**40))
     rejects(path, "header: declares 1099511627776 bytes, more than the limit")
 
 
@@ -511,7 +386,7 @@ def test_manifest_too_big_for_the_limits(saved):
 )
 def test_garbage_headers(tmp_path, raw, fragment):
     path = tmp_path / "garbage.haba"
-    path.write_bytes(craft(raw))
+    path.write_bytes(craft_archive(raw))
     rejects(path, fragment)
 
 
@@ -520,10 +395,10 @@ def test_trailing_bytes_and_overlapping_offsets(saved):
     data = path.read_bytes()
     path.write_bytes(data + b"\0" * 8)
     rejects(path, "8 bytes after the last tensor")
-    header, body = split(data)
+    header, body = split_archive(data)
     assert header["labels"]["data_offsets"] == [0, 48]
     header["bases"]["data_offsets"] = [0, 384]  # bases aliasing the labels bytes
-    path.write_bytes(craft(header, body))
+    path.write_bytes(craft_archive(header, body))
     rejects(path, "overlapping or gapped data")
 
 
@@ -672,33 +547,33 @@ def test_zca_dimension_limit(tmp_path):
 
 def test_missing_tensor(saved):
     path, _, _ = saved
-    header, body = split(path.read_bytes())
+    header, body = split_archive(path.read_bytes())
     del header["labels"]
     # Drop the labels bytes too, so that only the missing name is wrong.
     b, e = header["bases"]["data_offsets"]
     header["bases"]["data_offsets"] = [0, e - b]
-    path.write_bytes(craft(header, body[b:e]))
+    path.write_bytes(craft_archive(header, body[b:e]))
     rejects(path, "tensor 'labels': missing (the manifest implies it)")
 
 
 def test_extra_tensor(saved):
     path, _, _ = saved
-    header, body = split(path.read_bytes())
+    header, body = split_archive(path.read_bytes())
     header["sneaky"] = {"dtype": "U8", "shape": [8], "data_offsets": [len(body), len(body) + 8]}
-    path.write_bytes(craft(header, body + b"\xcc" * 8))
+    path.write_bytes(craft_archive(header, body + b"\xcc" * 8))
     rejects(path, "tensor 'sneaky': not described by the manifest")
 
 
 def test_dtype_and_shape_mismatch(saved):
     path, _, _ = saved
     data = path.read_bytes()
-    header, body = split(data)
+    header, body = split_archive(data)
     header["labels"]["dtype"] = "F64"  # same byte count: 6 x I64 == 6 x F64
-    path.write_bytes(craft(header, body))
+    path.write_bytes(craft_archive(header, body))
     rejects(path, "tensor 'labels': is F64 [6], the manifest implies I64 [6]")
-    header, body = split(data)
+    header, body = split_archive(data)
     header["bases"]["shape"] = [6, 1, 2, 8]
-    path.write_bytes(craft(header, body))
+    path.write_bytes(craft_archive(header, body))
     rejects(path, "tensor 'bases': is F32 [6, 1, 2, 8], the manifest implies F32 [6, 1, 4, 4]")
 
 

@@ -23,7 +23,7 @@ from habactl.format import (
     verify_archive,
 )
 from habactl.format.account import Part
-from test_format import make_manifest, make_tensors, rejects, rewrite
+from helpers import make_manifest, make_tensors, rejects, rewrite
 
 
 class FakeSpec(NamedTuple):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from habactl.format import open_archive, save_archive
-from test_format import make_manifest, make_tensors
+from helpers import make_manifest, make_tensors
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "format" / "manifest.schema.json").read_text())
 

@@ -22,7 +22,7 @@ from habactl.distill.planner import plan_pipeline
 from habactl.errors import HabaError
 from habactl.format import open_archive, storage_account
 from habactl.training.dataset import HabaDataset
-from test_quantize import _forge
+from helpers import forge_archive, place
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,18 +35,6 @@ def frequency(h: int, w: int, keep: int) -> dict:
         "version": 1,
         "configuration": {"height": h, "keep": keep, "width": w},
     }
-
-
-def place(x: np.ndarray, mask: np.ndarray, classes=None) -> np.ndarray:
-    """Coefficients (N, C, 1, K) at the mask's ones, row-major; zeros elsewhere. A
-    per-class mask (classes, C, H, W) places basis b at mask[classes[b]]'s ones."""
-    n, c = x.shape[:2]
-    full = np.zeros((n, c, *mask.shape[-2:]))
-    for b in range(n):
-        own = mask if classes is None else mask[classes[b]]
-        for ch in range(c):
-            full[b, ch][own[ch].astype(bool)] = x[b, ch, 0]
-    return full
 
 
 @pytest.mark.parametrize("h, w, keep, c", [(5, 7, 9, 2), (8, 8, 64, 1), (6, 4, 1, 3)])
@@ -139,11 +127,12 @@ def test_a_mask_that_keeps_the_wrong_number_is_refused(archive, tmp_path):
         tensors = {k: v.clone() for k, v in a.tensors().items()}
     tensors["pipeline.0.mask"].view(-1)[torch.argmin(tensors["pipeline.0.mask"].view(-1))] = 1
     path = tmp_path / "bad.haba"
-    path.write_bytes(_forge(tensors, manifest))
+    path.write_bytes(forge_archive(tensors, manifest))
     with pytest.raises(HabaError, match="keep exactly 8"):
         HabaDataset(path).tensors()
 
 
+@pytest.mark.slow
 def test_frequency_composes_with_quantize_upsample_and_hallucinate(tmp_path):
     path = tmp_path / "all.haba"
     args = ["compress", "digits", "-o", str(path), "--codec", "haba+idc", "--frequency", "10"]

@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 import habactl.cli.compress  # noqa: F401  (registers the commands)
 import habactl.cli.verify  # noqa: F401
-from conftest import one_error_line
 from habactl.cli.app import app
 from habactl.codecs import CodecError, Pipeline, describe_pipeline
 from habactl.codecs.pipeline import basis_classes
@@ -21,8 +20,7 @@ from habactl.distill.planner import plan_pipeline
 from habactl.errors import HabaError
 from habactl.format import ArchiveError, open_archive, storage_account
 from habactl.training.dataset import HabaDataset
-from test_frequency import place
-from test_quantize import _forge
+from helpers import forge_archive, one_error_line, place
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -120,7 +118,7 @@ def test_a_mask_count_other_than_the_archives_classes_is_refused(tmp_path):
     pipeline[0] = {**pipeline[0], "configuration": {**pipeline[0]["configuration"], "classes": 2}}
     path = tmp_path / "two.haba"
     two = {**tensors, "pipeline.0.mask": tensors["pipeline.0.mask"][:2].clone()}
-    path.write_bytes(_forge(two, {**fields, "pipeline": pipeline}))
+    path.write_bytes(forge_archive(two, {**fields, "pipeline": pipeline}))
     with pytest.raises(
         ArchiveError, match="decodes per class for 2 classes, but the archive has 3"
     ):
@@ -128,7 +126,7 @@ def test_a_mask_count_other_than_the_archives_classes_is_refused(tmp_path):
     # One class's mask keeping one coefficient too many: refused on decoding.
     tensors["pipeline.0.mask"][2, 0, 0, 0] = 1
     path = tmp_path / "five.haba"
-    path.write_bytes(_forge(tensors, fields))
+    path.write_bytes(forge_archive(tensors, fields))
     with pytest.raises(
         HabaError, match=r"keep exactly 4 coefficients per channel; \[2, 0\] keeps 5"
     ):

@@ -10,10 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
-from conftest import hallucinate_stage, one_error_line
 from habactl.cli.app import app
 from habactl.format import open_archive, storage_account
 from habactl.training.dataset import HabaDataset
+from helpers import hallucinate_stage, one_error_line
 
 runner = CliRunner()
 UPSAMPLE = {"name": "upsample", "version": 1, "configuration": {"factor": 2, "mode": "bilinear"}}

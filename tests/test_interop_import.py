@@ -13,10 +13,10 @@ from torch import nn
 from typer.testing import CliRunner
 
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
-from conftest import one_error_line
 from habactl.cli.app import app
 from habactl.format import open_archive, storage_account
 from habactl.training.dataset import HabaDataset
+from helpers import one_error_line
 
 runner = CliRunner()
 

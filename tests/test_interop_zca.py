@@ -8,12 +8,12 @@ import torch
 from typer.testing import CliRunner
 
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
-from conftest import one_error_line
 from habactl.cli.app import app
 from habactl.data import load_source
 from habactl.format import open_archive
 from habactl.interop.zca import fit_zca, whiten_like_kornia
 from habactl.training.dataset import HabaDataset
+from helpers import one_error_line
 
 runner = CliRunner()
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from conftest import hallucinate_stage
 from habactl import HabaDataset, HabaError
 from habactl.codecs import Pipeline
 from habactl.format import open_archive
+from helpers import hallucinate_stage
 
 
 def decoded_reference(path):

@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 import habactl.cli.inspect_cmd  # noqa: F401  (registers the commands)
 import habactl.cli.verify  # noqa: F401
-from conftest import one_error_line
 from habactl.cli.app import app
 from habactl.codecs.spec import describe_pipeline
 from habactl.format import (
@@ -33,7 +32,7 @@ from habactl.format import (
 from habactl.format.digest import manifest_digest
 from habactl.format.manifest import canonical_json, parse_json, validate_manifest
 from habactl.training.dataset import HabaDataset
-from test_format import make_manifest, make_tensors, rewrite, split
+from helpers import make_manifest, make_tensors, one_error_line, rewrite, split_archive
 
 ROOT = Path(__file__).resolve().parents[1]
 VECTORS = ROOT / "format" / "vectors"
@@ -168,7 +167,7 @@ def test_a_new_archive_is_1_2_and_its_digest_covers_every_other_field(tmp_path):
     manifest = make_manifest()
     manifest["x-note"] = {"kept": [1.5, "é"]}
     path = save_archive(tmp_path / "n.haba", make_tensors(manifest), manifest)
-    header, _ = split(path.read_bytes())
+    header, _ = split_archive(path.read_bytes())
     text = header["__metadata__"]["haba"]
     written = json.loads(text)
     assert written["format_version"] == FORMAT_VERSION == "1.2"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_mnist
 from habactl.distill import DistillConfig, Distiller
 from habactl.distill import checkpoint as ckpt
 from habactl.distill.objectives import get_objective
 from habactl.distill.objectives.dc import layer_distance, loops_for_ipc
 from habactl.format import open_archive
 from habactl.training.dataset import HabaDataset
+from helpers import tiny_mnist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

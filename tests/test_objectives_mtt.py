@@ -8,7 +8,6 @@ import shutil
 import pytest
 import torch
 
-from conftest import tiny_mnist
 from habactl.distill import DistillConfig, Distiller
 from habactl.distill import checkpoint as ckpt
 from habactl.distill.errors import DistillError
@@ -17,6 +16,7 @@ from habactl.evaluation.run import archive_lr
 from habactl.experts import ExpertSettings, train_experts
 from habactl.format import open_archive
 from habactl.training.dataset import HabaDataset
+from helpers import tiny_mnist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -19,10 +19,9 @@ from typer.testing import CliRunner
 import habactl.cli.expand  # noqa: F401  (registers the commands)
 import habactl.cli.inspect_cmd  # noqa: F401
 import habactl.cli.verify  # noqa: F401
-from conftest import one_error_line
 from habactl.cli.app import app
 from habactl.format import open_archive
-from test_quantize import _forge
+from helpers import forge_archive, one_error_line
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
@@ -50,13 +49,13 @@ def header_edit(data: bytes, name: str, **entry) -> bytes:
 def uint4(change) -> bytes:
     fields, tensors = golden("quantize-uint4-idc")
     change(tensors)
-    return _forge(tensors, fields)
+    return forge_archive(tensors, fields)
 
 
 def bfloat16(change) -> bytes:
     fields, tensors = golden("quantize-bfloat16-idc")
     change(tensors)
-    return _forge(tensors, fields)
+    return forge_archive(tensors, fields)
 
 
 def _set(name: str, value) -> object:
@@ -182,10 +181,10 @@ def test_the_forgeries_without_their_lie_are_intact(tmp_path):
 def test_gigabytes_declared_are_refused_under_a_small_memory_cap(tmp_path, lie):
     fields, tensors = golden("quantize-uint4-idc")
     if lie == "shape":
-        data = header_edit(_forge(tensors, fields), "bases", shape=[2**33, 2, 3, 2])
+        data = header_edit(forge_archive(tensors, fields), "bases", shape=[2**33, 2, 3, 2])
     else:  # 2^34 packed bases: 400 GiB decoded, in a 1 KiB file
         bases = {**fields["bases"], "count": 2**34, "per_class": [2**33, 2**33]}
-        data = _forge(tensors, {**fields, "bases": bases})
+        data = forge_archive(tensors, {**fields, "bases": bases})
     path = write(tmp_path, data)
     cap = 1 << 30  # 1 GiB of address space: far below what the lie would allocate
 

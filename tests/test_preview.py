@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
 import habactl.cli.preview as preview
-from conftest import hallucinate_stage
 from habactl.cli.app import app
 from habactl.training.dataset import HabaDataset
+from helpers import hallucinate_stage
 
 
 def run(*args):

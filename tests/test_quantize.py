@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save
 from typer.testing import CliRunner
 
 import habactl.cli.compress  # noqa: F401  (registers the commands)
@@ -26,15 +25,10 @@ from habactl.format import (
     save_legacy_archive,
     storage_account,
 )
-from habactl.format.digest import (
-    dtype_name,
-    manifest_digest,
-    tensor_sha256,
-    tensors_content_digest,
-)
 from habactl.format.limits import DEFAULT_LIMITS
-from habactl.format.manifest import canonical_json, validate_manifest
+from habactl.format.manifest import validate_manifest
 from habactl.training.dataset import HabaDataset
+from helpers import forge_archive, one_error_line
 
 runner = CliRunner()
 GOLDEN = Path(__file__).resolve().parent.parent / "format" / "golden" / "v1"
@@ -204,34 +198,12 @@ def test_quantize_in_a_1_0_archive_is_refused_and_the_writer_picks_1_1():
         save_legacy_archive("/nonexistent/x.haba", tensors, {**manifest, "format_version": "1.0"})
     with pytest.raises(ArchiveError, match="writes 1.2 for this archive"):
         save_archive("/nonexistent/x.haba", tensors, {**manifest, "format_version": "1.0"})
-    forged = _forge(tensors, {**manifest, "format_version": "1.0"})
+    forged = forge_archive(tensors, {**manifest, "format_version": "1.0"})
     with pytest.raises(ArchiveError, match=r"needs format 1\.1"):
         _open(forged)
 
 
 # -- hostile packed data --------------------------------------------------------------
-def _forge(tensors: dict, manifest: dict) -> bytes:
-    """An archive's bytes with no validation (what a hostile writer can make): every
-    digest recomputed, the manifest digest too from format 1.2 on."""
-    m = {k: v for k, v in manifest.items() if k != "manifest_digest"}
-    m["tensors"] = {
-        name: {"dtype": _dtype(t), "shape": list(t.shape), "sha256": tensor_sha256(t)}
-        for name, t in tensors.items()
-    }
-    m["content_digest"] = tensors_content_digest(tensors)
-    if m.get("format_version") not in ("1.0", "1.1"):
-        m["manifest_digest"] = manifest_digest(m)
-    return save(
-        {k: v.contiguous() for k, v in tensors.items()}, metadata={"haba": canonical_json(m)}
-    )
-
-
-def _dtype(t: torch.Tensor) -> str:
-    name = dtype_name(t)
-    assert name is not None, t.dtype
-    return name
-
-
 def _open(data: bytes, tmp: Path | None = None) -> tuple:
     import tempfile
 
@@ -255,15 +227,15 @@ def test_packed_bases_of_the_wrong_size_are_refused_before_reading_data(uint4_go
     manifest, tensors = uint4_golden
     unpacked = torch.zeros(4, 2, 3, 3, dtype=torch.uint8)  # not packed: 3 bytes a row, not 2
     with pytest.raises(ArchiveError, match=r"tensor 'bases': is U8 \[4, 2, 3, 3\].*implies U8"):
-        _open(_forge({**tensors, "bases": unpacked}, manifest), tmp_path)
+        _open(forge_archive({**tensors, "bases": unpacked}, manifest), tmp_path)
     as_float = torch.zeros(4, 2, 3, 2)
     with pytest.raises(ArchiveError, match=r"tensor 'bases': is F32.*implies U8"):
-        _open(_forge({**tensors, "bases": as_float}, manifest), tmp_path)
+        _open(forge_archive({**tensors, "bases": as_float}, manifest), tmp_path)
     # A count that claims far more packed bases than the limits allow: refused from the
     # manifest alone (nothing allocated), whatever the data section holds.
     huge = {**manifest, "bases": {**manifest["bases"], "count": 2**40, "per_class": [2**39] * 2}}
     with pytest.raises(ArchiveError, match="limit"):
-        _open(_forge(tensors, huge), tmp_path)
+        _open(forge_archive(tensors, huge), tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -279,7 +251,7 @@ def test_hostile_codes_and_grids_are_refused(uint4_golden, tmp_path, change, mes
     tensors = {k: v.clone() for k, v in tensors.items()}
     change(tensors)
     with pytest.raises(HabaError, match=message):
-        _open(_forge(tensors, manifest), tmp_path)
+        _open(forge_archive(tensors, manifest), tmp_path)
 
 
 def test_preview_draws_a_quantised_archive(archives, tmp_path):
@@ -301,8 +273,6 @@ def test_preview_draws_a_quantised_archive(archives, tmp_path):
     ],
 )
 def test_bad_quantize_options_are_one_clear_error(tmp_path, args, message):
-    from conftest import one_error_line
-
     out = tmp_path / "x.haba"
     result = runner.invoke(app, ["compress", "digits", "-o", str(out), *args, *TINY])
     assert result.exit_code != 0 and message in one_error_line(result)

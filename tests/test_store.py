@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
-from conftest import one_error_line
 from habactl.cli.app import app
 from habactl.runtime.atomic import OutputError
 from habactl.store import StoreError, is_store, open_store, verify_store, write_store
+from helpers import one_error_line
 
 CLASSES = ["ant", "bee", "cat"]
 

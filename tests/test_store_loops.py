@@ -18,7 +18,6 @@ import torch
 from typer.testing import CliRunner
 
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
-from conftest import one_error_line
 from habactl.cli.app import app
 from habactl.data.opening import estimate_bytes, open_data
 from habactl.data.stored import StoredSource, StoreFile, open_stored
@@ -26,6 +25,7 @@ from habactl.distill import DistillConfig, Distiller
 from habactl.distill.sets import iteration_classes
 from habactl.format import open_archive
 from habactl.store import open_store, write_store
+from helpers import TOLERANCE, TORCHRUN, one_error_line, run_habactl, stored_tensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -430,15 +430,13 @@ def test_peak_memory_stays_flat_as_the_store_grows_tenfold(tmp_path):
 
 @pytest.mark.slow
 def test_two_ranks_on_a_store_take_the_steps_of_one_process(data, tmp_path):
-    from test_distributed import TOLERANCE, TORCHRUN, habactl, stored_tensors
-
     if not TORCHRUN.exists():
         pytest.skip("torchrun not installed")
     args = ("compress", data / "toy.store", "--objective", "dm", "--codec", "raw",
             "--iterations", "3", "--real-per-class", "4", "--classes-per-iteration", "3",
             "--threads", "1", "-q")  # fmt: skip
-    one = habactl(*args, "-o", "one.haba", cwd=tmp_path, world=None)
-    two = habactl(*args, "-o", "two.haba", cwd=tmp_path, world=2)
+    one = run_habactl(*args, "-o", "one.haba", cwd=tmp_path, world=None)
+    two = run_habactl(*args, "-o", "two.haba", cwd=tmp_path, world=2)
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
     single, split = stored_tensors(tmp_path / "one.haba"), stored_tensors(tmp_path / "two.haba")

@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
 import habactl.runtime.atomic
-from conftest import one_error_line
 from habactl.cli.app import app
 from habactl.store import StoreError, open_store
+from helpers import one_error_line
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 6

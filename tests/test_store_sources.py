@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
-from conftest import one_error_line
 from habactl.cli.app import app
 from habactl.store import open_store
+from helpers import one_error_line, write_fake_mnist
 
 rng = np.random.default_rng(7)
 X = rng.integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)  # HWC, as most files hold them
@@ -289,8 +289,6 @@ def test_a_saved_hugging_face_dataset_and_its_parquet_file(tmp_path):
 
 
 def test_a_torchvision_set_is_stored_as_its_own_uint8_pixels(tmp_path):
-    from test_data_torchvision import write_fake_mnist
-
     raw = write_fake_mnist(tmp_path / "root")
     store = open_store(prepare("mnist", tmp_path / "m.store", "--root", tmp_path / "root"))
     pixels = np.frombuffer((raw / "train-images-idx3-ubyte").read_bytes()[16:], dtype=np.uint8)

@@ -26,7 +26,7 @@ import habactl.cli.verify  # noqa: F401
 from habactl.cli.app import app
 from habactl.format import open_archive, storage_account
 from habactl.training.dataset import HabaDataset
-from test_distill import _compress_process  # the same subprocess compress, fixed SOURCE_DATE_EPOCH
+from helpers import compress_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -209,18 +209,18 @@ def test_evaluate_trains_on_it(archives, name):
 @pytest.mark.slow
 def test_a_killed_and_resumed_run_gives_the_archive_of_an_uninterrupted_one(tmp_path):
     # One run that is both a quantize run (uint4, a grid per channel) and a frequency run
-    # (per-class masks), under HaBa + IDC: every new stored part goes through a checkpoint.
+    # (per-class masks), under HaBa + IDC: every stored part of them goes through a checkpoint.
     flags = ["--codec", "haba+idc", "--hallucinators", "2", "--frequency", "8"]
     flags += ["--frequency-mask", "per-class", "--quantize", "uint4"]
     flags += ["--quantize-granularity", "channel"]
     args = ["digits", *flags, "--iterations", "5", "--real-per-class", "4"]
     args += ["--no-contrastive", "--checkpoint-every", "2", "-q"]
-    whole = _compress_process([*args, "-o", str(tmp_path / "whole.haba")])
+    whole = compress_process([*args, "-o", str(tmp_path / "whole.haba")])
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "killed.haba"
-    killed = _compress_process([*args, "-o", str(out)], HABACTL_FAULT_KILL_AFTER="3")
+    killed = compress_process([*args, "-o", str(out)], HABACTL_FAULT_KILL_AFTER="3")
     assert killed.returncode == -9 and not out.exists()
-    resumed = _compress_process([*args, "-o", str(out), "--resume"])
+    resumed = compress_process([*args, "-o", str(out), "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     with open_archive(out) as a, open_archive(tmp_path / "whole.haba") as b:
         assert a.manifest["content_digest"] == b.manifest["content_digest"]

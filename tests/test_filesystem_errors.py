@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
 import habactl.runtime.atomic
-from conftest import hallucinate_stage, one_error_line
 from habactl.cli.app import app
+from helpers import hallucinate_stage, one_error_line
 
 # Mounts file systems in subprocesses and trains experts: seconds, not milliseconds.
 pytestmark = pytest.mark.slow

@@ -1,7 +1,8 @@
-"""Errata to format 1.0, 1.1 and 1.2 (format/SPEC.md, codecs/*.md): each clarified rule,
-checked against the code.
-
-No byte of any golden archive changes; these pin what the spec now states.
+"""The fine points of format/SPEC.md and the codec pages (codecs/*.md), each checked
+against the code: the rules a second implementation could otherwise read differently
+(the ZCA matrix's orientation, numbers a double cannot hold, text length in code points,
+header padding, where each stage may stand, whole zero points, version labels, the
+golden outputs' tolerance). The golden archives pass them as they are.
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ from habactl.format import (
 from habactl.format.checks import DTYPE_SIZES, MAX_NDIM, parse_header
 from habactl.format.manifest import check_version, parse_json
 from habactl.training.dataset import HabaDataset
-from test_format import make_manifest, make_tensors, rejects, rewrite
-from test_quantize import _forge
+from helpers import forge_archive, make_manifest, make_tensors, rejects, rewrite
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = (ROOT / "format" / "SPEC.md").read_text(encoding="utf-8")
@@ -236,7 +236,7 @@ def test_stages_are_specified_by_their_pages_not_the_package():
         assert f"[`codecs/{name}.md`](../codecs/{name}.md)" in section, name
 
 
-# --- format 1.2 errata: what the text left to a guess -------------------------------------
+# --- codec pages, files and version labels ----------------------------------------------
 
 
 def test_a_zero_point_must_be_a_whole_code(tmp_path):
@@ -246,7 +246,7 @@ def test_a_zero_point_must_be_a_whole_code(tmp_path):
     assert tensors["pipeline.0.zero_point"].tolist() == [8.0, 3.0]  # whole codes, as F32
     tensors["pipeline.0.zero_point"][1] = 2.5
     path = tmp_path / "half.haba"
-    path.write_bytes(_forge(tensors, fields))
+    path.write_bytes(forge_archive(tensors, fields))
     assert verify_archive(path) == [
         "half.haba: tensor 'pipeline.0.zero_point': must hold whole numbers in 0..15 "
         "(a zero-point is a code)"
