@@ -178,12 +178,6 @@ class HabaGroup(TyperGroup):
         super().__init__(*args, **kwargs)
         _reflow_help(self)
 
-    def get_command(self, ctx: Any, cmd_name: str) -> Any:
-        command = super().get_command(ctx, cmd_name)
-        if isinstance(command, LazyCommand):
-            command = self.commands[cmd_name] = command.load()
-        return command
-
     def format_help(self, ctx: Any, formatter: Any) -> None:
         _tidy_params(self, ctx)
         super().format_help(ctx, formatter)
@@ -202,8 +196,9 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
 
 
 class LazyCommand(HabaCommand):
-    """Stands for a command of LAZY_COMMANDS in the list of commands; whatever runs it
-    (or asks for its help) gets the real command, built from its module."""
+    """Stands for a command of LAZY_COMMANDS in the list of commands (the root's help
+    reads its one line); whatever runs it, or asks for its help or completions, makes a
+    context of the real command, built from its module then."""
 
     def load(self) -> Any:
         module = importlib.import_module(LAZY_COMMANDS[str(self.name)][0])
