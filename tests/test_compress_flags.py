@@ -142,3 +142,32 @@ def test_root_help_lists_compress_without_building_it(monkeypatch):
     monkeypatch.setattr(compress_cmd, "command", refuse)
     result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "compress" in result.stdout
+
+
+def test_a_stage_options_flag_reaches_the_pipeline_with_no_edit_in_the_cli(tmp_path, monkeypatch):
+    from habactl.codecs.base import StageOption
+    from habactl.codecs.upsample import Upsample
+
+    mode = StageOption("mode", "bilinear", "--upsample-mode", "How the bases are upsampled.")
+    monkeypatch.setattr(Upsample, "options", (Upsample.options[0], mode))
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # the same bytes from the same run
+    assert "How the bases are upsampled. [default: bilinear]" in " ".join(help_text().split())
+    out = str(tmp_path / "n.haba")
+    args = ["compress", "digits", "--iterations", "1", "--real-per-class", "4", "-q"]
+    result = runner.invoke(app, [*args, "--codec", "idc", "--upsample-mode", "nearest", "-o", out])
+    assert result.exit_code == 0, result.output
+    with open_archive(out) as archive:
+        (entry,) = archive.manifest["pipeline"]
+    assert entry["name"] == "upsample" and entry["configuration"]["mode"] == "nearest"
+    result = runner.invoke(app, [*args, "--codec", "haba", "--upsample-mode", "nearest"])
+    assert "--upsample-mode does not apply: the codec haba has no upsample stage" in (
+        one_error_line(result)
+    )
+    config = tmp_path / "c.toml"  # the same option from a config file's [stage_options]
+    config.write_text('[stage_options]\nupsample = {mode = "nearest"}\n')
+    again = tmp_path / "c.haba"
+    result = runner.invoke(
+        app, [*args, "--codec", "idc", "--config", str(config), "-o", str(again)]
+    )
+    assert result.exit_code == 0, result.output
+    assert again.read_bytes() == (tmp_path / "n.haba").read_bytes()
