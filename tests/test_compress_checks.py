@@ -28,8 +28,8 @@ def run(*args) -> object:
 def no_data(monkeypatch):
     """Loading the data set is where a run starts: a check that comes late fails the test."""
 
-    def refuse(settings):
-        raise AssertionError(f"data loaded for {settings['data']!r} before the checks")
+    def refuse(run):
+        raise AssertionError(f"data loaded for {run.data!r} before the checks")
 
     monkeypatch.setattr(compress_cmd, "_load", refuse)
 

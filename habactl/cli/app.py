@@ -8,6 +8,7 @@ functions, so that `habactl --help`, `--version` and `inspect` answer at once.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import re
 import sys
@@ -182,6 +183,34 @@ class HabaGroup(TyperGroup):
         super().format_help(ctx, formatter)
 
 
+# Commands built only when they run or show their help: compress generates its flags from
+# the objectives' and stages' declarations, which import torch, and `habactl --help` must
+# not. Name -> (module, its one-line help); the module's `command()` builds the command.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "compress": (
+        "habactl.cli.compress",
+        "Compress DATA into a .haba archive (default: HaBa + distribution matching on "
+        "mnist-5k, IPC 1).",
+    ),
+}
+
+
+class LazyCommand(HabaCommand):
+    """Stands for a command of LAZY_COMMANDS in the list of commands (the root's help
+    reads its one line); whatever runs it, or asks for its help or completions, makes a
+    context of the real command, built from its module then."""
+
+    def load(self) -> Any:
+        module = importlib.import_module(LAZY_COMMANDS[str(self.name)][0])
+        return module.command()
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        return self.load().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        return ctx.command.invoke(ctx)  # the real command's context (make_context)
+
+
 class HabaTyper(typer.Typer):
     """typer.Typer whose commands are HabaCommand unless a command asks otherwise."""
 
@@ -211,6 +240,9 @@ app = HabaTyper(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+for _name, (_, _help) in LAZY_COMMANDS.items():
+    app.command(_name, cls=LazyCommand, help=_help)(lambda: None)
 
 # Machine output (--json) goes to stdout; everything for humans goes to stderr.
 stdout = Console(soft_wrap=True, highlight=False)

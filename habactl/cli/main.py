@@ -15,9 +15,9 @@ from habactl.cli.app import app
 from habactl.runtime import distributed
 
 # Each module registers its command on `app` when imported; a missing one is skipped
-# so that partial checkouts still give a working CLI.
+# so that partial checkouts still give a working CLI. (compress is one of app.py's
+# LAZY_COMMANDS: its module is imported when it runs.)
 COMMAND_MODULES = (
-    "compress",
     "inspect_cmd",
     "verify",
     "expand",

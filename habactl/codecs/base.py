@@ -29,13 +29,16 @@ class StageOption:
     """One configuration key of a stage as `habactl compress` offers it.
 
     A declaration for the planner and the command line; decoding never reads it.
-    ``flag`` is None for keys the command line does not offer (a config file still can).
+    ``flag`` is None for keys the command line does not offer (a config file still can);
+    ``help`` is its help (the default is shown after it), ``min`` the smallest value the
+    flag takes. ``habactl compress`` generates the flag from this declaration.
     """
 
     key: str
     default: Any
     flag: str | None = None
     help: str = ""
+    min: int | None = None
 
 
 class Stage(nn.Module):

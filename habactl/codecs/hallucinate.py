@@ -40,10 +40,29 @@ class Hallucinate(Stage):
     version = 1
     summary = "HaBa: K hallucinators turn each basis into K images"
     options = (
-        StageOption("arch", HALLUCINATE_DEFAULTS["arch"], "--hallucinator-arch"),
-        StageOption("count", HALLUCINATE_DEFAULTS["count"], "--hallucinators"),
-        StageOption("hidden", HALLUCINATE_DEFAULTS["hidden"], "--hallucinator-hidden"),
-        StageOption("kernel", HALLUCINATE_DEFAULTS["kernel"], "--hallucinator-kernel"),
+        StageOption(
+            "arch",
+            HALLUCINATE_DEFAULTS["arch"],
+            "--hallucinator-arch",
+            "channel-affine (a few dozen values each) or pixel-affine (the reference design).",
+        ),
+        StageOption(
+            "count", HALLUCINATE_DEFAULTS["count"], "--hallucinators", "Number of hallucinators.", 1
+        ),
+        StageOption(
+            "hidden",
+            HALLUCINATE_DEFAULTS["hidden"],
+            "--hallucinator-hidden",
+            "Hidden channels of a hallucinator.",
+            1,
+        ),
+        StageOption(
+            "kernel",
+            HALLUCINATE_DEFAULTS["kernel"],
+            "--hallucinator-kernel",
+            "Kernel size of a hallucinator (odd).",
+            1,
+        ),
     )
 
     @classmethod

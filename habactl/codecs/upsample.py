@@ -23,7 +23,11 @@ class Upsample(Stage):
     summary = "IDC: bases stored at 1/factor resolution"
     options = (
         StageOption(
-            "factor", UPSAMPLE_DEFAULTS["factor"], "--factor", "Downsampling factor of the bases."
+            "factor",
+            UPSAMPLE_DEFAULTS["factor"],
+            "--factor",
+            "IDC downsampling factor of the bases.",
+            min=1,
         ),
         StageOption("mode", UPSAMPLE_DEFAULTS["mode"]),
     )

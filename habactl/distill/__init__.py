@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "DistillConfig": "engine",
+    "DistillConfig": "config",
     "Distiller": "engine",
     "DistillResult": "engine",
     "distill": "engine",

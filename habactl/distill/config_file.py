@@ -9,6 +9,8 @@ its provenance. The file's keys are the compress options' names with ``_`` for `
   ``name``, ``version`` and ``configuration``), in place of ``codec`` and its options;
 - ``[settings]``: every setting of the objective (``--real-per-class`` and the rest);
 - ``[contrastive_settings]``: every setting of the contrastive term;
+- ``[stage_options]``: options of the codec preset's stages that no flag sets, by stage
+  (``upsample = {mode = "nearest"}``);
 - ``hallucinator_noise``: the spread of the hallucinators' initial weights.
 
 No torch here: ``inspect`` stays fast. Python 3.11 reads TOML with ``tomllib``; 3.10
@@ -31,7 +33,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
 
-TABLES = ("settings", "contrastive_settings")
+# The config's tables: the objective's settings, the contrastive term's, and options of
+# the codec preset's stages by stage ([stage_options.upsample]).
+TABLES = ("settings", "contrastive_settings", "stage_options")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

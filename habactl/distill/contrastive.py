@@ -23,27 +23,21 @@ after the engine has taken the stored tensors' gradient, so both sides see the s
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from habactl.distill.config import ContrastiveSettings
 from habactl.distill.errors import DistillError
 from habactl.distill.sets import SyntheticSet
 from habactl.nets import seeded as networks
 from habactl.nets.registry import arch_name
 
-DEFAULTS: dict[str, Any] = {
-    "weight": 0.1,  # λ on the bases/hallucinator side
-    "ce": 1.0,  # extractor: cross-entropy weight
-    "supcon": 0.1,  # extractor: contrastive weight
-    "temperature": 0.07,
-    "lr": 1e-3,  # extractor SGD
-    "momentum": 0.9,
-    "batch": 32,  # bases per iteration (random subset; 0 = all)
-    "arch": "convnet",
-}
+# The term's settings and their defaults are declared once, torch-free, in ContrastiveSettings.
+DEFAULTS: dict[str, Any] = asdict(ContrastiveSettings())
 
 
 def supcon_loss(

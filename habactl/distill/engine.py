@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from habactl.codecs.spec import HALLUCINATE_DEFAULTS
 from habactl.distill import checkpoint as ckpt
+from habactl.distill.config import DistillConfig
 from habactl.distill.contrastive import AdversarialContrast
 from habactl.distill.errors import DistillError, Interrupted, NonFiniteLoss
 from habactl.distill.objectives import Context, Objective, get_objective
@@ -44,57 +44,6 @@ from habactl.runtime.device import derived_generator
 from habactl.runtime.distributed import Collective
 
 INITS = ("real", "noise")
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """Every choice of a run; all of them end up in the archive's provenance.
-
-    The defaults are the `habactl compress` defaults: HaBa + IDC with distribution
-    matching at IPC 1, sized to finish on a 2-core CPU in a few minutes.
-    """
-
-    objective: str = "dm"
-    objective_settings: Mapping[str, Any] = field(default_factory=dict)
-    # budget and codec: `pipeline` (manifest entries, [{"name", "version",
-    # "configuration"}]) when given; otherwise the `codec` preset configured from
-    # factor / hallucinators / hallucinator_arch / hidden / kernel.
-    pipeline: tuple[Mapping[str, Any], ...] | None = None
-    codec: str = "haba+idc"
-    ipc: int = 1
-    budget_bytes: int | None = None  # a budget in bytes instead of `ipc` (then ipc is ignored)
-    # bases stored as float16 / uint8 / uint4 (a quantize stage in front of the pipeline)
-    quantize: str | None = None
-    quantize_granularity: str = "tensor"
-    # bases stored as this many DCT coefficients per channel (a frequency stage in front),
-    # the kept frequencies one mask for all classes ("shared") or one per class
-    frequency: int | None = None
-    frequency_mask: str = "shared"
-    counts: str = "all"
-    factor: int | None = None
-    hallucinators: int = HALLUCINATE_DEFAULTS["count"]
-    hallucinator_arch: str = HALLUCINATE_DEFAULTS["arch"]
-    hidden: int = HALLUCINATE_DEFAULTS["hidden"]
-    kernel: int = HALLUCINATE_DEFAULTS["kernel"]
-    leftover: str = "bases"
-    # optimisation
-    iterations: int = 300
-    lr_bases: float = 1.0
-    lr_hallucinators: float = 0.001
-    momentum: float = 0.5
-    # initialisation
-    init: str = "real"
-    hallucinator_noise: float = 0.01
-    # augmentation (DSA strategy or "none"; flip is dropped for digit data)
-    augment: str = "color_crop_cutout_flip_scale_rotate"
-    # adversarial contrastive term: None = on for codecs with hallucinators
-    contrastive: bool | None = None
-    contrastive_settings: Mapping[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_every: int = 50
-    # classes matched per iteration, drawn afresh each time (None: every class)
-    classes_per_iteration: int | None = None
 
 
 @dataclass
@@ -179,6 +128,13 @@ def pipeline_entries(
             hidden=c.hidden,
             kernel=c.kernel,
         )
+        for entry in entries:  # the preset's other stage options (none by default)
+            entry["configuration"].update(c.stage_options.get(entry["name"], {}))
+        unknown = sorted(set(c.stage_options) - {entry["name"] for entry in entries})
+        if unknown:
+            raise DistillError(
+                f"stage options for {unknown[0]}: the codec {c.codec} has no such stage"
+            )
     if c.frequency is not None:
         if image_shape is None:
             raise DistillError("internal: a frequency stage needs the image shape")

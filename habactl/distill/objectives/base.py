@@ -12,7 +12,7 @@ stored tensors (trajectory matching's learning rate) add optimiser groups throug
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, ClassVar
 
 import torch
@@ -20,6 +20,10 @@ from torch import Tensor
 
 from habactl.distill.errors import DistillError
 from habactl.distill.sets import RealSide, SyntheticSet
+
+# One field of an objective's ``Settings``: its default and, when the command line offers
+# it, its flag and help (``habactl compress`` generates the flag from it).
+from habactl.distill.setting import setting  # noqa: F401  (re-exported for the objectives)
 from habactl.runtime.distributed import SINGLE, Collective
 
 
@@ -36,12 +40,6 @@ class Context:
     ipc: int = 1  # the budget's images per class (gradient matching's loops)
     dataset: Mapping[str, str] | None = None  # {"name", "fingerprint"} of the source
     collective: Collective = SINGLE  # the job's ranks (one process: SINGLE)
-
-
-def setting(default: Any, flag: str | None = None, help: str = "") -> Any:
-    """One field of an objective's ``Settings``: its default and, when the command line
-    offers it, its flag (``habactl compress`` builds its routing from these)."""
-    return field(default=default, metadata={"flag": flag, "help": help})
 
 
 @dataclass(frozen=True)
@@ -77,7 +75,9 @@ class Objective:
     @classmethod
     def options(cls) -> dict[str, str]:
         """Command-line flag -> setting name, for the settings the command line offers."""
-        return {f.metadata["flag"]: f.name for f in fields(cls.Settings) if f.metadata.get("flag")}
+        return {
+            f.metadata["flag"][-1]: f.name for f in fields(cls.Settings) if f.metadata.get("flag")
+        }
 
     def __init__(self, context: Context, settings: Mapping[str, Any] | None = None) -> None:
         unknown = sorted(set(settings or {}) - set(self.defaults))

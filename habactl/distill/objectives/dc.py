@@ -85,12 +85,20 @@ class GradientMatching(Objective):
     @dataclass(frozen=True)
     class Settings:
         # real images per class per match (reference: 256)
-        real_per_class: int = setting(64, "--real-per-class")
-        views: int = setting(0, "--views")  # hallucinations per basis per match; 0 = all
-        # matches per network; None = by IPC (reference table)
-        outer_loop: int | None = setting(None, "--outer-loop")
-        # network epochs on the synthetic set between matches
-        inner_loop: int | None = setting(None, "--inner-loop")
+        # (the help of a flag dm declares too is dm's)
+        real_per_class: int = setting(64, "--real-per-class", min=1)
+        views: int = setting(0, "--views", min=0)  # hallucinations per basis per match; 0 = all
+        # None: by IPC (the reference's table)
+        outer_loop: int | None = setting(
+            None, "--outer-loop", "Matches per network.", min=1, unset="by IPC, as the reference"
+        )
+        inner_loop: int | None = setting(
+            None,
+            "--inner-loop",
+            "Network epochs on the synthetic set between matches.",
+            min=0,
+            unset="by IPC",
+        )
         lr_net: float = setting(0.01)  # the network's SGD learning rate (no momentum)
         batch_train: int = setting(256)  # the network's batch size in the inner loop
         net_arch: str = setting("convnet")

@@ -40,9 +40,12 @@ class DistributionMatching(Objective):
     @dataclass(frozen=True)
     class Settings:
         # real images per class per iteration (reference: 256)
-        real_per_class: int = setting(32, "--real-per-class")
-        # hallucinations per basis per iteration; 0 = all
-        views: int = setting(1, "--views")
+        real_per_class: int = setting(
+            32, "--real-per-class", "Real images per class per iteration.", min=1
+        )
+        views: int = setting(
+            1, "--views", "Hallucinations per basis per iteration, 0 = all.", min=0
+        )
         embed_arch: str = setting("convnet")  # the randomly initialised embedder
         embed_width: float = setting(1.0)  # its width multiplier (1.0 = 128 channels)
         # one augmentation draw per class ("class") or per iteration

@@ -74,20 +74,33 @@ class TrajectoryMatching(Objective):
 
     @dataclass(frozen=True)
     class Settings:
-        experts: str | None = setting(None, "--experts")  # the buffer folder (habactl experts)
-        # student steps per iteration (reference: 30 at IPC 10)
-        syn_steps: int = setting(20, "--syn-steps")
-        expert_epochs: int = setting(2, "--expert-epochs")  # M
-        # None: min(20, buffer epochs − M)
-        max_start_epoch: int | None = setting(None, "--max-start-epoch")
+        experts: str | None = setting(
+            None, "--experts", "The experts buffer (make one with habactl experts).", path=True
+        )
+        # (reference: 30 at IPC 10)
+        syn_steps: int = setting(20, "--syn-steps", "Student steps per iteration.", min=1)
+        expert_epochs: int = setting(2, "--expert-epochs", "Expert epochs to match (M).", min=1)
+        max_start_epoch: int | None = setting(
+            None,
+            "--max-start-epoch",
+            "Students start below this epoch.",
+            min=1,
+            unset="min(20, buffer epochs - M + 1)",
+        )
         lr_init: float | None = setting(None)  # initial learned lr; None: the experts' lr
-        lr_lr: float = setting(1e-5, "--lr-lr")  # SGD lr of the learned lr
+        lr_lr: float = setting(
+            1e-5, "--lr-lr", "Learning rate of the learned learning rate."
+        )  # SGD
         lr_momentum: float = setting(0.5)
         # floor of the learned lr (a step with lr <= 0 means nothing)
         lr_min: float = setting(1e-6)
-        batch_syn: int = setting(0, "--batch-syn")  # items per student step; 0 = all
+        batch_syn: int = setting(0, "--batch-syn", "Bases per student step (0: all).", min=0)
         variants: str = setting("one-per-step")
-        unroll: str = setting("recompute", "--unroll")
+        unroll: str = setting(
+            "recompute",
+            "--unroll",
+            "recompute (one step's graph in memory at a time) or full.",
+        )
         # largest step per iteration of the bases and of the hallucinators, each as a
         # fraction of its norm (habactl.distill.stepbound); 0: unbounded
         max_step: float = setting(0.01)  # of 1 %, 5 %: 1 % kept most accuracy
