@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 import habactl.cli.inspect_cmd  # noqa: F401  (a second command: the app stays a group)
-from conftest import one_error_line
+from helpers import one_error_line
 from habactl.cli.app import app
 from habactl.codecs.registry import STAGES
 from habactl.distill import objectives
