@@ -73,9 +73,10 @@ def test_resume_skips_finished_experts_and_matches_an_uninterrupted_run(tmp_path
     train_experts(source, folder, ExpertSettings(**{**TINY.__dict__, "experts": 1}))
     first = (folder / "expert-0000.safetensors").stat().st_mtime_ns
     reports = []
-    train_experts(source, folder, TINY, progress=lambda i, e, n, m: reports.append((i, m)))
+    train_experts(source, folder, TINY, progress=reports.append)
     assert (folder / "expert-0000.safetensors").stat().st_mtime_ns == first  # not retrained
-    assert reports[0] == (0, {"skipped": 1.0}) and all(i == 1 for i, _ in reports[1:])
+    assert (reports[0].expert, reports[0].skipped, reports[0].loss) == (0, True, None)
+    assert all(r.expert == 1 and not r.skipped for r in reports[1:])
     for name in ("expert-0000.safetensors", "expert-0001.safetensors"):
         assert (folder / name).read_bytes() == (buffer / name).read_bytes()
     # A half-written file (no index entry) never counts: it is trained again.
