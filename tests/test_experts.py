@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ import habactl.cli.inspect_cmd  # noqa: F401  (a second command: the app stays a
 from conftest import tiny_mnist
 from habactl.cli.app import app
 from habactl.experts import ExpertBuffer, ExpertsError, ExpertSettings, FlatNet, train_experts
+from habactl.runtime.atomic import OutputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,6 +59,49 @@ def test_index_records_data_architecture_and_settings(buffer, source):
     assert not torch.equal(rows[0], rows[2])  # the expert learned something
     # No pickles anywhere: safetensors and JSON only.
     assert sorted(p.suffix for p in buffer.iterdir()) == [".json", ".safetensors", ".safetensors"]
+
+
+def test_the_typed_index_says_what_index_json_says(buffer, tmp_path):
+    raw = json.loads((buffer / "index.json").read_text())
+    index = ExpertBuffer(buffer).index
+    assert (index.arch.name, index.arch.width, index.arch.to_json()) == (
+        "convnet",
+        0.125,
+        raw["arch"],
+    )
+    assert (index.training.epochs, index.training.lr) == (2, raw["training"]["lr"])
+    assert (index.dataset.fingerprint, index.dataset.image) == (
+        raw["dataset"]["fingerprint"],
+        (1, 28, 28),
+    )
+    assert index.dataset.classes == ("0", "1", "2")
+    assert index.parameters.count == raw["parameters"]["count"]
+    assert [(e.file, e.sha256) for e in index.experts] == [
+        (e["file"], e["sha256"]) for e in raw["experts"]
+    ]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        index.arch = None  # type: ignore[misc]
+    # A field the typed view reads that is gone is one clear error, not a KeyError.
+    del raw["training"]["lr"]
+    shutil.copytree(buffer, tmp_path / "copy")
+    (tmp_path / "copy" / "index.json").write_text(json.dumps(raw))
+    with pytest.raises(ExpertsError, match=r"index.json is damaged \(no field 'lr'\)"):
+        ExpertBuffer(tmp_path / "copy")
+
+
+def test_the_library_refuses_the_folders_the_command_refuses(tmp_path, source):
+    folder = tmp_path / "documents"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("mine")
+    with pytest.raises(ExpertsError, match="not an experts buffer"):
+        train_experts(source, folder, TINY)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="exists and is not a folder; give a folder"):
+        train_experts(source, tmp_path / "file", TINY)
+    with pytest.raises(OutputError, match="folder .*missing does not exist"):
+        train_experts(source, tmp_path / "missing" / "buffer", TINY)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["documents", "file"]
+    assert [p.name for p in folder.iterdir()] == ["thesis.tex"]
 
 
 def test_flat_parameters_round_trip(source):
@@ -114,8 +160,6 @@ def test_other_settings_in_the_same_folder_are_refused(tmp_path, source):
 
 
 def test_corrupt_trajectory_is_one_clear_error(tmp_path, source, buffer):
-    import shutil
-
     folder = tmp_path / "copy"
     shutil.copytree(buffer, folder)
     path = folder / "expert-0000.safetensors"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,15 +154,14 @@ def transformed(images: Any, transform: Any) -> Any:
     return transform(images)
 
 
-def budget_per_class(manifest: Manifest | Mapping[str, Any]) -> int:
+def budget_per_class(manifest: Manifest) -> int:
     """Real images per class that fit in the archive's true storage: stored values ÷
     values per image ÷ classes, rounded down, at least 1."""
     from habactl.format import storage_account
 
-    m = manifest if isinstance(manifest, Manifest) else Manifest.from_json(manifest)
-    account = storage_account(m.json)
-    per_image = math.prod(m.image.shape)
-    return max(1, account.stored_values // per_image // len(m.classes))
+    account = storage_account(manifest.json)  # the format's own reading of its JSON
+    per_image = math.prod(manifest.image.shape)
+    return max(1, account.stored_values // per_image // len(manifest.classes))
 
 
 def archive_training_set(dataset: Any, protocol: Protocol, lr: float | None = None) -> TrainingSet:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -364,7 +364,3 @@ def _train_one(
         if progress:
             progress(ExpertEpoch(i, epoch, s.epochs, loss=total_loss / n, accuracy=accuracy))
     return torch.stack(rows), accuracy
-
-
-def settings_dict(settings: ExpertSettings) -> dict[str, Any]:
-    return asdict(settings)
