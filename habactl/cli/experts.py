@@ -14,7 +14,7 @@ from habactl.cli.app import app, examples_epilog, guarded, plural, stderr
 from habactl.cli.options import Device, Quiet, Root, Seed
 
 if TYPE_CHECKING:
-    from habactl.experts.train import ExpertEpoch
+    from habactl.experts.train import ExpertEpoch, ExpertSettings
 
 EXAMPLES = [
     "habactl experts digits -o digits-experts --experts 2 --epochs 10",
@@ -97,7 +97,6 @@ def experts(
     from habactl.runtime.atomic import OutputError, describe
 
     check_buffer_target(output)  # every check on the output, before the data is loaded
-
     settings = ExpertSettings(
         experts=count,
         epochs=epochs,
@@ -116,22 +115,17 @@ def experts(
     source = open_data(data, root=str(root) if root else None)
     started = time.perf_counter()
     bar: dict = {}
-    progress = _progress(bar, source, quiet, count, epochs, lr, batch_size, arch, width, augment)
+    progress = _progress(bar, source, quiet, settings)
 
     def note(text: str) -> None:
         if not quiet:
             stderr.print(f"note: {text}")
 
+    job = distributed.current()  # torchrun's ranks share the experts
     created = not output.exists()
     try:
         index = fill_buffer(
-            source,
-            output,
-            settings,
-            force=force,
-            progress=progress,
-            note=note,
-            collective=distributed.current(),  # torchrun's ranks share the experts
+            source, output, settings, force=force, progress=progress, note=note, collective=job
         )
     except OSError as error:  # e.g. the folder's own mkdir; the buffer's files say it themselves
         remove_if_unused(output, created)
@@ -174,34 +168,30 @@ def _progress(
     bar: dict,
     source: Any,
     quiet: bool,
-    count: int,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    arch: str,
-    width: float,
-    augment: str,
+    settings: ExpertSettings,
 ) -> Callable[[ExpertEpoch], None]:
     """The progress callback of fill_buffer: one line, started on the first report."""
+    s, count = settings, settings.experts
 
     def progress(report: ExpertEpoch) -> None:
         if quiet:
             return
         i, epoch, total = report.expert, report.epoch, report.epochs
         if not bar:  # started on the first report, so that a refusal stays one line
-            from habactl.distill.progress import ProgressLine  # one progress display (H2)
+            from habactl.distill.progress import ProgressLine  # the one progress display
 
             bar["progress"] = ProgressLine(stderr, unit="epochs")
             # Name the ops that really run: digit data drop the flip (a mirrored 2 is no 2).
             from habactl.nets.registry import arch_name
             from habactl.training.augment import SiameseAugment
 
-            ops = SiameseAugment(augment, flip=not source.is_digits).ops
+            ops = SiameseAugment(s.augment, flip=not source.is_digits).ops
             shown = "_".join(ops) or "none"
-            built = arch_name(arch, source.height, source.width)  # "convnet-d4" at 64 px
+            built = arch_name(s.arch, source.height, source.width)  # "convnet-d4" at 64 px
             bar["progress"].message(
-                f"[bold]{source.name}[/]: {plural(count, 'expert')} × {plural(epochs, 'epoch')}, "
-                f"{built} width {width}, SGD lr {lr}, batch {batch_size}, augmentation {shown}"
+                f"[bold]{source.name}[/]: {plural(count, 'expert')} × "
+                f"{plural(s.epochs, 'epoch')}, {built} width {s.width}, SGD lr {s.lr}, "
+                f"batch {s.batch_size}, augmentation {shown}"
             )
             bar["progress"].start(count * total, 0, "experts")
         status = (

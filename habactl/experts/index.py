@@ -3,14 +3,13 @@ buffer's own reading and writing (MTT's objective, the CLI) reads.
 
 ``ExpertsIndex.from_json`` builds it from the parsed file once (``read_index`` does, for
 ``ExpertBuffer.index``; ``train_experts`` returns one); the JSON stays available as
-``json`` (parts that are recorded elsewhere whole, such as the architecture in an
-archive's provenance, keep theirs too). Standard library only.
+``json``. Standard library only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -30,11 +29,11 @@ class ExpertArch:
 
     name: str  # as built: "convnet-d4" for "convnet" at 64 px
     width: float
-    json: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    norm: str  # the experts' normalisation layers ("instance")
 
     def to_json(self) -> dict[str, Any]:
         """The index's entry, as an archive's provenance records it."""
-        return dict(self.json)
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -57,15 +56,18 @@ class ExpertTraining:
 
 @dataclass(frozen=True)
 class ExpertEntry:
-    """One finished expert: its trajectory file and that file's sha256."""
+    """One finished expert: its trajectory file, that file's sha256, and how training
+    went (its final training accuracy, a fraction, and seconds)."""
 
     file: str
     expert: int
     sha256: str
-    json: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    train_accuracy: float
+    seconds: float
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.json)
+        """The index's entry."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class ExpertsIndex:
                 classes=tuple(str(c) for c in data["classes"]),
                 image=(int(image["channels"]), int(image["height"]), int(image["width"])),
             ),
-            arch=ExpertArch(str(arch["name"]), float(arch["width"]), json=arch),
+            arch=ExpertArch(str(arch["name"]), float(arch["width"]), str(arch["norm"])),
             parameters=ExpertParameters(int(parameters["count"]), parameters["layout"]),
             training=ExpertTraining(
                 epochs=int(training["epochs"]),
@@ -108,7 +110,13 @@ class ExpertsIndex:
 
 
 def _entry(e: Mapping[str, Any]) -> ExpertEntry:
-    return ExpertEntry(str(e["file"]), int(e["expert"]), str(e["sha256"]), json=e)
+    return ExpertEntry(
+        file=str(e["file"]),
+        expert=int(e["expert"]),
+        sha256=str(e["sha256"]),
+        train_accuracy=float(e["train_accuracy"]),
+        seconds=float(e["seconds"]),
+    )
 
 
 __all__ = [

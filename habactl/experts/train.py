@@ -90,20 +90,12 @@ Progress = Callable[[ExpertEpoch], None]
 
 
 def train_experts(
-    source: Any,
-    folder: str | Path,
-    settings: ExpertSettings,
-    *,
-    force: bool = False,
-    progress: Progress | None = None,
-    note: Callable[[str], None] | None = None,
-    collective: Collective = SINGLE,
+    source: Any, folder: str | Path, settings: ExpertSettings, **options: Any
 ) -> ExpertsIndex:
-    """Check ``folder`` (``check_buffer_target``), then train into it (``fill_buffer``)."""
+    """Check ``folder`` (``check_buffer_target``), then train into it; see ``fill_buffer``
+    for the options (force, progress, note, collective)."""
     check_buffer_target(folder)
-    return fill_buffer(
-        source, folder, settings, force=force, progress=progress, note=note, collective=collective
-    )
+    return fill_buffer(source, folder, settings, **options)
 
 
 def fill_buffer(
