@@ -2,7 +2,7 @@
 wait for it.
 
 Every command takes its device from ``habactl.runtime.device.resolve_device`` (through
-``distributed.device_for``). These tests make that one place answer PyTorch's ``meta``
+the job's ``Collective.device_for``). These tests make that one place answer PyTorch's ``meta``
 device: tensors there have shapes and no values, so reading a device value on the host
 (``.item()``, ``float()``, ``.tolist()``, ``.cpu()``, a boolean mask, an op whose output
 shape depends on values) raises. An iteration that finishes on ``meta`` therefore waits

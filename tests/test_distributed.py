@@ -37,10 +37,11 @@ def archive(tmp_path_factory) -> Path:
 
 def test_one_process_is_rank_zero_of_one():
     # Outside torchrun (even with WORLD_SIZE leaking in, no group is up): one process.
-    assert not distributed.active()
-    assert (distributed.world_size(), distributed.rank(), distributed.is_main()) == (1, 0, True)
-    assert distributed.my_share(5) == [0, 1, 2, 3, 4]
-    assert distributed.gather_objects({1: "a"}) == {1: "a"}
+    job = distributed.current()
+    assert job is distributed.SINGLE
+    assert (job.world_size, job.rank, job.is_main, distributed.is_main()) == (1, 0, True, True)
+    assert job.share(5) == [0, 1, 2, 3, 4]
+    assert job.gather_objects({1: "a"}) == {1: "a"}
 
 
 @pytest.mark.slow

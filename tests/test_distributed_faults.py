@@ -191,10 +191,11 @@ import sys, time
 from pathlib import Path
 from habactl.runtime import distributed
 def run():
-    if distributed.rank() == 1:
+    job = distributed.current()
+    if job.rank == 1:
         Path("working").touch()
         time.sleep(float(sys.argv[1]))
-    print(sorted(distributed.gather_objects({distributed.rank(): "done"}).items()))
+    print(sorted(job.gather_objects({job.rank: "done"}).items()))
 distributed.launch(run)
 """
 

@@ -230,16 +230,16 @@ def test_a_zca_archive_without_its_matrix_does_not_pass(digits):
 
 def test_random_baseline_spends_the_true_budget(write, digits):
     raw = HabaDataset(write("raw.haba", per_class=2))
-    assert budget_per_class(raw.manifest) == 2
+    assert budget_per_class(raw.info) == 2
     # 2 bases per class plus 3 hallucinators: the hallucinators' values buy more real images.
     haba = HabaDataset(write("haba.haba", per_class=2, stages=[hallucinate_stage(3)]))
     stored = haba.manifest["tensors"]
     values = sum(torch.Size(e["shape"]).numel() for n, e in stored.items() if n != "labels")
-    assert budget_per_class(haba.manifest) == max(1, values // 64 // 10)
+    assert budget_per_class(haba.info) == max(1, values // 64 // 10)
     arm = random_training_set(haba, digits, TINY)
-    assert arm.images.shape[0] == 10 * budget_per_class(haba.manifest)
+    assert arm.images.shape[0] == 10 * budget_per_class(haba.info)
     assert torch.bincount(arm.labels, minlength=10).unique().tolist() == [
-        budget_per_class(haba.manifest)
+        budget_per_class(haba.info)
     ]
 
 

@@ -235,9 +235,9 @@ def test_the_engine_builds_and_records_the_64_px_depth(objective, arch_key):
 def test_experts_record_the_depth_the_student_is_built_with(tmp_path):
     settings = ExpertSettings(experts=1, epochs=1, batch_size=8, width=NARROW, device="cpu")
     index = train_experts(source_64(), tmp_path / "experts", settings)
-    assert index["arch"]["name"] == "convnet-d4"
+    assert index.arch.name == "convnet-d4"
     small = train_experts(fake_mnist(), tmp_path / "small", settings)
-    assert small["arch"]["name"] == "convnet"
+    assert small.arch.name == "convnet"
 
 
 def fake_mnist():

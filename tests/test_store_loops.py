@@ -341,7 +341,7 @@ def test_experts_read_each_batch_from_the_store_in_ascending_order(data, tmp_pat
     source.train.file.rows = counted  # type: ignore[method-assign]
     settings = ExpertSettings(experts=1, epochs=2, batch_size=32, width=0.125, device="cpu")
     index = train_experts(source, tmp_path / "buffer", settings)
-    assert index["dataset"]["fingerprint"] == source.fingerprint
+    assert index.dataset.fingerprint == source.fingerprint
     assert [len(r) for r in reads] == [32, 32, 16] * 2  # batches, 2 epochs, nothing else
     for epoch in (reads[:3], reads[3:]):
         assert sorted(i for batch in epoch for i in batch) == list(range(80))

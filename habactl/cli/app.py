@@ -265,19 +265,13 @@ def debug_enabled() -> bool:
 def fail(message: str, code: int = 1, *, every_rank: bool = False) -> typer.Exit:
     """Print one line on stderr and return the exit to raise. `every_rank`: the error is
     raised by every rank of a torchrun job alike, so rank 0 alone prints it."""
-    stream, prefix = sys.stderr, ""
     if "WORLD_SIZE" in os.environ:  # under torchrun: the first failing rank prints, named
         from habactl.runtime import distributed
 
-        if distributed.active():
-            # A job-wide error must not race for the store: rank 0 may already have
-            # exited (and taken a hand-launched job's store with it) when the others ask.
-            first = distributed.is_main() if every_rank else distributed.claim_error()
-            if not first:
-                return typer.Exit(code)
-            stream, prefix = distributed.error_stream(), distributed.error_prefix()
+        distributed.print_error(message, every_rank=every_rank)
+        return typer.Exit(code)
     # Plain print, not rich: the message must stay one line whatever the terminal width.
-    print(f"habactl: error: {prefix}{message}", file=stream)
+    print(f"habactl: error: {message}", file=sys.stderr)
     return typer.Exit(code)
 
 

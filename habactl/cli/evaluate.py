@@ -135,17 +135,10 @@ def evaluate(
     weight decay 5e-4, batch 256, lr × 0.1 at half, DSA augmentation, final-epoch accuracy,
     mean ± std over models.
     """
-    from habactl.errors import HabaError
-    from habactl.format import open_archive
-
-    # The archive first (header only, at once): a wrong path must not wait for torch.
-    if archive.is_dir():
-        raise HabaError(f"{archive}: is a folder, not a .haba archive (give the archive file)")
-    if not archive.exists():
-        raise HabaError(f"{archive}: no such archive")
-    open_archive(archive).close()
+    check_archive(archive)  # at once: a wrong path must not wait for torch
 
     from habactl.evaluation import FAST, STANDARD, evaluate_archive
+    from habactl.runtime import distributed
 
     protocol = (FAST if fast else STANDARD).with_(
         epochs=epochs, models=models, batch_size=batch_size, seed=seed
@@ -170,11 +163,25 @@ def evaluate(
             jobs=jobs,
             progress=report,
             warn=warn,
+            collective=distributed.current(),  # torchrun's ranks share the networks
         )
     if as_json:
         print(json.dumps(result.to_json(), sort_keys=True))
     else:
         print_result(result)
+
+
+def check_archive(archive: Path) -> None:
+    """The archive's path and header, checked before anything heavy loads (the one check
+    of the evaluation's input; the library leaves a bad path to the reader)."""
+    from habactl.errors import HabaError
+    from habactl.format import open_archive
+
+    if archive.is_dir():
+        raise HabaError(f"{archive}: is a folder, not a .haba archive (give the archive file)")
+    if not archive.exists():
+        raise HabaError(f"{archive}: no such archive")
+    open_archive(archive).close()
 
 
 class _progress:

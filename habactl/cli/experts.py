@@ -6,12 +6,15 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from habactl.cli.app import app, examples_epilog, guarded, plural, stderr
 from habactl.cli.options import Device, Quiet, Root, Seed
+
+if TYPE_CHECKING:
+    from habactl.experts.train import ExpertEpoch, ExpertSettings
 
 EXAMPLES = [
     "habactl experts digits -o digits-experts --experts 2 --epochs 10",
@@ -88,16 +91,12 @@ def experts(
     writes into a folder of other files.
     """
     from habactl.data.opening import open_data
-    from habactl.experts import ExpertSettings, train_experts
-    from habactl.experts.buffer import check_buffer_folder
-    from habactl.runtime.atomic import OutputError, check_folder_writable, describe
+    from habactl.experts.buffer import check_buffer_target
+    from habactl.experts.train import ExpertSettings, fill_buffer
+    from habactl.runtime import distributed
+    from habactl.runtime.atomic import OutputError, describe
 
-    # Every check on the output before the data is loaded and training starts.
-    if output.exists() and not output.is_dir():
-        raise OutputError(f"{output} exists and is not a folder; give a folder for the buffer")
-    check_buffer_folder(output)
-    check_folder_writable(output if output.is_dir() else output.parent)
-
+    check_buffer_target(output)  # every check on the output, before the data is loaded
     settings = ExpertSettings(
         experts=count,
         epochs=epochs,
@@ -116,15 +115,18 @@ def experts(
     source = open_data(data, root=str(root) if root else None)
     started = time.perf_counter()
     bar: dict = {}
-    progress = _progress(bar, source, quiet, count, epochs, lr, batch_size, arch, width, augment)
+    progress = _progress(bar, source, quiet, settings)
 
     def note(text: str) -> None:
         if not quiet:
             stderr.print(f"note: {text}")
 
+    job = distributed.current()  # torchrun's ranks share the experts
     created = not output.exists()
     try:
-        index = train_experts(source, output, settings, force=force, progress=progress, note=note)
+        index = fill_buffer(
+            source, output, settings, force=force, progress=progress, note=note, collective=job
+        )
     except OSError as error:  # e.g. the folder's own mkdir; the buffer's files say it themselves
         remove_if_unused(output, created)
         raise OutputError(describe(error, output)) from None
@@ -136,8 +138,8 @@ def experts(
             bar["progress"].stop()
     if not quiet:
         stderr.print(
-            f"[bold green]wrote[/] {output}  ({plural(len(index['experts']), 'expert')}, "
-            f"{index['parameters']['count']:,} parameters × {epochs + 1} checkpoints "
+            f"[bold green]wrote[/] {output}  ({plural(len(index.experts), 'expert')}, "
+            f"{index.parameters.count:,} parameters × {epochs + 1} checkpoints "
             f"each; {time.perf_counter() - started:.1f} s)"
         )
         stderr.print(f"next: habactl compress {data} --objective mtt --experts {output}")
@@ -145,19 +147,20 @@ def experts(
 
 def remove_if_unused(folder: Path, created: bool) -> None:
     """A folder this run made and that holds no finished expert goes again on failure."""
-    import json
+    from habactl.errors import HabaError
+    from habactl.experts.buffer import INDEX, read_index
 
     if not created or not folder.is_dir():
         return
     names = set(os.listdir(folder))
-    if not names <= {"index.json"}:
+    if not names <= {INDEX}:
         return
     try:
-        if names and json.loads((folder / "index.json").read_text(encoding="utf-8"))["experts"]:
+        if names and read_index(folder).experts:
             return
-        (folder / "index.json").unlink(missing_ok=True)
+        (folder / INDEX).unlink(missing_ok=True)
         folder.rmdir()
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, HabaError):
         pass  # leaving an empty buffer behind is harmless
 
 
@@ -165,40 +168,37 @@ def _progress(
     bar: dict,
     source: Any,
     quiet: bool,
-    count: int,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    arch: str,
-    width: float,
-    augment: str,
-) -> Callable[[int, int, int, dict], None]:
-    """The progress callback of train_experts: one line, started on the first report."""
+    settings: ExpertSettings,
+) -> Callable[[ExpertEpoch], None]:
+    """The progress callback of fill_buffer: one line, started on the first report."""
+    s, count = settings, settings.experts
 
-    def progress(i: int, epoch: int, total: int, metrics: dict) -> None:
+    def progress(report: ExpertEpoch) -> None:
         if quiet:
             return
+        i, epoch, total = report.expert, report.epoch, report.epochs
         if not bar:  # started on the first report, so that a refusal stays one line
-            from habactl.distill.progress import ProgressLine  # one progress display (H2)
+            from habactl.distill.progress import ProgressLine  # the one progress display
 
             bar["progress"] = ProgressLine(stderr, unit="epochs")
             # Name the ops that really run: digit data drop the flip (a mirrored 2 is no 2).
             from habactl.nets.registry import arch_name
             from habactl.training.augment import SiameseAugment
 
-            ops = SiameseAugment(augment, flip=not source.is_digits).ops
+            ops = SiameseAugment(s.augment, flip=not source.is_digits).ops
             shown = "_".join(ops) or "none"
-            built = arch_name(arch, source.height, source.width)  # "convnet-d4" at 64 px
+            built = arch_name(s.arch, source.height, source.width)  # "convnet-d4" at 64 px
             bar["progress"].message(
-                f"[bold]{source.name}[/]: {plural(count, 'expert')} × {plural(epochs, 'epoch')}, "
-                f"{built} width {width}, SGD lr {lr}, batch {batch_size}, augmentation {shown}"
+                f"[bold]{source.name}[/]: {plural(count, 'expert')} × "
+                f"{plural(s.epochs, 'epoch')}, {built} width {s.width}, SGD lr {s.lr}, "
+                f"batch {s.batch_size}, augmentation {shown}"
             )
             bar["progress"].start(count * total, 0, "experts")
         status = (
             f"expert {i + 1}/{count}: already done"
-            if "skipped" in metrics
-            else f"expert {i + 1}/{count} epoch {epoch}/{total} loss {metrics['loss']:.3f} "
-            f"acc {metrics['accuracy']:.3f}"
+            if report.skipped
+            else f"expert {i + 1}/{count} epoch {epoch}/{total} loss {report.loss:.3f} "
+            f"acc {report.accuracy:.3f}"
         )
         bar["progress"].update(i * total + epoch, status=status)
 

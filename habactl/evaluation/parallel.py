@@ -24,6 +24,7 @@ from torch import Tensor
 
 from habactl.errors import HabaError
 from habactl.evaluation.protocol import Protocol
+from habactl.runtime.distributed import SINGLE, Collective
 
 # progress(arm, arch, model, models, epoch, epochs): model and epoch are 0-based and
 # epoch == epochs once a model is trained and scored.
@@ -103,22 +104,26 @@ def train_and_score(task: ModelTask, on_epoch: Callable[[int], None] | None = No
 
 
 def run_tasks(
-    tasks: Sequence[ModelTask], *, jobs: int = 1, threads: int = 1, progress: Progress | None = None
+    tasks: Sequence[ModelTask],
+    *,
+    jobs: int = 1,
+    threads: int = 1,
+    progress: Progress | None = None,
+    collective: Collective = SINGLE,
 ) -> list[ModelScore]:
-    """Scores of `tasks`, in their order; `jobs` > 1 trains them in that many processes."""
+    """Scores of `tasks`, in their order; `jobs` > 1 trains them in that many processes,
+    and the ranks of `collective` share them."""
     if jobs < 1:
         raise HabaError(f"jobs must be a positive integer, got {jobs!r}")
     report = _reporter(tasks, progress)
     for index in range(len(tasks)):  # announce every network first: totals for the bar
         report(index, 0)
-    from habactl.runtime import distributed
-
-    if distributed.world_size() > 1:
+    if collective.world_size > 1:
         # Under torchrun each rank trains every world-th network (each keeps its own
         # seed, so its score is the one a single process gets) and all gather the scores.
-        share = distributed.my_share(len(tasks))
+        share = collective.share(len(tasks))
         mine = _run_local([tasks[i] for i in share], jobs, threads, report, share)
-        merged = distributed.gather_objects(dict(zip(share, mine)))
+        merged = collective.gather_objects(dict(zip(share, mine)))
         for index in range(len(tasks)):
             report(index, tasks[index].protocol.epochs)
         return [merged[index] for index in range(len(tasks))]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from habactl.evaluation.report import (
 from habactl.evaluation.score import summarize
 from habactl.format.view import Manifest
 from habactl.runtime.device import DEVICES, resolve_device
+from habactl.runtime.distributed import SINGLE, Collective
 
 BASELINES = ("full", "random")
 
@@ -153,15 +154,14 @@ def transformed(images: Any, transform: Any) -> Any:
     return transform(images)
 
 
-def budget_per_class(manifest: Manifest | Mapping[str, Any]) -> int:
+def budget_per_class(manifest: Manifest) -> int:
     """Real images per class that fit in the archive's true storage: stored values ÷
     values per image ÷ classes, rounded down, at least 1."""
     from habactl.format import storage_account
 
-    m = manifest if isinstance(manifest, Manifest) else Manifest.from_json(manifest)
-    account = storage_account(m.json)
-    per_image = math.prod(m.image.shape)
-    return max(1, account.stored_values // per_image // len(m.classes))
+    account = storage_account(manifest.json)  # the format's own reading of its JSON
+    per_image = math.prod(manifest.image.shape)
+    return max(1, account.stored_values // per_image // len(manifest.classes))
 
 
 def archive_training_set(dataset: Any, protocol: Protocol, lr: float | None = None) -> TrainingSet:
@@ -307,6 +307,7 @@ def evaluate_archive(
     jobs: int | None = 1,
     progress: Progress | None = None,
     warn: Warn | None = None,
+    collective: Collective = SINGLE,
 ) -> EvaluationReport:
     """Evaluate the archive at `path`; see the module docstring. ``.to_json()`` of the
     report is ``evaluate --json``'s output.
@@ -314,7 +315,10 @@ def evaluate_archive(
     `threads` sets torch's CPU threads for the duration of the call (restored after), in
     this process and in each worker; `jobs` > 1 trains that many networks at a time in
     worker processes (None: one per CPU core, one on a GPU). The numbers do not depend
-    on `jobs`.
+    on `jobs`, nor on the ranks of `collective` that share the networks (torchrun's
+    job, each rank on its own GPU; ``SINGLE``: this process alone). A missing or damaged
+    archive is the reader's error (``habactl evaluate`` checks the path before torch
+    loads).
     """
     if threads is not None and threads < 1:
         raise HabaError(f"threads must be a positive integer, got {threads!r}")
@@ -337,6 +341,7 @@ def evaluate_archive(
             jobs=jobs,
             progress=progress,
             warn=warn,
+            collective=collective,
         )
     finally:
         torch.set_num_threads(previous)
@@ -356,14 +361,14 @@ def _evaluate_archive(
     jobs: int | None,
     progress: Progress | None,
     warn: Warn | None,
+    collective: Collective,
 ) -> EvaluationReport:
     from habactl.nets.registry import arch_name
-    from habactl.runtime import distributed
     from habactl.training.dataset import HabaDataset
 
     started = time.perf_counter()
     archs, baselines = _checked_request(lr, archs, baselines)
-    target = distributed.device_for(device)  # resolve_device's, or this rank's own GPU
+    target = collective.device_for(device)  # resolve_device's, or this rank's own GPU
     warnings: list[str] = []
 
     def note(message: str) -> None:
@@ -372,8 +377,6 @@ def _evaluate_archive(
             warn(message)
 
     path = Path(path)
-    if not path.is_file():
-        raise HabaError(f"{path}: no such archive")
     dataset = HabaDataset(path)
     # Results name the network trained: "convnet" at 64 px is reported as "convnet-d4".
     archs = list(dict.fromkeys(arch_name(a, *dataset.image_shape[1:]) for a in archs))
@@ -392,8 +395,8 @@ def _evaluate_archive(
         )
         for arm in arms
     }
-    workers = _workers(jobs, target, sum(len(t) for t in tasks.values()))
-    scores = _train_together(tasks, workers, progress)
+    workers = _workers(jobs, target, sum(len(t) for t in tasks.values()), collective)
+    scores = _train_together(tasks, workers, progress, collective)
     archive_arm = arms[0]
     return EvaluationReport(
         archive=_archive_facts(dataset, path, archive_arm),
@@ -405,7 +408,7 @@ def _evaluate_archive(
             device=str(target),
             threads=torch.get_num_threads(),
             jobs=workers,
-            world_size=distributed.world_size(),
+            world_size=collective.world_size,
             flip=not source.is_digits,
         ),
         results=scores[archive_arm.name],
@@ -446,22 +449,24 @@ def _arms(
     return arms
 
 
-def _workers(jobs: int | None, target: torch.device, tasks: int) -> int:
-    from habactl.runtime import distributed
-
-    if jobs is None and distributed.world_size() > 1:
+def _workers(jobs: int | None, target: torch.device, tasks: int, collective: Collective) -> int:
+    if jobs is None and collective.world_size > 1:
         jobs = 1  # under torchrun the ranks are the parallel workers, one network each
     return default_jobs(target, tasks) if jobs is None else min(jobs, tasks)
 
 
 def _train_together(
-    tasks: dict[str, list[ModelTask]], workers: int, progress: Progress | None
+    tasks: dict[str, list[ModelTask]],
+    workers: int,
+    progress: Progress | None,
+    collective: Collective,
 ) -> dict[str, dict[str, ArchScore]]:
-    """Every network of every arm in one queue, so parallel workers never wait on an
-    arm; the scores per arm and architecture."""
+    """Every network of every arm in one queue, so parallel workers (and torchrun's
+    ranks) never wait on an arm; the scores per arm and architecture."""
     queue = [task for arm_tasks in tasks.values() for task in arm_tasks]
+    threads = torch.get_num_threads()
     scores = iter(
-        run_tasks(queue, jobs=workers, threads=torch.get_num_threads(), progress=progress)
+        run_tasks(queue, jobs=workers, threads=threads, progress=progress, collective=collective)
     )
     return {
         name: summarize_arm(arm_tasks, [next(scores) for _ in arm_tasks])

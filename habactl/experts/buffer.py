@@ -26,7 +26,14 @@ import torch
 from torch import Tensor
 
 from habactl.errors import HabaError
-from habactl.runtime.atomic import OutputError, reason_of, write_bytes, write_text
+from habactl.experts.index import ExpertEntry, ExpertsIndex
+from habactl.runtime.atomic import (
+    OutputError,
+    check_folder_writable,
+    reason_of,
+    write_bytes,
+    write_text,
+)
 
 KIND = "habactl-experts"
 VERSION = 1
@@ -74,6 +81,19 @@ def write_trajectory(path: Path, trajectory: Tensor, metadata: Mapping[str, str]
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def check_buffer_target(folder: str | os.PathLike[str]) -> None:
+    """Every check on a buffer folder to train into, before any data is read: the one
+    place they are made (``train_experts`` makes them; ``habactl experts`` makes them
+    before it loads the data and then calls ``fill_buffer``)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder} exists and is not a folder; give a folder for the buffer")
+    if not folder.parent.is_dir():
+        raise OutputError(f"cannot write {folder}: folder {folder.parent} does not exist")
+    check_buffer_folder(folder)  # never writes into a folder of someone's files
+    check_folder_writable(folder if folder.is_dir() else folder.parent)
+
+
 def check_buffer_folder(folder: str | os.PathLike[str]) -> None:
     """Refuse to train into a folder that is neither new, empty nor an experts buffer.
 
@@ -107,7 +127,9 @@ def _buffer_file(name: str) -> bool:
     return suffix == "safetensors" and stem.startswith("expert-") and stem[7:].isdigit()
 
 
-def read_index(folder: Path) -> dict[str, Any]:
+def read_index(folder: Path) -> ExpertsIndex:
+    """The index of the buffer in `folder`, checked and typed (ExpertsError if it cannot
+    be read, is not an experts index, or is of another version)."""
     path = Path(folder) / INDEX
     make = f"make one with: habactl experts DATA -o {folder}"
     if not Path(folder).is_dir():
@@ -129,7 +151,11 @@ def read_index(folder: Path) -> dict[str, Any]:
     missing = [k for k in (*SETTINGS_KEYS, "experts") if k not in index]
     if missing:
         raise ExpertsError(f"experts buffer {folder}: {INDEX} lacks {', '.join(missing)}")
-    return index
+    try:
+        return ExpertsIndex.from_json(index)
+    except (KeyError, TypeError, ValueError) as error:
+        what = f"no field {error}" if isinstance(error, KeyError) else str(error)
+        raise ExpertsError(f"experts buffer {folder}: {INDEX} is damaged ({what})") from None
 
 
 def settings_of(index: Mapping[str, Any]) -> dict[str, Any]:
@@ -154,14 +180,14 @@ class ExpertBuffer:
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
         self.index = read_index(self.folder)
-        self.experts: list[dict[str, Any]] = list(self.index["experts"])
+        self.experts: tuple[ExpertEntry, ...] = self.index.experts
         if not self.experts:
             raise ExpertsError(
                 f"experts buffer {self.folder}: no finished expert yet; "
                 f"run habactl experts to train some"
             )
-        self.epochs = int(self.index["training"]["epochs"])
-        self.parameter_count = int(self.index["parameters"]["count"])
+        self.epochs = self.index.training.epochs
+        self.parameter_count = self.index.parameters.count
         self._verified: set[str] = set()
         self.digest = "sha256:" + hashlib.sha256((self.folder / INDEX).read_bytes()).hexdigest()
 
@@ -172,30 +198,28 @@ class ExpertBuffer:
         self, name: str, fingerprint: str, image_shape: tuple[int, int, int], num_classes: int
     ) -> None:
         """Refuse a buffer trained on other data (compared by content fingerprint)."""
-        data = self.index["dataset"]
-        if data.get("fingerprint") != fingerprint:
+        data = self.index.dataset
+        if data.fingerprint != fingerprint:
             raise ExpertsError(
-                f"experts buffer {self.folder} was trained on {data.get('name')!r} "
-                f"({data.get('fingerprint', '?')[:19]}…), not on this data set "
+                f"experts buffer {self.folder} was trained on {data.name!r} "
+                f"({data.fingerprint[:19]}…), not on this data set "
                 f"{name!r} ({fingerprint[:19]}…); train experts on it with "
                 f"habactl experts"
             )
-        image = data.get("image", {})
-        shape = (image.get("channels"), image.get("height"), image.get("width"))
-        if shape != tuple(image_shape) or len(data.get("classes", [])) != num_classes:
+        if data.image != tuple(image_shape) or len(data.classes) != num_classes:
             raise ExpertsError(
-                f"experts buffer {self.folder}: images {shape} with "
-                f"{len(data.get('classes', []))} classes, the data set has "
+                f"experts buffer {self.folder}: images {data.image} with "
+                f"{len(data.classes)} classes, the data set has "
                 f"{tuple(image_shape)} with {num_classes}"
             )
 
     def check_layout(self, layout: list[list[Any]]) -> None:
         """Refuse a buffer whose parameters are not the network's (architecture, width)."""
-        if self.index["parameters"].get("layout") != layout:
-            arch = self.index["arch"]
+        if self.index.parameters.layout != layout:
+            arch = self.index.arch
             raise ExpertsError(
                 f"experts buffer {self.folder}: its trajectories are of "
-                f"{arch.get('name')} width {arch.get('width')}, whose parameters "
+                f"{arch.name} width {arch.width}, whose parameters "
                 f"differ from the student network's"
             )
 
@@ -204,17 +228,17 @@ class ExpertBuffer:
         from safetensors import safe_open
 
         entry = self.experts[expert]
-        path = self.folder / entry["file"]
-        where = f"experts buffer {self.folder}: {entry['file']}"
+        path = self.folder / entry.file
+        where = f"experts buffer {self.folder}: {entry.file}"
         if not path.is_file():
             raise ExpertsError(f"{where} is missing; rerun habactl experts on this folder")
-        if entry["file"] not in self._verified:
-            if sha256_file(path) != entry.get("sha256"):
+        if entry.file not in self._verified:
+            if sha256_file(path) != entry.sha256:
                 raise ExpertsError(
                     f"{where} is corrupt (sha256 differs from the index); delete it "
                     f"and rerun habactl experts on this folder"
                 )
-            self._verified.add(entry["file"])
+            self._verified.add(entry.file)
         try:
             with safe_open(str(path), framework="pt") as handle:
                 part = handle.get_slice(TENSOR)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from habactl.experts.buffer import (
     KIND,
     VERSION,
     ExpertsError,
-    check_buffer_folder,
+    check_buffer_target,
     differing,
     expert_file,
     read_index,
@@ -37,12 +37,12 @@ from habactl.experts.buffer import (
     write_trajectory,
 )
 from habactl.experts.flat import FlatNet
+from habactl.experts.index import ExpertsIndex
 from habactl.nets import seeded
 from habactl.nets.registry import arch_name
 from habactl.runtime import device as runtime
-from habactl.runtime import distributed
 from habactl.runtime.device import derived_generator, to_device
-from habactl.runtime.distributed import Collective
+from habactl.runtime.distributed import SINGLE, Collective
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,33 @@ def _check(s: ExpertSettings) -> None:
         raise ExpertsError("--lr and --width must be positive, momentum and weight decay >= 0")
 
 
-# progress(expert, epoch, epochs, metrics) after every epoch; note(text) for messages
-Progress = Callable[[int, int, int, dict[str, float]], None]
+@dataclass(frozen=True)
+class ExpertEpoch:
+    """What ``progress`` hears after each epoch of an expert, or once for an expert an
+    earlier run finished (``skipped``: then ``epoch == epochs`` and no loss)."""
+
+    expert: int
+    epoch: int
+    epochs: int
+    loss: float | None = None  # the epoch's mean training loss
+    accuracy: float | None = None  # the epoch's training accuracy, a fraction
+    skipped: bool = False
+
+
+# progress(report) after every epoch; note(text) for messages
+Progress = Callable[[ExpertEpoch], None]
 
 
 def train_experts(
+    source: Any, folder: str | Path, settings: ExpertSettings, **options: Any
+) -> ExpertsIndex:
+    """Check ``folder`` (``check_buffer_target``), then train into it; see ``fill_buffer``
+    for the options (force, progress, note, collective)."""
+    check_buffer_target(folder)
+    return fill_buffer(source, folder, settings, **options)
+
+
+def fill_buffer(
     source: Any,
     folder: str | Path,
     settings: ExpertSettings,
@@ -84,22 +106,21 @@ def train_experts(
     force: bool = False,
     progress: Progress | None = None,
     note: Callable[[str], None] | None = None,
-    collective: Collective | None = None,
-) -> dict[str, Any]:
+    collective: Collective = SINGLE,
+) -> ExpertsIndex:
     """Train experts 0..N-1 into ``folder`` (created if needed), skipping finished ones.
 
-    Returns the final index. ``force`` starts over in a folder made with other settings.
-    ``collective``: the job whose ranks share the experts (default: the one this process
-    was launched in; one process outside torchrun).
+    The folder is taken as checked by ``check_buffer_target`` (``train_experts`` checks
+    it; ``habactl experts`` does before it loads the data). Returns the final index.
+    ``force`` starts over in a folder made with other settings. ``collective``: the job
+    whose ranks share the experts (torchrun's; ``SINGLE``: this process alone).
     """
     from habactl.training.augment import SiameseAugment
 
     _check(settings)
     folder = Path(folder)
     note = note or (lambda text: None)
-    _check_folder(folder)
-    job = collective if collective is not None else distributed.current()
-    device = job.device_for(settings.device)  # under torchrun: this rank's GPU
+    device = collective.device_for(settings.device)  # under torchrun: this rank's GPU
     # The index records the network built ("convnet-d4" for "convnet" at 64 px): MTT's
     # student is built from that name, so it has the experts' depth whatever the size.
     settings = replace(settings, arch=arch_name(settings.arch, source.height, source.width))
@@ -108,41 +129,33 @@ def train_experts(
     probe = _probe(settings, data)
     index = _index(source, settings, data, augment, probe)
     finished = _finished(folder, index, force, note)
-    if job.is_main:
+    if collective.is_main:
         folder.mkdir(exist_ok=True)
-    job.barrier()  # the folder exists before any rank writes into it
-    if job.world_size == 1:  # one process: the index after every expert, so it resumes
+    collective.barrier()  # the folder exists before any rank writes into it
+    if collective.world_size == 1:  # one process: the index after every expert, so it resumes
         _save_index(folder, index, finished)
     # Under torchrun rank r trains experts r, r + N, ... (each from its own seeded stream,
     # so the files are those of one process) and writes their trajectory files; rank 0
     # writes the index once, complete, when every rank is done.
-    mine = job.share(settings.experts)
+    mine = collective.share(settings.experts)
     for i in mine:
         if expert_file(i) in finished:
             if progress:
-                progress(i, settings.epochs, settings.epochs, {"skipped": 1.0})
+                progress(ExpertEpoch(i, settings.epochs, settings.epochs, skipped=True))
             continue
         finished[expert_file(i)] = _train_and_write(
             i, folder, settings, data, augment, device, probe.count, progress
         )
-        if job.world_size == 1:
+        if collective.world_size == 1:
             _save_index(folder, index, finished)
-    if job.world_size > 1:
-        gathered = job.gather_objects({i: finished[expert_file(i)] for i in mine})
+    if collective.world_size > 1:
+        gathered = collective.gather_objects({i: finished[expert_file(i)] for i in mine})
         finished.update({entry["file"]: entry for entry in gathered.values()})
-        if job.is_main:
+        if collective.is_main:
             _save_index(folder, index, finished)
-        job.barrier()  # no rank reports success before the index is in place
+        collective.barrier()  # no rank reports success before the index is in place
         index["experts"] = [finished[k] for k in sorted(finished)]
-    return index
-
-
-def _check_folder(folder: Path) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise ExpertsError(f"{folder} exists and is not a folder")
-    if not folder.parent.is_dir():
-        raise ExpertsError(f"cannot write {folder}: folder {folder.parent} does not exist")
-    check_buffer_folder(folder)  # never writes into a folder of someone's files
+    return ExpertsIndex.from_json(index)
 
 
 @dataclass(frozen=True)
@@ -236,7 +249,7 @@ def _finished(
         if not force:
             raise
         return finished
-    changed = differing(settings_of(old), settings_of(index))
+    changed = differing(settings_of(old.json), settings_of(index))
     if changed and not force:
         raise ExpertsError(
             f"{folder} holds experts made with other settings "
@@ -244,12 +257,12 @@ def _finished(
             f"start over"
         )
     if not changed:
-        for entry in old["experts"]:
-            path = folder / entry["file"]
-            if path.is_file() and sha256_file(path) == entry.get("sha256"):
-                finished[entry["file"]] = entry
+        for entry in old.experts:
+            path = folder / entry.file
+            if path.is_file() and sha256_file(path) == entry.sha256:
+                finished[entry.file] = entry.to_json()
             else:
-                note(f"{entry['file']} is missing or damaged; training it again")
+                note(f"{entry.file} is missing or damaged; training it again")
     return finished
 
 
@@ -341,9 +354,5 @@ def _train_one(
         rows.append(flat.flatten())
         accuracy = read["correct"] / n
         if progress:
-            progress(i, epoch, s.epochs, {"loss": total_loss / n, "accuracy": accuracy})
+            progress(ExpertEpoch(i, epoch, s.epochs, loss=total_loss / n, accuracy=accuracy))
     return torch.stack(rows), accuracy
-
-
-def settings_dict(settings: ExpertSettings) -> dict[str, Any]:
-    return asdict(settings)

@@ -5,11 +5,12 @@ line with RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT in their
 environment. :func:`launch` (called by the CLI entry point when WORLD_SIZE is set) joins
 them in one process group (NCCL on CUDA, gloo on the CPU), pins each rank to its local
 GPU, silences every rank but rank 0, and tears the group down on success, error and
-Ctrl-C. The job's :class:`Collective` (:func:`current`: a :class:`Torchrun` while the
-group is up, else :data:`SINGLE`, one process of rank 0 whose collectives are the
-identity) is what the commands split their work with: the engine, the objectives and the
-experts are handed it, so their one-process path reads without the torchrun one. Nothing
-here imports torch unless a process group is started.
+Ctrl-C. The job's :class:`Collective` (a :class:`Torchrun` while the group is up, else
+:data:`SINGLE`, one process of rank 0 whose collectives are the identity) is what the
+commands split their work with. The CLI's commands ask for it once (:func:`current`) and
+hand it down: the engine, the objectives, the experts and the evaluation take it as a
+parameter, so their one-process path reads without the torchrun one and no library code
+looks it up. Nothing here imports torch unless a process group is started.
 
 An error on any rank ends the job: that rank prints one ``habactl: error: rank R/N: ...``
 line (only the first rank to fail prints, so an input error shared by every rank is one
@@ -34,10 +35,10 @@ from habactl.errors import HabaError
 TIMEOUT_VARIABLE = "HABACTL_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
 
-# What `launch` sets up for the one command this process runs: the job's collective and
-# the real stderr (the rest of the package is handed the collective; only the CLI's edges
-# and the default of an engine built without one read it here).
-_state: dict[str, Any] = {"collective": None, "error_stream": None}
+# The job `launch` joined for the one command this process runs (None: no torchrun job).
+# Only the CLI reads it, through `current()` and the error reporting below; the rest of
+# the package is handed the collective.
+_job: Torchrun | None = None
 
 
 class JobError(HabaError):
@@ -105,55 +106,20 @@ SINGLE = Collective()
 
 
 def current() -> Collective:
-    """The collective of the job this process runs in: SINGLE outside torchrun."""
-    collective = _state["collective"]
-    return collective if collective is not None else SINGLE
+    """The collective of the job this process runs in: SINGLE outside torchrun. For the
+    CLI's commands, which hand it down to the library."""
+    return _job if _job is not None else SINGLE
 
 
-def active() -> bool:
-    """True while a process group of this run is up."""
-    return _state["collective"] is not None
-
-
-# The CLI's edges (and evaluation) ask the current job directly.
-def world_size() -> int:
-    """Processes in the job: 1 outside torchrun."""
-    return current().world_size
-
-
-def rank() -> int:
-    """This process's rank in the job: 0 outside torchrun."""
-    return current().rank
-
-
-def local_rank() -> int:
-    return current().local_rank
-
-
+# The compress command's two questions (the other commands pass the collective down).
 def is_main() -> bool:
     """Whether this process prints and writes the outputs (rank 0)."""
     return current().is_main
 
 
-def device_for(name: str) -> Any:
-    """The device of this rank for a ``--device`` name: its local GPU under torchrun."""
-    return current().device_for(name)
-
-
-def my_share(count: int) -> list[int]:
-    return current().share(count)
-
-
-def gather_objects(mine: dict[int, Any]) -> dict[int, Any]:
-    return current().gather_objects(mine)
-
-
 def barrier() -> None:
+    """Every rank of the job reaches this point before any goes on."""
     current().barrier()
-
-
-def wait_for_peers(tag: str) -> None:
-    current().wait_for_peers(tag)
 
 
 def timeout_seconds() -> float:
@@ -165,22 +131,34 @@ def timeout_seconds() -> float:
     return seconds if seconds > 0 else DEFAULT_TIMEOUT_S
 
 
-def error_stream() -> TextIO:
-    """Where error lines go: the real stderr, even on a silenced rank."""
-    stream = _state["error_stream"]
-    return stream if stream is not None else sys.stderr
+def print_error(message: str, *, every_rank: bool = False) -> None:
+    """``habactl: error: MESSAGE`` on stderr, once for the job.
+
+    Under torchrun the line goes to the real stderr (even on a silenced rank), names the
+    rank, and is printed by the first rank to fail only; `every_rank`: the error is one
+    that every rank raises alike, so rank 0 alone prints it (without a race for the
+    store, which rank 0 may already have taken down when the others ask)."""
+    job = _job
+    if job is None:
+        print(f"habactl: error: {message}", file=sys.stderr)
+        return
+    first = job.is_main if every_rank else claim_error()
+    if first:
+        print(f"habactl: error: {error_prefix()}{message}", file=job.stderr)
 
 
 def error_prefix() -> str:
     """``rank R/N: `` under torchrun, so the one error line says which rank failed (and
     ``rank R/N, attempt A of M: `` when ``--max-restarts`` lets torchrun try again)."""
-    if not active():
+    job = _job
+    if job is None:
         return ""
+    where = f"rank {job.rank}/{job.world_size}"
     restarts = _int_variable("TORCHELASTIC_MAX_RESTARTS")
     if restarts > 0:
         attempt = _int_variable("TORCHELASTIC_RESTART_COUNT") + 1
-        return f"rank {rank()}/{world_size()}, attempt {attempt} of {restarts + 1}: "
-    return f"rank {rank()}/{world_size()}: "
+        return f"{where}, attempt {attempt} of {restarts + 1}: "
+    return f"{where}: "
 
 
 def _int_variable(name: str) -> int:
@@ -217,7 +195,7 @@ def claim_error() -> bool:
     Uses the job's key-value store, which torchrun's agent keeps up while ranks die; if
     the store cannot be reached, every rank prints (a second line beats none).
     """
-    if not active():
+    if _job is None:
         return True
     try:
         # One counter per torchrun attempt: the agent's store outlives a restart.
@@ -226,7 +204,7 @@ def claim_error() -> bool:
         return True
 
 
-def _start() -> None:
+def _start() -> Torchrun:
     import datetime
 
     import torch
@@ -252,10 +230,11 @@ def _start() -> None:
             world_size=world,
             timeout=timeout,
         )
-    _state["collective"] = Torchrun(
+    return Torchrun(
         rank=int(os.environ["RANK"]),
         world_size=int(os.environ["WORLD_SIZE"]),
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        stderr=sys.stderr,
     )
 
 
@@ -303,11 +282,12 @@ def heartbeat_seconds() -> float:
 
 
 def _stop(clean: bool) -> None:
-    collective = _state["collective"]
-    if collective is None:
+    global _job
+    job = _job
+    if job is None:
         return
-    collective.heartbeat.close()
-    _state["collective"] = None
+    job.heartbeat.close()
+    _job = None
     try:
         import torch.distributed as dist
 
@@ -323,8 +303,9 @@ def _stop(clean: bool) -> None:
 
 def launch(run: Callable[[], Any]) -> None:
     """Run the CLI `run` as one rank of a torchrun job; see the module docstring."""
+    global _job
     try:
-        _start()
+        job = _job = _start()
     except KeyboardInterrupt:  # Ctrl-C while torch loads or the ranks meet
         if os.environ.get("RANK", "0") == "0":
             print("habactl: interrupted", file=sys.stderr)
@@ -332,10 +313,9 @@ def launch(run: Callable[[], Any]) -> None:
     except Exception as error:  # noqa: BLE001 - a failed rendezvous is one line too
         print(f"habactl: error: cannot join the torchrun job: {error}", file=sys.stderr)
         raise SystemExit(1) from None
-    real_stderr = sys.stderr
-    _state["error_stream"] = real_stderr
+    real_stderr = job.stderr
     quiet = None
-    if not is_main():  # other ranks print nothing unless an error happens
+    if not job.is_main:  # other ranks print nothing unless an error happens
         quiet = open(os.devnull, "w")  # noqa: SIM115 - closed in finally
         sys.stdout = sys.stderr = quiet
     code: Any = 0
@@ -349,28 +329,21 @@ def launch(run: Callable[[], Any]) -> None:
         # connection to this rank finds the line taken and stays quiet.
         if claim_error():
             print("habactl: interrupted", file=real_stderr)
-    except JobError as error:
-        code = 1
-        if is_main():
-            print(f"habactl: error: {error_prefix()}{error}", file=real_stderr)
     except HabaError as error:
         code = 1
-        if claim_error():
-            print(f"habactl: error: {error_prefix()}{error}", file=real_stderr)
+        print_error(str(error), every_rank=isinstance(error, JobError))
     except Exception as error:  # noqa: BLE001 - any rank's crash is one line, not a hang
         code = 1
         if os.environ.get("HABACTL_DEBUG", "") not in ("", "0"):
             import traceback
 
             traceback.print_exc(file=real_stderr)
-        if claim_error():
-            print(f"habactl: error: {error_prefix()}{describe_crash(error)}", file=real_stderr)
+        print_error(describe_crash(error))
     finally:
         _stop(clean=code == 0)
         sys.stdout, sys.stderr = sys.__stdout__, real_stderr
         if quiet is not None:
             quiet.close()
-        _state["error_stream"] = None
     if code is None:
         code = 0
     elif not isinstance(code, int):  # SystemExit("message"): printed, status 1
@@ -394,8 +367,9 @@ def first_attempt() -> bool:
 class Torchrun(Collective):
     """This rank of the process group :func:`launch` started (gloo or NCCL)."""
 
-    def __init__(self, *, rank: int, world_size: int, local_rank: int) -> None:
+    def __init__(self, *, rank: int, world_size: int, local_rank: int, stderr: TextIO) -> None:
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self.stderr = stderr  # the real stderr: error lines, even once the rank is silenced
         self.gathers = 0
         self.heartbeat = _Heartbeat(rank)
 
@@ -499,20 +473,12 @@ __all__ = [
     "Collective",
     "JobError",
     "Torchrun",
-    "active",
     "barrier",
     "current",
-    "device_for",
     "error_prefix",
-    "error_stream",
     "first_attempt",
-    "gather_objects",
     "is_main",
     "launch",
     "launched",
-    "local_rank",
-    "my_share",
-    "rank",
-    "wait_for_peers",
-    "world_size",
+    "print_error",
 ]

@@ -140,12 +140,12 @@ class TrajectoryMatching(Objective):
             buffer.check_source(
                 dataset["name"], dataset["fingerprint"], context.image_shape, context.num_classes
             )
-        arch = buffer.index["arch"]
+        arch = buffer.index.arch
         self.net = networks.build(
-            arch["name"],
+            arch.name,
             context.image_shape,
             context.num_classes,
-            width_mult=float(arch["width"]),
+            width_mult=arch.width,
             device=context.device,
             generator=torch.Generator().manual_seed(0),
             trainable=False,
@@ -169,8 +169,8 @@ class TrajectoryMatching(Objective):
                 f"goes past the buffer's {epochs} epochs; use max_start_epoch "
                 f"{epochs - m + 1} or less"
             )
-        training = buffer.index["training"]
-        s["lr_init"] = float(training["lr"] if s["lr_init"] is None else s["lr_init"])
+        expert_lr = buffer.index.training.lr
+        s["lr_init"] = float(expert_lr if s["lr_init"] is None else s["lr_init"])
         s["lr_lr"] = float(s["lr_lr"])
         s["lr_momentum"] = float(s["lr_momentum"])
         s["lr_min"] = float(s["lr_min"])
@@ -198,9 +198,9 @@ class TrajectoryMatching(Objective):
                 "digest": self.buffer.digest,
                 "experts": len(self.buffer),
                 "epochs": self.buffer.epochs,
-                "arch": index["arch"],
-                "expert_lr": index["training"]["lr"],
-                "dataset": index["dataset"]["fingerprint"],
+                "arch": index.arch.to_json(),
+                "expert_lr": index.training.lr,
+                "dataset": index.dataset.fingerprint,
             },
         }
 
