@@ -12,7 +12,6 @@ import torch
 from typer.testing import CliRunner
 
 import habactl.cli.inspect_cmd  # noqa: F401  (a second command: the app stays a group)
-from helpers import one_error_line
 from habactl.cli.app import app
 from habactl.codecs.registry import STAGES
 from habactl.distill import objectives
@@ -21,6 +20,7 @@ from habactl.distill.config import ContrastiveSettings, DistillConfig, RunSettin
 from habactl.distill.objectives import OBJECTIVES, Objective
 from habactl.distill.objectives.base import setting
 from habactl.format import open_archive
+from helpers import one_error_line
 
 runner = CliRunner()
 

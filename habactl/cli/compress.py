@@ -25,6 +25,8 @@ from habactl.cli.app import LAZY_COMMANDS, HabaTyper, guarded, plural, stderr
 from habactl.distill.assemble import Registries, archive_path, assemble
 from habactl.distill.config import CompressSettings, RunSettings
 from habactl.distill.flags import Flag, compress_flags
+from habactl.runtime import distributed
+from habactl.runtime.distributed import Collective
 
 
 def command() -> Any:
@@ -95,9 +97,9 @@ def run(flags: list[Flag], given: dict[str, Any]) -> None:
     settings, surface = assemble(flags, given, file, Registries(objectives, baselines, presets))
     target = archive_path(settings.run)
     if surface.name in baselines:
-        _compress_baseline(surface, settings, target)
+        _compress_baseline(surface, settings, target, distributed.current())
     else:
-        _compress_distilled(settings, target)
+        _compress_distilled(settings, target, distributed.current())
 
 
 def _load(run: RunSettings) -> Any:
@@ -110,32 +112,32 @@ def _load(run: RunSettings) -> Any:
     return open_data(run.data, root=root, download=run.download, **options)
 
 
-def _compress_baseline(baseline: Any, settings: CompressSettings, target: Path) -> None:
+def _compress_baseline(
+    baseline: Any, settings: CompressSettings, target: Path, job: Collective
+) -> None:
     from habactl.distill.engine import check_archive_target
-    from habactl.runtime import distributed
 
     run, config = settings.run, settings.distill
     # Nothing to split under torchrun: rank 0 picks and writes the archive of one process
     # while the others wait (checking the target too could see rank 0's new file).
-    if not distributed.is_main():
-        distributed.barrier()
+    if not job.is_main:
+        job.barrier()
         return
     check_archive_target(target, force=run.force)
     started = time.perf_counter()
     source = _load(run)
     path = baseline.make(source, target, ipc=config.ipc, seed=config.seed, overwrite=run.force)
-    distributed.barrier()
+    job.barrier()
     if not run.quiet:
         report_written(path, time.perf_counter() - started)
 
 
-def _compress_distilled(settings: CompressSettings, target: Path) -> None:
+def _compress_distilled(settings: CompressSettings, target: Path, job: Collective) -> None:
     import torch
 
     from habactl.distill import Distiller, Interrupted
     from habactl.distill.engine import check_outputs
     from habactl.distill.progress import RichReporter
-    from habactl.runtime import distributed
 
     run = settings.run
     metrics = run.log_file
@@ -153,7 +155,7 @@ def _compress_distilled(settings: CompressSettings, target: Path) -> None:
     if run.threads:
         torch.set_num_threads(run.threads)
     source = _load(run)
-    distiller = Distiller(source, settings.distill)
+    distiller = Distiller(source, settings.distill, job)
     try:
         reporter = None if run.quiet else RichReporter(stderr, _header(source.name, distiller))
         result = distiller.run(
@@ -172,7 +174,7 @@ def _compress_distilled(settings: CompressSettings, target: Path) -> None:
             file=sys.stderr,
         )
         raise typer.Exit(130) from None
-    if not run.quiet and distributed.is_main():  # under torchrun rank 0 wrote the archive
+    if not run.quiet and job.is_main:  # under torchrun rank 0 wrote the archive
         if result.resumed_from:
             stderr.print(f"resumed at iteration {result.resumed_from}")
         if metrics is not None:

@@ -39,9 +39,8 @@ from habactl.distill.progress import MetricsLog, Reporter
 from habactl.distill.sets import RealSet, RealSide, SyntheticSet
 from habactl.distill.stepbound import bound_steps
 from habactl.runtime import device as runtime
-from habactl.runtime import distributed
 from habactl.runtime.device import derived_generator
-from habactl.runtime.distributed import Collective
+from habactl.runtime.distributed import SINGLE, Collective
 
 INITS = ("real", "noise")
 
@@ -228,8 +227,8 @@ class Distiller:
     then nothing of the training set is loaded, and every pass over it streams from
     the store (habactl.distill.stored).
 
-    ``collective`` is the job the run is one process of (default: the one this process
-    was launched in, ``distributed.SINGLE`` outside torchrun): it splits the classes and
+    ``collective`` is the job the run is one process of (default ``SINGLE``: one
+    process; the CLI passes the job torchrun launched): it splits the classes and
     sums the gradients over torchrun's ranks, and is the identity for one process.
     """
 
@@ -240,7 +239,7 @@ class Distiller:
 
         self.source = source
         self.config = config
-        self.collective = collective if collective is not None else distributed.current()
+        self.collective = collective if collective is not None else SINGLE
         self.stored = is_stored(source)
         check_config(config)
         self.device = self.collective.device_for(config.device)  # its own GPU, per rank

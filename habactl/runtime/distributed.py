@@ -111,17 +111,6 @@ def current() -> Collective:
     return _job if _job is not None else SINGLE
 
 
-# The compress command's two questions (the other commands pass the collective down).
-def is_main() -> bool:
-    """Whether this process prints and writes the outputs (rank 0)."""
-    return current().is_main
-
-
-def barrier() -> None:
-    """Every rank of the job reaches this point before any goes on."""
-    current().barrier()
-
-
 def timeout_seconds() -> float:
     value = os.environ.get(TIMEOUT_VARIABLE, "")
     try:
@@ -473,11 +462,9 @@ __all__ = [
     "Collective",
     "JobError",
     "Torchrun",
-    "barrier",
     "current",
     "error_prefix",
     "first_attempt",
-    "is_main",
     "launch",
     "launched",
     "print_error",
