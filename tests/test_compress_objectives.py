@@ -159,7 +159,7 @@ DOCUMENTED_ENGINE = {
     "dc": {"lr_bases": 0.1, "momentum": 0.5, "augment": "none"},
     "dsa": {"lr_bases": 0.1, "momentum": 0.5},
     "mtt": {"lr_bases": 100.0, "momentum": 0.5},
-    "dd": {"lr_bases": 1.0, "momentum": 0.5, "augment": "none"},
+    "dd": {"lr_bases": 100.0, "momentum": 0.5, "augment": "none"},
 }
 
 

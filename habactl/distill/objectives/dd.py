@@ -77,7 +77,7 @@ class DatasetDistillation(Objective):
         net_arch: str = setting("convnet")
         net_width: float = setting(1.0)
 
-    engine_defaults = {"lr_bases": 1.0, "momentum": 0.5, "augment": "none"}
+    engine_defaults = {"lr_bases": 100.0, "momentum": 0.5, "augment": "none"}
 
     @classmethod
     def label_values_per_basis(cls, settings: Mapping[str, Any], num_classes: int) -> int:
