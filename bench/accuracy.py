@@ -84,6 +84,18 @@ ARMS: dict[str, tuple[str, dict[str, Any], str]] = {
     "dsa-haba-idc": ("dsa", {"codec": "haba+idc", "factor": 2}, "DSA, HaBa + IDC"),
     "mtt-raw": ("mtt", {"codec": "raw"}, "MTT, raw images"),
     "mtt-haba-idc": ("mtt", {"codec": "haba+idc", "factor": 2}, "MTT, HaBa + IDC"),
+    "dd-raw": ("dd", {"codec": "raw"}, "DD, raw images"),
+    "dd-haba-idc": ("dd", {"codec": "haba+idc", "factor": 2}, "DD, HaBa + IDC"),
+    "dd-idc-labels": (
+        "dd",
+        {"codec": "idc", "factor": 2, "objective_settings": {"learn_labels": True}},
+        "DD, IDC, learned labels",
+    ),
+    "dd-haba-idc-labels": (
+        "dd",
+        {"codec": "haba+idc", "factor": 2, "objective_settings": {"learn_labels": True}},
+        "DD, HaBa + IDC, learned labels",
+    ),
 }
 # Each storage (raw, IDC, DCT coefficients, HaBa + IDC) at float32, float16
 # and uint8 under the same byte budget; fewer bytes per value buy more bases.
@@ -103,7 +115,7 @@ for _storage, (_overrides, _label) in STORAGES.items():
         )
 BYTES_ARMS = [name for name in ARMS if name.split("-")[-1] in ("f16", "u8")] + ["dm-freq"]
 OBJECTIVE_ARMS = [
-    name for name, (objective, _, _) in ARMS.items() if objective in ("dc", "dsa", "mtt")
+    name for name, (objective, _, _) in ARMS.items() if objective in ("dc", "dsa", "mtt", "dd")
 ]
 DEFAULT_IPC1 = [name for name in ARMS if name not in OBJECTIVE_ARMS + BYTES_ARMS]
 DEFAULT_IPC10 = [
@@ -246,6 +258,8 @@ def arm_config(
     settings: dict[str, Any] = {}
     if objective == "mtt":
         settings = {"experts": str(Path(folder) / "experts"), "syn_steps": args["syn_steps"]}
+    overrides = dict(overrides)  # an arm's own objective settings (dd's learned labels)
+    settings.update(overrides.pop("objective_settings", {}))
     engine_defaults = getattr(get_objective(objective), "engine_defaults", {})
     return DistillConfig(
         **{**engine_defaults, **common, **overrides},

@@ -136,6 +136,22 @@ DOCUMENTED_SETTINGS = {
         "max_step": 0.01,
         "lr_max_step": 0.002,
     },
+    "dd": {
+        "inner_steps": 10,
+        "batch_syn": 0,
+        "real_per_class": 16,
+        "lr_init": 0.02,
+        "lr_lr": 0.1,
+        "lr_momentum": 0.5,
+        "record_lr": True,
+        "learn_labels": False,
+        "label_init": 0.9,
+        "lr_labels": 1.0,
+        "variants": "one-per-step",
+        "unroll": "recompute",
+        "net_arch": "convnet",
+        "net_width": 1.0,
+    },
 }
 DOCUMENTED_SETTINGS["dsa"] = DOCUMENTED_SETTINGS["dc"]
 DOCUMENTED_ENGINE = {
@@ -143,6 +159,7 @@ DOCUMENTED_ENGINE = {
     "dc": {"lr_bases": 0.1, "momentum": 0.5, "augment": "none"},
     "dsa": {"lr_bases": 0.1, "momentum": 0.5},
     "mtt": {"lr_bases": 100.0, "momentum": 0.5},
+    "dd": {"lr_bases": 100.0, "momentum": 0.5, "augment": "none"},
 }
 
 
@@ -202,7 +219,7 @@ def test_a_new_baseline_is_one_registry_entry(tmp_path, monkeypatch):
     result = runner.invoke(app, [*args, "--codec", "idc", "-o", str(tmp_path / "z.haba")])
     assert "--objective first keeps real images as they are" in one_error_line(result)
     result = runner.invoke(app, ["compress", "digits", "--objective", "nope"])
-    assert "(known: dm, dc, dsa, mtt, random, first)" in one_error_line(result)
+    assert "(known: dm, dc, dsa, mtt, dd, random, first)" in one_error_line(result)
 
 
 def test_hallucinator_defaults_are_the_stage_options_everywhere():

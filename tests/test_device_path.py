@@ -113,6 +113,13 @@ CASES = {
     "dsa-haba": ("dsa", "haba", 2, {"real_per_class": 4, "per_class": "loop"}),
     "mtt-raw": ("mtt", "raw", 1, {"syn_steps": 2}),
     "mtt-haba": ("mtt", "haba", 2, {"syn_steps": 2, "unroll": "full"}),
+    "dd-raw": ("dd", "raw", 1, {"inner_steps": 2, "real_per_class": 4, "net_width": 0.125}),
+    "dd-haba-labels": (
+        "dd",
+        "haba",
+        2,
+        {"inner_steps": 2, "real_per_class": 4, "net_width": 0.125, "learn_labels": True},
+    ),
 }
 
 
@@ -149,6 +156,10 @@ def _device_tensors(distiller: Distiller) -> dict[str, torch.Tensor]:
         held.update({f"extractor {k}": v for k, v in distiller.contrast.net.state_dict().items()})
     if hasattr(distiller.objective, "syn_lr"):
         held["learned lr"] = distiller.objective.syn_lr
+    if hasattr(distiller.objective, "raw_lrs"):  # dd: learned per-step lrs, and labels
+        held["learned lrs"] = distiller.objective.raw_lrs
+        if distiller.objective.label_logits is not None:
+            held["learned labels"] = distiller.objective.label_logits
     return held
 
 

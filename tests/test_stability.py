@@ -24,7 +24,7 @@ from habactl.experts import ExpertSettings, train_experts
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DATASETS = ("digits", "mnist-5k")
-OBJECTIVES = ("dm", "dc", "dsa", "mtt")
+OBJECTIVES = ("dm", "dc", "dsa", "mtt", "dd")
 CODECS = ("raw", "idc", "haba", "haba+idc")
 # Normalised images span a few units (digits, mnist-5k: within +-3). Bounded mtt keeps its
 # stored values below 2 here; unbounded, they reach 25-220 in these three tiny iterations
@@ -39,6 +39,7 @@ TINY = {
     "dc": {"real_per_class": 8, "views": 1},
     "dsa": {"real_per_class": 8, "views": 1},
     "mtt": {"syn_steps": 4},
+    "dd": {"inner_steps": 2, "real_per_class": 4, "batch_syn": 8},
 }
 
 
@@ -85,13 +86,17 @@ def run_and_check(config: DistillConfig, data: str, output) -> None:
     result = distiller.run(output)  # refuses non-finite losses and tensors
     assert result.final_loss is not None and math.isfinite(result.final_loss)
     stored = [distiller.synthetic.bases, *distiller.synthetic.hallucinator_parameters()]
+    learned = distiller.objective.learned_labels()
+    if learned is not None:  # class probabilities, as the archive stores them
+        assert bool(torch.isfinite(learned).all()) and bool((learned >= 0).all())
     largest = max(float(t.detach().abs().max()) for t in stored)
     limit = LARGEST_VALUE.get(config.objective, ANY_OBJECTIVE)
     assert largest < limit, f"stored values grew to {largest:.3g}"
-    if config.objective == "mtt":
-        learned = distiller.objective.learned_lr()
+    if config.objective in ("mtt", "dd"):
+        learned_lr = distiller.objective.learned_lr()
         # Stuck at its floor, the recorded lr would train a network to nothing.
-        assert learned > 10 * distiller.objective.settings.lr_min, learned
+        floor = getattr(distiller.objective.settings, "lr_min", 1e-6)
+        assert learned_lr is not None and learned_lr > 10 * floor, learned_lr
 
 
 # Every test that takes ``buffers`` is slow: the fixture trains two expert buffers (~25 s
@@ -101,10 +106,16 @@ def run_and_check(config: DistillConfig, data: str, output) -> None:
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_defaults_stay_finite(objective, codec, data, buffers, tmp_path):
-    seeds = (0, 1, 2) if objective == "mtt" else (0,)
+    seeds = (0, 1, 2) if objective == "mtt" else (0, 1) if objective == "dd" else (0,)
     for seed in seeds:
+        # dd: seed 1 learns labels where the budget has room for them (raw IPC 1 has none)
+        labels = (
+            {"learn_labels": True} if objective == "dd" and seed == 1 and codec != "raw" else {}
+        )
         run_and_check(
-            make_config(objective, codec, seed, 3, buffers, data), data, tmp_path / f"{seed}.haba"
+            make_config(objective, codec, seed, 3, buffers, data, **labels),
+            data,
+            tmp_path / f"{seed}.haba",
         )
 
 

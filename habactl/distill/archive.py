@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +52,12 @@ def build_manifest(
     counts: str = "all",
     learned_lr: float | None = None,
     protocol: Mapping[str, Any] | None = None,
+    per_class: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Everything but `tensors`, `content_digest` and `manifest_digest`, which the writer
-    fills in."""
+    fills in. `per_class`: the bases per class (class-sorted); by default counted from
+    the labels (for soft labels, by their largest class, which a learned label need not
+    keep: a run that learned labels passes its plan's counts)."""
     channels, height, width = image_shape
     # The network for the image size: "convnet" (depth 3) up to 45 px, as archives always
     # recorded it; "convnet-d4" at 64 px and so on (habactl.nets.registry.arch_name).
@@ -68,7 +71,11 @@ def build_manifest(
         "image": {"channels": channels, "height": height, "width": width},
         "bases": {
             "count": int(bases.shape[0]),
-            "per_class": per_class_counts(labels, len(classes)),
+            "per_class": (
+                per_class_counts(labels, len(classes))
+                if per_class is None
+                else [int(n) for n in per_class]
+            ),
             "shape": [int(s) for s in bases.shape[1:]],
         },
         "labels": {"kind": "hard" if labels.dim() == 1 else "soft"},
@@ -112,6 +119,7 @@ def write_haba(
     learned_lr: float | None = None,
     zca: Tensor | None = None,
     overwrite: bool = False,
+    per_class: Sequence[int] | None = None,
 ) -> Path:
     """Write an archive atomically. `source` is a `habactl.data.DataSource`,
     `pipeline` a `habactl.codecs.Pipeline` (its tensors are stored as `pipeline.*`)."""
@@ -134,6 +142,7 @@ def write_haba(
         ipc=ipc,
         counts=counts,
         learned_lr=learned_lr,
+        per_class=per_class,
     )
     tensors: dict[str, Tensor] = {
         # As stored: float32, or a first quantize stage's codes (its grid fitted here).

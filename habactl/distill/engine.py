@@ -288,6 +288,9 @@ class Distiller:
         (from a store, the spread is streamed, and only when there is such budget)."""
         c = self.config
         classes = len(self.source.classes)
+        # an objective that learns soft labels stores them with every basis: they are paid for
+        objective = get_objective(c.objective)
+        label_values = objective.label_values_per_basis(c.objective_settings, classes)
 
         def plan(spread: list[float] | None) -> Plan:
             return plan_pipeline(
@@ -302,6 +305,7 @@ class Distiller:
                 else sorted(range(classes), key=lambda k: (-spread[k], k)),
                 codec=None if c.pipeline is not None else _codec_label(c),
                 budget_bytes=c.budget_bytes,
+                label_values=label_values,
             )
 
         if images is None or labels is None:
@@ -409,6 +413,7 @@ class Distiller:
             ipc=c.ipc,
             dataset={"name": self.source.name, "fingerprint": self.source.fingerprint},
             collective=self.collective,
+            per_class=list(self.plan.per_class),
         )
         objective = get_objective(c.objective)(context, dict(c.objective_settings))
         if c.classes_per_iteration is not None and not objective.samples_real:
@@ -763,12 +768,20 @@ class Distiller:
                 "lower the learning rates (--lr-bases, --lr-hallucinators)"
             )
         c = self.config
+        learned = self.objective.learned_labels()  # soft labels, when the objective learns them
+        labels = self.synthetic.labels if learned is None else learned
+        if learned is not None and not bool(torch.isfinite(learned).all()):
+            raise NonFiniteLoss(
+                "the learned labels are no longer finite; nothing was written; "
+                "lower the learning rates"
+            )
         return Path(
             write_haba(
                 output,
                 source=self.source,
                 bases=bases,
-                labels=self.synthetic.labels.cpu(),
+                labels=labels.cpu(),
+                per_class=self.plan.per_class,
                 pipeline=self.synthetic.pipeline,
                 normalization=self.normalization,
                 objective=c.objective,

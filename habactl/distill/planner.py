@@ -3,8 +3,9 @@
 The budget is counted in bytes. ``--ipc N`` means N float32 images per class:
 ``N x classes x C x H x W x 4`` bytes; ``--budget-bytes B`` gives B directly. With
 ``counts="all"`` every stored synthetic byte is charged to it: the bases at their stored
-resolution and dtype and every stage parameter (hard labels are not charged; they are
-implied by ``bases.per_class``, which is how ``format.account`` counts too). For an
+resolution and dtype, every stage parameter, and the soft labels of an objective that
+learns them (``label_values`` float32 values per basis; hard labels are not charged: they
+are implied by ``bases.per_class``, which is how ``format.account`` counts too). For an
 all-float32 pipeline the byte plan is the value plan of earlier versions, exactly.
 ``counts="bases"`` reproduces the reference code, which charges bases only and lets the
 hallucinators ride free; ``inspect`` still shows the true account of such an archive.
@@ -65,6 +66,13 @@ class Plan:
     basis_bytes: int = 0
     pipeline_bytes: int = 0
     budget_bytes_given: bool = False
+    # Learned soft labels: float32 values stored per basis (0: hard labels, not stored)
+    label_values: int = 0
+
+    @property
+    def label_bytes(self) -> int:
+        """Bytes of one basis' learned label (0 with hard labels)."""
+        return FLOAT32_BYTES * self.label_values
 
     @property
     def classes(self) -> int:
@@ -80,8 +88,8 @@ class Plan:
 
     @property
     def stored_values(self) -> int:
-        """Every stored synthetic value: bases plus pipeline parameters."""
-        return self.bases * self.base_values + self.pipeline_values
+        """Every stored synthetic value: bases, pipeline parameters and learned labels."""
+        return self.bases * (self.base_values + self.label_values) + self.pipeline_values
 
     @property
     def charged_values(self) -> int:
@@ -94,8 +102,8 @@ class Plan:
 
     @property
     def stored_bytes(self) -> int:
-        """Every stored synthetic byte: bases plus pipeline parameters."""
-        return self.bases * self.basis_bytes + self.pipeline_bytes
+        """Every stored synthetic byte: bases, pipeline parameters and learned labels."""
+        return self.bases * (self.basis_bytes + self.label_bytes) + self.pipeline_bytes
 
     @property
     def charged_bytes(self) -> int:
@@ -132,6 +140,8 @@ class Plan:
             "extra_bases_to_classes": list(self.extra_classes),
             "expansion": self.expansion,
         }
+        if self.label_values:  # only then: other plans keep their records as they were
+            out.update(label_values=self.bases * self.label_values)
         if self.budget_bytes_given or not self.all_float32:
             out.update(
                 budget_bytes=self.budget_bytes,
@@ -288,11 +298,14 @@ def plan_pipeline(
     class_priority: Sequence[int] | None = None,
     codec: str | None = None,
     budget_bytes: int | None = None,
+    label_values: int = 0,
 ) -> Plan:
     """Turn a budget into bases per class for any pipeline of manifest entries (see
     module doc). The budget is ``ipc`` float32 images per class, or ``budget_bytes``
     bytes when given (``ipc`` is then ignored). ``codec`` labels the plan; by default
-    the preset the entries match (``registry.preset_name``)."""
+    the preset the entries match (``registry.preset_name``). ``label_values``: float32
+    label values stored with each basis (an objective's learned soft labels; with
+    ``counts="all"`` a basis costs them too)."""
     from habactl.codecs.registry import describe_pipeline, preset_name
     from habactl.errors import HabaError
 
@@ -317,7 +330,11 @@ def plan_pipeline(
 
     pipeline_values = sum(math.prod(shape) for shape in spec.params.values())
     storage = pipeline_storage(spec, base_shape)
-    per_basis = storage.basis_bytes
+    label_values = int(label_values)
+    if label_values < 0:
+        raise DistillError(f"label values per basis must be 0 or more, got {label_values}")
+    # what one more basis costs the budget: its stored bytes and, counted, its label
+    per_basis = storage.basis_bytes + (FLOAT32_BYTES * label_values if counts == "all" else 0)
     pipeline_bytes = storage.param_bytes
     ipc, budget_b, what = _budget(ipc, budget_bytes, num_classes, (c, h, w))
     budget = budget_values(ipc, num_classes, (c, h, w))
@@ -326,7 +343,9 @@ def plan_pipeline(
     per = available // (num_classes * per_basis) if available > 0 else 0
     if per < 1:
         raise DistillError(
-            _too_small(what, num_classes, storage, fixed, budget_bytes is not None, base_shape)
+            _too_small(
+                what, num_classes, storage, fixed, budget_bytes is not None, base_shape, per_basis
+            )
         )
     per_class = [per] * num_classes
     extra: list[int] = []
@@ -349,9 +368,10 @@ def plan_pipeline(
         leftover_policy=leftover,
         extra_classes=extra,
         budget_bytes=budget_b,
-        basis_bytes=per_basis,
+        basis_bytes=storage.basis_bytes,
         pipeline_bytes=pipeline_bytes,
         budget_bytes_given=budget_bytes is not None,
+        label_values=label_values,
     )
 
 
@@ -403,22 +423,28 @@ def _too_small(
     fixed: int,
     byte_budget: bool,
     base_shape: Sequence[int],
+    charged_per_basis: int | None = None,
 ) -> str:
     """The refusal when not one basis per class fits: in values for float32 parts (the
-    figures people know), in bytes otherwise."""
+    figures people know), in bytes otherwise. ``charged_per_basis``: what one basis
+    costs with its learned label, when it has one."""
     values = math.prod(base_shape)
     per_basis, params = storage.basis_bytes, storage.param_bytes
+    label = (charged_per_basis or per_basis) - per_basis  # a learned label's bytes
     float32 = per_basis == FLOAT32_BYTES * values and params % FLOAT32_BYTES == 0
     if float32 and not byte_budget:
-        unit, basis, extra = "", f"{values:,}", fixed // FLOAT32_BYTES
-        needed = classes * values + extra
+        unit, extra = "", fixed // FLOAT32_BYTES
+        basis = f"{values:,}" + (f" + {label // FLOAT32_BYTES} label values" if label else "")
+        needed = classes * (values + label // FLOAT32_BYTES) + extra
     else:
-        unit, basis, extra = " bytes", f"{per_basis:,} bytes", fixed
-        needed = classes * per_basis + fixed
+        unit, extra = " bytes", fixed
+        basis = f"{per_basis:,} bytes" + (f" + {label} label bytes" if label else "")
+        needed = classes * (per_basis + label) + fixed
     return (
         f"budget too small: {what}, but one basis per class ({classes} x {basis})"
         + (f" plus the stage parameters' {extra:,}" if fixed else "")
         + f" needs {needed:,}{unit}; raise "
         + ("--budget-bytes" if byte_budget else "--ipc")
         + (", use fewer hallucinators or a larger --factor" if fixed else "")
+        + ("; learned labels cost bytes too (smaller bases: --codec idc)" if label else "")
     )

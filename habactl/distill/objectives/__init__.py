@@ -5,6 +5,7 @@ from __future__ import annotations
 from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective
 from habactl.distill.objectives.dc import DifferentiableSiameseGradientMatching, GradientMatching
+from habactl.distill.objectives.dd import DatasetDistillation
 from habactl.distill.objectives.dm import DistributionMatching
 from habactl.distill.objectives.mtt import TrajectoryMatching
 
@@ -13,6 +14,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     GradientMatching.name: GradientMatching,
     DifferentiableSiameseGradientMatching.name: DifferentiableSiameseGradientMatching,
     TrajectoryMatching.name: TrajectoryMatching,
+    DatasetDistillation.name: DatasetDistillation,
 }
 
 

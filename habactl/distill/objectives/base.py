@@ -40,6 +40,8 @@ class Context:
     ipc: int = 1  # the budget's images per class (gradient matching's loops)
     dataset: Mapping[str, str] | None = None  # {"name", "fingerprint"} of the source
     collective: Collective = SINGLE  # the job's ranks (one process: SINGLE)
+    # the plan's bases per class (class-sorted), for state sized by the bases (learned labels)
+    per_class: list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,19 @@ class Objective:
 
     def learned_lr(self) -> float | None:
         """A learned training learning rate to store in the archive, if the objective has one."""
+        return None
+
+    @classmethod
+    def label_values_per_basis(cls, settings: Mapping[str, Any], num_classes: int) -> int:
+        """Label values the archive will store per basis with these settings: ``num_classes``
+        for an objective that learns soft labels (the planner charges them to the budget
+        before it buys bases), 0 for the hard labels every other objective keeps (implied
+        by ``bases.per_class``: not stored as values, not charged)."""
+        return 0
+
+    def learned_labels(self) -> Tensor | None:
+        """Labels the objective learned, (bases, classes) class probabilities in the order
+        of the bases, to store as the archive's soft labels; None: the hard labels."""
         return None
 
     def state_dict(self) -> dict[str, Any]:
