@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from test_distributed import habactl, needs_torchrun
+from helpers import needs_torchrun, run_habactl
 
 pytestmark = [pytest.mark.slow, needs_torchrun, pytest.mark.usefixtures("one_thread")]
 
@@ -26,7 +26,7 @@ def test_dd_on_two_ranks_logs_the_mean_of_their_losses(tmp_path: Path):
     from habactl.format import open_archive
 
     (tmp_path / "dd.toml").write_text(RECIPE)
-    done = habactl("compress", "digits", "--config", "dd.toml", "-q", "-o", "two.haba",
+    done = run_habactl("compress", "digits", "--config", "dd.toml", "-q", "-o", "two.haba",
                    "--log-file", "two.jsonl", cwd=tmp_path, world=2, timeout=180)  # fmt: skip
     assert done.returncode == 0, done.stderr
     with open_archive(tmp_path / "two.haba") as archive:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import one_error_line, tiny_mnist
 from habactl.distill import DistillConfig, Distiller
 from habactl.distill import checkpoint as ckpt
 from habactl.distill.errors import DistillError
 from habactl.format import open_archive, storage_account
 from habactl.training.dataset import HabaDataset
+from helpers import one_error_line, tiny_mnist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
