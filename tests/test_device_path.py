@@ -113,6 +113,7 @@ CASES = {
     "dsa-haba": ("dsa", "haba", 2, {"real_per_class": 4, "per_class": "loop"}),
     "mtt-raw": ("mtt", "raw", 1, {"syn_steps": 2}),
     "mtt-haba": ("mtt", "haba", 2, {"syn_steps": 2, "unroll": "full"}),
+    "kip-haba": ("kip", "haba", 2, {"real_per_class": 4, "models": 2}),
 }
 
 

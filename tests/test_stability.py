@@ -24,7 +24,7 @@ from habactl.experts import ExpertSettings, train_experts
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DATASETS = ("digits", "mnist-5k")
-OBJECTIVES = ("dm", "dc", "dsa", "mtt")
+OBJECTIVES = ("dm", "dc", "dsa", "mtt", "kip")
 CODECS = ("raw", "idc", "haba", "haba+idc")
 # Normalised images span a few units (digits, mnist-5k: within +-3). Bounded mtt keeps its
 # stored values below 2 here; unbounded, they reach 25-220 in these three tiny iterations
@@ -39,6 +39,7 @@ TINY = {
     "dc": {"real_per_class": 8, "views": 1},
     "dsa": {"real_per_class": 8, "views": 1},
     "mtt": {"syn_steps": 4},
+    "kip": {"real_per_class": 8},
 }
 
 
@@ -101,7 +102,7 @@ def run_and_check(config: DistillConfig, data: str, output) -> None:
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_defaults_stay_finite(objective, codec, data, buffers, tmp_path):
-    seeds = (0, 1, 2) if objective == "mtt" else (0,)
+    seeds = (0, 1, 2) if objective in ("mtt", "kip") else (0,)
     for seed in seeds:
         run_and_check(
             make_config(objective, codec, seed, 3, buffers, data), data, tmp_path / f"{seed}.haba"

@@ -6,6 +6,7 @@ from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective
 from habactl.distill.objectives.dc import DifferentiableSiameseGradientMatching, GradientMatching
 from habactl.distill.objectives.dm import DistributionMatching
+from habactl.distill.objectives.kip import KernelInducingPoints
 from habactl.distill.objectives.mtt import TrajectoryMatching
 
 OBJECTIVES: dict[str, type[Objective]] = {
@@ -13,6 +14,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     GradientMatching.name: GradientMatching,
     DifferentiableSiameseGradientMatching.name: DifferentiableSiameseGradientMatching,
     TrajectoryMatching.name: TrajectoryMatching,
+    KernelInducingPoints.name: KernelInducingPoints,
 }
 
 
