@@ -96,6 +96,8 @@ ARMS: dict[str, tuple[str, dict[str, Any], str]] = {
         {"codec": "haba+idc", "factor": 2, "objective_settings": {"learn_labels": True}},
         "DD, HaBa + IDC, learned labels",
     ),
+    "kip-raw": ("kip", {"codec": "raw"}, "KIP, raw images"),
+    "kip-haba-idc": ("kip", {"codec": "haba+idc", "factor": 2}, "KIP, HaBa + IDC"),
 }
 # Each storage (raw, IDC, DCT coefficients, HaBa + IDC) at float32, float16
 # and uint8 under the same byte budget; fewer bytes per value buy more bases.
@@ -115,7 +117,9 @@ for _storage, (_overrides, _label) in STORAGES.items():
         )
 BYTES_ARMS = [name for name in ARMS if name.split("-")[-1] in ("f16", "u8")] + ["dm-freq"]
 OBJECTIVE_ARMS = [
-    name for name, (objective, _, _) in ARMS.items() if objective in ("dc", "dsa", "mtt", "dd")
+    name
+    for name, (objective, _, _) in ARMS.items()
+    if objective in ("dc", "dsa", "mtt", "dd", "kip")
 ]
 DEFAULT_IPC1 = [name for name in ARMS if name not in OBJECTIVE_ARMS + BYTES_ARMS]
 DEFAULT_IPC10 = [
@@ -461,7 +465,7 @@ def main() -> None:
         "--objective-iterations",
         type=int,
         default=60,
-        help="iterations of the dc, dsa and mtt arms (each costs 10-30 s here)",
+        help="iterations of the dc, dsa, mtt and kip arms (each costs 1-30 s here)",
     )
     parser.add_argument("--syn-steps", type=int, default=10, help="mtt student steps per iteration")
     parser.add_argument("--experts", type=int, default=2, help="mtt: experts in the buffer")

@@ -13,8 +13,12 @@ from typer.testing import CliRunner
 import habactl.cli.compress as compress_cmd
 import habactl.cli.inspect_cmd  # noqa: F401  (a second command: the app stays a group)
 from habactl.cli.app import app
+from habactl.distill.objectives import OBJECTIVES
 from habactl.format import open_archive
 from helpers import one_error_line
+
+# What compress offers: the registered objectives, in order, then the baselines.
+KNOWN = [*OBJECTIVES, "random"]
 
 runner = CliRunner()
 TINY = ["--iterations", "2", "--real-per-class", "4", "--contrast-batch", "8"]
@@ -106,7 +110,7 @@ def test_every_output_location_is_checked_before_the_run(tmp_path, no_data, case
         (["--objective", "random", "--hallucinators", "3"], "--hallucinators does not apply"),
         (["--objective", "random", "--lr-bases", "0.5"], "--lr-bases does not apply"),
         (["--objective", "random", "--codec", "idc"], "only --codec raw"),
-        (["--objective", "nope"], "unknown objective 'nope' (known: dm, dc, dsa, mtt, random)"),
+        (["--objective", "nope"], f"unknown objective 'nope' (known: {', '.join(KNOWN)})"),
     ],
 )
 def test_an_option_that_does_not_apply_is_an_error(tmp_path, no_data, args, message):

@@ -153,6 +153,15 @@ DOCUMENTED_SETTINGS = {
         "net_width": 1.0,
     },
 }
+DOCUMENTED_SETTINGS["kip"] = {
+    "real_per_class": 32,
+    "views": 0,
+    "models": 1,
+    "reg": 1e-6,
+    "embed_arch": "convnet",
+    "embed_width": 1.0,
+    "solve_dtype": "float64",
+}
 DOCUMENTED_SETTINGS["dsa"] = DOCUMENTED_SETTINGS["dc"]
 DOCUMENTED_ENGINE = {
     "dm": {},  # DistillConfig's own: lr_bases 1.0, momentum 0.5, the DSA strategy
@@ -160,6 +169,7 @@ DOCUMENTED_ENGINE = {
     "dsa": {"lr_bases": 0.1, "momentum": 0.5},
     "mtt": {"lr_bases": 100.0, "momentum": 0.5},
     "dd": {"lr_bases": 100.0, "momentum": 0.5, "augment": "none"},
+    "kip": {"lr_bases": 2000.0, "momentum": 0.9, "augment": "none"},
 }
 
 
@@ -219,7 +229,8 @@ def test_a_new_baseline_is_one_registry_entry(tmp_path, monkeypatch):
     result = runner.invoke(app, [*args, "--codec", "idc", "-o", str(tmp_path / "z.haba")])
     assert "--objective first keeps real images as they are" in one_error_line(result)
     result = runner.invoke(app, ["compress", "digits", "--objective", "nope"])
-    assert "(known: dm, dc, dsa, mtt, dd, random, first)" in one_error_line(result)
+    known = ", ".join([*OBJECTIVES, "random", "first"])  # the registry's order, then baselines
+    assert f"(known: {known})" in one_error_line(result)
 
 
 def test_hallucinator_defaults_are_the_stage_options_everywhere():

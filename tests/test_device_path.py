@@ -120,6 +120,7 @@ CASES = {
         2,
         {"inner_steps": 2, "real_per_class": 4, "net_width": 0.125, "learn_labels": True},
     ),
+    "kip-haba": ("kip", "haba", 2, {"real_per_class": 4, "models": 2}),
 }
 
 

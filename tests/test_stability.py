@@ -24,7 +24,7 @@ from habactl.experts import ExpertSettings, train_experts
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DATASETS = ("digits", "mnist-5k")
-OBJECTIVES = ("dm", "dc", "dsa", "mtt", "dd")
+OBJECTIVES = ("dm", "dc", "dsa", "mtt", "dd", "kip")
 CODECS = ("raw", "idc", "haba", "haba+idc")
 # Normalised images span a few units (digits, mnist-5k: within +-3). Bounded mtt keeps its
 # stored values below 2 here; unbounded, they reach 25-220 in these three tiny iterations
@@ -40,6 +40,7 @@ TINY = {
     "dsa": {"real_per_class": 8, "views": 1},
     "mtt": {"syn_steps": 4},
     "dd": {"inner_steps": 2, "real_per_class": 4, "batch_syn": 8},
+    "kip": {"real_per_class": 8},
 }
 
 
@@ -106,7 +107,7 @@ def run_and_check(config: DistillConfig, data: str, output) -> None:
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_defaults_stay_finite(objective, codec, data, buffers, tmp_path):
-    seeds = (0, 1, 2) if objective == "mtt" else (0, 1) if objective == "dd" else (0,)
+    seeds = {"mtt": (0, 1, 2), "dd": (0, 1), "kip": (0, 1)}.get(objective, (0,))
     for seed in seeds:
         # dd: seed 1 learns labels where the budget has room for them (raw IPC 1 has none)
         labels = (

@@ -7,6 +7,7 @@ from habactl.distill.objectives.base import Context, Objective
 from habactl.distill.objectives.dc import DifferentiableSiameseGradientMatching, GradientMatching
 from habactl.distill.objectives.dd import DatasetDistillation
 from habactl.distill.objectives.dm import DistributionMatching
+from habactl.distill.objectives.kip import KernelInducingPoints
 from habactl.distill.objectives.mtt import TrajectoryMatching
 
 OBJECTIVES: dict[str, type[Objective]] = {
@@ -15,6 +16,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     DifferentiableSiameseGradientMatching.name: DifferentiableSiameseGradientMatching,
     TrajectoryMatching.name: TrajectoryMatching,
     DatasetDistillation.name: DatasetDistillation,
+    KernelInducingPoints.name: KernelInducingPoints,
 }
 
 
