@@ -119,6 +119,8 @@ BYTES_ARMS = [name for name in ARMS if name.split("-")[-1] in ("f16", "u8")] + [
 OBJECTIVE_ARMS = [
     name
     for name, (objective, _, _) in ARMS.items()
+    if objective != "dm"  # dm: the default arms
+    for name, (objective, _, _) in ARMS.items()
     if objective in ("dc", "dsa", "mtt", "dd", "kip")
 ]
 DEFAULT_IPC1 = [name for name in ARMS if name not in OBJECTIVE_ARMS + BYTES_ARMS]

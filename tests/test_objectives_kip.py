@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import one_error_line, tiny_mnist
 from habactl.distill import DistillConfig, Distiller
 from habactl.distill import checkpoint as ckpt
 from habactl.distill.errors import DistillError
 from habactl.distill.objectives.kip import centred_one_hot, krr_predict
 from habactl.format import open_archive
 from habactl.training.dataset import HabaDataset
+from helpers import one_error_line, tiny_mnist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -203,14 +203,14 @@ def test_compress_command_with_kip_from_a_config_file(tmp_path):
 def test_kip_on_two_ranks_takes_the_step_of_one_process(tmp_path):
     # The real batch's classes are dealt to the ranks; each rank's loss is its share of
     # the batch's sum, so the summed gradient is the one process's (up to rounding).
-    from test_distributed import TORCHRUN, habactl, stored_tensors
+    from helpers import TORCHRUN, run_habactl, stored_tensors
 
     if not TORCHRUN.exists():
         pytest.skip("torchrun not installed")
     args = ("compress", "digits", "--objective", "kip", "--codec", "raw", "--ipc", "1",
             "--iterations", "2", "--real-per-class", "8", "--threads", "1", "-q")  # fmt: skip
-    one = habactl(*args, "-o", "one.haba", cwd=tmp_path, world=None)
-    two = habactl(*args, "-o", "two.haba", cwd=tmp_path, world=2)
+    one = run_habactl(*args, "-o", "one.haba", cwd=tmp_path, world=None)
+    two = run_habactl(*args, "-o", "two.haba", cwd=tmp_path, world=2)
     assert one.returncode == 0, one.stderr
     assert two.returncode == 0, two.stderr
     single, split = stored_tensors(tmp_path / "one.haba"), stored_tensors(tmp_path / "two.haba")
