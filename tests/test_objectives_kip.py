@@ -203,7 +203,7 @@ def test_compress_command_with_kip_from_a_config_file(tmp_path):
 def test_kip_on_two_ranks_takes_the_step_of_one_process(tmp_path):
     # The real batch's classes are dealt to the ranks; each rank's loss is its share of
     # the batch's sum, so the summed gradient is the one process's (up to rounding).
-    from helpers import TORCHRUN, run_habactl, stored_tensors
+    from helpers import TOLERANCE, TORCHRUN, run_habactl, stored_tensors
 
     if not TORCHRUN.exists():
         pytest.skip("torchrun not installed")
@@ -217,4 +217,6 @@ def test_kip_on_two_ranks_takes_the_step_of_one_process(tmp_path):
     assert sorted(split) == sorted(single)
     for name in single:
         assert not torch.equal(single[name], torch.zeros_like(single[name]))
-        assert float((split[name] - single[name]).abs().max()) < 1e-4, name
+        # the ranks sum in another order: rounding, amplified by the solve, differs by CPU
+        # kind (see test_distributed's two-rank bounds), so the same bound as there
+        assert float((split[name] - single[name]).abs().max()) < TOLERANCE, name
