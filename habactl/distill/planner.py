@@ -306,8 +306,7 @@ def plan_pipeline(
     the preset the entries match (``registry.preset_name``). ``label_values``: float32
     label values stored with each basis (an objective's learned soft labels; with
     ``counts="all"`` a basis costs them too)."""
-    from habactl.codecs.registry import describe_pipeline, preset_name
-    from habactl.errors import HabaError
+    from habactl.codecs.registry import preset_name
 
     _check_plan_arguments(counts, leftover, ipc, budget_bytes, num_classes)
     stages = [dict(entry) for entry in pipeline]
@@ -315,17 +314,8 @@ def plan_pipeline(
         label = codec or preset_name(stages)
     except (KeyError, TypeError):
         raise DistillError("a pipeline entry needs a name, a version and a configuration") from None
-    try:
-        base_shape = base_shape_for(stages, image_shape)
-        spec = describe_pipeline(stages, base_shape)
-    except HabaError as error:
-        raise DistillError(f"codec {label}: {error}") from None
+    spec, base_shape = _described(stages, image_shape, label)
     c, h, w = (int(s) for s in image_shape)
-    if tuple(spec.out_shape) != (c, h, w):
-        raise DistillError(
-            f"codec {label}: the pipeline decodes to {list(spec.out_shape)}, "
-            f"not the images' {[c, h, w]}"
-        )
     from habactl.codecs.spec import pipeline_storage
 
     pipeline_values = sum(math.prod(shape) for shape in spec.params.values())
@@ -373,6 +363,28 @@ def plan_pipeline(
         budget_bytes_given=budget_bytes is not None,
         label_values=label_values,
     )
+
+
+def _described(
+    stages: list[dict[str, Any]], image_shape: Sequence[int], label: str
+) -> tuple[Any, tuple[int, int, int]]:
+    """The pipeline's description and its bases' shape; DistillError naming the codec
+    when the entries do not describe a pipeline that decodes to ``image_shape``."""
+    from habactl.codecs.registry import describe_pipeline
+    from habactl.errors import HabaError
+
+    try:
+        base_shape = base_shape_for(stages, image_shape)
+        spec = describe_pipeline(stages, base_shape)
+    except HabaError as error:
+        raise DistillError(f"codec {label}: {error}") from None
+    c, h, w = (int(s) for s in image_shape)
+    if tuple(spec.out_shape) != (c, h, w):
+        raise DistillError(
+            f"codec {label}: the pipeline decodes to {list(spec.out_shape)}, "
+            f"not the images' {[c, h, w]}"
+        )
+    return spec, base_shape
 
 
 def _budget(
