@@ -454,6 +454,7 @@ class Distiller:
             ipc=c.ipc,
             dataset={"name": self.source.name, "fingerprint": self.source.fingerprint},
             collective=self.collective,
+            iterations=c.iterations,
         )
         objective = get_objective(c.objective)(context, dict(c.objective_settings))
         if c.classes_per_iteration is not None and not objective.samples_real:

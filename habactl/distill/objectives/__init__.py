@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective
+from habactl.distill.objectives.cafe import FeatureAlignment
 from habactl.distill.objectives.dc import DifferentiableSiameseGradientMatching, GradientMatching
+from habactl.distill.objectives.dcc import ContrastiveGradientMatching
 from habactl.distill.objectives.dm import DistributionMatching
 from habactl.distill.objectives.mtt import TrajectoryMatching
 
@@ -13,6 +15,8 @@ OBJECTIVES: dict[str, type[Objective]] = {
     GradientMatching.name: GradientMatching,
     DifferentiableSiameseGradientMatching.name: DifferentiableSiameseGradientMatching,
     TrajectoryMatching.name: TrajectoryMatching,
+    ContrastiveGradientMatching.name: ContrastiveGradientMatching,
+    FeatureAlignment.name: FeatureAlignment,
 }
 
 

@@ -36,6 +36,7 @@ class Context:
     ipc: int = 1  # the budget's images per class (gradient matching's loops)
     dataset: Mapping[str, str] | None = None  # {"name", "fingerprint"} of the source
     collective: Collective = SINGLE  # the job's ranks (one process: SINGLE)
+    iterations: int = 0  # the run's --iterations (0: not known; schedules by run fraction)
 
 
 def setting(default: Any, flag: str | None = None, help: str = "") -> Any:
