@@ -255,7 +255,7 @@ class FeatureAlignment(Objective):
         self.outer_accuracies = [*self.outer_accuracies, self._probe_accuracy()][-s.window :]
         settled = _span_below(self.outer_accuracies, s.window, s.outer_tolerance)
         if settled or self.outer >= s.max_outer:
-            self.outer = 0
+            self.outer, self.outer_accuracies = 0, []  # the next step draws a new network
             return
         images, labels = _synthetic_items(synthetic)
         recent: list[float] = []
