@@ -84,6 +84,10 @@ ARMS: dict[str, tuple[str, dict[str, Any], str]] = {
     "dsa-haba-idc": ("dsa", {"codec": "haba+idc", "factor": 2}, "DSA, HaBa + IDC"),
     "mtt-raw": ("mtt", {"codec": "raw"}, "MTT, raw images"),
     "mtt-haba-idc": ("mtt", {"codec": "haba+idc", "factor": 2}, "MTT, HaBa + IDC"),
+    "dcc-raw": ("dcc", {"codec": "raw"}, "DCC (with DSA), raw images"),
+    "dcc-haba-idc": ("dcc", {"codec": "haba+idc", "factor": 2}, "DCC (with DSA), HaBa + IDC"),
+    "cafe-raw": ("cafe", {"codec": "raw"}, "CAFE, raw images"),
+    "cafe-haba-idc": ("cafe", {"codec": "haba+idc", "factor": 2}, "CAFE, HaBa + IDC"),
 }
 # Each storage (raw, IDC, DCT coefficients, HaBa + IDC) at float32, float16
 # and uint8 under the same byte budget; fewer bytes per value buy more bases.
@@ -103,7 +107,9 @@ for _storage, (_overrides, _label) in STORAGES.items():
         )
 BYTES_ARMS = [name for name in ARMS if name.split("-")[-1] in ("f16", "u8")] + ["dm-freq"]
 OBJECTIVE_ARMS = [
-    name for name, (objective, _, _) in ARMS.items() if objective in ("dc", "dsa", "mtt")
+    name
+    for name, (objective, _, _) in ARMS.items()
+    if objective in ("dc", "dsa", "mtt", "dcc", "cafe")
 ]
 DEFAULT_IPC1 = [name for name in ARMS if name not in OBJECTIVE_ARMS + BYTES_ARMS]
 DEFAULT_IPC10 = [
