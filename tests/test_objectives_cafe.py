@@ -262,3 +262,77 @@ def test_compress_command_with_cafe(tmp_path):
     assert hyper["objective"]["name"] == "cafe" and hyper["optimizer"]["lr_bases"] == 0.1
     assert hyper["augmentation"]["strategy"] == "none"
     assert (hyper["objective"]["schedule"], hyper["objective"]["outer_loop"]) == ("fixed", 2)
+
+
+# -- the device path and torchrun ---------------------------------------------------------
+@pytest.fixture
+def on_meta(monkeypatch):
+    """Every device name answers ``meta``; every read of a device value is counted (as in
+    tests/test_device_path.py) and answers 0."""
+    from habactl.runtime import device as runtime
+
+    reads: list[list[str]] = []
+
+    def host_values(values):
+        reads.append(sorted(values))
+        return {k: 0.0 for k in values}
+
+    monkeypatch.setattr(runtime, "resolve_device", lambda name: torch.device("meta"))
+    monkeypatch.setattr(runtime, "host_values", host_values)
+    return reads
+
+
+@pytest.mark.parametrize("schedule", ["fixed", "dynamic"])
+def test_an_iteration_reads_the_device_only_where_the_schedule_decides(on_meta, schedule):
+    from test_device_path import HostTensorWatch, _device_tensors
+
+    settings = {"real_per_class": 4, "probe_per_class": 2, "window": 2, "max_inner": 2}
+    if schedule == "fixed":
+        settings.update(schedule="fixed", outer_loop=2, inner_loop=1)
+    made = DistillConfig(
+        objective="cafe",
+        codec="haba",
+        ipc=2,
+        iterations=0,
+        device="cpu",
+        contrastive_settings={"batch": 4},
+        objective_settings=settings,
+    )
+    distiller = Distiller(tiny_mnist(), made)
+    off = [name for name, t in _device_tensors(distiller).items() if t.device.type != "meta"]
+    assert not off, f"not on the run's device: {off}"
+    watch = HostTensorWatch()
+    with watch:
+        records = [distiller.step() for _ in range(2)]
+    assert not watch.stray, "host tensors mixed into device ops:\n" + "\n".join(watch.stray)
+    engine = [read for read in on_meta if "loss" in read]
+    probes = [read for read in on_meta if "loss" not in read]
+    assert len(engine) == 2 and "cafe" in engine[0] and set(records[-1]) == set(engine[-1])
+    assert all(read == ["accuracy"] for read in probes)
+    # dynamic, every probe reading 0 here: step 1 (one outer accuracy, no window yet: two
+    # inner epochs, each read) and step 2 (two equal outer accuracies: settled, a new
+    # network next, no inner epoch); fixed: no read besides the engine's
+    assert len(probes) == (0 if schedule == "fixed" else 1 + 2 + 1)
+
+
+@pytest.mark.slow
+def test_two_ranks_take_the_step_of_one_process_and_agree_on_the_schedule(tmp_path):
+    from test_distributed import habactl as run
+    from test_distributed import needs_torchrun, stored_tensors
+
+    if needs_torchrun.args[0]:
+        pytest.skip("torchrun not installed")
+    args = ("compress", "digits", "--objective", "cafe", "--ipc", "1", "--threads", "1",
+            "-q")  # fmt: skip
+    one = run(*args, "--iterations", "1", "-o", "one.haba", cwd=tmp_path, world=None)
+    two = run(*args, "--iterations", "1", "-o", "two.haba", cwd=tmp_path, world=2)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    single, split = stored_tensors(tmp_path / "one.haba"), stored_tensors(tmp_path / "two.haba")
+    assert sorted(split) == sorted(single)
+    for name in single:
+        assert float((split[name] - single[name]).abs().max()) < 1e-5, name
+    # Several networks' lives (probe reads, inner loops) on both ranks: one archive.
+    longer = run(*args, "--iterations", "4", "-o", "three.haba", cwd=tmp_path, world=2)
+    assert longer.returncode == 0, longer.stderr
+    assert (tmp_path / "three.haba").is_file()

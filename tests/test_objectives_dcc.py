@@ -210,3 +210,67 @@ def test_compress_command_with_dcc(tmp_path):
         hyper = archive.manifest["provenance"]["hyperparameters"]
     assert hyper["objective"]["name"] == "dcc" and hyper["optimizer"]["lr_bases"] == 0.1
     assert hyper["objective"]["real_per_class"] == 4
+
+
+# -- the device path and torchrun ---------------------------------------------------------
+@pytest.fixture
+def on_meta(monkeypatch):
+    """Every device name answers ``meta``; the engine's per-iteration read is counted (as
+    in tests/test_device_path.py)."""
+    from habactl.runtime import device as runtime
+
+    reads: list[list[str]] = []
+
+    def host_values(values):
+        reads.append(sorted(values))
+        return {k: 0.0 for k in values}
+
+    monkeypatch.setattr(runtime, "resolve_device", lambda name: torch.device("meta"))
+    monkeypatch.setattr(runtime, "host_values", host_values)
+    return reads
+
+
+def test_an_iteration_waits_for_its_device_once(on_meta):
+    from test_device_path import HostTensorWatch, _device_tensors
+
+    settings = {"real_per_class": 4, "outer_loop": 2, "inner_loop": 1}
+    made = DistillConfig(
+        objective="dcc",
+        codec="haba",
+        ipc=2,
+        iterations=4,  # warm-up: the first (dc's match), then the contrastive one
+        device="cpu",
+        contrastive_settings={"batch": 4},
+        objective_settings=settings,
+    )
+    distiller = Distiller(tiny_mnist(), made)
+    off = [name for name, t in _device_tensors(distiller).items() if t.device.type != "meta"]
+    assert not off, f"not on the run's device: {off}"
+    watch = HostTensorWatch()
+    with watch:
+        records = [distiller.step() for _ in range(2)]
+    assert not watch.stray, "host tensors mixed into device ops:\n" + "\n".join(watch.stray)
+    assert len(on_meta) == 2 and "dcc" in on_meta[0]
+    assert set(records[-1]) == set(on_meta[-1])
+
+
+@pytest.mark.slow
+def test_two_ranks_take_the_step_of_one_process(tmp_path):
+    # The real side split by classes, the real gradients summed over the ranks, the
+    # synthetic side whole on each: one iteration gives the one-process step (as for dsa,
+    # later iterations amplify the last-bit differences of the summation order).
+    from test_distributed import habactl as run
+    from test_distributed import needs_torchrun, stored_tensors
+
+    if needs_torchrun.args[0]:
+        pytest.skip("torchrun not installed")
+    args = ("compress", "digits", "--objective", "dcc", "--ipc", "1", "--iterations", "1",
+            "--threads", "1", "-q")  # fmt: skip
+    one = run(*args, "-o", "one.haba", cwd=tmp_path, world=None)
+    two = run(*args, "-o", "two.haba", cwd=tmp_path, world=2)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    single, split = stored_tensors(tmp_path / "one.haba"), stored_tensors(tmp_path / "two.haba")
+    assert sorted(split) == sorted(single)
+    for name in single:
+        assert float((split[name] - single[name]).abs().max()) < 1e-5, name

@@ -24,7 +24,7 @@ from habactl.experts import ExpertSettings, train_experts
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DATASETS = ("digits", "mnist-5k")
-OBJECTIVES = ("dm", "dc", "dsa", "mtt")
+OBJECTIVES = ("dm", "dc", "dsa", "mtt", "dcc", "cafe")
 CODECS = ("raw", "idc", "haba", "haba+idc")
 # Normalised images span a few units (digits, mnist-5k: within +-3). Bounded mtt keeps its
 # stored values below 2 here; unbounded, they reach 25-220 in these three tiny iterations
@@ -39,7 +39,11 @@ TINY = {
     "dc": {"real_per_class": 8, "views": 1},
     "dsa": {"real_per_class": 8, "views": 1},
     "mtt": {"syn_steps": 4},
+    "dcc": {"real_per_class": 8, "views": 1},
+    "cafe": {"real_per_class": 8, "views": 1, "probe_per_class": 4, "window": 2, "max_inner": 1},
 }
+# Seeds per objective (one unless named).
+SEEDS = {"mtt": (0, 1, 2), "dcc": (0, 1), "cafe": (0, 1)}
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +99,14 @@ def run_and_check(config: DistillConfig, data: str, output) -> None:
 
 
 # Every test that takes ``buffers`` is slow: the fixture trains two expert buffers (~25 s
-# on 2 cores) before the first distillation, and this one runs 32 distillations.
+# on 2 cores) before the first distillation, and this one runs 48 cases (mtt over three
+# seeds, dcc and cafe over two).
 @pytest.mark.slow
 @pytest.mark.parametrize("data", DATASETS)
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_defaults_stay_finite(objective, codec, data, buffers, tmp_path):
-    seeds = (0, 1, 2) if objective == "mtt" else (0,)
+    seeds = SEEDS.get(objective, (0,))
     for seed in seeds:
         run_and_check(
             make_config(objective, codec, seed, 3, buffers, data), data, tmp_path / f"{seed}.haba"
