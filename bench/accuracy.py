@@ -98,6 +98,10 @@ ARMS: dict[str, tuple[str, dict[str, Any], str]] = {
     ),
     "kip-raw": ("kip", {"codec": "raw"}, "KIP, raw images"),
     "kip-haba-idc": ("kip", {"codec": "haba+idc", "factor": 2}, "KIP, HaBa + IDC"),
+    "dcc-raw": ("dcc", {"codec": "raw"}, "DCC (with DSA), raw images"),
+    "dcc-haba-idc": ("dcc", {"codec": "haba+idc", "factor": 2}, "DCC (with DSA), HaBa + IDC"),
+    "cafe-raw": ("cafe", {"codec": "raw"}, "CAFE, raw images"),
+    "cafe-haba-idc": ("cafe", {"codec": "haba+idc", "factor": 2}, "CAFE, HaBa + IDC"),
 }
 # Each storage (raw, IDC, DCT coefficients, HaBa + IDC) at float32, float16
 # and uint8 under the same byte budget; fewer bytes per value buy more bases.
@@ -120,8 +124,6 @@ OBJECTIVE_ARMS = [
     name
     for name, (objective, _, _) in ARMS.items()
     if objective != "dm"  # dm: the default arms
-    for name, (objective, _, _) in ARMS.items()
-    if objective in ("dc", "dsa", "mtt", "dd", "kip")
 ]
 DEFAULT_IPC1 = [name for name in ARMS if name not in OBJECTIVE_ARMS + BYTES_ARMS]
 DEFAULT_IPC10 = [

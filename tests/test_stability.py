@@ -24,7 +24,7 @@ from habactl.experts import ExpertSettings, train_experts
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DATASETS = ("digits", "mnist-5k")
-OBJECTIVES = ("dm", "dc", "dsa", "mtt", "dd", "kip")
+OBJECTIVES = ("dm", "dc", "dsa", "mtt", "dd", "kip", "dcc", "cafe")
 CODECS = ("raw", "idc", "haba", "haba+idc")
 # Normalised images span a few units (digits, mnist-5k: within +-3). Bounded mtt keeps its
 # stored values below 2 here; unbounded, they reach 25-220 in these three tiny iterations
@@ -41,7 +41,11 @@ TINY = {
     "mtt": {"syn_steps": 4},
     "dd": {"inner_steps": 2, "real_per_class": 4, "batch_syn": 8},
     "kip": {"real_per_class": 8},
+    "dcc": {"real_per_class": 8, "views": 1},
+    "cafe": {"real_per_class": 8, "views": 1, "probe_per_class": 4, "window": 2, "max_inner": 1},
 }
+# Seeds per objective (one unless named).
+SEEDS = {"mtt": (0, 1, 2), "dd": (0, 1), "kip": (0, 1), "dcc": (0, 1), "cafe": (0, 1)}
 
 
 @pytest.fixture(scope="module")
@@ -101,13 +105,14 @@ def run_and_check(config: DistillConfig, data: str, output) -> None:
 
 
 # Every test that takes ``buffers`` is slow: the fixture trains two expert buffers (~25 s
-# on 2 cores) before the first distillation, and this one runs 32 distillations.
+# on 2 cores) before the first distillation, and this one runs 48 cases (mtt over three
+# seeds, dcc and cafe over two).
 @pytest.mark.slow
 @pytest.mark.parametrize("data", DATASETS)
 @pytest.mark.parametrize("codec", CODECS)
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_defaults_stay_finite(objective, codec, data, buffers, tmp_path):
-    seeds = {"mtt": (0, 1, 2), "dd": (0, 1), "kip": (0, 1)}.get(objective, (0,))
+    seeds = SEEDS.get(objective, (0,))
     for seed in seeds:
         # dd: seed 1 learns labels where the budget has room for them (raw IPC 1 has none)
         labels = (

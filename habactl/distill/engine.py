@@ -414,6 +414,7 @@ class Distiller:
             dataset={"name": self.source.name, "fingerprint": self.source.fingerprint},
             collective=self.collective,
             per_class=list(self.plan.per_class),
+            iterations=c.iterations,
         )
         objective = get_objective(c.objective)(context, dict(c.objective_settings))
         if c.classes_per_iteration is not None and not objective.samples_real:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from habactl.distill.errors import DistillError
 from habactl.distill.objectives.base import Context, Objective
+from habactl.distill.objectives.cafe import FeatureAlignment
 from habactl.distill.objectives.dc import DifferentiableSiameseGradientMatching, GradientMatching
+from habactl.distill.objectives.dcc import ContrastiveGradientMatching
 from habactl.distill.objectives.dd import DatasetDistillation
 from habactl.distill.objectives.dm import DistributionMatching
 from habactl.distill.objectives.kip import KernelInducingPoints
@@ -17,6 +19,8 @@ OBJECTIVES: dict[str, type[Objective]] = {
     TrajectoryMatching.name: TrajectoryMatching,
     DatasetDistillation.name: DatasetDistillation,
     KernelInducingPoints.name: KernelInducingPoints,
+    ContrastiveGradientMatching.name: ContrastiveGradientMatching,
+    FeatureAlignment.name: FeatureAlignment,
 }
 
 

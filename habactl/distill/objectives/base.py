@@ -42,6 +42,7 @@ class Context:
     collective: Collective = SINGLE  # the job's ranks (one process: SINGLE)
     # the plan's bases per class (class-sorted), for state sized by the bases (learned labels)
     per_class: list[int] | None = None
+    iterations: int = 0  # the run's --iterations (0: not known; schedules by run fraction)
 
 
 @dataclass(frozen=True)
