@@ -45,8 +45,9 @@ def test_version_and_usage_errors():
 @pytest.mark.parametrize(
     "command, shown",
     [
-        ("compress", "[default: 300]"),  # our own "[default: ...]" texts, not eaten as markup
-        ("evaluate", "[default: 1000; --fast: 150]"),
+        # our own "[default: ...]" texts, not eaten as markup, with the declared values
+        ("compress", f"[default: {DistillConfig().iterations}]"),
+        ("evaluate", f"[default: {STANDARD.epochs}; --fast: {FAST.epochs}]"),
         ("experts", "--experts"),
     ],
 )

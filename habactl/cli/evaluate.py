@@ -11,6 +11,7 @@ import typer
 
 from habactl.cli.app import app, guarded, plural, stderr, stdout
 from habactl.cli.options import Device
+from habactl.evaluation.protocol import FAST, STANDARD
 
 if TYPE_CHECKING:
     from habactl.evaluation.report import EvaluationReport
@@ -41,12 +42,19 @@ Arch = Annotated[
 Models = Annotated[
     int | None,
     typer.Option(
-        "--models", min=1, help="Networks trained per architecture \\[default: 5; --fast: 2]."
+        "--models",
+        min=1,
+        help="Networks trained per architecture \\[default: "
+        + f"{STANDARD.models}; --fast: {FAST.models}].",
     ),
 ]
 Epochs = Annotated[
     int | None,
-    typer.Option("--epochs", min=1, help="Training epochs \\[default: 1000; --fast: 150]."),
+    typer.Option(
+        "--epochs",
+        min=1,
+        help=f"Training epochs \\[default: {STANDARD.epochs}; --fast: {FAST.epochs}].",
+    ),
 ]
 Fast = Annotated[
     bool,
@@ -63,7 +71,8 @@ Lr = Annotated[
     ),
 ]
 BatchSize = Annotated[
-    int | None, typer.Option("--batch-size", min=1, help="Batch size \\[default: 256].")
+    int | None,
+    typer.Option("--batch-size", min=1, help=f"Batch size \\[default: {STANDARD.batch_size}]."),
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Model i uses seed + i.")]
 Jobs = Annotated[
