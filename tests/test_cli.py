@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import habactl.cli.main  # noqa: F401  (registers the subcommands)
 from habactl.cli.app import app
 from habactl.distill import DistillConfig
-from habactl.distill.objectives import get_objective
+from habactl.distill.objectives import OBJECTIVES, get_objective
 from habactl.evaluation.protocol import FAST, STANDARD
 from helpers import hallucinate_stage, one_error_line
 
@@ -75,20 +75,45 @@ def config_default(name: str):
     return next(f.default for f in fields(DistillConfig) if f.name == name)
 
 
+def engine_default(name: str) -> str:
+    """The engine's default, then each objective whose engine_defaults change it."""
+    default = config_default(name)
+    others = _grouped(
+        (key, cls.engine_defaults[name])
+        for key, cls in OBJECTIVES.items()
+        if cls.engine_defaults.get(name, default) != default
+    )
+    return "; ".join([str(default), *others])
+
+
+def objective_default(name: str) -> str:
+    """Each value of an objective setting, after the objectives that have it (in the
+    registry's order of first appearance)."""
+    return "; ".join(
+        _grouped(
+            (key, cls.defaults[name]) for key, cls in OBJECTIVES.items() if name in cls.defaults
+        )
+    )
+
+
+def _grouped(pairs) -> list[str]:
+    groups: dict[object, list[str]] = {}
+    for key, value in pairs:
+        groups.setdefault(value, []).append(key)
+    return [f"{', '.join(keys)} {value}" for value, keys in groups.items()]
+
+
 @pytest.mark.parametrize(
     "command, option, expected",
     [
         ("compress", "--iterations", lambda: str(config_default("iterations"))),
-        ("compress", "--momentum", lambda: str(config_default("momentum"))),
+        ("compress", "--momentum", lambda: engine_default("momentum")),
         ("compress", "--lr-hallucinators", lambda: str(config_default("lr_hallucinators"))),
         ("compress", "--hallucinators", lambda: str(config_default("hallucinators"))),
         (
             "compress",
             "--real-per-class",
-            lambda: (
-                f"dm {get_objective('dm').defaults['real_per_class']}; "
-                f"dc, dsa {get_objective('dc').defaults['real_per_class']}"
-            ),
+            lambda: objective_default("real_per_class"),
         ),
         ("compress", "--syn-steps", lambda: str(get_objective("mtt").defaults["syn_steps"])),
         ("evaluate", "--epochs", lambda: f"{STANDARD.epochs}; --fast: {FAST.epochs}"),
