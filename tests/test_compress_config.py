@@ -105,7 +105,7 @@ def test_a_stage_flag_edits_the_configs_pipeline(tmp_path):
             "--iterations does not apply to --objective random",
         ),
         ("iterations = [\n", "not valid TOML"),
-        ("unroll = 'full'\n", "--unroll applies to --objective mtt only"),
+        ("unroll = 'full'\n", "--unroll applies to --objective mtt, dd only"),
     ],
 )
 def test_a_bad_config_is_one_error_line(tmp_path, text, message):
