@@ -406,3 +406,33 @@ def error_lines(stderr: str) -> list[str]:
     """The ``habactl: error:`` lines of a run's stderr (a torchrun job's ranks each may
     print some)."""
     return [line for line in stderr.splitlines() if line.startswith("habactl: error:")]
+
+
+def matching_config(
+    objective: str,
+    settings: dict,
+    codec: str = "raw",
+    ipc: int = 1,
+    iterations: int = 0,
+    engine: dict | None = None,
+    **options,
+):
+    """A tiny DistillConfig for a network-matching objective's tests (dcc, cafe): SGD 0.1
+    with momentum 0.5, no contrastive term, `settings` under the objective's `options`;
+    `augment`, `quantize` and `frequency` among `options` go to the engine, over `engine`."""
+    from habactl.distill import DistillConfig
+
+    chosen = {k: options.pop(k) for k in ("augment", "quantize", "frequency") if k in options}
+    return DistillConfig(
+        objective=objective,
+        codec=codec,
+        ipc=ipc,
+        iterations=iterations,
+        lr_bases=0.1,
+        momentum=0.5,
+        contrastive=False,
+        checkpoint_every=1000,
+        contrastive_settings={"batch": 4},
+        objective_settings={**settings, **options},
+        **{**(engine or {}), **chosen},
+    )

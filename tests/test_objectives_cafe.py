@@ -13,7 +13,7 @@ from habactl.distill.objectives.cafe import _features
 from habactl.format import open_archive
 from habactl.nets import seeded as networks
 from habactl.training.dataset import HabaDataset
-from helpers import one_error_line, tiny_mnist
+from helpers import matching_config, one_error_line, tiny_mnist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,19 +22,8 @@ FIXED = {"schedule": "fixed", "outer_loop": 1, "inner_loop": 0}
 
 
 def config(codec: str = "raw", ipc: int = 1, iterations: int = 0, **options) -> DistillConfig:
-    engine = {k: options.pop(k) for k in ("augment", "quantize", "frequency") if k in options}
-    return DistillConfig(
-        objective="cafe",
-        codec=codec,
-        ipc=ipc,
-        iterations=iterations,
-        lr_bases=0.1,
-        momentum=0.5,
-        contrastive=False,
-        checkpoint_every=1000,
-        contrastive_settings={"batch": 4},
-        objective_settings={**SETTINGS, **options},
-        **{"augment": "none", **engine},
+    return matching_config(
+        "cafe", SETTINGS, codec, ipc, iterations, engine={"augment": "none"}, **options
     )
 
 

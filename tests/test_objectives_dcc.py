@@ -14,7 +14,7 @@ from habactl.distill.objectives.dc import layer_distance
 from habactl.format import open_archive
 from habactl.nets import seeded as networks
 from habactl.training.dataset import HabaDataset
-from helpers import one_error_line, tiny_mnist
+from helpers import matching_config, one_error_line, tiny_mnist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,20 +22,7 @@ SETTINGS = {"real_per_class": 8, "net_width": 0.25}
 
 
 def config(codec: str = "raw", ipc: int = 1, iterations: int = 0, **options) -> DistillConfig:
-    engine = {k: options.pop(k) for k in ("augment", "quantize", "frequency") if k in options}
-    return DistillConfig(
-        objective="dcc",
-        codec=codec,
-        ipc=ipc,
-        iterations=iterations,
-        lr_bases=0.1,
-        momentum=0.5,
-        contrastive=False,
-        checkpoint_every=1000,
-        contrastive_settings={"batch": 4},
-        objective_settings={**SETTINGS, **options},
-        **engine,
-    )
+    return matching_config("dcc", SETTINGS, codec, ipc, iterations, **options)
 
 
 @pytest.mark.parametrize(
