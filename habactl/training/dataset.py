@@ -38,8 +38,9 @@ class _Decoded:
         with open_archive(path, verify=verify) as archive:
             tensors = archive.tensors()
             info = archive.info
+            # Every storage form of soft labels decodes to (count, classes) float32.
+            self.labels = archive.labels()
         self.bases = tensors["bases"]
-        self.labels = tensors["labels"]
         # The bases' shape from the manifest: a quantize stage may store them packed.
         self.pipeline = Pipeline.from_manifest(info.pipeline_entries(), info.bases.shape)
         self.pipeline.load_tensors({k: v for k, v in tensors.items() if k.startswith("pipeline.")})
