@@ -8,6 +8,8 @@ writes soft labels (``habactl relabel``, an objective at compress time) calls th
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,7 @@ from torch import Tensor
 
 from habactl.errors import HabaError
 from habactl.format.labels import FLOAT32, LabelForm, index_dtype, parse_form
+from habactl.format.manifest import WRITER_FIELDS
 
 # Rows a top-k form stores must be probability vectors: the decode gives the rest of a
 # row's mass, 1 - (the k values), to the other classes.
@@ -78,6 +81,25 @@ def encode_soft_labels(probs: Tensor, form: str | LabelForm) -> EncodedLabels:
     return EncodedLabels(form, tensors, form.entry(), form.minor)
 
 
+def labelled_manifest(
+    manifest: Mapping[str, Any],
+    encoded: EncodedLabels,
+    *,
+    teacher: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A copy of ``manifest`` (without its writer fields) whose labels are ``encoded``'s,
+    with ``provenance.teacher`` set when ``teacher`` ({name, sha256, arch, temperature})
+    is given. ``format_version`` is left to the writer: 1.2, or 1.3 for a 1.3 form or a
+    recorded teacher."""
+    m = {k: copy.deepcopy(v) for k, v in manifest.items() if k not in WRITER_FIELDS}
+    m.pop("format_version", None)
+    m["labels"] = dict(encoded.entry)
+    m["provenance"] = dict(m["provenance"])
+    if teacher is not None:
+        m["provenance"]["teacher"] = dict(teacher)
+    return m
+
+
 def _form(form: str | LabelForm) -> LabelForm:
     try:
         return parse_form(form)
@@ -116,4 +138,4 @@ def _top_k(rows: Tensor, k: int, classes: int) -> dict[str, Tensor]:
     }
 
 
-__all__ = ["EncodedLabels", "LabelsError", "encode_soft_labels"]
+__all__ = ["EncodedLabels", "LabelsError", "encode_soft_labels", "labelled_manifest"]
