@@ -67,7 +67,7 @@ def relabel(
 ) -> None:
     """Recompute ARCHIVE's labels with a teacher and write them, in the form --labels asks
     for, to a new archive (same bases and pipeline); print its bytes against its budget."""
-    from habactl.labels.relabel import relabel as run
+    from habactl.labels.relabeling import relabel as run
     from habactl.runtime.device import resolve_device
 
     started = time.perf_counter()

@@ -12,6 +12,6 @@ __getattr__, __all__ = lazy_exports(
     __name__,
     {
         "forms": ["EncodedLabels", "LabelsError", "encode_soft_labels", "labelled_manifest"],
-        "relabel": ["RelabelResult", "relabel"],
+        "relabeling": ["LabelBudget", "RelabelResult", "label_budget", "relabel"],
     },
 )
