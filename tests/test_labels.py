@@ -82,6 +82,15 @@ def test_top_k_indices_take_the_smallest_unsigned_type_that_holds_the_classes():
         assert encoded.nbytes == 2 * 2 * (2 + dtype.itemsize)
 
 
+@pytest.mark.parametrize("form", ["float32", "float16", "uint8", "top-k:1", "top-k:7"])
+def test_a_forms_row_bytes_are_what_it_stores(form):
+    from habactl.format.labels import parse_form
+
+    for classes in (7, 300):
+        encoded = encode_soft_labels(probability_rows(5, classes), form)
+        assert encoded.nbytes == 5 * parse_form(form).row_bytes(classes)
+
+
 def test_a_float32_form_without_a_teacher_is_the_1_2_archive_of_before(tmp_path):
     manifest = make_manifest(labels="soft")
     tensors = make_tensors(manifest)

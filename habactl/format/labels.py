@@ -56,6 +56,17 @@ class LabelForm:
         """The lowest format minor version that holds this form (float32: any)."""
         return 0 if self.name == FLOAT32 else LABELS_MINOR
 
+    def row_bytes(self, classes: int) -> int:
+        """The bytes one label row takes in this form (what a planner charges per basis):
+        4·C (float32), 2·C (float16), C + 4 (uint8), k·(2 + index bytes) (top-k)."""
+        if self.name == FLOAT32:
+            return 4 * classes
+        if self.name == "float16":
+            return 2 * classes
+        if self.name == "uint8":
+            return classes + 4
+        return int(self.k or 0) * (2 + _INDEX_BYTES[index_dtype(classes)])
+
     def describe(self) -> str:
         return f"top-k (k={self.k})" if self.name == "top-k" else self.name
 
@@ -86,6 +97,9 @@ def form_of(labels: Mapping[str, Any]) -> LabelForm | None:
         return None
     name = labels.get("form", FLOAT32)
     return LabelForm(str(name), labels.get("k") if name == "top-k" else None)
+
+
+_INDEX_BYTES = {"U8": 1, "U16": 2, "U32": 4}
 
 
 def index_dtype(classes: int) -> str:

@@ -27,10 +27,9 @@ StageLookup = Callable[[list[dict[str, Any]], tuple[int, ...]], Any]
 FORMAT_NAME = "haba"
 # Writers emit FORMAT_VERSION, 1.2: every archive carries a manifest digest since 1.2
 # (format/SPEC.md §7); an archive with a 1.3 labels form or a recorded teacher is 1.3
-# (LABELS_VERSION). The reader reads up to READER_VERSION; 1.0 and 1.1 archives (no
+# (format/labels.py). The reader reads up to READER_VERSION; 1.0 and 1.1 archives (no
 # manifest digest) and 1.2 archives are read as before.
 FORMAT_VERSION = "1.2"
-LABELS_VERSION = "1.3"
 READER_VERSION = "1.3"
 _READER_MAJOR, _READER_MINOR = 1, 3
 # The first minor version whose manifests must carry ``manifest_digest``.

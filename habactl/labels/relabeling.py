@@ -27,13 +27,11 @@ from torch import Tensor
 
 from habactl.errors import HabaError, quote
 from habactl.format.account import storage_account
-from habactl.format.labels import LabelForm, label_tensors
+from habactl.format.labels import LabelForm, parse_form
 from habactl.labels.forms import EncodedLabels, LabelsError, encode_soft_labels, labelled_manifest
 
 if TYPE_CHECKING:
     from habactl.teacher import Teacher
-
-from habactl.format.account import DTYPE_SIZES
 
 
 @dataclass(frozen=True)
@@ -83,10 +81,7 @@ def label_budget(manifest: Mapping[str, Any], form: LabelForm) -> LabelBudget:
     manifest's ``storage.ipc`` float32 images per class."""
     account = storage_account(manifest)
     count, classes = int(manifest["bases"]["count"]), len(manifest["classes"])
-    labels_bytes = sum(
-        math.prod(shape) * DTYPE_SIZES[dtype]
-        for dtype, shape in label_tensors(form.entry(), count, classes).values()
-    )
+    labels_bytes = count * form.row_bytes(classes)
     old = account.parts["labels"]
     counted = account.counted_bytes - (old.bytes if old.counted else 0) + labels_bytes
     recorded = manifest["provenance"]["hyperparameters"].get("budget")
@@ -169,8 +164,6 @@ def relabel(
 
 def _parse(form: str | LabelForm) -> LabelForm:
     try:
-        from habactl.format.labels import parse_form
-
         return parse_form(form)
     except HabaError as error:
         raise LabelsError(str(error)) from None
