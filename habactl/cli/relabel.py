@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from habactl.cli.app import LAZY_COMMANDS, HabaTyper, guarded, stderr
+from habactl.cli.options import Device, Quiet
 
 EXAMPLES = """Examples:
 
@@ -36,7 +37,10 @@ def command() -> Any:
 def relabel(
     archive: Annotated[Path, typer.Argument(help="The .haba archive to relabel.")],
     teacher: Annotated[
-        Path, typer.Option("--teacher", help="The teacher file (habactl teacher's output).")
+        Path,
+        typer.Option(
+            "--teacher", help="The teacher file (as habactl.teacher.train_teacher writes it)."
+        ),
     ],
     output: Annotated[Path, typer.Option("-o", "--output", help="The new archive.")],
     labels: Annotated[
@@ -61,9 +65,9 @@ def relabel(
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Images per teacher forward pass.")
     ] = 256,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    device: Device = "auto",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
-    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing on success.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Recompute ARCHIVE's labels with a teacher and write them, in the form --labels asks
     for, to a new archive (same bases and pipeline); print its bytes against its budget."""
