@@ -305,6 +305,7 @@ def digits_archive(tmp_path_factory):
     return BASELINES["random"].make(open_data("digits"), path, ipc=2, seed=0, overwrite=False)
 
 
+@pytest.mark.slow  # trains a teacher (once per module)
 def test_relabel_stores_the_teachers_probabilities_and_names_the_teacher(
     tmp_path, teacher, digits_archive
 ):
@@ -368,10 +369,17 @@ def test_relabel_averages_a_bases_images_and_maps_the_normalisation(tmp_path):
     assert not result.budget.over
 
 
-def test_relabel_refuses_over_budget_before_running_the_teacher(tmp_path, digits_archive):
+@pytest.fixture
+def small_archive(tmp_path):
+    """20 bases of 1x8x8 (10 classes, IPC 2) with hard labels: 5,120 bytes, its budget."""
+    manifest = make_manifest(classes=10, per_class=2, shape=(1, 8, 8))
+    return save_archive(tmp_path / "small.haba", make_tensors(manifest), manifest)
+
+
+def test_relabel_refuses_over_budget_before_running_the_teacher(tmp_path, small_archive):
     result = runner.invoke(
         app,
-        ["relabel", str(digits_archive), "--teacher", str(tmp_path / "absent.safetensors"),
+        ["relabel", str(small_archive), "--teacher", str(tmp_path / "absent.safetensors"),
          "-o", str(tmp_path / "b.haba")],
     )  # fmt: skip
     line = one_error_line(result)
@@ -383,6 +391,7 @@ def test_relabel_refuses_over_budget_before_running_the_teacher(tmp_path, digits
     assert not (tmp_path / "b.haba").exists()
 
 
+@pytest.mark.slow
 def test_relabel_cli_writes_top_k_and_prints_the_new_total(tmp_path, teacher, digits_archive):
     out = tmp_path / "k.haba"
     args = ["relabel", str(digits_archive), "--teacher", str(teacher.path), "-o", str(out)]
@@ -403,14 +412,14 @@ def test_relabel_cli_writes_top_k_and_prints_the_new_total(tmp_path, teacher, di
         (["--temperature", "0"], "--temperature must be a positive number"),
     ],
 )
-def test_relabel_refuses_bad_options_with_one_line(
-    tmp_path, teacher, digits_archive, extra, fragment
-):
-    args = ["relabel", str(digits_archive), "--teacher", str(teacher.path)]
+def test_relabel_refuses_bad_options_with_one_line(tmp_path, small_archive, extra, fragment):
+    # Refused before the teacher file is read: this one does not exist.
+    args = ["relabel", str(small_archive), "--teacher", str(tmp_path / "absent.safetensors")]
     result = runner.invoke(app, [*args, "-o", str(tmp_path / "x.haba"), *extra])
     assert fragment in one_error_line(result)
 
 
+@pytest.mark.slow
 def test_relabel_refuses_a_teacher_of_other_classes(tmp_path, teacher):
     manifest = make_manifest(classes=3, shape=(1, 8, 8))
     archive = save_archive(tmp_path / "three.haba", make_tensors(manifest), manifest)
