@@ -192,6 +192,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "Compress DATA into a .haba archive (default: HaBa + distribution matching on "
         "mnist-5k, IPC 1).",
     ),
+    "teacher": (
+        "habactl.cli.teacher",
+        "Train a teacher network (batch norm) on DATA for the teacher-driven objectives.",
+    ),
 }
 
 
