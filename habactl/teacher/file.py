@@ -163,7 +163,7 @@ def _state_dict_network(
     if tensors is None:
         raise not_ours
     net, name, classes = statedict.state_dict_teacher_net(tensors, path)
-    return net, statedict.unbound_info(name, classes, path, data), tensors
+    return net, statedict.unbound_info(name, classes, path), tensors
 
 
 def _built(info: TeacherInfo, path: Path) -> nn.Module:

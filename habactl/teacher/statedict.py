@@ -15,7 +15,6 @@ into it, every tensor matching.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 from collections.abc import Mapping
@@ -143,7 +142,7 @@ def state_dict_teacher_net(tensors: dict[str, Tensor], path: Path) -> tuple[nn.M
     return net, name, classes
 
 
-def unbound_info(name: str, classes: int, path: Path, data: bytes) -> TeacherInfo:
+def unbound_info(name: str, classes: int, path: Path) -> TeacherInfo:
     """The info of a state dict before it meets its data: placeholder class names and
     torchvision's own input space (3x224x224, its ImageNet mean and std)."""
     return TeacherInfo(
@@ -160,7 +159,6 @@ def unbound_info(name: str, classes: int, path: Path, data: bytes) -> TeacherInf
         dataset={"name": f"unknown (state dict {path.name})", "fingerprint": None},
         training={
             "source": "torchvision state dict",
-            "sha256": hashlib.sha256(data).hexdigest(),
             "input space": "taken from the data it is used with",
         },
     )
