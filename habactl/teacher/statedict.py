@@ -52,22 +52,30 @@ def looks_like_torch_file(data: bytes) -> bool:
     return data[:4] == b"PK\x03\x04" or data[:1] == b"\x80"
 
 
-def read_tensors(data: bytes, path: Path) -> dict[str, Tensor] | None:
-    """The tensors of a torch file or a plain safetensors file; None when `data` is
-    neither. A torch file with anything but tensors in plain containers is refused."""
-    if looks_like_torch_file(data):
-        try:
-            loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as error:  # whatever the unpickler meets, the file is refused
-            raise TeacherError(f"{path}: refused: {_refusal(error)}") from None
-        return _flat(loaded, path)
-    from safetensors import SafetensorError
-    from safetensors.torch import load
+def looks_like_safetensors(data: bytes) -> bool:
+    """An 8-byte header length that fits the file, then a JSON object."""
+    size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    return 0 < size <= len(data) - 8 and data[8:9] == b"{"
 
-    try:
-        return dict(load(data))
-    except (SafetensorError, ValueError, RuntimeError):
+
+def read_tensors(data: bytes, path: Path) -> dict[str, Tensor] | None:
+    """The tensors of a plain safetensors file or a torch file; None when `data` is
+    neither. A torch file with anything but tensors in plain containers is refused."""
+    if looks_like_safetensors(data):
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        try:
+            return dict(load(data))
+        except (SafetensorError, ValueError, RuntimeError):
+            return None
+    if not looks_like_torch_file(data):
         return None
+    try:
+        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as error:  # whatever the unpickler meets, the file is refused
+        raise TeacherError(f"{path}: refused: {_refusal(error)}") from None
+    return _flat(loaded, path)
 
 
 def _refusal(error: Exception) -> str:
