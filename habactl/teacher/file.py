@@ -26,6 +26,7 @@ from habactl.teacher.header import (
     TeacherError,
     TeacherInfo,
     header_json,
+    is_archive,
 )
 
 
@@ -120,6 +121,8 @@ def load_teacher(path: str | Path, *, device: torch.device | str | None = None) 
     try:
         header = header_json(data, path)
     except TeacherError as not_ours:
+        if is_archive(data):  # not worth trying as a state dict
+            raise
         net, info, tensors = _state_dict_network(data, path, not_ours)
     else:
         info = TeacherInfo.from_json(header, str(path))

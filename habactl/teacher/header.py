@@ -82,6 +82,20 @@ class TeacherInfo:
         return info
 
 
+def _metadata(data: bytes) -> dict[str, Any] | None:
+    """The ``__metadata__`` of a safetensors file's bytes, or None."""
+    if len(data) < 8:
+        return None
+    size = int.from_bytes(data[:8], "little")
+    if size > min(MAX_HEADER_BYTES, len(data) - 8):
+        return None
+    try:
+        metadata = json.loads(data[8 : 8 + size]).get("__metadata__")
+    except (ValueError, AttributeError):
+        return None
+    return metadata if isinstance(metadata, dict) else None
+
+
 def header_json(data: bytes, path: Path | str) -> Any:
     """The teacher's JSON header, read from the safetensors metadata of `data` (the
     file's bytes, or at least its first 8 + header-size bytes)."""
@@ -90,12 +104,19 @@ def header_json(data: bytes, path: Path | str) -> Any:
     size = int.from_bytes(data[:8], "little")
     if size > min(MAX_HEADER_BYTES, len(data) - 8):
         raise TeacherError(f"{path}: not a habactl teacher file (no safetensors header)")
+    metadata = _metadata(data) or {}
+    if METADATA_KEY not in metadata and "haba" in metadata:
+        raise TeacherError(f"{path}: a .haba archive, not a teacher file")
     try:
-        header = json.loads(data[8 : 8 + size])
-        text = header["__metadata__"][METADATA_KEY]
-        return json.loads(text)
+        return json.loads(metadata[METADATA_KEY])
     except (ValueError, KeyError, TypeError):
         raise TeacherError(f"{path}: not a habactl teacher file (no teacher header)") from None
+
+
+def is_archive(data: bytes) -> bool:
+    """Whether `data` (a file's first bytes at least) is a .haba archive's."""
+    metadata = _metadata(data)
+    return metadata is not None and "haba" in metadata
 
 
 def peek_teacher(path: str | Path) -> TeacherInfo | None:
