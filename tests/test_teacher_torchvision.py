@@ -12,7 +12,14 @@ import pytest
 import torch
 import torchvision
 
-from habactl.teacher import TeacherError, check_teacher_for, load_teacher
+from habactl.teacher import (
+    Teacher,
+    TeacherError,
+    TeacherInfo,
+    bind_teacher,
+    check_teacher_for,
+    load_teacher,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CLASSES = 4
@@ -84,6 +91,24 @@ def test_the_data_gives_its_classes_shape_and_normalisation(pth):
     assert teacher.normalization == {"kind": "mean-std", "mean": [0.5] * 3, "std": [0.25] * 3}
     assert teacher.describe()["arch"] == "torchvision-resnet18"
     assert teacher.logits(torch.randn(2, 3, 40, 36)).shape == (2, CLASSES)
+
+
+def test_an_archives_classes_and_space_bind_a_state_dict_and_no_other_teacher(pth):
+    teacher = load_teacher(pth)
+    space = {"kind": "mean-std", "mean": [0.1, 0.2, 0.3], "std": [0.4, 0.5, 0.6]}
+    names = ["a", "b", "c", "d"]
+    note = bind_teacher(teacher, classes=names, image_shape=(3, 32, 32), normalization=space)
+    assert note is not None and "state dict" in note
+    assert teacher.classes == tuple(names) and teacher.normalization == space
+    own = TeacherInfo(
+        arch="convnet", width=1.0, norm="batch", classes=("x", "y"), image_shape=(1, 8, 8),
+        normalization={"kind": "none"}, dataset={"name": "toy", "fingerprint": None}, training={},
+    )  # fmt: skip
+    trained = Teacher(torch.nn.Linear(2, 2), own, 0, "")
+    assert (
+        bind_teacher(trained, classes=names, image_shape=(3, 32, 32), normalization=space) is None
+    )
+    assert trained.info == own
 
 
 @pytest.mark.parametrize(

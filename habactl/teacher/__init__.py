@@ -7,7 +7,7 @@ __getattr__, __all__ = lazy_exports(
     __name__,
     {
         "header": ["TeacherError", "TeacherInfo", "describe_info", "peek_teacher"],
-        "file": ["Teacher", "check_teacher_for", "load_teacher", "save_teacher"],
+        "file": ["Teacher", "bind_teacher", "check_teacher_for", "load_teacher", "save_teacher"],
         "train": ["TeacherEpoch", "TeacherSettings", "train_teacher"],
     },
 )

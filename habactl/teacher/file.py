@@ -12,6 +12,7 @@ the teacher counts :attr:`Teacher.file_bytes`. The header is read without torch 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,23 +193,22 @@ def check_teacher_for(teacher: Teacher, source: Any) -> str | None:
     A torchvision state dict, which names no classes and no input space, takes those of
     `source` here: its classes (as many as the network's outputs), its image shape (RGB,
     sides of 32 pixels or more) and habactl's normalisation of that data."""
-    from habactl.teacher import statedict
+    from habactl.format.normalization import mean_std
 
     where = teacher.path.name if teacher.path is not None else "the teacher"
-    if statedict.is_state_dict_teacher(teacher.info):
-        # Teacher is frozen for its users; binding to the data is the one change it takes.
-        object.__setattr__(teacher, "info", statedict.bind(teacher.info, source, where))
-        return (
-            f"{where} is a {teacher.arch} state dict: it reads the data's "
-            f"{len(teacher.classes)} classes in their order, in habactl's normalisation"
-        )
+    shape = (source.channels, source.height, source.width)
+    normalization = mean_std(source.mean(), source.std()) if _takes_data(teacher) else {}
+    note = bind_teacher(
+        teacher, classes=source.classes, image_shape=shape, normalization=normalization
+    )
+    if note is not None:
+        return note
     if tuple(source.classes) != teacher.classes:
         raise TeacherError(
             f"{where} knows {len(teacher.classes)} classes "
             f"({', '.join(teacher.classes[:3])}, ...); the data has {len(source.classes)} "
             f"({', '.join(list(source.classes)[:3])}, ...)"
         )
-    shape = (source.channels, source.height, source.width)
     if shape != teacher.image_shape:
         raise TeacherError(
             f"{where} takes images of {_shape(teacher.image_shape)}; the data's are {_shape(shape)}"
@@ -216,6 +216,37 @@ def check_teacher_for(teacher: Teacher, source: Any) -> str | None:
     if teacher.dataset.get("fingerprint") != getattr(source, "fingerprint", None):
         return f"{where} was trained on other data ({teacher.dataset.get('name', '?')})"
     return None
+
+
+def bind_teacher(
+    teacher: Teacher,
+    *,
+    classes: Sequence[str],
+    image_shape: Sequence[int],
+    normalization: Mapping[str, Any],
+) -> str | None:
+    """Give a torchvision state dict, which names no classes and no input space, those of
+    the data it is used with (an archive's manifest, say): a note saying so, or
+    TeacherError when the data cannot go through it. Any other teacher is left as it is
+    (None): its own classes and space are what the caller compares."""
+    if not _takes_data(teacher):
+        return None
+    from habactl.teacher import statedict
+
+    where = teacher.path.name if teacher.path is not None else "the teacher"
+    bound = statedict.bind(teacher.info, classes, image_shape, normalization, where)
+    # Teacher is frozen for its users; taking the data's space is the one change it takes.
+    object.__setattr__(teacher, "info", bound)
+    return (
+        f"{where} is a {teacher.arch} state dict: it reads the data's "
+        f"{len(teacher.classes)} classes in their order, in the data's normalisation"
+    )
+
+
+def _takes_data(teacher: Teacher) -> bool:
+    from habactl.teacher import statedict
+
+    return statedict.is_state_dict_teacher(teacher.info)
 
 
 def _shape(shape: tuple[int, int, int]) -> str:
@@ -228,6 +259,7 @@ __all__ = [
     "Teacher",
     "TeacherError",
     "TeacherInfo",
+    "bind_teacher",
     "check_teacher_for",
     "load_teacher",
     "save_teacher",

@@ -3,9 +3,9 @@ the same tensors in a safetensors file).
 
 Such a file holds weights only: no classes, no input size, no normalisation. The
 teacher takes them from the data it is used with (:func:`bind`, which
-``check_teacher_for`` calls): the data's classes in their order (their count must be the
-network's outputs), its image shape (3 channels, sides of 32 pixels or more: a ResNet
-halves its input five times) and habactl's mean-std normalisation of that data.
+``check_teacher_for`` and ``bind_teacher`` call): the data's classes in their order
+(their count must be the network's outputs), its image shape (3 channels, sides of 32
+pixels or more: a ResNet halves its input five times) and the data's normalisation.
 
 A torch file is read with ``torch.load(..., weights_only=True)``: tensors and plain
 containers only, so a file that would run code when unpickled is refused, never run.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -172,28 +172,32 @@ def unbound_info(name: str, classes: int, path: Path) -> TeacherInfo:
     )
 
 
-def bind(info: TeacherInfo, source: Any, where: str) -> TeacherInfo:
-    """`info` with the classes, image shape and normalisation of `source`; TeacherError
-    when the data cannot go through the network."""
-    from habactl.format.normalization import mean_std
-
-    classes = tuple(str(name) for name in source.classes)
-    if len(classes) != len(info.classes):
+def bind(
+    info: TeacherInfo,
+    classes: Sequence[str],
+    image_shape: Sequence[int],
+    normalization: Mapping[str, Any],
+    where: str,
+) -> TeacherInfo:
+    """`info` with the data's classes, image shape and normalisation; TeacherError when
+    the data cannot go through the network."""
+    names = tuple(str(name) for name in classes)
+    if len(names) != len(info.classes):
         raise TeacherError(
             f"{where} is a {info.arch} state dict with {len(info.classes)} outputs; the data "
-            f"has {len(classes)} classes"
+            f"has {len(names)} classes"
         )
-    shape = (int(source.channels), int(source.height), int(source.width))
-    if shape[0] != 3 or min(shape[1:]) < MIN_SIDE:
+    channels, height, width = (int(side) for side in image_shape)
+    if channels != 3 or min(height, width) < MIN_SIDE:
         raise TeacherError(
             f"{where} is a {info.arch} state dict: it takes RGB images of at least "
-            f"{MIN_SIDE}x{MIN_SIDE} pixels; the data's are {shape[0]}x{shape[1]}x{shape[2]}"
+            f"{MIN_SIDE}x{MIN_SIDE} pixels; the data's are {channels}x{height}x{width}"
         )
     return replace(
         info,
-        classes=classes,
-        image_shape=shape,
-        normalization=dict(mean_std(source.mean(), source.std())),
+        classes=names,
+        image_shape=(channels, height, width),
+        normalization=dict(normalization),
     )
 
 
