@@ -197,6 +197,10 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "Recompute an archive's soft labels with a teacher, stored as float32, float16, "
         "uint8 or top-k.",
     ),
+    "teacher": (
+        "habactl.cli.teacher",
+        "Train a teacher network (batch norm) on DATA for the teacher-driven objectives.",
+    ),
 }
 
 

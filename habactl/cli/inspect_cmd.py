@@ -262,9 +262,18 @@ def inspect_archive(
     """Summarise an archive: pipeline, shapes, storage account, training recipe and
     provenance (reads the header only)."""
     from habactl.format.account import storage_account
+    from habactl.format.errors import ArchiveError
     from habactl.format.reader import open_archive
 
-    with open_archive(archive) as opened:
+    try:
+        opened = open_archive(archive)
+    except ArchiveError:
+        from habactl.cli.teacher_view import show_teacher
+
+        if show_teacher(archive, as_json=as_json, as_config=as_config):
+            return
+        raise
+    with opened:
         manifest, info = opened.manifest, opened.info
         expansion = opened.layout.expansion
     if as_config:
