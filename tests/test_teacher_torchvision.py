@@ -184,3 +184,20 @@ def _saved(value) -> bytes:
     buffer = io.BytesIO()
     torch.save(value, buffer)
     return buffer.getvalue()
+
+
+def test_relabel_takes_a_state_dict_as_its_teacher(pth, resnet, make_archive, tmp_path):
+    """The state dict reads the archive's classes and space; the labels are its outputs."""
+    from habactl.format import open_archive
+    from habactl.labels import relabel
+
+    archive = make_archive(shape=(3, 32, 32), classes=CLASSES, per_class=1)
+    out = tmp_path / "relabelled.haba"
+    relabel(archive, pth, out, form="float32", allow_over=True)
+    with open_archive(out) as opened:
+        labels = opened.labels()
+        bases = opened.tensors()["bases"]
+    with torch.no_grad():
+        expected = resnet(bases).softmax(dim=1)
+    assert labels.shape == (CLASSES, CLASSES)
+    torch.testing.assert_close(labels, expected, atol=1e-4, rtol=1e-4)

@@ -180,8 +180,16 @@ def _teacher(teacher: Any, device: str | torch.device | None) -> Teacher:
 def _input_map(manifest: Mapping[str, Any], teacher: Teacher) -> tuple[Tensor, Tensor] | None:
     """(scale, shift) per channel taking the archive's normalised space to the teacher's
     input space (None when they are the same); refuses what cannot be mapped."""
+    from habactl.teacher import bind_teacher
+
     where = teacher.path.name if teacher.path is not None else "the teacher"
     classes = tuple(manifest["classes"])
+    image = manifest["image"]
+    shape = (image["channels"], image["height"], image["width"])
+    # A torchvision state dict names no classes or input space: it takes the archive's.
+    bind_teacher(
+        teacher, classes=classes, image_shape=shape, normalization=manifest["normalization"]
+    )
     if classes != tuple(teacher.classes):
         raise LabelsError(
             f"{where} knows {len(teacher.classes)} classes; the archive has {len(classes)} "
@@ -190,8 +198,6 @@ def _input_map(manifest: Mapping[str, Any], teacher: Teacher) -> tuple[Tensor, T
             else f"{where} names its classes differently from the archive "
             f"({', '.join(teacher.classes[:3])}, ... vs {', '.join(classes[:3])}, ...)"
         )
-    image = manifest["image"]
-    shape = (image["channels"], image["height"], image["width"])
     if shape != tuple(teacher.image_shape):
         raise LabelsError(
             f"{where} takes images of {'x'.join(map(str, teacher.image_shape))}; the "
