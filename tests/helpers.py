@@ -7,6 +7,7 @@ what it builds:
 
 - command results: ``one_error_line``
 - data: ``tiny_mnist``, ``fake_source``, ``write_idx``, ``write_fake_mnist``
+- networks: ``digits_teacher`` (a small teacher trained on ``digits``)
 - archives by hand: ``make_manifest``, ``make_tensors``, ``split_archive``,
   ``craft_archive``, ``rewrite``, ``rejects``, ``forge_archive``, ``hallucinate_stage``,
   ``stored_tensors``
@@ -119,6 +120,16 @@ def write_fake_mnist(root: Path, folder: str = "MNIST", size: int = 28) -> Path:
         write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
     return raw
+
+
+# --- networks ---------------------------------------------------------------------------
+def digits_teacher(path: Path, epochs: int = 2, **settings):
+    """A ConvNet-BN teacher trained on ``digits`` for a few epochs, written to ``path``
+    (about 3 s on one core; test modules make one per module in a fixture)."""
+    from habactl.data.opening import open_data
+    from habactl.teacher import TeacherSettings, train_teacher
+
+    return train_teacher(open_data("digits"), path, TeacherSettings(epochs=epochs, **settings))
 
 
 # --- archives by hand ---------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from habactl.data.normalized import NormalizedTrain
 from habactl.experts.buffer import (
     INDEX,
     KIND,
@@ -124,7 +125,7 @@ def fill_buffer(
     # The index records the network built ("convnet-d4" for "convnet" at 64 px): MTT's
     # student is built from that name, so it has the experts' depth whatever the size.
     settings = replace(settings, arch=arch_name(settings.arch, source.height, source.width))
-    data = _TrainingData.of(source, device)
+    data = NormalizedTrain.of(source, device)
     augment = SiameseAugment(settings.augment, flip=not source.is_digits)
     probe = _probe(settings, data)
     index = _index(source, settings, data, augment, probe)
@@ -158,33 +159,7 @@ def fill_buffer(
     return ExpertsIndex.from_json(index)
 
 
-@dataclass(frozen=True)
-class _TrainingData:
-    """The real training set, normalised as ``habactl compress`` normalises it."""
-
-    normalization: dict[str, Any]
-    images: Any  # a tensor, or a store's images (read when indexed)
-    labels: torch.Tensor
-    shape: tuple[int, int, int]
-    classes: int
-
-    @classmethod
-    def of(cls, source: Any, device: torch.device) -> _TrainingData:
-        from habactl.data.stored import is_stored
-        from habactl.format.normalization import Normalizer, mean_std
-
-        normalization = mean_std(source.mean(), source.std())
-        images: Any
-        if is_stored(source):  # each batch is read from the store (ascending) when drawn
-            images = source.train.images.transformed(Normalizer(normalization)).to(device)
-        else:
-            images = Normalizer(normalization)(source.train.images.float()).to(device)
-        labels = source.train.labels.long().to(device)
-        shape = (source.channels, source.height, source.width)
-        return cls(normalization, images, labels, shape, len(source.classes))
-
-
-def _probe(settings: ExpertSettings, data: _TrainingData) -> FlatNet:
+def _probe(settings: ExpertSettings, data: NormalizedTrain) -> FlatNet:
     """The network's parameter layout (built on the CPU, the global RNG untouched)."""
     with torch.random.fork_rng(devices=[]):
         return FlatNet(
@@ -201,7 +176,7 @@ def _probe(settings: ExpertSettings, data: _TrainingData) -> FlatNet:
 
 
 def _index(
-    source: Any, settings: ExpertSettings, data: _TrainingData, augment: Any, probe: FlatNet
+    source: Any, settings: ExpertSettings, data: NormalizedTrain, augment: Any, probe: FlatNet
 ) -> dict[str, Any]:
     """The buffer's index, with no experts yet."""
     from habactl import __version__
@@ -275,7 +250,7 @@ def _train_and_write(
     i: int,
     folder: Path,
     settings: ExpertSettings,
-    data: _TrainingData,
+    data: NormalizedTrain,
     augment: Any,
     device: torch.device,
     parameters: int,

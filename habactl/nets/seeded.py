@@ -69,12 +69,14 @@ def build(
     device: torch.device,
     generator: torch.Generator,
     trainable: bool,
+    norm: str = "instance",
 ) -> Net:
-    """A network from ``habactl.nets`` with weights drawn from ``generator``."""
+    """A network from ``habactl.nets`` with weights drawn from ``generator`` (``norm``:
+    the layer after each conv; teachers use "batch")."""
     # Construction draws PyTorch's default init from the global RNG; fork it so that
     # building a network leaves the caller's random state untouched.
     with torch.random.fork_rng(devices=[]):
-        net = build_net(arch, *image_shape, num_classes, width_mult=width_mult)
+        net = build_net(arch, *image_shape, num_classes, width_mult=width_mult, norm=norm)
     redraw(net, generator)
     net.requires_grad_(trainable)
     return net.to(device)
