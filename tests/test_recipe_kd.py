@@ -15,8 +15,8 @@ import torch
 from habactl import HabaDataset
 from habactl.evaluation.protocol import KD, KD_FAST, STANDARD, Protocol, lr_factor, teacher_entry
 from habactl.training.kd import KDLoss, soften
-from habactl.training.recipe import CROP_RATIO, Recipe
-from habactl.training.resized_crop import RATIO, ResizedCropFlip
+from habactl.training.recipe import CROP_RATIO, DEFAULT_CROP_SCALE, Recipe
+from habactl.training.resized_crop import DEFAULT_SCALE, RATIO, ResizedCropFlip
 from helpers import rewrite
 
 GOLDEN = Path(__file__).resolve().parent.parent / "format" / "golden" / "v1"
@@ -126,7 +126,7 @@ def test_the_crop_is_reproducible_per_image_and_keeps_the_shape():
     assert not torch.equal(a, images)
     # Each image is a crop of its own: values stay within the image's range.
     assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
-    assert CROP_RATIO == RATIO
+    assert (CROP_RATIO, DEFAULT_CROP_SCALE) == (RATIO, DEFAULT_SCALE)
 
 
 def test_the_whole_image_unmirrored_is_the_identity_and_mirrored_its_flip():
@@ -205,6 +205,14 @@ def test_kd_fields_round_trip_through_the_manifest():
     }
     assert recipe.evaluation_protocol() == protocol
     assert recipe.evaluation_protocol(fast=True).epochs == KD_FAST.epochs
+
+
+def test_an_rrc_recipe_without_its_scale_takes_the_formats_default():
+    manifest = kd_manifest()
+    del manifest["training"]["recommended"]["crop_scale"]
+    recipe = Recipe.from_manifest(manifest)
+    assert recipe.crop is not None and recipe.crop.scale == DEFAULT_CROP_SCALE == 0.08
+    assert Recipe.from_manifest(kd_manifest()).crop.scale == KD.crop_scale
 
 
 def test_kd_recipe_builds_its_torch_objects():

@@ -8,9 +8,9 @@ batch 256, 1,000 epochs, lr × 0.1 at half, DSA on every batch, final-epoch accu
 side by side). On the default 190-image mnist-5k archive it gave 94.80 ± 0.10 against
 95.40 ± 0.10 for 300 epochs (docs/benchmarks.md).
 
-``KD`` is the teacher-driven paradigm's protocol (SRe2L's ImageNet evaluation,
-docs/objectives.md, "Training with soft labels"): the KL divergence to the targets at a
-temperature, AdamW, a cosine schedule, a random resized crop and flip per image.
+``KD`` is the teacher-driven paradigm's protocol (RDED's evaluation, docs/objectives.md,
+"Training with soft labels"): the KL divergence to the targets at a temperature, AdamW,
+a cosine schedule, a random resized crop and flip per image.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ FULL_DATA_EPOCH_DIVISOR = 50
 
 # The distillation recipe's batch, temperature and quick-look epochs (docs/objectives.md,
 # "Training with soft labels", says where each comes from).
-KD_BATCH_SIZE = 64
+KD_BATCH_SIZE = 50
 KD_TEMPERATURE = 4.0
+KD_CROP_SCALE = 0.5
 KD_FAST_EPOCHS = 50
 
 
@@ -65,7 +66,7 @@ class Protocol:
     schedule: str = "step"  # cosine ignores lr_decay_at and lr_decay
     loss: str = "ce"
     temperature: float = 1.0  # of the kd loss
-    crop_scale: float = 0.08  # smallest area fraction of the rrc_flip crop
+    crop_scale: float = 0.08  # smallest area fraction of the rrc_flip crop (format/SPEC.md)
 
     def __post_init__(self) -> None:
         positive = {
@@ -177,9 +178,9 @@ STANDARD = Protocol()
 FAST = replace(STANDARD, epochs=150, models=2)
 PRESETS: dict[str, Protocol] = {"standard": STANDARD, "fast": FAST}
 
-# The teacher-driven paradigm's protocol: SRe2L's ImageNet evaluation (VILA-Lab/SRe2L,
-# SRe2L/validate/train_KD.py and train_FKD.py) without CutMix; docs/objectives.md
-# compares each setting with SRe2L's and RDED's.
+# The teacher-driven paradigm's protocol: RDED's evaluation (LINs-lab/RDED,
+# validation/main.py) without its CutMix and patch shuffling, with a full cosine;
+# docs/objectives.md compares each setting with RDED's and SRe2L's.
 KD = Protocol(
     epochs=300,
     batch_size=KD_BATCH_SIZE,
@@ -190,7 +191,7 @@ KD = Protocol(
     schedule="cosine",
     loss="kd",
     temperature=KD_TEMPERATURE,
-    crop_scale=0.08,
+    crop_scale=KD_CROP_SCALE,
 )
 # A quick look with the distillation recipe, as FAST is for the standard one.
 KD_FAST = replace(KD, epochs=KD_FAST_EPOCHS, models=2)

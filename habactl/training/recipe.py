@@ -62,6 +62,10 @@ DEFAULT_LR_DECAY_AT = STANDARD.lr_decay_at
 # The random resized crop's aspect ratios (habactl.training.resized_crop.RATIO; a copy
 # that keeps this module torch-free, checked by tests/test_recipe.py).
 CROP_RATIO = (3 / 4, 4 / 3)
+# The crop's smallest area fraction when an rrc_flip recipe records none, and the
+# temperature when a kd recipe records none (format/SPEC.md).
+DEFAULT_CROP_SCALE = 0.08
+DEFAULT_TEMPERATURE = 4.0
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,7 @@ class Recipe:
         augmentation = recommended.augmentation.lower()
         dsa = crop = None
         if augmentation == "rrc_flip":
-            crop = Crop(float(extra.get("crop_scale", KD.crop_scale)), flip)
+            crop = Crop(float(extra.get("crop_scale", DEFAULT_CROP_SCALE)), flip)
         elif augmentation != "none":
             dsa = DSA(DSA_STRATEGY, flip, dict(DSA_PARAMS))
         teacher = extra.get("teacher")
@@ -196,7 +200,7 @@ class Recipe:
             optimizer_name=str(extra.get("optimizer", "sgd")),
             schedule=str(extra.get("schedule", "step")),
             loss_kind=str(extra.get("loss", "ce")),
-            temperature=float(extra.get("temperature", KD.temperature)),
+            temperature=float(extra.get("temperature", DEFAULT_TEMPERATURE)),
             crop=crop,
             teacher=None
             if teacher is None
@@ -421,7 +425,7 @@ class Recipe:
             schedule=self.schedule,
             loss=self.loss_kind,
             temperature=self.temperature,
-            crop_scale=KD.crop_scale if self.crop is None else self.crop.scale,
+            crop_scale=DEFAULT_CROP_SCALE if self.crop is None else self.crop.scale,
         )
         return base.with_(**changes)
 
