@@ -291,3 +291,19 @@ def test_the_loader_delivers_the_kd_recipe(make_archive):
     value = dataset.recipe.loss()(torch.zeros(len(labels), 3), labels)
     # Uniform logits against one-hot targets: T² · log 3.
     assert float(value) == pytest.approx(KD.temperature**2 * math.log(3), rel=1e-5)
+
+
+def test_inspect_shows_the_kd_recipe(make_archive):
+    from typer.testing import CliRunner
+
+    import habactl.cli.main  # noqa: F401  (registers the subcommands)
+    from habactl.cli.app import app
+
+    path = make_archive(classes=3, per_class=2)
+    recommended = KD.recommended("convnet", teacher=TEACHER)
+    rewrite(path, lambda m: m["training"].update(recommended=recommended))
+    result = CliRunner().invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.stdout.split())
+    assert "AdamW, lr 0.001" in text and "random resized crop" in text
+    assert "knowledge distillation" in text and "digits-teacher.safetensors" in text
