@@ -207,11 +207,13 @@ def test_kd_fields_round_trip_through_the_manifest():
     assert recipe.evaluation_protocol(fast=True).epochs == KD_FAST.epochs
 
 
-def test_an_rrc_recipe_without_its_scale_takes_the_formats_default():
+def test_a_kd_recipe_without_its_scale_or_temperature_takes_the_formats_defaults():
     manifest = kd_manifest()
     del manifest["training"]["recommended"]["crop_scale"]
+    del manifest["training"]["recommended"]["temperature"]
     recipe = Recipe.from_manifest(manifest)
     assert recipe.crop is not None and recipe.crop.scale == DEFAULT_CROP_SCALE == 0.08
+    assert recipe.temperature == 1.0  # format/SPEC.md: the targets as they are
     assert Recipe.from_manifest(kd_manifest()).crop.scale == KD.crop_scale
 
 
@@ -243,10 +245,10 @@ def test_kd_recipe_builds_its_torch_objects():
 
 
 def test_inspect_lines_name_the_kd_recipe_and_its_teacher():
-    lines = Recipe.from_manifest(kd_manifest(teacher=TEACHER)).lines()
+    lines = Recipe.from_manifest(kd_manifest(teacher=TEACHER, temperature=4)).lines()
     text = "\n".join(lines)
     assert "AdamW, lr 0.001" in text and "cosine" in text and "random resized crop" in text
-    assert "temperature 4" in text and "teacher's outputs" in text
+    assert "temperature 4, times 16" in text and "teacher's outputs" in text
     assert "digits-teacher.safetensors" in text and "1,199,896 bytes" in text
     assert all(len(line) <= 100 for line in lines)
     data = json.loads(json.dumps(Recipe.from_manifest(kd_manifest()).as_dict()))

@@ -42,7 +42,7 @@ FULL_DATA_EPOCH_DIVISOR = 50
 # The distillation recipe's batch, temperature and quick-look epochs (docs/objectives.md,
 # "Training with soft labels", says where each comes from).
 KD_BATCH_SIZE = 50
-KD_TEMPERATURE = 4.0
+KD_TEMPERATURE = 1.0
 KD_CROP_SCALE = 0.5
 KD_FAST_EPOCHS = 50
 

@@ -65,7 +65,7 @@ CROP_RATIO = (3 / 4, 4 / 3)
 # The crop's smallest area fraction when an rrc_flip recipe records none, and the
 # temperature when a kd recipe records none (format/SPEC.md).
 DEFAULT_CROP_SCALE = 0.08
-DEFAULT_TEMPERATURE = 4.0
+DEFAULT_TEMPERATURE = 1.0
 
 
 @dataclass(frozen=True)
