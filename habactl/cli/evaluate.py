@@ -54,8 +54,8 @@ Epochs = Annotated[
     typer.Option(
         "--epochs",
         min=1,
-        help=f"Training epochs \\[default: {STANDARD.epochs}; --fast: {FAST.epochs}; "
-        f"the kd recipe: the archive's, else {KD.epochs}; --fast: {KD_FAST.epochs}].",
+        help=f"Training epochs \\[default: {STANDARD.epochs}; --fast: {FAST.epochs}]; with the "
+        f"kd recipe the archive's, else {KD.epochs} (--fast: {KD_FAST.epochs}).",
     ),
 ]
 Fast = Annotated[
@@ -78,8 +78,8 @@ BatchSize = Annotated[
     typer.Option(
         "--batch-size",
         min=1,
-        help=f"Batch size \\[default: {STANDARD.batch_size}; the kd recipe: the archive's, "
-        f"else {KD.batch_size}].",
+        help=f"Batch size \\[default: {STANDARD.batch_size}]; with the kd recipe the "
+        f"archive's, else {KD.batch_size}.",
     ),
 ]
 RecipeKind = Annotated[
