@@ -221,3 +221,9 @@ def test_a_teacher_in_another_normalisation_is_refused(write, teacher_file, digi
         run("evaluate", path, "--epochs", "1", "--models", "1", "--teacher", teacher_file)
     )
     assert "the teacher takes images normalised as" in line
+
+
+def test_a_teacher_needs_the_kd_recipe(write):
+    path = write("standard-with-teacher.haba")
+    line = one_error_line(run("evaluate", path, "--epochs", "1", "--teacher", path))
+    assert "--recipe kd" in line
