@@ -384,10 +384,11 @@ def command(world: int | None, *launcher: str, faults: bool = False) -> list[str
 
 
 def run_habactl(
-    *args, cwd: Path, world: int | None = 2, env: dict | None = None, timeout=60, launcher=()
+    *args, cwd: Path, world: int | None = 2, env: dict | None = None, timeout=300, launcher=()
 ) -> subprocess.CompletedProcess:
     """Run habactl as one process (world None) or under torchrun with `world` ranks; a
-    run whose `env` sets a fault variable goes through tests/faults.py."""
+    run whose `env` sets a fault variable goes through tests/faults.py. `timeout` only
+    catches a hang: a 2-core machine busy with other work runs a tiny job for minutes."""
     with_faults = any(name in FAULT_VARIABLES for name in env or {})
     return subprocess.run(
         [*command(world, *launcher, faults=with_faults), *map(str, args)],

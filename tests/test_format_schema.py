@@ -145,6 +145,33 @@ HOSTILE = {
         m.pop("manifest_digest", None),
     ),
     "malformed manifest digest": _set("manifest_digest", "sha256:" + "0" * 63),
+    # Format 1.3: the storage forms of soft labels and the recorded teacher.
+    "unknown labels form": lambda m: m["labels"].update(kind="soft", form="int4"),
+    "a form on hard labels": lambda m: m["labels"].update(kind="hard", form="float16"),
+    "top-k without k": lambda m: (
+        m["labels"].update(kind="soft", form="top-k"),
+        m["labels"].pop("k", None),
+    ),
+    "top-k with k 0": lambda m: m["labels"].update(kind="soft", form="top-k", k=0),
+    "k without top-k": lambda m: m["labels"].update(kind="soft", form="uint8", k=2),
+    "a labels form in a 1.2 manifest": lambda m: (
+        m.update(format_version="1.2"),
+        m["labels"].update(kind="soft", form="float16"),
+    ),
+    "a teacher in a 1.2 manifest": lambda m: (
+        m.update(format_version="1.2"),
+        m["labels"].pop("form", None),
+        m["labels"].pop("k", None),
+        m["provenance"].update(
+            teacher={"name": "t", "sha256": "0" * 64, "arch": "convnet", "temperature": 1}
+        ),
+    ),
+    "a teacher at temperature 0": lambda m: (
+        m.update(format_version="1.3"),
+        m["provenance"].update(
+            teacher={"name": "t", "sha256": "0" * 64, "arch": "convnet", "temperature": 0}
+        ),
+    ),
 }
 # Rules across fields, or of the calendar, that a JSON Schema cannot state: the reader
 # alone refuses them, and the schema's description says so.
@@ -156,6 +183,11 @@ READER_ONLY = {
     "29 February of a common year": _set("provenance.created", "2025-02-29T00:00:00Z"),
     # JSON Schema counts 1.0 as an integer; the spec (and the reader) do not.
     "1.0 for an int": _set("provenance.seed", 1.0),
+    "top-k with more values than classes": lambda m: (
+        m.update(format_version="1.3"),
+        m.setdefault("manifest_digest", "sha256:" + "0" * 64),
+        m["labels"].update(kind="soft", form="top-k", k=len(m["classes"]) + 1),
+    ),
 }
 
 

@@ -131,3 +131,33 @@ def test_cache_is_automatic_for_small_sets_and_can_be_turned_off(make_archive):
     path = make_archive(stages=[hallucinate_stage()])
     assert HabaDataset(path).cache is True
     assert HabaDataset(path, cache=False).cache is False
+
+
+@pytest.mark.parametrize(
+    ("cache", "mode"), [(False, "all-pairs"), (False, "random-pair"), (True, "all-pairs")]
+)
+def test_the_whole_set_is_decoded_a_chunk_of_bases_at_a_time(make_archive, cache, mode):
+    """tensors() holds the set plus one chunk's decoding, never the whole set's decoding
+    at once (a 1000-class archive decodes to tens of thousands of images)."""
+    path = make_archive(stages=[hallucinate_stage(count=3)], per_class=3, classes=3)
+    dataset = HabaDataset(path, mode, cache=cache)
+    dataset.set_epoch(1)
+    state = dataset._state()
+    seen: list[int] = []
+    for name in ("decode", "decode_all"):
+        original = getattr(state.pipeline, name)
+
+        def counted(bases, *args, _original=original, **kwargs):
+            seen.append(int(bases.shape[0]))
+            return _original(bases, *args, **kwargs)
+
+        setattr(state.pipeline, name, counted)
+    images, labels = dataset.tensors(chunk=2)
+    # Per decode call: 2 bases, or 2 bases' items when items are decoded one by one.
+    chunk_items = 2 * (3 if (mode == "all-pairs" and not cache) else 1)
+    assert seen and max(seen) <= chunk_items
+    expected = dataset.__getitems__(list(range(len(dataset))))
+    assert images.shape[0] == labels.shape[0] == len(dataset)
+    for index, (image, label) in enumerate(expected):
+        torch.testing.assert_close(images[index], image, atol=1e-5, rtol=1e-5)
+        assert int(labels[index]) == int(label)

@@ -44,8 +44,8 @@ TINY = {
     "dcc": {"real_per_class": 8, "views": 1},
     "cafe": {"real_per_class": 8, "views": 1, "probe_per_class": 4, "window": 2, "max_inner": 1},
 }
-# Seeds per objective (one unless named).
-SEEDS = {"mtt": (0, 1, 2), "dd": (0, 1), "kip": (0, 1), "dcc": (0, 1), "cafe": (0, 1)}
+# Seeds per objective (one unless named): mtt's divergence depended on the seed (below).
+SEEDS = {"mtt": (0, 1, 2)}
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +105,8 @@ def run_and_check(config: DistillConfig, data: str, output) -> None:
 
 
 # Every test that takes ``buffers`` is slow: the fixture trains two expert buffers (~25 s
-# on 2 cores) before the first distillation, and this one runs 48 cases (mtt over three
-# seeds, dcc and cafe over two).
+# on 2 cores) before the first distillation, and this one runs 64 cases (mtt over three
+# seeds).
 @pytest.mark.slow
 @pytest.mark.parametrize("data", DATASETS)
 @pytest.mark.parametrize("codec", CODECS)
@@ -114,10 +114,8 @@ def run_and_check(config: DistillConfig, data: str, output) -> None:
 def test_defaults_stay_finite(objective, codec, data, buffers, tmp_path):
     seeds = SEEDS.get(objective, (0,))
     for seed in seeds:
-        # dd: seed 1 learns labels where the budget has room for them (raw IPC 1 has none)
-        labels = (
-            {"learn_labels": True} if objective == "dd" and seed == 1 and codec != "raw" else {}
-        )
+        # dd learns labels where the budget has room for them (raw IPC 1 has none)
+        labels = {"learn_labels": True} if objective == "dd" and codec != "raw" else {}
         run_and_check(
             make_config(objective, codec, seed, 3, buffers, data, **labels),
             data,

@@ -74,6 +74,9 @@ def test_a_file_that_is_not_a_teacher_is_refused(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(TeacherError, match="no teacher header"):
         load_teacher(tmp_path / "plain.safetensors")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "a.haba"), metadata={"haba": "{}"})
+    with pytest.raises(TeacherError, match="a .haba archive, not a teacher file"):
+        load_teacher(tmp_path / "a.haba")
 
 
 def _edited(teacher, tmp_path, edit_header=None, edit_tensors=None):

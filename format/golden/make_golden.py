@@ -1,4 +1,4 @@
-"""Write the golden archives of format v1 (1.0, 1.1, 1.2) and their expected decoded output.
+"""Write the golden archives of format v1 (1.0 to 1.3) and their expected decoded output.
 
     python format/golden/make_golden.py [--check]
 
@@ -9,8 +9,8 @@ fails on a missing file too (the writer must reproduce every golden file exactly
 Values are spelled out by closed-form arithmetic (no RNG), so any implementation
 can regenerate them. The 1.0 and 1.1 files are written by `save_legacy_archive`, which
 exists for this purpose only (no manifest digest, the lowest version that holds the
-archive, as habactl wrote them then); the 1.2 files by `save_archive`, like every new
-archive.
+archive, as habactl wrote them then); the 1.2 and 1.3 files by `save_archive`, like every
+new archive.
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ def wave(*shape: int, phase: float = 0.0) -> torch.Tensor:
 
 def manifest(*, classes, image, bases, labels_kind, pipeline, normalization, learned_lr=None,
              objective="random", ipc=1, counts="all", version="1.0", base_shape=None,
-             hyperparameters=None) -> dict:
+             hyperparameters=None, labels=None, teacher=None) -> dict:
     # base_shape: the bases' [C, h, w] when the stored tensor has another shape (packed).
-    return {
+    # labels: a whole labels entry (format 1.3 forms); teacher: provenance.teacher (1.3).
+    out = {
         "format": "haba",
         "format_version": version,
         "classes": classes,
@@ -49,7 +50,7 @@ def manifest(*, classes, image, bases, labels_kind, pipeline, normalization, lea
         "bases": {"count": int(bases.shape[0]),
                   "per_class": [int(bases.shape[0]) // len(classes)] * len(classes),
                   "shape": list(base_shape or bases.shape[1:])},
-        "labels": {"kind": labels_kind},
+        "labels": labels or {"kind": labels_kind},
         "pipeline": pipeline,
         "normalization": normalization,
         "training": {"learned_lr": learned_lr,
@@ -64,6 +65,9 @@ def manifest(*, classes, image, bases, labels_kind, pipeline, normalization, lea
         "storage": {"ipc": ipc, "counts": counts,
                     "budget_values": ipc * len(classes) * math.prod(image)},
     }
+    if teacher is not None:
+        out["provenance"]["teacher"] = teacher
+    return out
 
 
 def hallucinate(arch: str, count: int) -> dict:
@@ -215,17 +219,56 @@ def cases() -> dict[str, tuple[dict, dict[str, torch.Tensor]]]:
                  normalization={"kind": "mean-std", "mean": [0.1307], "std": [0.3081]},
                  hyperparameters={"syn_steps": 20, "lr_lr": 1e-05}),
         {"bases": bases, "labels": torch.tensor([0, 1]), **stage_tensors(pipeline, (1, 3, 3))})
+    # Format 1.3 (soft-label storage forms, a recorded teacher); the files above are
+    # unchanged by these. Label values are spelled out as stored.
+    # 12. float16 soft labels: rows rounded to binary16 (0.6 is not exact there).
+    bases = wave(4, 1, 3, 3, phase=10.0)
+    rows = torch.tensor([[0.75, 0.25], [0.6, 0.4], [0.1, 0.9], [0.3, 0.7]]).half()
+    out["labels-float16-1.3"] = (
+        manifest(classes=["a", "b"], image=(1, 3, 3), bases=bases, labels_kind="soft",
+                 labels={"kind": "soft", "form": "float16"}, pipeline=[], version="1.3",
+                 ipc=2, normalization={"kind": "mean-std", "mean": [0.5], "std": [0.25]}),
+        {"bases": bases, "labels": rows})
+    # 13. uint8 soft labels: codes and one scale per row (the row's largest value / 255);
+    #     the last row is all zeros (scale 0).
+    bases = wave(3, 1, 3, 3, phase=11.0)
+    codes = torch.tensor([[255, 51, 0], [17, 255, 85], [0, 0, 0]], dtype=torch.uint8)
+    scale = torch.tensor([0.8 / 255, 0.5 / 255, 0.0])
+    out["labels-uint8-1.3"] = (
+        manifest(classes=["k", "l", "m"], image=(1, 3, 3), bases=bases, labels_kind="soft",
+                 labels={"kind": "soft", "form": "uint8"}, pipeline=[], version="1.3",
+                 normalization={"kind": "none"}),
+        {"bases": bases, "labels": codes, "labels.scale": scale})
+    # 14. top-2 of 4 classes (U8 indices), behind two channel-affine hallucinators: each
+    #     row's rest, 1 - (the two values), spread over the other two classes. Dyadic
+    #     values: decoded exactly. The teacher that made them is recorded.
+    pipeline = [{"name": "hallucinate", "version": 1,
+                 "configuration": {"arch": "channel-affine", "count": 2, "hidden": 1,
+                                   "kernel": 3}}]
+    bases = wave(4, 1, 3, 3, phase=12.0)
+    values = torch.tensor([[0.5, 0.25], [0.625, 0.125], [0.5, 0.5], [0.25, 0.25]]).half()
+    indices = torch.tensor([[0, 1], [1, 3], [2, 0], [3, 2]], dtype=torch.uint8)
+    out["labels-top-k-1.3"] = (
+        manifest(classes=["w", "x", "y", "z"], image=(1, 3, 3), bases=bases,
+                 labels_kind="soft", labels={"kind": "soft", "form": "top-k", "k": 2},
+                 pipeline=pipeline, version="1.3", objective="random",
+                 normalization={"kind": "mean-std", "mean": [0.1307], "std": [0.3081]},
+                 teacher={"name": "teacher.safetensors", "sha256": "1" * 64,
+                          "arch": "convnet", "temperature": 4.0}),
+        {"bases": bases, "labels": values, "labels.indices": indices,
+         **stage_tensors(pipeline, (1, 3, 3))})
     return out
 
 
 def write(folder: Path) -> list[Path]:
-    from habactl.format import FORMAT_VERSION, save_archive, save_legacy_archive
+    from habactl.format import save_archive, save_legacy_archive
     from habactl.training.dataset import HabaDataset
 
     written = []
     for name, (manifest_, tensors) in cases().items():
         # Files of the versions before 1.2 are reproduced as they were written then.
-        writer = save_archive if manifest_["format_version"] == FORMAT_VERSION else save_legacy_archive
+        legacy = manifest_["format_version"] in ("1.0", "1.1")
+        writer = save_legacy_archive if legacy else save_archive
         path = writer(folder / f"{name}.haba", tensors, manifest_, overwrite=True)
         images, labels = HabaDataset(path).tensors()
         expected = folder / f"{name}.expected.safetensors"

@@ -192,6 +192,15 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
         "Compress DATA into a .haba archive (default: HaBa + distribution matching on "
         "mnist-5k, IPC 1).",
     ),
+    "relabel": (
+        "habactl.cli.relabel",
+        "Recompute an archive's soft labels with a teacher, stored as float32, float16, "
+        "uint8 or top-k.",
+    ),
+    "teacher": (
+        "habactl.cli.teacher",
+        "Train a teacher network (batch norm) on DATA for the teacher-driven objectives.",
+    ),
 }
 
 

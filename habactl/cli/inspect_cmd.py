@@ -56,14 +56,66 @@ def summary(manifest: Manifest, expansion: int) -> list[tuple[str, str]]:
         ),
         ("pipeline", pipeline),
         ("expands to", plural(bases.count * expansion, "training image")),
-        ("labels", manifest.label_kind),
+        ("labels", label_text(manifest)),
         ("normalisation", manifest.normalization.kind),
         (
             "objective",
             f"{prov.objective}, {plural(prov.iterations, 'iteration')}, seed {prov.seed}",
         ),
         ("made by", f"{prov.library} at {prov.created}"),
-    ]
+    ] + ([("labelled by", teacher_text(prov.teacher))] if prov.teacher else [])
+
+
+def label_text(manifest: Manifest) -> str:
+    """``hard``, or ``soft`` and how the rows are stored (format 1.3 forms)."""
+    if manifest.label_kind != "soft":
+        return manifest.label_kind
+    if manifest.label_form == "top-k":
+        return f"soft, top-{manifest.label_k} as float16 (the rest spread evenly)"
+    return f"soft, {manifest.label_form}"
+
+
+def teacher_text(teacher: Mapping[str, Any]) -> str:
+    return (
+        f"teacher {teacher['name']} ({teacher['arch']}, sha256 {str(teacher['sha256'])[:12]}…), "
+        f"temperature {float(teacher['temperature']):g}"
+    )
+
+
+def size_text(nbytes: int) -> str:
+    """Bytes for people: 512 B, 2.1 KB, 3.4 MB (powers of 1000)."""
+    if nbytes < 1000:
+        return f"{nbytes} B"
+    value = float(nbytes)
+    for unit in ("KB", "MB", "GB", "TB"):
+        value /= 1000
+        if value < 1000 or unit == "TB":
+            break
+    return f"{value:.1f} {unit}"
+
+
+def labels_line(account: StorageAccount) -> str:
+    """The labels' bytes against the images' (bases + hallucinators) bytes."""
+    part = account.parts["labels"]
+    counted = "counted" if part.counted else "not counted: hard labels are implied"
+    return (
+        f"labels {size_text(part.bytes)} ({account.labels_to_images:.2f}× the images, "
+        f"{size_text(account.images_bytes)}; {counted})"
+    )
+
+
+def labels_json(info: Manifest, account: StorageAccount) -> dict[str, Any]:
+    """inspect --json's ``labels``: the form, and its bytes beside the images'."""
+    return {
+        "kind": info.label_kind,
+        "form": info.label_form,
+        "k": info.label_k,
+        "bytes": account.parts["labels"].bytes,
+        "counted": account.parts["labels"].counted,
+        "images_bytes": account.images_bytes,
+        "to_images": account.labels_to_images,
+        "teacher": None if info.provenance.teacher is None else dict(info.provenance.teacher),
+    }
 
 
 def account_table(account: StorageAccount, storage: Storage) -> Any:
@@ -210,9 +262,18 @@ def inspect_archive(
     """Summarise an archive: pipeline, shapes, storage account, training recipe and
     provenance (reads the header only)."""
     from habactl.format.account import storage_account
+    from habactl.format.errors import ArchiveError
     from habactl.format.reader import open_archive
 
-    with open_archive(archive) as opened:
+    try:
+        opened = open_archive(archive)
+    except ArchiveError:
+        from habactl.cli.teacher_view import show_teacher
+
+        if show_teacher(archive, as_json=as_json, as_config=as_config):
+            return
+        raise
+    with opened:
         manifest, info = opened.manifest, opened.info
         expansion = opened.layout.expansion
     if as_config:
@@ -230,6 +291,7 @@ def inspect_archive(
                     "manifest": manifest,
                     "account": account.to_json(),
                     "expanded_items": info.bases.count * expansion,
+                    "labels": labels_json(info, account),
                     "recipe": None if recipe is None else recipe.as_dict(),
                 },
                 indent=2,
@@ -253,6 +315,7 @@ def inspect_archive(
             "the account below counts every stored value."
         )
     stdout.print(account_table(account, info.storage))
+    stdout.print(f"  {labels_line(account)}")
     if recipe is not None:
         _print_section(
             "training recipe (habactl.training.recipe; what `habactl evaluate` trains with)",

@@ -10,6 +10,12 @@ from torch import Tensor, nn
 
 from habactl.runtime.device import to_device
 
+# The most pixels one scoring batch holds: 512 images of 32x32. Larger images go in
+# proportionally fewer per batch (128 at 64x64, 10 at 224x224), so a batch's activation
+# maps stay the size they have at 32x32 (ConvNet's first map of 512 images at 64x64 alone
+# is 1 GiB).
+BATCH_PIXELS = 512 * 32 * 32
+
 
 def accuracy(
     net: nn.Module,
@@ -19,7 +25,8 @@ def accuracy(
     batch_size: int = 512,
     device: torch.device | str | None = None,
 ) -> float:
-    """Fraction of `images` (already normalised) that `net` classifies as `labels`.
+    """Fraction of `images` (already normalised) that `net` classifies as `labels`,
+    `batch_size` images at a time (fewer for images above 32x32, see BATCH_PIXELS).
 
     Images may live on the CPU; they are moved batch by batch to `device` (default: the
     network's device). The count of correct answers stays on the device until the end:
@@ -29,6 +36,8 @@ def accuracy(
         return float("nan")
     if device is None:
         device = next(net.parameters()).device
+    pixels = int(images.shape[-2]) * int(images.shape[-1])
+    batch_size = max(1, min(batch_size, BATCH_PIXELS // pixels))
     was_training = net.training
     net.eval()
     device = torch.device(device)

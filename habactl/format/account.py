@@ -61,7 +61,7 @@ def _part(name: str) -> str:
         return "bases"
     if name.startswith("pipeline."):
         return "hallucinators"
-    if name == "labels":
+    if name == "labels" or name.startswith("labels."):  # 1.3 forms: scales, indices
         return "labels"
     if name.startswith("normalization."):
         return "normalization"
@@ -98,6 +98,16 @@ class StorageAccount:
     claim_bytes: int
     claim_ratio_bytes: float
     note: str | None = None  # why the claim and the account differ (counts "bases")
+
+    @property
+    def images_bytes(self) -> int:
+        """The bytes of what decodes to the training images: bases and hallucinators."""
+        return self.parts["bases"].bytes + self.parts["hallucinators"].bytes
+
+    @property
+    def labels_to_images(self) -> float:
+        """The labels' bytes over the images' (bases + hallucinators) bytes."""
+        return self.parts["labels"].bytes / max(1, self.images_bytes)
 
     def to_json(self) -> dict[str, Any]:
         """The account as ``inspect --json`` shows it (no note when there is none)."""

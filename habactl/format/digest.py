@@ -22,7 +22,15 @@ _MANIFEST_TAG = b"haba-manifest-digest-v1\x00"
 # dtype's text in numpy ("float32") and in torch ("torch.float32"). numpy has no
 # bfloat16: the torch-free reader keeps BF16 data as its raw uint16 bits and names the
 # dtype from the header (format/bfloat16.py).
-_NAMES = {"float32": "F32", "int64": "I64", "float16": "F16", "uint8": "U8", "bfloat16": "BF16"}
+_NAMES = {
+    "float32": "F32",
+    "int64": "I64",
+    "float16": "F16",
+    "uint8": "U8",
+    "bfloat16": "BF16",
+    "uint16": "U16",  # top-k label indices (1.3)
+    "uint32": "U32",
+}
 
 
 def dtype_name(tensor: Any) -> str | None:

@@ -17,6 +17,7 @@ from typing import Any
 from habactl.errors import HabaError
 from habactl.format.account import budget_values
 from habactl.format.errors import ArchiveError, quote
+from habactl.format.labels import LABELS_MINOR, check_labels_entry, label_rules, label_tensors
 from habactl.format.limits import Limits
 
 # (pipeline entries, bases shape) -> an object with out_shape, expansion and params
@@ -25,11 +26,12 @@ StageLookup = Callable[[list[dict[str, Any]], tuple[int, ...]], Any]
 
 FORMAT_NAME = "haba"
 # Writers emit FORMAT_VERSION, 1.2: every archive carries a manifest digest since 1.2
-# (format/SPEC.md §7). The reader reads up to READER_VERSION; 1.0 and 1.1 archives (no
-# manifest digest) are read as before.
+# (format/SPEC.md §7); an archive with a 1.3 labels form or a recorded teacher is 1.3
+# (format/labels.py). The reader reads up to READER_VERSION; 1.0 and 1.1 archives (no
+# manifest digest) and 1.2 archives are read as before.
 FORMAT_VERSION = "1.2"
-READER_VERSION = "1.2"
-_READER_MAJOR, _READER_MINOR = 1, 2
+READER_VERSION = "1.3"
+_READER_MAJOR, _READER_MINOR = 1, 3
 # The first minor version whose manifests must carry ``manifest_digest``.
 MANIFEST_DIGEST_MINOR = 2
 
@@ -375,9 +377,7 @@ class _Fields(_Checker):
             "classes": self.classes,
             "image": self.image,
             "bases": self.bases,
-            "labels": lambda v, p: self.obj(
-                v, p, {"kind": lambda x, q: self.choice(x, q, ("hard", "soft"))}
-            ),
+            "labels": self.labels,
             "pipeline": self.pipeline,
             "normalization": self.normalization,
             "training": self.training,
@@ -387,6 +387,29 @@ class _Fields(_Checker):
 
     def writer_fields(self) -> dict[str, Callable[[Any, str], Any]]:
         return {"tensors": self.tensors, "content_digest": self.digest}
+
+    def labels(self, value: Any, path: str) -> None:
+        # Format 1.3 adds the storage form of soft labels (habactl/format/labels.py).
+        forms: dict[str, Callable[[Any, str], Any]] = {}
+        if self.minor >= LABELS_MINOR:
+            forms = {"form": lambda v, p: None, "k": lambda v, p: None}
+        self.obj(value, path, {"kind": lambda x, q: self.choice(x, q, ("hard", "soft"))}, forms)
+        problem = check_labels_entry(value, len(self.manifest["classes"]))
+        if problem:
+            raise ArchiveError(f"manifest: {problem}")
+
+    def teacher(self, value: Any, path: str) -> None:
+        # Format 1.3: the teacher network whose probabilities the soft labels are.
+        self.obj(
+            value,
+            path,
+            {
+                "name": self.text,
+                "sha256": lambda v, p: self.pattern(v, p, _HEX64_RE, "64 lowercase hex digits"),
+                "arch": self.text,
+                "temperature": lambda v, p: self.number(v, p, positive=True),
+            },
+        )
 
     def classes(self, value: Any, path: str) -> None:
         lim = self.limits
@@ -501,11 +524,12 @@ class _Fields(_Checker):
                 "optimizer": lambda x, q: self.choice(x, q, ("sgd", "adamw")),
                 "schedule": lambda x, q: self.choice(x, q, ("step", "cosine")),
                 "crop_scale": self.fraction,
-                "teacher": self.teacher,
+                "teacher": self.recipe_teacher,
             },
         )
 
-    def teacher(self, value: Any, path: str) -> None:
+    def recipe_teacher(self, value: Any, path: str) -> None:
+        # The teacher file a recipe needs at training time (online distillation).
         self.obj(
             value,
             path,
@@ -531,6 +555,7 @@ class _Fields(_Checker):
                 "library": self.text,
                 "created": self.created,
             },
+            {"teacher": self.teacher} if self.minor >= LABELS_MINOR else None,
         )
 
     def created(self, value: Any, path: str) -> None:
@@ -607,10 +632,8 @@ def _layout(m: dict[str, Any], c: _Checker, stages: StageLookup) -> Layout:
     expected: dict[str, tuple[str, tuple[int, ...]]] = {
         "bases": (stored.dtypes.get("bases", "F32"), (count, *stored.base_shape))
     }
-    if m["labels"]["kind"] == "hard":
-        expected["labels"] = ("I64", (count,))
-    else:
-        expected["labels"] = ("F32", (count, n_classes))
+    # hard: I64 (count,); soft: F32 (count, classes), or a 1.3 form's tensors
+    expected.update(label_tensors(m["labels"], count, n_classes))
     if m["normalization"]["kind"] == "zca":
         if image_values > lim.max_zca_dim:
             raise c.fail(
@@ -650,7 +673,7 @@ def _layout(m: dict[str, Any], c: _Checker, stages: StageLookup) -> Layout:
         image_shape=image,
         expansion=expansion,
         expanded_items=count * expansion,
-        rules=stored.rules,
+        rules={**stored.rules, **label_rules(m["labels"], n_classes)},
     )
 
 

@@ -30,6 +30,7 @@ from habactl.format.checks import (
 )
 from habactl.format.digest import dtype_name, tensor_sha256, tensors_content_digest
 from habactl.format.errors import ArchiveError, quote
+from habactl.format.labels import decode_labels
 from habactl.format.limits import DEFAULT_LIMITS, Limits
 from habactl.format.manifest import Layout
 from habactl.format.view import Manifest
@@ -167,6 +168,19 @@ class Archive:
             raise ArchiveError(
                 f"tensor {quote(name)}: cannot be read ({error})", self._label
             ) from None
+
+    def labels(self) -> torch.Tensor:
+        """The labels as training uses them: hard labels (count,) int64, soft labels of
+        any storage form (count, classes) float32 (format/SPEC.md §2.1)."""
+        import torch
+
+        return torch.from_numpy(self.label_array())
+
+    def label_array(self) -> numpy.ndarray:
+        """``labels()`` as a numpy array; needs no torch."""
+        names = [n for n in self.names() if n == "labels" or n.startswith("labels.")]
+        stored = {name: self._stored(name) for name in names}
+        return decode_labels(stored, self.manifest["labels"], len(self.info.classes))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """All tensors; with verify on, each one and the content digest are checked."""

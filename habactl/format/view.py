@@ -87,6 +87,9 @@ class Provenance:
     seed: int
     library: str
     created: str
+    # Format 1.3: the teacher whose probabilities the soft labels are (name, sha256,
+    # arch, temperature); None when the archive records none.
+    teacher: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,10 @@ class Manifest:
     content_digest: str | None
     manifest_digest: str | None
     json: Mapping[str, Any] = field(compare=False, repr=False)
+    # How soft labels are stored (format 1.3): "float32" (every earlier archive),
+    # "float16", "uint8" or "top-k" with label_k values per row; "hard" for hard labels.
+    label_form: str = "hard"
+    label_k: int | None = None
 
     @classmethod
     def from_json(cls, m: Mapping[str, Any]) -> Manifest:
@@ -142,6 +149,10 @@ class Manifest:
             content_digest=m.get("content_digest"),
             manifest_digest=m.get("manifest_digest"),
             json=m,
+            label_form=(
+                str(m["labels"].get("form", "float32")) if m["labels"]["kind"] == "soft" else "hard"
+            ),
+            label_k=m["labels"].get("k"),
         )
 
     @property
@@ -187,4 +198,5 @@ def _provenance(p: Mapping[str, Any]) -> Provenance:
         seed=int(p["seed"]),
         library=str(p["library"]),
         created=str(p["created"]),
+        teacher=p.get("teacher"),
     )

@@ -27,6 +27,7 @@ from habactl.format.digest import (
     tensors_content_digest,
 )
 from habactl.format.errors import ArchiveError, quote
+from habactl.format.labels import LABELS_MINOR, required_minor
 from habactl.format.limits import DEFAULT_LIMITS, Limits
 from habactl.format.manifest import (
     FORMAT_NAME,
@@ -48,7 +49,8 @@ def save_archive(
 
     ``manifest`` holds every field except ``tensors``, ``content_digest`` and
     ``manifest_digest``, which are computed here (values given for them are ignored).
-    ``format`` and ``format_version`` default to this writer's ("haba", "1.2"); another
+    ``format`` and ``format_version`` default to this writer's ("haba", "1.2", or "1.3"
+    when the labels use a 1.3 form or the provenance records a teacher); another
     ``format_version`` is refused.
     """
     return _save(path, tensors, manifest, overwrite, legacy=False)
@@ -111,8 +113,12 @@ def archive_bytes(
         version = legacy_format_version_for(m.get("pipeline"))
         why = "the lowest version that holds it, without a manifest digest"
     else:
-        version = format_version_for(m.get("pipeline"))
-        why = "every archive now carries a manifest digest"
+        # 1.2, or 1.3 for a labels form or a recorded teacher (format/SPEC.md §7)
+        minor = max(int(format_version_for(m.get("pipeline")).split(".")[1]), required_minor(m))
+        version = f"1.{minor}"
+        why = "every archive now carries a manifest digest" + (
+            "; its labels need 1.3" if minor == LABELS_MINOR else ""
+        )
     m.setdefault("format_version", version)
     if m["format_version"] != version:
         raise ArchiveError(

@@ -6,14 +6,8 @@ from habactl.lazy import lazy_exports
 __getattr__, __all__ = lazy_exports(
     __name__,
     {
-        "file": [
-            "Teacher",
-            "TeacherError",
-            "TeacherInfo",
-            "check_teacher_for",
-            "load_teacher",
-            "save_teacher",
-        ],
+        "header": ["TeacherError", "TeacherInfo", "describe_info", "peek_teacher"],
+        "file": ["Teacher", "bind_teacher", "check_teacher_for", "load_teacher", "save_teacher"],
         "train": ["TeacherEpoch", "TeacherSettings", "train_teacher"],
     },
 )

@@ -4,12 +4,15 @@ tells apart, the input space its images are in and the data it was trained on.
 
 A teacher is what the teacher-driven objectives (recovery from batch-norm statistics,
 selection by confidence) and relabelling read; an archive whose training recipe needs
-the teacher counts :attr:`Teacher.file_bytes`.
+the teacher counts :attr:`Teacher.file_bytes`. The header is read without torch by
+:mod:`habactl.teacher.header`; a torchvision ResNet state dict is a teacher too
+(:mod:`habactl.teacher.statedict`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,73 +21,14 @@ import torch
 from torch import Tensor, nn
 
 from habactl.errors import HabaError
-
-KIND = "habactl-teacher"
-VERSION = 1
-METADATA_KEY = "habactl.teacher"
-# A teacher header is a few KB; a larger one is not ours (and is not parsed).
-MAX_HEADER_BYTES = 1 << 20
-
-
-class TeacherError(HabaError):
-    """A teacher file that cannot be used (one line, for the CLI)."""
-
-
-@dataclass(frozen=True)
-class TeacherInfo:
-    """What a teacher file says about its network (its JSON header)."""
-
-    arch: str  # the network built, e.g. "convnet-d3" or "resnet18"
-    width: float
-    norm: str  # "batch" for every teacher habactl trains
-    classes: tuple[str, ...]
-    image_shape: tuple[int, int, int]  # (channels, height, width)
-    normalization: dict[str, Any]  # the input space: habactl's mean-std of the data
-    dataset: dict[str, Any]  # {"name", "fingerprint"}
-    training: dict[str, Any]  # settings and accuracies, for people (not read back)
-
-    def to_json(self) -> dict[str, Any]:
-        channels, height, width = self.image_shape
-        return {
-            "kind": KIND,
-            "version": VERSION,
-            "arch": {"name": self.arch, "width": float(self.width), "norm": self.norm},
-            "classes": list(self.classes),
-            "image": {"channels": channels, "height": height, "width": width},
-            "normalization": dict(self.normalization),
-            "dataset": dict(self.dataset),
-            "training": dict(self.training),
-        }
-
-    @classmethod
-    def from_json(cls, value: Any, where: str) -> TeacherInfo:
-        """Parse a header; TeacherError naming `where` for anything malformed."""
-        try:
-            if value.get("kind") != KIND:
-                raise TeacherError(f"{where}: not a habactl teacher file")
-            if value.get("version") != VERSION:
-                raise TeacherError(
-                    f"{where}: teacher file version {value.get('version')!r}; "
-                    f"this habactl reads version {VERSION}"
-                )
-            arch, image = value["arch"], value["image"]
-            shape = (int(image["channels"]), int(image["height"]), int(image["width"]))
-            classes = tuple(str(name) for name in value["classes"])
-            info = cls(
-                arch=str(arch["name"]),
-                width=float(arch["width"]),
-                norm=str(arch["norm"]),
-                classes=classes,
-                image_shape=shape,
-                normalization=dict(value["normalization"]),
-                dataset=dict(value["dataset"]),
-                training=dict(value.get("training", {})),
-            )
-        except (AttributeError, KeyError, TypeError, ValueError) as error:
-            raise TeacherError(f"{where}: malformed teacher header ({error!r})") from None
-        if len(classes) < 2 or min(shape) < 1:
-            raise TeacherError(f"{where}: a teacher needs 2 or more classes and an image size")
-        return info
+from habactl.teacher.header import (
+    KIND,
+    METADATA_KEY,
+    TeacherError,
+    TeacherInfo,
+    header_json,
+    is_archive,
+)
 
 
 @dataclass(frozen=True)
@@ -159,19 +103,47 @@ def save_teacher(path: str | Path, net: nn.Module, info: TeacherInfo) -> str:
 
 
 def load_teacher(path: str | Path, *, device: torch.device | str | None = None) -> Teacher:
-    """Read a teacher file written by :func:`save_teacher`: the network rebuilt, its
-    weights loaded (every tensor must match), frozen, in eval mode, on `device`."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
+    """Read a teacher file: the network rebuilt, its weights loaded (every tensor must
+    match), frozen, in eval mode, on `device`.
 
+    A teacher file is what :func:`save_teacher` writes. A torchvision ResNet state dict
+    (``torch.save(model.state_dict())``, read with ``weights_only=True``, or the same
+    tensors as safetensors) is a teacher too: it takes the classes and normalisation of
+    the data :func:`check_teacher_for` checks it against (docs/teacher.md)."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise TeacherError(f"{path}: no such teacher file") from None
+    except IsADirectoryError:
+        raise TeacherError(f"{path}: is a folder, not a teacher file") from None
     except OSError as error:
         raise TeacherError(f"{path}: cannot read ({error.strerror or error})") from None
-    info = TeacherInfo.from_json(_header(data, path), str(path))
+    try:
+        header = header_json(data, path)
+    except TeacherError as not_ours:
+        if is_archive(data):  # not worth trying as a state dict
+            raise
+        net, info, tensors = _state_dict_network(data, path, not_ours)
+    else:
+        info = TeacherInfo.from_json(header, str(path))
+        net, tensors = _teacher_network(data, info, path)
+    if any(not bool(t.isfinite().all()) for t in tensors.values() if t.is_floating_point()):
+        raise TeacherError(f"{path}: the teacher's weights hold NaN or infinite values")
+    net.requires_grad_(False)
+    net.eval()
+    if device is not None:
+        net.to(torch.device(device))
+    return Teacher(net, info, len(data), hashlib.sha256(data).hexdigest(), path)
+
+
+def _teacher_network(
+    data: bytes, info: TeacherInfo, path: Path
+) -> tuple[nn.Module, dict[str, Tensor]]:
+    """The network a teacher file's header names, with the file's weights."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
     try:
         tensors = load(data)
     except (SafetensorError, ValueError, RuntimeError) as error:
@@ -182,30 +154,20 @@ def load_teacher(path: str | Path, *, device: torch.device | str | None = None) 
     except RuntimeError as error:
         first = str(error).strip().splitlines()[-1].strip() if str(error).strip() else "?"
         raise TeacherError(f"{path}: weights do not fit {info.arch} ({first})") from None
-    if any(not bool(t.isfinite().all()) for t in tensors.values() if t.is_floating_point()):
-        raise TeacherError(f"{path}: the teacher's weights hold NaN or infinite values")
-    net.requires_grad_(False)
-    net.eval()
-    if device is not None:
-        net.to(torch.device(device))
-    return Teacher(net, info, len(data), hashlib.sha256(data).hexdigest(), path)
+    return net, tensors
 
 
-def _header(data: bytes, path: Path) -> Any:
-    """The teacher's JSON header, read from the safetensors metadata."""
-    import json
+def _state_dict_network(
+    data: bytes, path: Path, not_ours: TeacherError
+) -> tuple[nn.Module, TeacherInfo, dict[str, Tensor]]:
+    """A file without a teacher header: a torchvision state dict, or `not_ours`."""
+    from habactl.teacher import statedict
 
-    if len(data) < 8:
-        raise TeacherError(f"{path}: not a teacher file (too short)")
-    size = int.from_bytes(data[:8], "little")
-    if size > min(MAX_HEADER_BYTES, len(data) - 8):
-        raise TeacherError(f"{path}: not a habactl teacher file (no safetensors header)")
-    try:
-        header = json.loads(data[8 : 8 + size])
-        text = header["__metadata__"][METADATA_KEY]
-        return json.loads(text)
-    except (ValueError, KeyError, TypeError):
-        raise TeacherError(f"{path}: not a habactl teacher file (no teacher header)") from None
+    tensors = statedict.read_tensors(data, path)
+    if tensors is None:
+        raise not_ours
+    net, name, classes = statedict.state_dict_teacher_net(tensors, path)
+    return net, statedict.unbound_info(name, classes, path), tensors
 
 
 def _built(info: TeacherInfo, path: Path) -> nn.Module:
@@ -226,15 +188,27 @@ def _built(info: TeacherInfo, path: Path) -> nn.Module:
 
 def check_teacher_for(teacher: Teacher, source: Any) -> str | None:
     """TeacherError when `teacher` cannot label `source` (other classes or image size);
-    a note (else None) when it was trained on other data with the same classes."""
+    a note (else None) when it was trained on other data with the same classes.
+
+    A torchvision state dict, which names no classes and no input space, takes those of
+    `source` here: its classes (as many as the network's outputs), its image shape (RGB,
+    sides of 32 pixels or more) and habactl's normalisation of that data."""
+    from habactl.format.normalization import mean_std
+
     where = teacher.path.name if teacher.path is not None else "the teacher"
+    shape = (source.channels, source.height, source.width)
+    normalization = mean_std(source.mean(), source.std()) if _takes_data(teacher) else {}
+    note = bind_teacher(
+        teacher, classes=source.classes, image_shape=shape, normalization=normalization
+    )
+    if note is not None:
+        return note
     if tuple(source.classes) != teacher.classes:
         raise TeacherError(
             f"{where} knows {len(teacher.classes)} classes "
             f"({', '.join(teacher.classes[:3])}, ...); the data has {len(source.classes)} "
             f"({', '.join(list(source.classes)[:3])}, ...)"
         )
-    shape = (source.channels, source.height, source.width)
     if shape != teacher.image_shape:
         raise TeacherError(
             f"{where} takes images of {_shape(teacher.image_shape)}; the data's are {_shape(shape)}"
@@ -242,6 +216,37 @@ def check_teacher_for(teacher: Teacher, source: Any) -> str | None:
     if teacher.dataset.get("fingerprint") != getattr(source, "fingerprint", None):
         return f"{where} was trained on other data ({teacher.dataset.get('name', '?')})"
     return None
+
+
+def bind_teacher(
+    teacher: Teacher,
+    *,
+    classes: Sequence[str],
+    image_shape: Sequence[int],
+    normalization: Mapping[str, Any],
+) -> str | None:
+    """Give a torchvision state dict, which names no classes and no input space, those of
+    the data it is used with (an archive's manifest, say): a note saying so, or
+    TeacherError when the data cannot go through it. Any other teacher is left as it is
+    (None): its own classes and space are what the caller compares."""
+    if not _takes_data(teacher):
+        return None
+    from habactl.teacher import statedict
+
+    where = teacher.path.name if teacher.path is not None else "the teacher"
+    bound = statedict.bind(teacher.info, classes, image_shape, normalization, where)
+    # Teacher is frozen for its users; taking the data's space is the one change it takes.
+    object.__setattr__(teacher, "info", bound)
+    return (
+        f"{where} is a {teacher.arch} state dict: it reads the data's "
+        f"{len(teacher.classes)} classes in their order, in the data's normalisation"
+    )
+
+
+def _takes_data(teacher: Teacher) -> bool:
+    from habactl.teacher import statedict
+
+    return statedict.is_state_dict_teacher(teacher.info)
 
 
 def _shape(shape: tuple[int, int, int]) -> str:
@@ -254,6 +259,7 @@ __all__ = [
     "Teacher",
     "TeacherError",
     "TeacherInfo",
+    "bind_teacher",
     "check_teacher_for",
     "load_teacher",
     "save_teacher",

@@ -48,6 +48,11 @@ class TeacherSettings:
     device: str = "auto"
 
     def check(self) -> None:
+        from habactl.nets.registry import resolve_arch
+
+        resolve_arch(self.arch, 32, 32)  # HabaError naming the known ones
+        if self.arch == "mlp":  # the teacher-driven objectives read batch-norm statistics
+            raise TeacherError("a teacher needs batch norm, which --arch mlp has not")
         if self.epochs < 1 or self.batch_size < 1:
             raise TeacherError("--epochs and --batch-size must be at least 1")
         if not (self.lr > 0 and self.width > 0):
@@ -67,6 +72,8 @@ class TeacherEpoch:
 
 
 Progress = Callable[[TeacherEpoch], None]
+# (batches done so far, batches in the whole run): after every step, for a live display.
+StepProgress = Callable[[int, int], None]
 
 
 def train_teacher(
@@ -76,6 +83,7 @@ def train_teacher(
     *,
     progress: Progress | None = None,
     collective: Collective = SINGLE,
+    step_progress: StepProgress | None = None,
 ) -> Teacher:
     """Train a teacher on `source`'s training split, score it on the test split, write
     it to `output` (rank 0, atomically) and return it as read back from the file."""
@@ -93,7 +101,9 @@ def train_teacher(
         trainable=True,
         norm="batch",
     )
-    train_accuracy = _train(net, data, settings, source.is_digits, progress, collective)
+    train_accuracy = _train(
+        net, data, settings, source.is_digits, progress, collective, step_progress
+    )
     test_accuracy = _test_accuracy(net, source, data.normalization)
     info = TeacherInfo(
         arch=arch,
@@ -128,6 +138,7 @@ def _train(
     is_digits: bool,
     progress: Progress | None,
     collective: Collective,
+    step_progress: StepProgress | None = None,
 ) -> float:
     """SGD with a cosine schedule; the last epoch's training accuracy."""
     from habactl.training.augment import SiameseAugment
@@ -144,6 +155,7 @@ def _train(
     count = int(data.labels.shape[0])
     device = data.labels.device
     accuracy = 0.0
+    batches = math.ceil(count / s.batch_size)
     net.train()
     for epoch in range(s.epochs):
         for group in optimizer.param_groups:
@@ -152,7 +164,7 @@ def _train(
         correct = torch.zeros((), dtype=torch.long, device=device)
         summed = torch.zeros((), dtype=torch.float64, device=device)
         seen = 0
-        for batch in order.split(s.batch_size):
+        for step, batch in enumerate(order.split(s.batch_size), 1):
             mine = batch[collective.rank :: collective.world_size]
             optimizer.zero_grad(set_to_none=False)
             if len(mine):
@@ -166,6 +178,8 @@ def _train(
             if collective.world_size > 1:
                 collective.all_reduce_sum([p.grad for p in params if p.grad is not None])
             optimizer.step()
+            if step_progress is not None and collective.is_main:
+                step_progress(epoch * batches + step, s.epochs * batches)
         read = runtime.host_values({"loss": summed, "correct": correct})  # once an epoch
         if not math.isfinite(read["loss"]):
             raise TeacherError(f"the loss became non-finite in epoch {epoch + 1}; lower --lr")

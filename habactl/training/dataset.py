@@ -25,6 +25,9 @@ from habactl.training.recipe import Recipe
 MODES = ("all-pairs", "random-pair")
 # Decoding is deterministic, so a small expanded set is decoded once per process and kept.
 AUTO_CACHE_BYTES = 256 * 2**20
+# Bases decoded per call when the whole set is decoded: a HaBa decode of a chunk holds a
+# few activation maps of its images, so the chunk, not the archive, sets the peak.
+DECODE_CHUNK = 256
 
 
 class _Decoded:
@@ -38,8 +41,9 @@ class _Decoded:
         with open_archive(path, verify=verify) as archive:
             tensors = archive.tensors()
             info = archive.info
+            # Every storage form of soft labels decodes to (count, classes) float32.
+            self.labels = archive.labels()
         self.bases = tensors["bases"]
-        self.labels = tensors["labels"]
         # The bases' shape from the manifest: a quantize stage may store them packed.
         self.pipeline = Pipeline.from_manifest(info.pipeline_entries(), info.bases.shape)
         self.pipeline.load_tensors({k: v for k, v in tensors.items() if k.startswith("pipeline.")})
@@ -50,15 +54,24 @@ class _Decoded:
         self.pid = os.getpid()
         self.expanded: Tensor | None = None
 
-    def expand_all(self, chunk: int = 256) -> Tensor:
-        """Every (basis, variant) pair, item b*E + v, decoded in batches of `chunk` bases."""
+    def expand_all(self, chunk: int = DECODE_CHUNK) -> Tensor:
+        """Every (basis, variant) pair, item b*E + v, decoded in batches of `chunk` bases
+        into one preallocated tensor (no second copy while it is assembled)."""
         if self.expanded is None:
+            count = self.bases.shape[0]
+            out: Tensor | None = None
             with torch.no_grad():
-                parts = [
-                    self.pipeline.decode_all(b, classes=k)
-                    for b, k in zip(self.bases.split(chunk), self.classes.split(chunk))
-                ]
-            self.expanded = torch.cat(parts)
+                for start in range(0, count, chunk):
+                    bases = self.bases[start : start + chunk]
+                    part = self.pipeline.decode_all(
+                        bases, classes=self.classes[start : start + chunk]
+                    )
+                    per_basis = part.shape[0] // bases.shape[0]
+                    if out is None:
+                        out = part.new_empty((count * per_basis, *part.shape[1:]))
+                    out[start * per_basis : start * per_basis + part.shape[0]] = part
+            assert out is not None, "an archive has at least one basis"
+            self.expanded = out
         return self.expanded
 
 
@@ -179,10 +192,30 @@ class HabaDataset(Dataset):
                 )
         return images, state.labels[basis]
 
-    def tensors(self) -> tuple[Tensor, Tensor]:
-        """The whole expanded data set in one call (all pairs, item order as indexed)."""
-        count = self.num_bases * (self.expansion if self.mode == "all-pairs" else 1)
-        return self.fetch(torch.arange(count))
+    def tensors(self, chunk: int = DECODE_CHUNK) -> tuple[Tensor, Tensor]:
+        """The whole expanded data set in one call (all pairs, item order as indexed).
+
+        Decoded `chunk` bases at a time into one preallocated tensor: the peak is the set
+        itself plus one chunk's decoding, however many images the archive expands to."""
+        count = len(self)
+        if self.cache and self.mode == "all-pairs":  # the cached set is already in order
+            state = self._state()
+            # A copy: the caller may change it; the cache must stay as decoded.
+            return state.expand_all(chunk).clone(), state.labels.repeat_interleave(
+                self.expansion, dim=0
+            )
+        step = chunk * (self.expansion if self.mode == "all-pairs" else 1)
+        images: Tensor | None = None
+        labels: Tensor | None = None
+        for start in range(0, count, step):
+            part, part_labels = self.fetch(torch.arange(start, min(count, start + step)))
+            if images is None or labels is None:
+                images = part.new_empty((count, *part.shape[1:]))
+                labels = part_labels.new_empty((count, *part_labels.shape[1:]))
+            images[start : start + part.shape[0]] = part
+            labels[start : start + part.shape[0]] = part_labels
+        assert images is not None and labels is not None, "an archive has at least one item"
+        return images, labels
 
     def set_epoch(self, epoch: int) -> None:
         """Make the random-pair draw a function of (seed, epoch), as DistributedSampler does."""

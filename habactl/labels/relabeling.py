@@ -1,0 +1,266 @@
+"""Recompute an archive's soft labels with a teacher (``habactl relabel``).
+
+The new archive keeps the bases, the pipeline and every other field; its labels are
+the teacher's probabilities (at a temperature) for each basis, stored in the form asked
+for, and its provenance names the teacher (format 1.3, ``provenance.teacher``). Labels
+are counted in the archive's bytes: the new total is compared with the budget the
+archive records, and an archive over it is refused before the teacher runs, unless
+``allow_over``.
+
+Per basis: a basis that decodes to several images (a ``hallucinate`` stage) gets the
+mean of the teacher's probabilities over its images, since the format stores one label
+per basis and every image decoded from it takes that label.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from habactl.errors import HabaError, quote
+from habactl.format.account import storage_account
+from habactl.format.labels import LabelForm, parse_form
+from habactl.labels.forms import EncodedLabels, LabelsError, encode_soft_labels, labelled_manifest
+
+if TYPE_CHECKING:
+    from habactl.teacher import Teacher
+
+
+@dataclass(frozen=True)
+class LabelBudget:
+    """An archive's bytes with its labels in a new form, against its recorded budget."""
+
+    labels_bytes: int  # the new labels (every tensor of the form)
+    images_bytes: int  # bases + hallucinators: what decodes to the images
+    counted_bytes: int  # everything the account counts, with the new labels
+    budget_bytes: int  # the budget the archive records
+    budget_source: str  # where that budget comes from, for messages
+
+    @property
+    def over(self) -> bool:
+        return self.counted_bytes > self.budget_bytes
+
+    @property
+    def labels_to_images(self) -> float:
+        return self.labels_bytes / max(1, self.images_bytes)
+
+    def line(self) -> str:
+        """One line for people: the new total against the budget."""
+        return (
+            f"{self.counted_bytes:,} bytes counted (labels {self.labels_bytes:,}, "
+            f"{self.labels_to_images:.2f}x the images' {self.images_bytes:,}) of a budget of "
+            f"{self.budget_bytes:,} ({self.budget_source}): "
+            f"{self.counted_bytes / self.budget_bytes:.2f}x"
+        )
+
+
+@dataclass(frozen=True)
+class RelabelResult:
+    """What ``relabel`` wrote."""
+
+    path: Path
+    form: LabelForm
+    temperature: float
+    budget: LabelBudget
+    labels: EncodedLabels
+
+
+def label_budget(manifest: Mapping[str, Any], form: LabelForm) -> LabelBudget:
+    """The bytes ``manifest``'s archive would count with soft labels in ``form``.
+
+    The budget is the one compress records: the byte budget it was given
+    (``provenance.hyperparameters.budget.budget_bytes``) when there is one, else the
+    manifest's ``storage.ipc`` float32 images per class."""
+    account = storage_account(manifest)
+    count, classes = int(manifest["bases"]["count"]), len(manifest["classes"])
+    labels_bytes = count * form.row_bytes(classes)
+    old = account.parts["labels"]
+    counted = account.counted_bytes - (old.bytes if old.counted else 0) + labels_bytes
+    recorded = manifest["provenance"]["hyperparameters"].get("budget")
+    given = recorded.get("budget_bytes") if isinstance(recorded, Mapping) else None
+    if isinstance(given, int) and not isinstance(given, bool) and given > 0:
+        budget, source = given, "the byte budget it was compressed to"
+    else:
+        budget, source = account.budget_bytes, f"IPC {manifest['storage']['ipc']}"
+    return LabelBudget(labels_bytes, account.images_bytes, counted, budget, source)
+
+
+def relabel(
+    archive: str | os.PathLike[str],
+    teacher: Teacher | str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    form: str | LabelForm = "float32",
+    temperature: float = 1.0,
+    allow_over: bool = False,
+    overwrite: bool = False,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> RelabelResult:
+    """Write ``output``: ``archive`` with its labels recomputed by ``teacher`` (a Teacher or
+    the path of a teacher file) at ``temperature`` and stored in ``form`` (``float32``,
+    ``float16``, ``uint8`` or ``top-k:K``).
+
+    Checked before the teacher runs: the output location, the form, the teacher against
+    the archive (classes, image shape, input normalisation) and the budget (a
+    ``LabelsError`` when the new total is over it, unless ``allow_over``)."""
+    from habactl.format import open_archive
+    from habactl.runtime.atomic import check_file_target
+
+    source, target = Path(archive), Path(output)
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)) or not (
+        temperature > 0
+    ):
+        raise LabelsError(f"--temperature must be a positive number, got {quote(temperature)}")
+    if batch_size < 1:
+        raise LabelsError("the batch size must be at least 1")
+    check_file_target(target, overwrite, example="relabelled.haba")
+    label_form = _parse(form)
+    with open_archive(source) as opened:
+        manifest = dict(opened.manifest)  # the writer fields go in labelled_manifest
+        tensors = {
+            name: t
+            for name, t in opened.tensors().items()
+            if name != "labels" and not name.startswith("labels.")
+        }
+    classes = len(manifest["classes"])
+    if label_form.k is not None and label_form.k > classes:
+        raise LabelsError(f"top-k: k is {label_form.k}, but the archive has {classes} classes")
+    budget = label_budget(manifest, label_form)
+    if budget.over and not allow_over:
+        raise LabelsError(
+            f"{target.name} would be over its budget: {budget.line()}; pass --allow-over to "
+            "write it anyway, or store the labels smaller (--labels uint8 or top-k:K)"
+        )
+    model = _teacher(teacher, device)
+    inputs = _input_map(manifest, model)
+    probabilities = _per_basis(source, model, inputs, temperature, batch_size)
+    encoded = encode_soft_labels(probabilities, label_form)
+    name = model.path.name if model.path is not None else "teacher"
+    new = labelled_manifest(
+        manifest,
+        encoded,
+        teacher={
+            "name": name,
+            "sha256": model.sha256,
+            "arch": model.arch,
+            "temperature": float(temperature),
+        },
+    )
+    new["provenance"]["created"] = _created()
+    from habactl.format import save_archive
+
+    save_archive(target, {**tensors, **encoded.tensors}, new, overwrite=overwrite)
+    return RelabelResult(target, label_form, float(temperature), budget, encoded)
+
+
+def _parse(form: str | LabelForm) -> LabelForm:
+    try:
+        return parse_form(form)
+    except HabaError as error:
+        raise LabelsError(str(error)) from None
+
+
+def _teacher(teacher: Any, device: str | torch.device | None) -> Teacher:
+    from habactl.teacher import Teacher, load_teacher
+
+    if isinstance(teacher, Teacher):
+        return teacher
+    return load_teacher(teacher, device=None if device in (None, "auto") else device)
+
+
+def _input_map(manifest: Mapping[str, Any], teacher: Teacher) -> tuple[Tensor, Tensor] | None:
+    """(scale, shift) per channel taking the archive's normalised space to the teacher's
+    input space (None when they are the same); refuses what cannot be mapped."""
+    from habactl.teacher import bind_teacher
+
+    where = teacher.path.name if teacher.path is not None else "the teacher"
+    classes = tuple(manifest["classes"])
+    image = manifest["image"]
+    shape = (image["channels"], image["height"], image["width"])
+    # A torchvision state dict names no classes or input space: it takes the archive's.
+    bind_teacher(
+        teacher, classes=classes, image_shape=shape, normalization=manifest["normalization"]
+    )
+    if classes != tuple(teacher.classes):
+        raise LabelsError(
+            f"{where} knows {len(teacher.classes)} classes; the archive has {len(classes)} "
+            f"({', '.join(classes[:3])}, ...)"
+            if len(classes) != len(teacher.classes)
+            else f"{where} names its classes differently from the archive "
+            f"({', '.join(teacher.classes[:3])}, ... vs {', '.join(classes[:3])}, ...)"
+        )
+    if shape != tuple(teacher.image_shape):
+        raise LabelsError(
+            f"{where} takes images of {'x'.join(map(str, teacher.image_shape))}; the "
+            f"archive's are {'x'.join(map(str, shape))}"
+        )
+    ours, theirs = manifest["normalization"], teacher.normalization
+    if ours.get("kind") == "zca":
+        raise LabelsError(
+            "the archive's images are ZCA-whitened; a teacher takes mean-std inputs, so "
+            "it cannot label them"
+        )
+    mean_a, std_a = _stats(ours, shape[0])
+    mean_t, std_t = _stats(theirs, shape[0])
+    if torch.equal(mean_a, mean_t) and torch.equal(std_a, std_t):
+        return None
+    # pixels = x * std_a + mean_a; the teacher's input = (pixels - mean_t) / std_t
+    return std_a / std_t, (mean_a - mean_t) / std_t
+
+
+def _stats(normalization: Mapping[str, Any], channels: int) -> tuple[Tensor, Tensor]:
+    if normalization.get("kind", "none") == "none":
+        return torch.zeros(channels), torch.ones(channels)
+    mean = torch.tensor([float(v) for v in normalization["mean"]], dtype=torch.float32)
+    std = torch.tensor([float(v) for v in normalization["std"]], dtype=torch.float32)
+    return mean, std
+
+
+def _per_basis(
+    path: Path,
+    teacher: Teacher,
+    inputs: tuple[Tensor, Tensor] | None,
+    temperature: float,
+    batch_size: int,
+) -> Tensor:
+    """(count, classes): the teacher's probabilities for every decoded image, averaged
+    over the images of each basis."""
+    from habactl.training.dataset import HabaDataset
+
+    dataset = HabaDataset(path, cache=False)
+    expansion, count = dataset.expansion, dataset.num_bases
+    device = teacher.device
+    parts = []
+    for start in range(0, len(dataset), batch_size):
+        indices = torch.arange(start, min(start + batch_size, len(dataset)))
+        images, _ = dataset.fetch(indices)
+        images = images.to(device)
+        if inputs is not None:
+            scale, shift = (t.to(device).view(1, -1, 1, 1) for t in inputs)
+            images = images * scale + shift
+        parts.append(teacher.probabilities(images, temperature=temperature).float().cpu())
+    probs = torch.cat(parts).view(count, expansion, -1)  # item b*E + v
+    return probs.mean(dim=1)
+
+
+def _created() -> str:
+    """UTC now; ``SOURCE_DATE_EPOCH`` pins it, so that a rerun is byte-identical."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = (
+        _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
+        if epoch
+        else _dt.datetime.now(tz=_dt.timezone.utc).replace(microsecond=0)
+    )
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+__all__ = ["LabelBudget", "RelabelResult", "label_budget", "relabel"]
