@@ -160,6 +160,9 @@ GOLDEN_RECIPES = {
     "frequency-per-class-haba": "388712692e4183aa57c2e6836725ef75",
     "haba-1.2": "ef1ad5712d7b64b8d66674e180f6a1d0",
     "idc-haba": "fd15f1b65c8b69e4f006b81bcc67b97c",
+    "labels-float16-1.3": "4dee4f3a7b2ba98abf48cf201952d92a",
+    "labels-top-k-1.3": "fb645e66c15d1560a1f4856c4fb8e25d",
+    "labels-uint8-1.3": "be5bef1b4c2e3b9935e763f433dfb600",
     "quantize-bfloat16-idc": "5fc5b9d287d3f96aadba9c76acd7df80",
     "quantize-float16-haba": "7b63915eae1cd7420f4d75ade381d1dd",
     "quantize-frequency-idc": "9877d4c7cd53e7bd159ae1d5f6738852",
@@ -169,6 +172,10 @@ GOLDEN_RECIPES = {
     "rgb-pixel-affine-soft": "6c4abfb87a520b5b61b3de75d2dac4b0",
     "zca": "90df26654c6041c7d17756a7de70300e",
 }
+
+
+def test_every_golden_archive_is_checked():
+    assert {path.stem for path in GOLDEN.glob("*.haba")} == set(GOLDEN_RECIPES)
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN_RECIPES))
@@ -309,3 +316,24 @@ def test_inspect_shows_the_kd_recipe(make_archive):
     text = " ".join(result.stdout.split())
     assert "AdamW, lr 0.001" in text and "random resized crop" in text
     assert "knowledge distillation" in text and "digits-teacher.safetensors" in text
+
+
+def test_labels_a_teacher_wrote_at_a_temperature_are_brought_to_the_recipes():
+    teacher_logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, 1.0]], dtype=torch.float64)
+    written = (teacher_logits / 2).softmax(1)  # relabelled with --temperature 2
+    student = double(LOGITS)
+    loss = KDLoss(4.0, labels_temperature=2.0)
+    assert float(loss(student, written)) == pytest.approx(
+        float(loss.tempered(student, (teacher_logits / 4).softmax(1))), rel=1e-9
+    )
+    manifest = kd_manifest("labels-float16-1.3")
+    manifest["provenance"]["teacher"] = {
+        "name": "t.safetensors",
+        "sha256": "ab" * 32,
+        "arch": "convnet",
+        "temperature": 2.0,
+    }
+    recipe = Recipe.from_manifest(manifest)
+    assert recipe.labels_temperature == 2.0 and recipe.loss().labels_temperature == 2.0
+    assert "written at temperature 2" in recipe.loss_name
+    assert Recipe.from_manifest(kd_manifest("labels-float16-1.3")).labels_temperature == 1.0

@@ -245,6 +245,13 @@ def budget_per_class(manifest: Manifest) -> int:
 
 def archive_training_set(dataset: Any, protocol: Protocol, lr: float | None = None) -> TrainingSet:
     images, labels = dataset.tensors()
+    labels_temperature = dataset.recipe.labels_temperature
+    if protocol.kind == "kd" and labels.dim() == 2 and labels_temperature != 1:
+        from habactl.training.kd import soften
+
+        # Soft labels a teacher wrote at T_l, brought back to temperature 1: the kd loss
+        # softens them to its own T (habactl.training.kd).
+        labels = soften(labels.double(), 1 / labels_temperature).to(labels.dtype)
     used_lr, source = archive_lr(dataset, lr, protocol)
     return TrainingSet("archive", images.float(), labels, protocol, used_lr, source)
 

@@ -10,7 +10,9 @@ Targets come in two forms:
 - ``loss(logits, targets)``: class probabilities at temperature 1, as an archive stores
   soft labels (or class indices, taken as one-hot). They are softened to T here:
   ``softmax(log p / T)``, which is exactly the teacher's ``softmax(logits / T)`` when
-  ``p = softmax(logits)``, so stored probabilities give the published targets.
+  ``p = softmax(logits)``, so stored probabilities give the published targets. Labels a
+  teacher wrote at another temperature T_l (``provenance.teacher.temperature``) are
+  brought to T the same way: ``softmax(log p · T_l / T)``.
 - ``loss.tempered(logits, p_T)``: targets already at temperature T, e.g. a teacher's
   ``probabilities(x, temperature=T)`` on the augmented batch (online distillation).
 """
@@ -37,16 +39,19 @@ def soften(probabilities: Tensor, temperature: float) -> Tensor:
 class KDLoss(nn.Module):
     """See the module docstring; ``KDLoss(4.0)(logits, targets)`` is a scalar."""
 
-    def __init__(self, temperature: float) -> None:
+    def __init__(self, temperature: float, labels_temperature: float = 1.0) -> None:
         super().__init__()
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise HabaError(f"temperature must be positive, got {temperature!r}")
+        for value in (temperature, labels_temperature):
+            if not (math.isfinite(value) and value > 0):
+                raise HabaError(f"temperature must be positive, got {value!r}")
         self.temperature = float(temperature)
+        self.labels_temperature = float(labels_temperature)
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
         if targets.dim() == 1:  # class indices: one-hot stays one-hot at any temperature
             return self.tempered(logits, F.one_hot(targets.long(), logits.shape[1]).to(logits))
-        return self.tempered(logits, soften(targets.to(logits.dtype), self.temperature))
+        ratio = self.temperature / self.labels_temperature
+        return self.tempered(logits, soften(targets.to(logits.dtype), ratio))
 
     def tempered(self, logits: Tensor, targets: Tensor) -> Tensor:
         """The loss against targets already at this loss' temperature."""
@@ -55,7 +60,8 @@ class KDLoss(nn.Module):
         return F.kl_div(log_q, targets.to(log_q.dtype), reduction="batchmean") * (t * t)
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature:g}"
+        extra = "" if self.labels_temperature == 1 else f", labels at {self.labels_temperature:g}"
+        return f"temperature={self.temperature:g}{extra}"
 
 
 __all__ = ["KDLoss", "soften"]

@@ -158,6 +158,7 @@ class Recipe:
     temperature: float = 1.0
     crop: Crop | None = None  # the kd recipe's augmentation (then dsa is None)
     teacher: TeacherRef | None = None  # kd targets from this teacher on each batch
+    labels_temperature: float = 1.0  # the temperature a teacher wrote soft labels at
 
     # -- building -----------------------------------------------------------------------
     @classmethod
@@ -178,6 +179,9 @@ class Recipe:
         elif augmentation != "none":
             dsa = DSA(DSA_STRATEGY, flip, dict(DSA_PARAMS))
         teacher = extra.get("teacher")
+        # Soft labels a teacher wrote (format 1.3: provenance.teacher) at its temperature.
+        wrote = m.json["provenance"].get("teacher") if m.label_kind == "soft" else None
+        labels_temperature = float(wrote.get("temperature", 1.0)) if wrote else 1.0
         return cls(
             arch=recommended.arch,
             epochs=recommended.epochs,
@@ -205,6 +209,7 @@ class Recipe:
             teacher=None
             if teacher is None
             else TeacherRef(str(teacher["name"]), str(teacher["sha256"]), int(teacher["bytes"])),
+            labels_temperature=labels_temperature,
         )
 
     def with_(self, **changes: Any) -> Recipe:
@@ -277,6 +282,8 @@ class Recipe:
                 if self.labels == "soft"
                 else "the stored classes (one-hot)"
             )
+            if self.teacher is None and self.labels_temperature != 1:
+                source += f" (written at temperature {self.labels_temperature:g})"
             return f"KL divergence to {source} at temperature {t:g}, times {t * t:g}"
         return (
             "cross-entropy against the stored class probabilities"
@@ -481,7 +488,7 @@ class Recipe:
         if self.kind == "kd":
             from habactl.training.kd import KDLoss
 
-            return KDLoss(self.temperature)
+            return KDLoss(self.temperature, self.labels_temperature)
         import torch
 
         return torch.nn.CrossEntropyLoss()
