@@ -1,6 +1,9 @@
 """Train your own network on a .haba archive with the archive's own training recipe.
 
     python examples/train_own_loop.py mnist-5k.haba [--epochs N] [--net small|convnet|resnet18]
+
+An archive whose recipe trains on its teacher's outputs (online distillation) also needs
+--teacher T.safetensors.
 """
 import argparse
 from functools import partial
@@ -12,6 +15,7 @@ from torch.utils.data import DataLoader
 from habactl import HabaDataset
 from habactl.data import load_source
 from habactl.nets import build_net
+from habactl.teacher import load_teacher
 
 
 def small_cnn(channels: int, height: int, width: int, classes: int) -> nn.Module:
@@ -23,12 +27,16 @@ def small_cnn(channels: int, height: int, width: int, classes: int) -> nn.Module
 
 
 def train_and_test(archive: str, make_net=small_cnn, epochs: int | None = None,
-                   seed: int = 0, data: str | None = None) -> float:
+                   seed: int = 0, data: str | None = None, teacher: str | None = None) -> float:
     """Train make_net(channels, height, width, classes) on the archive; test accuracy in %."""
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     train = HabaDataset(archive)
     recipe = train.recipe.with_(epochs=epochs)        # None keeps the recorded epochs
+    if recipe.teacher and not teacher:                # it records the teacher it needs
+        raise SystemExit(f"{archive} trains on its teacher's outputs: give --teacher "
+                         f"{recipe.teacher.text()}")
+    teacher = teacher and load_teacher(teacher, device=device)
     net = make_net(*train.image_shape, train.num_classes).to(device)
     loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True)
     augment = recipe.augmentation(seed=seed)          # the recorded DSA (no flip for digits)
@@ -39,6 +47,8 @@ def train_and_test(archive: str, make_net=small_cnn, epochs: int | None = None,
         net.train()
         for images, labels in loader:
             images, labels = augment(images.to(device)), labels.to(device)
+            if teacher:                               # online distillation: its outputs
+                labels = teacher.probabilities(images)  # are the targets of recipe.loss()
             optimizer.zero_grad()
             loss_fn(net(images), labels).backward()
             optimizer.step()
@@ -60,7 +70,9 @@ if __name__ == "__main__":
     parser.add_argument("--net", default="small", help="small (below), convnet, resnet18, ...")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", help="real data set to test on (default: the archive's)")
+    parser.add_argument("--teacher", help="teacher file, for online distillation")
     args = parser.parse_args()
     make_net = small_cnn if args.net == "small" else partial(build_net, args.net)
-    accuracy = train_and_test(args.archive, make_net, args.epochs, args.seed, args.data)
+    accuracy = train_and_test(args.archive, make_net, args.epochs, args.seed, args.data,
+                              args.teacher)
     print(f"test accuracy {accuracy:.2f} %")

@@ -115,6 +115,14 @@ HOSTILE = {
     "no Z": _set("provenance.created", "2026-01-01T00:00:00"),
     "lr_decay_at above 1": _set("training.recommended.lr_decay_at", 1.5),
     "lr_decay_at 0": _set("training.recommended.lr_decay_at", 0),
+    "unknown loss": _set("training.recommended.loss", "mse"),
+    "zero temperature": _set("training.recommended.temperature", 0),
+    "unknown optimizer": _set("training.recommended.optimizer", "adam"),
+    "unknown schedule": _set("training.recommended.schedule", "linear"),
+    "crop_scale above 1": _set("training.recommended.crop_scale", 1.5),
+    "teacher without its size": _set(
+        "training.recommended.teacher", {"name": "t", "sha256": "0" * 64}
+    ),
     "fuzzy labels": _set("labels.kind", "fuzzy"),
     "negative seed": _set("provenance.seed", -1),
     "seed above 2^64-1": _set("provenance.seed", 2**64),

@@ -164,6 +164,41 @@ def test_lr_decay_at_lies_in_zero_to_one(toy, value, ok):
         rejects(toy, "lr_decay_at")
 
 
+KD_RECIPE = {
+    "loss": "kd",
+    "temperature": 4,
+    "optimizer": "adamw",
+    "schedule": "cosine",
+    "augmentation": "rrc_flip",
+    "crop_scale": 0.08,
+    "teacher": {"name": "teacher.safetensors", "sha256": "ab" * 32, "bytes": 123},
+}
+
+
+def test_the_distillation_recipe_fields_are_read_back(toy):
+    rewrite(toy, lambda m: m["training"]["recommended"].update(KD_RECIPE))
+    recommended = open_archive(toy).manifest["training"]["recommended"]
+    assert {key: recommended[key] for key in KD_RECIPE} == KD_RECIPE
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("loss", "mse"),
+        ("temperature", -1),
+        ("optimizer", "adam"),
+        ("schedule", "linear"),
+        ("crop_scale", 0),
+        ("teacher", {"name": "t", "sha256": "AB" * 32, "bytes": 1}),
+        ("teacher", {"name": "t", "sha256": "ab" * 32, "bytes": 0}),
+        ("teacher", {"name": "t", "sha256": "ab" * 32, "bytes": 1, "kind": "x"}),
+    ],
+)
+def test_the_distillation_recipe_fields_are_checked(toy, key, value):
+    rewrite(toy, lambda m: m["training"]["recommended"].update({key: value}))
+    rejects(toy, key)
+
+
 # --- §1 header -------------------------------------------------------------------------
 
 

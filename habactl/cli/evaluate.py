@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from habactl.cli.app import app, guarded, plural, stderr, stdout
 from habactl.cli.options import Device
-from habactl.evaluation.protocol import FAST, STANDARD
+from habactl.evaluation.protocol import FAST, KD, KD_FAST, STANDARD
 
 if TYPE_CHECKING:
     from habactl.evaluation.report import EvaluationReport
+    from habactl.training.recipe import Recipe
 
 Archive = Annotated[Path, typer.Argument(help="The .haba archive.")]
 Data = Annotated[
@@ -53,7 +54,8 @@ Epochs = Annotated[
     typer.Option(
         "--epochs",
         min=1,
-        help=f"Training epochs \\[default: {STANDARD.epochs}; --fast: {FAST.epochs}].",
+        help=f"Training epochs \\[default: {STANDARD.epochs}; --fast: {FAST.epochs}]; with the "
+        f"kd recipe the archive's, else {KD.epochs} (--fast: {KD_FAST.epochs}).",
     ),
 ]
 Fast = Annotated[
@@ -67,12 +69,44 @@ Lr = Annotated[
     float | None,
     typer.Option(
         "--lr",
-        help="Learning rate \\[default: the archive's learned lr, else its recommended 0.01].",
+        help="Learning rate \\[default: the archive's learned lr, else its recommended 0.01; "
+        f"a recipe the archive does not record: that recipe's ({STANDARD.lr:g}, kd {KD.lr:g})].",
     ),
 ]
 BatchSize = Annotated[
     int | None,
-    typer.Option("--batch-size", min=1, help=f"Batch size \\[default: {STANDARD.batch_size}]."),
+    typer.Option(
+        "--batch-size",
+        min=1,
+        help=f"Batch size \\[default: {STANDARD.batch_size}]; with the kd recipe the "
+        f"archive's, else {KD.batch_size}.",
+    ),
+]
+RecipeKind = Annotated[
+    str | None,
+    typer.Option(
+        "--recipe",
+        help="standard (cross-entropy, SGD, step schedule, DSA) or kd (knowledge "
+        "distillation: KL divergence at a temperature, AdamW, cosine schedule, random "
+        "resized crop and flip; docs/objectives.md) \\[default: the one the archive "
+        "records]. Scores the same archive both ways.",
+    ),
+]
+Teacher = Annotated[
+    Path | None,
+    typer.Option(
+        "--teacher",
+        help="Teacher file (habactl.teacher): with the kd recipe its outputs on each "
+        "augmented batch are the targets (online distillation), for every arm. Needed "
+        "by an archive whose recipe records a teacher \\[default: none: the stored labels].",
+    ),
+]
+Temperature = Annotated[
+    float | None,
+    typer.Option(
+        "--temperature",
+        help=f"Temperature of the kd loss \\[default: the archive's, else {KD.temperature:g}].",
+    ),
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Model i uses seed + i.")]
 Jobs = Annotated[
@@ -135,6 +169,9 @@ def evaluate(
     threads: Threads = 1,
     baseline: Baseline = None,
     full_epochs: FullEpochs = None,
+    recipe: RecipeKind = None,
+    teacher: Teacher = None,
+    temperature: Temperature = None,
     as_json: AsJson = False,
     quiet: Quiet = False,
 ) -> None:
@@ -142,16 +179,20 @@ def evaluate(
 
     The standard protocol (docs/method.md, "The evaluation protocol"): SGD momentum 0.9,
     weight decay 5e-4, batch 256, lr × 0.1 at half, DSA augmentation, final-epoch accuracy,
-    mean ± std over models.
+    mean ± std over models. An archive that records the knowledge-distillation recipe
+    (docs/objectives.md, "Training with soft labels") trains with it; --recipe chooses.
     """
-    check_archive(archive)  # at once: a wrong path must not wait for torch
+    kind = check_recipe(recipe, temperature, teacher)
+    recorded = check_archive(archive)  # at once: a wrong path must not wait for torch
 
-    from habactl.evaluation import FAST, STANDARD, evaluate_archive
+    from habactl.evaluation import evaluate_archive
     from habactl.runtime import distributed
 
-    protocol = (FAST if fast else STANDARD).with_(
-        epochs=epochs, models=models, batch_size=batch_size, seed=seed
+    protocol = recorded.evaluation_protocol(kind, fast=fast).with_(
+        epochs=epochs, models=models, batch_size=batch_size, seed=seed, temperature=temperature
     )
+    if protocol.kind != "kd" and temperature is not None:
+        raise_error("--temperature applies to the kd recipe (--recipe kd)")
 
     def warn(message: str) -> None:
         if not quiet:
@@ -173,6 +214,7 @@ def evaluate(
             progress=report,
             warn=warn,
             collective=distributed.current(),  # torchrun's ranks share the networks
+            teacher=teacher,
         )
     if as_json:
         print(json.dumps(result.to_json(), sort_keys=True))
@@ -180,17 +222,40 @@ def evaluate(
         print_result(result)
 
 
-def check_archive(archive: Path) -> None:
+def check_archive(archive: Path) -> Recipe:
     """The archive's path and header, checked before anything heavy loads (the one check
-    of the evaluation's input; the library leaves a bad path to the reader)."""
+    of the evaluation's input; the library leaves a bad path to the reader); the recipe
+    it records."""
     from habactl.errors import HabaError
     from habactl.format import open_archive
+    from habactl.training.recipe import Recipe
 
     if archive.is_dir():
         raise HabaError(f"{archive}: is a folder, not a .haba archive (give the archive file)")
     if not archive.exists():
         raise HabaError(f"{archive}: no such archive")
-    open_archive(archive).close()
+    with open_archive(archive) as opened:
+        return Recipe.from_manifest(opened.info)
+
+
+def check_recipe(recipe: str | None, temperature: float | None, teacher: Path | None) -> str | None:
+    """--recipe's value checked (None: the archive's), and --teacher's file exists."""
+    from habactl.evaluation.protocol import KINDS
+
+    kind = None if recipe is None else recipe.strip().lower()
+    if kind is not None and kind not in KINDS:
+        raise_error(f"unknown recipe {recipe!r} (known: {', '.join(KINDS)})")
+    if kind == "standard" and (temperature is not None or teacher is not None):
+        raise_error("--temperature and --teacher apply to the kd recipe, not --recipe standard")
+    if teacher is not None and not teacher.is_file():
+        raise_error(f"{teacher}: no such teacher file")
+    return kind
+
+
+def raise_error(message: str) -> NoReturn:
+    from habactl.errors import HabaError
+
+    raise HabaError(message)
 
 
 class _progress:
@@ -287,9 +352,7 @@ def print_result(result: EvaluationReport) -> None:
     stdout.print(table)
     stdout.print(
         f"final-epoch accuracy, mean ± std over models; batch {protocol.batch_size}, "
-        f"lr × {protocol.lr_decay:g} at epoch "
-        f"{int(protocol.epochs * protocol.lr_decay_at)}, "
-        f"{protocol.augmentation} augmentation, seed {protocol.seed}, "
+        f"{_training_text(protocol, run.teacher)}, seed {protocol.seed}, "
         f"{run.device} "
         f"({run.jobs} at a time, {plural(run.threads, 'thread')} each); "
         f"{result.seconds:.0f} s in all"
@@ -297,6 +360,30 @@ def print_result(result: EvaluationReport) -> None:
     for name, b in result.baselines.items():
         if b.note:
             stdout.print(f"{name}: {b.note}")
+
+
+def _training_text(protocol: Any, teacher: dict[str, Any] | None) -> str:
+    """The protocol's schedule, augmentation and (kd) loss, for the line under the table."""
+    if protocol.schedule == "cosine":
+        schedule = "cosine schedule"
+    else:
+        schedule = (
+            f"lr × {protocol.lr_decay:g} at epoch {int(protocol.epochs * protocol.lr_decay_at)}"
+        )
+    if protocol.optimizer == "adamw":
+        schedule = f"AdamW, {schedule}"
+    augmentation = protocol.augmentation
+    if augmentation == "rrc_flip":
+        augmentation = f"rrc_flip (area {protocol.crop_scale:g} to 1)"
+    text = f"{schedule}, {augmentation} augmentation"
+    if protocol.loss == "kd":
+        targets = (
+            f"teacher {teacher.get('file', teacher['path'])}"
+            if teacher is not None
+            else "the stored labels"
+        )
+        text += f", kd loss at temperature {protocol.temperature:g} against {targets}"
+    return text
 
 
 def _lr_text(lr: float, source: str) -> str:

@@ -13,6 +13,8 @@ from typing import Any
 
 _EXPORTS = {
     "FAST": "protocol",
+    "KD": "protocol",
+    "KD_FAST": "protocol",
     "PRESETS": "protocol",
     "STANDARD": "protocol",
     "Protocol": "protocol",
@@ -31,6 +33,8 @@ __all__ = [
     "BASELINES",
     "EvaluationReport",
     "FAST",
+    "KD",
+    "KD_FAST",
     "PRESETS",
     "Protocol",
     "STANDARD",

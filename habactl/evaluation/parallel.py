@@ -48,6 +48,7 @@ class ModelTask:
     num_classes: int
     flip: bool
     device: str
+    teacher: str | None = None  # a teacher file: its outputs are the kd targets (online)
 
     @property
     def seed(self) -> int:
@@ -83,6 +84,11 @@ def train_and_score(task: ModelTask, on_epoch: Callable[[int], None] | None = No
     torch.manual_seed(task.seed)
     net = build_net(task.arch, channels, height, width, task.num_classes).to(device)
     callback = None if on_epoch is None else (lambda epoch, _optimizer: on_epoch(epoch))
+    teacher = None
+    if task.teacher is not None:
+        from habactl.teacher.file import load_teacher
+
+        teacher = load_teacher(task.teacher, device=device)
     train_net(
         net,
         task.images.to(device),
@@ -92,6 +98,7 @@ def train_and_score(task: ModelTask, on_epoch: Callable[[int], None] | None = No
         augment=make_augment(task.protocol, flip=task.flip),
         generator=torch.Generator().manual_seed(task.seed),
         on_epoch=callback,
+        teacher=teacher,
     )
     score = 100.0 * accuracy(
         net,

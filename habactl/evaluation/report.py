@@ -78,6 +78,7 @@ class RunSettings:
     jobs: int
     world_size: int  # torchrun's processes; 1 without torchrun (then not in the JSON)
     flip: bool
+    teacher: dict[str, Any] | None = None  # the teacher of online distillation (path, ...)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -89,6 +90,7 @@ class RunSettings:
             "jobs": self.jobs,
             **({"world_size": self.world_size} if self.world_size > 1 else {}),
             "flip": self.flip,
+            **({"teacher": self.teacher} if self.teacher is not None else {}),
             "score": SCORE,
         }
 

@@ -74,13 +74,92 @@ def parse_names(values: Iterable[str] | None, known: Sequence[str], what: str) -
     return names
 
 
-def archive_lr(dataset: Any, lr: float | None) -> tuple[float, str]:
-    """The lr the archive is trained with: --lr, else the learned lr, else the recommended."""
+def archive_lr(
+    dataset: Any, lr: float | None, protocol: Protocol | None = None
+) -> tuple[float, str]:
+    """The lr the archive is trained with: --lr, else the learned lr, else the recommended.
+
+    When `protocol` is of the other kind than the archive's recipe (``evaluate --recipe``
+    forcing the standard or the distillation recipe), the archive's lr belongs to another
+    optimiser: the protocol's lr is used."""
     if lr is not None:
         return float(lr), "option"
+    if protocol is not None and protocol.kind != dataset.recipe.kind:
+        return float(protocol.lr), "protocol"
     if dataset.info.training.learned_lr is not None:
         return float(dataset.recommended_lr), "learned"
     return float(dataset.recommended_lr), "archive"
+
+
+def baseline_lr(protocol: Protocol, lr: float | None) -> tuple[float, str]:
+    """The lr of the baseline arms: --lr, else the standard protocol's, or the kd one's."""
+    if lr is not None:
+        return float(lr), "option"
+    return (DEFAULT_LR if protocol.kind == "standard" else float(protocol.lr)), "protocol"
+
+
+def load_evaluation_teacher(
+    dataset: Any,
+    source: Any,
+    protocol: Protocol,
+    teacher: str | os.PathLike[str] | None,
+    warn: Warn | None = None,
+) -> dict[str, Any] | None:
+    """Check the teacher an evaluation trains with (online distillation); what the report
+    records of it (None without one).
+
+    An archive whose recipe records a teacher cannot be trained with the distillation
+    recipe without it: the error names the recorded file (name, sha256, size)."""
+    recorded = dataset.recipe.teacher
+    if teacher is None:
+        if protocol.kind == "kd" and recorded is not None:
+            raise HabaError(
+                f"{dataset.path}: the archive's recipe trains on its teacher's outputs "
+                f"(online distillation); give the teacher with --teacher: it records "
+                f"{recorded.text()}"
+            )
+        return None
+    if protocol.kind != "kd":
+        raise HabaError("--teacher gives the targets of the kd recipe: add --recipe kd")
+    from habactl.teacher.file import check_teacher_for, load_teacher
+
+    loaded = load_teacher(Path(teacher))
+    note = check_teacher_for(loaded, source)
+    if note is not None and warn is not None:
+        warn(note)
+    check_teacher_space(dataset, loaded)
+    if recorded is not None and loaded.sha256 != recorded.sha256 and warn is not None:
+        warn(
+            f"teacher {Path(teacher).name} is not the one the archive records "
+            f"({recorded.text(short=True)})"
+        )
+    return {"path": str(Path(teacher).resolve()), **loaded.describe()}
+
+
+def check_teacher_space(dataset: Any, teacher: Any) -> None:
+    """The archive's images go into the teacher as they are: both must live in the same
+    normalised space (habactl's mean-std of the data set)."""
+    archive = dataset.info.normalization
+    theirs = teacher.normalization
+    same = archive.kind == theirs.get("kind") and all(
+        len(ours) == len(theirs.get(key, ()))
+        and all(math.isclose(a, float(b), rel_tol=1e-6) for a, b in zip(ours, theirs[key]))
+        for key, ours in (("mean", archive.mean), ("std", archive.std))
+    )
+    if not same:
+        raise HabaError(
+            f"the teacher takes images normalised as {_norm_text(theirs)} but the "
+            f"archive's are {_norm_text(archive.to_json())}: its images cannot go into it"
+        )
+
+
+def _norm_text(normalization: Any) -> str:
+    kind = normalization.get("kind", "none")
+    if kind == "none":
+        return "none"
+    mean = ", ".join(f"{float(v):g}" for v in normalization.get("mean", ()))
+    std = ", ".join(f"{float(v):g}" for v in normalization.get("std", ()))
+    return f"{kind} (mean {mean}; std {std})"
 
 
 def load_test_source(
@@ -166,7 +245,14 @@ def budget_per_class(manifest: Manifest) -> int:
 
 def archive_training_set(dataset: Any, protocol: Protocol, lr: float | None = None) -> TrainingSet:
     images, labels = dataset.tensors()
-    used_lr, source = archive_lr(dataset, lr)
+    labels_temperature = dataset.recipe.labels_temperature
+    if protocol.kind == "kd" and labels.dim() == 2 and labels_temperature != 1:
+        from habactl.training.kd import soften
+
+        # Soft labels a teacher wrote at T_l, brought back to temperature 1: the kd loss
+        # softens them to its own T (habactl.training.kd).
+        labels = soften(labels.double(), 1 / labels_temperature).to(labels.dtype)
+    used_lr, source = archive_lr(dataset, lr, protocol)
     return TrainingSet("archive", images.float(), labels, protocol, used_lr, source)
 
 
@@ -187,15 +273,7 @@ def full_training_set(
         if epochs is None
         else f"whole real training set, {full.epochs} epochs"
     )
-    return TrainingSet(
-        "full",
-        images,
-        source.train.labels,
-        full,
-        DEFAULT_LR if lr is None else float(lr),
-        "protocol" if lr is None else "option",
-        note=note,
-    )
+    return TrainingSet("full", images, source.train.labels, full, *baseline_lr(protocol, lr), note)
 
 
 def random_training_set(
@@ -211,8 +289,7 @@ def random_training_set(
         images,
         source.train.labels[indices],
         protocol,
-        DEFAULT_LR if lr is None else float(lr),
-        "protocol" if lr is None else "option",
+        *baseline_lr(protocol, lr),
         note=f"{per_class} random real image(s) per class (seed "
         f"{protocol.seed}): the archive's true storage budget",
         per_class=per_class,
@@ -228,6 +305,7 @@ def model_tasks(
     num_classes: int,
     flip: bool,
     device: torch.device,
+    teacher: str | None = None,
 ) -> list[ModelTask]:
     """The networks to train for one arm: `protocol.models` per architecture."""
     protocol = training.protocol
@@ -246,6 +324,7 @@ def model_tasks(
             num_classes,
             flip,
             str(device),
+            teacher,
         )
         for arch in archs
         for model in range(protocol.models)
@@ -308,9 +387,16 @@ def evaluate_archive(
     progress: Progress | None = None,
     warn: Warn | None = None,
     collective: Collective = SINGLE,
+    teacher: str | os.PathLike[str] | None = None,
 ) -> EvaluationReport:
     """Evaluate the archive at `path`; see the module docstring. ``.to_json()`` of the
     report is ``evaluate --json``'s output.
+
+    `protocol` is trained as given: the standard recipe, or the distillation recipe
+    (``protocol.loss == "kd"``; ``Recipe.evaluation_protocol`` gives the one an archive
+    records). `teacher` (a teacher file, kd only) makes the targets the teacher's outputs
+    on each augmented batch, for every arm; an archive whose recipe records a teacher
+    needs it for a kd protocol.
 
     `threads` sets torch's CPU threads for the duration of the call (restored after), in
     this process and in each worker; `jobs` > 1 trains that many networks at a time in
@@ -342,6 +428,7 @@ def evaluate_archive(
             progress=progress,
             warn=warn,
             collective=collective,
+            teacher=teacher,
         )
     finally:
         torch.set_num_threads(previous)
@@ -362,6 +449,7 @@ def _evaluate_archive(
     progress: Progress | None,
     warn: Warn | None,
     collective: Collective,
+    teacher: str | os.PathLike[str] | None,
 ) -> EvaluationReport:
     from habactl.nets.registry import arch_name
     from habactl.training.dataset import HabaDataset
@@ -380,7 +468,15 @@ def _evaluate_archive(
     dataset = HabaDataset(path)
     # Results name the network trained: "convnet" at 64 px is reported as "convnet-d4".
     archs = list(dict.fromkeys(arch_name(a, *dataset.image_shape[1:]) for a in archs))
+    if teacher is None:  # the missing teacher is named before any data is read
+        load_evaluation_teacher(dataset, None, protocol, None)
     source = load_test_source(dataset, data, root, note)
+    teacher_facts = load_evaluation_teacher(dataset, source, protocol, teacher, note)
+    if protocol.kind == "kd" and teacher_facts is None and not dataset.soft_labels:
+        note(
+            "the kd recipe on hard labels trains against one-hot targets (cross-entropy "
+            "at the temperature); give a teacher with --teacher for soft targets"
+        )
     test_images, test_labels = prepare_test_images(dataset, source)
     arms = _arms(dataset, source, protocol, lr, baselines, full_epochs)
     tasks = {
@@ -392,6 +488,7 @@ def _evaluate_archive(
             num_classes=source.num_classes,
             flip=not source.is_digits,
             device=target,
+            teacher=None if teacher_facts is None else teacher_facts["path"],
         )
         for arm in arms
     }
@@ -410,6 +507,7 @@ def _evaluate_archive(
             jobs=workers,
             world_size=collective.world_size,
             flip=not source.is_digits,
+            teacher=teacher_facts,
         ),
         results=scores[archive_arm.name],
         baselines={arm.name: _baseline_report(arm, scores[arm.name]) for arm in arms[1:]},
@@ -527,10 +625,12 @@ __all__ = [
     "TrainingSet",
     "archive_lr",
     "archive_training_set",
+    "baseline_lr",
     "budget_per_class",
     "evaluate_archive",
     "evaluate_training_set",
     "full_training_set",
+    "load_evaluation_teacher",
     "load_test_source",
     "parse_names",
     "prepare_test_images",

@@ -19,15 +19,40 @@ from habactl.runtime.device import to_device
 
 # Called at the start of every epoch, after the lr of that epoch is set.
 EpochCallback = Callable[[int, torch.optim.Optimizer], None]
+LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def make_augment(protocol: Protocol, *, flip: bool) -> Any | None:
-    """The DSA transform of the protocol (None when augmentation is off)."""
+    """The protocol's batch transform: DSA, or the random resized crop and flip of the
+    distillation recipe (None when augmentation is off)."""
     if protocol.augmentation == "none":
         return None
+    if protocol.augmentation == "rrc_flip":
+        from habactl.training.resized_crop import ResizedCropFlip
+
+        return ResizedCropFlip(protocol.crop_scale, flip=flip)
     from habactl.training.augment import SiameseAugment
 
     return SiameseAugment(flip=flip)
+
+
+def make_optimizer(protocol: Protocol, params: Any, lr: float) -> torch.optim.Optimizer:
+    """SGD with momentum (the standard protocol) or AdamW (the distillation recipe)."""
+    if protocol.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=protocol.weight_decay)
+    return torch.optim.SGD(
+        params, lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay
+    )
+
+
+def make_loss(protocol: Protocol) -> LossFn:
+    """Cross-entropy (hard or soft labels), or the KD loss at the protocol's temperature
+    against the labels as class probabilities (habactl.training.kd)."""
+    if protocol.loss == "kd":
+        from habactl.training.kd import KDLoss
+
+        return KDLoss(protocol.temperature)
+    return loss_of
 
 
 def loss_of(logits: Tensor, targets: Tensor) -> Tensor:
@@ -47,15 +72,20 @@ def train_net(
     augment: Any | None = None,
     generator: torch.Generator | None = None,
     on_epoch: EpochCallback | None = None,
+    teacher: Any | None = None,
 ) -> nn.Module:
-    """Train `net` in place with the protocol's SGD schedule; returns it in eval mode.
+    """Train `net` in place with the protocol's optimiser, schedule and loss; returns it
+    in eval mode.
 
     `images` (N, C, H, W) are already in the network's input space and on the same
     device as `net`; `labels` are (N,) class indices or (N, classes) soft labels.
     `generator` (a CPU generator) drives the shuffling and the augmentation draws, so
     a seeded generator plus a seeded initialisation gives the same network every run
     on a CPU. Each epoch is one pass over a fresh permutation in batches of
-    `protocol.batch_size` (the last batch may be smaller).
+    `protocol.batch_size` (the last batch may be smaller). With `teacher` (a
+    habactl.teacher.Teacher on the same device, kd protocols only) the targets are the
+    teacher's probabilities at the protocol's temperature on each augmented batch
+    (online distillation), and the labels are not read.
     """
     if images.shape[0] == 0:
         raise HabaError("cannot train on an empty training set")
@@ -65,9 +95,15 @@ def train_net(
     if not base_lr > 0:
         raise HabaError(f"lr must be positive, got {base_lr!r}")
     generator = generator or torch.Generator().manual_seed(protocol.seed)
-    optimizer = torch.optim.SGD(
-        net.parameters(), lr=base_lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay
-    )
+    optimizer = make_optimizer(protocol, net.parameters(), base_lr)
+    loss = make_loss(protocol)
+    if teacher is not None:
+        if protocol.loss != "kd":
+            raise HabaError("a teacher gives targets to the kd loss only")
+        from habactl.training.kd import KDLoss
+
+        assert isinstance(loss, KDLoss)
+        loss = loss.tempered
     count = images.shape[0]
     chunk = chunk_size(net, images.device)
     net.train()
@@ -82,8 +118,13 @@ def train_net(
             batch = images[index]
             if augment is not None:
                 batch = augment_batch(augment, batch, generator)
+            targets = (
+                labels[index]
+                if teacher is None
+                else teacher.probabilities(batch, temperature=protocol.temperature)
+            )
             optimizer.zero_grad(set_to_none=True)
-            backward_in_chunks(net, batch, labels[index], chunk)
+            backward_in_chunks(net, batch, targets, chunk, loss)
             optimizer.step()
     return net.eval()
 
@@ -105,17 +146,25 @@ def chunk_size(net: nn.Module, device: torch.device) -> int | None:
     return CPU_CHUNK
 
 
-def backward_in_chunks(net: nn.Module, batch: Tensor, targets: Tensor, chunk: int | None) -> None:
-    """Accumulate the gradient of the batch's mean loss, ``chunk`` images at a time.
+def backward_in_chunks(
+    net: nn.Module,
+    batch: Tensor,
+    targets: Tensor,
+    chunk: int | None,
+    loss: LossFn | None = None,
+) -> None:
+    """Accumulate the gradient of the batch's mean loss (`loss`, default cross-entropy),
+    ``chunk`` images at a time.
 
     Each chunk's mean loss is weighted by its share of the batch, so the sum of the
     chunks' gradients is the whole batch's gradient (up to float rounding)."""
+    loss = loss or loss_of
     total = batch.shape[0]
     if chunk is None or total <= chunk:
-        loss_of(net(batch), targets).backward()
+        loss(net(batch), targets).backward()
         return
     for part, target in zip(batch.split(chunk), targets.split(chunk)):
-        (loss_of(net(part), target) * (part.shape[0] / total)).backward()
+        (loss(net(part), target) * (part.shape[0] / total)).backward()
 
 
 def augment_batch(augment: Any, batch: Tensor, generator: torch.Generator) -> Tensor:
@@ -131,5 +180,7 @@ __all__ = [
     "backward_in_chunks",
     "loss_of",
     "make_augment",
+    "make_loss",
+    "make_optimizer",
     "train_net",
 ]

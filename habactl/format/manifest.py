@@ -517,6 +517,26 @@ class _Fields(_Checker):
                 # Fraction of the epochs after which the lr drops ×0.1 (the protocol: 0.5);
                 # 1 means it never drops. The evaluation protocol refuses anything above 1.
                 "lr_decay_at": self.fraction,
+                # The knowledge-distillation recipe (SPEC §3): absent means cross-entropy,
+                # SGD and the step schedule, as every archive before them.
+                "loss": lambda x, q: self.choice(x, q, ("ce", "kd")),
+                "temperature": lambda x, q: self.number(x, q, positive=True),
+                "optimizer": lambda x, q: self.choice(x, q, ("sgd", "adamw")),
+                "schedule": lambda x, q: self.choice(x, q, ("step", "cosine")),
+                "crop_scale": self.fraction,
+                "teacher": self.recipe_teacher,
+            },
+        )
+
+    def recipe_teacher(self, value: Any, path: str) -> None:
+        # The teacher file a recipe needs at training time (online distillation).
+        self.obj(
+            value,
+            path,
+            {
+                "name": self.text,
+                "sha256": lambda v, p: self.pattern(v, p, _HEX64_RE, "64 lowercase hex digits"),
+                "bytes": lambda v, p: self.integer(v, p, 1),
             },
         )
 

@@ -17,6 +17,7 @@ import hashlib
 import math
 import os
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -244,8 +245,22 @@ def _warp(x: Tensor, theta: Tensor) -> Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
+class Augmenter(Protocol):
+    """What `BatchAugment` drives: DSA (`SiameseAugment`) or a random resized crop
+    (habactl.training.resized_crop)."""
+
+    ops: tuple[str, ...]
+
+    def __call__(
+        self, x: Tensor, generator: torch.Generator, *, per_sample: bool = False
+    ) -> Tensor: ...
+
+    def to_config(self) -> dict: ...
+
+
 class BatchAugment:
-    """A training recipe's DSA as a plain batch transform, reproducible from a seed.
+    """A training recipe's augmentation (DSA, or a random resized crop) as a plain batch
+    transform, reproducible from a seed.
 
     ``aug(images)`` augments a batch (N, C, H, W) on whatever device it lives on: one op
     group per call, its values drawn per image (as ``habactl evaluate`` trains). The
@@ -264,9 +279,7 @@ class BatchAugment:
     ``DistributedSampler``) to make the epoch explicit.
     """
 
-    def __init__(
-        self, augmenter: SiameseAugment, *, seed: int = 0, per_sample: bool = True
-    ) -> None:
+    def __init__(self, augmenter: Augmenter, *, seed: int = 0, per_sample: bool = True) -> None:
         self.augmenter = augmenter
         self.seed = int(seed)
         self.per_sample = per_sample
