@@ -334,6 +334,9 @@ def test_relabel_stores_the_teachers_probabilities_and_names_the_teacher(
     # 20 bases of 1x8x8 float32 and 20 rows of 10 float16 values
     assert result.budget.counted_bytes == counted == 20 * 64 * 4 + 20 * 10 * 2
     assert result.budget.over and result.budget.budget_bytes == 20 * 64 * 4
+    # the archive now trains with the knowledge-distillation recipe
+    assert HabaDataset(result.path).recipe.kind == "kd"
+    assert HabaDataset(digits_archive).recipe.kind == "standard"
 
 
 def test_relabel_averages_a_bases_images_and_maps_the_normalisation(tmp_path):

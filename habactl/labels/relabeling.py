@@ -156,10 +156,22 @@ def relabel(
         },
     )
     new["provenance"]["created"] = _created()
+    new["training"] = _with_kd_recipe(new["training"])
     from habactl.format import save_archive
 
     save_archive(target, {**tensors, **encoded.tensors}, new, overwrite=overwrite)
     return RelabelResult(target, label_form, float(temperature), budget, encoded)
+
+
+def _with_kd_recipe(training: Mapping[str, Any]) -> dict[str, Any]:
+    """Soft labels from a teacher train with the knowledge-distillation recipe: the
+    archive records it (a recipe that already is one, with its teacher, is kept)."""
+    from habactl.evaluation.protocol import KD
+
+    recommended = dict(training["recommended"])
+    if recommended.get("loss") == "kd":
+        return dict(training)
+    return {**training, "recommended": KD.recommended(arch=recommended["arch"])}
 
 
 def _parse(form: str | LabelForm) -> LabelForm:
