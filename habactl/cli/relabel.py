@@ -39,7 +39,9 @@ def relabel(
     teacher: Annotated[
         Path,
         typer.Option(
-            "--teacher", help="The teacher file (habactl teacher writes one), or a torchvision ResNet state dict."
+            "--teacher",
+            help="The teacher file (habactl teacher writes one), or a torchvision ResNet "
+            "state dict.",
         ),
     ],
     output: Annotated[Path, typer.Option("-o", "--output", help="The new archive.")],
