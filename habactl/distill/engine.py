@@ -415,6 +415,8 @@ class Distiller:
             collective=self.collective,
             per_class=list(self.plan.per_class),
             iterations=c.iterations,
+            source=self.source,
+            normalization=self.normalization,
         )
         objective = get_objective(c.objective)(context, dict(c.objective_settings))
         if c.classes_per_iteration is not None and not objective.samples_real:
@@ -451,7 +453,8 @@ class Distiller:
         if hallucinator_params:
             groups.append({"params": hallucinator_params, "lr": c.lr_hallucinators})
         groups += self.objective.param_groups()
-        return torch.optim.SGD(groups, lr=c.lr_bases, momentum=c.momentum)
+        chosen = self.objective.optimizer_for(groups)  # an objective's own (sre2l: Adam)
+        return chosen or torch.optim.SGD(groups, lr=c.lr_bases, momentum=c.momentum)
 
     # -- initialisation ---------------------------------------------------------------
     def _initial_bases(
@@ -497,7 +500,7 @@ class Distiller:
             "budget": self.plan.describe(),
             "pipeline": self._pipeline_record(),
             "optimizer": {
-                "name": "sgd",
+                "name": type(self.optimizer).__name__.lower(),  # "sgd" unless the objective's
                 "lr_bases": float(c.lr_bases),
                 "lr_hallucinators": float(c.lr_hallucinators),
                 "momentum": float(c.momentum),
