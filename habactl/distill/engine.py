@@ -608,7 +608,9 @@ class Distiller:
             )
         grads = torch.autograd.grad(total, self.learnable, allow_unused=True)
         for p, g in zip(self.learnable, grads):
-            p.grad = torch.zeros_like(p) if g is None else g
+            # dense: a gradient of a sum may be a stride-0 view of one value, which the
+            # in-place sum over torchrun's ranks below would write past
+            p.grad = torch.zeros_like(p) if g is None else g.contiguous()
         self.collective.all_reduce_sum([p.grad for p in self.learnable])
         bound = self.objective.max_step()
         if bound is not None:  # only objectives whose gradients can explode ask (mtt)

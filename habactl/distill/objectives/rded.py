@@ -123,7 +123,7 @@ class Selection(Objective):
         self, synthetic: SyntheticSet, generator: torch.Generator
     ) -> tuple[Tensor, dict[str, float]]:
         # no gradient (+ 0.0: never -0.0): the engine's step changes nothing
-        zero = synthetic.bases.sum() * 0.0 + 0.0
+        zero = (synthetic.bases * 0.0).sum() + 0.0
         if self.selected:
             return zero, {}
         key = int(torch.randint(1 << 62, (1,), generator=generator))  # on every rank alike

@@ -183,7 +183,7 @@ class Recovery(Objective):
         order = torch.arange(total) if whole else torch.randperm(total, generator=generator)
         batches = list(order.split(self.settings.batch))
         draws = [self._draw(len(items), generator) for items in batches]
-        zero = synthetic.bases.sum() * 0.0
+        zero = (synthetic.bases * 0.0).sum()  # a dense zero gradient
         loss, ce_sum, bn_sum = zero, zero.detach(), zero.detach()
         for b, (items, (theta, shift)) in enumerate(zip(batches, draws)):
             if b % collective.world_size != collective.rank:
