@@ -102,7 +102,14 @@ ARMS: dict[str, tuple[str, dict[str, Any], str]] = {
     "dcc-haba-idc": ("dcc", {"codec": "haba+idc", "factor": 2}, "DCC (with DSA), HaBa + IDC"),
     "cafe-raw": ("cafe", {"codec": "raw"}, "CAFE, raw images"),
     "cafe-haba-idc": ("cafe", {"codec": "haba+idc", "factor": 2}, "CAFE, HaBa + IDC"),
+    # The teacher-driven objectives read a teacher trained on mnist-5k (--teacher, or one
+    # trained in --work for --teacher-epochs).
+    "sre2l-raw": ("sre2l", {"codec": "raw"}, "SRe2L recovery, raw images"),
+    "sre2l-haba-idc": ("sre2l", {"codec": "haba+idc", "factor": 2}, "SRe2L recovery, HaBa + IDC"),
+    "rded-raw": ("rded", {"codec": "raw"}, "RDED selection, raw images (f = 1)"),
+    "rded-haba-idc": ("rded", {"codec": "haba+idc", "factor": 2}, "RDED selection, HaBa + IDC"),
 }
+TEACHER_OBJECTIVES = ("sre2l", "rded")
 # Each storage (raw, IDC, DCT coefficients, HaBa + IDC) at float32, float16
 # and uint8 under the same byte budget; fewer bytes per value buy more bases.
 STORAGES: dict[str, tuple[dict[str, Any], str]] = {
@@ -266,14 +273,43 @@ def arm_config(
     settings: dict[str, Any] = {}
     if objective == "mtt":
         settings = {"experts": str(Path(folder) / "experts"), "syn_steps": args["syn_steps"]}
+    if objective in TEACHER_OBJECTIVES:
+        settings = {"teacher": str(teacher_path(folder, args))}
     overrides = dict(overrides)  # an arm's own objective settings (dd's learned labels)
     settings.update(overrides.pop("objective_settings", {}))
     engine_defaults = getattr(get_objective(objective), "engine_defaults", {})
-    return DistillConfig(
-        **{**engine_defaults, **common, **overrides},
-        objective=objective,
-        objective_settings=settings,
-        iterations=args["objective_iterations"],
+    values = {**engine_defaults, **common, **overrides}
+    # an objective that says how many iterations it takes (rded: 1, the selection) keeps it
+    values["iterations"] = engine_defaults.get("iterations", args["objective_iterations"])
+    return DistillConfig(**values, objective=objective, objective_settings=settings)
+
+
+def teacher_path(folder: str | Path, args: dict[str, Any]) -> Path:
+    """The teacher the sre2l and rded arms read: --teacher, else the one in --work."""
+    given = args.get("teacher")
+    return Path(given) if given else Path(folder) / "teacher.safetensors"
+
+
+def train_teacher_file(folder: Path, args: dict[str, Any]) -> None:
+    """Train the arms' teacher on mnist-5k (skipped when --teacher names one, or when the
+    work folder already holds it)."""
+    import torch
+
+    from habactl.data import load_source
+    from habactl.teacher import TeacherSettings, train_teacher
+
+    path = teacher_path(folder, args)
+    if args.get("teacher") or path.exists():
+        return
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    settings = TeacherSettings(epochs=args["teacher_epochs"], seed=args["seed"], device="cpu")
+    teacher = train_teacher(load_source("mnist-5k"), path, settings)
+    accuracy = teacher.info.training.get("test_accuracy")
+    print(
+        f"teacher ready ({args['teacher_epochs']} epochs, test accuracy {accuracy}, "
+        f"{time.perf_counter() - started:.0f} s)",
+        flush=True,
     )
 
 
@@ -475,6 +511,14 @@ def main() -> None:
     parser.add_argument("--experts", type=int, default=2, help="mtt: experts in the buffer")
     parser.add_argument("--expert-epochs", type=int, default=10, help="mtt: epochs per expert")
     parser.add_argument(
+        "--teacher",
+        default=None,
+        help="sre2l, rded: the teacher file (default: one trained on mnist-5k in --work)",
+    )
+    parser.add_argument(
+        "--teacher-epochs", type=int, default=10, help="sre2l, rded: epochs of that teacher"
+    )
+    parser.add_argument(
         "--reuse-archives",
         action="store_true",
         help="evaluate archives already in --work instead of distilling them again "
@@ -491,6 +535,10 @@ def main() -> None:
     keys = ["iterations", "epochs", "models", "full_epochs", "seed"]
     if args.arms and any(a.partition("@")[0] in OBJECTIVE_ARMS for a in args.arms.split(",")):
         keys += ["objective_iterations", "syn_steps", "experts", "expert_epochs"]
+    if args.arms and any(
+        ARMS.get(a.partition("@")[0], ("",))[0] in TEACHER_OBJECTIVES for a in args.arms.split(",")
+    ):
+        keys += ["teacher", "teacher_epochs"]
     settings = {k: getattr(args, k) for k in keys}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -542,6 +590,8 @@ def main() -> None:
 
     if any(name in ("mtt-raw", "mtt-haba-idc") for name, _, _ in tasks):
         train_buffer(args.work, settings)
+    if any(ARMS[name][0] in TEACHER_OBJECTIVES for name, _, _ in tasks):
+        train_teacher_file(args.work, settings)
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = {}
         if not args.no_full and ("full", None, args.seed) not in done:

@@ -187,6 +187,25 @@ DOCUMENTED_SETTINGS["cafe"] = {
     "net_arch": "convnet",
     "net_width": 1.0,
 }
+DOCUMENTED_SETTINGS["sre2l"] = {
+    "teacher": None,
+    "r_bn": 0.01,
+    "first_bn_multiplier": 10.0,
+    "batch": 100,
+    "crop_scale": 0.08,
+    "jitter": 4,
+    "beta1": 0.5,
+    "beta2": 0.9,
+    "schedule": "cosine",
+    "clip": True,
+}
+DOCUMENTED_SETTINGS["rded"] = {
+    "teacher": None,
+    "candidates": 300,
+    "crops": 5,
+    "crop_scale": 0.08,
+    "batch": 100,
+}
 DOCUMENTED_ENGINE = {
     "dm": {},  # DistillConfig's own: lr_bases 1.0, momentum 0.5, the DSA strategy
     "dc": {"lr_bases": 0.1, "momentum": 0.5, "augment": "none"},
@@ -196,6 +215,8 @@ DOCUMENTED_ENGINE = {
     "kip": {"lr_bases": 2000.0, "momentum": 0.9, "augment": "none"},
     "dcc": {"lr_bases": 0.1, "momentum": 0.5},  # the DSA strategy: DSAC
     "cafe": {"lr_bases": 0.1, "momentum": 0.5, "augment": "none"},
+    "sre2l": {"lr_bases": 0.25, "init": "noise", "contrastive": False},  # Adam
+    "rded": {"iterations": 1, "init": "noise", "contrastive": False},  # the selection
 }
 
 

@@ -179,3 +179,43 @@ def test_bound_steps_scales_only_large_steps():
     assert factors[0] == 1.0 and torch.equal(small.grad, torch.full((4,), 0.01))
     # The step lr * |g| is now exactly 0.1 of |p| = 2.
     assert float(large.grad.norm()) == pytest.approx(0.2)
+
+
+# The teacher-driven objectives, on a narrow one-epoch teacher per data set: their own
+# engine defaults (sre2l: Adam at 0.25 from noise; rded: one iteration, the selection).
+TEACHER_OBJECTIVES = ("sre2l", "rded")
+TEACHER_TINY = {"sre2l": {}, "rded": {"candidates": 16}}
+TEACHER_SEEDS = {"sre2l": (0, 1), "rded": (0,)}  # rded: a seed only moves the crops
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    from habactl.teacher import TeacherSettings, train_teacher
+
+    files = {}
+    for name in DATASETS:
+        path = tmp_path_factory.mktemp("stability-teacher") / f"{name}.safetensors"
+        settings = TeacherSettings(epochs=1, width=0.25, device="cpu")
+        train_teacher(load_source(name), path, settings)
+        files[name] = str(path)
+    return files
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data", DATASETS)
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("objective", TEACHER_OBJECTIVES)
+def test_teacher_objectives_stay_finite(objective, codec, data, teachers, tmp_path):
+    for seed in TEACHER_SEEDS[objective]:
+        engine = {"iterations": 3, **get_objective(objective).engine_defaults}
+        config = DistillConfig(
+            objective=objective,
+            objective_settings={"teacher": teachers[data], **TEACHER_TINY[objective]},
+            codec=codec,
+            ipc=2 if codec == "haba" else 1,
+            seed=seed,
+            device="cpu",
+            contrastive_settings={"batch": 8},
+            **engine,
+        )
+        run_and_check(config, data, tmp_path / f"{seed}.haba")

@@ -415,6 +415,8 @@ class Distiller:
             collective=self.collective,
             per_class=list(self.plan.per_class),
             iterations=c.iterations,
+            source=self.source,
+            normalization=self.normalization,
         )
         objective = get_objective(c.objective)(context, dict(c.objective_settings))
         if c.classes_per_iteration is not None and not objective.samples_real:
@@ -451,7 +453,8 @@ class Distiller:
         if hallucinator_params:
             groups.append({"params": hallucinator_params, "lr": c.lr_hallucinators})
         groups += self.objective.param_groups()
-        return torch.optim.SGD(groups, lr=c.lr_bases, momentum=c.momentum)
+        chosen = self.objective.optimizer_for(groups)  # an objective's own (sre2l: Adam)
+        return chosen or torch.optim.SGD(groups, lr=c.lr_bases, momentum=c.momentum)
 
     # -- initialisation ---------------------------------------------------------------
     def _initial_bases(
@@ -497,7 +500,7 @@ class Distiller:
             "budget": self.plan.describe(),
             "pipeline": self._pipeline_record(),
             "optimizer": {
-                "name": "sgd",
+                "name": type(self.optimizer).__name__.lower(),  # "sgd" unless the objective's
                 "lr_bases": float(c.lr_bases),
                 "lr_hallucinators": float(c.lr_hallucinators),
                 "momentum": float(c.momentum),
@@ -605,7 +608,9 @@ class Distiller:
             )
         grads = torch.autograd.grad(total, self.learnable, allow_unused=True)
         for p, g in zip(self.learnable, grads):
-            p.grad = torch.zeros_like(p) if g is None else g
+            # dense: a gradient of a sum may be a stride-0 view of one value, which the
+            # in-place sum over torchrun's ranks below would write past
+            p.grad = torch.zeros_like(p) if g is None else g.contiguous()
         self.collective.all_reduce_sum([p.grad for p in self.learnable])
         bound = self.objective.max_step()
         if bound is not None:  # only objectives whose gradients can explode ask (mtt)

@@ -96,6 +96,12 @@ class RealSide:
         """Every training image of class ``k``, normalised."""
         raise NotImplementedError
 
+    def read_class(self, k: int, positions: Tensor) -> Tensor:
+        """(len(positions), C, H, W) normalised images of class ``k`` at ``positions``
+        (0-based within the class), on the run's device: a few at a time, so that a pass
+        over a class never holds all of it (a store reads just these)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Stop any reading ahead (the engine calls it when the run ends)."""
 
@@ -157,6 +163,10 @@ class RealSet(RealSide):
     def class_images(self, k: int) -> Tensor:
         start = int(self.offsets[k])
         return self.images[start : start + self.counts[k]]
+
+    def read_class(self, k: int, positions: Tensor) -> Tensor:
+        index = positions.cpu().long() + int(self.offsets[k])
+        return self.images[to_device(index, self.images.device)]
 
 
 class SyntheticSet(nn.Module):

@@ -121,6 +121,11 @@ class StoredRealSet(RealSide):
         """Every training image of class ``k``, normalised, on the device."""
         return self.normalize(self.source.class_images("train", k, self.device))
 
+    def read_class(self, k: int, positions: Tensor) -> Tensor:
+        index = positions.cpu().numpy().astype(np.int64) + self.offsets[k]
+        pixels = self.source.read("train", index)
+        return self._normalised(pixels).view(len(index), *self.image_shape)
+
     def _normalised(self, pixels: np.ndarray) -> Tensor:
         from habactl.data.stored import to_float
 

@@ -11,6 +11,8 @@ from habactl.distill.objectives.dd import DatasetDistillation
 from habactl.distill.objectives.dm import DistributionMatching
 from habactl.distill.objectives.kip import KernelInducingPoints
 from habactl.distill.objectives.mtt import TrajectoryMatching
+from habactl.distill.objectives.rded import Selection
+from habactl.distill.objectives.sre2l import Recovery
 
 OBJECTIVES: dict[str, type[Objective]] = {
     DistributionMatching.name: DistributionMatching,
@@ -21,6 +23,8 @@ OBJECTIVES: dict[str, type[Objective]] = {
     KernelInducingPoints.name: KernelInducingPoints,
     ContrastiveGradientMatching.name: ContrastiveGradientMatching,
     FeatureAlignment.name: FeatureAlignment,
+    Recovery.name: Recovery,
+    Selection.name: Selection,
 }
 
 

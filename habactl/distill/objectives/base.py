@@ -43,6 +43,12 @@ class Context:
     # the plan's bases per class (class-sorted), for state sized by the bases (learned labels)
     per_class: list[int] | None = None
     iterations: int = 0  # the run's --iterations (0: not known; schedules by run fraction)
+    # the data source (in memory or a store): for checks of something made on the data
+    # (a teacher's classes and image shape); objectives read images through ``real``
+    source: Any = None
+    # the run's normalisation ({"kind": "mean-std", "mean", "std"}): the space the real
+    # side and the decoded synthetic images are in
+    normalization: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,12 @@ class Objective:
     def param_groups(self) -> list[dict[str, Any]]:
         """Extra optimiser groups for things the objective learns besides the stored tensors."""
         return []
+
+    def optimizer_for(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer | None:
+        """The optimiser of every group (the stored tensors' and ``param_groups``'), when
+        the objective's method prescribes one (sre2l: Adam); None: the engine's SGD with
+        ``--momentum``."""
+        return None
 
     def max_step(self) -> float | None:
         """Largest step of each optimiser group per iteration, as a fraction of the group's
