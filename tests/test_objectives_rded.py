@@ -115,6 +115,10 @@ def test_the_archive_records_the_teacher_the_recipe_needs(teacher, tmp_path):
     assert recorded["teacher"]["sha256"] == loaded.sha256
     assert recorded["training_teacher"]["kd"] == "online"
     assert recorded["training_teacher"]["bytes"] == loaded.file_bytes == teacher.stat().st_size
+    # the recipe: distillation from that teacher online, which training needs beside the file
+    recipe = HabaDataset(result.path).recipe
+    assert recipe.kind == "kd" and recipe.teacher is not None
+    assert (recipe.teacher.sha256, recipe.teacher.bytes) == (loaded.sha256, loaded.file_bytes)
 
 
 def test_resume_equals_an_uninterrupted_run(teacher, tmp_path, monkeypatch):
@@ -207,3 +211,8 @@ def test_compress_command_with_rded(teacher, tmp_path):
     # one iteration by default: the selection
     assert provenance["iterations"] == 1
     assert provenance["hyperparameters"]["objective"]["candidates"] == 20
+    # inspect counts the teacher the recipe needs beside the archive's own bytes
+    shown = runner.invoke(app, ["inspect", str(out)])
+    assert shown.exit_code == 0, shown.output
+    assert "with the teacher its recipe needs to train" in shown.output
+    assert "× the budget" in shown.output

@@ -104,6 +104,17 @@ def labels_line(account: StorageAccount) -> str:
     )
 
 
+def teacher_line(account: StorageAccount, teacher_bytes: int) -> str:
+    """What training on the archive needs beyond its own bytes: the teacher of an online
+    distillation recipe, counted against the budget like every stored byte."""
+    total = account.counted_bytes + teacher_bytes
+    ratio = total / account.budget_bytes if account.budget_bytes else float("inf")
+    return (
+        f"with the teacher its recipe needs to train ({size_text(teacher_bytes)}): "
+        f"{size_text(total)}, {ratio:,.1f}× the budget"
+    )
+
+
 def labels_json(info: Manifest, account: StorageAccount) -> dict[str, Any]:
     """inspect --json's ``labels``: the form, and its bytes beside the images'."""
     return {
@@ -293,6 +304,11 @@ def inspect_archive(
                     "expanded_items": info.bases.count * expansion,
                     "labels": labels_json(info, account),
                     "recipe": None if recipe is None else recipe.as_dict(),
+                    "with_teacher_bytes": (
+                        None
+                        if recipe is None or recipe.teacher is None
+                        else account.counted_bytes + recipe.teacher.bytes
+                    ),
                 },
                 indent=2,
                 sort_keys=True,
@@ -316,6 +332,8 @@ def inspect_archive(
         )
     stdout.print(account_table(account, info.storage))
     stdout.print(f"  {labels_line(account)}")
+    if recipe is not None and recipe.teacher is not None:
+        stdout.print(f"  [yellow]{teacher_line(account, recipe.teacher.bytes)}[/]")
     if recipe is not None:
         _print_section(
             "training recipe (habactl.training.recipe; what `habactl evaluate` trains with)",

@@ -120,9 +120,11 @@ def write_haba(
     zca: Tensor | None = None,
     overwrite: bool = False,
     per_class: Sequence[int] | None = None,
+    protocol: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write an archive atomically. `source` is a `habactl.data.DataSource`,
-    `pipeline` a `habactl.codecs.Pipeline` (its tensors are stored as `pipeline.*`)."""
+    `pipeline` a `habactl.codecs.Pipeline` (its tensors are stored as `pipeline.*`);
+    `protocol` the ``training.recommended`` entry (default: the standard recipe's)."""
     from habactl.format import save_archive
 
     image_shape = (source.channels, source.height, source.width)
@@ -143,6 +145,7 @@ def write_haba(
         counts=counts,
         learned_lr=learned_lr,
         per_class=per_class,
+        protocol=protocol,
     )
     tensors: dict[str, Tensor] = {
         # As stored: float32, or a first quantize stage's codes (its grid fitted here).

@@ -761,6 +761,13 @@ class Distiller:
                 f"(--lr-bases, --lr-hallucinators){kept}"
             ) from None
 
+    def _recorded_arch(self) -> str:
+        """The network the standard recipe names for this data's image size."""
+        from habactl.evaluation.protocol import STANDARD_ARCH
+        from habactl.nets.registry import arch_name
+
+        return arch_name(STANDARD_ARCH, self.source.height, self.source.width)
+
     def _write(self, output: Path, force: bool) -> Path:
         """The archive, once every stored tensor is known to be finite."""
         from habactl.distill.archive import write_haba
@@ -798,6 +805,7 @@ class Distiller:
                 counts=c.counts,
                 learned_lr=self.objective.learned_lr(),
                 overwrite=force,
+                protocol=self.objective.training_recipe(self._recorded_arch()),
             )
         )
 

@@ -148,6 +148,11 @@ class Objective:
         by ``bases.per_class``: not stored as values, not charged)."""
         return 0
 
+    def training_recipe(self, arch: str) -> dict[str, Any] | None:
+        """The archive's ``training.recommended`` when the objective's images are meant to
+        train with another recipe than the standard one; None: the standard recipe."""
+        return None
+
     def learned_labels(self) -> Tensor | None:
         """Labels the objective learned, (bases, classes) class probabilities in the order
         of the bases, to store as the archive's soft labels; None: the hard labels."""

@@ -113,6 +113,13 @@ class Selection(Objective):
             "training_teacher": {**described, "kd": "online"},
         }
 
+    def training_recipe(self, arch: str) -> dict[str, Any] | None:
+        """RDED trains its student by distillation from the teacher, online: the archive
+        records the KD recipe and the teacher it needs (name, sha256, bytes)."""
+        from habactl.evaluation.protocol import KD, teacher_entry
+
+        return KD.recommended(arch, teacher=teacher_entry(self.teacher))
+
     def state_dict(self) -> dict[str, Any]:
         return {"selected": self.selected}
 
