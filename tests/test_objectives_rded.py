@@ -216,3 +216,9 @@ def test_compress_command_with_rded(teacher, tmp_path):
     assert shown.exit_code == 0, shown.output
     assert "with the teacher its recipe needs to train" in shown.output
     assert "× the budget" in shown.output
+    # relabelled, its labels are the teacher's outputs stored: no teacher needed to train
+    from habactl.labels import relabel
+
+    relabel(out, teacher, tmp_path / "soft.haba", form="float16", allow_over=True)
+    recipe = HabaDataset(tmp_path / "soft.haba").recipe
+    assert recipe.kind == "kd" and recipe.teacher is None

@@ -164,14 +164,13 @@ def relabel(
 
 
 def _with_kd_recipe(training: Mapping[str, Any]) -> dict[str, Any]:
-    """Soft labels from a teacher train with the knowledge-distillation recipe: the
-    archive records it (a recipe that already is one, with its teacher, is kept)."""
+    """Soft labels from a teacher train with the knowledge-distillation recipe, against
+    the stored labels: the archive records it, without a teacher to run at training time
+    (an online-distillation recipe's teacher is replaced by its stored outputs)."""
     from habactl.evaluation.protocol import KD
 
-    recommended = dict(training["recommended"])
-    if recommended.get("loss") == "kd":
-        return dict(training)
-    return {**training, "recommended": KD.recommended(arch=recommended["arch"])}
+    arch = training["recommended"]["arch"]
+    return {**training, "recommended": KD.recommended(arch=arch)}
 
 
 def _parse(form: str | LabelForm) -> LabelForm:
