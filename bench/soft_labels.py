@@ -83,8 +83,10 @@ def one_setting(
 ) -> list[dict[str, Any]]:
     """Every label arm of one (objective, codec, IPC)."""
     tag = f"{objective}-{codec.replace('+', '-')}-ipc{ipc}"
+    # rded selects in its first iteration (its default is 1); the others optimise
+    steps = [] if objective == "rded" else ["--iterations", str(args.iterations)]
     common = ["--objective", objective, "--teacher", str(teacher), "--codec", codec,
-              "--iterations", str(args.iterations), "--threads", "1", "-q", "--force"]  # fmt: skip
+              *steps, "--threads", "1", "-q", "--force"]  # fmt: skip
     hard = work / f"{tag}-hard.haba"
     run("compress", args.data, *common, "--ipc", str(ipc), "-o", str(hard), cwd=work)
     info = inspect(hard, work)
@@ -154,6 +156,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--models", type=int, default=2)
     parser.add_argument("--teacher-epochs", type=int, default=20)
+    parser.add_argument("--teacher", type=Path, help="a teacher file (default: train one)")
     parser.add_argument("--work", type=Path, default=ROOT / "bench-work" / "soft")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/soft-labels.json")
     args = parser.parse_args()
@@ -163,7 +166,7 @@ def main() -> None:
     done: list[dict[str, Any]] = []
     if args.out.exists():  # a rerun skips the settings already measured
         done = json.loads(args.out.read_text())["rows"]
-    teacher = work / f"teacher-{args.data}.safetensors"
+    teacher = args.teacher.resolve() if args.teacher else work / f"teacher-{args.data}.safetensors"
     if not teacher.exists():
         run("teacher", args.data, "-o", str(teacher), "--epochs", str(args.teacher_epochs),
             "--threads", "1", "-q", cwd=work)  # fmt: skip
