@@ -39,18 +39,22 @@ ROOT = Path(__file__).resolve().parent.parent
 HABACTL = [sys.executable, "-m", "habactl"]
 
 
-def run(*args: str, cwd: Path) -> str:
-    """Run one habactl command (printed first); its stdout. Exits on failure."""
+def run(*args: str, cwd: Path, refusal: str | None = None) -> str | None:
+    """Run one habactl command (printed first); its stdout. Exits on failure, except
+    when its error contains `refusal` (then None: an expected refusal)."""
     command = [*HABACTL, *args]
     print("$ habactl " + " ".join(args), flush=True)
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
+        if refusal is not None and refusal in result.stderr:
+            print(f"  refused: {result.stderr.strip()}", flush=True)
+            return None
         sys.exit(f"failed ({result.returncode}): {result.stderr.strip()}")
     return result.stdout
 
 
 def inspect(path: Path, cwd: Path) -> dict[str, Any]:
-    return json.loads(run("inspect", "--json", str(path), cwd=cwd))
+    return json.loads(run("inspect", "--json", str(path), cwd=cwd) or "")
 
 
 def evaluate(path: Path, recipe: str, args: argparse.Namespace, cwd: Path, *extra: str) -> dict:
@@ -59,7 +63,7 @@ def evaluate(path: Path, recipe: str, args: argparse.Namespace, cwd: Path, *extr
         "evaluate", str(path), "--recipe", recipe, "--epochs", str(args.epochs),
         "--models", str(args.models), "--threads", "1", "--json", "-q", *extra, cwd=cwd,
     )  # fmt: skip
-    score = next(iter(json.loads(out)["results"].values()))  # the one architecture
+    score = next(iter(json.loads(out or "")["results"].values()))  # the one architecture
     return {"mean": score["mean"], "std": score["std"], "accuracies": score["accuracies"]}
 
 
@@ -114,8 +118,11 @@ def one_setting(
         for _ in range(3):  # fewer bases also need fewer labels: at most a few rounds
             if images_budget < 1:
                 break
-            run("compress", args.data, *common, "--budget-bytes", str(images_budget),
-                "-o", str(shrunk), cwd=work)  # fmt: skip
+            made = run("compress", args.data, *common, "--budget-bytes", str(images_budget),
+                       "-o", str(shrunk), cwd=work, refusal="budget too small")  # fmt: skip
+            if made is None:  # the labels leave no room for one basis per class
+                images_budget = 0
+                break
             result = subprocess.run(
                 [*HABACTL, "relabel", str(shrunk), "--teacher", str(teacher), "-o", str(final),
                  "--labels", form, "--force", "-q"],
@@ -125,8 +132,9 @@ def one_setting(
                 break
             images_budget -= _label_bytes(shrunk, teacher, form, work)
         if images_budget < 1 or not final.exists():
+            note = f"no room: {label_bytes:,} B of labels leave less than a basis per class"
             rows.append({"arm": f"soft {form}", "budget_bytes": budget, "accuracy": None,
-                         "note": "the labels alone take the budget (no image fits)"})  # fmt: skip
+                         "note": note})  # fmt: skip
             continue
         info = inspect(final, work)
         rows.append(
