@@ -106,7 +106,7 @@ def _grouped(pairs) -> list[str]:
 @pytest.mark.parametrize(
     "command, option, expected",
     [
-        ("compress", "--iterations", lambda: str(config_default("iterations"))),
+        ("compress", "--iterations", lambda: engine_default("iterations")),
         ("compress", "--momentum", lambda: engine_default("momentum")),
         ("compress", "--lr-hallucinators", lambda: str(config_default("lr_hallucinators"))),
         ("compress", "--hallucinators", lambda: str(config_default("hallucinators"))),
