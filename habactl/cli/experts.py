@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from habactl.cli.app import app, examples_epilog, guarded, plural, stderr
-from habactl.cli.options import Device, Quiet, Root, Seed
+from habactl.cli.options import Augment, Device, Quiet, Root, Seed, Threads, Width
 
 if TYPE_CHECKING:
     from habactl.experts.train import ExpertEpoch, ExpertSettings
@@ -44,21 +44,6 @@ Arch = Annotated[
         "--arch",
         help="Expert (and student) architecture: convnet (depth by image size), "
         "convnet-d3 to convnet-d6, mlp, alexnet, vgg11, resnet18.",
-    ),
-]
-Width = Annotated[
-    float, typer.Option("--width", help="Width multiplier of the network (1.0: 128 channels).")
-]
-Augment = Annotated[
-    str, typer.Option("--augment", help="DSA ops joined by _ (no flip on digit data), or none.")
-]
-Threads = Annotated[
-    int,
-    typer.Option(
-        "--threads",
-        min=0,
-        help="CPU threads for torch (0: torch's default). On a CPU busy "
-        "with other work, 1 is often much faster.",
     ),
 ]
 Force = Annotated[

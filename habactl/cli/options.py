@@ -26,3 +26,20 @@ Quiet = Annotated[bool, typer.Option("-q", "--quiet", help=_help(RunSettings, "q
 Seed = Annotated[int, typer.Option("--seed", help=_help(DistillConfig, "seed"))]
 Device = Annotated[str, typer.Option("--device", help=_help(DistillConfig, "device"))]
 Root = Annotated[Path | None, typer.Option("--root", help=_help(RunSettings, "root"))]
+
+# The options of the commands that train a network on the real data (experts, teacher).
+Width = Annotated[
+    float, typer.Option("--width", help="Width multiplier of the network (1.0: 128 channels).")
+]
+Augment = Annotated[
+    str, typer.Option("--augment", help="DSA ops joined by _ (no flip on digit data), or none.")
+]
+Threads = Annotated[
+    int,
+    typer.Option(
+        "--threads",
+        min=0,
+        help="CPU threads for torch (0: torch's default). On a CPU busy with other work, "
+        "1 is often much faster.",
+    ),
+]

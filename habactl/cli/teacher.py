@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from habactl.cli.app import HabaTyper, examples_epilog, guarded, plural, stderr
-from habactl.cli.options import Device, Quiet, Root, Seed
+from habactl.cli.options import Augment, Device, Quiet, Root, Seed, Threads, Width
 
 if TYPE_CHECKING:
     from habactl.teacher.train import TeacherEpoch, TeacherSettings
@@ -54,21 +54,6 @@ Lr = Annotated[
 ]
 BatchSize = Annotated[
     int, typer.Option("--batch-size", min=1, help="Batch size (shared by torchrun's ranks).")
-]
-Width = Annotated[
-    float, typer.Option("--width", help="Width multiplier of the network (1.0: 128 channels).")
-]
-Augment = Annotated[
-    str, typer.Option("--augment", help="DSA ops joined by _ (no flip on digit data), or none.")
-]
-Threads = Annotated[
-    int,
-    typer.Option(
-        "--threads",
-        min=0,
-        help="CPU threads for torch (0: torch's default). On a CPU busy with other work, "
-        "1 is often much faster.",
-    ),
 ]
 Force = Annotated[bool, typer.Option("--force", help="Replace the output file if it exists.")]
 

@@ -51,6 +51,7 @@ from habactl.distill.objectives.teaching import (
     crop_boxes,
     open_teacher,
     resized_crops,
+    teacher_setting,
 )
 from habactl.distill.sets import SyntheticSet
 from habactl.runtime.device import derived_generator
@@ -62,12 +63,7 @@ class Selection(Objective):
 
     @dataclass(frozen=True)
     class Settings:
-        teacher: str | None = setting(
-            None,
-            "--teacher",
-            "The teacher file the objective reads (make one with habactl teacher DATA -o FILE).",
-            path=True,
-        )
+        teacher: str | None = teacher_setting()
         candidates: int = setting(
             300,
             "--candidates",

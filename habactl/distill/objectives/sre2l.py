@@ -43,6 +43,7 @@ from habactl.distill.objectives.teaching import (
     open_teacher,
     pixel_bounds,
     resized_crops,
+    teacher_setting,
 )
 from habactl.distill.sets import SyntheticSet
 
@@ -78,12 +79,7 @@ class Recovery(Objective):
 
     @dataclass(frozen=True)
     class Settings:
-        teacher: str | None = setting(
-            None,
-            "--teacher",
-            "The teacher file the objective reads (make one with habactl teacher DATA -o FILE).",
-            path=True,
-        )
+        teacher: str | None = teacher_setting()
         r_bn: float = setting(
             0.01, "--r-bn", "sre2l: weight of the batch-norm statistics term (reference: 0.01)."
         )

@@ -17,6 +17,19 @@ from habactl.distill.errors import DistillError
 from habactl.errors import HabaError
 
 
+def teacher_setting() -> Any:
+    """The ``--teacher`` setting every teacher-driven objective declares (a new field
+    each call: a dataclass field belongs to one class)."""
+    from habactl.distill.setting import setting
+
+    return setting(
+        None,
+        "--teacher",
+        "The teacher file the objective reads (make one with habactl teacher DATA -o FILE).",
+        path=True,
+    )
+
+
 def open_teacher(objective: str, path: str | None, context: Any) -> Any:
     """The teacher file ``path`` (a ``--teacher`` setting), loaded on the run's device and
     checked against the data: its classes and image shape (one-line errors)."""
