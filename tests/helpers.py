@@ -429,7 +429,7 @@ def matching_config(
     engine: dict | None = None,
     **options,
 ):
-    """A tiny DistillConfig for a network-matching objective's tests (dcc, cafe): SGD 0.1
+    """A tiny DistillConfig for a network-matching objective's tests (dc, dsa, dcc, cafe): SGD 0.1
     with momentum 0.5, no contrastive term, `settings` under the objective's `options`;
     `augment`, `quantize` and `frequency` among `options` go to the engine, over `engine`."""
     from habactl.distill import DistillConfig

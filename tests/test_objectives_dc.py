@@ -11,7 +11,7 @@ from habactl.distill.objectives import get_objective
 from habactl.distill.objectives.dc import layer_distance, loops_for_ipc
 from habactl.format import open_archive
 from habactl.training.dataset import HabaDataset
-from helpers import tiny_mnist
+from helpers import matching_config, tiny_mnist
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -19,18 +19,7 @@ SETTINGS = {"real_per_class": 8, "net_width": 0.25}
 
 
 def config(objective: str, codec: str, ipc: int, iterations: int = 0, **settings) -> DistillConfig:
-    return DistillConfig(
-        objective=objective,
-        codec=codec,
-        ipc=ipc,
-        iterations=iterations,
-        lr_bases=0.1,
-        momentum=0.5,
-        contrastive=False,
-        checkpoint_every=1000,
-        contrastive_settings={"batch": 4},
-        objective_settings={**SETTINGS, **settings},
-    )
+    return matching_config(objective, SETTINGS, codec, ipc, iterations, **settings)
 
 
 @pytest.mark.parametrize(
