@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/scale.py [--sets tiny,folder,imagenet] [--quick]
         [--stages prepare,compress,evaluate,experts,in-memory] [--codecs raw,haba+idc]
+        [--stages prepare,teacher,sre2l,relabel,evaluate-kd] [--teacher-epochs 1]
         [--iterations 5] [--per-class 100] [--jpegs-per-class 100]
         [--classes-per-iteration K] [--threads 1] [--in-memory] [--shuffle]
         [--workdir DIR] [--keep] [--json out.json]
@@ -34,6 +35,13 @@ Stages, on every set:
 - `habactl evaluate ARCHIVE --data STORE --epochs 1 --models 1` (the haba+idc archive,
   else the raw one);
 - `habactl experts STORE -o DIR --experts 1 --epochs 1`;
+- the teacher-driven paradigm, when --stages names its stages (not run by default):
+  `habactl teacher STORE -o T --epochs E` (--teacher-epochs, default 1), `habactl compress
+  STORE --objective sre2l --teacher T --ipc 1 --iterations N --codec C` (the haba+idc
+  codec when it is in --codecs; it reads no real image: the teacher is all it matches),
+  `habactl relabel ARCHIVE --teacher T --labels top-k:10 --allow-over` (over the
+  budget on purpose: this measures time and memory) and `habactl
+  evaluate RELABELLED --data STORE --recipe kd --epochs 1 --models 1`;
 - "in memory": the same compress from the source itself (the .npz or the JPEG folder,
   read whole into memory), for the store/in-memory s/it ratio printed under the table.
   It needs about 16 bytes of RAM per source byte: it runs by itself when that is under
@@ -78,7 +86,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SETS = ("tiny", "folder", "imagenet")
-STAGES = ("prepare", "compress", "evaluate", "experts", "in-memory")
+DATA_STAGES = ("prepare", "compress", "evaluate", "experts", "in-memory")
+PARADIGM_STAGES = ("teacher", "sre2l", "relabel", "evaluate-kd")
+STAGES = DATA_STAGES + PARADIGM_STAGES
+RELABEL_TOP_K = 10  # the paradigm's soft labels: the 10 largest of each row
 CODECS = ("raw", "haba+idc")
 CHUNK_BYTES = 32 * 2**20  # what a generator holds at a time
 MEMORY_FACTOR = 16  # RAM of an in-memory compress per source byte (float copies, batches)
@@ -540,6 +551,8 @@ class Bench:
                         "--experts", "1", "--epochs", "1", "--threads", str(args.threads), "-q",
                     ),
                 )  # fmt: skip
+        if any(stage in self.stages for stage in PARADIGM_STAGES):
+            self.paradigm(data, store, folder)
         if "in-memory" in self.stages and data.in_memory_source:
             need = MEMORY_FACTOR * data.raw_bytes
             available = _available_memory()
@@ -555,16 +568,63 @@ class Bench:
                 archive = folder / f"{codec.replace('+', '-')}-memory.haba"
                 self.compress(data, stage, str(source), codec, archive)
 
-    def compress(self, data: DataSet, stage: str, source: str, codec: str, archive: Path) -> Row:
+    def paradigm(self, data: DataSet, store: Path, folder: Path) -> None:
+        """Teacher, sre2l recovery, relabelling and KD evaluation, each needing the last."""
+        args = self.args
+        threads = ["--threads", str(args.threads)]
+        teacher = folder / "teacher.safetensors"
+        codec = "haba+idc" if "haba+idc" in self.codecs else self.codecs[0]
+        recovered = folder / f"sre2l-{codec.replace('+', '-')}.haba"
+        relabelled = folder / "sre2l-relabelled.haba"
+        steps = [
+            ("teacher", store, habactl(
+                "teacher", str(store), "-o", str(teacher),
+                "--epochs", str(args.teacher_epochs), *threads, "-q",
+            )),
+            ("sre2l", teacher, None),
+            ("relabel", recovered, habactl(
+                "relabel", str(recovered), "--teacher", str(teacher), "-o", str(relabelled),
+                "--labels", f"top-k:{min(RELABEL_TOP_K, data.classes)}", "--allow-over", *threads, "-q",
+            )),
+            ("evaluate-kd", relabelled, habactl(
+                "evaluate", str(relabelled), "--data", str(store), "--recipe", "kd",
+                "--epochs", "1", "--models", "1", *threads, "-q",
+            )),
+        ]  # fmt: skip
+        for stage, needs, command in steps:
+            if stage not in self.stages:
+                continue
+            if not needs.exists():
+                self.failed(data.name, stage, f"no {needs.name} (an earlier stage did not run)")
+                continue
+            if stage == "sre2l":
+                sre2l = ["--objective", "sre2l", "--teacher", str(teacher)]
+                self.compress(data, f"sre2l {codec}", str(store), codec, recovered, sre2l)
+                continue
+            row = self.run(data.name, stage, command)
+            if stage == "teacher" and row.status == "ok":
+                row.images = data.classes * data.train_per_class * args.teacher_epochs
+                row.img_per_s = round(row.images / row.seconds, 1) if row.seconds else None
+
+    def compress(
+        self,
+        data: DataSet,
+        stage: str,
+        source: str,
+        codec: str,
+        archive: Path,
+        objective: list[str] | None = None,
+    ) -> Row:
+        """One compress run (dm unless `objective` gives other flags), with its s/it."""
         log = archive.with_suffix(".jsonl")
-        extra = []
-        if data.train_per_class < REAL_PER_CLASS:
+        extra = list(objective or ["--objective", "dm"])
+        if data.train_per_class < REAL_PER_CLASS and not objective:
             # dm draws 32 real images per class; small sets (--quick, imagenet-10) have fewer.
             extra += ["--real-per-class", str(data.train_per_class)]
         if self.args.classes_per_iteration:
             extra += ["--classes-per-iteration", str(self.args.classes_per_iteration)]
         command = habactl(
-            "compress", source, "--objective", "dm", "--ipc", "1",
+            "compress", source, "--ipc", "1",
             "--iterations", str(self.args.iterations), "--codec", codec,
             "-o", str(archive), "--log-file", str(log), "--threads", str(self.args.threads),
             "-q", *extra,
@@ -658,7 +718,7 @@ def table(rows: list[Row], info: dict[str, Any], settings: dict[str, Any]) -> st
         f"{info['ram_gib']} GiB RAM ({info['available_gib']} GiB available at the start); "
         f"Python {info['python']}, torch {info['torch']}, numpy {info['numpy']}",
         f"random uint8 pixels around a per-class mean colour (timing and memory only); "
-        f"compress: dm, IPC 1, {settings['iterations']} iterations; "
+        f"compress: dm (sre2l: its own row), IPC 1, {settings['iterations']} iterations; "
         f"--threads {settings['threads']}"
         + ("; --quick: 16x16 images" if settings["quick"] else ""),
         "",
@@ -714,7 +774,12 @@ def ratio_lines(rows: list[Row]) -> list[str]:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--sets", default=",".join(SETS), help="tiny, folder, imagenet")
-    parser.add_argument("--stages", default=",".join(STAGES), help=", ".join(STAGES))
+    parser.add_argument(
+        "--stages",
+        default=",".join(DATA_STAGES),
+        help=", ".join(DATA_STAGES) + "; and the teacher-driven " + ", ".join(PARADIGM_STAGES),
+    )
+    parser.add_argument("--teacher-epochs", type=int, default=1, help="teacher stage (1)")
     parser.add_argument("--quick", action="store_true", help="10 classes x 20 images, 2 iterations")
     parser.add_argument("--iterations", type=int, default=None, help="compress (5; --quick 2)")
     parser.add_argument("--codecs", default=None, help="raw,haba+idc (--quick: haba+idc)")
@@ -733,8 +798,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.iterations = 2 if args.quick else 5
     if args.codecs is None:
         args.codecs = "haba+idc" if args.quick else ",".join(CODECS)
-    if args.iterations < 1 or args.per_class < 1 or args.jpegs_per_class < 1:
-        parser.error("--iterations, --per-class and --jpegs-per-class must be at least 1")
+    if min(args.iterations, args.per_class, args.jpegs_per_class, args.teacher_epochs) < 1:
+        parser.error(
+            "--iterations, --per-class, --jpegs-per-class and --teacher-epochs must be at least 1"
+        )
     return args
 
 
@@ -759,6 +826,7 @@ def main(argv: list[str] | None = None) -> None:
         "stages": args.stages,
         "codecs": args.codecs,
         "threads": args.threads,
+        "teacher_epochs": args.teacher_epochs,
         "classes_per_iteration": args.classes_per_iteration,
     }
     bench = Bench(args, work)

@@ -1,7 +1,8 @@
 """bench/scale.py --quick end to end on its array set (the folder and ImageNet-shaped sets
 run the same stages on other generators; they are left to the benchmark for time): the
 set is generated and prepared at a positive rate, every stage from the store and from
-memory is measured, the JSON parses, and nothing is left behind in the work folder."""
+memory is measured, and so is the teacher-driven paradigm (teacher, sre2l, relabel, KD
+evaluation) on the same store; the JSON parses, and nothing is left behind in the work folder."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# the data-size stages and the teacher-driven paradigm's, in one run
+STAGES = "prepare,compress,evaluate,experts,in-memory,teacher,sre2l,relabel,evaluate-kd"
 
 
 @pytest.mark.slow
@@ -21,7 +24,7 @@ def test_quick_run_prints_prepare_rates_and_reports_every_stage(tmp_path):
     out = tmp_path / "scale.json"
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "scale.py"), "--quick", "--sets", "tiny"]
-        + ["--workdir", str(work), "--json", str(out)],
+        + ["--stages", STAGES, "--workdir", str(work), "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -48,11 +51,12 @@ def test_quick_run_prints_prepare_rates_and_reports_every_stage(tmp_path):
     assert rows[0]["set"] == "-" and rows[0]["status"] == "ok" and rows[0]["peak_rss_mib"] > 0
     stages = {r["stage"] for r in rows}
     assert {"compress haba+idc", "experts", "compress haba+idc (in memory)"} <= stages
+    assert {"teacher", "sre2l haba+idc", "relabel", "evaluate-kd"} <= stages
     assert any(r["stage"].startswith("evaluate") for r in rows)
     for row in rows:
         assert row["status"] == "ok", row
         assert row["seconds"] > 0 and row["peak_rss_mib"] > 0, row
-        if row["stage"].startswith("compress"):
+        if row["stage"].startswith(("compress", "sre2l")):
             assert row["s_per_it"] is not None and row["s_per_it"] > 0, row
     # Generated data, stores and archives are removed at the end.
     assert list(work.iterdir()) == []

@@ -398,7 +398,7 @@ def test_relabel_refuses_over_budget_before_running_the_teacher(tmp_path, small_
 def test_relabel_cli_writes_top_k_and_prints_the_new_total(tmp_path, teacher, digits_archive):
     out = tmp_path / "k.haba"
     args = ["relabel", str(digits_archive), "--teacher", str(teacher.path), "-o", str(out)]
-    result = runner.invoke(app, [*args, "--labels", "top-k:2", "--allow-over"])
+    result = runner.invoke(app, [*args, "--labels", "top-k:2", "--allow-over", "--threads", "1"])
     assert result.exit_code == 0, result.output
     # 20 rows x 2 x (2 + 1) bytes of labels beside 5,120 bytes of bases
     assert "5,240 bytes counted (labels 120, 0.02x the images' 5,120)" in result.stderr

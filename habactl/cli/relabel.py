@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from habactl.cli.app import LAZY_COMMANDS, HabaTyper, guarded, stderr
-from habactl.cli.options import Device, Quiet
+from habactl.cli.options import Device, Quiet, Threads
 
 EXAMPLES = """Examples:
 
@@ -68,6 +68,7 @@ def relabel(
         int, typer.Option("--batch-size", min=1, help="Images per teacher forward pass.")
     ] = 256,
     device: Device = "auto",
+    threads: Threads = 0,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
     quiet: Quiet = False,
 ) -> None:
@@ -77,6 +78,10 @@ def relabel(
     from habactl.runtime.device import resolve_device
 
     started = time.perf_counter()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     result = run(
         archive,
         teacher,
