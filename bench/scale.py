@@ -584,7 +584,8 @@ class Bench:
             ("sre2l", teacher, None),
             ("relabel", recovered, habactl(
                 "relabel", str(recovered), "--teacher", str(teacher), "-o", str(relabelled),
-                "--labels", f"top-k:{min(RELABEL_TOP_K, data.classes)}", "--allow-over", *threads, "-q",
+                "--labels", f"top-k:{min(RELABEL_TOP_K, data.classes)}", "--allow-over",
+                *threads, "-q",
             )),
             ("evaluate-kd", relabelled, habactl(
                 "evaluate", str(relabelled), "--data", str(store), "--recipe", "kd",
