@@ -117,6 +117,16 @@ class DistillConfig:
     kernel: int = setting(HALLUCINATE_DEFAULTS["kernel"], stage=("hallucinate", "kernel"))
     # any other option of the preset's stages, by stage: {"upsample": {"mode": "nearest"}}
     stage_options: Mapping[str, Mapping[str, Any]] = setting(factory=dict)
+    # a teacher's soft labels, written after distillation in a storage form; charged first
+    labels: str | None = setting(
+        None,
+        "--labels",
+        "Soft labels from the objective's teacher (sre2l, rded: --teacher), stored as "
+        "float32, float16, uint8 or top-k:K; their bytes come out of the budget before any "
+        "basis is bought. Default: hard labels (free).",
+        panel=BUDGET,
+        unset="hard",
+    )
     leftover: str = setting(
         "bases",
         "--leftover",

@@ -38,6 +38,7 @@ from habactl.distill.planner import Plan, plan_pipeline, preset_pipeline
 from habactl.distill.progress import MetricsLog, Reporter
 from habactl.distill.sets import RealSet, RealSide, SyntheticSet
 from habactl.distill.stepbound import bound_steps
+from habactl.errors import HabaError
 from habactl.runtime import device as runtime
 from habactl.runtime.device import derived_generator
 from habactl.runtime.distributed import SINGLE, Collective
@@ -102,10 +103,29 @@ def check_config(c: DistillConfig) -> None:
         raise DistillError(
             f"--classes-per-iteration must be at least 1, got {c.classes_per_iteration}"
         )
+    if c.labels is not None:
+        _check_labels(c)
     _check_number("--lr-bases", c.lr_bases)
     _check_number("--lr-hallucinators", c.lr_hallucinators, strict=False)
     _check_number("--momentum", c.momentum, strict=False, high=1.0)
     _check_number("hallucinator noise", c.hallucinator_noise, strict=False)
+
+
+def _check_labels(c: DistillConfig) -> None:
+    """--labels: a form the format knows, and a teacher to compute the labels with."""
+    from habactl.format.labels import parse_form
+
+    try:
+        parse_form(c.labels)
+    except HabaError as error:
+        raise DistillError(f"--labels: {error}") from None
+    if not c.objective_settings.get("teacher"):
+        raise DistillError(
+            "--labels needs a teacher: use it with --objective sre2l or rded and --teacher "
+            "FILE; to give another objective's archive soft labels, run habactl relabel on it"
+        )
+    if c.objective_settings.get("learn_labels") is True:
+        raise DistillError("--labels and learned labels (learn_labels) cannot both label the bases")
 
 
 def pipeline_entries(
@@ -306,6 +326,7 @@ class Distiller:
                 codec=None if c.pipeline is not None else _codec_label(c),
                 budget_bytes=c.budget_bytes,
                 label_values=label_values,
+                label_form=c.labels,
             )
 
         if images is None or labels is None:
@@ -788,26 +809,40 @@ class Distiller:
                 "the learned labels are no longer finite; nothing was written; "
                 "lower the learning rates"
             )
-        return Path(
-            write_haba(
-                output,
-                source=self.source,
-                bases=bases,
-                labels=labels.cpu(),
-                per_class=self.plan.per_class,
-                pipeline=self.synthetic.pipeline,
-                normalization=self.normalization,
-                objective=c.objective,
-                hyperparameters=self._provenance_hyperparameters(),
-                iterations=c.iterations,
-                seed=c.seed,
-                ipc=self.plan.ipc,
-                counts=c.counts,
-                learned_lr=self.objective.learned_lr(),
-                overwrite=force,
-                protocol=self.objective.training_recipe(self._recorded_arch()),
-            )
+        fields = dict(
+            source=self.source,
+            bases=bases,
+            labels=labels.cpu(),
+            per_class=self.plan.per_class,
+            pipeline=self.synthetic.pipeline,
+            normalization=self.normalization,
+            objective=c.objective,
+            hyperparameters=self._provenance_hyperparameters(),
+            iterations=c.iterations,
+            seed=c.seed,
+            ipc=self.plan.ipc,
+            counts=c.counts,
+            learned_lr=self.objective.learned_lr(),
+            protocol=self.objective.training_recipe(self._recorded_arch()),
         )
+        if c.labels is None:
+            return Path(write_haba(output, overwrite=force, **fields))
+        # --labels: the archive with hard labels goes to a hidden file beside the output,
+        # the teacher relabels it into the output (one atomic write), and the hidden file
+        # is removed whatever happens. The plan kept the labels' bytes free, so the result
+        # fits its budget (relabel checks that again).
+        from habactl.labels.relabeling import relabel
+
+        hard = output.with_name(f".{output.name}.hard-labels.haba")
+        try:
+            write_haba(hard, overwrite=True, **fields)
+            teacher = str(c.objective_settings["teacher"])
+            result = relabel(
+                hard, teacher, output, form=c.labels, overwrite=force, device=self.device
+            )
+        finally:
+            hard.unlink(missing_ok=True)
+        return Path(result.path)
 
 
 def _draws_per_rank(objective: Objective) -> bool:

@@ -68,11 +68,16 @@ class Plan:
     budget_bytes_given: bool = False
     # Learned soft labels: float32 values stored per basis (0: hard labels, not stored)
     label_values: int = 0
+    # A teacher's soft labels written in a storage form (``--labels``): that form's bytes
+    # per basis and its name (0 and None: none)
+    label_row_bytes: int = 0
+    label_form: str | None = None
 
     @property
     def label_bytes(self) -> int:
-        """Bytes of one basis' learned label (0 with hard labels)."""
-        return FLOAT32_BYTES * self.label_values
+        """Bytes of one basis' label (0 with hard labels): learned float32 values, or a
+        teacher's soft labels in their storage form."""
+        return FLOAT32_BYTES * self.label_values + self.label_row_bytes
 
     @property
     def classes(self) -> int:
@@ -142,7 +147,9 @@ class Plan:
         }
         if self.label_values:  # only then: other plans keep their records as they were
             out.update(label_values=self.bases * self.label_values)
-        if self.budget_bytes_given or not self.all_float32:
+        if self.label_form is not None:
+            out.update(labels=self.label_form, label_bytes=self.bases * self.label_row_bytes)
+        if self.budget_bytes_given or not self.all_float32 or self.label_form is not None:
             out.update(
                 budget_bytes=self.budget_bytes,
                 bases_bytes=self.bases * self.basis_bytes,
@@ -164,6 +171,8 @@ class Plan:
             f" {self.stored_bytes:,} bytes of a {self.budget_bytes:,}-byte budget"
             + (" (--budget-bytes)" if self.budget_bytes_given else f" (IPC {self.ipc})")
         )
+        if self.label_form is not None:
+            text += f"; labels {self.label_form}, {self.bases * self.label_row_bytes:,} bytes"
         if self.counts == "bases":
             text += f", counting bases only ({self.charged_bytes:,} bytes charged)"
         return text
@@ -299,6 +308,7 @@ def plan_pipeline(
     codec: str | None = None,
     budget_bytes: int | None = None,
     label_values: int = 0,
+    label_form: str | None = None,
 ) -> Plan:
     """Turn a budget into bases per class for any pipeline of manifest entries (see
     module doc). The budget is ``ipc`` float32 images per class, or ``budget_bytes``
@@ -323,8 +333,10 @@ def plan_pipeline(
     label_values = int(label_values)
     if label_values < 0:
         raise DistillError(f"label values per basis must be 0 or more, got {label_values}")
+    row_bytes = _label_row_bytes(label_form, num_classes)
     # what one more basis costs the budget: its stored bytes and, counted, its label
-    per_basis = storage.basis_bytes + (FLOAT32_BYTES * label_values if counts == "all" else 0)
+    label_cost = FLOAT32_BYTES * label_values + row_bytes
+    per_basis = storage.basis_bytes + (label_cost if counts == "all" else 0)
     pipeline_bytes = storage.param_bytes
     ipc, budget_b, what = _budget(ipc, budget_bytes, num_classes, (c, h, w))
     budget = budget_values(ipc, num_classes, (c, h, w))
@@ -362,7 +374,25 @@ def plan_pipeline(
         pipeline_bytes=pipeline_bytes,
         budget_bytes_given=budget_bytes is not None,
         label_values=label_values,
+        label_row_bytes=row_bytes,
+        label_form=None if label_form is None else str(label_form),
     )
+
+
+def _label_row_bytes(label_form: str | None, num_classes: int) -> int:
+    """Bytes of one soft-label row in ``label_form`` (0 for None: hard labels)."""
+    if label_form is None:
+        return 0
+    from habactl.errors import HabaError
+    from habactl.format.labels import parse_form
+
+    try:
+        form = parse_form(label_form)
+    except HabaError as error:
+        raise DistillError(f"--labels: {error}") from None
+    if form.k is not None and form.k > num_classes:
+        raise DistillError(f"--labels top-k:{form.k}: the data has only {num_classes} classes")
+    return form.row_bytes(num_classes)
 
 
 def _described(
