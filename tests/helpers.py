@@ -400,6 +400,28 @@ def run_habactl(
     )
 
 
+def one_process_and_two_ranks(
+    folder: Path, *args: str
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """`habactl ARGS` as one process (-o one.haba) and on two ranks (-o two.haba) in
+    `folder`: the two archives' stored tensors, once both runs succeeded and stored the
+    same tensors."""
+    one = run_habactl(*args, "-o", "one.haba", cwd=folder, world=None)
+    two = run_habactl(*args, "-o", "two.haba", cwd=folder, world=2)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    single, split = stored_tensors(folder / "one.haba"), stored_tensors(folder / "two.haba")
+    assert sorted(split) == sorted(single)
+    return single, split
+
+
+def assert_same_step(single: dict[str, torch.Tensor], split: dict[str, torch.Tensor]) -> None:
+    """Two ranks stored what one process stored, up to the order of the ranks' sums:
+    rounding that differs by CPU kind, held to TOLERANCE (see above)."""
+    for name in single:
+        assert float((split[name] - single[name]).abs().max()) < TOLERANCE, name
+
+
 def compress_process(args: list[str], **env: str) -> subprocess.CompletedProcess:
     """`habactl compress ARGS` in a process of its own with SOURCE_DATE_EPOCH fixed (so
     that two runs with the same inputs write the same bytes); `env` may name a fault of

@@ -306,22 +306,14 @@ def test_an_iteration_reads_the_device_only_where_the_schedule_decides(on_meta, 
 
 @pytest.mark.slow
 def test_two_ranks_take_the_step_of_one_process_and_agree_on_the_schedule(tmp_path):
-    from helpers import TOLERANCE, needs_torchrun, stored_tensors
+    from helpers import assert_same_step, needs_torchrun, one_process_and_two_ranks
     from helpers import run_habactl as run
 
     if needs_torchrun.args[0]:
         pytest.skip("torchrun not installed")
     args = ("compress", "digits", "--objective", "cafe", "--ipc", "1", "--threads", "1",
             "-q")  # fmt: skip
-    one = run(*args, "--iterations", "1", "-o", "one.haba", cwd=tmp_path, world=None)
-    two = run(*args, "--iterations", "1", "-o", "two.haba", cwd=tmp_path, world=2)
-    assert one.returncode == 0, one.stderr
-    assert two.returncode == 0, two.stderr
-    single, split = stored_tensors(tmp_path / "one.haba"), stored_tensors(tmp_path / "two.haba")
-    assert sorted(split) == sorted(single)
-    for name in single:
-        # rank sums in another order: rounding that differs by CPU kind (test_distributed)
-        assert float((split[name] - single[name]).abs().max()) < TOLERANCE, name
+    assert_same_step(*one_process_and_two_ranks(tmp_path, *args, "--iterations", "1"))
     # Several networks' lives (probe reads, inner loops) on both ranks: one archive.
     longer = run(*args, "--iterations", "4", "-o", "three.haba", cwd=tmp_path, world=2)
     assert longer.returncode == 0, longer.stderr

@@ -246,19 +246,10 @@ def test_two_ranks_take_the_step_of_one_process(tmp_path):
     # The real side split by classes, the real gradients summed over the ranks, the
     # synthetic side whole on each: one iteration gives the one-process step (as for dsa,
     # later iterations amplify the last-bit differences of the summation order).
-    from helpers import TOLERANCE, needs_torchrun, stored_tensors
-    from helpers import run_habactl as run
+    from helpers import assert_same_step, needs_torchrun, one_process_and_two_ranks
 
     if needs_torchrun.args[0]:
         pytest.skip("torchrun not installed")
     args = ("compress", "digits", "--objective", "dcc", "--ipc", "1", "--iterations", "1",
             "--threads", "1", "-q")  # fmt: skip
-    one = run(*args, "-o", "one.haba", cwd=tmp_path, world=None)
-    two = run(*args, "-o", "two.haba", cwd=tmp_path, world=2)
-    assert one.returncode == 0, one.stderr
-    assert two.returncode == 0, two.stderr
-    single, split = stored_tensors(tmp_path / "one.haba"), stored_tensors(tmp_path / "two.haba")
-    assert sorted(split) == sorted(single)
-    for name in single:
-        # rank sums in another order: rounding that differs by CPU kind (test_distributed)
-        assert float((split[name] - single[name]).abs().max()) < TOLERANCE, name
+    assert_same_step(*one_process_and_two_ranks(tmp_path, *args))
