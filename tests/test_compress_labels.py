@@ -108,5 +108,6 @@ def test_no_room_for_the_labels_is_one_line_and_writes_nothing(teacher, tmp_path
     result = CliRunner().invoke(
         app, [*args, str(teacher), "--codec", "raw", "--labels", "float16", "--iterations", "1"]
     )
-    assert "budget" in one_error_line(result)
+    line = one_error_line(result)
+    assert "budget too small" in line and "+ 20 label bytes" in line and "--codec idc" in line
     assert list(tmp_path.iterdir()) == []

@@ -346,7 +346,14 @@ def plan_pipeline(
     if per < 1:
         raise DistillError(
             _too_small(
-                what, num_classes, storage, fixed, budget_bytes is not None, base_shape, per_basis
+                what,
+                num_classes,
+                storage,
+                fixed,
+                budget_bytes is not None,
+                base_shape,
+                per_basis,
+                None if label_form is None else str(label_form),
             )
         )
     per_class = [per] * num_classes
@@ -466,15 +473,23 @@ def _too_small(
     byte_budget: bool,
     base_shape: Sequence[int],
     charged_per_basis: int | None = None,
+    label_form: str | None = None,
 ) -> str:
     """The refusal when not one basis per class fits: in values for float32 parts (the
     figures people know), in bytes otherwise. ``charged_per_basis``: what one basis
-    costs with its learned label, when it has one."""
+    costs with its label, when it has one (learned, or a teacher's in ``label_form``)."""
     values = math.prod(base_shape)
     per_basis, params = storage.basis_bytes, storage.param_bytes
-    label = (charged_per_basis or per_basis) - per_basis  # a learned label's bytes
+    label = (charged_per_basis or per_basis) - per_basis  # a label's bytes
     float32 = per_basis == FLOAT32_BYTES * values and params % FLOAT32_BYTES == 0
-    if float32 and not byte_budget:
+    if label_form is not None:  # a teacher's labels: bytes, whatever their form
+        hint = (
+            "; smaller bases leave room for the labels (--codec idc), "
+            "so do fewer label bytes (--labels top-k:K)"
+        )
+    else:
+        hint = "; learned labels cost bytes too (smaller bases: --codec idc)"
+    if float32 and not byte_budget and label_form is None:
         unit, extra = "", fixed // FLOAT32_BYTES
         basis = f"{values:,}" + (f" + {label // FLOAT32_BYTES} label values" if label else "")
         needed = classes * (values + label // FLOAT32_BYTES) + extra
@@ -488,5 +503,5 @@ def _too_small(
         + f" needs {needed:,}{unit}; raise "
         + ("--budget-bytes" if byte_budget else "--ipc")
         + (", use fewer hallucinators or a larger --factor" if fixed else "")
-        + ("; learned labels cost bytes too (smaller bases: --codec idc)" if label else "")
+        + (hint if label else "")
     )
