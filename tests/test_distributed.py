@@ -19,6 +19,7 @@ from helpers import (
     TOLERANCE,
     error_lines,
     needs_torchrun,
+    one_process_and_two_ranks,
     run_habactl,
     stored_tensors,
 )
@@ -190,12 +191,7 @@ def test_gradient_matching_on_two_ranks_takes_the_step_of_one_process(tmp_path):
     # the first step can be compared tensor by tensor.
     args = ("compress", "digits", "--objective", "dsa", "--ipc", "1", "--iterations", "1",
             "--threads", "1", "-q")  # fmt: skip
-    one = run_habactl(*args, "-o", "one.haba", cwd=tmp_path, world=None)
-    two = run_habactl(*args, "-o", "two.haba", cwd=tmp_path, world=2)
-    assert one.returncode == 0, one.stderr
-    assert two.returncode == 0, two.stderr
-    single, split = stored_tensors(tmp_path / "one.haba"), stored_tensors(tmp_path / "two.haba")
-    assert sorted(split) == sorted(single)
+    single, split = one_process_and_two_ranks(tmp_path, *args)
     for name in single:
         assert float((split[name] - single[name]).abs().max()) < 1e-5, name
 
