@@ -7,6 +7,7 @@ user would notice, not accuracy; accuracy is measured by the benchmarks.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -421,3 +422,76 @@ def test_chunked_backward_gives_the_whole_batch_gradient(soft):
     assert whole.abs().sum() > 0
     assert chunk_size(net, torch.device("cpu")) == 16
     assert chunk_size(build_net("convnet", 1, 8, 8, 3, norm="batch"), torch.device("cpu")) is None
+
+
+def _workers_of(parent: int) -> list[int]:
+    """The pids of `parent`'s evaluation workers (spawned children), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
+        if int(ppid) == parent and b"spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of `pid` so far (0 once it is gone)."""
+    try:
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        status = (Path("/proc") / str(pid) / "status").read_text()
+    except OSError:
+        return False
+    state = next(line.split()[1] for line in status.splitlines() if line.startswith("State:"))
+    return state not in ("Z", "X")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_a_killed_evaluate_leaves_no_worker_training(write, tmp_path):
+    # SIGKILL runs no clean-up in the parent: the workers must notice its death themselves.
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import environment
+
+    path = write("killed.haba")
+    command = [sys.executable, "-m", "habactl", "evaluate", str(path), "--models", "2",
+               "--jobs", "2", "--threads", "1", "--epochs", "100000", "-q"]  # fmt: skip
+    parent = subprocess.Popen(command, env=environment(), stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        workers: list[int] = []
+        while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
+            time.sleep(0.5)
+            workers = _workers_of(parent.pid)
+        assert len(workers) == 2, "the two workers never started"
+        # training, not still starting (a worker that has not read its task yet stops
+        # when the parent's pipe closes): past the seconds of CPU that importing takes
+        while min(map(_cpu_seconds, workers)) < 10 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not any(_running(pid) for pid in workers), "workers outlived a killed evaluate"
+    finally:
+        if parent.poll() is None:
+            parent.kill()

@@ -9,10 +9,13 @@ seed and its thread count, the results are the same whichever way they were run.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import multiprocessing
 import os
 import queue
+import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -179,10 +182,26 @@ def _reporter(tasks: Sequence[ModelTask], progress: Progress | None) -> Callable
 _EPOCHS: Any = None
 
 
-def _start_worker(epochs: Any, threads: int) -> None:
+def _start_worker(epochs: Any, threads: int, parent: int) -> None:
     global _EPOCHS
+    _die_with(parent)
     _EPOCHS = epochs
     torch.set_num_threads(threads)
+
+
+def _die_with(parent: int) -> None:
+    """On Linux, ask for SIGTERM when the process that started this worker dies: a
+    parent killed outright (SIGTERM, SIGKILL) runs no clean-up, and its workers would
+    train on, unseen, until their networks were done. Elsewhere: nothing to ask."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request was made
+        os._exit(1)
 
 
 def _worker(index: int, task: ModelTask) -> ModelScore:
@@ -198,7 +217,10 @@ def _run_in_processes(
     epochs = context.Queue()
     scores: dict[int, ModelScore] = {}
     with ProcessPoolExecutor(
-        max_workers=jobs, mp_context=context, initializer=_start_worker, initargs=(epochs, threads)
+        max_workers=jobs,
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(epochs, threads, os.getpid()),
     ) as pool:
         pending: dict[Future[ModelScore], int] = {
             pool.submit(_worker, index, task): index for index, task in enumerate(tasks)
