@@ -111,3 +111,26 @@ def test_no_room_for_the_labels_is_one_line_and_writes_nothing(teacher, tmp_path
     line = one_error_line(result)
     assert "budget too small" in line and "+ 20 label bytes" in line and "--codec idc" in line
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_inspect_config_rebuilds_the_archive_with_its_labels(teacher, tmp_path, monkeypatch):
+    import shutil
+
+    # the config names the teacher by its file name: rebuild beside it
+    shutil.copy(teacher, tmp_path / "t.safetensors")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    runner = CliRunner()
+    made = runner.invoke(
+        app,
+        ["compress", "digits", "--objective", "sre2l", "--teacher", "t.safetensors", "-q",
+         "--iterations", "1", "--labels", "top-k:2", "--threads", "1", "-o", "a.haba"],
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    shown = runner.invoke(app, ["inspect", "a.haba", "--config"])
+    assert 'labels = "top-k:2"' in shown.stdout and 'teacher = "t.safetensors"' in shown.stdout
+    (tmp_path / "c.toml").write_text(shown.stdout)
+    again = runner.invoke(app, ["compress", "--config", "c.toml", "-q", "-o", "b.haba"])
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "b.haba").read_bytes() == (tmp_path / "a.haba").read_bytes()

@@ -112,7 +112,14 @@ def config_from_manifest(
     recorded = {k: v for k, v in hyper["objective"].items() if k != "name"}
     if setting_names is not None:
         recorded = {k: v for k, v in recorded.items() if k in setting_names}
-    config["settings"] = {k: v for k, v in recorded.items() if v is not None}
+    # a teacher is recorded as what it was (file name, digest, ...): the setting is its file
+    config["settings"] = {
+        k: v["file"] if isinstance(v, Mapping) and "file" in v else v
+        for k, v in recorded.items()
+        if v is not None
+    }
+    if hyper["budget"].get("labels") is not None:  # compress --labels
+        config["labels"] = hyper["budget"]["labels"]
     if hyper["contrastive"] is not None:
         config["contrastive_settings"] = dict(hyper["contrastive"])
     config["pipeline"] = [
