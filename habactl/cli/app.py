@@ -29,6 +29,7 @@ EXAMPLES: dict[str, list[str]] = {
         "habactl compress digits --objective random --ipc 10 -o digits.haba",
         "habactl compress data.npz --codec haba+idc --ipc 1 -o small.haba",
         "habactl compress --config config.toml          # settings from a file, flags override",
+        "habactl compress --objective rded --teacher t.safetensors --labels top-k:3",
     ],
     "inspect": [
         "habactl inspect mnist-5k.haba                 # header only, nothing decoded",
