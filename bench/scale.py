@@ -12,7 +12,8 @@ Generates data sets on disk, each in a child process that writes a chunk at a ti
 prints one table, with the machine in its header:
 
 - tiny: Tiny-ImageNet-shaped `.npz` (Keras keys x_train, y_train, x_test, y_test;
-  uint8 N x 64 x 64 x 3), 200 classes x 500 train + 50 test images (1.26 GiB);
+  uint8 N x 64 x 64 x 3), 200 classes x 500 train + 50 test images (1.26 GiB;
+  --tiny-per-class N for N train images per class);
 - folder: an ImageFolder of 64x64 JPEGs, 10 classes x --jpegs-per-class (split 80/20);
 - imagenet: ImageNet-1K-shaped folder of `.npy` files (uint8 N x 3 x 64 x 64), 1000
   classes with 10 test images each and --per-class N train images, run twice, at N/10
@@ -36,7 +37,8 @@ Stages, on every set:
   else the raw one);
 - `habactl experts STORE -o DIR --experts 1 --epochs 1`;
 - the teacher-driven paradigm, when --stages names its stages (not run by default):
-  `habactl teacher STORE -o T --epochs E` (--teacher-epochs, default 1), `habactl compress
+  `habactl teacher STORE -o T --epochs E --width W` (--teacher-epochs, default 1;
+  --teacher-width, default 1.0), `habactl compress
   STORE --objective sre2l --teacher T --ipc 1 --iterations N --codec C` (the haba+idc
   codec when it is in --codecs; it reads no real image: the teacher is all it matches),
   `habactl relabel ARCHIVE --teacher T --labels top-k:10 --allow-over` (over the
@@ -151,7 +153,9 @@ def plan_sets(args: argparse.Namespace) -> list[DataSet]:
             kind = {"tiny": "npz", "folder": "jpeg", "imagenet": "npy"}[name]
             sets.append(DataSet(name, kind, 10, 20, 0 if kind == "jpeg" else 5, side=16))
         elif name == "tiny":
-            sets.append(DataSet("tiny", "npz", 200, 500, 50))
+            per_class = args.tiny_per_class
+            sets.append(DataSet("tiny" if per_class == 500 else f"tiny-{per_class}", "npz", 200,
+                                per_class, 50))  # fmt: skip
         elif name == "folder":
             sets.append(DataSet("folder", "jpeg", 10, args.jpegs_per_class, 0))
         else:
@@ -579,7 +583,8 @@ class Bench:
         steps = [
             ("teacher", store, habactl(
                 "teacher", str(store), "-o", str(teacher),
-                "--epochs", str(args.teacher_epochs), *threads, "-q",
+                "--epochs", str(args.teacher_epochs), "--width", str(args.teacher_width),
+                *threads, "-q",
             )),
             ("sre2l", teacher, None),
             ("relabel", recovered, habactl(
@@ -781,6 +786,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help=", ".join(DATA_STAGES) + "; and the teacher-driven " + ", ".join(PARADIGM_STAGES),
     )
     parser.add_argument("--teacher-epochs", type=int, default=1, help="teacher stage (1)")
+    parser.add_argument(
+        "--teacher-width", type=float, default=1.0, help="teacher stage: width multiplier (1.0)"
+    )
+    parser.add_argument(
+        "--tiny-per-class", type=int, default=500, help="tiny: train images per class (500)"
+    )
     parser.add_argument("--quick", action="store_true", help="10 classes x 20 images, 2 iterations")
     parser.add_argument("--iterations", type=int, default=None, help="compress (5; --quick 2)")
     parser.add_argument("--codecs", default=None, help="raw,haba+idc (--quick: haba+idc)")
@@ -799,9 +810,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.iterations = 2 if args.quick else 5
     if args.codecs is None:
         args.codecs = "haba+idc" if args.quick else ",".join(CODECS)
-    if min(args.iterations, args.per_class, args.jpegs_per_class, args.teacher_epochs) < 1:
+    counts = (args.iterations, args.per_class, args.jpegs_per_class, args.teacher_epochs)
+    if min(*counts, args.tiny_per_class) < 1 or not args.teacher_width > 0:
         parser.error(
-            "--iterations, --per-class, --jpegs-per-class and --teacher-epochs must be at least 1"
+            "--iterations, --per-class, --jpegs-per-class, --tiny-per-class and "
+            "--teacher-epochs must be at least 1, --teacher-width positive"
         )
     return args
 
@@ -828,6 +841,7 @@ def main(argv: list[str] | None = None) -> None:
         "codecs": args.codecs,
         "threads": args.threads,
         "teacher_epochs": args.teacher_epochs,
+        "teacher_width": args.teacher_width,
         "classes_per_iteration": args.classes_per_iteration,
     }
     bench = Bench(args, work)
