@@ -14,7 +14,6 @@ per basis and every image decoded from it takes that label.
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import os
 from collections.abc import Mapping
@@ -155,7 +154,9 @@ def relabel(
             "temperature": float(temperature),
         },
     )
-    new["provenance"]["created"] = _created()
+    from habactl.distill.archive import created_timestamp
+
+    new["provenance"]["created"] = created_timestamp()
     new["training"] = _with_kd_recipe(new["training"])
     from habactl.format import save_archive
 
@@ -261,17 +262,6 @@ def _per_basis(
         parts.append(teacher.probabilities(images, temperature=temperature).float().cpu())
     probs = torch.cat(parts).view(count, expansion, -1)  # item b*E + v
     return probs.mean(dim=1)
-
-
-def _created() -> str:
-    """UTC now; ``SOURCE_DATE_EPOCH`` pins it, so that a rerun is byte-identical."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    moment = (
-        _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
-        if epoch
-        else _dt.datetime.now(tz=_dt.timezone.utc).replace(microsecond=0)
-    )
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 __all__ = ["LabelBudget", "RelabelResult", "label_budget", "relabel"]
