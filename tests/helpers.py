@@ -422,6 +422,25 @@ def assert_same_step(single: dict[str, torch.Tensor], split: dict[str, torch.Ten
         assert float((split[name] - single[name]).abs().max()) < TOLERANCE, name
 
 
+def habactl_peak_kib(args: list[str], out: Path, timeout: int = 300) -> int:
+    """The peak resident memory (KiB) of `habactl ARGS` in a child process: its VmHWM,
+    once it wrote `out`.
+
+    Not ru_maxrss: Linux carries the maximum over exec, so a child's ru_maxrss (and
+    RUSAGE_CHILDREN's) is at least this test process's own size when it forked."""
+    code = (
+        f"import sys; from habactl.cli.main import main; sys.argv = {['habactl', *args]!r}\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0 and out.is_file(), done.stderr
+    return int(done.stdout.split()[-1])
+
+
 def compress_process(args: list[str], **env: str) -> subprocess.CompletedProcess:
     """`habactl compress ARGS` in a process of its own with SOURCE_DATE_EPOCH fixed (so
     that two runs with the same inputs write the same bytes); `env` may name a fault of

@@ -6,9 +6,6 @@ loaded into memory by surprise; memory stays flat as the set grows."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -25,7 +22,14 @@ from habactl.distill import DistillConfig, Distiller
 from habactl.distill.sets import iteration_classes
 from habactl.format import open_archive
 from habactl.store import open_store, write_store
-from helpers import TOLERANCE, TORCHRUN, one_error_line, run_habactl, stored_tensors
+from helpers import (
+    TOLERANCE,
+    TORCHRUN,
+    habactl_peak_kib,
+    one_error_line,
+    run_habactl,
+    stored_tensors,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -398,23 +402,10 @@ def test_size_estimates_of_folders_and_hdf5_files(tmp_path):
 
 
 def _compress_peak(data: Path, out: Path) -> int:
-    """The peak resident memory (KiB) of one compress in a child process: its VmHWM.
-
-    Not ru_maxrss: Linux carries the maximum over exec, so a child's ru_maxrss (and
-    RUSAGE_CHILDREN's) is at least this test process's own size when it forked."""
-    code = (
-        "import sys; from habactl.cli.main import main; sys.argv = ['habactl', "
-        f"'compress', {str(data)!r}, '--codec', 'raw', '--iterations', '2', "
-        f"'--real-per-class', '16', '--threads', '1', '-q', '-o', {str(out)!r}]\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0 and out.is_file(), done.stderr
-    return int(done.stdout.split()[-1])
+    """The peak resident memory (KiB) of one compress in a child process."""
+    args = [str(data), "--codec", "raw", "--iterations", "2", "--real-per-class", "16",
+            "--threads", "1", "-q", "-o", str(out)]  # fmt: skip
+    return habactl_peak_kib(["compress", *args], out)
 
 
 @pytest.mark.slow

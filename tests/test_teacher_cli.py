@@ -19,7 +19,7 @@ from habactl.cli.app import app
 from habactl.data.stored import StoreFile
 from habactl.store import write_store
 from habactl.teacher import load_teacher
-from helpers import error_lines, needs_torchrun, one_error_line, run_habactl
+from helpers import error_lines, habactl_peak_kib, needs_torchrun, one_error_line, run_habactl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,20 +195,10 @@ def test_a_store_is_read_a_batch_at_a_time_never_whole(tmp_path, monkeypatch):
 
 
 def _peak_kib(data: Path, out: Path) -> int:
-    """The peak resident memory (KiB, VmHWM) of one `habactl teacher` in a child process."""
-    code = (
-        "import sys; from habactl.cli.main import main; sys.argv = ['habactl', 'teacher', "
-        f"{str(data)!r}, '-o', {str(out)!r}, '--epochs', '1', '--width', '0.125', "
-        "'--batch-size', '256', '--threads', '1', '-q']\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0 and out.is_file(), done.stderr
-    return int(done.stdout.split()[-1])
+    """The peak resident memory (KiB) of one `habactl teacher` in a child process."""
+    args = [str(data), "-o", str(out), "--epochs", "1", "--width", "0.125",
+            "--batch-size", "256", "--threads", "1", "-q"]  # fmt: skip
+    return habactl_peak_kib(["teacher", *args], out, timeout=600)
 
 
 @pytest.mark.slow
