@@ -209,3 +209,32 @@ def test_compress_command_with_sre2l(teacher, tmp_path):
     # the objective's engine defaults: Adam at 0.25 from noise
     assert hyper["optimizer"]["lr_bases"] == 0.25 and hyper["init"]["bases"] == "noise"
     assert hyper["objective"]["r_bn"] == 0.05
+
+
+def test_recomputing_the_teachers_batches_changes_nothing_and_keeps_one_batch(
+    teacher, monkeypatch
+):
+    # A large set keeps no batch's teacher activations for the backward pass: each is
+    # recomputed there. The run is the same to the bit; what autograd holds is one batch's.
+    from habactl.distill.objectives import sre2l
+
+    runs = []
+    for bound in (sre2l.RECOMPUTE_ABOVE, 0):  # kept as usual; recomputed
+        monkeypatch.setattr(sre2l, "RECOMPUTE_ABOVE", bound)
+        distiller = Distiller(
+            load_source("digits"), config(teacher, "haba+idc", 1, iterations=2, batch=8)
+        )
+        held = []
+
+        def pack(tensor, held=held):
+            held.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            losses = [distiller.step()["loss"] for _ in range(2)]
+        runs.append((losses, distiller.synthetic.bases.detach().clone(), sum(held)))
+    (kept_losses, kept_bases, kept_bytes), (losses, bases, recomputed_bytes) = runs
+    assert losses == kept_losses and torch.equal(bases, kept_bases)
+    pairs = distiller.synthetic.bases.shape[0] * distiller.synthetic.expansion
+    assert pairs >= 4 * 8  # several batches, so there is something to save
+    assert recomputed_bytes < kept_bytes / 4, (recomputed_bytes, kept_bytes)

@@ -26,6 +26,12 @@ from habactl.distill.sets import RealSide, SyntheticSet
 from habactl.distill.setting import setting  # noqa: F401  (re-exported for the objectives)
 from habactl.runtime.distributed import SINGLE, Collective
 
+# Above this many bytes of activations kept for a backward pass (estimated from a
+# network's first layer's output, about a sixth of what a conv block keeps), an
+# objective recomputes them in the backward pass instead (DM's synthetic side, sre2l's
+# teacher batches): below it the extra forward pass would cost time for no need.
+RECOMPUTE_ABOVE = 512 << 20
+
 
 @dataclass
 class Context:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from habactl.distill.errors import DistillError
-from habactl.distill.objectives.base import Context, Objective, setting
+from habactl.distill.objectives.base import RECOMPUTE_ABOVE, Context, Objective, setting
 from habactl.distill.sets import SyntheticSet
 from habactl.nets import seeded as networks
 from habactl.nets.registry import arch_name
@@ -162,12 +162,6 @@ def _embed_parts(net: Any, parts: Iterable[Tensor], chunk: int) -> Tensor:
     if held:
         outputs.append(networks.embed_no_grad(net, torch.cat(pending), chunk))
     return torch.cat(outputs)
-
-
-# Above this many bytes of activations kept for the backward pass (estimated from the
-# first layer's output, about a sixth of what a ConvNet block keeps), the synthetic side
-# recomputes them instead: below it the extra forward pass would cost time for no need.
-RECOMPUTE_ABOVE = 512 << 20
 
 
 def _embed_recomputed(net: Any, images: Tensor, chunk: int) -> Tensor:

@@ -18,6 +18,10 @@ Whatever the codec, the loss sees decoded images (``SyntheticSet.decode``): with
 hallucinators every (basis, hallucinator) pair goes through the teacher. The decoded
 items are split into batches of at most ``batch`` images (a random partition each
 iteration when there are more), as the reference optimises batches of 100 images.
+When the teacher's activations for all of them would take more than
+``RECOMPUTE_ABOVE`` bytes (many classes, large images), each batch's are recomputed in
+the backward pass instead of kept: one more teacher forward per batch, and the memory
+of one batch whatever the number of images; the values are the same to the bit.
 
 Under torchrun the batches split across the ranks (batch b on rank b mod N; every rank
 draws the same partition and augmentation), and the engine sums the gradients. With
@@ -34,9 +38,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from habactl.distill.errors import DistillError
-from habactl.distill.objectives.base import Context, Objective, setting
+from habactl.distill.objectives.base import RECOMPUTE_ABOVE, Context, Objective, setting
 from habactl.distill.objectives.teaching import (
     TeacherInput,
     crop_boxes,
@@ -181,22 +186,52 @@ class Recovery(Objective):
         draws = [self._draw(len(items), generator) for items in batches]
         zero = (synthetic.bases * 0.0).sum()  # a dense zero gradient
         loss, ce_sum, bn_sum = zero, zero.detach(), zero.detach()
-        for b, (items, (theta, shift)) in enumerate(zip(batches, draws)):
-            if b % collective.world_size != collective.rank:
-                continue
-            if whole:  # every pair in its order: one batched decode
-                images = synthetic.decode(basis, None)
+        mine = [b for b in range(len(batches)) if b % collective.world_size == collective.rank]
+        recompute = self._recompute(synthetic, sum(len(batches[b]) for b in mine))
+        for b in mine:
+            items, (theta, shift) = batches[b], draws[b]
+            # every pair in its order (one batched decode), or this batch's pairs
+            pairs = (basis, None) if whole else (basis[items], _pick(variant, items))
+            batch = (synthetic, pairs, synthetic.item_labels(basis[items]), theta, shift)
+            if recompute:  # keep no batch's activations: each is recomputed in backward
+                terms = checkpoint(
+                    self._batch_terms, *batch, use_reentrant=False, preserve_rng_state=False
+                )
             else:
-                images = synthetic.decode(basis[items], None if variant is None else variant[items])
-            images = resized_crops(images, theta, tuple(images.shape[2:]), supersample=1)  # type: ignore[arg-type]
-            if shift != (0, 0):
-                images = torch.roll(images, shifts=shift, dims=(2, 3))
-            labels = synthetic.item_labels(basis[items])
-            ce, bn = self._terms(images, labels)
+                terms = self._batch_terms(*batch)
+            ce, bn = terms[0], terms[1]
             loss = loss + ce + self.settings.r_bn * bn
             ce_sum = ce_sum + ce.detach()
             bn_sum = bn_sum + bn.detach()
         return loss, {"ce": ce_sum, "bn": bn_sum}
+
+    def _recompute(self, synthetic: SyntheticSet, images: int) -> bool:
+        """Whether this rank's batches would keep more than ``RECOMPUTE_ABOVE`` bytes of
+        the teacher's activations for the backward pass (estimated from its first
+        layer's output, about a sixth of what a conv block keeps). Above that each
+        batch's are recomputed in the backward pass instead: one more teacher forward
+        per batch, and the memory of one batch however many images there are."""
+        width = next(
+            (m.out_channels for m in self.teacher.net.modules() if isinstance(m, nn.Conv2d)), 128
+        )
+        _, height, side = self.context.image_shape
+        kept = 6 * 4 * width * images * height * side
+        return images > self.settings.batch and kept > RECOMPUTE_ABOVE
+
+    def _batch_terms(
+        self,
+        synthetic: SyntheticSet,
+        pairs: tuple[Tensor, Tensor | None],
+        labels: Tensor,
+        theta: Tensor,
+        shift: tuple[int, int],
+    ) -> Tensor:
+        """(CE, R_bn) of one batch: its pairs decoded, cropped, shifted, through the teacher."""
+        images = synthetic.decode(*pairs)
+        images = resized_crops(images, theta, tuple(images.shape[2:]), supersample=1)  # type: ignore[arg-type]
+        if shift != (0, 0):
+            images = torch.roll(images, shifts=shift, dims=(2, 3))
+        return torch.stack(self._terms(images, labels))
 
     def _draw(self, count: int, generator: torch.Generator) -> tuple[Tensor, tuple[int, int]]:
         """One batch's augmentation: a random resized crop per image (flipped except on
@@ -233,6 +268,10 @@ class Recovery(Objective):
         low, high = self.bounds
         with torch.no_grad():
             synthetic.bases.copy_(torch.maximum(torch.minimum(synthetic.bases, high), low))
+
+
+def _pick(variant: Tensor | None, items: Tensor) -> Tensor | None:
+    return None if variant is None else variant[items]
 
 
 def _every_pair(synthetic: SyntheticSet) -> tuple[Tensor, Tensor | None]:
