@@ -211,9 +211,7 @@ def test_compress_command_with_sre2l(teacher, tmp_path):
     assert hyper["objective"]["r_bn"] == 0.05
 
 
-def test_recomputing_the_teachers_batches_changes_nothing_and_keeps_one_batch(
-    teacher, monkeypatch
-):
+def test_recomputing_the_teachers_batches_changes_nothing_and_keeps_one_batch(teacher, monkeypatch):
     # A large set keeps no batch's teacher activations for the backward pass: each is
     # recomputed there. The run is the same to the bit; what autograd holds is one batch's.
     from habactl.distill.objectives import sre2l
