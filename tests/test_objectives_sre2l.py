@@ -214,11 +214,11 @@ def test_compress_command_with_sre2l(teacher, tmp_path):
 def test_recomputing_the_teachers_batches_changes_nothing_and_keeps_one_batch(teacher, monkeypatch):
     # A large set keeps no batch's teacher activations for the backward pass: each is
     # recomputed there. The run is the same to the bit; what autograd holds is one batch's.
-    from habactl.distill.objectives import sre2l
+    from habactl.distill.objectives import base
 
     runs = []
-    for bound in (sre2l.RECOMPUTE_ABOVE, 0):  # kept as usual; recomputed
-        monkeypatch.setattr(sre2l, "RECOMPUTE_ABOVE", bound)
+    for bound in (base.RECOMPUTE_ABOVE, 0):  # kept as usual; recomputed
+        monkeypatch.setattr(base, "RECOMPUTE_ABOVE", bound)
         distiller = Distiller(
             load_source("digits"), config(teacher, "haba+idc", 1, iterations=2, batch=8)
         )

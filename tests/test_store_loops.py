@@ -248,15 +248,15 @@ def test_streamed_passes_give_what_the_whole_set_in_memory_gives(data, mask):
 
 
 def test_recomputing_the_synthetic_sides_activations_changes_no_value(monkeypatch):
-    from habactl.distill.objectives import dm
+    from habactl.distill.objectives import base, dm
     from habactl.nets import seeded
 
     net = seeded.build("convnet", (3, 16, 16), 4, device=torch.device("cpu"),
                        generator=torch.Generator().manual_seed(0), trainable=False)  # fmt: skip
     images = torch.randn(70, 3, 16, 16, generator=torch.Generator().manual_seed(1))
     results = []
-    for bound in (dm.RECOMPUTE_ABOVE, 0):  # kept as usual; recomputed
-        monkeypatch.setattr(dm, "RECOMPUTE_ABOVE", bound)
+    for bound in (base.RECOMPUTE_ABOVE, 0):  # kept as usual; recomputed
+        monkeypatch.setattr(base, "RECOMPUTE_ABOVE", bound)
         x = images.clone().requires_grad_(True)
         out = dm._embed_recomputed(net, x, 32)
         (grad,) = torch.autograd.grad(out.square().sum(), x)

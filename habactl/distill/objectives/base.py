@@ -26,11 +26,22 @@ from habactl.distill.sets import RealSide, SyntheticSet
 from habactl.distill.setting import setting  # noqa: F401  (re-exported for the objectives)
 from habactl.runtime.distributed import SINGLE, Collective
 
-# Above this many bytes of activations kept for a backward pass (estimated from a
-# network's first layer's output, about a sixth of what a conv block keeps), an
-# objective recomputes them in the backward pass instead (DM's synthetic side, sre2l's
-# teacher batches): below it the extra forward pass would cost time for no need.
+# Above this many bytes of activations kept for a backward pass, an objective recomputes
+# them in the backward pass instead (DM's synthetic side, sre2l's teacher batches):
+# below it the extra forward pass would cost time for no need.
 RECOMPUTE_ABOVE = 512 << 20
+
+
+def worth_recomputing(
+    net: torch.nn.Module, images: int, height: int, width: int, chunk: int
+) -> bool:
+    """Whether ``net``'s activations for ``images`` images of ``height`` x ``width``, passed
+    in chunks of ``chunk``, should be recomputed in the backward pass rather than kept:
+    more than one chunk, and more than ``RECOMPUTE_ABOVE`` bytes kept (estimated from the
+    first conv layer's output, about a sixth of what a conv block keeps)."""
+    channels = next((m.out_channels for m in net.modules() if isinstance(m, torch.nn.Conv2d)), 128)
+    kept = 6 * 4 * channels * images * height * width
+    return images > chunk and kept > RECOMPUTE_ABOVE
 
 
 @dataclass

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from habactl.distill.errors import DistillError
-from habactl.distill.objectives.base import RECOMPUTE_ABOVE, Context, Objective, setting
+from habactl.distill.objectives.base import Context, Objective, setting, worth_recomputing
 from habactl.distill.sets import SyntheticSet
 from habactl.nets import seeded as networks
 from habactl.nets.registry import arch_name
@@ -170,9 +170,8 @@ def _embed_recomputed(net: Any, images: Tensor, chunk: int) -> Tensor:
     classes, IPC 1 it keeps 1.2 GiB), each chunk's are recomputed in the backward pass
     instead, for one more forward pass of the synthetic side. The values and the
     gradients are those of ``networks.embed`` either way."""
-    width = next((m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)), 128)
-    kept = 6 * 4 * width * images.shape[0] * images.shape[2] * images.shape[3]
-    if images.shape[0] <= chunk or kept <= RECOMPUTE_ABOVE:
+    count, _, height, width = images.shape
+    if not worth_recomputing(net, count, height, width, chunk):
         return networks.embed(net, images, chunk)
     return torch.cat(
         [

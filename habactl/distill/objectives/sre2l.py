@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from habactl.distill.errors import DistillError
-from habactl.distill.objectives.base import RECOMPUTE_ABOVE, Context, Objective, setting
+from habactl.distill.objectives.base import Context, Objective, setting, worth_recomputing
 from habactl.distill.objectives.teaching import (
     TeacherInput,
     crop_boxes,
@@ -187,7 +187,9 @@ class Recovery(Objective):
         zero = (synthetic.bases * 0.0).sum()  # a dense zero gradient
         loss, ce_sum, bn_sum = zero, zero.detach(), zero.detach()
         mine = [b for b in range(len(batches)) if b % collective.world_size == collective.rank]
-        recompute = self._recompute(synthetic, sum(len(batches[b]) for b in mine))
+        _, height, width = self.context.image_shape
+        owned = sum(len(batches[b]) for b in mine)
+        recompute = worth_recomputing(self.teacher.net, owned, height, width, self.settings.batch)
         for b in mine:
             items, (theta, shift) = batches[b], draws[b]
             # every pair in its order (one batched decode), or this batch's pairs
@@ -204,19 +206,6 @@ class Recovery(Objective):
             ce_sum = ce_sum + ce.detach()
             bn_sum = bn_sum + bn.detach()
         return loss, {"ce": ce_sum, "bn": bn_sum}
-
-    def _recompute(self, synthetic: SyntheticSet, images: int) -> bool:
-        """Whether this rank's batches would keep more than ``RECOMPUTE_ABOVE`` bytes of
-        the teacher's activations for the backward pass (estimated from its first
-        layer's output, about a sixth of what a conv block keeps). Above that each
-        batch's are recomputed in the backward pass instead: one more teacher forward
-        per batch, and the memory of one batch however many images there are."""
-        width = next(
-            (m.out_channels for m in self.teacher.net.modules() if isinstance(m, nn.Conv2d)), 128
-        )
-        _, height, side = self.context.image_shape
-        kept = 6 * 4 * width * images * height * side
-        return images > self.settings.batch and kept > RECOMPUTE_ABOVE
 
     def _batch_terms(
         self,
