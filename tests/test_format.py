@@ -457,8 +457,8 @@ def test_newer_minor_with_ignorable_fields_is_read(saved):
 
 def test_newer_minor_with_unknown_field_is_refused(saved):
     path, _, _ = saved
-    rewrite(path, lambda m: m["image"].update(depth=3) or m.update(format_version="1.4"))
-    rejects(path, "manifest: image: unknown field 'depth'", "format 1.4 is newer", "'x-' prefix")
+    rewrite(path, lambda m: m["image"].update(depth=3) or m.update(format_version="1.5"))
+    rejects(path, "manifest: image: unknown field 'depth'", "format 1.5 is newer", "'x-' prefix")
 
 
 def test_unknown_field_at_current_version(saved):

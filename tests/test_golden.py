@@ -18,15 +18,25 @@ ARCHIVES = sorted(GOLDEN.glob("v*/*.haba"))
 def test_there_are_golden_archives_for_v1():
     assert len([p for p in ARCHIVES if p.parent.name == "v1"]) >= 4
     versions = {open_archive(p).manifest["format_version"] for p in ARCHIVES}
-    assert {"1.0", "1.1", "1.2"} <= versions
+    assert {"1.0", "1.1", "1.2", "1.3", "1.4"} <= versions
 
 
 @pytest.mark.parametrize("path", ARCHIVES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_golden_archive_decodes_to_its_expected_output(path: Path):
     expected = load_file(path.with_name(path.stem + ".expected.safetensors"))
-    images, labels = HabaDataset(path).tensors()
+    dataset = HabaDataset(path)
+    images, labels = dataset.tensors()
     torch.testing.assert_close(images, expected["images"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(labels, expected["labels"])
+    views = dataset.crop_views()  # per-crop labels (1.4): each view, its pixels, its label
+    assert (views is None) == ("crops.box" not in expected)
+    if views is not None:
+        every = torch.arange(views.items)
+        pixels = torch.cat([views.apply(images, e, every) for e in range(views.epochs)])
+        torch.testing.assert_close(pixels, expected["crops.images"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(views.box.flatten(0, 1), expected["crops.box"])
+        torch.testing.assert_close(views.mirror.flatten(0, 1), expected["crops.mirror"])
+        torch.testing.assert_close(views.labels.flatten(0, 1), expected["crops.labels"])
 
 
 @pytest.mark.parametrize(

@@ -156,6 +156,7 @@ def test_inspect_shows_the_form_and_the_labels_bytes_beside_the_images(tmp_path)
         "kind": "soft",
         "form": "top-k",
         "k": 3,
+        "crop_epochs": None,
         "bytes": 180,
         "counted": True,
         "images_bytes": 1280,

@@ -160,6 +160,7 @@ GOLDEN_RECIPES = {
     "frequency-per-class-haba": "388712692e4183aa57c2e6836725ef75",
     "haba-1.2": "ef1ad5712d7b64b8d66674e180f6a1d0",
     "idc-haba": "fd15f1b65c8b69e4f006b81bcc67b97c",
+    "labels-crops-1.4": "2fb44b0eac1682b1bb25e0970bacb155",
     "labels-float16-1.3": "4dee4f3a7b2ba98abf48cf201952d92a",
     "labels-top-k-1.3": "fb645e66c15d1560a1f4856c4fb8e25d",
     "labels-uint8-1.3": "be5bef1b4c2e3b9935e763f433dfb600",

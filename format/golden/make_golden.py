@@ -1,4 +1,4 @@
-"""Write the golden archives of format v1 (1.0 to 1.3) and their expected decoded output.
+"""Write the golden archives of format v1 (1.0 to 1.4) and their expected decoded output.
 
     python format/golden/make_golden.py [--check]
 
@@ -9,8 +9,10 @@ fails on a missing file too (the writer must reproduce every golden file exactly
 Values are spelled out by closed-form arithmetic (no RNG), so any implementation
 can regenerate them. The 1.0 and 1.1 files are written by `save_legacy_archive`, which
 exists for this purpose only (no manifest digest, the lowest version that holds the
-archive, as habactl wrote them then); the 1.2 and 1.3 files by `save_archive`, like every
-new archive.
+archive, as habactl wrote them then); the 1.2 to 1.4 files by `save_archive`, like every
+new archive. An archive with per-crop labels (1.4) also has its views in the expected
+output: `crops.box`, `crops.mirror`, `crops.labels` (decoded) and `crops.images` (each
+view's pixels, SPEC §2.2).
 """
 
 from __future__ import annotations
@@ -257,12 +259,58 @@ def cases() -> dict[str, tuple[dict, dict[str, torch.Tensor]]]:
                           "arch": "convnet", "temperature": 4.0}),
         {"bases": bases, "labels": values, "labels.indices": indices,
          **stage_tensors(pipeline, (1, 3, 3))})
+    # Format 1.4 (per-crop labels); the files above are unchanged by these.
+    # 15. top-1 of 3 classes per basis and per view, two epochs of views of the six items
+    #     three bases make behind two hallucinators: whole, quarter and off-centre crops,
+    #     two of them mirrored. Dyadic boxes and values: exact in binary16.
+    pipeline = [{"name": "hallucinate", "version": 1,
+                 "configuration": {"arch": "channel-affine", "count": 2, "hidden": 1,
+                                   "kernel": 3}}]
+    bases = wave(3, 1, 4, 4, phase=13.0)
+    values = torch.tensor([[0.75], [0.5], [0.875]]).half()
+    indices = torch.tensor([[0], [1], [2]], dtype=torch.uint8)
+    box = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.5, 0.5, 0.5, 0.5], [-0.5, 0.5, 0.5, 0.5],
+                        [0.25, -0.25, 0.75, 0.75], [0.0, 0.125, 0.5, 0.875],
+                        [-0.375, 0.0, 0.625, 1.0]] * 2).half()
+    mirror = torch.tensor([0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0], dtype=torch.uint8)
+    view_values = torch.tensor([[1.0], [0.625], [0.5], [0.75], [0.25], [1.0],
+                                [0.875], [0.5], [0.5], [0.375], [0.75], [0.5]]).half()
+    view_indices = torch.tensor([[0], [0], [1], [1], [2], [2],
+                                 [0], [1], [1], [0], [2], [1]], dtype=torch.uint8)
+    out["labels-crops-1.4"] = (
+        manifest(classes=["p", "q", "r"], image=(1, 4, 4), bases=bases, labels_kind="soft",
+                 labels={"kind": "soft", "form": "top-k", "k": 1, "crops": {"epochs": 2}},
+                 pipeline=pipeline, version="1.4", objective="random",
+                 normalization={"kind": "none"},
+                 teacher={"name": "teacher.safetensors", "sha256": "2" * 64,
+                          "arch": "convnet", "temperature": 1.0}),
+        {"bases": bases, "labels": values, "labels.indices": indices,
+         "labels.crops": view_values, "labels.crops.indices": view_indices,
+         "labels.crops.box": box, "labels.crops.mirror": mirror,
+         **stage_tensors(pipeline, (1, 4, 4))})
     return out
+
+
+def expected_output(path: Path) -> dict[str, torch.Tensor]:
+    """What an archive decodes to: its items and labels, and its stored views."""
+    from habactl.training.dataset import HabaDataset
+
+    dataset = HabaDataset(path)
+    images, labels = dataset.tensors()
+    out = {"images": images, "labels": labels}
+    views = dataset.crop_views()
+    if views is not None:
+        every = torch.arange(views.items)
+        out["crops.box"] = views.box.flatten(0, 1)
+        out["crops.mirror"] = views.mirror.flatten(0, 1)
+        out["crops.labels"] = views.labels.flatten(0, 1)
+        out["crops.images"] = torch.cat(
+            [views.apply(images, epoch, every) for epoch in range(views.epochs)])
+    return {name: t.contiguous() for name, t in out.items()}
 
 
 def write(folder: Path) -> list[Path]:
     from habactl.format import save_archive, save_legacy_archive
-    from habactl.training.dataset import HabaDataset
 
     written = []
     for name, (manifest_, tensors) in cases().items():
@@ -270,9 +318,8 @@ def write(folder: Path) -> list[Path]:
         legacy = manifest_["format_version"] in ("1.0", "1.1")
         writer = save_legacy_archive if legacy else save_archive
         path = writer(folder / f"{name}.haba", tensors, manifest_, overwrite=True)
-        images, labels = HabaDataset(path).tensors()
         expected = folder / f"{name}.expected.safetensors"
-        expected.write_bytes(save({"images": images.contiguous(), "labels": labels.contiguous()}))
+        expected.write_bytes(save(expected_output(path)))
         written += [path, expected]
     return written
 
@@ -285,8 +332,10 @@ def same(made: Path, kept: Path) -> bool:
     if not kept.name.endswith(".expected.safetensors"):
         return False
     a, b = load_file(made), load_file(kept)
-    return set(a) == set(b) and torch.equal(a["labels"], b["labels"]) and torch.allclose(
-        a["images"], b["images"], atol=1e-5, rtol=1e-5)
+    decoded = ("images", "crops.images")  # float32 arithmetic: within the tolerance
+    return set(a) == set(b) and all(
+        torch.allclose(a[n], b[n], atol=1e-5, rtol=1e-5) if n in decoded else torch.equal(a[n], b[n])
+        for n in a)
 
 
 def main() -> int:

@@ -352,7 +352,7 @@ def print_result(result: EvaluationReport) -> None:
     stdout.print(table)
     stdout.print(
         f"final-epoch accuracy, mean ± std over models; batch {protocol.batch_size}, "
-        f"{_training_text(protocol, run.teacher)}, seed {protocol.seed}, "
+        f"{_training_text(protocol, run.teacher, run.crop_epochs)}, seed {protocol.seed}, "
         f"{run.device} "
         f"({run.jobs} at a time, {plural(run.threads, 'thread')} each); "
         f"{result.seconds:.0f} s in all"
@@ -362,7 +362,9 @@ def print_result(result: EvaluationReport) -> None:
             stdout.print(f"{name}: {b.note}")
 
 
-def _training_text(protocol: Any, teacher: dict[str, Any] | None) -> str:
+def _training_text(
+    protocol: Any, teacher: dict[str, Any] | None, crop_epochs: int | None = None
+) -> str:
     """The protocol's schedule, augmentation and (kd) loss, for the line under the table."""
     if protocol.schedule == "cosine":
         schedule = "cosine schedule"
@@ -376,11 +378,13 @@ def _training_text(protocol: Any, teacher: dict[str, Any] | None) -> str:
     if augmentation == "rrc_flip":
         augmentation = f"rrc_flip (area {protocol.crop_scale:g} to 1)"
     text = f"{schedule}, {augmentation} augmentation"
+    if crop_epochs is not None:
+        text = f"{schedule}, the archive's stored crops ({crop_epochs} epochs of views)"
     if protocol.loss == "kd":
         targets = (
             f"teacher {teacher.get('file', teacher['path'])}"
             if teacher is not None
-            else "the stored labels"
+            else "the stored labels" + (" of each view" if crop_epochs is not None else "")
         )
         text += f", kd loss at temperature {protocol.temperature:g} against {targets}"
     return text

@@ -67,12 +67,17 @@ def summary(manifest: Manifest, expansion: int) -> list[tuple[str, str]]:
 
 
 def label_text(manifest: Manifest) -> str:
-    """``hard``, or ``soft`` and how the rows are stored (format 1.3 forms)."""
+    """``hard``, or ``soft`` and how the rows are stored (format 1.3 forms), and the
+    per-crop labels (1.4) when there are some."""
     if manifest.label_kind != "soft":
         return manifest.label_kind
     if manifest.label_form == "top-k":
-        return f"soft, top-{manifest.label_k} as float16 (the rest spread evenly)"
-    return f"soft, {manifest.label_form}"
+        text = f"soft, top-{manifest.label_k} as float16 (the rest spread evenly)"
+    else:
+        text = f"soft, {manifest.label_form}"
+    if manifest.crop_epochs is not None:
+        text += f"; per basis and per crop ({manifest.crop_epochs} epochs of views)"
+    return text
 
 
 def teacher_text(teacher: Mapping[str, Any]) -> str:
@@ -121,6 +126,7 @@ def labels_json(info: Manifest, account: StorageAccount) -> dict[str, Any]:
         "kind": info.label_kind,
         "form": info.label_form,
         "k": info.label_k,
+        "crop_epochs": info.crop_epochs,
         "bytes": account.parts["labels"].bytes,
         "counted": account.parts["labels"].counted,
         "images_bytes": account.images_bytes,

@@ -23,6 +23,8 @@ EXAMPLES = """Examples:
 
   habactl relabel a.haba --teacher t.safetensors -o b.haba --labels uint8 --allow-over
 
+  habactl relabel a.haba --teacher t.safetensors -o b.haba --labels top-k:3 --crops 300 --allow-over
+
 The labels are counted in the archive's bytes; `habactl inspect b.haba` shows them beside
 the images' bytes (docs/labels.md)."""
 
@@ -64,6 +66,18 @@ def relabel(
             "--allow-over", help="Write the archive even when its bytes exceed its budget."
         ),
     ] = False,
+    crops: Annotated[
+        int,
+        typer.Option(
+            "--crops",
+            min=0,
+            help="Also store this many epochs of per-crop labels: a random resized crop of "
+            "every training image per epoch and the teacher's label for it, which the kd "
+            "recipe then trains on (SRe2L's relabelling). Counted: per view a label row, "
+            "8 bytes of box and 1 of flag. 0: none.",
+        ),
+    ] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Draws the --crops views.")] = 0,
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Images per teacher forward pass.")
     ] = 256,
@@ -92,11 +106,16 @@ def relabel(
         overwrite=force,
         batch_size=batch_size,
         device=resolve_device(device),
+        crops=crops,
+        seed=seed,
     )
     if quiet:
         return
     budget = result.budget
     note = "  [yellow](over its budget: --allow-over)[/]" if budget.over else ""
     stderr.print(f"wrote {result.path} ({time.perf_counter() - started:.1f} s){note}")
-    stderr.print(f"  labels {result.form.describe()}, temperature {result.temperature:g}")
+    per_crop = (
+        f"; per crop: {result.crops} epochs, {budget.crop_views:,} views" if result.crops else ""
+    )
+    stderr.print(f"  labels {result.form.describe()}, temperature {result.temperature:g}{per_crop}")
     stderr.print(f"  {budget.line()}")

@@ -52,6 +52,7 @@ class ModelTask:
     flip: bool
     device: str
     teacher: str | None = None  # a teacher file: its outputs are the kd targets (online)
+    views: Any | None = None  # per-crop views and labels (CropViews): augmentation + targets
 
     @property
     def seed(self) -> int:
@@ -102,6 +103,7 @@ def train_and_score(task: ModelTask, on_epoch: Callable[[int], None] | None = No
         generator=torch.Generator().manual_seed(task.seed),
         on_epoch=callback,
         teacher=teacher,
+        views=task.views,
     )
     score = 100.0 * accuracy(
         net,

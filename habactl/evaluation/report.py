@@ -79,6 +79,7 @@ class RunSettings:
     world_size: int  # torchrun's processes; 1 without torchrun (then not in the JSON)
     flip: bool
     teacher: dict[str, Any] | None = None  # the teacher of online distillation (path, ...)
+    crop_epochs: int | None = None  # the archive trained on its stored crops (format 1.4)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -91,6 +92,7 @@ class RunSettings:
             **({"world_size": self.world_size} if self.world_size > 1 else {}),
             "flip": self.flip,
             **({"teacher": self.teacher} if self.teacher is not None else {}),
+            **({"crop_epochs": self.crop_epochs} if self.crop_epochs is not None else {}),
             "score": SCORE,
         }
 

@@ -53,6 +53,7 @@ class TrainingSet:
     lr_source: str
     note: str | None = None  # how a baseline arm was drawn, shown under the table
     per_class: int | None = None  # the random arm's real images per class
+    views: Any | None = None  # the archive's per-crop views and labels (kd recipe only)
 
     @property
     def training_images(self) -> int:
@@ -252,8 +253,15 @@ def archive_training_set(dataset: Any, protocol: Protocol, lr: float | None = No
         # Soft labels a teacher wrote at T_l, brought back to temperature 1: the kd loss
         # softens them to its own T (habactl.training.kd).
         labels = soften(labels.double(), 1 / labels_temperature).to(labels.dtype)
+    views = dataset.crop_views() if protocol.kind == "kd" else None
+    if views is not None and labels_temperature != 1:
+        from habactl.training.kd import soften
+
+        views = views.with_labels(
+            soften(views.labels.double().flatten(0, 1), 1 / labels_temperature).float()
+        )
     used_lr, source = archive_lr(dataset, lr, protocol)
-    return TrainingSet("archive", images.float(), labels, protocol, used_lr, source)
+    return TrainingSet("archive", images.float(), labels, protocol, used_lr, source, views=views)
 
 
 def full_training_set(
@@ -325,6 +333,7 @@ def model_tasks(
             flip,
             str(device),
             teacher,
+            training.views,
         )
         for arch in archs
         for model in range(protocol.models)
@@ -508,6 +517,7 @@ def _evaluate_archive(
             world_size=collective.world_size,
             flip=not source.is_digits,
             teacher=teacher_facts,
+            crop_epochs=None if archive_arm.views is None else archive_arm.views.epochs,
         ),
         results=scores[archive_arm.name],
         baselines={arm.name: _baseline_report(arm, scores[arm.name]) for arm in arms[1:]},

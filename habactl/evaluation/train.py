@@ -73,6 +73,7 @@ def train_net(
     generator: torch.Generator | None = None,
     on_epoch: EpochCallback | None = None,
     teacher: Any | None = None,
+    views: Any | None = None,
 ) -> nn.Module:
     """Train `net` in place with the protocol's optimiser, schedule and loss; returns it
     in eval mode.
@@ -85,12 +86,16 @@ def train_net(
     `protocol.batch_size` (the last batch may be smaller). With `teacher` (a
     habactl.teacher.Teacher on the same device, kd protocols only) the targets are the
     teacher's probabilities at the protocol's temperature on each augmented batch
-    (online distillation), and the labels are not read.
+    (online distillation), and the labels are not read. With `views` (a
+    habactl.training.views.CropViews of the same items, format 1.4 per-crop labels) each
+    item's stored view of the epoch is the augmentation and its stored label the target.
     """
     if images.shape[0] == 0:
         raise HabaError("cannot train on an empty training set")
     if images.shape[0] != labels.shape[0]:
         raise HabaError(f"{images.shape[0]} training images but {labels.shape[0]} labels")
+    if views is not None and (teacher is not None or views.items != images.shape[0]):
+        raise HabaError("stored views need their own items' images, and no teacher")
     base_lr = protocol.lr if lr is None else float(lr)
     if not base_lr > 0:
         raise HabaError(f"lr must be positive, got {base_lr!r}")
@@ -116,13 +121,17 @@ def train_net(
         for start in range(0, count, protocol.batch_size):
             index = order[start : start + protocol.batch_size]
             batch = images[index]
-            if augment is not None:
-                batch = augment_batch(augment, batch, generator)
-            targets = (
-                labels[index]
-                if teacher is None
-                else teacher.probabilities(batch, temperature=protocol.temperature)
-            )
+            if views is not None:  # the stored crops and their labels
+                batch = views.apply(batch, epoch, index)
+                targets = views.targets(epoch, index).to(batch.device)
+            else:
+                if augment is not None:
+                    batch = augment_batch(augment, batch, generator)
+                targets = (
+                    labels[index]
+                    if teacher is None
+                    else teacher.probabilities(batch, temperature=protocol.temperature)
+                )
             optimizer.zero_grad(set_to_none=True)
             backward_in_chunks(net, batch, targets, chunk, loss)
             optimizer.step()

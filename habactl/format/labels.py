@@ -13,8 +13,17 @@ by ``labels.form``:
   k values), is spread evenly over the other ``classes - k`` classes.
 
 Every form decodes to (count, classes) float32 (``decode_labels``), which is what the
-loader and evaluation train on. What is checked here runs on the header (the tensors a
-form implies) and on each tensor's values (the rules), without torch.
+loader and evaluation train on.
+
+Format 1.4 adds per-crop labels (``labels.crops``, SPEC §2.2): for each of ``epochs``
+epochs, one augmented view of every training item (a crop box and a mirror flag) and the
+teacher's label for that view, in the same form as the per-basis labels. Their tensors
+are the form's tensors under ``labels.crops`` (``labels.crops``, ``labels.crops.scale``,
+``labels.crops.indices``) plus ``labels.crops.box`` F16 (rows, 4) and
+``labels.crops.mirror`` U8 (rows,), rows = epochs × items, epoch-major.
+
+What is checked here runs on the header (the tensors a form implies) and on each
+tensor's values (the rules), without torch.
 """
 
 from __future__ import annotations
@@ -31,6 +40,12 @@ FORMS = (FLOAT32, "float16", "top-k", "uint8")
 NAMED_FORMS = FORMS[1:]
 # The format minor version that added labels.form and provenance.teacher.
 LABELS_MINOR = 3
+# The format minor version that added per-crop labels (labels.crops).
+CROPS_MINOR = 4
+CROPS = "labels.crops"
+# A stored box may reach past the image's edge by this much (binary16 rounding of the
+# box's centre and size, each rounded on its own).
+BOX_SLACK = 2.0**-10
 
 ValueRule = Callable[[Any], "str | None"]
 
@@ -141,6 +156,76 @@ def label_rules(labels: Mapping[str, Any], classes: int) -> dict[str, ValueRule]
     return {}
 
 
+def crop_epochs(labels: Mapping[str, Any]) -> int | None:
+    """The epochs of per-crop labels a validated ``labels`` entry stores (1.4), or None."""
+    crops = labels.get("crops")
+    return int(crops["epochs"]) if isinstance(crops, Mapping) else None
+
+
+def crop_tensors(
+    labels: Mapping[str, Any], items: int, classes: int
+) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The per-crop tensors a validated ``labels`` entry implies (none without crops):
+    the labels' form under ``labels.crops``, and each view's box and mirror flag."""
+    epochs = crop_epochs(labels)
+    if epochs is None:
+        return {}
+    rows = epochs * items
+    out = {_crop_name(name): spec for name, spec in label_tensors(labels, rows, classes).items()}
+    out[CROPS + ".box"] = ("F16", (rows, 4))
+    out[CROPS + ".mirror"] = ("U8", (rows,))
+    return out
+
+
+def crop_rules(labels: Mapping[str, Any], classes: int) -> dict[str, ValueRule]:
+    """Content rules of the per-crop tensors (none without crops)."""
+    if crop_epochs(labels) is None:
+        return {}
+    rules = {_crop_name(name): rule for name, rule in label_rules(labels, classes).items()}
+    rules[CROPS] = _non_negative("soft label values")
+    rules[CROPS + ".box"] = _box_problem
+    rules[CROPS + ".mirror"] = _flag_problem
+    return rules
+
+
+def decode_crop_labels(arrays: Mapping[str, Any], labels: Mapping[str, Any], classes: int) -> Any:
+    """The per-crop labels as (rows, classes) float32, from the stored tensors (numpy
+    arrays, keyed by their names in the archive); SPEC §2.1's arithmetic per row."""
+    renamed = {
+        "labels" + name.removeprefix(CROPS): array
+        for name, array in arrays.items()
+        if name == CROPS or (name.startswith(CROPS + ".") and name.count(".") == 2)
+    }
+    return decode_labels(renamed, labels, classes)
+
+
+def _crop_name(name: str) -> str:
+    return CROPS + name.removeprefix("labels")  # labels.scale -> labels.crops.scale
+
+
+def _box_problem(array: Any) -> str | None:
+    """Each box (centre x, centre y, width, height) has sides in (0, 1] of the image's and
+    lies inside it: |centre| + side <= 1 (with BOX_SLACK for binary16 rounding)."""
+    import numpy as np
+
+    if array.size == 0:
+        return None
+    box = array.astype(np.float64)
+    side = box[:, 2:]
+    bad = np.flatnonzero(((side <= 0) | (side > 1)).any(axis=1))
+    if bad.size:
+        return f"box {int(bad[0])} has a side outside (0, 1]: {box[bad[0]].tolist()}"
+    bad = np.flatnonzero((np.abs(box[:, :2]) + side > 1 + BOX_SLACK).any(axis=1))
+    if bad.size:
+        return f"box {int(bad[0])} reaches outside the image: {box[bad[0]].tolist()}"
+    return None
+
+
+def _flag_problem(array: Any) -> str | None:
+    bad = int((array > 1).sum())
+    return f"{bad} mirror flags are neither 0 nor 1" if bad else None
+
+
 def _non_negative(what: str) -> ValueRule:
     def rule(array: Any) -> str | None:
         negative = int((array < 0).sum())
@@ -204,6 +289,10 @@ def check_labels_entry(value: Any, classes: int) -> str | None:
     None; ``kind`` and unknown keys are the manifest checker's."""
     kind = value.get("kind")
     form = value.get("form")
+    if "crops" in value:
+        problem = _crops_problem(value, kind)
+        if problem:
+            return problem
     if form is None:
         if "k" in value:
             return "labels.k: only a top-k form has k"
@@ -226,11 +315,30 @@ def check_labels_entry(value: Any, classes: int) -> str | None:
     return None
 
 
+def _crops_problem(value: Mapping[str, Any], kind: Any) -> str | None:
+    if kind != "soft":
+        return "labels.crops: only soft labels have per-crop labels"
+    crops = value["crops"]
+    if not isinstance(crops, Mapping):
+        return f"labels.crops: must be an object, got {quote(crops)}"
+    unknown = sorted(set(crops) - {"epochs"})
+    if unknown:
+        return f"labels.crops: unknown field {quote(unknown[0])}"
+    epochs = crops.get("epochs")
+    if isinstance(epochs, bool) or not isinstance(epochs, int):
+        return f"labels.crops.epochs: must be an integer, got {quote(epochs)}"
+    if epochs < 1:
+        return f"labels.crops.epochs: must be at least 1, got {epochs}"
+    return None
+
+
 def required_minor(manifest: Mapping[str, Any]) -> int:
-    """The lowest format minor version the labels fields of ``manifest`` need: 3 for a
-    labels form or a recorded teacher, else 0."""
+    """The lowest format minor version the labels fields of ``manifest`` need: 4 for
+    per-crop labels, 3 for a labels form or a recorded teacher, else 0."""
     labels = manifest.get("labels")
     provenance = manifest.get("provenance")
+    if isinstance(labels, Mapping) and "crops" in labels:
+        return CROPS_MINOR
     if isinstance(labels, Mapping) and ("form" in labels or "k" in labels):
         return LABELS_MINOR
     if isinstance(provenance, Mapping) and "teacher" in provenance:
@@ -239,6 +347,13 @@ def required_minor(manifest: Mapping[str, Any]) -> int:
 
 
 __all__ = [
+    "BOX_SLACK",
+    "CROPS",
+    "CROPS_MINOR",
+    "crop_epochs",
+    "crop_rules",
+    "crop_tensors",
+    "decode_crop_labels",
     "FLOAT32",
     "FORMS",
     "LABELS_MINOR",

@@ -17,7 +17,15 @@ from typing import Any
 from habactl.errors import HabaError
 from habactl.format.account import budget_values
 from habactl.format.errors import ArchiveError, quote
-from habactl.format.labels import LABELS_MINOR, check_labels_entry, label_rules, label_tensors
+from habactl.format.labels import (
+    CROPS_MINOR,
+    LABELS_MINOR,
+    check_labels_entry,
+    crop_rules,
+    crop_tensors,
+    label_rules,
+    label_tensors,
+)
 from habactl.format.limits import Limits
 
 # (pipeline entries, bases shape) -> an object with out_shape, expansion and params
@@ -26,12 +34,13 @@ StageLookup = Callable[[list[dict[str, Any]], tuple[int, ...]], Any]
 
 FORMAT_NAME = "haba"
 # Writers emit FORMAT_VERSION, 1.2: every archive carries a manifest digest since 1.2
-# (format/SPEC.md §7); an archive with a 1.3 labels form or a recorded teacher is 1.3
-# (format/labels.py). The reader reads up to READER_VERSION; 1.0 and 1.1 archives (no
-# manifest digest) and 1.2 archives are read as before.
+# (format/SPEC.md §7); an archive with a 1.3 labels form or a recorded teacher is 1.3,
+# one with per-crop labels 1.4 (format/labels.py). The reader reads up to
+# READER_VERSION; 1.0 and 1.1 archives (no manifest digest) and 1.2 archives are read as
+# before.
 FORMAT_VERSION = "1.2"
-READER_VERSION = "1.3"
-_READER_MAJOR, _READER_MINOR = 1, 3
+READER_VERSION = "1.4"
+_READER_MAJOR, _READER_MINOR = 1, 4
 # The first minor version whose manifests must carry ``manifest_digest``.
 MANIFEST_DIGEST_MINOR = 2
 
@@ -393,6 +402,8 @@ class _Fields(_Checker):
         forms: dict[str, Callable[[Any, str], Any]] = {}
         if self.minor >= LABELS_MINOR:
             forms = {"form": lambda v, p: None, "k": lambda v, p: None}
+        if self.minor >= CROPS_MINOR:  # 1.4: per-crop labels
+            forms["crops"] = lambda v, p: None
         self.obj(value, path, {"kind": lambda x, q: self.choice(x, q, ("hard", "soft"))}, forms)
         problem = check_labels_entry(value, len(self.manifest["classes"]))
         if problem:
@@ -665,6 +676,15 @@ def _layout(m: dict[str, Any], c: _Checker, stages: StageLookup) -> Layout:
             f"expands {count} bases x {expansion} variants to {expanded_values} values, "
             f"more than the limit {lim.max_expanded_values} (expansion bomb?)",
         )
+    # 1.4: one view (box, mirror flag, label) per training item per stored epoch.
+    crops = crop_tensors(m["labels"], count * expansion, n_classes)
+    crop_values = sum(_prod(shape) for _, shape in crops.values())
+    if crop_values > lim.max_expanded_values:
+        raise c.fail(
+            "labels.crops",
+            f"implies {crop_values} stored values, more than the limit {lim.max_expanded_values}",
+        )
+    expected.update(crops)
     return Layout(
         tensors=expected,
         classes=n_classes,
@@ -673,7 +693,11 @@ def _layout(m: dict[str, Any], c: _Checker, stages: StageLookup) -> Layout:
         image_shape=image,
         expansion=expansion,
         expanded_items=count * expansion,
-        rules={**stored.rules, **label_rules(m["labels"], n_classes)},
+        rules={
+            **stored.rules,
+            **label_rules(m["labels"], n_classes),
+            **crop_rules(m["labels"], n_classes),
+        },
     )
 
 

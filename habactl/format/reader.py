@@ -30,7 +30,7 @@ from habactl.format.checks import (
 )
 from habactl.format.digest import dtype_name, tensor_sha256, tensors_content_digest
 from habactl.format.errors import ArchiveError, quote
-from habactl.format.labels import decode_labels
+from habactl.format.labels import CROPS, decode_crop_labels, decode_labels
 from habactl.format.limits import DEFAULT_LIMITS, Limits
 from habactl.format.manifest import Layout
 from habactl.format.view import Manifest
@@ -178,9 +178,22 @@ class Archive:
 
     def label_array(self) -> numpy.ndarray:
         """``labels()`` as a numpy array; needs no torch."""
-        names = [n for n in self.names() if n == "labels" or n.startswith("labels.")]
+        names = [n for n in self.names() if n in ("labels", "labels.scale", "labels.indices")]
         stored = {name: self._stored(name) for name in names}
         return decode_labels(stored, self.manifest["labels"], len(self.info.classes))
+
+    def crop_arrays(self) -> tuple[numpy.ndarray, numpy.ndarray, numpy.ndarray] | None:
+        """Per-crop labels (format 1.4) as numpy arrays, rows epoch-major: the boxes
+        (rows, 4) float32 (centre x, centre y, width, height), the mirror flags (rows,)
+        uint8 and the labels (rows, classes) float32; None when the archive has none."""
+        import numpy as np
+
+        if self.info.crop_epochs is None:
+            return None
+        stored = {n: self._stored(n) for n in self.names() if n.startswith(CROPS)}
+        labels = decode_crop_labels(stored, self.manifest["labels"], len(self.info.classes))
+        box = stored[CROPS + ".box"].astype(np.float32)
+        return box, stored[CROPS + ".mirror"], labels
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """All tensors; with verify on, each one and the content digest are checked."""

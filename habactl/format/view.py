@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from habactl.format.labels import crop_epochs
+
 
 @dataclass(frozen=True)
 class Image:
@@ -122,6 +124,8 @@ class Manifest:
     # "float16", "uint8" or "top-k" with label_k values per row; "hard" for hard labels.
     label_form: str = "hard"
     label_k: int | None = None
+    # Per-crop labels (format 1.4): the epochs of stored views, None without them.
+    crop_epochs: int | None = None
 
     @classmethod
     def from_json(cls, m: Mapping[str, Any]) -> Manifest:
@@ -153,6 +157,7 @@ class Manifest:
                 str(m["labels"].get("form", "float32")) if m["labels"]["kind"] == "soft" else "hard"
             ),
             label_k=m["labels"].get("k"),
+            crop_epochs=crop_epochs(m["labels"]),
         )
 
     @property

@@ -27,7 +27,7 @@ from habactl.format.digest import (
     tensors_content_digest,
 )
 from habactl.format.errors import ArchiveError, quote
-from habactl.format.labels import LABELS_MINOR, required_minor
+from habactl.format.labels import CROPS_MINOR, LABELS_MINOR, required_minor
 from habactl.format.limits import DEFAULT_LIMITS, Limits
 from habactl.format.manifest import (
     FORMAT_NAME,
@@ -113,11 +113,12 @@ def archive_bytes(
         version = legacy_format_version_for(m.get("pipeline"))
         why = "the lowest version that holds it, without a manifest digest"
     else:
-        # 1.2, or 1.3 for a labels form or a recorded teacher (format/SPEC.md §7)
+        # 1.2, 1.3 for a labels form or a recorded teacher, 1.4 for per-crop labels
+        # (format/SPEC.md §7)
         minor = max(int(format_version_for(m.get("pipeline")).split(".")[1]), required_minor(m))
         version = f"1.{minor}"
         why = "every archive now carries a manifest digest" + (
-            "; its labels need 1.3" if minor == LABELS_MINOR else ""
+            f"; its labels need 1.{minor}" if minor in (LABELS_MINOR, CROPS_MINOR) else ""
         )
     m.setdefault("format_version", version)
     if m["format_version"] != version:

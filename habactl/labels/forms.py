@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from habactl.errors import HabaError
-from habactl.format.labels import FLOAT32, LabelForm, index_dtype, parse_form
+from habactl.format.labels import CROPS_MINOR, FLOAT32, LabelForm, index_dtype, parse_form
 from habactl.format.manifest import WRITER_FIELDS
 
 # Rows a top-k form stores must be probability vectors: the decode gives the rest of a
@@ -47,6 +47,12 @@ class EncodedLabels:
     def nbytes(self) -> int:
         """The bytes the labels take in the archive (every tensor of the form)."""
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def with_crops(self, crops: Mapping[str, Tensor], epochs: int) -> EncodedLabels:
+        """These labels with ``epochs`` epochs of per-crop views (the ``labels.crops*``
+        tensors of habactl.labels.crops.label_views): format 1.4."""
+        entry = {**self.entry, "crops": {"epochs": int(epochs)}}
+        return EncodedLabels(self.form, {**self.tensors, **crops}, entry, CROPS_MINOR)
 
 
 def encode_soft_labels(probs: Tensor, form: str | LabelForm) -> EncodedLabels:

@@ -10,6 +10,12 @@ archive records, and an archive over it is refused before the teacher runs, unle
 Per basis: a basis that decodes to several images (a ``hallucinate`` stage) gets the
 mean of the teacher's probabilities over its images, since the format stores one label
 per basis and every image decoded from it takes that label.
+
+Per crop (``crops=E``, format 1.4): besides the per-basis labels, E epochs of views of
+every training image, each a random resized crop (and mirror, where the data allow it)
+drawn from ``seed``, stored with the teacher's label for exactly that view — the labels
+SRe2L-style students train on. They are counted like every other label byte: per view,
+the label row in the form asked for, 8 bytes of crop box and 1 of mirror flag.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class LabelBudget:
     counted_bytes: int  # everything the account counts, with the new labels
     budget_bytes: int  # the budget the archive records
     budget_source: str  # where that budget comes from, for messages
+    crop_views: int = 0  # stored per-crop views (epochs x training images), in labels_bytes
 
     @property
     def over(self) -> bool:
@@ -70,17 +77,23 @@ class RelabelResult:
     temperature: float
     budget: LabelBudget
     labels: EncodedLabels
+    crops: int = 0  # epochs of per-crop views stored (0: none)
 
 
-def label_budget(manifest: Mapping[str, Any], form: LabelForm) -> LabelBudget:
-    """The bytes ``manifest``'s archive would count with soft labels in ``form``.
+# Per stored view besides its label row: the crop box (4 x float16) and the mirror flag.
+VIEW_BYTES = 4 * 2 + 1
+
+
+def label_budget(manifest: Mapping[str, Any], form: LabelForm, crop_views: int = 0) -> LabelBudget:
+    """The bytes ``manifest``'s archive would count with soft labels in ``form`` (and
+    ``crop_views`` per-crop views, each a label row in ``form``, a box and a flag).
 
     The budget is the one compress records: the byte budget it was given
     (``provenance.hyperparameters.budget.budget_bytes``) when there is one, else the
     manifest's ``storage.ipc`` float32 images per class."""
     account = storage_account(manifest)
     count, classes = int(manifest["bases"]["count"]), len(manifest["classes"])
-    labels_bytes = count * form.row_bytes(classes)
+    labels_bytes = (count + crop_views) * form.row_bytes(classes) + crop_views * VIEW_BYTES
     old = account.parts["labels"]
     counted = account.counted_bytes - (old.bytes if old.counted else 0) + labels_bytes
     recorded = manifest["provenance"]["hyperparameters"].get("budget")
@@ -89,7 +102,7 @@ def label_budget(manifest: Mapping[str, Any], form: LabelForm) -> LabelBudget:
         budget, source = given, "the byte budget it was compressed to"
     else:
         budget, source = account.budget_bytes, f"IPC {manifest['storage']['ipc']}"
-    return LabelBudget(labels_bytes, account.images_bytes, counted, budget, source)
+    return LabelBudget(labels_bytes, account.images_bytes, counted, budget, source, crop_views)
 
 
 def relabel(
@@ -103,10 +116,13 @@ def relabel(
     overwrite: bool = False,
     batch_size: int = 256,
     device: str | torch.device | None = None,
+    crops: int = 0,
+    seed: int = 0,
 ) -> RelabelResult:
     """Write ``output``: ``archive`` with its labels recomputed by ``teacher`` (a Teacher or
     the path of a teacher file) at ``temperature`` and stored in ``form`` (``float32``,
-    ``float16``, ``uint8`` or ``top-k:K``).
+    ``float16``, ``uint8`` or ``top-k:K``). ``crops`` > 0 also stores that many epochs
+    of per-crop views and their labels, drawn from ``seed`` (format 1.4).
 
     Checked before the teacher runs: the output location, the form, the teacher against
     the archive (classes, image shape, input normalisation) and the budget (a
@@ -121,6 +137,8 @@ def relabel(
         raise LabelsError(f"--temperature must be a positive number, got {quote(temperature)}")
     if batch_size < 1:
         raise LabelsError("the batch size must be at least 1")
+    if isinstance(crops, bool) or not isinstance(crops, int) or crops < 0:
+        raise LabelsError(f"--crops must be a whole number of epochs (0: none), got {crops!r}")
     check_file_target(target, overwrite, example="relabelled.haba")
     label_form = _parse(form)
     with open_archive(source) as opened:
@@ -133,16 +151,24 @@ def relabel(
     classes = len(manifest["classes"])
     if label_form.k is not None and label_form.k > classes:
         raise LabelsError(f"top-k: k is {label_form.k}, but the archive has {classes} classes")
-    budget = label_budget(manifest, label_form)
+    items = crops * int(manifest["bases"]["count"]) * _expansion(manifest)
+    budget = label_budget(manifest, label_form, items)
     if budget.over and not allow_over:
         raise LabelsError(
             f"{target.name} would be over its budget: {budget.line()}; pass --allow-over to "
-            "write it anyway, or store the labels smaller (--labels uint8 or top-k:K)"
+            "write it anyway, or store the labels smaller (--labels uint8 or top-k:K"
+            + (", or fewer --crops epochs)" if crops else ")")
         )
     model = _teacher(teacher, device)
     inputs = _input_map(manifest, model)
     probabilities = _per_basis(source, model, inputs, temperature, batch_size)
     encoded = encode_soft_labels(probabilities, label_form)
+    if crops:
+        from habactl.labels.crops import label_views
+
+        flip = _recipe_flip(manifest)
+        views = label_views(source, model, inputs, temperature, label_form, crops, seed, flip)
+        encoded = encoded.with_crops(views, crops)
     name = model.path.name if model.path is not None else "teacher"
     new = labelled_manifest(
         manifest,
@@ -161,7 +187,22 @@ def relabel(
     from habactl.format import save_archive
 
     save_archive(target, {**tensors, **encoded.tensors}, new, overwrite=overwrite)
-    return RelabelResult(target, label_form, float(temperature), budget, encoded)
+    return RelabelResult(target, label_form, float(temperature), budget, encoded, crops)
+
+
+def _expansion(manifest: Mapping[str, Any]) -> int:
+    """Training images per basis (the hallucinators' count; 1 without)."""
+    from habactl.codecs import describe_pipeline
+
+    spec = describe_pipeline(list(manifest["pipeline"]), tuple(manifest["bases"]["shape"]))
+    return int(spec.expansion)
+
+
+def _recipe_flip(manifest: Mapping[str, Any]) -> bool:
+    """Whether the archive's training may mirror its images (not for digits)."""
+    from habactl.training.recipe import Recipe
+
+    return Recipe.from_manifest(manifest).flip
 
 
 def _with_kd_recipe(training: Mapping[str, Any]) -> dict[str, Any]:

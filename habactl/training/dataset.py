@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -21,6 +21,9 @@ from torch.utils.data import Dataset
 from habactl.errors import HabaError
 from habactl.format.view import Manifest
 from habactl.training.recipe import Recipe
+
+if TYPE_CHECKING:
+    from habactl.training.views import CropViews
 
 MODES = ("all-pairs", "random-pair")
 # Decoding is deterministic, so a small expanded set is decoded once per process and kept.
@@ -157,6 +160,25 @@ class HabaDataset(Dataset):
         one when there is one), momentum, weight decay, schedule, augmentation, loss and
         normalisation, with helpers that build them (see habactl.training.recipe)."""
         return Recipe.from_manifest(self.info)
+
+    def crop_views(self) -> CropViews | None:
+        """The archive's per-crop labels (format 1.4), or None: for each stored epoch, a
+        crop of every item and the teacher's label for it. Epoch e of training uses
+        ``views.apply(images, e, index)`` as the augmentation and ``views.targets(e,
+        index)`` as the targets (habactl.training.views); items are numbered as in
+        ``all-pairs`` mode."""
+        if self.info.crop_epochs is None:
+            return None
+        if self.mode != "all-pairs":
+            raise HabaError("per-crop labels belong to items numbered in all-pairs mode")
+        from habactl.format import open_archive
+        from habactl.training.views import CropViews
+
+        with open_archive(self.path, verify=self.verify) as archive:
+            stored = archive.crop_arrays()
+        assert stored is not None, "the manifest names per-crop labels"
+        box, mirror, labels = stored
+        return CropViews.from_arrays(box, mirror, labels, items=len(self))
 
     def test_transform(self):
         """The transform real test images in [0, 1] need to match the training images."""

@@ -159,6 +159,9 @@ class Recipe:
     crop: Crop | None = None  # the kd recipe's augmentation (then dsa is None)
     teacher: TeacherRef | None = None  # kd targets from this teacher on each batch
     labels_temperature: float = 1.0  # the temperature a teacher wrote soft labels at
+    # Per-crop labels (format 1.4): epochs of stored views whose crops and labels the kd
+    # recipe trains on (HabaDataset.crop_views) in place of random crops; None: none.
+    crop_epochs: int | None = None
 
     # -- building -----------------------------------------------------------------------
     @classmethod
@@ -210,6 +213,7 @@ class Recipe:
             if teacher is None
             else TeacherRef(str(teacher["name"]), str(teacher["sha256"]), int(teacher["bytes"])),
             labels_temperature=labels_temperature,
+            crop_epochs=m.crop_epochs,
         )
 
     def with_(self, **changes: Any) -> Recipe:
@@ -332,6 +336,7 @@ class Recipe:
             data["kind"] = "kd"
             data["temperature"] = self.temperature
             data["teacher"] = None if self.teacher is None else dataclasses.asdict(self.teacher)
+            data["crop_epochs"] = self.crop_epochs
         return data
 
     def lines(self) -> list[str]:
@@ -347,7 +352,16 @@ class Recipe:
             )
             if kind == "zca":
                 norm_text += f", eps {norm.get('eps'):g} (whitening matrix stored in the archive)"
-        if self.crop is not None:
+        if self.crop is not None and self.crop_epochs is not None and self.kind == "kd":
+            aug = textwrap.wrap(
+                f"the stored crops: {self.crop_epochs} epochs of views, one per image, each "
+                f"with its own label (training epoch e uses stored epoch e mod "
+                f"{self.crop_epochs}; HabaDataset.crop_views)",
+                86,
+                initial_indent="augmentation  ",
+                subsequent_indent=" " * 14,
+            )
+        elif self.crop is not None:
             aug = [
                 f"augmentation  random resized crop per image (area {self.crop.scale:g} to 1, "
                 f"aspect 3/4 to 4/3), {'with' if self.crop.flip else 'no'} flip"
