@@ -3,7 +3,8 @@
     python examples/train_own_loop.py mnist-5k.haba [--epochs N] [--net small|convnet|resnet18]
 
 An archive whose recipe trains on its teacher's outputs (online distillation) also needs
---teacher T.safetensors.
+--teacher T.safetensors. An archive with per-crop labels (relabel --crops) trains on its
+stored crops and their labels.
 """
 import argparse
 from functools import partial
@@ -40,18 +41,28 @@ def train_and_test(archive: str, make_net=small_cnn, epochs: int | None = None,
     net = make_net(*train.image_shape, train.num_classes).to(device)
     loader = DataLoader(train, batch_size=recipe.batch_size, shuffle=True)
     augment = recipe.augmentation(seed=seed)          # the recorded DSA (no flip for digits)
+    views = train.crop_views() if recipe.kind == "kd" else None  # per-crop labels, if any
     loss_fn, optimizer = recipe.loss(), recipe.optimizer(net.parameters())
     scheduler = recipe.scheduler(optimizer)           # lr x 0.1 half-way, stepped per epoch
+
+    def step(images, labels):
+        if teacher:                                   # online distillation: its outputs
+            labels = teacher.probabilities(images)    # are the targets of recipe.loss()
+        optimizer.zero_grad()
+        loss_fn(net(images), labels).backward()
+        optimizer.step()
+
     for epoch in range(recipe.epochs):
         augment.set_epoch(epoch)
         net.train()
-        for images, labels in loader:
-            images, labels = augment(images.to(device)), labels.to(device)
-            if teacher:                               # online distillation: its outputs
-                labels = teacher.probabilities(images)  # are the targets of recipe.loss()
-            optimizer.zero_grad()
-            loss_fn(net(images), labels).backward()
-            optimizer.step()
+        if views is None:
+            for images, labels in loader:
+                images, labels = augment(images.to(device)), labels.to(device)
+                step(images, labels)
+        else:                                         # each image in its stored crop,
+            for index in torch.randperm(len(train)).split(recipe.batch_size):
+                images = views.apply(train.fetch(index)[0], epoch, index)
+                step(images.to(device), views.targets(epoch, index).to(device))  # its label
         scheduler.step()
 
     test = load_source(data or recipe.dataset).test   # real test images in [0, 1]

@@ -333,7 +333,7 @@ def model_tasks(
             flip,
             str(device),
             teacher,
-            training.views,
+            training.views if teacher is None else None,  # an online teacher crops afresh
         )
         for arch in archs
         for model in range(protocol.models)
@@ -517,7 +517,9 @@ def _evaluate_archive(
             world_size=collective.world_size,
             flip=not source.is_digits,
             teacher=teacher_facts,
-            crop_epochs=None if archive_arm.views is None else archive_arm.views.epochs,
+            crop_epochs=None
+            if archive_arm.views is None or teacher_facts is not None
+            else archive_arm.views.epochs,
         ),
         results=scores[archive_arm.name],
         baselines={arm.name: _baseline_report(arm, scores[arm.name]) for arm in arms[1:]},
