@@ -178,6 +178,10 @@ def test_evaluate_and_inspect_say_the_archive_trains_on_its_stored_crops(tmp_pat
         runner.invoke(app, [*args, "--recipe", "standard", "--json", "-q"]).stdout
     )
     assert "crop_epochs" not in standard["protocol"]  # the standard recipe: per-basis labels
+    online = runner.invoke(app, [*args, "--teacher", str(teacher.path), "--json", "-q"])
+    assert online.exit_code == 0, online.output
+    # a teacher online gives every random crop its own target: the stored ones are unused
+    assert "crop_epochs" not in json.loads(online.stdout)["protocol"]
 
 
 # --- the reader ---------------------------------------------------------------------------------

@@ -375,11 +375,12 @@ def _training_text(
     if protocol.optimizer == "adamw":
         schedule = f"AdamW, {schedule}"
     augmentation = protocol.augmentation
-    if augmentation == "rrc_flip":
-        augmentation = f"rrc_flip (area {protocol.crop_scale:g} to 1)"
-    text = f"{schedule}, {augmentation} augmentation"
     if crop_epochs is not None:
         text = f"{schedule}, the archive's stored crops ({crop_epochs} epochs of views)"
+    elif augmentation == "rrc_flip":
+        text = f"{schedule}, rrc_flip (area {protocol.crop_scale:g} to 1) augmentation"
+    else:
+        text = f"{schedule}, {augmentation} augmentation"
     if protocol.loss == "kd":
         targets = (
             f"teacher {teacher.get('file', teacher['path'])}"

@@ -244,7 +244,9 @@ def budget_per_class(manifest: Manifest) -> int:
     return max(1, account.stored_values // per_image // len(manifest.classes))
 
 
-def archive_training_set(dataset: Any, protocol: Protocol, lr: float | None = None) -> TrainingSet:
+def archive_training_set(
+    dataset: Any, protocol: Protocol, lr: float | None = None, *, online_teacher: bool = False
+) -> TrainingSet:
     images, labels = dataset.tensors()
     labels_temperature = dataset.recipe.labels_temperature
     if protocol.kind == "kd" and labels.dim() == 2 and labels_temperature != 1:
@@ -253,7 +255,8 @@ def archive_training_set(dataset: Any, protocol: Protocol, lr: float | None = No
         # Soft labels a teacher wrote at T_l, brought back to temperature 1: the kd loss
         # softens them to its own T (habactl.training.kd).
         labels = soften(labels.double(), 1 / labels_temperature).to(labels.dtype)
-    views = dataset.crop_views() if protocol.kind == "kd" else None
+    # Per-crop labels train the kd recipe, unless a teacher online gives every crop its target.
+    views = dataset.crop_views() if protocol.kind == "kd" and not online_teacher else None
     if views is not None and labels_temperature != 1:
         from habactl.training.kd import soften
 
@@ -333,7 +336,7 @@ def model_tasks(
             flip,
             str(device),
             teacher,
-            training.views if teacher is None else None,  # an online teacher crops afresh
+            training.views,
         )
         for arch in archs
         for model in range(protocol.models)
@@ -487,7 +490,7 @@ def _evaluate_archive(
             "at the temperature); give a teacher with --teacher for soft targets"
         )
     test_images, test_labels = prepare_test_images(dataset, source)
-    arms = _arms(dataset, source, protocol, lr, baselines, full_epochs)
+    arms = _arms(dataset, source, protocol, lr, baselines, full_epochs, teacher_facts is not None)
     tasks = {
         arm.name: model_tasks(
             arm,
@@ -517,9 +520,7 @@ def _evaluate_archive(
             world_size=collective.world_size,
             flip=not source.is_digits,
             teacher=teacher_facts,
-            crop_epochs=None
-            if archive_arm.views is None or teacher_facts is not None
-            else archive_arm.views.epochs,
+            crop_epochs=None if archive_arm.views is None else archive_arm.views.epochs,
         ),
         results=scores[archive_arm.name],
         baselines={arm.name: _baseline_report(arm, scores[arm.name]) for arm in arms[1:]},
@@ -549,9 +550,10 @@ def _arms(
     lr: float | None,
     baselines: Sequence[str],
     full_epochs: int | None,
+    online_teacher: bool,
 ) -> list[TrainingSet]:
     """The archive's training set first, then each baseline asked for."""
-    arms = [archive_training_set(dataset, protocol, lr)]
+    arms = [archive_training_set(dataset, protocol, lr, online_teacher=online_teacher)]
     if "full" in baselines:
         arms.append(full_training_set(dataset, source, protocol, lr=lr, epochs=full_epochs))
     if "random" in baselines:

@@ -171,7 +171,7 @@ def crop_tensors(
     if epochs is None:
         return {}
     rows = epochs * items
-    out = {_crop_name(name): spec for name, spec in label_tensors(labels, rows, classes).items()}
+    out = {crop_name(name): spec for name, spec in label_tensors(labels, rows, classes).items()}
     out[CROPS + ".box"] = ("F16", (rows, 4))
     out[CROPS + ".mirror"] = ("U8", (rows,))
     return out
@@ -181,7 +181,7 @@ def crop_rules(labels: Mapping[str, Any], classes: int) -> dict[str, ValueRule]:
     """Content rules of the per-crop tensors (none without crops)."""
     if crop_epochs(labels) is None:
         return {}
-    rules = {_crop_name(name): rule for name, rule in label_rules(labels, classes).items()}
+    rules = {crop_name(name): rule for name, rule in label_rules(labels, classes).items()}
     rules[CROPS] = _non_negative("soft label values")
     rules[CROPS + ".box"] = _box_problem
     rules[CROPS + ".mirror"] = _flag_problem
@@ -199,8 +199,9 @@ def decode_crop_labels(arrays: Mapping[str, Any], labels: Mapping[str, Any], cla
     return decode_labels(renamed, labels, classes)
 
 
-def _crop_name(name: str) -> str:
-    return CROPS + name.removeprefix("labels")  # labels.scale -> labels.crops.scale
+def crop_name(name: str) -> str:
+    """A per-basis label tensor's per-crop counterpart: labels.scale -> labels.crops.scale."""
+    return CROPS + name.removeprefix("labels")
 
 
 def _box_problem(array: Any) -> str | None:
@@ -351,6 +352,7 @@ __all__ = [
     "CROPS",
     "CROPS_MINOR",
     "crop_epochs",
+    "crop_name",
     "crop_rules",
     "crop_tensors",
     "decode_crop_labels",

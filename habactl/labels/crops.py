@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from habactl.format.labels import CROPS, LabelForm
+from habactl.format.labels import CROPS, LabelForm, crop_name
 from habactl.labels.forms import encode_soft_labels
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ def label_views(
 
     ``inputs`` maps the archive's normalised space to the teacher's (None: the same)."""
     from habactl.evaluation.protocol import KD
+    from habactl.labels.relabeling import to_teacher_space
     from habactl.training.dataset import HabaDataset
     from habactl.training.views import CropViews, draw_views
 
@@ -46,19 +47,15 @@ def label_views(
     box, mirror = draw_views(items, epochs, generator, scale=KD.crop_scale, flip=flip)
     classes = len(teacher.classes)
     views = CropViews.from_arrays(box.float(), mirror, torch.zeros(box.shape[0], 0), items)
-    device = teacher.device
     probabilities = torch.empty(epochs, items, classes)
     for epoch in range(epochs):
         for start in range(0, items, batch_size):
             index = torch.arange(start, min(items, start + batch_size))
-            batch = views.apply(images[index], epoch, index).to(device)
-            if inputs is not None:
-                scale, shift = (t.to(device).view(1, -1, 1, 1) for t in inputs)
-                batch = batch * scale + shift
+            batch = to_teacher_space(views.apply(images[index], epoch, index), teacher, inputs)
             probs = teacher.probabilities(batch, temperature=temperature)
             probabilities[epoch, index] = probs.float().cpu()
     encoded = encode_soft_labels(probabilities.reshape(epochs * items, classes), form)
-    tensors = {CROPS + name.removeprefix("labels"): t for name, t in encoded.tensors.items()}
+    tensors = {crop_name(name): t for name, t in encoded.tensors.items()}
     tensors[CROPS + ".box"] = box
     tensors[CROPS + ".mirror"] = mirror
     return tensors

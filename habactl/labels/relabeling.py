@@ -143,6 +143,7 @@ def relabel(
     label_form = _parse(form)
     with open_archive(source) as opened:
         manifest = dict(opened.manifest)  # the writer fields go in labelled_manifest
+        crop_views = crops * opened.layout.expanded_items  # epochs x training images
         tensors = {
             name: t
             for name, t in opened.tensors().items()
@@ -151,8 +152,7 @@ def relabel(
     classes = len(manifest["classes"])
     if label_form.k is not None and label_form.k > classes:
         raise LabelsError(f"top-k: k is {label_form.k}, but the archive has {classes} classes")
-    items = crops * int(manifest["bases"]["count"]) * _expansion(manifest)
-    budget = label_budget(manifest, label_form, items)
+    budget = label_budget(manifest, label_form, crop_views)
     if budget.over and not allow_over:
         raise LabelsError(
             f"{target.name} would be over its budget: {budget.line()}; pass --allow-over to "
@@ -188,14 +188,6 @@ def relabel(
 
     save_archive(target, {**tensors, **encoded.tensors}, new, overwrite=overwrite)
     return RelabelResult(target, label_form, float(temperature), budget, encoded, crops)
-
-
-def _expansion(manifest: Mapping[str, Any]) -> int:
-    """Training images per basis (the hallucinators' count; 1 without)."""
-    from habactl.codecs import describe_pipeline
-
-    spec = describe_pipeline(list(manifest["pipeline"]), tuple(manifest["bases"]["shape"]))
-    return int(spec.expansion)
 
 
 def _recipe_flip(manifest: Mapping[str, Any]) -> bool:
@@ -278,6 +270,18 @@ def _stats(normalization: Mapping[str, Any], channels: int) -> tuple[Tensor, Ten
     return mean, std
 
 
+def to_teacher_space(
+    images: Tensor, teacher: Teacher, inputs: tuple[Tensor, Tensor] | None
+) -> Tensor:
+    """Archive images on the teacher's device and in its input space (``inputs`` from
+    ``_input_map``: per-channel scale and shift, None when the spaces agree)."""
+    images = images.to(teacher.device)
+    if inputs is None:
+        return images
+    scale, shift = (t.to(teacher.device).view(1, -1, 1, 1) for t in inputs)
+    return images * scale + shift
+
+
 def _per_basis(
     path: Path,
     teacher: Teacher,
@@ -291,15 +295,11 @@ def _per_basis(
 
     dataset = HabaDataset(path, cache=False)
     expansion, count = dataset.expansion, dataset.num_bases
-    device = teacher.device
     parts = []
     for start in range(0, len(dataset), batch_size):
         indices = torch.arange(start, min(start + batch_size, len(dataset)))
         images, _ = dataset.fetch(indices)
-        images = images.to(device)
-        if inputs is not None:
-            scale, shift = (t.to(device).view(1, -1, 1, 1) for t in inputs)
-            images = images * scale + shift
+        images = to_teacher_space(images, teacher, inputs)
         parts.append(teacher.probabilities(images, temperature=temperature).float().cpu())
     probs = torch.cat(parts).view(count, expansion, -1)  # item b*E + v
     return probs.mean(dim=1)
