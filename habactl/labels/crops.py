@@ -16,6 +16,7 @@ from torch import Tensor
 
 from habactl.format.labels import CROPS, LabelForm, crop_name
 from habactl.labels.forms import encode_soft_labels
+from habactl.labels.teacher_space import to_teacher_space
 
 if TYPE_CHECKING:
     from habactl.teacher import Teacher
@@ -37,7 +38,6 @@ def label_views(
 
     ``inputs`` maps the archive's normalised space to the teacher's (None: the same)."""
     from habactl.evaluation.protocol import KD
-    from habactl.labels.relabeling import to_teacher_space
     from habactl.training.dataset import HabaDataset
     from habactl.training.views import CropViews, draw_views
 
